@@ -1,0 +1,10 @@
+"""Durable state of a Raft node: the log, the hard state and the snapshot metadata.
+
+``Storage`` is the interface the server and the simulator drive; ``MemoryStorage`` keeps it in
+memory for tests and simulation.
+"""
+
+from raftly.storage.base import Storage, StorageError
+from raftly.storage.memory import MemoryStorage
+
+__all__ = ["MemoryStorage", "Storage", "StorageError"]

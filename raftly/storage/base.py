@@ -1,0 +1,50 @@
+"""The storage interface a driver uses to make the core's ``Ready`` durable."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from raftly.core.types import ConfState, Entry, HardState, InitialState, SnapshotMeta
+
+
+class StorageError(Exception):
+    """Storage cannot be trusted or written: corruption, I/O error, misuse. Stops the node."""
+
+
+class Storage(Protocol):
+    """A node's durable state.
+
+    The contract every implementation meets (and the conformance suite checks):
+
+    - ``save`` returns only once its entries and hard state are durable (unless the user turned
+      fsync off). Entries are made durable before the hard state, so a commit index read back
+      never exceeds the last durable entry.
+    - ``entries[0].index`` may be at most ``last_index + 1``; an entry at an index already held
+      replaces it and everything after it (a follower overwriting a deposed leader's suffix).
+      Entries within one call are consecutive.
+    - ``load`` returns exactly what was durably saved, in order, with no gaps.
+    """
+
+    def bootstrap(self, conf: ConfState) -> None:
+        """Initialize an empty storage for a new cluster member; raises if it holds state."""
+        ...
+
+    def load(self) -> InitialState:
+        """Everything durable: hard state, snapshot metadata, the entries after the snapshot.
+
+        Raises StorageError if the storage was never bootstrapped or is corrupt.
+        """
+        ...
+
+    def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
+        """Durably append ``entries`` (replacing any suffix they overlap), then ``hard_state``."""
+        ...
+
+    def compact(self, meta: SnapshotMeta) -> None:
+        """Record that a snapshot covers everything up to ``meta.index``; entries up to it may go."""
+        ...
+
+    def close(self) -> None:
+        """Release files and locks. The storage is unusable afterwards."""
+        ...

@@ -1,0 +1,69 @@
+"""``MemoryStorage``: the storage interface kept in memory, for tests and the simulator.
+
+It is "durable" for as long as the object lives: the simulator keeps it across a simulated
+crash, which is exactly what a real disk keeps across a process crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from raftly.core.types import ConfState, Entry, HardState, InitialState, SnapshotMeta
+from raftly.storage.base import StorageError
+
+
+class MemoryStorage:
+    """Storage held in Python lists. Validates its inputs like the disk storage does."""
+
+    def __init__(self) -> None:
+        self._bootstrapped = False
+        self._hard_state = HardState()
+        self._snapshot = SnapshotMeta()
+        self._entries: list[Entry] = []
+
+    def bootstrap(self, conf: ConfState) -> None:
+        if self._bootstrapped:
+            raise StorageError("storage already holds state; refusing to bootstrap it again")
+        self._snapshot = SnapshotMeta(conf=conf)
+        self._bootstrapped = True
+
+    def load(self) -> InitialState:
+        if not self._bootstrapped:
+            raise StorageError("storage was never bootstrapped")
+        return InitialState(self._hard_state, self._snapshot, list(self._entries))
+
+    @property
+    def last_index(self) -> int:
+        return self._entries[-1].index if self._entries else self._snapshot.index
+
+    def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
+        if entries:
+            first = entries[0].index
+            if first > self.last_index + 1 or first <= self._snapshot.index:
+                raise StorageError(
+                    f"append at index {first} does not follow the log "
+                    f"(snapshot {self._snapshot.index}, last {self.last_index})"
+                )
+            for prev, entry in zip(entries, entries[1:], strict=False):
+                if entry.index != prev.index + 1:
+                    raise StorageError(f"entries not consecutive at index {entry.index}")
+            del self._entries[first - self._snapshot.index - 1 :]
+            self._entries.extend(entries)
+        if hard_state is not None:
+            if hard_state.commit > self.last_index:
+                raise StorageError(
+                    f"commit {hard_state.commit} beyond the last durable entry {self.last_index}"
+                )
+            self._hard_state = hard_state
+
+    def compact(self, meta: SnapshotMeta) -> None:
+        if meta.index <= self._snapshot.index:
+            return
+        keep_from = meta.index - self._snapshot.index
+        covered = self._entries[keep_from - 1] if meta.index <= self.last_index else None
+        # Entries past the snapshot survive only if the log agrees with it at its last index.
+        self._entries = self._entries[keep_from:] if covered and covered.term == meta.term else []
+        self._snapshot = meta
+
+    def close(self) -> None:
+        pass
