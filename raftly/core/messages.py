@@ -72,16 +72,17 @@ class AppendEntriesResponse(Message):
 class Heartbeat(Message):
     """Leader liveness; ``commit`` is capped at what the follower is known to hold.
 
-    ``context`` is set when the heartbeat round confirms leadership for a ReadIndex request.
+    ``read_seq``, when not 0, numbers the round of ReadIndex confirmations this heartbeat is
+    part of; the follower echoes it back.
     """
 
     commit: int
-    context: bytes | None = None
+    read_seq: int = 0
 
 
 @dataclass(slots=True, kw_only=True)
 class HeartbeatResponse(Message):
-    context: bytes | None = None
+    read_seq: int = 0
 
 
 @dataclass(slots=True, kw_only=True)

@@ -1,0 +1,65 @@
+"""The Raft algorithm as a pure, deterministic state machine: no I/O, no clock, no threads.
+
+Drive a ``RaftNode`` with ``tick``, ``step``, ``propose`` and ``read_index``; take its work with
+``ready()``; report it done with ``advance()``. See ``raftly.core.node`` for the contract.
+"""
+
+from raftly.core.config import Config, ConfigError
+from raftly.core.errors import InvariantError, NotLeader, ProposalDropped, RaftError
+from raftly.core.messages import (
+    AppendEntries,
+    AppendEntriesResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    InstallSnapshot,
+    Message,
+    ReadIndexRequest,
+    ReadIndexResponse,
+    RequestVote,
+    RequestVoteResponse,
+    TimeoutNow,
+)
+from raftly.core.node import RaftNode, ReadState, Ready, Role, Status
+from raftly.core.types import (
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    InitialState,
+    NodeId,
+    Snapshot,
+    SnapshotMeta,
+)
+
+__all__ = [
+    "AppendEntries",
+    "AppendEntriesResponse",
+    "ConfState",
+    "Config",
+    "ConfigError",
+    "Entry",
+    "EntryType",
+    "HardState",
+    "Heartbeat",
+    "HeartbeatResponse",
+    "InitialState",
+    "InstallSnapshot",
+    "InvariantError",
+    "Message",
+    "NodeId",
+    "NotLeader",
+    "ProposalDropped",
+    "RaftError",
+    "RaftNode",
+    "ReadIndexRequest",
+    "ReadIndexResponse",
+    "ReadState",
+    "Ready",
+    "RequestVote",
+    "RequestVoteResponse",
+    "Role",
+    "Snapshot",
+    "SnapshotMeta",
+    "Status",
+    "TimeoutNow",
+]

@@ -1,0 +1,649 @@
+"""``RaftNode``: the Raft algorithm as a pure, deterministic state machine (sans-IO).
+
+The node is fed inputs (``tick``, ``step``, ``propose``, ``read_index``,
+``transfer_leadership``) and hands back, through ``ready()``, everything the driver must do: the
+hard state and entries to persist, the messages to send once they are durable, the committed
+entries to apply and the reads that may now be served. The driver calls ``advance(ready)`` when it
+has persisted that batch. There is no clock, no I/O and no global randomness here: the same
+inputs and the same seeded ``random.Random`` always give the same outputs.
+
+Beyond the Raft paper: pre-vote and check-quorum (so a node that was cut off cannot depose a
+healthy leader, and a leader cut off from the majority steps down), fast log backtracking by
+conflict term, pipelined replication with a bounded window, ReadIndex and leadership transfer.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+
+from raftly.core.config import Config
+from raftly.core.errors import InvariantError, NotLeader, ProposalDropped
+from raftly.core.log import RaftLog
+from raftly.core.messages import (
+    AppendEntries,
+    AppendEntriesResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    InstallSnapshot,
+    Message,
+    ReadIndexRequest,
+    ReadIndexResponse,
+    RequestVote,
+    RequestVoteResponse,
+    TimeoutNow,
+)
+from raftly.core.progress import Progress, ProgressState
+from raftly.core.types import ConfState, Entry, EntryType, HardState, InitialState, NodeId
+
+
+class Role(Enum):
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre-candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+@dataclass(slots=True, frozen=True)
+class ReadState:
+    """A read may be served once the state machine has applied ``index``."""
+
+    index: int
+    context: bytes
+
+
+@dataclass(slots=True)
+class Ready:
+    """One batch of work for the driver, to be done in this order:
+
+    1. persist ``entries`` (replacing any stored suffix they overlap), then ``hard_state`` if set,
+       durably, in one group commit;
+    2. send ``messages`` (they may depend on what step 1 made durable);
+    3. apply ``committed_entries`` in order, and serve ``read_states`` once applied;
+    4. call ``advance(ready)``.
+    """
+
+    hard_state: HardState | None
+    entries: list[Entry]
+    messages: list[Message]
+    committed_entries: list[Entry]
+    read_states: list[ReadState]
+
+
+@dataclass(slots=True, frozen=True)
+class Status:
+    """A snapshot of a node's volatile state, for operators and tests."""
+
+    id: NodeId
+    role: Role
+    term: int
+    leader: NodeId | None
+    commit: int
+    applied: int
+    last_index: int
+    voters: frozenset[NodeId]
+
+
+@dataclass(slots=True)
+class _PendingRead:
+    seq: int
+    index: int
+    requester: NodeId
+    context: bytes
+
+
+class RaftNode:
+    """One Raft participant. Not thread-safe: a single driver feeds it."""
+
+    def __init__(self, node_id: NodeId, state: InitialState, config: Config | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.id = node_id
+        self.config = config or Config()
+        self._rng = rng if rng is not None else random.Random(node_id)
+        hs = state.hard_state
+        self.term = hs.term
+        self.vote: NodeId | None = hs.vote
+        self.log = RaftLog(state.snapshot, state.entries, hs.commit)
+        self.role = Role.FOLLOWER
+        self.leader: NodeId | None = None
+        self._votes: dict[NodeId, bool] = {}
+        self._progress: dict[NodeId, Progress] = {}
+        self._snapshot_voters = state.snapshot.conf.voters
+        self._conf_index = state.snapshot.index
+        self.voters: frozenset[NodeId] = self._snapshot_voters
+        self._refresh_conf()
+        self._pending_append: set[NodeId] = set()
+        self._transferee: NodeId | None = None
+
+        self._election_elapsed = 0
+        self._heartbeat_elapsed = 0
+        self._randomized_timeout = 0
+        self._reset_election_timer()
+
+        self._messages: list[Message] = []
+        self._read_states: list[ReadState] = []
+        self._read_seq = 0
+        self._read_acks: dict[int, set[NodeId]] = {}
+        self._pending_reads: deque[_PendingRead] = deque()
+        self._reads_awaiting_commit: list[tuple[bytes, NodeId]] = []
+        self._persisted_hs = hs
+        self._outstanding: Ready | None = None
+
+    # -- inspection -----------------------------------------------------------------------------
+
+    @property
+    def hard_state(self) -> HardState:
+        return HardState(self.term, self.vote, self.log.commit)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role is Role.LEADER
+
+    def status(self) -> Status:
+        return Status(self.id, self.role, self.term, self.leader, self.log.commit,
+                      self.log.applied, self.log.last_index, self.voters)
+
+    def progress(self, peer: NodeId) -> Progress | None:
+        """The leader's view of ``peer``'s replication (None on a non-leader)."""
+        return self._progress.get(peer)
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Advance logical time by one tick."""
+        self._election_elapsed += 1
+        if self.role is Role.LEADER:
+            self._tick_leader()
+        elif self._election_elapsed >= self._randomized_timeout and self._promotable():
+            self._campaign(pre_vote=self.config.pre_vote, transfer=False)
+
+    def propose(self, data: bytes) -> int:
+        """Append a command to the leader's log; return its index. Raises NotLeader elsewhere."""
+        return self._propose(data, EntryType.COMMAND)
+
+    def read_index(self, context: bytes) -> None:
+        """Ask for a linearizable read point; a ``ReadState`` with ``context`` comes in a Ready.
+
+        ``context`` is the caller's and comes back untouched. On a follower the request is
+        forwarded to the leader. A request is dropped if leadership changes before it is
+        confirmed, so callers time out and retry.
+        """
+        if self.role is Role.LEADER:
+            self._leader_read_index(context, self.id)
+        elif self.leader is not None:
+            self._send(ReadIndexRequest(term=self.term, src=self.id, dst=self.leader, context=context))
+        else:
+            raise NotLeader(None)
+
+    def transfer_leadership(self, target: NodeId) -> None:
+        """Hand leadership to ``target``: bring it up to date, then tell it to campaign at once.
+
+        New proposals are refused until the transfer completes or times out (one election
+        timeout), so it can never block the cluster for long.
+        """
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader)
+        if target not in self.voters:
+            raise ValueError(f"node {target} is not a voting member")
+        if target == self.id or target == self._transferee:
+            return
+        self._transferee = target
+        self._election_elapsed = 0
+        if self._progress[target].match == self.log.last_index:
+            self._send(TimeoutNow(term=self.term, src=self.id, dst=target))
+        else:
+            self._pending_append.add(target)
+
+    def step(self, msg: Message) -> None:
+        """Handle a message from another node."""
+        if msg.dst != self.id:
+            raise ValueError(f"message for node {msg.dst} delivered to node {self.id}")
+        if msg.term > self.term:
+            if not self._accept_higher_term(msg):
+                return
+        elif msg.term < self.term:
+            self._answer_stale(msg)
+            return
+        if isinstance(msg, RequestVote):
+            self._handle_request_vote(msg)
+        elif self.role is Role.LEADER:
+            self._step_leader(msg)
+        elif self.role is Role.FOLLOWER:
+            self._step_follower(msg)
+        else:
+            self._step_candidate(msg)
+
+    # -- the Ready / advance contract ------------------------------------------------------------
+
+    def has_ready(self) -> bool:
+        """Whether ``ready()`` would return any work."""
+        self._flush_appends()
+        return bool(
+            self._messages
+            or self._read_states
+            or self.log.has_unstable()
+            or self.log.has_committed()
+            or self.hard_state != self._persisted_hs
+        )
+
+    def ready(self) -> Ready:
+        """Hand out the pending work. The previous Ready must have been advanced."""
+        if self._outstanding is not None:
+            raise RuntimeError("ready() called before advance() of the previous Ready")
+        self._flush_appends()
+        hs = self.hard_state
+        rd = Ready(
+            hard_state=hs if hs != self._persisted_hs else None,
+            entries=self.log.take_unstable(),
+            messages=self._messages,
+            committed_entries=self.log.take_committed(),
+            read_states=self._read_states,
+        )
+        self._persisted_hs = hs
+        self._messages = []
+        self._read_states = []
+        self._outstanding = rd
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """The driver has persisted, sent and applied ``rd``."""
+        if rd is not self._outstanding:
+            raise RuntimeError("advance() of a Ready that is not the outstanding one")
+        self._outstanding = None
+        if rd.entries:
+            last = rd.entries[-1]
+            self.log.stable_to(last.index, last.term)
+        if self.role is Role.LEADER:
+            own = self._progress[self.id]
+            if own.acknowledge(self.log.stable_index):
+                self._maybe_commit()
+
+    # -- elections ------------------------------------------------------------------------------
+
+    def _promotable(self) -> bool:
+        return self.id in self.voters
+
+    def _reset_election_timer(self) -> None:
+        self._election_elapsed = 0
+        ticks = self.config.election_ticks
+        self._randomized_timeout = self._rng.randrange(ticks, 2 * ticks)
+
+    def _become_follower(self, term: int, leader: NodeId | None) -> None:
+        if term != self.term:
+            self.term = term
+            self.vote = None
+        self.role = Role.FOLLOWER
+        self.leader = leader
+        self._leave_leadership()
+        self._reset_election_timer()
+
+    def _leave_leadership(self) -> None:
+        self._progress.clear()
+        self._pending_append.clear()
+        self._transferee = None
+        self._read_acks.clear()
+        self._pending_reads.clear()
+        self._reads_awaiting_commit.clear()
+
+    def _campaign(self, *, pre_vote: bool, transfer: bool) -> None:
+        self._leave_leadership()
+        self.leader = None
+        self._reset_election_timer()
+        if pre_vote:
+            self.role = Role.PRE_CANDIDATE
+            term = self.term + 1
+        else:
+            self.role = Role.CANDIDATE
+            self.term += 1
+            self.vote = self.id
+            term = self.term
+        self._votes = {self.id: True}
+        if self._won_election():
+            return
+        for peer in sorted(self.voters - {self.id}):
+            self._send(RequestVote(term=term, src=self.id, dst=peer,
+                                   last_log_index=self.log.last_index,
+                                   last_log_term=self.log.last_term,
+                                   pre_vote=pre_vote, transfer=transfer))
+
+    def _won_election(self) -> bool:
+        """Count votes; move on if a majority granted or refused. Return whether decided."""
+        granted = sum(1 for v in self._votes.values() if v)
+        refused = len(self._votes) - granted
+        quorum = len(self.voters) // 2 + 1
+        if granted >= quorum:
+            if self.role is Role.PRE_CANDIDATE:
+                self._campaign(pre_vote=False, transfer=False)
+            else:
+                self._become_leader()
+            return True
+        if refused >= quorum:
+            self._become_follower(self.term, None)
+            return True
+        return False
+
+    def _accept_higher_term(self, msg: Message) -> bool:
+        """Handle a message from a higher term; return whether to process it further."""
+        if isinstance(msg, RequestVote):
+            in_lease = (self.config.check_quorum and self.leader is not None
+                        and self._election_elapsed < self.config.election_ticks)
+            if in_lease and not msg.transfer:
+                # A leader is alive: a candidate that cannot hear it must not depose it.
+                return False
+            if msg.pre_vote:
+                return True  # a pre-vote never changes our term
+        if isinstance(msg, RequestVoteResponse) and msg.pre_vote and msg.granted:
+            return True  # granted pre-votes carry the term the candidate is about to take
+        leader = msg.src if isinstance(msg, (AppendEntries, Heartbeat, InstallSnapshot)) else None
+        self._become_follower(msg.term, leader)
+        return True
+
+    def _answer_stale(self, msg: Message) -> None:
+        """Answer a message from an older term so its sender can catch up, or drop it."""
+        if isinstance(msg, (AppendEntries, Heartbeat)) and (self.config.check_quorum or self.config.pre_vote):
+            # A deposed or partitioned leader learns our term from this and steps down. Without
+            # it a node whose term rose while cut off could never rejoin: its vote requests are
+            # ignored by nodes that still hear the leader.
+            self._send(AppendEntriesResponse(term=self.term, src=self.id, dst=msg.src,
+                                             success=False, index=0))
+        elif isinstance(msg, RequestVote) and msg.pre_vote:
+            self._send(RequestVoteResponse(term=self.term, src=self.id, dst=msg.src,
+                                           granted=False, pre_vote=True))
+
+    def _handle_request_vote(self, msg: RequestVote) -> None:
+        if msg.pre_vote:
+            could_vote = msg.term > self.term or self.vote == msg.src or (
+                self.vote is None and self.leader is None)
+        else:
+            could_vote = self.vote == msg.src or (self.vote is None and self.leader is None)
+        granted = could_vote and self.log.is_up_to_date(msg.last_log_index, msg.last_log_term)
+        if granted and not msg.pre_vote:
+            self.vote = msg.src
+            self._election_elapsed = 0
+        self._send(RequestVoteResponse(term=msg.term if granted else self.term, src=self.id,
+                                       dst=msg.src, granted=granted, pre_vote=msg.pre_vote))
+
+    def _step_candidate(self, msg: Message) -> None:
+        if isinstance(msg, (AppendEntries, Heartbeat, InstallSnapshot)):
+            self._become_follower(msg.term, msg.src)
+            self._step_follower(msg)
+        elif isinstance(msg, RequestVoteResponse):
+            if msg.pre_vote != (self.role is Role.PRE_CANDIDATE) or msg.src not in self.voters:
+                return
+            self._votes.setdefault(msg.src, msg.granted)
+            self._won_election()
+        elif isinstance(msg, TimeoutNow):
+            self._handle_timeout_now()
+
+    def _handle_timeout_now(self) -> None:
+        if self._promotable():
+            self._campaign(pre_vote=False, transfer=True)
+
+    # -- leader ---------------------------------------------------------------------------------
+
+    def _become_leader(self) -> None:
+        self.role = Role.LEADER
+        self.leader = self.id
+        self._heartbeat_elapsed = 0
+        self._election_elapsed = 0
+        next_index = self.log.last_index + 1
+        self._progress = {peer: Progress(next_index) for peer in self.voters}
+        own = self._progress[self.id]
+        own.acknowledge(self.log.stable_index)
+        own.recent_active = True
+        # The no-op of our term: once it commits, every earlier entry is committed too.
+        self._append(EntryType.NOOP, b"")
+
+    def _propose(self, data: bytes, kind: EntryType) -> int:
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader)
+        if self._transferee is not None:
+            raise ProposalDropped(f"leadership transfer to node {self._transferee} in progress")
+        return self._append(kind, data)
+
+    def _append(self, kind: EntryType, data: bytes) -> int:
+        index = self.log.last_index + 1
+        entry = Entry(index, self.term, data, kind)
+        self.log.append([entry])
+        if kind is EntryType.CONFIG:
+            self._refresh_conf()
+        self._pending_append.update(self._progress)
+        self._pending_append.discard(self.id)
+        return index
+
+    def _tick_leader(self) -> None:
+        self._heartbeat_elapsed += 1
+        if self._heartbeat_elapsed >= self.config.heartbeat_ticks:
+            self._heartbeat_elapsed = 0
+            self._broadcast_heartbeat(self._read_seq if self._pending_reads else 0)
+        if self._election_elapsed >= self.config.election_ticks:
+            self._election_elapsed = 0
+            if self.config.check_quorum and not self._quorum_active():
+                self._become_follower(self.term, None)
+                return
+            self._transferee = None  # a transfer that did not finish in time is abandoned
+
+    def _quorum_active(self) -> bool:
+        active = 0
+        for peer, pr in self._progress.items():
+            if pr.recent_active or peer == self.id:
+                active += 1
+            pr.recent_active = False
+        return active >= len(self.voters) // 2 + 1
+
+    def _broadcast_heartbeat(self, read_seq: int) -> None:
+        for peer, pr in self._progress.items():
+            if peer == self.id:
+                continue
+            pr.acked_since_heartbeat = False
+            self._send(Heartbeat(term=self.term, src=self.id, dst=peer,
+                                 commit=min(pr.match, self.log.commit), read_seq=read_seq))
+
+    def _flush_appends(self) -> None:
+        """Send what is waiting to every follower marked as needing it: one message each."""
+        if not self._pending_append:
+            return
+        for peer in sorted(self._pending_append):
+            self._send_append(peer)
+        self._pending_append.clear()
+
+    def _send_append(self, peer: NodeId) -> None:
+        pr = self._progress.get(peer)
+        if pr is None or not pr.can_send(self.config.max_inflight_messages):
+            return
+        log = self.log
+        prev_index = pr.next - 1
+        prev_term = log.term_at(prev_index)
+        if prev_term is None:
+            raise InvariantError(f"entries before {pr.next} were compacted; snapshots are not supported yet")
+        entries = log.slice(pr.next, log.last_index, self.config.max_entries_per_message,
+                            self.config.max_bytes_per_message)
+        last = prev_index + len(entries)
+        commit = min(log.commit, last)
+        if pr.state is ProgressState.REPLICATE and not entries and (
+                pr.inflight or commit <= pr.sent_commit):
+            # Nothing new to send. An empty AppendEntries only to carry the commit index goes
+            # out when nothing is in flight, so that it cannot overtake entries and be rejected.
+            return
+        pr.sent(last, bool(entries))
+        pr.sent_commit = max(pr.sent_commit, commit)
+        self._send(AppendEntries(term=self.term, src=self.id, dst=peer, prev_index=prev_index,
+                                 prev_term=prev_term, entries=entries, commit=commit))
+
+    def _step_leader(self, msg: Message) -> None:
+        pr = self._progress.get(msg.src)
+        if pr is None:
+            return  # not a member (any more)
+        if isinstance(msg, AppendEntriesResponse):
+            pr.recent_active = True
+            self._handle_append_response(msg, pr)
+        elif isinstance(msg, HeartbeatResponse):
+            pr.recent_active = True
+            pr.probe_sent = False
+            if (pr.state is ProgressState.REPLICATE and not pr.acked_since_heartbeat
+                    and pr.match < self.log.last_index):
+                # Nothing acknowledged for a whole heartbeat round: what was in flight is lost.
+                pr.become_probe()
+            if pr.match < self.log.last_index:
+                self._pending_append.add(msg.src)
+            if msg.read_seq:
+                self._ack_read(msg.read_seq, msg.src)
+        elif isinstance(msg, ReadIndexRequest):
+            self._leader_read_index(msg.context, msg.src)
+
+    def _handle_append_response(self, msg: AppendEntriesResponse, pr: Progress) -> None:
+        if msg.success:
+            if pr.acknowledge(msg.index):
+                self._maybe_commit()
+                if msg.src == self._transferee and pr.match == self.log.last_index:
+                    self._send(TimeoutNow(term=self.term, src=self.id, dst=msg.src))
+            if pr.match < self.log.last_index:
+                self._pending_append.add(msg.src)
+            return
+        if msg.index <= pr.match or (pr.state is ProgressState.PROBE and msg.index != pr.next - 1):
+            return  # a stale rejection: we already know better
+        next_index = msg.conflict_index
+        if msg.conflict_term:
+            ours = self.log.last_index_of_term(msg.conflict_term, msg.index)
+            if ours is not None:
+                next_index = ours + 1
+        pr.become_probe()
+        pr.next = max(min(next_index, msg.index), pr.match + 1)
+        self._pending_append.add(msg.src)
+
+    def _maybe_commit(self) -> None:
+        matches = sorted((pr.match for peer, pr in self._progress.items() if peer in self.voters),
+                         reverse=True)
+        quorum_index = matches[len(self.voters) // 2]
+        # Figure 8: only an entry of our own term commits by counting replicas.
+        if quorum_index > self.log.commit and self.log.term_at(quorum_index) == self.term:
+            self.log.commit_to(quorum_index)
+            self._pending_append.update(p for p in self._progress if p != self.id)
+            if self._reads_awaiting_commit:
+                waiting, self._reads_awaiting_commit = self._reads_awaiting_commit, []
+                for context, requester in waiting:
+                    self._leader_read_index(context, requester)
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def _leader_read_index(self, context: bytes, requester: NodeId) -> None:
+        if self.log.term_at(self.log.commit) != self.term:
+            # Until our no-op commits we do not know the commit index of the cluster.
+            self._reads_awaiting_commit.append((context, requester))
+            return
+        if len(self.voters) == 1:
+            self._release_read(_PendingRead(0, self.log.commit, requester, context))
+            return
+        # Each read opens a round of heartbeats; a quorum's answer to round s confirms that we
+        # still led after every read of rounds <= s was received.
+        self._read_seq += 1
+        self._read_acks[self._read_seq] = {self.id}
+        self._pending_reads.append(_PendingRead(self._read_seq, self.log.commit, requester, context))
+        self._broadcast_heartbeat(self._read_seq)
+
+    def _ack_read(self, seq: int, peer: NodeId) -> None:
+        acks = self._read_acks.get(seq)
+        if acks is None:
+            return
+        acks.add(peer)
+        if len(acks & self.voters) < len(self.voters) // 2 + 1:
+            return
+        while self._pending_reads and self._pending_reads[0].seq <= seq:
+            self._release_read(self._pending_reads.popleft())
+        for done in [s for s in self._read_acks if s <= seq]:
+            del self._read_acks[done]
+
+    def _release_read(self, read: _PendingRead) -> None:
+        if read.requester == self.id:
+            self._read_states.append(ReadState(read.index, read.context))
+        else:
+            self._send(ReadIndexResponse(term=self.term, src=self.id, dst=read.requester,
+                                         context=read.context, index=read.index))
+
+    # -- follower -------------------------------------------------------------------------------
+
+    def _step_follower(self, msg: Message) -> None:
+        if isinstance(msg, AppendEntries):
+            self._heard_from_leader(msg.src)
+            self._handle_append(msg)
+        elif isinstance(msg, Heartbeat):
+            self._heard_from_leader(msg.src)
+            self.log.commit_to(min(msg.commit, self.log.last_index))
+            self._send(HeartbeatResponse(term=self.term, src=self.id, dst=msg.src,
+                                         read_seq=msg.read_seq))
+        elif isinstance(msg, ReadIndexResponse):
+            self._read_states.append(ReadState(msg.index, msg.context))
+        elif isinstance(msg, TimeoutNow):
+            self._handle_timeout_now()
+        elif isinstance(msg, InstallSnapshot):
+            raise NotImplementedError("snapshots are not supported yet")
+
+    def _heard_from_leader(self, leader: NodeId) -> None:
+        self.leader = leader
+        self._election_elapsed = 0
+
+    def _handle_append(self, msg: AppendEntries) -> None:
+        log = self.log
+        prev_index, entries = msg.prev_index, msg.entries
+        if prev_index < log.commit:
+            # Entries up to our commit index are known to match the leader's: skip them.
+            skip = min(log.commit - prev_index, len(entries))
+            prev_index, entries = prev_index + skip, entries[skip:]
+            if not entries:
+                self._send(AppendEntriesResponse(term=self.term, src=self.id, dst=msg.src,
+                                                 success=True, index=prev_index))
+                return
+        elif not log.matches(prev_index, msg.prev_term):
+            self._reject_append(msg)
+            return
+        last_new = log.merge(prev_index, entries)
+        if not self._conf_is_current() or any(e.type is EntryType.CONFIG for e in entries):
+            self._refresh_conf()
+        log.commit_to(min(msg.commit, last_new))
+        self._send(AppendEntriesResponse(term=self.term, src=self.id, dst=msg.src,
+                                         success=True, index=last_new))
+
+    def _reject_append(self, msg: AppendEntries) -> None:
+        log = self.log
+        if msg.prev_index > log.last_index:
+            conflict_term, conflict_index = 0, log.last_index + 1
+        else:
+            conflict_term = log.term_at(msg.prev_index) or 0
+            conflict_index = log.first_index_of_term(msg.prev_index)
+        self._send(AppendEntriesResponse(term=self.term, src=self.id, dst=msg.src, success=False,
+                                         index=msg.prev_index, conflict_term=conflict_term,
+                                         conflict_index=conflict_index))
+
+    # -- membership -----------------------------------------------------------------------------
+
+    def _conf_is_current(self) -> bool:
+        """Whether the entry our configuration came from is still in the log."""
+        index = self._conf_index
+        return index <= self.log.snapshot_index or (
+            index <= self.log.last_index and self.log.entry(index).type is EntryType.CONFIG)
+
+    def _refresh_conf(self) -> None:
+        """Use the newest configuration in the log, or the snapshot's if the log holds none.
+
+        Raft uses a configuration as soon as it is in the log, committed or not, and falls back
+        when a conflicting suffix that held it is truncated.
+        """
+        log = self.log
+        self.voters, self._conf_index = self._snapshot_voters, log.snapshot_index
+        for index in range(log.last_index, log.snapshot_index, -1):
+            entry = log.entry(index)
+            if entry.type is EntryType.CONFIG:
+                self.voters, self._conf_index = ConfState.decode(entry.data).voters, index
+                break
+        if self.role is Role.LEADER:
+            for peer in self.voters - self._progress.keys():
+                self._progress[peer] = Progress(log.last_index + 1)
+            for peer in self._progress.keys() - self.voters - {self.id}:
+                del self._progress[peer]
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _send(self, msg: Message) -> None:
+        self._messages.append(msg)

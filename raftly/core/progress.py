@@ -1,0 +1,82 @@
+"""``Progress``: what a leader knows of one follower's log, and how it sends to it.
+
+A follower is probed (one AppendEntries at a time, backing off on rejection) until its match is
+found, then replicated to (AppendEntries pipelined, at most ``max_inflight`` in flight), the
+scheme of etcd's raft. Bounding the in-flight window bounds what a slow follower costs.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from enum import Enum
+
+
+class ProgressState(Enum):
+    PROBE = "probe"
+    REPLICATE = "replicate"
+
+
+class Progress:
+    """Replication state of one follower, kept by the leader."""
+
+    __slots__ = (
+        "acked_since_heartbeat",
+        "inflight",
+        "match",
+        "next",
+        "probe_sent",
+        "recent_active",
+        "sent_commit",
+        "state",
+    )
+
+    def __init__(self, next_index: int) -> None:
+        self.match = 0
+        self.next = next_index
+        self.state = ProgressState.PROBE
+        self.probe_sent = False
+        self.inflight: deque[int] = deque()
+        """The last index of each AppendEntries in flight, oldest first (REPLICATE only)."""
+        self.recent_active = False
+        """Heard from within the current check-quorum window."""
+        self.acked_since_heartbeat = False
+        self.sent_commit = 0
+        """The highest commit index sent in an AppendEntries."""
+
+    def can_send(self, max_inflight: int) -> bool:
+        if self.state is ProgressState.PROBE:
+            return not self.probe_sent
+        return len(self.inflight) < max_inflight
+
+    def sent(self, last_index: int, had_entries: bool) -> None:
+        """Record an AppendEntries that carried entries up to ``last_index``."""
+        if self.state is ProgressState.PROBE:
+            self.probe_sent = True
+        elif had_entries:
+            self.next = last_index + 1
+            self.inflight.append(last_index)
+
+    def acknowledge(self, index: int) -> bool:
+        """The follower holds everything up to ``index``; return whether ``match`` moved."""
+        self.acked_since_heartbeat = True
+        while self.inflight and self.inflight[0] <= index:
+            self.inflight.popleft()
+        if index <= self.match:
+            return False
+        self.match = index
+        self.next = max(self.next, index + 1)
+        if self.state is ProgressState.PROBE:
+            self.become_replicate()
+        return True
+
+    def become_probe(self) -> None:
+        self.state = ProgressState.PROBE
+        self.probe_sent = False
+        self.inflight.clear()
+        self.next = self.match + 1
+
+    def become_replicate(self) -> None:
+        self.state = ProgressState.REPLICATE
+        self.probe_sent = False
+        self.inflight.clear()
+        self.next = self.match + 1
