@@ -1,0 +1,94 @@
+"""``SafetyChecker``: the safety properties of Raft (paper, Figure 3), checked as a run goes.
+
+The simulator reports every durable append, every application and every node's state after each
+step; the checker keeps just enough global history to check each property in (amortized) constant
+time per event, and raises ``SafetyViolation`` the moment one breaks.
+"""
+
+from __future__ import annotations
+
+from raftly.core.node import RaftNode
+from raftly.core.types import Entry, NodeId
+
+
+class SafetyViolation(AssertionError):
+    """A Raft safety property broke."""
+
+
+class SafetyChecker:
+    """Checks election safety, leader append-only, log matching, leader completeness and state
+    machine safety, plus: no node applies an index twice or out of order."""
+
+    def __init__(self) -> None:
+        self._leader_of_term: dict[int, NodeId] = {}
+        self._entries: dict[tuple[int, int], tuple[int | None, bytes, int]] = {}
+        """(index, term) -> (term of the previous entry, data, entry type), as first persisted."""
+        self._applied: dict[int, Entry] = {}
+        """index -> the entry applied there by whichever node applied it first."""
+        self._last_applied: dict[NodeId, int] = {}
+        self._leading: dict[NodeId, tuple[int, int, int]] = {}
+        """node -> (term, last index, last term) while it leads."""
+
+    def on_persist(self, node: RaftNode, entries: list[Entry]) -> None:
+        """Log matching: two entries with the same index and term hold the same command and
+        follow entries of the same term, hence (by induction) identical prefixes."""
+        log = node.log
+        for entry in entries:
+            key = (entry.index, entry.term)
+            seen = (log.term_at(entry.index - 1), entry.data, int(entry.type))
+            first = self._entries.setdefault(key, seen)
+            prev_terms_differ = None not in (first[0], seen[0]) and first[0] != seen[0]
+            if first[1:] != seen[1:] or prev_terms_differ:
+                raise SafetyViolation(
+                    f"log matching: node {node.id} holds entry {key} as {seen}, "
+                    f"another node as {first}"
+                )
+
+    def on_restart(self, node_id: NodeId, applied_from: int) -> None:
+        """A new instance of a node re-applies from its snapshot."""
+        self._last_applied[node_id] = applied_from
+
+    def on_apply(self, node_id: NodeId, entry: Entry) -> None:
+        last = self._last_applied.get(node_id, 0)
+        if entry.index != last + 1:
+            raise SafetyViolation(
+                f"node {node_id} applied index {entry.index} right after {last} "
+                "(an index applied twice, or one skipped)"
+            )
+        self._last_applied[node_id] = entry.index
+        first = self._applied.setdefault(entry.index, entry)
+        if first != entry:
+            raise SafetyViolation(
+                f"state machine safety: node {node_id} applied {entry} at index {entry.index}, "
+                f"another node applied {first}"
+            )
+
+    def on_state(self, node: RaftNode) -> None:
+        """Election safety, leader append-only and leader completeness."""
+        if not node.is_leader:
+            self._leading.pop(node.id, None)
+            return
+        term, log = node.term, node.log
+        holder = self._leader_of_term.setdefault(term, node.id)
+        if holder != node.id:
+            raise SafetyViolation(f"election safety: nodes {holder} and {node.id} both lead term {term}")
+        previous = self._leading.get(node.id)
+        if previous is not None and previous[0] == term:
+            _, last_index, last_term = previous
+            if log.last_index < last_index or log.term_at(last_index) != last_term:
+                raise SafetyViolation(
+                    f"leader append-only: leader {node.id} of term {term} lost or rewrote "
+                    f"entry {last_index}"
+                )
+        else:
+            self._check_completeness(node)
+        self._leading[node.id] = (term, log.last_index, log.last_term)
+
+    def _check_completeness(self, node: RaftNode) -> None:
+        log = node.log
+        for index, entry in self._applied.items():
+            if index > log.snapshot_index and log.term_at(index) != entry.term:
+                raise SafetyViolation(
+                    f"leader completeness: node {node.id} leads term {node.term} without "
+                    f"committed entry {index} of term {entry.term}"
+                )

@@ -1,0 +1,409 @@
+"""``SimCluster``: many Raft nodes in one process, on a virtual clock, over a faulty network.
+
+The simulator drives the same ``RaftNode`` the server drives, through the same Ready/advance
+contract, with each node's durable state in a ``Storage``. It jumps from event to event (a
+message delivery or a tick) instead of sleeping, so minutes of cluster time take moments, and all
+of its randomness comes from one seed: the same seed gives the same run, step for step.
+
+After every event it checks Raft's safety properties (``SafetyChecker``) and raises
+``SafetyViolation`` with the seed and the step where one broke.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from raftly.core.config import Config
+from raftly.core.errors import RaftError
+from raftly.core.messages import Message
+from raftly.core.node import RaftNode, ReadState
+from raftly.core.state_machine import StateMachine
+from raftly.core.types import ConfState, EntryType, NodeId
+from raftly.storage.base import Storage
+from raftly.storage.memory import MemoryStorage
+from raftly.testing.safety import SafetyChecker, SafetyViolation
+
+_TICK = 0
+_DELIVER = 1
+
+
+class RecordingStateMachine:
+    """The default state machine: remembers the commands it applied, returns the index."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[int, bytes]] = []
+
+    def apply(self, index: int, command: bytes) -> object:
+        self.commands.append((index, command))
+        return index
+
+
+@dataclass(slots=True)
+class _Member:
+    """One node slot: its durable storage survives crashes; the rest is the live instance."""
+
+    storage: Storage
+    node: RaftNode | None = None
+    state_machine: StateMachine | None = None
+    incarnation: int = 0
+    connected: bool = True
+    applied: dict[int, bytes] = field(default_factory=dict)
+    applied_order: list[tuple[int, bytes]] = field(default_factory=list)
+    read_states: list[ReadState] = field(default_factory=list)
+
+
+class SimCluster:
+    """A deterministic simulated cluster of ``n`` nodes with ids ``0 .. n-1``.
+
+    ``state_machine`` is a factory called once per node instance (again after each restart);
+    by default each node records what it applied. ``storage_factory(i)`` gives node ``i``'s
+    storage (``MemoryStorage`` by default). ``replay_hint`` is printed with any safety
+    violation: set it to the command that reruns this scenario.
+    """
+
+    def __init__(
+        self,
+        n: int = 3,
+        seed: int = 0,
+        snapshot_every: int | None = None,
+        state_machine: Callable[[], StateMachine] | None = None,
+        *,
+        config: Config | None = None,
+        storage_factory: Callable[[int], Storage] | None = None,
+        replay_hint: str | None = None,
+    ) -> None:
+        if snapshot_every is not None:
+            raise NotImplementedError("snapshots are not supported yet")
+        if n < 1:
+            raise ValueError("a cluster needs at least one node")
+        self.n = n
+        self.seed = seed
+        self.config = config or Config()
+        self.replay_hint = replay_hint
+        self.now = 0.0
+        self.steps = 0
+        self._rng = random.Random(seed)
+        self._sm_factory: Callable[[], StateMachine] = state_machine or RecordingStateMachine
+        self._checker = SafetyChecker()
+        self._events: list[tuple[float, int, int, object]] = []
+        self._seq = 0
+        self._messages_sent = 0
+        self._groups: list[int] = [0] * n
+        self._link_clock: dict[tuple[int, int], float] = {}
+        self._unreliable = False
+        self._long_delays = False
+        self._next_one = 0
+        make_storage = storage_factory or (lambda _i: MemoryStorage())
+        conf = ConfState(frozenset(range(n)))
+        self._members: list[_Member] = []
+        for i in range(n):
+            storage = make_storage(i)
+            storage.bootstrap(conf)
+            self._members.append(_Member(storage))
+        for i in range(n):
+            self._boot(i)
+        self._schedule(self.config.tick_interval, _TICK, None)
+
+    # -- time -----------------------------------------------------------------------------------
+
+    def run(self, seconds: float) -> None:
+        """Advance virtual time by ``seconds``, processing every event due meanwhile."""
+        deadline = self.now + seconds
+        events = self._events
+        while events and events[0][0] <= deadline:
+            when, _, kind, payload = heapq.heappop(events)
+            self.now = when
+            self.steps += 1
+            if kind == _TICK:
+                self._tick_all()
+            else:
+                assert isinstance(payload, tuple)
+                self._deliver(*payload)
+        self.now = deadline
+
+    def _schedule(self, delay: float, kind: int, payload: object) -> None:
+        self._seq += 1
+        heapq.heappush(self._events, (self.now + delay, self._seq, kind, payload))
+
+    def _tick_all(self) -> None:
+        for i, member in enumerate(self._members):
+            if member.node is not None:
+                member.node.tick()
+                self._drain(i)
+        self._schedule(self.config.tick_interval, _TICK, None)
+
+    # -- the network ----------------------------------------------------------------------------
+
+    def _link_up(self, a: int, b: int) -> bool:
+        ma, mb = self._members[a], self._members[b]
+        return ma.connected and mb.connected and self._groups[a] == self._groups[b]
+
+    def _send(self, msg: Message) -> None:
+        self._messages_sent += 1
+        src, dst = msg.src, msg.dst
+        if not 0 <= dst < self.n or not self._link_up(src, dst):
+            return
+        rng = self._rng
+        if self._unreliable:
+            if rng.random() < 0.1:
+                return
+            delay = rng.uniform(0.0, 0.027)
+        else:
+            # Per-link FIFO, like a TCP connection.
+            delay = rng.uniform(0.0005, 0.002)
+            link = (src, dst)
+            delay = max(delay, self._link_clock.get(link, 0.0) - self.now)
+            self._link_clock[link] = self.now + delay
+        if self._long_delays and rng.random() < 0.3:
+            delay += rng.uniform(0.2, 2.0)
+        self._schedule(delay, _DELIVER, (msg, self._members[dst].incarnation))
+
+    def _deliver(self, msg: Message, incarnation: int) -> None:
+        member = self._members[msg.dst]
+        node = member.node
+        if node is None or member.incarnation != incarnation or not self._link_up(msg.src, msg.dst):
+            return  # the connection broke: the node restarted, crashed or was cut off
+        node.step(msg)
+        self._drain(msg.dst)
+
+    def _drain(self, i: int) -> None:
+        """Do node i's Ready work: persist, check, send, apply, advance."""
+        member = self._members[i]
+        node = member.node
+        assert node is not None
+        checker = self._checker
+        try:
+            while node.has_ready():
+                rd = node.ready()
+                member.storage.save(rd.hard_state, rd.entries)
+                if rd.entries:
+                    checker.on_persist(node, rd.entries)
+                for msg in rd.messages:
+                    self._send(msg)
+                for entry in rd.committed_entries:
+                    checker.on_apply(i, entry)
+                    if entry.type is EntryType.COMMAND:
+                        assert member.state_machine is not None
+                        member.state_machine.apply(entry.index, entry.data)
+                        member.applied[entry.index] = entry.data
+                        member.applied_order.append((entry.index, entry.data))
+                member.read_states.extend(rd.read_states)
+                node.advance(rd)
+            checker.on_state(node)
+        except SafetyViolation as e:
+            raise SafetyViolation(self._describe(str(e))) from None
+        except AssertionError as e:  # InvariantError from the core is a safety bug too
+            raise SafetyViolation(self._describe(f"{type(e).__name__}: {e}")) from e
+
+    def _describe(self, what: str) -> str:
+        hint = f"\n  replay: {self.replay_hint}" if self.replay_hint else ""
+        return f"{what}\n  seed={self.seed} step={self.steps} time={self.now:.3f}s{hint}"
+
+    # -- faults ---------------------------------------------------------------------------------
+
+    def disconnect(self, i: int) -> None:
+        """Cut every link of node i, both directions."""
+        self._members[i].connected = False
+
+    def connect(self, i: int) -> None:
+        self._members[i].connected = True
+
+    def partition(self, *groups: list[int]) -> None:
+        """Split the network: nodes talk only within their group; unlisted nodes are alone."""
+        for i in range(self.n):
+            self._groups[i] = -1 - i
+        for g, group in enumerate(groups):
+            for i in group:
+                self._groups[i] = g
+
+    def heal(self) -> None:
+        """Undo every partition and disconnection."""
+        self._groups = [0] * self.n
+        for member in self._members:
+            member.connected = True
+
+    def crash(self, i: int) -> None:
+        """Stop node i. What it made durable stays in its storage; everything else is lost."""
+        member = self._members[i]
+        member.node = None
+        member.state_machine = None
+        member.incarnation += 1
+
+    def restart(self, i: int) -> None:
+        """A new instance of node i from its durable storage (crashing the old one if alive)."""
+        self.crash(i)
+        self._boot(i)
+
+    def _boot(self, i: int) -> None:
+        member = self._members[i]
+        state = member.storage.load()
+        rng = random.Random(f"{self.seed}/{i}/{member.incarnation}")
+        member.node = RaftNode(i, state, self.config, rng)
+        member.state_machine = self._sm_factory()
+        member.applied = {}
+        member.applied_order = []
+        member.read_states = []
+        self._checker.on_restart(i, state.snapshot.index)
+
+    def set_unreliable(self, on: bool = True) -> None:
+        """Drop 10% of messages and delay each by 0-27 ms, which reorders them."""
+        self._unreliable = on
+
+    def set_long_delays(self, on: bool = True) -> None:
+        """Delay some messages (30%) by a further 200-2000 ms."""
+        self._long_delays = on
+
+    # -- observation ----------------------------------------------------------------------------
+
+    def node(self, i: int) -> RaftNode:
+        """Node i's live instance (raises if it is crashed)."""
+        node = self._members[i].node
+        if node is None:
+            raise RuntimeError(f"node {i} is crashed")
+        return node
+
+    def alive(self, i: int) -> bool:
+        return self._members[i].node is not None
+
+    def state_machine(self, i: int) -> StateMachine:
+        sm = self._members[i].state_machine
+        if sm is None:
+            raise RuntimeError(f"node {i} is crashed")
+        return sm
+
+    def term(self, i: int) -> int:
+        return self.node(i).term
+
+    def is_leader(self, i: int) -> bool:
+        node = self._members[i].node
+        return node is not None and node.is_leader
+
+    def _reachable(self) -> list[int]:
+        return [i for i, m in enumerate(self._members) if m.node is not None and m.connected]
+
+    def _leaders_by_term(self) -> dict[int, list[int]]:
+        leaders: dict[int, list[int]] = {}
+        for i in self._reachable():
+            if self.is_leader(i):
+                leaders.setdefault(self.term(i), []).append(i)
+        for term, ids in leaders.items():
+            if len(ids) > 1:
+                raise AssertionError(f"term {term} has {len(ids)} leaders: {ids}")
+        return leaders
+
+    def leader(self) -> int | None:
+        """The leader of the newest term among connected nodes, if that term has one."""
+        reachable = self._reachable()
+        if not reachable:
+            return None
+        newest = max(self.term(i) for i in reachable)
+        ids = self._leaders_by_term().get(newest)
+        return ids[0] if ids else None
+
+    def check_one_leader(self, timeout: float = 5.0) -> int:
+        """Run until one connected node leads in the newest term; return it."""
+        waited = 0.0
+        while True:
+            leader = self.leader()
+            if leader is not None:
+                return leader
+            if waited >= timeout:
+                raise AssertionError(f"no leader within {timeout}s (seed={self.seed})")
+            self.run(0.05)
+            waited += 0.05
+
+    def check_no_leader(self) -> None:
+        for i in self._reachable():
+            if self.is_leader(i):
+                raise AssertionError(f"connected node {i} leads term {self.term(i)}; expected none")
+
+    def check_terms(self) -> int:
+        terms = {self.term(i) for i in self._reachable()}
+        if len(terms) != 1:
+            raise AssertionError(f"connected nodes disagree on the term: {sorted(terms)}")
+        return terms.pop()
+
+    def message_count(self) -> int:
+        return self._messages_sent
+
+    def log_length(self, i: int) -> int:
+        log = self.node(i).log
+        return log.last_index - log.snapshot_index
+
+    def applied(self, i: int) -> list[tuple[int, bytes]]:
+        """User commands applied by node i's current instance, in order."""
+        return list(self._members[i].applied_order)
+
+    def read_states(self, i: int) -> list[ReadState]:
+        """Read states node i's current instance has been handed so far."""
+        return list(self._members[i].read_states)
+
+    # -- client operations ----------------------------------------------------------------------
+
+    def start(self, i: int, command: bytes) -> tuple[int, int, bool]:
+        """Propose ``command`` on node i: (index, term, is_leader); index is -1 if refused."""
+        node = self._members[i].node
+        if node is None:
+            return -1, 0, False
+        try:
+            index = node.propose(command)
+        except RaftError:
+            return -1, node.term, False
+        self._drain(i)
+        return index, node.term, True
+
+    def n_committed(self, index: int) -> tuple[int, bytes | None]:
+        """How many nodes applied ``index``, and the command applied there."""
+        count, command = 0, None
+        for i, member in enumerate(self._members):
+            if index in member.applied:
+                got = member.applied[index]
+                if count and got != command:
+                    raise AssertionError(f"index {index}: node {i} applied {got!r}, another {command!r}")
+                count, command = count + 1, got
+        return count, command
+
+    def one(self, command: bytes, expected_servers: int, retry: bool = False) -> int:
+        """Submit ``command`` until ``expected_servers`` applied it; return its index.
+
+        Tries each connected node in turn as the leader, for at most 10 virtual seconds.
+        """
+        deadline = self.now + 10.0
+        while self.now < deadline:
+            index = -1
+            for _ in range(self.n):
+                i = self._next_one
+                self._next_one = (i + 1) % self.n
+                if self.alive(i) and self._members[i].connected:
+                    index, _, _ = self.start(i, command)
+                    if index != -1:
+                        break
+            if index != -1:
+                waited_until = self.now + 2.0
+                while self.now < waited_until:
+                    count, got = self.n_committed(index)
+                    if count >= expected_servers and got == command:
+                        return index
+                    self.run(0.02)
+                if not retry:
+                    raise AssertionError(f"one({command!r}) failed to reach agreement")
+            else:
+                self.run(0.05)
+        raise AssertionError(f"one({command!r}) failed to reach agreement in 10s (seed={self.seed})")
+
+    def wait(self, index: int, n: int, start_term: int) -> bytes | None:
+        """Run until at least ``n`` nodes applied ``index``; None if a term passed start_term."""
+        pause = 0.01
+        deadline = self.now + 10.0
+        while self.now < deadline:
+            count, command = self.n_committed(index)
+            if count >= n:
+                return command
+            if start_term > -1 and any(self.term(i) > start_term for i in self._reachable()):
+                return None
+            self.run(pause)
+            pause = min(pause * 2, 1.0)
+        raise AssertionError(f"only {self.n_committed(index)[0]} nodes applied index {index}, wanted {n}")
