@@ -1,10 +1,11 @@
 """Durable state of a Raft node: the log, the hard state and the snapshot metadata.
 
 ``Storage`` is the interface the server and the simulator drive; ``MemoryStorage`` keeps it in
-memory for tests and simulation.
+memory for tests and simulation; ``DiskStorage`` keeps it in a data directory.
 """
 
 from raftly.storage.base import Storage, StorageError
+from raftly.storage.disk import DiskStorage
 from raftly.storage.memory import MemoryStorage
 
-__all__ = ["MemoryStorage", "Storage", "StorageError"]
+__all__ = ["DiskStorage", "MemoryStorage", "Storage", "StorageError"]

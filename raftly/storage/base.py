@@ -42,7 +42,7 @@ class Storage(Protocol):
         ...
 
     def compact(self, meta: SnapshotMeta) -> None:
-        """Record that a snapshot covers everything up to ``meta.index``; entries up to it may go."""
+        """Record that a snapshot covers everything up to ``meta.index``; entries to it may go."""
         ...
 
     def close(self) -> None:

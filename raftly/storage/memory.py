@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from raftly.core.types import ConfState, Entry, HardState, InitialState, SnapshotMeta
 from raftly.storage.base import StorageError
+from raftly.storage.checks import check_save
 
 
 class MemoryStorage:
@@ -37,23 +38,12 @@ class MemoryStorage:
         return self._entries[-1].index if self._entries else self._snapshot.index
 
     def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
+        # Checked before anything changes, so a rejected call leaves the storage as it was.
+        check_save(hard_state, entries, self._snapshot.index, self.last_index)
         if entries:
-            first = entries[0].index
-            if first > self.last_index + 1 or first <= self._snapshot.index:
-                raise StorageError(
-                    f"append at index {first} does not follow the log "
-                    f"(snapshot {self._snapshot.index}, last {self.last_index})"
-                )
-            for prev, entry in zip(entries, entries[1:], strict=False):
-                if entry.index != prev.index + 1:
-                    raise StorageError(f"entries not consecutive at index {entry.index}")
-            del self._entries[first - self._snapshot.index - 1 :]
+            del self._entries[entries[0].index - self._snapshot.index - 1 :]
             self._entries.extend(entries)
         if hard_state is not None:
-            if hard_state.commit > self.last_index:
-                raise StorageError(
-                    f"commit {hard_state.commit} beyond the last durable entry {self.last_index}"
-                )
             self._hard_state = hard_state
 
     def compact(self, meta: SnapshotMeta) -> None:

@@ -1,0 +1,90 @@
+"""Low-level file operations the disk storage relies on for durability.
+
+This module owns the fsync policy's effect (a ``Syncer`` either flushes or does nothing), full
+writes that survive short ``pwrite`` returns, and the atomic replacement of a small file:
+temporary file, fsync, rename, fsync of the directory. Everything here raises ``OSError``; the
+callers turn it into ``StorageError`` and poison the storage.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+from typing import Literal
+
+FsyncPolicy = Literal["always", "never"]
+FSYNC_POLICIES: tuple[FsyncPolicy, ...] = ("always", "never")
+
+
+def _flush_file(fd: int) -> None:
+    if sys.platform == "darwin":  # pragma: no cover - fsync on macOS does not reach the platter
+        fcntl.fcntl(fd, fcntl.F_FULLFSYNC)
+    elif hasattr(os, "fdatasync"):
+        # fdatasync also flushes the file size, which is all the metadata an append needs.
+        os.fdatasync(fd)
+    else:  # pragma: no cover
+        os.fsync(fd)
+
+
+class Syncer:
+    """Makes writes durable, or pretends to when the policy is ``never``."""
+
+    def __init__(self, policy: FsyncPolicy) -> None:
+        if policy not in FSYNC_POLICIES:
+            raise ValueError(f"fsync policy must be one of {FSYNC_POLICIES}, not {policy!r}")
+        self.policy: FsyncPolicy = policy
+        self.enabled = policy == "always"
+
+    def file(self, fd: int) -> None:
+        if self.enabled:
+            _flush_file(fd)
+
+    def directory(self, path: str) -> None:
+        """Make creations, renames and deletions of entries in ``path`` durable."""
+        if not self.enabled:
+            return
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset``; ``pwrite`` may write less than asked (disk full)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        if written <= 0:  # pragma: no cover - the kernel reports ENOSPC as an error instead
+            raise OSError(f"pwrite wrote {written} bytes")
+        view = view[written:]
+        offset += written
+
+
+def read_all(fd: int, offset: int, size: int) -> bytes:
+    """Read exactly ``size`` bytes at ``offset`` (short reads are retried, EOF is an error)."""
+    chunks: list[bytes] = []
+    remaining = size
+    while remaining:
+        chunk = os.pread(fd, remaining, offset)
+        if not chunk:
+            raise OSError(f"unexpected end of file at byte {offset}")
+        chunks.append(chunk)
+        offset += len(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def replace_file(directory: str, name: str, data: bytes, syncer: Syncer) -> None:
+    """Atomically make ``directory/name`` hold ``data``: after a crash it holds old or new."""
+    final = os.path.join(directory, name)
+    tmp = final + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        pwrite_all(fd, data, 0)
+        syncer.file(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, final)
+    syncer.directory(directory)

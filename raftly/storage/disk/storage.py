@@ -1,0 +1,237 @@
+"""``DiskStorage``: the ``Storage`` protocol on a data directory, and its error policy.
+
+This module owns the order of durable writes across files (entries, then hard state; snapshot
+metadata, then segment deletion), input validation shared with ``MemoryStorage``, and what
+happens on failure: a problem found when opening is kept and raised by ``load`` and every other
+call; an ``OSError`` while writing poisons the storage, so a node never acknowledges anything
+after its disk has failed it once (after a failed fsync the kernel may have dropped the dirty
+pages, and a retried fsync can succeed without them ever reaching the disk).
+
+Layout of the data directory::
+
+    LOCK                          flock'ed while open
+    hardstate                     term, vote, commit
+    snapshot                      index, term, configuration the log starts after
+    wal/00000000000000000001.wal  segments, named after their first index
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+from raftly.core.types import ConfState, Entry, HardState, InitialState, SnapshotMeta
+from raftly.storage.base import StorageError
+from raftly.storage.checks import check_save
+from raftly.storage.disk import state
+from raftly.storage.disk.fsio import FsyncPolicy, Syncer
+from raftly.storage.disk.lock import DirectoryLock
+from raftly.storage.disk.log import SegmentedLog
+
+logger = logging.getLogger("raftly.storage.disk")
+
+DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024
+WAL_DIR = "wal"
+
+
+class DiskStorage:
+    """A node's durable state in one data directory (see the module docstring for the layout).
+
+    ``fsync="never"`` skips every flush: for tests and benchmarks only, since a machine crash
+    then loses acknowledged writes. ``segment_size`` is where a segment is rolled (a record
+    larger than it gets a segment of its own).
+
+    Opening takes the directory's lock (a second open raises ``StorageError`` at once) and
+    checks everything on disk; corruption found then is raised by ``load``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        fsync: FsyncPolicy = "always",
+        segment_size: int = DEFAULT_SEGMENT_SIZE,
+    ) -> None:
+        if segment_size < 1:
+            raise ValueError(f"segment_size must be positive, not {segment_size}")
+        self.path = os.fspath(path)
+        self._syncer = Syncer(fsync)
+        self._segment_size = segment_size
+        self._wal_dir = os.path.join(self.path, WAL_DIR)
+        try:
+            os.makedirs(self._wal_dir, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create data directory {self.path}: {exc}") from exc
+        self._lock = DirectoryLock(self.path)
+        self._closed = False
+        self._error: StorageError | None = None
+        self._log: SegmentedLog | None = None
+        self._hard_state = HardState()
+        self._snapshot = SnapshotMeta()
+        try:
+            self._open()
+        except StorageError as exc:
+            self._error = exc
+        except OSError as exc:
+            self._error = StorageError(f"cannot read {self.path}: {exc}")
+        if self._error is not None:
+            logger.error("disk storage %s cannot start: %s", self.path, self._error)
+            return
+        logger.info(
+            "disk storage %s: fsync=%s, segment_size=%d, %s",
+            self.path,
+            self._syncer.policy,
+            segment_size,
+            "not bootstrapped"
+            if self._log is None
+            else f"entries {self.first_index}..{self.last_index} in "
+            f"{self._log.segment_count} segments, term {self._hard_state.term}, "
+            f"commit {self._hard_state.commit}",
+        )
+
+    def _open(self) -> None:
+        if not state.is_bootstrapped(self.path):
+            if any(name.endswith(".wal") for name in os.listdir(self._wal_dir)):
+                path = os.path.join(self.path, state.SNAPSHOT_NAME)
+                raise StorageError(f"{path}: missing, but {self._wal_dir} holds log segments")
+            return
+        self._snapshot = state.read_snapshot_meta(self.path)
+        self._hard_state = state.read_hard_state(self.path)
+        self._log = SegmentedLog.open(
+            self._wal_dir,
+            self._syncer,
+            self._segment_size,
+            self._snapshot,
+            self._hard_state.commit,
+            os.path.join(self.path, state.HARD_STATE_NAME),
+        )
+
+    # -- the Storage protocol --------------------------------------------------------------
+
+    def bootstrap(self, conf: ConfState) -> None:
+        self._check()
+        if self._log is not None:
+            raise StorageError(f"{self.path} already holds state; refusing to bootstrap it again")
+        try:
+            # The snapshot file marks the directory as bootstrapped, so it goes last.
+            state.write_hard_state(self.path, HardState(), self._syncer)
+            state.write_snapshot_meta(self.path, SnapshotMeta(conf=conf), self._syncer)
+        except OSError as exc:
+            raise self._poison("bootstrap", exc) from exc
+        self._hard_state = HardState()
+        self._snapshot = SnapshotMeta(conf=conf)
+        self._log = SegmentedLog(self._wal_dir, self._syncer, self._segment_size, 0)
+
+    def load(self) -> InitialState:
+        log = self._ready()
+        try:
+            entries = log.entries(self._snapshot.index + 1, log.last_index + 1)
+        except OSError as exc:
+            raise self._poison("reading the log", exc) from exc
+        return InitialState(self._hard_state, self._snapshot, entries)
+
+    def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
+        log = self._ready()
+        check_save(hard_state, entries, self._snapshot.index, log.last_index)
+        try:
+            if entries:
+                log.append(entries)
+            # After the entries, so a commit read back never exceeds the durable log; and only
+            # when changed, since each rewrite costs two flushes.
+            if hard_state is not None and hard_state != self._hard_state:
+                state.write_hard_state(self.path, hard_state, self._syncer)
+                self._hard_state = hard_state
+        except ValueError as exc:  # an entry too large to frame, found before any write
+            raise StorageError(str(exc)) from exc
+        except OSError as exc:
+            raise self._poison("save", exc) from exc
+
+    def compact(self, meta: SnapshotMeta) -> None:
+        log = self._ready()
+        if meta.index <= self._snapshot.index:
+            return
+        try:
+            # Metadata first: until it is durable, the segments about to go are still needed.
+            state.write_snapshot_meta(self.path, meta, self._syncer)
+            self._snapshot = meta
+            log.compact(meta)
+        except OSError as exc:
+            raise self._poison("compact", exc) from exc
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._log is not None:
+            self._log.close()
+        self._lock.release()
+
+    # -- extras for the server -------------------------------------------------------------
+
+    @property
+    def fsync(self) -> FsyncPolicy:
+        return self._syncer.policy
+
+    @property
+    def first_index(self) -> int:
+        """The first index the log can hold (the one after the snapshot)."""
+        return self._snapshot.index + 1
+
+    @property
+    def last_index(self) -> int:
+        """The last entry's index, or the snapshot's if the log is empty."""
+        return self._ready().last_index
+
+    @property
+    def hard_state(self) -> HardState:
+        self._ready()
+        return self._hard_state
+
+    @property
+    def snapshot(self) -> SnapshotMeta:
+        self._ready()
+        return self._snapshot
+
+    def entries(self, lo: int, hi: int) -> list[Entry]:
+        """Entries ``lo`` to ``hi - 1``; raises StorageError if any of them is not held."""
+        log = self._ready()
+        if lo >= hi:
+            return []
+        if lo <= self._snapshot.index or hi > log.last_index + 1:
+            raise StorageError(
+                f"entries {lo}..{hi - 1} are not all in the log "
+                f"({self._snapshot.index + 1}..{log.last_index})"
+            )
+        try:
+            return log.entries(lo, hi)
+        except OSError as exc:
+            raise self._poison("reading the log", exc) from exc
+
+    def term(self, index: int) -> int:
+        """The term of entry ``index``; the snapshot's term at the snapshot's index."""
+        log = self._ready()
+        if index == self._snapshot.index:
+            return self._snapshot.term
+        return log.term(index)
+
+    # -- failure handling ------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self._closed:
+            raise StorageError(f"storage {self.path} is closed")
+        if self._error is not None:
+            raise StorageError(str(self._error))
+
+    def _ready(self) -> SegmentedLog:
+        self._check()
+        if self._log is None:
+            raise StorageError(f"storage {self.path} was never bootstrapped")
+        return self._log
+
+    def _poison(self, what: str, exc: OSError) -> StorageError:
+        self._error = StorageError(
+            f"{what} failed in {self.path}: {exc}; the storage refuses all further use"
+        )
+        logger.error("%s", self._error)
+        return self._error
