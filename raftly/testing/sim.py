@@ -112,6 +112,11 @@ class SimCluster:
     def run(self, seconds: float) -> None:
         """Advance virtual time by ``seconds``, processing every event due meanwhile."""
         deadline = self.now + seconds
+        # Work that inputs from outside (start, read_index, transfer_leadership) left pending
+        # goes out now, batched: proposals made between two runs share one AppendEntries.
+        for i, member in enumerate(self._members):
+            if member.node is not None:
+                self._drain(i)
         events = self._events
         while events and events[0][0] <= deadline:
             when, _, kind, payload = heapq.heappop(events)
@@ -352,7 +357,6 @@ class SimCluster:
             index = node.propose(command)
         except RaftError:
             return -1, node.term, False
-        self._drain(i)
         return index, node.term, True
 
     def n_committed(self, index: int) -> tuple[int, bytes | None]:

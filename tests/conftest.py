@@ -1,0 +1,28 @@
+"""Options shared by the whole suite.
+
+``--slow`` turns on exhaustive runs; ``--fuzz-seeds N`` sets how many random simulator seeds
+run (200 by default, so CI stays fast).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true", help="also run slow, exhaustive tests")
+    parser.addoption("--fuzz-seeds", type=int, default=200, help="random simulator seeds to run")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "fuzz_seed" in metafunc.fixturenames:
+        metafunc.parametrize("fuzz_seed", range(metafunc.config.getoption("--fuzz-seeds")))
