@@ -71,7 +71,9 @@ class RaftLog:
     def entry(self, index: int) -> Entry:
         return self._entries[index - self.snapshot_index - 1]
 
-    def slice(self, lo: int, hi: int, max_count: int | None = None, max_bytes: int | None = None) -> list[Entry]:
+    def slice(
+        self, lo: int, hi: int, max_count: int | None = None, max_bytes: int | None = None
+    ) -> list[Entry]:
         """Entries with ``lo <= index <= hi``, at most ``max_count`` and about ``max_bytes``.
 
         At least one entry is returned when the range is non-empty, whatever its size, so a
@@ -149,7 +151,9 @@ class RaftLog:
     def truncate_from(self, index: int) -> None:
         """Drop every entry at or after ``index`` (never a committed one)."""
         if index <= self.commit:
-            raise InvariantError(f"truncation at {index} would drop committed entries (commit {self.commit})")
+            raise InvariantError(
+                f"truncation at {index} would drop committed entries (commit {self.commit})"
+            )
         del self._entries[index - self.snapshot_index - 1 :]
         self.unstable_from = min(self.unstable_from, index)
         self.stable_index = min(self.stable_index, index - 1)

@@ -173,7 +173,8 @@ class RaftNode:
         if self.role is Role.LEADER:
             self._leader_read_index(context, self.id)
         elif self.leader is not None:
-            self._send(ReadIndexRequest(term=self.term, src=self.id, dst=self.leader, context=context))
+            self._send(ReadIndexRequest(term=self.term, src=self.id, dst=self.leader,
+                                        context=context))
         else:
             raise NotLeader(None)
 
@@ -342,7 +343,8 @@ class RaftNode:
 
     def _answer_stale(self, msg: Message) -> None:
         """Answer a message from an older term so its sender can catch up, or drop it."""
-        if isinstance(msg, (AppendEntries, Heartbeat)) and (self.config.check_quorum or self.config.pre_vote):
+        from_leader = isinstance(msg, (AppendEntries, Heartbeat))
+        if from_leader and (self.config.check_quorum or self.config.pre_vote):
             # A deposed or partitioned leader learns our term from this and steps down. Without
             # it a node whose term rose while cut off could never rejoin: its vote requests are
             # ignored by nodes that still hear the leader.
@@ -457,7 +459,8 @@ class RaftNode:
         prev_index = pr.next - 1
         prev_term = log.term_at(prev_index)
         if prev_term is None:
-            raise InvariantError(f"entries before {pr.next} were compacted; snapshots are not supported yet")
+            raise InvariantError(f"entries before {pr.next} were compacted, and snapshots "
+                                 "are not supported yet")
         entries = log.slice(pr.next, log.last_index, self.config.max_entries_per_message,
                             self.config.max_bytes_per_message)
         last = prev_index + len(entries)
@@ -540,7 +543,8 @@ class RaftNode:
         # still led after every read of rounds <= s was received.
         self._read_seq += 1
         self._read_acks[self._read_seq] = {self.id}
-        self._pending_reads.append(_PendingRead(self._read_seq, self.log.commit, requester, context))
+        read = _PendingRead(self._read_seq, self.log.commit, requester, context)
+        self._pending_reads.append(read)
         self._broadcast_heartbeat(self._read_seq)
 
     def _ack_read(self, seq: int, peer: NodeId) -> None:

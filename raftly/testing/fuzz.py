@@ -10,6 +10,7 @@ Replay one seed: ``python -m raftly.testing.fuzz --seed 17``; sweep: ``--seeds 0
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import sys
 import time
@@ -83,17 +84,13 @@ def run_seed(seed: int, duration: float = 30.0) -> FuzzResult:
         elif roll < 0.92:
             leader = c.leader()
             if leader is not None:
-                try:
+                with contextlib.suppress(RaftError, ValueError):
                     c.node(leader).transfer_leadership(rng.randrange(n))
-                except (RaftError, ValueError):
-                    pass
         else:
             i = rng.randrange(n)
             if c.alive(i):
-                try:
+                with contextlib.suppress(RaftError):
                     c.node(i).read_index(f"read:{faults}".encode())
-                except RaftError:
-                    pass
     # Heal everything and check that the cluster recovers and converges.
     for i in sorted(crashed):
         c.restart(i)
@@ -137,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         virtual += r.virtual_seconds
         print(f"seed {seed}: ok  nodes={r.nodes} virtual={r.virtual_seconds:.1f}s steps={r.steps} "
-              f"messages={r.messages} proposals={r.proposals} committed={r.committed} faults={r.faults}")
+              f"messages={r.messages} proposals={r.proposals} committed={r.committed} "
+              f"faults={r.faults}")
     elapsed = time.perf_counter() - began
     print(f"{len(seeds) - failures} passed, {failures} failed "
           f"({virtual:.0f} virtual s in {elapsed:.1f} s real)")

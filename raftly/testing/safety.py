@@ -71,7 +71,9 @@ class SafetyChecker:
         term, log = node.term, node.log
         holder = self._leader_of_term.setdefault(term, node.id)
         if holder != node.id:
-            raise SafetyViolation(f"election safety: nodes {holder} and {node.id} both lead term {term}")
+            raise SafetyViolation(
+                f"election safety: nodes {holder} and {node.id} both lead term {term}"
+            )
         previous = self._leading.get(node.id)
         if previous is not None and previous[0] == term:
             _, last_index, last_term = previous

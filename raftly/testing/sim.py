@@ -21,7 +21,7 @@ from raftly.core.errors import RaftError
 from raftly.core.messages import Message
 from raftly.core.node import RaftNode, ReadState
 from raftly.core.state_machine import StateMachine
-from raftly.core.types import ConfState, EntryType, NodeId
+from raftly.core.types import ConfState, EntryType
 from raftly.storage.base import Storage
 from raftly.storage.memory import MemoryStorage
 from raftly.testing.safety import SafetyChecker, SafetyViolation
@@ -366,7 +366,9 @@ class SimCluster:
             if index in member.applied:
                 got = member.applied[index]
                 if count and got != command:
-                    raise AssertionError(f"index {index}: node {i} applied {got!r}, another {command!r}")
+                    raise AssertionError(
+                        f"index {index}: node {i} applied {got!r}, another {command!r}"
+                    )
                 count, command = count + 1, got
         return count, command
 
@@ -396,7 +398,9 @@ class SimCluster:
                     raise AssertionError(f"one({command!r}) failed to reach agreement")
             else:
                 self.run(0.05)
-        raise AssertionError(f"one({command!r}) failed to reach agreement in 10s (seed={self.seed})")
+        raise AssertionError(
+            f"one({command!r}) failed to reach agreement in 10s (seed={self.seed})"
+        )
 
     def wait(self, index: int, n: int, start_term: int) -> bytes | None:
         """Run until at least ``n`` nodes applied ``index``; None if a term passed start_term."""
@@ -410,4 +414,5 @@ class SimCluster:
                 return None
             self.run(pause)
             pause = min(pause * 2, 1.0)
-        raise AssertionError(f"only {self.n_committed(index)[0]} nodes applied index {index}, wanted {n}")
+        count = self.n_committed(index)[0]
+        raise AssertionError(f"only {count} nodes applied index {index}, wanted {n}")
