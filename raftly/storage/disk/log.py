@@ -167,6 +167,8 @@ class SegmentedLog:
             pwrite_all(fd, segment.encode_header(first), 0)
         except OSError:
             os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
             raise
         seg = _Segment(first, path, fd)
         self._segments.append(seg)
