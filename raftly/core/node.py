@@ -502,8 +502,8 @@ class RaftNode:
                 self._maybe_commit()
                 if msg.src == self._transferee and pr.match == self.log.last_index:
                     self._send(TimeoutNow(term=self.term, src=self.id, dst=msg.src))
-            if pr.match < self.log.last_index:
-                self._pending_append.add(msg.src)
+            # More entries, or the commit index, may be waiting for it: _send_append decides.
+            self._pending_append.add(msg.src)
             return
         if msg.index <= pr.match or (pr.state is ProgressState.PROBE and msg.index != pr.next - 1):
             return  # a stale rejection: we already know better
