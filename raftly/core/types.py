@@ -6,8 +6,12 @@ behaviour beyond small helpers, so storage, transport and the simulator can shar
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import IntEnum
+from itertools import pairwise
+
+_CANONICAL_ID = re.compile(r"0|[1-9][0-9]*")
 
 NodeId = int
 """Nodes are named by small non-negative integers, unique within a cluster."""
@@ -60,12 +64,22 @@ class ConfState:
 
     @classmethod
     def decode(cls, data: bytes) -> ConfState:
-        """Parse a CONFIG entry's payload; raises ValueError on anything malformed."""
+        """Parse a CONFIG entry's payload; raises ValueError on anything malformed.
+
+        Only what ``encode`` writes is accepted: decimal ids without sign, spaces, underscores
+        or leading zeros, strictly increasing (so no duplicates).
+        """
         text = data.decode("ascii")
-        voters = frozenset(int(part) for part in text.split(",")) if text else frozenset()
-        if any(v < 0 for v in voters):
-            raise ValueError(f"negative node id in configuration {text!r}")
-        return cls(voters)
+        if not text:
+            return cls(frozenset())
+        ids: list[int] = []
+        for part in text.split(","):
+            if not _CANONICAL_ID.fullmatch(part):
+                raise ValueError(f"malformed node id {part!r} in configuration {text!r}")
+            ids.append(int(part))
+        if any(a >= b for a, b in pairwise(ids)):
+            raise ValueError(f"node ids not strictly increasing in configuration {text!r}")
+        return cls(frozenset(ids))
 
 
 @dataclass(slots=True, frozen=True)
