@@ -1,0 +1,26 @@
+"""The asyncio server: runs a Raft node on real storage and a real transport.
+
+``RaftServer`` is the library API for embedding raftly with your own state machine.
+"""
+
+from raftly.server.server import (
+    Busy,
+    NotLeader,
+    OutcomeUnknown,
+    ProposalDropped,
+    RaftServer,
+    ServerError,
+    ServerStatus,
+    ServerStopped,
+)
+
+__all__ = [
+    "Busy",
+    "NotLeader",
+    "OutcomeUnknown",
+    "ProposalDropped",
+    "RaftServer",
+    "ServerError",
+    "ServerStatus",
+    "ServerStopped",
+]

@@ -1,0 +1,347 @@
+"""``RaftServer``: the asyncio driver that runs one Raft node for real.
+
+It owns the node's timers and the persist -> send -> apply -> advance loop of the core's Ready
+contract, and the futures of callers waiting on proposals and reads. Disk writes run on a
+dedicated thread, so timers and incoming messages keep being handled while an fsync is under way;
+meanwhile new proposals pile up in the core's log and the next Ready carries them all (group
+commit: one fsync and one AppendEntries per follower for the whole batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from raftly.core.config import Config
+from raftly.core.errors import NotLeader, ProposalDropped
+from raftly.core.messages import Message
+from raftly.core.node import RaftNode, Ready, Role
+from raftly.core.state_machine import StateMachine
+from raftly.core.types import ConfState, Entry, EntryType, NodeId
+from raftly.storage.base import Storage
+from raftly.transport.base import Transport
+
+logger = logging.getLogger("raftly.server")
+
+
+class ServerError(Exception):
+    """Base of the errors a ``RaftServer`` raises to callers."""
+
+
+class Busy(ServerError):
+    """Too many proposals are waiting already; try again shortly."""
+
+
+class OutcomeUnknown(ServerError):
+    """The proposal may or may not be applied (timeout, or leadership lost while it was open)."""
+
+
+class ServerStopped(ServerError):
+    """The server is closed, or stopped after a fatal error (see its log)."""
+
+
+@dataclass(slots=True, frozen=True)
+class ServerStatus:
+    id: NodeId
+    role: str
+    term: int
+    leader: NodeId | None
+    commit_index: int
+    applied_index: int
+    last_index: int
+    voters: tuple[NodeId, ...]
+
+
+@dataclass(slots=True)
+class _Proposal:
+    term: int
+    future: asyncio.Future[object]
+
+
+class RaftServer:
+    """Runs a ``RaftNode`` with real storage and transport, applying to ``state_machine``.
+
+    ``bootstrap`` is the initial membership, used only if the storage is empty. Call
+    ``await start()`` before anything else and ``await close()`` at the end.
+    """
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        *,
+        storage: Storage,
+        transport: Transport,
+        state_machine: StateMachine,
+        bootstrap: frozenset[NodeId] | None = None,
+        config: Config | None = None,
+        max_pending: int = 50_000,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.id = node_id
+        self.config = config or Config()
+        self.state_machine = state_machine
+        self._storage = storage
+        self._transport = transport
+        self._bootstrap = bootstrap
+        self._max_pending = max_pending
+        self._rng = rng
+        self._node: RaftNode | None = None
+        self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raftly-disk-{node_id}")
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._proposals: dict[int, _Proposal] = {}
+        self._reads: dict[bytes, asyncio.Future[int]] = {}
+        self._read_ids = itertools.count(1)
+        self._applied = 0
+        self._apply_waiters: dict[int, list[asyncio.Future[None]]] = {}
+        self._fatal: BaseException | None = None
+        self._closed = False
+        self._role: Role | None = None
+        self._leader: NodeId | None = None
+        self.stats = {"fsyncs": 0, "entries_persisted": 0, "readies": 0}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._bootstrap is not None and not self._storage.bootstrapped:
+            await loop.run_in_executor(self._disk, self._storage.bootstrap,
+                                       ConfState(frozenset(self._bootstrap)))
+        state = await loop.run_in_executor(self._disk, self._storage.load)
+        self._node = RaftNode(self.id, state, self.config, self._rng)
+        self._applied = state.snapshot.index
+        logger.info("node %s starting: term %d, %d entries, commit %d, members %s", self.id,
+                    state.hard_state.term, len(state.entries), state.hard_state.commit,
+                    sorted(self._node.voters))
+        await self._transport.start(self._on_message)
+        self._spawn(self._tick_loop(), "ticker")
+        self._spawn(self._ready_loop(), "ready loop")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._transport.close()
+        self._fail_waiters(ServerStopped("server closed"))
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._disk, self._storage.close)
+        self._disk.shutdown(wait=True)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=f"raftly node {self.id}: {name}")
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._closed:
+            return
+        exc = task.exception()
+        self._stop_on_fatal(exc or RuntimeError(f"{task.get_name()} returned unexpectedly"))
+
+    def _stop_on_fatal(self, exc: BaseException) -> None:
+        """A supervised task died: stop loudly rather than keep running half a node."""
+        if self._fatal is not None:
+            return
+        self._fatal = exc
+        logger.critical("node %s stopped: %s", self.id, exc, exc_info=exc)
+        for task in self._tasks:
+            task.cancel()
+        self._fail_waiters(ServerStopped(f"node stopped after a fatal error: {exc}"))
+
+    @property
+    def node(self) -> RaftNode:
+        if self._node is None:
+            raise ServerStopped("server not started")
+        return self._node
+
+    def _check_running(self) -> RaftNode:
+        if self._fatal is not None:
+            raise ServerStopped(f"node stopped after a fatal error: {self._fatal}")
+        if self._closed:
+            raise ServerStopped("server closed")
+        return self.node
+
+    # -- public API -----------------------------------------------------------------------------
+
+    async def propose(self, command: bytes, *, timeout: float | None = 10.0) -> object:
+        """Replicate ``command``; return what the state machine's ``apply`` returned for it.
+
+        Raises NotLeader (with the leader's id if known), Busy, ProposalDropped (definitely not
+        applied), or OutcomeUnknown on ``timeout`` (it may still be applied).
+        """
+        node = self._check_running()
+        if len(self._proposals) >= self._max_pending:
+            raise Busy(f"{len(self._proposals)} proposals already pending")
+        index = node.propose(command)
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._proposals[index] = _Proposal(node.term, future)
+        self._wake.set()
+        try:
+            # On timeout the future is cancelled; the entry may still commit later, which is
+            # why the caller is told the outcome is unknown rather than that it failed.
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise OutcomeUnknown(f"no outcome for entry {index} within {timeout}s") from None
+
+    async def read(self, query: Callable[[StateMachine], object] | None = None, *,
+                   timeout: float | None = 10.0) -> object:
+        """A linearizable read: confirm leadership (ReadIndex), wait until applied, then query.
+
+        ``query`` is called with the state machine; without it the state machine is returned.
+        Works on followers too (the leader confirms the read index).
+        """
+        await self.wait_read_index(timeout=timeout)
+        return query(self.state_machine) if query is not None else self.state_machine
+
+    async def wait_read_index(self, *, timeout: float | None = 10.0) -> int:
+        """Wait until the local state machine may serve a linearizable read; return the index."""
+        node = self._check_running()
+        context = next(self._read_ids).to_bytes(8, "big")
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        node.read_index(context)  # raises NotLeader when no leader is known
+        self._reads[context] = future
+        self._wake.set()
+        try:
+            async with asyncio.timeout(timeout):
+                index = await future
+                await self.wait_applied(index)
+        except TimeoutError:
+            raise OutcomeUnknown(f"read not confirmed within {timeout}s") from None
+        finally:
+            self._reads.pop(context, None)
+        return index
+
+    async def wait_applied(self, index: int) -> None:
+        """Return once the state machine has applied everything up to ``index``."""
+        if self._applied >= index:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._apply_waiters.setdefault(index, []).append(future)
+        await future
+
+    def transfer_leadership(self, target: NodeId) -> None:
+        self._check_running().transfer_leadership(target)
+        self._wake.set()
+
+    def status(self) -> ServerStatus:
+        node = self.node
+        st = node.status()
+        return ServerStatus(self.id, "candidate" if st.role is Role.PRE_CANDIDATE else st.role.value,
+                            st.term, st.leader, st.commit, self._applied, st.last_index,
+                            tuple(sorted(st.voters)))
+
+    @property
+    def is_leader(self) -> bool:
+        return self._node is not None and self._node.is_leader
+
+    @property
+    def leader(self) -> NodeId | None:
+        return self._node.leader if self._node is not None else None
+
+    # -- the driver -----------------------------------------------------------------------------
+
+    def _on_message(self, msg: Message) -> None:
+        if self._fatal is not None or self._closed or self._node is None:
+            return
+        try:
+            self._node.step(msg)
+        except AssertionError as exc:  # an invariant of the core broke: never continue
+            self._stop_on_fatal(exc)
+            return
+        self._wake.set()
+
+    async def _tick_loop(self) -> None:
+        interval = self.config.tick_interval
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time()
+        while True:
+            next_tick += interval
+            await asyncio.sleep(max(0.0, next_tick - loop.time()))
+            self.node.tick()
+            self._wake.set()
+
+    async def _ready_loop(self) -> None:
+        node = self.node
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while node.has_ready():
+                rd = node.ready()
+                if rd.hard_state is not None or rd.entries:
+                    await loop.run_in_executor(self._disk, self._storage.save, rd.hard_state,
+                                               rd.entries)
+                    self.stats["fsyncs"] += 1
+                    self.stats["entries_persisted"] += len(rd.entries)
+                self.stats["readies"] += 1
+                for msg in rd.messages:
+                    self._transport.send(msg)
+                if rd.committed_entries:
+                    await self._apply(rd.committed_entries)
+                self._resolve_reads(rd)
+                node.advance(rd)
+                self._note_role_change(node)
+
+    async def _apply(self, entries: list[Entry]) -> None:
+        apply = self.state_machine.apply
+        proposals = self._proposals
+        for n, entry in enumerate(entries):
+            result: object = None
+            if entry.type is EntryType.COMMAND:
+                result = apply(entry.index, entry.data)
+            self._applied = entry.index
+            waiting = proposals.pop(entry.index, None)
+            if waiting is not None and not waiting.future.done():
+                if waiting.term == entry.term:
+                    waiting.future.set_result(result)
+                else:
+                    waiting.future.set_exception(
+                        ProposalDropped(f"entry {entry.index} was replaced by a new leader's"))
+            if n % 512 == 511:
+                await asyncio.sleep(0)  # a long catch-up must not starve the timers
+        for index in [i for i in self._apply_waiters if i <= self._applied]:
+            for future in self._apply_waiters.pop(index):
+                if not future.done():
+                    future.set_result(None)
+
+    def _resolve_reads(self, rd: Ready) -> None:
+        for rs in rd.read_states:
+            future = self._reads.get(rs.context)
+            if future is not None and not future.done():
+                future.set_result(rs.index)
+
+    def _note_role_change(self, node: RaftNode) -> None:
+        if node.role is not self._role or node.leader != self._leader:
+            logger.info("node %s is %s in term %d (leader: %s)", self.id, node.role.value,
+                        node.term, node.leader)
+            self._role, self._leader = node.role, node.leader
+
+    def _fail_waiters(self, exc: ServerError) -> None:
+        for proposal in self._proposals.values():
+            if not proposal.future.done():
+                proposal.future.set_exception(exc)
+        self._proposals.clear()
+        for future in self._reads.values():
+            if not future.done():
+                future.set_exception(exc)
+        for waiters in self._apply_waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+        self._apply_waiters.clear()
+
+
+__all__ = ["Busy", "NotLeader", "OutcomeUnknown", "ProposalDropped", "RaftServer",
+           "ServerError", "ServerStatus", "ServerStopped"]
