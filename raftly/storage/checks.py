@@ -9,20 +9,33 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
-from raftly.core.types import Entry, HardState
+from raftly.core.types import Entry, HardState, SnapshotMeta
 from raftly.storage.base import StorageError
 
 
 def check_save(
-    hard_state: HardState | None, entries: Sequence[Entry], snapshot_index: int, last_index: int
+    hard_state: HardState | None,
+    entries: Sequence[Entry],
+    *,
+    snapshot_index: int,
+    last_index: int,
+    commit: int,
 ) -> int:
-    """Raise StorageError if ``save(hard_state, entries)`` is invalid; else the new last index."""
+    """Raise StorageError if ``save(hard_state, entries)`` is invalid; else the new last index.
+
+    ``commit`` is the durable commit index before the call: entries up to it are committed and
+    may never be replaced (only a conflict replaces entries, and committed ones cannot conflict).
+    """
     if entries:
         first = entries[0].index
         if first > last_index + 1 or first <= snapshot_index:
             raise StorageError(
                 f"append at index {first} does not follow the log "
                 f"(snapshot {snapshot_index}, last {last_index})"
+            )
+        if first <= min(commit, last_index):
+            raise StorageError(
+                f"append at index {first} would replace committed entries (commit {commit})"
             )
         for prev, entry in itertools.pairwise(entries):
             if entry.index != prev.index + 1:
@@ -31,3 +44,17 @@ def check_save(
     if hard_state is not None and hard_state.commit > last_index:
         raise StorageError(f"commit {hard_state.commit} beyond the last durable entry {last_index}")
     return last_index
+
+
+def check_compact(meta: SnapshotMeta, commit: int, held_term: int | None) -> None:
+    """Raise StorageError if a snapshot contradicts a committed entry.
+
+    ``held_term`` is the term of the entry the log holds at ``meta.index``, if any. A snapshot
+    may replace an uncommitted suffix that disagrees with it, never a committed entry: that
+    would be a safety violation upstream, and would leave a commit index beyond the log.
+    """
+    if held_term is not None and held_term != meta.term and meta.index <= commit:
+        raise StorageError(
+            f"snapshot at index {meta.index} of term {meta.term} contradicts the committed "
+            f"entry of term {held_term} (commit {commit})"
+        )

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from raftly.core.types import ConfState, Entry, HardState, InitialState, SnapshotMeta
 from raftly.storage.base import StorageError
-from raftly.storage.checks import check_save
+from raftly.storage.checks import check_compact, check_save
 
 
 class MemoryStorage:
@@ -39,7 +39,13 @@ class MemoryStorage:
 
     def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
         # Checked before anything changes, so a rejected call leaves the storage as it was.
-        check_save(hard_state, entries, self._snapshot.index, self.last_index)
+        check_save(
+            hard_state,
+            entries,
+            snapshot_index=self._snapshot.index,
+            last_index=self.last_index,
+            commit=self._hard_state.commit,
+        )
         if entries:
             del self._entries[entries[0].index - self._snapshot.index - 1 :]
             self._entries.extend(entries)
@@ -51,6 +57,7 @@ class MemoryStorage:
             return
         keep_from = meta.index - self._snapshot.index
         covered = self._entries[keep_from - 1] if meta.index <= self.last_index else None
+        check_compact(meta, self._hard_state.commit, covered.term if covered else None)
         # Entries past the snapshot survive only if the log agrees with it at its last index.
         self._entries = self._entries[keep_from:] if covered and covered.term == meta.term else []
         self._snapshot = meta

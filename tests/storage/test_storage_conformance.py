@@ -82,9 +82,26 @@ def test_overlap_replaces_the_suffix(harness: Harness) -> None:
     harness.storage.save(HardState(1, None, 2), ents(1, 6, 1))
     harness.storage.save(HardState(2, None, 2), ents(3, 4, 2))
     assert harness.restart().load().entries == ents(1, 2, 1) + ents(3, 4, 2)
-    # Replacing from the very first entry empties the log before appending.
+
+
+def test_overlap_from_the_first_entry_empties_the_log_first(harness: Harness) -> None:
+    boot(harness)
+    harness.storage.save(HardState(1, None, 0), ents(1, 6, 1))
     harness.storage.save(HardState(3, None, 0), ents(1, 1, 3))
     assert harness.restart().load().entries == ents(1, 1, 3)
+
+
+def test_committed_entries_are_never_replaced(harness: Harness) -> None:
+    boot(harness)
+    harness.storage.save(HardState(1, None, 3), ents(1, 6, 1))
+    for first in (1, 3):
+        with pytest.raises(StorageError, match="committed"):
+            harness.storage.save(None, ents(first, 6, 2))
+    # Nor may a snapshot contradict a committed entry.
+    with pytest.raises(StorageError, match="committed"):
+        harness.storage.compact(SnapshotMeta(2, 2, CONF))
+    harness.storage.save(None, ents(4, 4, 2))
+    assert harness.restart().load().entries == ents(1, 3, 1) + ents(4, 4, 2)
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from raftly.core.types import ConfState, Entry, HardState, InitialState, SnapshotMeta
 from raftly.storage.base import StorageError
-from raftly.storage.checks import check_save
+from raftly.storage.checks import check_compact, check_save
 from raftly.storage.disk import state
 from raftly.storage.disk.fsio import FsyncPolicy, Syncer
 from raftly.storage.disk.lock import DirectoryLock
@@ -133,7 +133,13 @@ class DiskStorage:
 
     def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
         log = self._ready()
-        check_save(hard_state, entries, self._snapshot.index, log.last_index)
+        check_save(
+            hard_state,
+            entries,
+            snapshot_index=self._snapshot.index,
+            last_index=log.last_index,
+            commit=self._hard_state.commit,
+        )
         try:
             if entries:
                 log.append(entries)
@@ -151,6 +157,8 @@ class DiskStorage:
         log = self._ready()
         if meta.index <= self._snapshot.index:
             return
+        held = log.term(meta.index) if meta.index <= log.last_index else None
+        check_compact(meta, self._hard_state.commit, held)
         try:
             # Metadata first: until it is durable, the segments about to go are still needed.
             state.write_snapshot_meta(self.path, meta, self._syncer)
