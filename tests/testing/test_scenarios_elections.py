@@ -31,6 +31,8 @@ def run_until(c: SimCluster, predicate, limit: float, step: float = 0.01) -> flo
 def test_initial_election_elects_one_leader_and_the_term_then_stays_put(seed: int) -> None:
     c = SimCluster(n=3, seed=seed)
     leader = c.check_one_leader(timeout=5.0)
+    # Timeouts are drawn from [1 s, 2 s): the first one to fire should win, bar a split vote.
+    assert c.now <= 3.0, f"first leader only after {c.now:.2f}s"
     term = c.check_terms()
     assert term >= 1
     # A healthy cluster holds no further elections.
@@ -109,6 +111,24 @@ def test_partitioned_node_coming_back_does_not_depose_healthy_leader(seed: int) 
     assert c.check_terms() == term, "the majority's term moved when the node came back"
     assert c.term(follower) == term
     c.one(b"after", 3, retry=False)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_minority_partition_healing_does_not_depose_leader_of_majority(seed: int) -> None:
+    c = SimCluster(n=5, seed=seed)
+    c.one(b"before", 5, retry=True)
+    leader = c.check_one_leader(timeout=5.0)
+    minority = [(leader + 1) % 5, (leader + 2) % 5]
+    c.partition(minority, [i for i in range(5) if i not in minority])
+    c.one(b"during", 3, retry=True)
+    term = c.term(leader)
+    c.run(10.0)
+    assert all(c.term(i) <= term for i in minority), "the minority raised its term"
+    c.heal()
+    c.run(3 * ELECTION)
+    assert c.leader() == leader
+    assert c.check_terms() == term
+    c.one(b"after", 5, retry=False)
 
 
 def test_control_without_pre_vote_a_returning_node_does_bump_the_term() -> None:
