@@ -119,6 +119,12 @@ class SegmentedLog:
             self._truncate_from(entries[0].index)
         created = False
         seg = self._segments[-1] if self._segments else None
+        if seg is not None and seg.last + 1 != entries[0].index:
+            # Cannot happen through DiskStorage; writing on would make a segment that fails its
+            # index check on the next open, so refuse before touching the file.
+            raise StorageError(
+                f"{seg.path}: internal error: entry {entries[0].index} does not follow {seg.last}"
+            )
         buf = bytearray()
         offsets: list[int] = []
         terms: list[int] = []
