@@ -238,7 +238,9 @@ def test_a_bad_record_in_the_last_segment_below_the_commit_is_refused(
     # A torn tail is cut, but never below what the hard state says was committed.
     last = segments(node)[-1]
     flip_bit(last, segment.HEADER_SIZE + 12)
-    assert "commit index 30" in corruption(node)
+    message = corruption(node)
+    assert "commit index 30" in message
+    assert f"{last}: bad record at byte offset {segment.HEADER_SIZE}" in message
 
 
 def test_bad_record_in_the_last_segment_is_cut_with_a_warning(

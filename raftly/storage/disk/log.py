@@ -320,10 +320,15 @@ class SegmentedLog:
             else max(snapshot.index, self._segments[-1].last)
         )
         if commit > recovered_last:
-            where = self._segments[-1].path if self._segments else self.directory
+            # What looked like a torn tail cuts into committed entries: it is corruption.
+            why = (
+                f"{cut[0].path}: bad record at byte offset {cut[1]} ({cut[2]})"
+                if cut is not None
+                else f"the log in {self.directory} ends there"
+            )
             raise StorageError(
-                f"{commit_source}: commit index {commit} is beyond the last log entry "
-                f"{recovered_last} ({where}): acknowledged entries are missing"
+                f"{commit_source}: commit index {commit} is beyond the last intact log entry "
+                f"{recovered_last}; {why}: acknowledged entries are missing"
             )
 
         # Everything checked: now repair.
@@ -338,5 +343,4 @@ class SegmentedLog:
             logger.warning("%s: cutting a torn tail at byte offset %d (%s)", seg.path, at, reason)
             os.ftruncate(seg.fd, at)
             self._syncer.file(seg.fd)
-            del seg.offsets[len(seg.terms) + 1 :]
         self._discard(keep_suffix=not drop_all)
