@@ -1,0 +1,52 @@
+"""Moving Raft messages between nodes: the wire codec, TCP, and an in-memory network for tests.
+
+- ``codec``: msgpack encoding of every core message, length-prefixed frames, the handshake, and
+  strict validation of everything decoded (``CodecError`` on any malformed input).
+- ``base``: the ``Transport`` protocol the server drives (``start``, ``send``, ``close``).
+- ``tcp``: ``TcpTransport``, asyncio TCP with handshake, bounded queues and reconnection.
+- ``memory``: ``MemoryNetwork`` of in-process transports with partitions, for server tests.
+"""
+
+from raftly.transport.base import MessageHandler, Transport
+from raftly.transport.codec import (
+    PROTOCOL_VERSION,
+    CodecError,
+    FrameDecoder,
+    FrameTooLarge,
+    Handshake,
+    HandshakeReply,
+    decode_handshake,
+    decode_handshake_reply,
+    decode_message,
+    encode_frame,
+    encode_handshake,
+    encode_handshake_reply,
+    encode_message,
+    frame_message,
+    read_frame,
+)
+from raftly.transport.memory import MemoryNetwork, MemoryTransport
+from raftly.transport.tcp import TcpTransport
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "CodecError",
+    "FrameDecoder",
+    "FrameTooLarge",
+    "Handshake",
+    "HandshakeReply",
+    "MemoryNetwork",
+    "MemoryTransport",
+    "MessageHandler",
+    "TcpTransport",
+    "Transport",
+    "decode_handshake",
+    "decode_handshake_reply",
+    "decode_message",
+    "encode_frame",
+    "encode_handshake",
+    "encode_handshake_reply",
+    "encode_message",
+    "frame_message",
+    "read_frame",
+]

@@ -1,0 +1,612 @@
+"""The wire codec: Raft messages as msgpack, length-prefixed frames, and the connection handshake.
+
+Everything that reaches ``decode_message`` or ``decode_handshake`` may come from anyone who can
+open a TCP connection, so decoding trusts nothing: every field is type- and range-checked and any
+malformed input raises ``CodecError`` (a ``ValueError``), never another exception. Nothing is ever
+unpickled.
+
+Layout (compact: positional msgpack arrays, no field names on the wire)::
+
+    message   [type_code, term, src, dst, *fields]           (fields per type, see _LAYOUTS)
+    entry     [index, term, type, data]
+    frame     4-byte big-endian payload length, then the payload
+    handshake [b"raftly", protocol_version, cluster_id, node_id]
+    reply     [b"raftly", protocol_version, accepted, reason]
+
+Integers on the wire are non-negative and below 2**63 (so they fit a signed 64-bit integer in any
+other implementation); booleans are msgpack booleans, never 0/1; byte strings are msgpack ``bin``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from itertools import pairwise
+from typing import Any, Final
+
+import msgpack  # type: ignore[import-untyped]  # msgpack ships no type information
+
+from raftly.core.messages import (
+    AppendEntries,
+    AppendEntriesResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    InstallSnapshot,
+    Message,
+    ReadIndexRequest,
+    ReadIndexResponse,
+    RequestVote,
+    RequestVoteResponse,
+    TimeoutNow,
+)
+from raftly.core.types import ConfState, Entry, EntryType, Snapshot, SnapshotMeta
+
+__all__ = [
+    "DEFAULT_MAX_ENTRIES",
+    "DEFAULT_MAX_FRAME_SIZE",
+    "DEFAULT_MAX_VOTERS",
+    "HANDSHAKE_MAGIC",
+    "HANDSHAKE_MAX_FRAME_SIZE",
+    "MAX_CLUSTER_ID_LENGTH",
+    "MAX_INT",
+    "PROTOCOL_VERSION",
+    "CodecError",
+    "FrameDecoder",
+    "FrameTooLarge",
+    "Handshake",
+    "HandshakeReply",
+    "decode_handshake",
+    "decode_handshake_reply",
+    "decode_message",
+    "encode_frame",
+    "encode_handshake",
+    "encode_handshake_reply",
+    "encode_message",
+    "frame_message",
+    "read_frame",
+]
+
+PROTOCOL_VERSION: Final = 1
+"""Bumped on any incompatible change of the layout; peers of another version are refused."""
+
+HANDSHAKE_MAGIC: Final = b"raftly"
+
+MAX_INT: Final = 1 << 63
+"""Every integer on the wire is in ``range(0, MAX_INT)``."""
+
+DEFAULT_MAX_FRAME_SIZE: Final = 16 << 20
+DEFAULT_MAX_ENTRIES: Final = 1 << 16
+DEFAULT_MAX_VOTERS: Final = 1 << 10
+MAX_CLUSTER_ID_LENGTH: Final = 256
+"""Characters; a cluster id is a short name from a config file."""
+
+HANDSHAKE_MAX_FRAME_SIZE: Final = 4096
+"""A handshake is tiny: reading one never buffers more than this from an unknown client."""
+
+_MAX_REASON_LENGTH: Final = 1024
+
+_HEADER: Final = struct.Struct(">I")
+HEADER_SIZE: Final = _HEADER.size
+_MAX_FRAME_LIMIT: Final = (1 << 32) - 1  # what a 4-byte length prefix can express
+
+
+class CodecError(ValueError):
+    """Malformed input: bad msgpack, a field of the wrong type or out of range, a bad frame."""
+
+
+class FrameTooLarge(CodecError):
+    """A frame's declared length exceeds the limit; raised before its body is read."""
+
+
+# -- field checks ---------------------------------------------------------------------------------
+# ``type(v) is int`` rather than isinstance: bool is a subclass of int and must not pass as one.
+
+
+def _uint(value: object, name: str) -> int:
+    if type(value) is not int or value < 0 or value >= MAX_INT:
+        raise CodecError(f"{name}: expected an integer in [0, 2**63), got {_show(value)}")
+    return value
+
+
+def _bool(value: object, name: str) -> bool:
+    if type(value) is not bool:
+        raise CodecError(f"{name}: expected a boolean, got {_show(value)}")
+    return value
+
+
+def _bytes(value: object, name: str) -> bytes:
+    if type(value) is not bytes:
+        raise CodecError(f"{name}: expected bytes, got {_show(value)}")
+    return value
+
+
+def _list(value: object, name: str, max_len: int) -> list[Any]:
+    if type(value) is not list:
+        raise CodecError(f"{name}: expected an array, got {_show(value)}")
+    if len(value) > max_len:
+        raise CodecError(f"{name}: {len(value)} items, at most {max_len} allowed")
+    return value
+
+
+def _show(value: object) -> str:
+    """A short description of a bad value for error messages (never the whole payload)."""
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+_ENTRY_TYPES: Final = tuple(EntryType)  # indexed by value: EntryType(v) is slower in a hot loop
+assert all(t.value == i for i, t in enumerate(_ENTRY_TYPES))
+
+# Building a frozen dataclass through __init__ costs twice as much as setting its slots directly,
+# and AppendEntries decoding builds thousands of entries a second. The fields are checked here
+# so that a change to Entry breaks loudly at import rather than decoding wrong values.
+assert tuple(f.name for f in fields(Entry)) == ("index", "term", "data", "type")
+_SET_INDEX = Entry.__dict__["index"].__set__
+_SET_TERM = Entry.__dict__["term"].__set__
+_SET_DATA = Entry.__dict__["data"].__set__
+_SET_TYPE = Entry.__dict__["type"].__set__
+
+
+def _make_entry(index: int, term: int, data: bytes, etype: EntryType) -> Entry:
+    entry: Entry = object.__new__(Entry)
+    _SET_INDEX(entry, index)
+    _SET_TERM(entry, term)
+    _SET_DATA(entry, data)
+    _SET_TYPE(entry, etype)
+    return entry
+
+
+# -- messages -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    max_entries: int
+    max_voters: int
+
+
+def _enc_request_vote(m: RequestVote) -> list[Any]:
+    return [m.last_log_index, m.last_log_term, m.pre_vote, m.transfer]
+
+
+def _dec_request_vote(f: list[Any], term: int, src: int, dst: int, _: _Limits) -> Message:
+    return RequestVote(
+        term=term,
+        src=src,
+        dst=dst,
+        last_log_index=_uint(f[4], "last_log_index"),
+        last_log_term=_uint(f[5], "last_log_term"),
+        pre_vote=_bool(f[6], "pre_vote"),
+        transfer=_bool(f[7], "transfer"),
+    )
+
+
+def _enc_request_vote_response(m: RequestVoteResponse) -> list[Any]:
+    return [m.granted, m.pre_vote]
+
+
+def _dec_request_vote_response(
+    f: list[Any], term: int, src: int, dst: int, _: _Limits
+) -> Message:
+    return RequestVoteResponse(
+        term=term,
+        src=src,
+        dst=dst,
+        granted=_bool(f[4], "granted"),
+        pre_vote=_bool(f[5], "pre_vote"),
+    )
+
+
+def _entry_error(item: object, index: int, min_term: int, max_term: int) -> CodecError:
+    if type(item) is not list or len(item) != 4:
+        return CodecError(f"entry {index}: expected [index, term, type, data], got {_show(item)}")
+    if item[0] != index or type(item[0]) is not int:
+        return CodecError(f"entry index {_show(item[0])}, expected {index} (consecutive)")
+    if type(item[1]) is not int or not min_term <= item[1] <= max_term:
+        return CodecError(
+            f"entry {index}: term {_show(item[1])} outside [{min_term}, {max_term}] "
+            "(terms must not decrease nor exceed the message's term)"
+        )
+    if type(item[2]) is not int or not 0 <= item[2] < len(_ENTRY_TYPES):
+        return CodecError(f"entry {index}: unknown entry type {_show(item[2])}")
+    return CodecError(f"entry {index}: data must be bytes, got {_show(item[3])}")
+
+
+def _enc_append_entries(m: AppendEntries) -> list[Any]:
+    return [
+        m.prev_index,
+        m.prev_term,
+        m.commit,
+        [[e.index, e.term, e.type, e.data] for e in m.entries]  # IntEnum packs as int,
+    ]
+
+
+def _dec_append_entries(f: list[Any], term: int, src: int, dst: int, lim: _Limits) -> Message:
+    prev_index = _uint(f[4], "prev_index")
+    prev_term = _uint(f[5], "prev_term")
+    commit = _uint(f[6], "commit")
+    raw = _list(f[7], "entries", lim.max_entries)
+    entries: list[Entry] = []
+    # A leader only ever sends a consecutive run of its log right after (prev_index, prev_term),
+    # with terms that never decrease and never exceed its own. Anything else is not a message a
+    # correct peer sends, and rejecting it here keeps the core from having to defend against it.
+    expected_index = prev_index + 1
+    last_term = prev_term
+    append = entries.append
+    n_types = len(_ENTRY_TYPES)
+    for item in raw:
+        # One combined test on the hot path (100 entries per message is common); the detailed
+        # error message is worked out only when it fails.
+        if (
+            type(item) is not list
+            or len(item) != 4
+            or item[0] != expected_index
+            or type(item[0]) is not int
+            or type(item[1]) is not int
+            or not last_term <= item[1] <= term
+            or type(item[2]) is not int
+            or not 0 <= item[2] < n_types
+            or type(item[3]) is not bytes
+        ):
+            raise _entry_error(item, expected_index, last_term, term)
+        index, last_term, etype, data = item
+        append(_make_entry(index, last_term, data, _ENTRY_TYPES[etype]))
+        expected_index += 1
+    if expected_index > MAX_INT:
+        raise CodecError("entry index out of range")
+    return AppendEntries(
+        term=term,
+        src=src,
+        dst=dst,
+        prev_index=prev_index,
+        prev_term=prev_term,
+        entries=entries,
+        commit=commit,
+    )
+
+
+def _enc_append_entries_response(m: AppendEntriesResponse) -> list[Any]:
+    return [m.success, m.index, m.conflict_term, m.conflict_index]
+
+
+def _dec_append_entries_response(
+    f: list[Any], term: int, src: int, dst: int, _: _Limits
+) -> Message:
+    return AppendEntriesResponse(
+        term=term,
+        src=src,
+        dst=dst,
+        success=_bool(f[4], "success"),
+        index=_uint(f[5], "index"),
+        conflict_term=_uint(f[6], "conflict_term"),
+        conflict_index=_uint(f[7], "conflict_index"),
+    )
+
+
+def _enc_heartbeat(m: Heartbeat) -> list[Any]:
+    return [m.commit, m.read_seq]
+
+
+def _dec_heartbeat(f: list[Any], term: int, src: int, dst: int, _: _Limits) -> Message:
+    return Heartbeat(
+        term=term, src=src, dst=dst, commit=_uint(f[4], "commit"), read_seq=_uint(f[5], "read_seq")
+    )
+
+
+def _enc_heartbeat_response(m: HeartbeatResponse) -> list[Any]:
+    return [m.read_seq]
+
+
+def _dec_heartbeat_response(f: list[Any], term: int, src: int, dst: int, _: _Limits) -> Message:
+    return HeartbeatResponse(term=term, src=src, dst=dst, read_seq=_uint(f[4], "read_seq"))
+
+
+def _enc_install_snapshot(m: InstallSnapshot) -> list[Any]:
+    meta = m.snapshot.meta
+    return [meta.index, meta.term, sorted(meta.conf.voters), m.snapshot.data]
+
+
+def _dec_install_snapshot(f: list[Any], term: int, src: int, dst: int, lim: _Limits) -> Message:
+    index = _uint(f[4], "snapshot index")
+    sterm = _uint(f[5], "snapshot term")
+    if sterm > term:
+        raise CodecError(f"snapshot term {sterm} exceeds the message's term {term}")
+    voters = _list(f[6], "voters", lim.max_voters)
+    ids = [_uint(v, "voter") for v in voters]
+    # Sorted and unique on the wire, so that a decoded snapshot is exactly what was encoded.
+    if any(a >= b for a, b in pairwise(ids)):
+        raise CodecError("voters must be strictly increasing")
+    data = _bytes(f[7], "snapshot data")
+    snapshot = Snapshot(SnapshotMeta(index, sterm, ConfState(frozenset(ids))), data)
+    return InstallSnapshot(term=term, src=src, dst=dst, snapshot=snapshot)
+
+
+def _enc_timeout_now(m: TimeoutNow) -> list[Any]:
+    return []
+
+
+def _dec_timeout_now(f: list[Any], term: int, src: int, dst: int, _: _Limits) -> Message:
+    return TimeoutNow(term=term, src=src, dst=dst)
+
+
+def _enc_read_index_request(m: ReadIndexRequest) -> list[Any]:
+    return [m.context]
+
+
+def _dec_read_index_request(f: list[Any], term: int, src: int, dst: int, _: _Limits) -> Message:
+    return ReadIndexRequest(term=term, src=src, dst=dst, context=_bytes(f[4], "context"))
+
+
+def _enc_read_index_response(m: ReadIndexResponse) -> list[Any]:
+    return [m.context, m.index]
+
+
+def _dec_read_index_response(
+    f: list[Any], term: int, src: int, dst: int, _: _Limits
+) -> Message:
+    return ReadIndexResponse(
+        term=term, src=src, dst=dst, context=_bytes(f[4], "context"), index=_uint(f[5], "index")
+    )
+
+
+_Encoder = Callable[[Any], list[Any]]
+_Decoder = Callable[[list[Any], int, int, int, _Limits], Message]
+
+# type code -> (class, number of fields after [code, term, src, dst], encoder, decoder).
+# Codes are part of the protocol: never renumber, only append.
+_LAYOUTS: Final[dict[int, tuple[type[Message], int, _Encoder, _Decoder]]] = {
+    1: (RequestVote, 4, _enc_request_vote, _dec_request_vote),
+    2: (RequestVoteResponse, 2, _enc_request_vote_response, _dec_request_vote_response),
+    3: (AppendEntries, 4, _enc_append_entries, _dec_append_entries),
+    4: (AppendEntriesResponse, 4, _enc_append_entries_response, _dec_append_entries_response),
+    5: (Heartbeat, 2, _enc_heartbeat, _dec_heartbeat),
+    6: (HeartbeatResponse, 1, _enc_heartbeat_response, _dec_heartbeat_response),
+    7: (InstallSnapshot, 4, _enc_install_snapshot, _dec_install_snapshot),
+    8: (TimeoutNow, 0, _enc_timeout_now, _dec_timeout_now),
+    9: (ReadIndexRequest, 1, _enc_read_index_request, _dec_read_index_request),
+    10: (ReadIndexResponse, 2, _enc_read_index_response, _dec_read_index_response),
+}
+_CODES: Final[dict[type[Message], tuple[int, _Encoder]]] = {
+    cls: (code, enc) for code, (cls, _, enc, _) in _LAYOUTS.items()
+}
+_DECODERS: Final[dict[int, tuple[int, _Decoder]]] = {
+    code: (4 + n, dec) for code, (_, n, _, dec) in _LAYOUTS.items()
+}
+
+
+def _pack(obj: object) -> bytes:
+    try:
+        data = msgpack.packb(obj, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CodecError(f"cannot encode: {exc}") from exc
+    assert isinstance(data, bytes)
+    return data
+
+
+def _unpack(data: bytes | bytearray | memoryview, *, max_array_len: int, max_str_len: int) -> Any:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CodecError(f"expected bytes, got {type(data).__name__}")
+    try:
+        # The limits make msgpack refuse, before allocating, any container larger than we would
+        # accept anyway (a 5-byte array32 header can otherwise claim 4 billion items). Maps and
+        # extension types are never used by this protocol.
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_array_len=max_array_len,
+            max_str_len=max_str_len,
+            max_map_len=0,
+            max_ext_len=0,
+            max_bin_len=len(data),
+        )
+    except Exception as exc:  # msgpack raises several unrelated types; all mean "malformed"
+        raise CodecError(f"malformed msgpack: {exc}") from exc
+
+
+def _check_message(msg: Message, fields: list[Any]) -> None:
+    """Refuse to encode what the peer's decoder would refuse, so a bug here is loud and local."""
+    for value in (msg.term, msg.src, msg.dst):
+        _uint(value, "header")
+    for value in fields:
+        if type(value) is int:
+            _uint(value, type(msg).__name__)
+
+
+def encode_message(msg: Message) -> bytes:
+    """The msgpack payload of ``msg`` (without a frame header); raises CodecError if invalid."""
+    try:
+        code, enc = _CODES[type(msg)]
+    except KeyError:
+        raise CodecError(f"not a Raft message: {type(msg).__name__}") from None
+    fields = enc(msg)
+    _check_message(msg, fields)
+    return _pack([code, msg.term, msg.src, msg.dst, *fields])
+
+
+def decode_message(
+    data: bytes | bytearray | memoryview,
+    *,
+    max_entries: int = DEFAULT_MAX_ENTRIES,
+    max_voters: int = DEFAULT_MAX_VOTERS,
+) -> Message:
+    """Decode one payload from ``encode_message``; raises CodecError on anything malformed.
+
+    ``max_entries`` bounds the entries of one AppendEntries and ``max_voters`` the voters of a
+    snapshot's configuration. The payload size itself is bounded by the frame limit.
+    """
+    obj = _unpack(data, max_array_len=max(max_entries, max_voters, 16), max_str_len=0)
+    if type(obj) is not list or len(obj) < 4:
+        raise CodecError(f"expected a message array, got {_show(obj)}")
+    code = obj[0]
+    layout = _DECODERS.get(code) if type(code) is int else None
+    if layout is None:
+        raise CodecError(f"unknown message type {_show(code)}")
+    arity, dec = layout
+    if len(obj) != arity:
+        raise CodecError(f"message type {code}: expected {arity} items, got {len(obj)}")
+    term = _uint(obj[1], "term")
+    src = _uint(obj[2], "src")
+    dst = _uint(obj[3], "dst")
+    return dec(obj, term, src, dst, _Limits(max_entries, max_voters))
+
+
+# -- handshake ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """The first frame a connecting node sends: who it is and which cluster it belongs to."""
+
+    version: int
+    cluster_id: str
+    node_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeReply:
+    """The listener's answer; ``reason`` says why a connection was refused."""
+
+    accepted: bool
+    reason: str = ""
+
+
+def _check_cluster_id(cluster_id: object) -> str:
+    if type(cluster_id) is not str or not 0 < len(cluster_id) <= MAX_CLUSTER_ID_LENGTH:
+        raise CodecError(
+            f"cluster id: expected 1 to {MAX_CLUSTER_ID_LENGTH} characters, got {_show(cluster_id)}"
+        )
+    return cluster_id
+
+
+def _check_magic(obj: object, what: str) -> list[Any]:
+    if type(obj) is not list or len(obj) != 4 or obj[0] != HANDSHAKE_MAGIC:
+        raise CodecError(f"not a raftly {what}: {_show(obj)}")
+    return obj
+
+
+def encode_handshake(cluster_id: str, node_id: int, version: int = PROTOCOL_VERSION) -> bytes:
+    """The payload of the handshake frame a connecting node sends first."""
+    _check_cluster_id(cluster_id)
+    _uint(node_id, "node id")
+    _uint(version, "protocol version")
+    return _pack([HANDSHAKE_MAGIC, version, cluster_id, node_id])
+
+
+def decode_handshake(data: bytes | bytearray | memoryview) -> Handshake:
+    """Parse a handshake; any version is returned (the listener decides whether it speaks it)."""
+    obj = _unpack(data, max_array_len=4, max_str_len=4 * MAX_CLUSTER_ID_LENGTH)
+    obj = _check_magic(obj, "handshake")
+    return Handshake(
+        version=_uint(obj[1], "protocol version"),
+        cluster_id=_check_cluster_id(obj[2]),
+        node_id=_uint(obj[3], "node id"),
+    )
+
+
+def encode_handshake_reply(accepted: bool, reason: str = "") -> bytes:
+    """The payload of the listener's answer to a handshake."""
+    return _pack([HANDSHAKE_MAGIC, PROTOCOL_VERSION, bool(accepted), reason[:_MAX_REASON_LENGTH]])
+
+
+def decode_handshake_reply(data: bytes | bytearray | memoryview) -> HandshakeReply:
+    """Parse the listener's answer; raises CodecError if it is not one."""
+    obj = _unpack(data, max_array_len=4, max_str_len=4 * _MAX_REASON_LENGTH)
+    obj = _check_magic(obj, "reply")
+    _uint(obj[1], "protocol version")
+    reason = obj[3]
+    if type(reason) is not str:
+        raise CodecError(f"reason: expected a string, got {_show(reason)}")
+    return HandshakeReply(accepted=_bool(obj[2], "accepted"), reason=reason)
+
+
+# -- framing --------------------------------------------------------------------------------------
+
+
+def _check_frame_limit(max_frame_size: int) -> int:
+    if type(max_frame_size) is not int or not 0 < max_frame_size <= _MAX_FRAME_LIMIT:
+        raise ValueError(f"max_frame_size must be in [1, {_MAX_FRAME_LIMIT}], got {max_frame_size}")
+    return max_frame_size
+
+
+def encode_frame(payload: bytes) -> bytes:
+    """``payload`` behind its 4-byte big-endian length."""
+    if len(payload) > _MAX_FRAME_LIMIT:
+        raise CodecError(f"payload of {len(payload)} bytes cannot be framed")
+    return _HEADER.pack(len(payload)) + payload
+
+
+def frame_message(msg: Message) -> bytes:
+    """``encode_frame(encode_message(msg))``: what goes on the wire for one message."""
+    return encode_frame(encode_message(msg))
+
+
+class FrameDecoder:
+    """Incremental splitter of a byte stream into frame payloads.
+
+    Reading the socket in large chunks and splitting them here costs far less per message than
+    two ``readexactly`` awaits per frame. A header announcing more than ``max_frame_size`` raises
+    ``FrameTooLarge`` as soon as the header is seen, so an oversized body is never buffered.
+    """
+
+    __slots__ = ("_buf", "max_frame_size")
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self.max_frame_size = _check_frame_limit(max_frame_size)
+        self._buf = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received that do not yet make a whole frame."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add ``data``; return the payloads of the frames it completes, in order."""
+        buf = self._buf
+        buf += data
+        frames: list[bytes] = []
+        pos = 0
+        end = len(buf)
+        limit = self.max_frame_size
+        while end - pos >= HEADER_SIZE:
+            (size,) = _HEADER.unpack_from(buf, pos)
+            if size > limit:
+                raise FrameTooLarge(f"frame of {size} bytes exceeds the limit of {limit}")
+            start = pos + HEADER_SIZE
+            if end - start < size:
+                break
+            frames.append(bytes(buf[start : start + size]))
+            pos = start + size
+        if pos:
+            del buf[:pos]
+        return frames
+
+
+async def read_frame(
+    reader: asyncio.StreamReader, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+) -> bytes | None:
+    """Read one frame's payload; None on a clean end of stream before any byte of a frame.
+
+    Raises FrameTooLarge before reading the body of an oversized frame, and CodecError if the
+    stream ends in the middle of a frame.
+    """
+    try:
+        header = await reader.readexactly(HEADER_SIZE)
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            return None
+        raise CodecError("stream ended inside a frame header") from None
+    (size,) = _HEADER.unpack(header)
+    if size > max_frame_size:
+        raise FrameTooLarge(f"frame of {size} bytes exceeds the limit of {max_frame_size}")
+    try:
+        return await reader.readexactly(size)
+    except asyncio.IncompleteReadError as exc:
+        raise CodecError(
+            f"stream ended inside a frame ({len(exc.partial)} of {size} bytes)"
+        ) from None
