@@ -1,0 +1,240 @@
+"""KVStateMachine: operations, CAS, exactly-once sessions, malformed commands, determinism."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from raftly.kv.state_machine import (
+    KEY_TOO_LARGE,
+    MALFORMED,
+    OP_PUT,
+    STALE_SEQ,
+    Cas,
+    CommandError,
+    Delete,
+    KVStateMachine,
+    Put,
+    Result,
+    Session,
+    decode,
+    encode,
+)
+
+
+class Applier:
+    """Feeds commands to a machine with increasing log indexes."""
+
+    def __init__(self, sm: KVStateMachine | None = None) -> None:
+        self.sm = sm if sm is not None else KVStateMachine()
+        self.index = 0
+
+    def __call__(self, command: bytes | Put | Delete | Cas, session: Session | None = None
+                 ) -> Result:
+        self.index += 1
+        raw = command if isinstance(command, bytes) else encode(command, session)
+        return self.sm.apply(self.index, raw)
+
+
+def test_put_get_delete() -> None:
+    a = Applier()
+    assert a(Put("k", b"v")) == Result(1, True)
+    assert a.sm.get("k") == b"v"
+    assert a(Put("k", b"w")).ok
+    assert a.sm.get("k") == b"w"
+    assert a(Delete("k")) == Result(3, True)
+    assert a.sm.get("k") is None
+    assert a(Delete("k")) == Result(4, False)
+    assert len(a.sm) == 0
+
+
+def test_cas() -> None:
+    a = Applier()
+    assert not a(Cas("k", b"", b"x")).ok, "a missing key never matches, not even b''"
+    assert a.sm.get("k") is None
+    a(Put("k", b""))
+    assert a(Cas("k", b"", b"x")).ok
+    assert a.sm.get("k") == b"x"
+    assert not a(Cas("k", b"y", b"z")).ok
+    assert a.sm.get("k") == b"x"
+
+
+def test_list_prefix_order_and_limit() -> None:
+    a = Applier()
+    for key in ["b/2", "a", "b/1", "b", "c", "b/3"]:
+        a(Put(key, key.encode()))
+    assert [k for k, _ in a.sm.list("b/")] == ["b/1", "b/2", "b/3"]
+    assert a.sm.list("b/", 2) == [("b/1", b"b/1"), ("b/2", b"b/2")]
+    assert [k for k, _ in a.sm.list()] == ["a", "b", "b/1", "b/2", "b/3", "c"]
+    a(Delete("b/2"))
+    assert [k for k, _ in a.sm.list("b")] == ["b", "b/1", "b/3"]
+    assert a.sm.list("zz") == []
+
+
+def test_key_size_limit() -> None:
+    a = Applier(KVStateMachine(max_key_bytes=8))
+    assert a(Put("é" * 4, b"")).ok  # 8 bytes in UTF-8
+    result = a(Put("é" * 5, b""))
+    assert result.error == KEY_TOO_LARGE and not result.ok
+    assert a.sm.get("é" * 5) is None
+
+
+def test_exactly_once_retry_returns_first_result() -> None:
+    a = Applier()
+    s = Session("c1", 1)
+    first = a(Cas("k", b"", b"x"), s)
+    a(Put("k", b""))
+    # A retry of seq 1 would now swap; it must get the first (failed) result back instead.
+    assert a(Cas("k", b"", b"x"), s) is first
+    assert a.sm.get("k") == b""
+    put = a(Put("n", b"1"), Session("c1", 2))
+    a(Put("n", b"2"))
+    assert a(Put("n", b"1"), Session("c1", 2)) is put
+    assert a.sm.get("n") == b"2"
+
+
+def test_out_of_order_seqs_within_window_apply() -> None:
+    a = Applier()
+    assert a(Put("b", b"2"), Session("c", 2)).ok
+    assert a(Put("a", b"1"), Session("c", 1)).ok  # concurrent writes may commit out of order
+    assert a.sm.get("a") == b"1"
+
+
+def test_ack_forgets_and_stale_seq_is_an_unknown_outcome() -> None:
+    a = Applier()
+    a(Put("a", b"1"), Session("c", 1))
+    a(Put("b", b"2"), Session("c", 3, ack=3))  # promises never to retry 1 or 2
+    stale = a(Put("a", b"again"), Session("c", 1))
+    assert stale.error == STALE_SEQ and not stale.ok
+    assert a.sm.get("a") == b"1"
+    assert a(Put("z", b""), Session("c", 2)).error == STALE_SEQ
+
+
+def test_session_window_bounds_results_per_client() -> None:
+    a = Applier(KVStateMachine(session_window=3))
+    for seq in range(1, 6):
+        a(Put(f"k{seq}", b""), Session("c", seq))
+    assert a(Put("k1", b"x"), Session("c", 1)).error == STALE_SEQ
+    assert a(Put("k5", b"x"), Session("c", 5)).index == 5  # still cached
+    assert a.sm.get("k5") == b""
+
+
+def test_sessions_evict_least_recently_applied_client() -> None:
+    a = Applier(KVStateMachine(max_sessions=2))
+    a(Put("k", b"1"), Session("old", 1))
+    a(Put("k", b"2"), Session("mid", 1))
+    a(Put("k", b"3"), Session("old", 2))  # "old" is now the most recently applied
+    a(Put("k", b"4"), Session("new", 1))  # evicts "mid"
+    assert a.sm.session_count == 2
+    a(Put("k", b"5"))
+    assert a(Put("k", b"3"), Session("old", 2)).index == 3  # remembered
+    assert a.sm.get("k") == b"5"
+    # "mid" was forgotten: its retry applies again. The bound is the documented price.
+    assert a(Put("k", b"2"), Session("mid", 1)).index == a.index
+    assert a.sm.get("k") == b"2"
+
+
+@pytest.mark.parametrize("raw", [
+    b"",
+    b"\xc1",  # never-used msgpack byte
+    msgpack.packb({"op": 1}),
+    msgpack.packb([OP_PUT, None, None, None]),
+    msgpack.packb([OP_PUT, None, None, None, "k"]),
+    msgpack.packb([OP_PUT, None, None, None, "k", "str not bytes"]),
+    msgpack.packb([OP_PUT, None, None, None, "", b"v"], use_bin_type=True),
+    msgpack.packb([OP_PUT, None, None, None, b"bytes key", b"v"], use_bin_type=True),
+    msgpack.packb([99, None, None, None, "k"]),
+    msgpack.packb([True, None, None, None, "k", b"v"], use_bin_type=True),
+    msgpack.packb([2, None, None, None, "k", b"extra"], use_bin_type=True),
+    msgpack.packb([3, None, None, None, "k", b"only one"], use_bin_type=True),
+    msgpack.packb([OP_PUT, "c", None, None, "k", b"v"], use_bin_type=True),
+    msgpack.packb([OP_PUT, "c", 0, 0, "k", b"v"], use_bin_type=True),
+    msgpack.packb([OP_PUT, "c", True, 0, "k", b"v"], use_bin_type=True),
+    msgpack.packb([OP_PUT, "c", 2, 3, "k", b"v"], use_bin_type=True),
+    msgpack.packb([OP_PUT, "c", 1 << 63, 0, "k", b"v"], use_bin_type=True),
+    msgpack.packb([OP_PUT, "", 1, 0, "k", b"v"], use_bin_type=True),
+    msgpack.packb([OP_PUT, "x" * 129, 1, 0, "k", b"v"], use_bin_type=True),
+    b"\x95\x01\xc0\xc0\xc0\xa1",  # truncated
+    b"\xdd\xff\xff\xff\xff",  # array claiming 4 billion items
+])
+def test_malformed_commands_apply_as_errors(raw: bytes) -> None:
+    a = Applier()
+    a(Put("k", b"before"))
+    result = a(raw)
+    assert result.error == MALFORMED and not result.ok and result.message
+    assert a.sm.get("k") == b"before" and len(a.sm) == 1
+    with pytest.raises(CommandError):
+        decode(raw)
+
+
+@given(st.binary(max_size=64))
+@settings(max_examples=300)
+def test_random_bytes_never_raise(raw: bytes) -> None:
+    result = KVStateMachine().apply(1, raw)
+    assert isinstance(result, Result)
+
+
+def test_encode_rejects_bad_input() -> None:
+    with pytest.raises(CommandError):
+        encode(Put("", b"v"))
+    with pytest.raises(CommandError):
+        encode(Put("\ud800", b"v"))
+    with pytest.raises(CommandError):
+        Session("c", 0)
+    with pytest.raises(CommandError):
+        Session("c", 1, ack=2)
+
+
+def test_encode_decode_round_trip() -> None:
+    for op in (Put("k", b"\x00v"), Delete("ключ"), Cas("k", b"a", b"b")):
+        for session in (None, Session("c", 5, 3)):
+            assert decode(encode(op, session)) == (op, session)
+
+
+# -- random sequences against a dict model, and determinism ------------------------------------
+
+KEYS = st.sampled_from(["a", "b", "c", "a/1", "a/2"])
+VALUES = st.binary(max_size=3)
+OPS = st.one_of(
+    st.builds(Put, KEYS, VALUES),
+    st.builds(Delete, KEYS),
+    st.builds(Cas, KEYS, VALUES, VALUES),
+)
+
+
+@given(st.lists(st.tuples(OPS, st.booleans(), st.sampled_from(["x", "y"])), max_size=60))
+@settings(max_examples=200)
+def test_random_ops_match_dict_model_and_replay_identically(
+        steps: list[tuple[Put | Delete | Cas, bool, str]]) -> None:
+    model: dict[str, bytes] = {}
+    a, b = Applier(), Applier()
+    seqs = {"x": 0, "y": 0}
+    results = []
+    for op, retry, client in steps:
+        seqs[client] += 1
+        session = Session(client, seqs[client], ack=seqs[client])
+        if isinstance(op, Put):
+            model[op.key] = op.value
+            expected_ok = True
+        elif isinstance(op, Delete):
+            expected_ok = model.pop(op.key, None) is not None
+        else:
+            expected_ok = model.get(op.key) == op.expected and op.key in model
+            if expected_ok:
+                model[op.key] = op.new
+        result = a(op, session)
+        assert result.ok == expected_ok and result.error is None
+        results.append(result)
+        if retry:  # a retry of the same seq must change nothing and return the same result
+            assert a(op, session) == result
+        b(op, session)
+        if retry:
+            b(op, session)
+        assert dict(a.sm.list()) == model
+    assert dict(b.sm.list()) == model
+    assert a.sm.list() == b.sm.list()
+    for prefix in ("", "a", "a/"):
+        assert a.sm.list(prefix) == sorted((k, v) for k, v in model.items()
+                                           if k.startswith(prefix))
