@@ -44,6 +44,9 @@ class DiskStorage:
 
     Opening takes the directory's lock (a second open raises ``StorageError`` at once) and
     checks everything on disk; corruption found then is raised by ``load``.
+
+    Calls block on disk I/O and are not thread-safe: one caller at a time (an asyncio driver
+    runs them in one worker thread, off the event loop).
     """
 
     def __init__(
