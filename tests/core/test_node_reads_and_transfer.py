@@ -279,3 +279,13 @@ def test_transfer_hands_leadership_over_in_a_cluster() -> None:
     net.settle()
     assert [e.data for e in net.applied[2]][-1] == b"y"
     assert any(isinstance(m, AppendEntries) and m.src == 2 for m in net.delivered)
+
+
+def test_single_voter_read_before_its_noop_commits_waits_for_it() -> None:
+    node = RaftNode(1, InitialState.bootstrap([1]), config())
+    elect(node)  # the no-op is not durable yet
+    node.read_index(b"r")
+    rd = node.ready()
+    assert rd.read_states == []
+    node.advance(rd)
+    assert flush(node).read_states == [ReadState(1, b"r")]
