@@ -410,12 +410,18 @@ def _unpack(data: bytes | bytearray | memoryview, *, max_array_len: int, max_str
 
 
 def _check_message(msg: Message, fields: list[Any]) -> None:
-    """Refuse to encode what the peer's decoder would refuse, so a bug here is loud and local."""
+    """Refuse to encode what the peer's decoder would refuse, so that such a bug is loud and
+    local instead of a connection the peer keeps closing. Checks the header and every scalar
+    field (entries come from the log, which the core keeps valid)."""
     for value in (msg.term, msg.src, msg.dst):
         _uint(value, "header")
+    name = type(msg).__name__
     for value in fields:
-        if type(value) is int:
-            _uint(value, type(msg).__name__)
+        kind = type(value)
+        if kind is int:
+            _uint(value, name)
+        elif kind is not bool and kind is not bytes and kind is not list:
+            raise CodecError(f"{name}: cannot encode field value {_show(value)}")
 
 
 def encode_message(msg: Message) -> bytes:

@@ -1,0 +1,381 @@
+"""The wire codec: every message round-trips; anything malformed gives CodecError, nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from transport_helpers import MESSAGE_STRATEGIES, messages
+
+from raftly.core.messages import (
+    ALL_MESSAGE_TYPES,
+    AppendEntries,
+    Heartbeat,
+    InstallSnapshot,
+    Message,
+    RequestVote,
+)
+from raftly.core.types import ConfState, Entry, EntryType, Snapshot, SnapshotMeta
+from raftly.testing import SimCluster
+from raftly.transport.codec import (
+    MAX_INT,
+    PROTOCOL_VERSION,
+    CodecError,
+    FrameDecoder,
+    FrameTooLarge,
+    Handshake,
+    HandshakeReply,
+    decode_handshake,
+    decode_handshake_reply,
+    decode_message,
+    encode_frame,
+    encode_handshake,
+    encode_handshake_reply,
+    encode_message,
+    frame_message,
+    read_frame,
+)
+
+
+def pack(obj: object) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def valid_or_codec_error(data: bytes) -> Message | None:
+    """Decode ``data``: it must either be a valid message (that round-trips) or a CodecError."""
+    try:
+        msg = decode_message(data)
+    except CodecError:
+        return None
+    assert decode_message(encode_message(msg)) == msg
+    return msg
+
+
+# -- round trips ------------------------------------------------------------------------------
+
+
+def test_strategies_cover_every_message_type() -> None:
+    assert set(MESSAGE_STRATEGIES) == set(ALL_MESSAGE_TYPES)
+
+
+@given(messages)
+@settings(max_examples=500)
+def test_every_message_round_trips(msg: Message) -> None:
+    data = encode_message(msg)
+    assert decode_message(data) == msg
+    assert type(decode_message(data)) is type(msg)
+
+
+@given(st.lists(messages, max_size=10), st.data())
+def test_frames_split_anywhere_reassemble(msgs: list[Message], data: st.DataObject) -> None:
+    stream = b"".join(frame_message(m) for m in msgs)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    decoder = FrameDecoder()
+    out: list[Message] = []
+    prev = 0
+    for cut in [*cuts, len(stream)]:
+        out += [decode_message(p) for p in decoder.feed(stream[prev:cut])]
+        prev = cut
+    assert out == msgs
+    assert decoder.buffered == 0
+
+
+def test_compact_layout_is_a_positional_array() -> None:
+    msg = AppendEntries(
+        term=3, src=1, dst=2, prev_index=4, prev_term=2, commit=4,
+        entries=[Entry(5, 3, b"ab", EntryType.NOOP)],
+    )
+    assert msgpack.unpackb(encode_message(msg)) == [3, 3, 1, 2, 4, 2, 4, [[5, 3, 1, b"ab"]]]
+
+
+def test_messages_of_a_real_simulated_cluster_round_trip() -> None:
+    """Whatever the core actually sends (elections, replication, faults) passes the codec."""
+    seen: set[type[Message]] = set()
+    for seed in range(3):
+        c = SimCluster(n=3, seed=seed)
+        original = c._send
+
+        def checked(msg: Message, original=original) -> None:  # type: ignore[no-untyped-def]
+            assert decode_message(encode_message(msg)) == msg
+            seen.add(type(msg))
+            original(msg)
+
+        c._send = checked  # type: ignore[method-assign]
+        leader = c.check_one_leader()
+        c.one(b"a" * 16, 3)
+        c.disconnect(leader)
+        c.one(b"b", 2, retry=True)
+        c.connect(leader)
+        c.set_unreliable(True)
+        for k in range(5):
+            c.start(c.check_one_leader(), b"c%d" % k)
+        c.run(2.0)
+    assert {RequestVote, AppendEntries, Heartbeat} <= seen
+
+
+# -- malformed input -------------------------------------------------------------------------
+
+
+@given(st.binary(max_size=200))
+@settings(max_examples=1000)
+def test_random_bytes_give_codec_error_or_a_valid_message(data: bytes) -> None:
+    valid_or_codec_error(data)
+
+
+@given(messages, st.data())
+def test_every_truncation_is_a_codec_error(msg: Message, data: st.DataObject) -> None:
+    encoded = encode_message(msg)
+    cut = data.draw(st.integers(0, len(encoded) - 1))
+    with pytest.raises(CodecError):
+        decode_message(encoded[:cut])
+
+
+@given(messages, st.binary(min_size=1, max_size=8))
+def test_trailing_bytes_are_a_codec_error(msg: Message, extra: bytes) -> None:
+    with pytest.raises(CodecError):
+        decode_message(encode_message(msg) + extra)
+
+
+@given(messages, st.data())
+@settings(max_examples=500)
+def test_flipped_bytes_give_codec_error_or_a_valid_message(
+    msg: Message, data: st.DataObject
+) -> None:
+    encoded = bytearray(encode_message(msg))
+    for _ in range(data.draw(st.integers(1, 3))):
+        i = data.draw(st.integers(0, len(encoded) - 1))
+        encoded[i] = data.draw(st.integers(0, 255))
+    valid_or_codec_error(bytes(encoded))
+
+
+any_value = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)  # what msgpack can carry
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8)
+    | st.binary(max_size=8),
+    lambda inner: st.lists(inner, max_size=4),
+    max_leaves=10,
+)
+
+
+def _paths(obj: object, prefix: tuple[int, ...] = ()) -> list[tuple[int, ...]]:
+    out = [prefix] if prefix else []
+    if isinstance(obj, list):
+        for i, item in enumerate(obj):
+            out += _paths(item, (*prefix, i))
+    return out
+
+
+@given(messages, st.data())
+@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
+def test_any_field_replaced_by_any_value_gives_codec_error_or_a_valid_message(
+    msg: Message, data: st.DataObject
+) -> None:
+    tree = msgpack.unpackb(encode_message(msg))
+    path = data.draw(st.sampled_from(_paths(tree)))
+    node = tree
+    for i in path[:-1]:
+        node = node[i]
+    node[path[-1]] = data.draw(any_value)
+    valid_or_codec_error(pack(tree))
+
+
+@given(st.lists(any_value, max_size=9))
+def test_random_arrays_give_codec_error_or_a_valid_message(items: list[object]) -> None:
+    valid_or_codec_error(pack(items))
+
+
+def hb(**over: object) -> list[object]:
+    """A Heartbeat as a wire array, with fields overridden by name."""
+    fields = {"code": 5, "term": 1, "src": 0, "dst": 1, "commit": 0, "read_seq": 0}
+    fields.update(over)
+    return list(fields.values())
+
+
+def ae(entries: list[object], term: int = 5, prev_index: int = 10, prev_term: int = 3) -> bytes:
+    return pack([3, term, 0, 1, prev_index, prev_term, 0, entries])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(pack(hb(term=True)), id="bool-for-int"),
+        pytest.param(pack(hb(term=-1)), id="negative"),
+        pytest.param(pack(hb(term=MAX_INT)), id="2**63"),
+        pytest.param(pack(hb(commit=2**64 - 1)), id="2**64-1"),
+        pytest.param(pack(hb(term=1.0)), id="float"),
+        pytest.param(pack(hb(src=None)), id="nil-src"),
+        pytest.param(pack(hb(dst=-5)), id="negative-node-id"),
+        pytest.param(pack(hb(code=99)), id="unknown-type"),
+        pytest.param(pack(hb(code=True)), id="bool-type-code"),
+        pytest.param(pack(hb()[:-1]), id="too-few-fields"),
+        pytest.param(pack([*hb(), 0]), id="too-many-fields"),
+        pytest.param(pack({"term": 1}), id="map"),
+        pytest.param(pack(5), id="not-an-array"),
+        pytest.param(pack([1, 1, 0, 1, 0, 0, 1, 0]), id="int-for-bool"),
+        pytest.param(pack([9, 1, 0, 1, "ctx"]), id="str-for-bytes"),
+        pytest.param(pack([9, 1, 0, 1, [1, 2]]), id="list-for-bytes"),
+        pytest.param(msgpack.packb(msgpack.ExtType(1, b"x")), id="ext"),
+        pytest.param(b"\xdd\xff\xff\xff\xff", id="array32-claiming-4G-items"),
+        pytest.param(b"\xc6\xff\xff\xff\xff", id="bin32-claiming-4GiB"),
+        pytest.param(b"\x91" * 100_000, id="deeply-nested"),
+        pytest.param(b"\xc1", id="reserved-byte"),
+        pytest.param(ae([[12, 3, 0, b""]]), id="entry-index-gap"),
+        pytest.param(ae([[11, 3, 0, b""], [11, 3, 0, b""]]), id="entry-index-repeat"),
+        pytest.param(ae([[11, 6, 0, b""]]), id="entry-term-above-message-term"),
+        pytest.param(ae([[11, 2, 0, b""]]), id="entry-term-below-prev-term"),
+        pytest.param(ae([[11, 4, 0, b""], [12, 3, 0, b""]]), id="entry-terms-decrease"),
+        pytest.param(ae([[11, 3, 3, b""]]), id="unknown-entry-type"),
+        pytest.param(ae([[11, 3, False, b""]]), id="bool-entry-type"),
+        pytest.param(ae([[11, 3, 0, "x"]]), id="str-entry-data"),
+        pytest.param(ae([[11, 3, 0]]), id="short-entry"),
+        pytest.param(ae([[True, 3, 0, b""]], prev_index=0), id="bool-entry-index"),
+        pytest.param(ae([[MAX_INT, 3, 0, b""]], prev_index=MAX_INT - 1), id="entry-index-2**63"),
+        pytest.param(ae("notalist"), id="entries-not-a-list"),  # type: ignore[arg-type]
+        pytest.param(pack([7, 5, 0, 1, 1, 1, [2, 1], b""]), id="voters-unsorted"),
+        pytest.param(pack([7, 5, 0, 1, 1, 1, [1, 1], b""]), id="voters-duplicate"),
+        pytest.param(pack([7, 5, 0, 1, 1, 6, [1], b""]), id="snapshot-term-above-term"),
+        pytest.param(pack([7, 5, 0, 1, 1, 1, [-1], b""]), id="negative-voter"),
+    ],
+)
+def test_malformed_messages_are_codec_errors(data: bytes) -> None:
+    with pytest.raises(CodecError):
+        decode_message(data)
+
+
+def test_limits_on_entries_and_voters() -> None:
+    entries = [Entry(11 + i, 3) for i in range(10)]
+    data = encode_message(
+        AppendEntries(term=3, src=0, dst=1, prev_index=10, prev_term=3, entries=entries)
+    )
+    assert len(decode_message(data, max_entries=10).entries) == 10  # type: ignore[attr-defined]
+    with pytest.raises(CodecError):
+        decode_message(data, max_entries=9)
+    snap = InstallSnapshot(
+        term=1, src=0, dst=1, snapshot=Snapshot(SnapshotMeta(1, 1, ConfState(frozenset(range(5)))))
+    )
+    data = encode_message(snap)
+    assert decode_message(data, max_voters=5) == snap
+    with pytest.raises(CodecError):
+        decode_message(data, max_voters=4)
+
+
+def test_decoding_non_bytes_is_a_codec_error() -> None:
+    with pytest.raises(CodecError):
+        decode_message("text")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        Heartbeat(term=-1, src=0, dst=1, commit=0),
+        Heartbeat(term=1, src=0, dst=1, commit=2**64),
+        Heartbeat(term=1, src=0, dst=1, commit=0, read_seq=MAX_INT),
+        RequestVote(term=1, src=0, dst=1, last_log_index=0, last_log_term=0, pre_vote=None),  # type: ignore[arg-type]
+    ],
+)
+def test_encoding_what_the_peer_would_refuse_is_a_codec_error(msg: Message) -> None:
+    try:
+        data = encode_message(msg)
+    except CodecError:
+        return
+    pytest.fail(f"encoded an invalid message: {data!r}")
+
+
+def test_encoding_a_non_message_is_a_codec_error() -> None:
+    with pytest.raises(CodecError):
+        encode_message(object())  # type: ignore[arg-type]
+
+
+# -- handshake -------------------------------------------------------------------------------
+
+
+@given(st.text(min_size=1, max_size=256), st.integers(0, MAX_INT - 1))
+def test_handshake_round_trips(cluster_id: str, node_id: int) -> None:
+    assert decode_handshake(encode_handshake(cluster_id, node_id)) == Handshake(
+        PROTOCOL_VERSION, cluster_id, node_id
+    )
+
+
+def test_handshake_reply_round_trips() -> None:
+    assert decode_handshake_reply(encode_handshake_reply(True)) == HandshakeReply(True, "")
+    refused = decode_handshake_reply(encode_handshake_reply(False, "wrong cluster"))
+    assert refused == HandshakeReply(False, "wrong cluster")
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        [b"raftlx", 1, "c", 1],
+        ["raftly", 1, "c", 1],
+        [b"raftly", 1, "c"],
+        [b"raftly", 1, "", 1],
+        [b"raftly", 1, "x" * 257, 1],
+        [b"raftly", 1, b"c", 1],
+        [b"raftly", True, "c", 1],
+        [b"raftly", 1, "c", -1],
+        [b"raftly", 1, "c", False],
+        {"magic": b"raftly"},
+    ],
+)
+def test_malformed_handshakes_are_codec_errors(obj: object) -> None:
+    with pytest.raises(CodecError):
+        decode_handshake(pack(obj))
+
+
+@given(st.binary(max_size=64) | st.lists(any_value, max_size=5).map(pack))
+def test_garbage_handshakes_and_replies_are_codec_errors(data: bytes) -> None:
+    with pytest.raises(CodecError):
+        decode_handshake(data)
+    with pytest.raises(CodecError):
+        decode_handshake_reply(data)
+
+
+def test_bad_cluster_id_is_refused_when_encoding() -> None:
+    with pytest.raises(CodecError):
+        encode_handshake("", 1)
+
+
+# -- framing ---------------------------------------------------------------------------------
+
+
+def test_frame_decoder_refuses_an_oversized_header_before_the_body() -> None:
+    decoder = FrameDecoder(max_frame_size=100)
+    assert decoder.feed(encode_frame(b"x" * 100)) == [b"x" * 100]
+    with pytest.raises(FrameTooLarge):
+        decoder.feed(struct.pack(">I", 101))  # header only: no body has been sent
+
+
+def _reader(data: bytes, eof: bool = True) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader()
+    reader.feed_data(data)
+    if eof:
+        reader.feed_eof()
+    return reader
+
+
+def test_read_frame() -> None:
+    async def main() -> None:
+        assert await read_frame(_reader(encode_frame(b"abc"))) == b"abc"
+        assert await read_frame(_reader(b"")) is None
+        with pytest.raises(CodecError):
+            await read_frame(_reader(b"\x00\x00"))
+        with pytest.raises(CodecError):
+            await read_frame(_reader(encode_frame(b"abcdef")[:-1]))
+        with pytest.raises(FrameTooLarge):  # raised without waiting for a body (no EOF fed)
+            await asyncio.wait_for(read_frame(_reader(b"\x00\x00\x01\x00", False), 255), 1.0)
+
+    asyncio.run(main())
+
+
+def test_max_frame_size_must_be_sane() -> None:
+    for bad in (0, -1, 2**32):
+        with pytest.raises(ValueError):
+            FrameDecoder(bad)
