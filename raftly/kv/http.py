@@ -1,0 +1,346 @@
+"""The key-value HTTP API of one node (aiohttp), on top of ``RaftServer``.
+
+Routes (keys are the rest of the path, percent-decoded; values are raw bytes):
+
+- ``PUT /v1/kv/{key}`` body = value -> ``200 {"index": N}``; with ``?expect=OLD`` a
+  compare-and-set -> ``200 {"index": N, "swapped": true}`` or ``412`` (current value is not OLD,
+  compared as UTF-8 bytes, or the key is missing).
+- ``DELETE /v1/kv/{key}`` -> ``200 {"index": N, "deleted": bool}``.
+- ``GET /v1/kv/{key}[?consistency=stale]`` -> ``200`` with the value, or ``404``.
+- ``GET /v1/kv?prefix=P&limit=N[&consistency=stale]`` -> a JSON list of
+  ``{"key": k, "value": text}`` (``"value_base64"`` instead when a value is not UTF-8).
+- ``GET /v1/status`` -> this node's id (name), role, term, leader, indexes and members.
+
+Writes on a follower get ``307`` with a ``Location`` on the leader's API. Linearizable reads are
+served by any node: a follower asks the leader for a read index (ReadIndex) and answers from its
+own copy once it has applied that far, so reads spread over the cluster. Errors are JSON
+``{"error": "...", "leader": name-or-null}``: no leader known, Busy or a dropped proposal ->
+``503`` with ``Retry-After`` (nothing was applied: safe to retry); a write whose outcome is unknown
+-> ``504``; oversized key or value -> ``413``; malformed input -> ``400``.
+
+Exactly-once: a write may carry ``X-Raftly-Client`` (id), ``X-Raftly-Seq`` (1, 2, ... per write)
+and optionally ``X-Raftly-Ack`` (lowest seq the client still awaits). A retried seq returns the
+first result. A seq whose result was already forgotten gets ``409`` (its outcome is unknown).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from raftly.core.errors import NotLeader, ProposalDropped
+from raftly.kv.cluster_file import ClusterSpec, NodeSpec
+from raftly.kv.protocol import ACK_HEADER, CLIENT_HEADER, SEQ_HEADER, STALE_SEQ_CODE
+from raftly.kv.state_machine import (
+    KEY_TOO_LARGE,
+    MALFORMED,
+    STALE_SEQ,
+    Cas,
+    CommandError,
+    Delete,
+    KVStateMachine,
+    Op,
+    Put,
+    Result,
+    Session,
+    encode,
+)
+from raftly.server.server import Busy, OutcomeUnknown, RaftServer, ServerStopped
+
+logger = logging.getLogger("raftly.kv.http")
+
+RETRY_AFTER = "1"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on requests; ``max_key_bytes`` should match the state machine's."""
+
+    max_key_bytes: int = 4096
+    max_value_bytes: int = 1 << 20
+    max_list_limit: int = 10_000
+    default_list_limit: int = 1000
+    write_timeout: float = 5.0
+    read_timeout: float = 5.0
+
+
+class _Reply(Exception):
+    """Raised inside a handler to answer with a JSON error at once."""
+
+    def __init__(self, status: int, message: str, **extra: object) -> None:
+        super().__init__(message)
+        self.status = status
+        self.extra = extra
+        self.headers: dict[str, str] = {}
+
+
+class KVApi:
+    """The request handlers of one node; ``app()`` builds the aiohttp application."""
+
+    def __init__(self, server: RaftServer, cluster: ClusterSpec, node: NodeSpec,
+                 limits: Limits | None = None) -> None:
+        self.server = server
+        self.cluster = cluster
+        self.node = node
+        self.limits = limits or Limits()
+
+    @property
+    def kv(self) -> KVStateMachine:
+        sm = self.server.state_machine
+        assert isinstance(sm, KVStateMachine)
+        return sm
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._errors_middleware])
+        app.router.add_get("/v1/status", self.status)
+        app.router.add_get("/v1/kv", self.list)
+        app.router.add_get("/v1/kv/{key:.+}", self.get)
+        app.router.add_put("/v1/kv/{key:.+}", self.put)
+        app.router.add_delete("/v1/kv/{key:.+}", self.delete)
+        return app
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _name(self, node_id: int | None) -> str | None:
+        if node_id is None:
+            return None
+        spec = self.cluster.by_id(node_id)
+        return spec.name if spec is not None else str(node_id)
+
+    def _leader_spec(self, leader: int | None) -> NodeSpec | None:
+        if leader is None or leader == self.server.id:
+            return None
+        return self.cluster.by_id(leader)
+
+    def _json(self, status: int, body: object, headers: dict[str, str] | None = None
+              ) -> web.Response:
+        return web.Response(status=status, text=json.dumps(body), headers=headers,
+                            content_type="application/json")
+
+    def _error(self, status: int, message: str, headers: dict[str, str] | None = None,
+               **extra: object) -> web.Response:
+        body: dict[str, object] = {"error": message, "leader": self._name(self.server.leader)}
+        body.update(extra)
+        return self._json(status, body, headers)
+
+    def _not_leader(self, request: web.Request, leader: int | None) -> web.Response:
+        spec = self._leader_spec(leader)
+        if spec is None:
+            return self._error(503, "no leader known; retry shortly",
+                               {"Retry-After": RETRY_AFTER})
+        # raw_path keeps the percent-encoding and the query string exactly as the client sent.
+        location = spec.api.url + request.raw_path
+        return self._error(307, f"not the leader; the leader is {spec.name}",
+                           {"Location": location}, leader=spec.name)
+
+    def _key(self, request: web.Request) -> str:
+        key = request.match_info["key"]
+        try:
+            size = len(key.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise _Reply(400, "key is not valid UTF-8") from None
+        if size > self.limits.max_key_bytes:
+            raise _Reply(413, f"key longer than {self.limits.max_key_bytes} bytes")
+        return key
+
+    def _session(self, request: web.Request) -> Session | None:
+        client = request.headers.get(CLIENT_HEADER)
+        seq = request.headers.get(SEQ_HEADER)
+        ack = request.headers.get(ACK_HEADER)
+        if client is None and seq is None and ack is None:
+            return None
+        if client is None or seq is None:
+            raise _Reply(400, f"{CLIENT_HEADER} and {SEQ_HEADER} go together")
+        try:
+            return Session(client, _parse_int(seq), _parse_int(ack) if ack is not None else 0)
+        except (ValueError, CommandError) as exc:
+            raise _Reply(400, f"bad session headers: {exc}") from None
+
+    async def _body(self, request: web.Request) -> bytes:
+        limit = self.limits.max_value_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise _Reply(413, f"value larger than {limit} bytes")
+        # Read in chunks so an oversized body without Content-Length is cut off early rather
+        # than buffered whole.
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = await request.content.readany()
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise _Reply(413, f"value larger than {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _consistency_stale(self, request: web.Request) -> bool:
+        consistency = request.query.get("consistency", "linearizable")
+        if consistency not in ("linearizable", "stale"):
+            raise _Reply(400, "consistency must be 'linearizable' or 'stale'")
+        return consistency == "stale"
+
+    async def _propose(self, request: web.Request, op: Op, session: Session | None
+                       ) -> Result | web.Response:
+        try:
+            result = await self.server.propose(encode(op, session),
+                                               timeout=self.limits.write_timeout)
+        except NotLeader as exc:
+            return self._not_leader(request, exc.leader)
+        except (Busy, ProposalDropped) as exc:
+            return self._error(503, f"{exc}; not applied, safe to retry",
+                               {"Retry-After": RETRY_AFTER})
+        except OutcomeUnknown as exc:
+            return self._error(504, f"outcome unknown: {exc}")
+        except ServerStopped as exc:
+            # Raised for a proposal still open when the node stops: it may yet commit elsewhere.
+            return self._error(504, f"outcome unknown: {exc}")
+        except CommandError as exc:
+            return self._error(400, str(exc))
+        assert isinstance(result, Result)
+        if result.error == MALFORMED:
+            return self._error(400, result.message)
+        if result.error == KEY_TOO_LARGE:
+            return self._error(413, result.message)
+        if result.error == STALE_SEQ:
+            return self._error(409, result.message, code=STALE_SEQ_CODE)
+        return result
+
+    async def _linearizable(self, request: web.Request) -> web.Response | None:
+        """Wait until a linearizable read may be served here, or return the error response."""
+        try:
+            await self.server.wait_read_index(timeout=self.limits.read_timeout)
+        except NotLeader:
+            return self._error(503, "no leader known; retry shortly",
+                               {"Retry-After": RETRY_AFTER})
+        except (OutcomeUnknown, ServerStopped) as exc:
+            # A read has no effect, so a read that timed out is simply safe to retry.
+            return self._error(503, f"read not confirmed: {exc}", {"Retry-After": RETRY_AFTER})
+        return None
+
+    # -- handlers -------------------------------------------------------------------------------
+
+    async def put(self, request: web.Request) -> web.Response:
+        key = self._key(request)
+        session = self._session(request)
+        if not self.server.is_leader:
+            # Answer before reading the body: the client sends it again to the leader anyway.
+            return self._not_leader(request, self.server.leader)
+        value = await self._body(request)
+        expect = request.query.get("expect")
+        op: Op = Put(key, value) if expect is None else Cas(key, expect.encode("utf-8"), value)
+        result = await self._propose(request, op, session)
+        if isinstance(result, web.Response):
+            return result
+        if isinstance(op, Cas):
+            if not result.ok:
+                return self._error(412, "current value does not match expect (or no such key)",
+                                   index=result.index)
+            return self._json(200, {"index": result.index, "swapped": True})
+        return self._json(200, {"index": result.index})
+
+    async def delete(self, request: web.Request) -> web.Response:
+        key = self._key(request)
+        session = self._session(request)
+        if not self.server.is_leader:
+            return self._not_leader(request, self.server.leader)
+        result = await self._propose(request, Delete(key), session)
+        if isinstance(result, web.Response):
+            return result
+        return self._json(200, {"index": result.index, "deleted": result.ok})
+
+    async def get(self, request: web.Request) -> web.Response:
+        key = self._key(request)
+        if not self._consistency_stale(request):
+            failed = await self._linearizable(request)
+            if failed is not None:
+                return failed
+        value = self.kv.get(key)
+        if value is None:
+            return self._error(404, "key not found")
+        return web.Response(body=value, content_type="application/octet-stream")
+
+    async def list(self, request: web.Request) -> web.Response:
+        prefix = request.query.get("prefix", "")
+        try:
+            limit = _parse_int(request.query.get("limit", str(self.limits.default_list_limit)))
+        except ValueError:
+            raise _Reply(400, "limit must be an integer") from None
+        if not 1 <= limit <= self.limits.max_list_limit:
+            raise _Reply(400, f"limit must be from 1 to {self.limits.max_list_limit}")
+        if not self._consistency_stale(request):
+            failed = await self._linearizable(request)
+            if failed is not None:
+                return failed
+        items: list[dict[str, str]] = []
+        for key, value in self.kv.list(prefix, limit):
+            try:
+                items.append({"key": key, "value": value.decode("utf-8")})
+            except UnicodeDecodeError:
+                items.append({"key": key, "value_base64": base64.b64encode(value).decode()})
+        return self._json(200, items)
+
+    async def status(self, request: web.Request) -> web.Response:
+        st = self.server.status()
+        leader = self.cluster.by_id(st.leader) if st.leader is not None else None
+        members = []
+        for voter in st.voters:
+            spec = self.cluster.by_id(voter)
+            members.append({"id": self._name(voter), "raft_id": voter,
+                            "api": spec.api.url if spec is not None else None})
+        return self._json(200, {
+            "id": self.node.name,
+            "raft_id": st.id,
+            "role": st.role,
+            "term": st.term,
+            "leader": self._name(st.leader),
+            "leader_api": leader.api.url if leader is not None else None,
+            "commit_index": st.commit_index,
+            "applied_index": st.applied_index,
+            "last_index": st.last_index,
+            "members": members,
+        })
+
+    # -- errors ---------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _errors_middleware(self, request: web.Request, handler: Handler
+                                 ) -> web.StreamResponse:
+        """Every error leaves as JSON; an unexpected exception is a logged 500, never a crash."""
+        try:
+            return await handler(request)
+        except _Reply as reply:
+            return self._error(reply.status, str(reply), reply.headers, **reply.extra)
+        except web.HTTPException as exc:
+            headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow",)}
+            return self._error(exc.status, exc.reason, headers)
+        except ServerStopped as exc:
+            return self._error(503, str(exc), {"Retry-After": RETRY_AFTER})
+        except Exception:
+            logger.exception("error handling %s %s", request.method, request.path)
+            return self._error(500, "internal error (logged on the server)")
+
+
+def _parse_int(text: str) -> int:
+    # int() accepts " 7", "+7" and "7_0"; only plain digits are a number here.
+    if not text.isascii() or not text.isdigit():
+        raise ValueError(f"not a non-negative integer: {text!r}")
+    return int(text)
+
+
+def make_runner(app: web.Application, limits: Limits | None = None) -> web.AppRunner:
+    """An AppRunner whose request-line limit admits the longest key (percent-encoded, 3x)."""
+    limits = limits or Limits()
+    max_line = max(8190, 3 * limits.max_key_bytes + 64 * 1024)
+    return web.AppRunner(app, access_log=None, max_line_size=max_line,
+                         max_field_size=16 * 1024)
+
+
+__all__ = ["KVApi", "Limits", "make_runner"]
