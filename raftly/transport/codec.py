@@ -406,7 +406,8 @@ def _unpack(data: bytes | bytearray | memoryview, *, max_array_len: int, max_str
             max_bin_len=len(data),
         )
     except Exception as exc:  # msgpack raises several unrelated types; all mean "malformed"
-        raise CodecError(f"malformed msgpack: {exc}") from exc
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise CodecError(f"malformed msgpack: {detail}") from exc
 
 
 def _check_message(msg: Message, fields: list[Any]) -> None:

@@ -295,6 +295,7 @@ class TcpTransport:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+            logger.info("node %d transport closed", self.node_id)
 
     def stats(self) -> dict[str, int]:
         """Counters for metrics: messages sent/dropped/received, errors, open connections."""

@@ -1,0 +1,435 @@
+"""TcpTransport over real loopback sockets: exchange, reconnect, refusal, garbage, limits, close."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Awaitable, Callable
+
+import pytest
+from transport_helpers import wait_until
+
+from raftly.core.messages import (
+    AppendEntries,
+    Heartbeat,
+    HeartbeatResponse,
+    Message,
+    ReadIndexRequest,
+    RequestVote,
+)
+from raftly.core.types import Entry
+from raftly.transport import TcpTransport, Transport
+from raftly.transport.codec import (
+    decode_handshake_reply,
+    encode_frame,
+    encode_handshake,
+    encode_handshake_reply,
+    frame_message,
+    read_frame,
+)
+
+LOCAL = ("127.0.0.1", 0)
+CLUSTER = "test-cluster"
+
+
+def run(coro: Callable[[], Awaitable[None]]) -> None:
+    """Run a test body and check it left no task behind (every transport was closed)."""
+
+    async def main() -> None:
+        await asyncio.wait_for(coro(), 10.0)
+        leftover = asyncio.all_tasks() - {asyncio.current_task()}
+        assert not leftover, leftover
+
+    asyncio.run(main())
+
+
+class Node:
+    """A started transport and the messages it received."""
+
+    def __init__(self, node_id: int, **kwargs: object) -> None:
+        self.id = node_id
+        self.inbox: list[Message] = []
+        kwargs.setdefault("cluster_id", CLUSTER)
+        self.t = TcpTransport(node_id, kwargs.pop("listen", LOCAL), {}, **kwargs)  # type: ignore[arg-type]
+
+    async def start(self) -> Node:
+        await self.t.start(self.inbox.append)
+        return self
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        return self.t.listen_address
+
+
+async def pair(**kwargs: object) -> tuple[Node, Node]:
+    a, b = await Node(1, **kwargs).start(), await Node(2, **kwargs).start()
+    peers = {1: a.addr, 2: b.addr}
+    a.t.set_peers(peers)
+    b.t.set_peers(peers)
+    return a, b
+
+
+def hb(src: int, dst: int, commit: int = 0) -> Heartbeat:
+    return Heartbeat(term=1, src=src, dst=dst, commit=commit)
+
+
+async def raw_client(
+    addr: tuple[str, int], cluster_id: str = CLUSTER, node_id: int = 7
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A hand-rolled peer that has shaken hands and may now write anything."""
+    reader, writer = await asyncio.open_connection(*addr)
+    writer.write(encode_frame(encode_handshake(cluster_id, node_id)))
+    reply = await read_frame(reader)
+    assert reply is not None and decode_handshake_reply(reply).accepted
+    return reader, writer
+
+
+async def closed_by_peer(reader: asyncio.StreamReader) -> bool:
+    """True when the other end closes (EOF or reset) within the deadline."""
+    try:
+        return await asyncio.wait_for(reader.read(), 3.0) == b""
+    except ConnectionError:
+        return True
+
+
+def test_tcp_transport_satisfies_the_protocol() -> None:
+    t = TcpTransport(1, LOCAL, {}, cluster_id=CLUSTER)
+    assert isinstance(t, Transport)
+
+
+def test_two_transports_exchange_messages_both_ways_in_order() -> None:
+    async def body() -> None:
+        a, b = await pair()
+        entries = [Entry(i, 1, b"x" * 16) for i in range(1, 101)]
+        ae = AppendEntries(term=1, src=1, dst=2, prev_index=0, prev_term=0, entries=entries)
+        sent_ab: list[Message] = [ae] + [hb(1, 2, i) for i in range(200)]
+        for m in sent_ab:
+            a.t.send(m)
+        sent_ba = [HeartbeatResponse(term=1, src=2, dst=1, read_seq=i) for i in range(200)]
+        for m in sent_ba:
+            b.t.send(m)
+        await wait_until(lambda: len(b.inbox) == len(sent_ab) and len(a.inbox) == len(sent_ba))
+        assert b.inbox == sent_ab
+        assert a.inbox == sent_ba
+        sa, sb = a.t.stats(), b.t.stats()
+        assert sa["sent"] == len(sent_ab) and sa["received"] == len(sent_ba)
+        assert sb["sent"] == len(sent_ba) and sb["received"] == len(sent_ab)
+        assert sa["dropped"] == sb["dropped"] == sa["decode_errors"] == 0
+        assert sa["connections"] == 2  # one outbound to b, one inbound from b
+        await a.t.close()
+        await b.t.close()
+
+    run(body)
+
+
+def test_a_peer_that_is_down_is_reached_once_it_comes_up() -> None:
+    async def body() -> None:
+        b = await Node(2).start()
+        port = b.addr[1]
+        await b.t.close()  # b is down; its port is known
+        a = await Node(1, connect_timeout=0.5).start()
+        a.t.set_peers({2: ("127.0.0.1", port)})
+        a.t.send(hb(1, 2))
+        await wait_until(lambda: a.t.stats()["connect_failures"] >= 1)
+        assert a.t.stats()["dropped"] >= 1  # what was queued for a dead peer is dropped
+
+        b = await Node(2, listen=("127.0.0.1", port)).start()
+
+        async def keep_sending() -> None:  # as Raft does: heartbeats until someone listens
+            while True:
+                a.t.send(hb(1, 2))
+                await asyncio.sleep(0.02)
+
+        sender = asyncio.create_task(keep_sending())
+        try:
+            await wait_until(lambda: len(b.inbox) >= 3, timeout=5.0)
+        finally:
+            sender.cancel()
+        assert a.t.stats()["connects"] == 1
+        await a.t.close()
+        await b.t.close()
+
+    run(body)
+
+
+def test_a_restarted_peer_is_redialled() -> None:
+    async def body() -> None:
+        a, b = await pair()
+        a.t.send(hb(1, 2))
+        await wait_until(lambda: len(b.inbox) == 1)
+        port = b.addr[1]
+        await b.t.close()
+        b = await Node(2, listen=("127.0.0.1", port)).start()
+
+        async def keep_sending() -> None:
+            while True:
+                a.t.send(hb(1, 2))
+                await asyncio.sleep(0.02)
+
+        sender = asyncio.create_task(keep_sending())
+        try:
+            await wait_until(lambda: len(b.inbox) >= 1)
+        finally:
+            sender.cancel()
+        await a.t.close()
+        await b.t.close()
+
+    run(body)
+
+
+def test_a_wrong_cluster_id_is_refused_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="raftly.transport")
+
+    async def body() -> None:
+        b = await Node(2).start()
+        a = await Node(1, cluster_id="other-cluster").start()
+        a.t.set_peers({2: b.addr})
+        a.t.send(hb(1, 2))
+        await wait_until(lambda: b.t.stats()["refused"] >= 1 and a.t.stats()["connect_failures"])
+        assert b.inbox == []
+        assert b.t.stats()["connections"] == 0
+        await a.t.close()
+        await b.t.close()
+
+    run(body)
+    refused = [r for r in caplog.records if r.levelno == logging.WARNING and "refused" in r.message]
+    assert any("other-cluster" in r.message for r in refused), caplog.text
+
+
+def test_a_wrong_protocol_version_is_refused() -> None:
+    async def body() -> None:
+        b = await Node(2).start()
+        reader, writer = await asyncio.open_connection(*b.addr)
+        writer.write(encode_frame(encode_handshake(CLUSTER, 7, version=99)))
+        reply = await read_frame(reader)
+        assert reply is not None
+        answer = decode_handshake_reply(reply)
+        assert not answer.accepted and "version" in answer.reason
+        assert await closed_by_peer(reader)
+        writer.close()
+        await b.t.close()
+
+    run(body)
+
+
+def test_garbage_on_the_port_closes_that_connection_and_others_keep_working(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="raftly.transport")
+
+    async def body() -> None:
+        a, b = await pair()
+        # Garbage instead of a handshake.
+        r1, w1 = await asyncio.open_connection(*b.addr)
+        w1.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await closed_by_peer(r1)
+        # A good handshake, then a frame that is not a message.
+        r2, w2 = await raw_client(b.addr)
+        w2.write(encode_frame(b"\xc1garbage"))
+        assert await closed_by_peer(r2)
+        # A good handshake, then a valid message that claims another sender.
+        r3, w3 = await raw_client(b.addr, node_id=7)
+        w3.write(frame_message(hb(src=8, dst=2)))
+        assert await closed_by_peer(r3)
+        # ... or another recipient.
+        r4, w4 = await raw_client(b.addr, node_id=7)
+        w4.write(frame_message(hb(src=7, dst=3)))
+        assert await closed_by_peer(r4)
+        for w in (w1, w2, w3, w4):
+            w.close()
+        assert b.t.stats()["decode_errors"] == 4
+        # The node still serves its real peer.
+        a.t.send(hb(1, 2, 42))
+        await wait_until(lambda: len(b.inbox) == 1)
+        assert b.inbox[0] == hb(1, 2, 42)
+        await a.t.close()
+        await b.t.close()
+
+    run(body)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 4, [r.message for r in warnings]  # one line per bad connection
+    assert all(r.levelno == logging.WARNING for r in warnings)  # no tracebacks, no errors
+
+
+def test_valid_frames_before_a_bad_one_are_delivered() -> None:
+    async def body() -> None:
+        b = await Node(2).start()
+        r, w = await raw_client(b.addr, node_id=7)
+        w.write(frame_message(hb(7, 2, 1)) + frame_message(hb(7, 2, 2)) + encode_frame(b"\x00"))
+        assert await closed_by_peer(r)
+        assert b.inbox == [hb(7, 2, 1), hb(7, 2, 2)]
+        w.close()
+        await b.t.close()
+
+    run(body)
+
+
+def test_an_oversized_frame_closes_the_connection_before_its_body() -> None:
+    async def body() -> None:
+        b = await Node(2, max_frame_size=1024).start()
+        r, w = await raw_client(b.addr)
+        w.write(struct.pack(">I", 1025))  # only the header: the body never needs to arrive
+        assert await closed_by_peer(r)
+        assert b.t.stats()["decode_errors"] == 1
+        w.close()
+        await b.t.close()
+
+    run(body)
+
+
+def test_a_message_over_the_frame_limit_is_dropped_by_the_sender() -> None:
+    async def body() -> None:
+        a, b = await pair(max_frame_size=1024)
+        a.t.send(ReadIndexRequest(term=1, src=1, dst=2, context=b"x" * 2000))
+        a.t.send(hb(1, 2))
+        await wait_until(lambda: len(b.inbox) == 1)
+        assert b.inbox == [hb(1, 2)]
+        assert a.t.stats()["dropped"] == 1
+        await a.t.close()
+        await b.t.close()
+
+    run(body)
+
+
+def test_a_silent_client_is_dropped_after_the_handshake_timeout() -> None:
+    async def body() -> None:
+        b = await Node(2, handshake_timeout=0.2).start()
+        r, w = await asyncio.open_connection(*b.addr)
+        assert await closed_by_peer(r)
+        w.close()
+        await b.t.close()
+
+    run(body)
+
+
+def test_the_queue_is_bounded_and_drops_instead_of_growing() -> None:
+    async def body() -> None:
+        a = await Node(1, queue_limit=10).start()
+        a.t.set_peers({2: ("127.0.0.1", 9)})
+        for i in range(1000):  # no await: the writer has not even run yet
+            a.t.send(hb(1, 2, i))
+        stats = a.t.stats()
+        assert stats["queued"] == 10
+        assert stats["dropped"] == 990
+        await a.t.close()
+
+    run(body)
+
+
+def test_a_peer_that_stops_reading_does_not_grow_memory() -> None:
+    """The peer shakes hands, then never reads: the socket buffers fill, then the queue."""
+
+    async def body() -> None:
+        accepted: list[asyncio.StreamWriter] = []
+
+        async def stalled(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_frame(reader)
+            writer.write(encode_frame(encode_handshake_reply(True)))
+            accepted.append(writer)  # and never read again
+
+        server = await asyncio.start_server(stalled, *LOCAL)
+        port = server.sockets[0].getsockname()[1]
+        a = await Node(1, queue_limit=50).start()
+        a.t.set_peers({2: ("127.0.0.1", port)})
+        big = ReadIndexRequest(term=1, src=1, dst=2, context=b"x" * 65536)
+        for _ in range(400):  # 26 MB offered, far beyond socket buffers
+            a.t.send(big)
+            await asyncio.sleep(0)
+            assert a.t.stats()["queued"] <= 50
+        await wait_until(lambda: a.t.stats()["dropped"] > 0)
+        await a.t.close()
+        for w in accepted:
+            w.close()
+        server.close()
+        await server.wait_closed()
+
+    run(body)
+
+
+def test_a_failing_handler_is_logged_and_the_connection_survives(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def body() -> None:
+        a, b = await pair()
+
+        def handler(msg: Message) -> None:
+            b.inbox.append(msg)
+            if len(b.inbox) == 1:
+                raise RuntimeError("handler bug")
+
+        b.t._on_message = handler  # swap the handler the transport was started with
+        a.t.send(hb(1, 2, 1))
+        a.t.send(hb(1, 2, 2))
+        await wait_until(lambda: len(b.inbox) == 2)
+        await a.t.close()
+        await b.t.close()
+
+    run(body)
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is not None
+
+
+def test_set_peers_moves_and_removes_peers() -> None:
+    async def body() -> None:
+        a = await Node(1).start()
+        b = await Node(2).start()
+        c = await Node(2).start()  # a second node with id 2 at another address
+        a.t.set_peers({1: a.addr, 2: b.addr})  # its own id is ignored
+        a.t.send(hb(1, 2, 1))
+        await wait_until(lambda: len(b.inbox) == 1)
+        a.t.set_peers({2: c.addr})
+        a.t.send(hb(1, 2, 2))
+        await wait_until(lambda: len(c.inbox) == 1)
+        assert c.inbox == [hb(1, 2, 2)]
+        a.t.set_peers({})
+        a.t.send(hb(1, 2, 3))
+        assert a.t.stats()["dropped"] == 1
+        for n in (a, b, c):
+            await n.t.close()
+
+    run(body)
+
+
+def test_messages_to_unknown_nodes_or_with_a_foreign_src_are_dropped() -> None:
+    async def body() -> None:
+        a = await Node(1).start()
+        a.t.send(hb(1, 5))
+        a.t.send(RequestVote(term=1, src=3, dst=5, last_log_index=0, last_log_term=0))
+        assert a.t.stats()["dropped"] == 2
+        await a.t.close()
+        a.t.send(hb(1, 5))  # after close: dropped, never raises
+        assert a.t.stats()["dropped"] == 3
+
+    run(body)
+
+
+def test_close_cancels_everything_even_with_connections_in_flight() -> None:
+    async def body() -> None:
+        a, b = await pair()
+        for i in range(1000):
+            a.t.send(hb(1, 2, i))
+            b.t.send(hb(2, 1, i))
+        r, w = await asyncio.open_connection(*b.addr)  # a connection still in its handshake
+        await a.t.close()
+        await b.t.close()
+        assert await closed_by_peer(r)
+        w.close()
+        # run() asserts that no task is left behind
+
+    run(body)
+
+
+def test_listen_address_before_start_is_an_error() -> None:
+    t = TcpTransport(1, LOCAL, {}, cluster_id=CLUSTER)
+    with pytest.raises(RuntimeError):
+        _ = t.listen_address
+
+
+def test_invalid_arguments_are_refused() -> None:
+    with pytest.raises(ValueError):
+        TcpTransport(1, LOCAL, {}, cluster_id="")
+    with pytest.raises(ValueError):
+        TcpTransport(-1, LOCAL, {}, cluster_id=CLUSTER)
+    with pytest.raises(ValueError):
+        TcpTransport(1, LOCAL, {}, cluster_id=CLUSTER, max_frame_size=0)
