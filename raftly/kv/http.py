@@ -270,7 +270,8 @@ class KVApi:
     async def list(self, request: web.Request) -> web.Response:
         prefix = request.query.get("prefix", "")
         try:
-            limit = _parse_int(request.query.get("limit", str(self.limits.default_list_limit)))
+            default = min(self.limits.default_list_limit, self.limits.max_list_limit)
+            limit = _parse_int(request.query.get("limit", str(default)))
         except ValueError:
             raise _Reply(400, "limit must be an integer") from None
         if not 1 <= limit <= self.limits.max_list_limit:
@@ -339,8 +340,10 @@ def make_runner(app: web.Application, limits: Limits | None = None) -> web.AppRu
     """An AppRunner whose request-line limit admits the longest key (percent-encoded, 3x)."""
     limits = limits or Limits()
     max_line = max(8190, 3 * limits.max_key_bytes + 64 * 1024)
+    # shutdown_timeout: the Raft server closes first and answers its waiters, so a long grace
+    # period for open requests would only delay the exit.
     return web.AppRunner(app, access_log=None, max_line_size=max_line,
-                         max_field_size=16 * 1024)
+                         max_field_size=16 * 1024, shutdown_timeout=2.0)
 
 
 __all__ = ["KVApi", "Limits", "make_runner"]

@@ -77,7 +77,7 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
     await runner.setup()
     bind = api_address or spec.api
     try:
-        site = web.TCPSite(runner, bind.host, bind.port, shutdown_timeout=2.0)
+        site = web.TCPSite(runner, bind.host, bind.port)
         await site.start()
         await server.start()
     except BaseException:

@@ -1,0 +1,176 @@
+"""Client and AsyncClient against in-process clusters: routing, redirects, failover, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import socket
+
+import pytest
+from kv_helpers import FAST, eventually, run
+
+import raftly
+from raftly.kv.client import (
+    AsyncClient,
+    Client,
+    OutcomeUnknownError,
+    RequestError,
+    UnavailableError,
+)
+from raftly.kv.http import Limits
+from raftly.kv.service import LocalCluster, RunningNode
+
+
+def test_lazy_exports() -> None:
+    assert raftly.Client is Client and raftly.AsyncClient is AsyncClient
+    with pytest.raises(AttributeError):
+        _ = raftly.NoSuchThing
+
+
+def _sync_session(urls: list[str]) -> None:
+    """Every Client operation, in a thread (it blocks), starting at a follower."""
+    with Client(urls, timeout=5) as kv:
+        index = kv.put("a/1", b"one")
+        assert index >= 1
+        assert kv.put("a/2", b"\xff") > index
+        assert kv.get("a/1") == b"one"
+        assert kv.get("missing") is None
+        assert kv.list("a/") == [("a/1", b"one"), ("a/2", b"\xff")]
+        assert kv.list("a/", limit=1) == [("a/1", b"one")]
+        assert kv.cas("a/1", b"one", b"uno") is True
+        assert kv.cas("a/1", b"one", b"eins") is False
+        assert kv.cas("nope", b"", b"x") is False
+        assert kv.get("a/1") == b"uno"
+        assert kv.delete("a/1") is True
+        assert kv.delete("a/1") is False
+        assert kv.get("a/1", stale=True) in (None, b"uno")
+        assert kv.get("key with spaces/and é") is None
+        kv.put("key with spaces/and é", b"ok")
+        assert kv.get("key with spaces/and é") == b"ok"
+        status = kv.status()
+        assert status["role"] in ("leader", "follower") and status["leader"] is not None
+        assert kv.status(urls[0])["role"] == "follower"
+        with pytest.raises(RequestError) as err:
+            kv.put("k", b"x" * 2000)
+        assert err.value.status == 413
+        with pytest.raises(ValueError):
+            kv.cas("k", b"\xff", b"x")
+
+
+def test_sync_client_all_operations() -> None:
+    async def main() -> None:
+        limits = Limits(max_value_bytes=1024)
+        async with LocalCluster(3, config=FAST, limits=limits) as cluster:
+            leader = await cluster.wait_for_leader()
+            # Followers first, so the client must follow a redirect to find the leader.
+            urls = [n.url for n in cluster.nodes if n is not leader] + [leader.url]
+            await asyncio.to_thread(_sync_session, urls)
+
+    run(main())
+
+
+def test_async_client_concurrent_writes_and_failover() -> None:
+    async def main() -> None:
+        async with LocalCluster(3, config=FAST) as cluster, \
+                AsyncClient(cluster.urls, timeout=8) as kv:
+            await cluster.wait_for_leader()
+            indexes = await asyncio.gather(*(kv.put(f"k{i:02}", str(i).encode())
+                                             for i in range(40)))
+            assert len(set(indexes)) == 40
+            assert len(await kv.list("k")) == 40
+            assert await kv.cas("k00", b"0", b"zero") is True
+            assert await kv.cas("k00", b"0", b"zero") is False
+            assert await kv.delete("k01") is True
+            assert await kv.get("k01") is None
+            assert (await kv.status())["leader"] is not None
+            # Kill the leader: the client finds the new one and loses nothing acknowledged.
+            leader = await cluster.wait_for_leader()
+            await leader.close()
+            await kv.put("after", b"failover")
+            assert await kv.get("after") == b"failover"
+            assert await kv.get("k00") == b"zero"
+            assert len(await kv.list("k")) == 39
+            new_leader = await cluster.wait_for_leader()
+            assert new_leader is not leader
+
+    run(main())
+
+
+def test_sync_client_retry_applies_once() -> None:
+    """A write whose first answer is lost is resent with the same seq and applied once."""
+
+    async def main() -> None:
+        async with LocalCluster(3, config=FAST) as cluster:
+            leader = await cluster.wait_for_leader()
+            client = Client([leader.url], timeout=5)
+            _seq, headers = client._p.begin_write()
+            req_headers = {**headers}
+
+            def send_twice() -> tuple[int, int]:
+                import http.client
+                import json
+                from urllib.parse import urlsplit
+
+                results = []
+                for _ in range(2):
+                    conn = http.client.HTTPConnection(urlsplit(leader.url).netloc, timeout=5)
+                    conn.request("PUT", "/v1/kv/once?expect=a", body=b"b", headers=req_headers)
+                    results.append(conn.getresponse())
+                    results[-1].read()
+                    conn.close()
+                    if len(results) == 1:
+                        put = http.client.HTTPConnection(urlsplit(leader.url).netloc, timeout=5)
+                        put.request("PUT", "/v1/kv/once", body=b"a")
+                        json.loads(put.getresponse().read())
+                        put.close()
+                return results[0].status, results[1].status
+
+            first, second = await asyncio.to_thread(send_twice)
+            assert first == second == 412, "the retry reports the first outcome, not a swap"
+            assert leader.kv.get("once") == b"a"
+            client.close()
+
+    run(main())
+
+
+def test_unavailable_when_nothing_listens() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again below: connections are refused
+    with Client([f"127.0.0.1:{port}"], timeout=0.3) as kv, pytest.raises(UnavailableError):
+        kv.put("k", b"v")  # refused: certainly not applied
+
+    async def main() -> None:
+        async with AsyncClient([f"http://127.0.0.1:{port}"], timeout=0.3) as kv:
+            with pytest.raises(UnavailableError):
+                await kv.get("k")
+
+    run(main())
+
+
+def test_outcome_unknown_when_leader_is_cut_off() -> None:
+    async def main() -> None:
+        limits = Limits(write_timeout=0.2, read_timeout=0.2)
+        async with LocalCluster(3, config=FAST, transport="memory", limits=limits) as cluster:
+            assert cluster.network is not None
+            leader = await cluster.wait_for_leader()
+            async with AsyncClient([leader.url], timeout=1.0) as kv:
+                await kv.put("k", b"v")
+                cluster.network.disconnect(leader.server.id)
+                # Accepted by a leader that could not commit it (504), then no leader (503)
+                # until the deadline: the client must say "unknown", not "failed".
+                with pytest.raises(OutcomeUnknownError):
+                    await kv.put("k", b"maybe")
+                cluster.network.connect(leader.server.id)
+                await cluster.wait_for_leader()
+            async with AsyncClient(cluster.urls, timeout=5) as kv:
+                await kv.put("k", b"after")
+                for node in cluster.nodes:
+                    await eventually(functools.partial(_applied, node, b"after"),
+                                     what="catch up")
+
+    run(main())
+
+
+async def _applied(node: RunningNode, value: bytes) -> bool:
+    return node.kv.get("k") == value
