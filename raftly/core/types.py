@@ -51,6 +51,10 @@ class HardState:
     vote: NodeId | None = None
     commit: int = 0
 
+    def same_election(self, other: HardState) -> bool:
+        """Whether term and vote match: the part that must be durable before a node speaks."""
+        return self.term == other.term and self.vote == other.vote
+
 
 @dataclass(slots=True, frozen=True)
 class ConfState:

@@ -17,14 +17,22 @@ class Storage(Protocol):
 
     The contract every implementation meets (and the conformance suite checks):
 
-    - ``save`` returns only once its entries and hard state are durable (unless the user turned
-      fsync off). Entries are made durable before the hard state, so a commit index read back
-      never exceeds the last durable entry.
+    - ``save`` returns only once its entries and the hard state's term and vote are durable
+      (unless the user turned fsync off). Entries are made durable before the hard state, so a
+      commit index read back never exceeds the last durable entry.
+    - The commit index alone is written lazily: with the next change of term or vote, and on
+      ``close``. Raft keeps it volatile, so a restarted node merely relearns it from the leader;
+      writing it on every commit would cost a file rewrite and two flushes per batch.
     - ``entries[0].index`` may be at most ``last_index + 1``; an entry at an index already held
       replaces it and everything after it (a follower overwriting a deposed leader's suffix).
       Entries within one call are consecutive.
     - ``load`` returns exactly what was durably saved, in order, with no gaps.
     """
+
+    @property
+    def bootstrapped(self) -> bool:
+        """Whether the storage holds a node's state (so ``bootstrap`` must not be called)."""
+        ...
 
     def bootstrap(self, conf: ConfState) -> None:
         """Initialize an empty storage for a new cluster member; raises if it holds state."""

@@ -19,8 +19,13 @@ class MemoryStorage:
     def __init__(self) -> None:
         self._bootstrapped = False
         self._hard_state = HardState()
+        self._durable_hard_state = HardState()
         self._snapshot = SnapshotMeta()
         self._entries: list[Entry] = []
+
+    @property
+    def bootstrapped(self) -> bool:
+        return self._bootstrapped
 
     def bootstrap(self, conf: ConfState) -> None:
         if self._bootstrapped:
@@ -31,7 +36,7 @@ class MemoryStorage:
     def load(self) -> InitialState:
         if not self._bootstrapped:
             raise StorageError("storage was never bootstrapped")
-        return InitialState(self._hard_state, self._snapshot, list(self._entries))
+        return InitialState(self._durable_hard_state, self._snapshot, list(self._entries))
 
     @property
     def last_index(self) -> int:
@@ -51,6 +56,8 @@ class MemoryStorage:
             self._entries.extend(entries)
         if hard_state is not None:
             self._hard_state = hard_state
+            if not hard_state.same_election(self._durable_hard_state):
+                self._durable_hard_state = hard_state
 
     def compact(self, meta: SnapshotMeta) -> None:
         if meta.index <= self._snapshot.index:
@@ -63,4 +70,4 @@ class MemoryStorage:
         self._snapshot = meta
 
     def close(self) -> None:
-        pass
+        self._durable_hard_state = self._hard_state

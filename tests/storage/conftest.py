@@ -1,8 +1,9 @@
 """Fixtures that run one test against every storage implementation.
 
-A ``Harness`` opens a storage and "restarts" it: a ``MemoryStorage`` survives a restart as the
-same object (that is what the simulator does), a ``DiskStorage`` is closed and opened anew from
-its directory, so every durable-state assertion made after ``restart`` checks the disk.
+A ``Harness`` opens a storage and "restarts" it cleanly: a ``MemoryStorage`` is closed and
+survives as the same object (what the simulator keeps of a node), a ``DiskStorage`` is closed and
+opened anew from its directory, so every durable-state assertion made after ``restart`` checks
+the disk.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ class Harness:
         return DiskStorage(self.path, segment_size=512)
 
     def restart(self) -> Any:
+        """A clean restart: close (which writes a lazily kept commit index), then reopen."""
+        self.storage.close()
         if self.kind == "disk":
-            self.storage.close()
             self.storage = self._open()
         return self.storage
 

@@ -83,6 +83,8 @@ class DiskMatchesMemory(RuleBasedStateMachine):
 
     @rule()
     def restart(self) -> None:
+        # A clean restart: both write the lazily kept commit index at close.
+        self.memory.close()
         self.disk.close()
         self.disk = DiskStorage(self.dir, fsync="never", segment_size=self.segment_size)
 

@@ -50,6 +50,19 @@ def test_save_entries_and_hard_state(harness: Harness) -> None:
     assert state.hard_state == HardState(1, 2, 3)
 
 
+def test_commit_alone_waits_for_a_vote_change_or_close(harness: Harness) -> None:
+    boot(harness)
+    harness.storage.save(HardState(1, 2, 0), ents(1, 3, 1))
+    harness.storage.save(HardState(1, 2, 3), [])
+    if harness.kind == "memory":  # load() without close() is what a crash leaves
+        assert harness.storage.load().hard_state == HardState(1, 2, 0)
+    harness.storage.save(HardState(2, None, 3), [])
+    assert harness.storage.load().hard_state == HardState(2, None, 3)
+    harness.storage.save(HardState(2, None, 3), ents(4, 4, 2))
+    harness.storage.save(HardState(2, None, 4), [])
+    assert harness.restart().load().hard_state == HardState(2, None, 4)
+
+
 def test_vote_alone_is_durable(harness: Harness) -> None:
     boot(harness)
     harness.storage.save(HardState(term=5, vote=3), [])

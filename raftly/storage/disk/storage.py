@@ -71,6 +71,8 @@ class DiskStorage:
         self._error: StorageError | None = None
         self._log: SegmentedLog | None = None
         self._hard_state = HardState()
+        """The newest hard state; its commit may be ahead of the file's (see ``save``)."""
+        self._durable_hard_state = HardState()
         self._snapshot = SnapshotMeta()
         try:
             self._open()
@@ -100,7 +102,7 @@ class DiskStorage:
                 raise StorageError(f"{path}: missing, but {self._wal_dir} holds log segments")
             return
         self._snapshot = state.read_snapshot_meta(self.path)
-        self._hard_state = state.read_hard_state(self.path)
+        self._hard_state = self._durable_hard_state = state.read_hard_state(self.path)
         self._log = SegmentedLog.open(
             self._wal_dir,
             self._syncer,
@@ -112,6 +114,11 @@ class DiskStorage:
 
     # -- the Storage protocol --------------------------------------------------------------
 
+    @property
+    def bootstrapped(self) -> bool:
+        """True once bootstrapped, and for a directory whose state is corrupt (load raises)."""
+        return self._log is not None or state.is_bootstrapped(self.path)
+
     def bootstrap(self, conf: ConfState) -> None:
         self._check()
         if self._log is not None:
@@ -122,7 +129,7 @@ class DiskStorage:
             state.write_snapshot_meta(self.path, SnapshotMeta(conf=conf), self._syncer)
         except OSError as exc:
             raise self._poison("bootstrap", exc) from exc
-        self._hard_state = HardState()
+        self._hard_state = self._durable_hard_state = HardState()
         self._snapshot = SnapshotMeta(conf=conf)
         self._log = SegmentedLog(self._wal_dir, self._syncer, self._segment_size, 0)
 
@@ -132,7 +139,7 @@ class DiskStorage:
             entries = log.entries(self._snapshot.index + 1, log.last_index + 1)
         except OSError as exc:
             raise self._poison("reading the log", exc) from exc
-        return InitialState(self._hard_state, self._snapshot, entries)
+        return InitialState(self._durable_hard_state, self._snapshot, entries)
 
     def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
         log = self._ready()
@@ -146,10 +153,13 @@ class DiskStorage:
         try:
             if entries:
                 log.append(entries)
-            # After the entries, so a commit read back never exceeds the durable log; and only
-            # when changed, since each rewrite costs two flushes.
-            if hard_state is not None and hard_state != self._hard_state:
-                state.write_hard_state(self.path, hard_state, self._syncer)
+            # After the entries, so a commit read back never exceeds the durable log. A rewrite
+            # costs two flushes, so a change of the commit index alone waits for the next change
+            # of term or vote, or for close(): Raft's commit index is volatile anyway.
+            if hard_state is not None:
+                if not hard_state.same_election(self._durable_hard_state):
+                    state.write_hard_state(self.path, hard_state, self._syncer)
+                    self._durable_hard_state = hard_state
                 self._hard_state = hard_state
         except ValueError as exc:  # an entry too large to frame, found before any write
             raise StorageError(str(exc)) from exc
@@ -174,6 +184,11 @@ class DiskStorage:
         if self._closed:
             return
         self._closed = True
+        if self._error is None and self._hard_state != self._durable_hard_state:
+            try:
+                state.write_hard_state(self.path, self._hard_state, self._syncer)
+            except OSError as exc:
+                logger.error("could not save the commit index at close: %s", exc)
         if self._log is not None:
             self._log.close()
         self._lock.release()
