@@ -92,8 +92,11 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
 
 async def serve(cluster_file: str | Path, node_name: str, data_dir: str | Path, *,
                 fsync: FsyncPolicy = "always", config: Config | None = None,
-                limits: Limits | None = None) -> None:
-    """Run node ``node_name`` of the cluster file until SIGINT or SIGTERM, then stop cleanly."""
+                limits: Limits | None = None, stop: asyncio.Event | None = None) -> None:
+    """Run node ``node_name`` of the cluster file until SIGINT or SIGTERM, then stop cleanly.
+
+    ``stop``, when given, is the event to wait for instead of signals (embedding, tests).
+    """
     cluster = load_cluster(cluster_file)
     spec = cluster.node(node_name)
     storage = DiskStorage(data_dir, fsync=fsync)
@@ -106,9 +109,10 @@ async def serve(cluster_file: str | Path, node_name: str, data_dir: str | Path, 
     except BaseException:
         storage.close()
         raise
-    stop = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM) if stop is None else ()
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in signals:
         # Not available on every platform's loop (Windows): then Ctrl-C raises as usual.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
@@ -116,7 +120,7 @@ async def serve(cluster_file: str | Path, node_name: str, data_dir: str | Path, 
         await stop.wait()
         logger.info("node %s shutting down", node_name)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
         await node.close()

@@ -1,0 +1,124 @@
+"""serve(): nodes started from a cluster file on DiskStorage, restarted, and stopped by SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from kv_helpers import FAST, run
+
+from raftly.kv.client import AsyncClient, Client, UnavailableError
+from raftly.kv.cluster_file import ClusterFileError
+from raftly.kv.service import serve
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def write_cluster_file(path: Path, names: list[str]) -> list[str]:
+    """Write a cluster file for ``names`` on free loopback ports; return the API endpoints."""
+    ports = free_ports(2 * len(names))
+    lines, endpoints = [], []
+    for i, name in enumerate(names):
+        raft, api = ports[2 * i], ports[2 * i + 1]
+        lines += [f"[nodes.{name}]", f'raft = "127.0.0.1:{raft}"', f'api = "127.0.0.1:{api}"']
+        endpoints.append(f"127.0.0.1:{api}")
+    path.write_text("\n".join(lines) + "\n")
+    return endpoints
+
+
+def test_three_nodes_from_a_cluster_file_survive_a_full_restart(tmp_path: Path) -> None:
+    cluster_file = tmp_path / "cluster.toml"
+    names = ["n1", "n2", "n3"]
+    endpoints = write_cluster_file(cluster_file, names)
+
+    async def start() -> tuple[asyncio.Event, list[asyncio.Task[None]]]:
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(serve(cluster_file, name, tmp_path / name, fsync="always",
+                                           config=FAST, stop=stop)) for name in names]
+        return stop, tasks
+
+    async def main() -> None:
+        stop, tasks = await start()
+        async with AsyncClient(endpoints, timeout=10) as kv:
+            await asyncio.gather(*(kv.put(f"key/{i}", f"value {i}".encode())
+                                   for i in range(20)))
+            assert await kv.delete("key/0") is True
+            assert await kv.cas("key/1", b"value 1", b"swapped") is True
+        stop.set()
+        await asyncio.gather(*tasks)
+
+        stop, tasks = await start()
+        async with AsyncClient(endpoints, timeout=10) as kv:
+            items = dict(await kv.list("key/"))
+            assert len(items) == 19 and "key/0" not in items
+            assert items["key/1"] == b"swapped" and items["key/19"] == b"value 19"
+            status = await kv.status()
+            assert status["applied_index"] >= 22 and len(status["members"]) == 3
+        stop.set()
+        await asyncio.gather(*tasks)
+
+    run(main())
+
+
+def test_serve_refuses_an_unknown_node(tmp_path: Path) -> None:
+    cluster_file = tmp_path / "cluster.toml"
+    write_cluster_file(cluster_file, ["n1"])
+    with pytest.raises(ClusterFileError, match="no node named 'n7'"):
+        run(serve(cluster_file, "n7", tmp_path / "data"))
+
+
+SERVE = "import asyncio, sys; from raftly.kv.service import serve; " \
+        "asyncio.run(serve(sys.argv[1], 'solo', sys.argv[2]))"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_stops_a_node_cleanly_and_data_survives(tmp_path: Path) -> None:
+    cluster_file = tmp_path / "cluster.toml"
+    [endpoint] = write_cluster_file(cluster_file, ["solo"])
+    data = tmp_path / "solo"
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-c", SERVE, str(cluster_file), str(data)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def stop(proc: subprocess.Popen[bytes]) -> None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        assert proc.returncode == 0, err.decode()
+
+    proc = start()
+    try:
+        with Client([endpoint], timeout=15) as kv:
+            kv.put("durable", b"yes")
+        stop(proc)
+        proc = start()
+        with Client([endpoint], timeout=15) as kv:
+            assert kv.get("durable") == b"yes"
+        stop(proc)
+        # Stopped means stopped: nothing answers any more.
+        with Client([endpoint], timeout=0.3) as kv, pytest.raises(UnavailableError):
+            kv.get("durable")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
