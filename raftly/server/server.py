@@ -25,7 +25,7 @@ from raftly.core.messages import Message
 from raftly.core.node import RaftNode, Ready, Role
 from raftly.core.state_machine import StateMachine
 from raftly.core.types import ConfState, Entry, EntryType, NodeId
-from raftly.storage.base import Storage, StorageError
+from raftly.storage.base import Storage
 from raftly.transport.base import Transport
 
 logger = logging.getLogger("raftly.server")
@@ -111,13 +111,9 @@ class RaftServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        if self._bootstrap is not None:
-            # Storage has no "is bootstrapped" query; bootstrap() refuses (StorageError) when
-            # the storage already holds state, and then the log on disk is the source of
-            # membership. A corrupt storage refuses too, and load() below reports why.
-            with contextlib.suppress(StorageError):
-                await loop.run_in_executor(self._disk, self._storage.bootstrap,
-                                           ConfState(frozenset(self._bootstrap)))
+        if self._bootstrap is not None and not self._storage.bootstrapped:
+            await loop.run_in_executor(self._disk, self._storage.bootstrap,
+                                       ConfState(frozenset(self._bootstrap)))
         state = await loop.run_in_executor(self._disk, self._storage.load)
         self._node = RaftNode(self.id, state, self.config, self._rng)
         self._applied = state.snapshot.index
