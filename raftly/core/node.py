@@ -125,7 +125,8 @@ class RaftNode:
         self._messages: list[Message] = []
         self._read_states: list[ReadState] = []
         self._read_seq = 0
-        self._read_acks: dict[int, set[NodeId]] = {}
+        self._read_acked: dict[NodeId, int] = {}
+        """Per follower, the newest read round it answered in this term of leadership."""
         self._pending_reads: deque[_PendingRead] = deque()
         self._reads_awaiting_commit: list[tuple[bytes, NodeId]] = []
         self._persisted_hs = hs
@@ -284,7 +285,7 @@ class RaftNode:
         self._progress.clear()
         self._pending_append.clear()
         self._transferee = None
-        self._read_acks.clear()
+        self._read_acked.clear()
         self._pending_reads.clear()
         self._reads_awaiting_commit.clear()
 
@@ -439,7 +440,7 @@ class RaftNode:
         for peer, pr in self._progress.items():
             if peer == self.id:
                 continue
-            pr.acked_since_heartbeat = False
+            pr.heartbeat_mark = pr.inflight[-1] if pr.inflight else 0
             self._send(Heartbeat(term=self.term, src=self.id, dst=peer,
                                  commit=min(pr.match, self.log.commit), read_seq=read_seq))
 
@@ -453,8 +454,17 @@ class RaftNode:
 
     def _send_append(self, peer: NodeId) -> None:
         pr = self._progress.get(peer)
-        if pr is None or not pr.can_send(self.config.max_inflight_messages):
+        if pr is None:
             return
+        window = self.config.max_inflight_messages
+        # A replicating follower gets messages until its window is full, so one far behind
+        # catches up at the pipeline's pace rather than one message per round trip.
+        while (pr.can_send(window) and self._send_one_append(peer, pr)
+               and pr.state is ProgressState.REPLICATE):
+            pass
+
+    def _send_one_append(self, peer: NodeId, pr: Progress) -> bool:
+        """Send one AppendEntries; return whether it carried entries."""
         log = self.log
         prev_index = pr.next - 1
         prev_term = log.term_at(prev_index)
@@ -469,11 +479,12 @@ class RaftNode:
                 pr.inflight or commit <= pr.sent_commit):
             # Nothing new to send. An empty AppendEntries only to carry the commit index goes
             # out when nothing is in flight, so that it cannot overtake entries and be rejected.
-            return
+            return False
         pr.sent(last, bool(entries))
         pr.sent_commit = max(pr.sent_commit, commit)
         self._send(AppendEntries(term=self.term, src=self.id, dst=peer, prev_index=prev_index,
                                  prev_term=prev_term, entries=entries, commit=commit))
+        return bool(entries)
 
     def _step_leader(self, msg: Message) -> None:
         pr = self._progress.get(msg.src)
@@ -485,9 +496,9 @@ class RaftNode:
         elif isinstance(msg, HeartbeatResponse):
             pr.recent_active = True
             pr.probe_sent = False
-            if (pr.state is ProgressState.REPLICATE and not pr.acked_since_heartbeat
-                    and pr.match < self.log.last_index):
-                # Nothing acknowledged for a whole heartbeat round: what was in flight is lost.
+            if pr.state is ProgressState.REPLICATE and pr.match < pr.heartbeat_mark:
+                # The heartbeat made the round trip but appends sent before it were not
+                # acknowledged: on an ordered connection, they were lost. Resend from match.
                 pr.become_probe()
             if pr.match < self.log.last_index:
                 self._pending_append.add(msg.src)
@@ -542,22 +553,21 @@ class RaftNode:
         # Each read opens a round of heartbeats; a quorum's answer to round s confirms that we
         # still led after every read of rounds <= s was received.
         self._read_seq += 1
-        self._read_acks[self._read_seq] = {self.id}
         read = _PendingRead(self._read_seq, self.log.commit, requester, context)
         self._pending_reads.append(read)
         self._broadcast_heartbeat(self._read_seq)
 
     def _ack_read(self, seq: int, peer: NodeId) -> None:
-        acks = self._read_acks.get(seq)
-        if acks is None:
+        if seq <= self._read_acked.get(peer, 0):
             return
-        acks.add(peer)
-        if len(acks & self.voters) < len(self.voters) // 2 + 1:
-            return
-        while self._pending_reads and self._pending_reads[0].seq <= seq:
+        self._read_acked[peer] = seq
+        # A follower that answered round s acknowledged us after every round <= s began, so
+        # the newest round answered by a quorum (counting ourselves) confirms all before it.
+        answered = sorted((self._read_seq if p == self.id else self._read_acked.get(p, 0)
+                           for p in self.voters), reverse=True)
+        confirmed = answered[len(self.voters) // 2]
+        while self._pending_reads and self._pending_reads[0].seq <= confirmed:
             self._release_read(self._pending_reads.popleft())
-        for done in [s for s in self._read_acks if s <= seq]:
-            del self._read_acks[done]
 
     def _release_read(self, read: _PendingRead) -> None:
         if read.requester == self.id:

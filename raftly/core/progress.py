@@ -20,7 +20,7 @@ class Progress:
     """Replication state of one follower, kept by the leader."""
 
     __slots__ = (
-        "acked_since_heartbeat",
+        "heartbeat_mark",
         "inflight",
         "match",
         "next",
@@ -39,7 +39,8 @@ class Progress:
         """The last index of each AppendEntries in flight, oldest first (REPLICATE only)."""
         self.recent_active = False
         """Heard from within the current check-quorum window."""
-        self.acked_since_heartbeat = False
+        self.heartbeat_mark = 0
+        """The newest index in flight when the last heartbeat went out (0 if none)."""
         self.sent_commit = 0
         """The highest commit index sent in an AppendEntries."""
 
@@ -58,7 +59,6 @@ class Progress:
 
     def acknowledge(self, index: int) -> bool:
         """The follower holds everything up to ``index``; return whether ``match`` moved."""
-        self.acked_since_heartbeat = True
         while self.inflight and self.inflight[0] <= index:
             self.inflight.popleft()
         if index <= self.match:

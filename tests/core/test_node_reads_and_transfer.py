@@ -108,6 +108,20 @@ def test_answer_to_an_earlier_round_does_not_release_a_later_read() -> None:
     assert [r.context for r in flush(leader).read_states] == [b"a"]
 
 
+def test_answers_to_different_rounds_combine_into_a_quorum() -> None:
+    leader = leader_with(voters=(1, 2, 3, 4, 5))
+    leader.read_index(b"a")
+    first = read_beats(flush(leader).messages)[0].read_seq
+    leader.read_index(b"b")
+    second = read_beats(flush(leader).messages)[0].read_seq
+    leader.step(heartbeat_response(leader, 2, first))
+    leader.step(heartbeat_response(leader, 3, second))
+    # Node 3 answered after read "a" began too: with the leader, three of five confirmed "a".
+    assert [r.context for r in flush(leader).read_states] == [b"a"]
+    leader.step(heartbeat_response(leader, 4, second))
+    assert [r.context for r in flush(leader).read_states] == [b"b"]
+
+
 def test_periodic_heartbeats_carry_the_pending_read_round() -> None:
     leader = leader_with()
     leader.read_index(b"r")

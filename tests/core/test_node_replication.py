@@ -459,8 +459,6 @@ def test_hard_state_goes_out_only_when_it_changed() -> None:
     assert flush(node).hard_states == []
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: a heartbeat answered before the ack of an "
-                   "append sent in the same Ready drops the follower to probe and resends")
 def test_heartbeat_answered_before_an_append_sent_after_it_keeps_the_follower_replicating() -> None:
     leader = leader_with()
     tick(leader, HEARTBEAT - 1)
@@ -523,3 +521,15 @@ def test_status_reports_role_term_leader_and_positions() -> None:
     assert (status.id, status.role, status.term, status.leader) == (1, Role.LEADER, 1, 1)
     assert (status.commit, status.applied, status.last_index) == (1, 1, 1)
     assert status.voters == {1, 2, 3}
+
+
+def test_a_follower_far_behind_gets_a_full_window_of_appends_per_ack() -> None:
+    leader = leader_with(cfg=config(max_entries_per_message=2, max_inflight_messages=3))
+    first = leader.log.last_index + 1
+    for n in range(12):
+        leader.propose(f"c{n}".encode())
+    sent = flush(leader).of(AppendEntries, dst=2)
+    assert [len(m.entries) for m in sent] == [2, 2, 2]  # the window, not one message
+    leader.step(ack(leader, 2, first + 1))  # frees one slot
+    more = flush(leader).of(AppendEntries, dst=2)
+    assert [[e.index for e in m.entries] for m in more] == [[first + 6, first + 7]]
