@@ -438,11 +438,15 @@ class AsyncClient:
 
     async def _send(self, base: str, req: _Request, timeout: float) -> _Response:
         import aiohttp
+        import yarl
 
         if self._session is None:
             self._session = aiohttp.ClientSession()
+        # encoded=True: the path is quoted already, and must not be normalized (a key ".."
+        # would otherwise become a different path).
+        url = yarl.URL(base + req.path, encoded=True)
         async with self._session.request(
-                req.method, base + req.path, data=req.body, headers=req.headers,
+                req.method, url, data=req.body, headers=req.headers,
                 allow_redirects=False, timeout=aiohttp.ClientTimeout(total=timeout)) as raw:
             body = await raw.read()
             return _Response(raw.status, {k.lower(): v for k, v in raw.headers.items()}, body)

@@ -174,3 +174,31 @@ def test_outcome_unknown_when_leader_is_cut_off() -> None:
 
 async def _applied(node: RunningNode, value: bytes) -> bool:
     return node.kv.get("k") == value
+
+
+TRICKY_KEYS = ["..", ".", "a/../b", "./x", "x/.", "a//b", "x?y#z", "%41", " lead", "é" * 1365,
+               "k" * 4096]
+
+
+def test_tricky_keys_round_trip_with_both_clients() -> None:
+    """Keys are opaque: dots, slashes, '?', '%' and 4 KiB keys are never normalized away."""
+
+    def sync(urls: list[str]) -> None:
+        with Client(urls) as kv:
+            for key in TRICKY_KEYS:
+                kv.put(key, b"sync")
+                assert kv.get(key) == b"sync", key
+
+    async def main() -> None:
+        async with LocalCluster(3, config=FAST) as cluster, AsyncClient(cluster.urls) as kv:
+            await cluster.wait_for_leader()
+            for key in TRICKY_KEYS:
+                await kv.put(key, b"async")
+                assert await kv.get(key) == b"async", key
+            await asyncio.to_thread(sync, cluster.urls)
+            assert sorted(k for k, _ in await kv.list()) == sorted(TRICKY_KEYS)
+            with pytest.raises(RequestError) as err:
+                await kv.put("k" * 4097, b"v")
+            assert err.value.status == 413
+
+    run(main())
