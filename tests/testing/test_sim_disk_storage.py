@@ -1,0 +1,96 @@
+"""SimCluster on real DiskStorage: a simulated crash loses exactly what the disk loses.
+
+Each node's storage is reopened from its directory at every restart, after being abandoned the
+way a killed process abandons it. The run must be identical, step for step, to the same seed on
+MemoryStorage: both storages then keep and lose the same things across crashes.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from raftly.core.types import ConfState, Entry, HardState, InitialState, SnapshotMeta
+from raftly.storage import DiskStorage, MemoryStorage, Storage
+from raftly.testing import SimCluster
+
+
+class RecordingStorage:
+    """Wraps a storage and records what every load found; ``reopen`` plays the crash."""
+
+    def __init__(self, open_storage: Callable[[], Storage], reopen: bool) -> None:
+        self.open_storage = open_storage
+        self.inner = open_storage()
+        self.reopen = reopen
+        self.loaded: list[InitialState] = []
+
+    @property
+    def bootstrapped(self) -> bool:
+        return self.inner.bootstrapped
+
+    def bootstrap(self, conf: ConfState) -> None:
+        self.inner.bootstrap(conf)
+
+    def load(self) -> InitialState:
+        if self.loaded and self.reopen:
+            assert isinstance(self.inner, DiskStorage)
+            self.inner.abandon()
+            self.inner = self.open_storage()
+        self.loaded.append(self.inner.load())
+        return self.loaded[-1]
+
+    def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
+        self.inner.save(hard_state, entries)
+
+    def compact(self, meta: SnapshotMeta) -> None:
+        self.inner.compact(meta)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def crashy_run(seed: int, storage_factory: Callable[[int], Storage]) -> SimCluster:
+    rng = random.Random(seed)
+    c = SimCluster(n=3, seed=seed, storage_factory=storage_factory)
+    for step in range(30):
+        leader = c.leader()
+        if leader is not None:
+            for k in range(rng.randint(0, 5)):
+                c.start(leader, f"{step}.{k}".encode())
+        c.run(rng.uniform(0.05, 1.0))
+        victim = rng.randrange(3)
+        if rng.random() < 0.3:
+            c.restart(victim)
+    c.check_one_leader(timeout=10.0)
+    c.one(b"last", 3, retry=True)
+    return c
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_crash_on_disk_storage_loses_what_memory_storage_loses(seed: int, tmp_path: Path) -> None:
+    disks: list[RecordingStorage] = []
+    memories: list[RecordingStorage] = []
+
+    def disk(i: int) -> Storage:
+        disks.append(RecordingStorage(lambda: DiskStorage(tmp_path / f"n{i}", fsync="never"),
+                                      reopen=True))
+        return disks[-1]
+
+    def memory(_i: int) -> Storage:
+        memories.append(RecordingStorage(MemoryStorage, reopen=False))
+        return memories[-1]
+
+    on_disk = crashy_run(seed, disk)
+    in_memory = crashy_run(seed, memory)
+    assert sum(len(d.loaded) for d in disks) > 3 + 3  # restarts really reopened directories
+    for d, m in zip(disks, memories, strict=True):
+        assert d.loaded == m.loaded  # every restart found the same durable state
+    assert on_disk.message_count() == in_memory.message_count()
+    assert on_disk.steps == in_memory.steps
+    for i in range(3):
+        assert on_disk.applied(i) == in_memory.applied(i)
+    for d in disks:
+        d.close()
