@@ -10,7 +10,6 @@ commit: one fsync and one AppendEntries per follower for the whole batch).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import random
@@ -130,9 +129,8 @@ class RaftServer:
         self._closed = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # A task that died has been reported by _stop_on_fatal already.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._transport.close()
         self._fail_waiters(ServerStopped("server closed"))
         loop = asyncio.get_running_loop()
@@ -238,9 +236,9 @@ class RaftServer:
     def status(self) -> ServerStatus:
         node = self.node
         st = node.status()
-        return ServerStatus(self.id, "candidate" if st.role is Role.PRE_CANDIDATE else st.role.value,
-                            st.term, st.leader, st.commit, self._applied, st.last_index,
-                            tuple(sorted(st.voters)))
+        role = "candidate" if st.role is Role.PRE_CANDIDATE else st.role.value
+        return ServerStatus(self.id, role, st.term, st.leader, st.commit, self._applied,
+                            st.last_index, tuple(sorted(st.voters)))
 
     @property
     def is_leader(self) -> bool:

@@ -1,0 +1,246 @@
+"""RaftServer: the asyncio driver, on in-memory transports and storage (real time, fast timers).
+
+Timers here are real, so every wait polls a condition with a generous deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from raftly.core.config import Config
+from raftly.core.errors import NotLeader
+from raftly.server import Busy, OutcomeUnknown, RaftServer, ServerStopped
+from raftly.storage import DiskStorage, MemoryStorage, Storage
+from raftly.transport import MemoryNetwork
+
+FAST = Config(tick_interval=0.005, heartbeat_interval=0.02, election_timeout=0.15)
+
+
+class Counter:
+    """A user's state machine: adds the integer in each command."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self.applied: list[int] = []
+
+    def apply(self, index: int, command: bytes) -> object:
+        self.applied.append(index)
+        self.value += int(command)
+        return self.value
+
+
+async def until(condition: Callable[[], bool], deadline: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while not condition():
+        if loop.time() > end:
+            raise AssertionError("condition not reached before the deadline")
+        await asyncio.sleep(0.005)
+
+
+class Cluster:
+    def __init__(self, n: int, storages: list[Storage] | None = None) -> None:
+        self.net = MemoryNetwork()
+        self.ids = list(range(1, n + 1))
+        self.storages = storages or [MemoryStorage() for _ in self.ids]
+        self.servers: dict[int, RaftServer] = {}
+
+    def make(self, i: int, storage: Storage | None = None) -> RaftServer:
+        return RaftServer(i, storage=storage or self.storages[i - 1],
+                          transport=self.net.transport(i), state_machine=Counter(),
+                          bootstrap=frozenset(self.ids), config=FAST, rng=random.Random(i))
+
+    async def start(self) -> None:
+        for i in self.ids:
+            self.servers[i] = self.make(i)
+            await self.servers[i].start()
+
+    async def leader(self, among: list[int] | None = None) -> RaftServer:
+        candidates = among or self.ids
+        await until(lambda: any(self.servers[i].is_leader for i in candidates))
+        return next(self.servers[i] for i in candidates if self.servers[i].is_leader)
+
+    async def close(self) -> None:
+        for server in self.servers.values():
+            await server.close()
+
+
+@asynccontextmanager
+async def cluster(n: int = 3) -> AsyncIterator[Cluster]:
+    c = Cluster(n)
+    await c.start()
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(test(), 60))
+
+
+def test_proposals_are_applied_on_every_node_and_return_the_result() -> None:
+    async def body() -> None:
+        async with cluster() as c:
+            leader = await c.leader()
+            results = [await leader.propose(b"2") for _ in range(3)]
+            assert results == [2, 4, 6]
+            await until(lambda: all(s.state_machine.value == 6 for s in c.servers.values()))
+
+    run(body)
+
+
+def test_concurrent_proposals_are_batched_into_few_fsyncs() -> None:
+    async def body() -> None:
+        async with cluster() as c:
+            leader = await c.leader()
+            before = leader.stats["fsyncs"]
+            results = await asyncio.gather(*(leader.propose(b"1") for _ in range(500)))
+            assert sorted(results) == list(range(1, 501))
+            assert leader.stats["fsyncs"] - before < 100  # far fewer than one per proposal
+
+    run(body)
+
+
+def test_propose_on_a_follower_raises_not_leader_naming_the_leader() -> None:
+    async def body() -> None:
+        async with cluster() as c:
+            leader = await c.leader()
+            follower = next(s for s in c.servers.values() if s is not leader)
+            await until(lambda: follower.leader == leader.id)
+            with pytest.raises(NotLeader) as info:
+                await follower.propose(b"1")
+            assert info.value.leader == leader.id
+
+    run(body)
+
+
+def test_linearizable_read_on_leader_and_follower_sees_the_last_write() -> None:
+    async def body() -> None:
+        async with cluster() as c:
+            leader = await c.leader()
+            await leader.propose(b"5")
+            for server in c.servers.values():
+                await until(lambda s=server: s.leader is not None)  # type: ignore[misc]
+                value = await server.read(lambda sm: sm.value)  # type: ignore[attr-defined]
+                assert value == 5
+
+    run(body)
+
+
+def test_read_on_an_isolated_leader_times_out_instead_of_serving_stale_data() -> None:
+    async def body() -> None:
+        async with cluster() as c:
+            old = await c.leader()
+            await old.propose(b"1")
+            c.net.disconnect(old.id)
+            with pytest.raises((OutcomeUnknown, NotLeader)):
+                await old.read(lambda sm: sm.value, timeout=0.5)  # type: ignore[attr-defined]
+
+    run(body)
+
+
+def test_a_new_leader_takes_over_when_the_leader_is_cut_off() -> None:
+    async def body() -> None:
+        async with cluster() as c:
+            old = await c.leader()
+            await old.propose(b"1")
+            c.net.disconnect(old.id)
+            others = [i for i in c.ids if i != old.id]
+            new = await c.leader(others)
+            assert await new.propose(b"1") == 2
+            c.net.connect(old.id)
+            await until(lambda: not old.is_leader and old.state_machine.value == 2)
+
+    run(body)
+
+
+def test_a_proposal_whose_entry_is_lost_is_never_reported_as_applied() -> None:
+    async def body() -> None:
+        async with cluster() as c:
+            old = await c.leader()
+            c.net.disconnect(old.id)
+            doomed = asyncio.ensure_future(old.propose(b"100", timeout=5.0))
+            new = await c.leader([i for i in c.ids if i != old.id])
+            await new.propose(b"1")
+            c.net.connect(old.id)
+            with pytest.raises(Exception) as info:  # replaced, or unknown: never a result
+                await doomed
+            assert type(info.value).__name__ in ("ProposalDropped", "OutcomeUnknown")
+            await until(lambda: old.state_machine.value == 1)
+
+    run(body)
+
+
+def test_too_many_pending_proposals_get_busy() -> None:
+    async def body() -> None:
+        c = Cluster(1)
+        c.servers[1] = RaftServer(1, storage=MemoryStorage(), transport=c.net.transport(1),
+                                  state_machine=Counter(), bootstrap=frozenset({1}),
+                                  config=FAST, max_pending=3)
+        await c.servers[1].start()
+        try:
+            leader = await c.leader()
+            tasks = [asyncio.ensure_future(leader.propose(b"1")) for _ in range(3)]
+            await asyncio.sleep(0)
+            with pytest.raises(Busy):
+                await leader.propose(b"1")
+            assert sorted(await asyncio.gather(*tasks)) == [1, 2, 3]
+        finally:
+            await c.close()
+
+    run(body)
+
+
+def test_restart_from_disk_reapplies_the_committed_log(tmp_path: Path) -> None:
+    async def body() -> None:
+        storages: list[Storage] = [DiskStorage(tmp_path / f"n{i}") for i in (1, 2, 3)]
+        c = Cluster(3, storages)
+        await c.start()
+        leader = await c.leader()
+        for _ in range(10):
+            await leader.propose(b"3")
+        await c.close()
+        c2 = Cluster(3, [DiskStorage(tmp_path / f"n{i}") for i in (1, 2, 3)])
+        await c2.start()
+        try:
+            leader = await c2.leader()
+            assert await leader.propose(b"0") == 30
+            await until(lambda: all(s.state_machine.value == 30 for s in c2.servers.values()))
+        finally:
+            await c2.close()
+
+    run(body)
+
+
+class Exploding(Counter):
+    def apply(self, index: int, command: bytes) -> object:
+        if command == b"boom":
+            raise RuntimeError("state machine bug")
+        return super().apply(index, command)
+
+
+def test_a_crashing_state_machine_stops_the_node_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    async def body() -> None:
+        c = Cluster(1)
+        server = RaftServer(1, storage=MemoryStorage(), transport=c.net.transport(1),
+                            state_machine=Exploding(), bootstrap=frozenset({1}), config=FAST)
+        c.servers[1] = server
+        await server.start()
+        try:
+            await c.leader()
+            with pytest.raises(ServerStopped):
+                await server.propose(b"boom")
+            with pytest.raises(ServerStopped):
+                await server.propose(b"1")
+        finally:
+            await c.close()
+
+    run(body)
+    assert any("stopped" in r.message and r.levelname == "CRITICAL" for r in caplog.records)
