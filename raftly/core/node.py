@@ -221,14 +221,16 @@ class RaftNode:
 
     def has_ready(self) -> bool:
         """Whether ``ready()`` would return any work."""
-        self._flush_appends()
-        return bool(
-            self._messages
-            or self._read_states
-            or self.log.has_unstable()
-            or self.log.has_committed()
-            or self.hard_state != self._persisted_hs
-        )
+        # Called after every input by every driver: kept free of allocations.
+        if self._pending_append:
+            self._flush_appends()
+        if self._messages or self._read_states:
+            return True
+        log = self.log
+        if log.unstable_from <= log.last_index or log.applied < log.commit:
+            return True
+        hs = self._persisted_hs
+        return hs.term != self.term or hs.vote != self.vote or hs.commit != log.commit
 
     def ready(self) -> Ready:
         """Hand out the pending work. The previous Ready must have been advanced."""
