@@ -9,7 +9,8 @@ Routes (keys are the rest of the path, percent-decoded; values are raw bytes):
 - ``GET /v1/kv/{key}[?consistency=stale]`` -> ``200`` with the value, or ``404``.
 - ``GET /v1/kv?prefix=P&limit=N[&consistency=stale]`` -> a JSON list of
   ``{"key": k, "value": text}`` (``"value_base64"`` instead when a value is not UTF-8).
-- ``GET /v1/status`` -> this node's id (name), role, term, leader, indexes and members.
+- ``GET /v1/status`` -> this node's id (name), role, term, leader, indexes, members and
+  ``stats`` (the server's counters: fsyncs, entries_persisted, readies).
 
 Writes on a follower get ``307`` with a ``Location`` on the leader's API. Linearizable reads are
 served by any node: a follower asks the leader for a read index (ReadIndex) and answers from its
@@ -307,6 +308,9 @@ class KVApi:
             "applied_index": st.applied_index,
             "last_index": st.last_index,
             "members": members,
+            # The driver's counters (fsyncs, entries_persisted, readies): `raftly bench` reads
+            # them to show how many entries one fsync carries.
+            "stats": dict(self.server.stats),
         })
 
     # -- errors ---------------------------------------------------------------------------------
