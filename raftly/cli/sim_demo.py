@@ -1,20 +1,15 @@
-"""The ``raftly`` command line.
+"""``raftly demo --simulated``: Raft at work on a simulated cluster, on a virtual clock.
 
-``raftly demo`` shows Raft at work on a simulated cluster: an election, replication, a failover
-and a crash recovery, with every safety property checked after every step. ``raftly fuzz`` runs
-the randomized fault schedules of the simulator.
+An election, replication, a failover and a crash recovery, with every safety property checked
+after every step. (``raftly demo`` without ``--simulated`` does the same with real processes.)
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-
-from raftly.testing.fuzz import main as fuzz_main
 from raftly.testing.sim import SimCluster
 
 
-def _demo(nodes: int, seed: int) -> int:
+def run_simulated(nodes: int, seed: int) -> int:
     c = SimCluster(n=nodes, seed=seed)
 
     def say(text: str) -> None:
@@ -66,24 +61,3 @@ def _demo(nodes: int, seed: int) -> int:
         "(election safety, log matching, leader completeness, state machine safety) "
         "checked after every step")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="raftly", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="a simulated cluster: election, replication, failover")
-    demo.add_argument("--nodes", type=int, default=5)
-    demo.add_argument("--seed", type=int, default=1)
-    commands.add_parser("fuzz", help="randomized fault schedules on the simulator",
-                        add_help=False)
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "fuzz":
-        return fuzz_main(rest)
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    return _demo(args.nodes, args.seed)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,88 @@
+"""The ``raftly`` command line.
+
+Each subcommand lives in its own module and imports what it needs only when it runs, so that
+``raftly kv get`` does not pay for the server's imports:
+
+- ``serve`` (serve.py): one node of a key-value cluster;
+- ``cluster up`` (cluster.py): a local cluster of real processes in the foreground;
+- ``kv put|get|del|cas|list``, ``status`` (kv.py): the service from a shell;
+- ``demo`` (demo.py, sim_demo.py): a failover with real processes, or on the simulator;
+- ``fuzz``: the simulator's randomized fault schedules; ``bench``: raftly.bench, when installed.
+
+Exit status: 0 success, 1 error (one line on stderr), 2 usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from raftly.cli import cluster, demo, kv, serve
+from raftly.cli.common import EXIT_ERROR, EXIT_USAGE, CliError
+
+# Subcommands with their own argument parsers: everything after the name goes to them.
+PASS_THROUGH = {"fuzz", "bench"}
+
+
+def _fuzz(argv: list[str]) -> int:
+    from raftly.testing.fuzz import main as fuzz_main
+
+    return fuzz_main(argv)
+
+
+def _bench(argv: list[str]) -> int:
+    try:
+        from raftly import bench  # type: ignore[attr-defined]
+    except ModuleNotFoundError as exc:
+        if exc.name != "raftly.bench":
+            raise
+        raise CliError("`raftly bench` is not available in this build (no raftly.bench module)"
+                       ) from None
+    code: int = bench.main(argv)
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raftly",
+        description="Raft for Python: run and use a replicated key-value cluster. Start with "
+                    "`raftly demo`, then `raftly cluster up`.",
+        epilog="Run `raftly COMMAND --help` for a command's options. Exit status: 0 success, "
+               "1 error, 2 usage.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve.add_parser(commands)
+    cluster.add_parser(commands)
+    kv.add_parsers(commands)
+    demo.add_parser(commands)
+    commands.add_parser("fuzz", help="randomized fault schedules on the simulator "
+                                     "(`raftly fuzz --help`)", add_help=False)
+    commands.add_parser("bench", help="throughput and latency of a local 3-node cluster "
+                                      "(`raftly bench --help`)", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in PASS_THROUGH:
+            runner: Callable[[list[str]], int] = _fuzz if argv[0] == "fuzz" else _bench
+            return runner(argv[1:])
+        args = build_parser().parse_args(argv)
+        code: int = args.func(args)
+        return code
+    except CliError as exc:
+        print(f"raftly: {exc}", file=sys.stderr)
+        if exc.code == EXIT_USAGE:
+            print("(see `raftly --help`)", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("raftly: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `raftly kv list | head`: the reader left; that is not an error of ours.
+        sys.stderr.close()
+        return EXIT_ERROR
+
+
+__all__ = ["main"]

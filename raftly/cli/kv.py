@@ -1,0 +1,183 @@
+"""``raftly kv put|get|del|cas|list`` and ``raftly status``: the key-value service from a shell.
+
+They use ``raftly.Client``: it finds the leader, follows redirects and retries safely, so any
+node's address will do. Values are bytes; they are printed as UTF-8 text (invalid bytes escaped)
+unless ``--raw`` asks for the exact bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from raftly.cli.common import CliError, add_endpoints_argument, parse_endpoints
+
+EPILOG = """\
+exit status: 0 success; 1 error (also: `get` of a missing key, a `cas` that did not swap);
+2 usage. Like etcdctl, `del` of a missing key succeeds and prints 0 (keys deleted). Unlike
+etcdctl, `get` of a missing key prints "not found" on stderr and exits 1, so a script can tell
+an empty value from no value. A write that timed out says "outcome unknown": it may or may not
+have been applied.
+"""
+
+
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    kv = commands.add_parser(
+        "kv", help="put, get, delete, compare-and-set and list keys",
+        description="Read and write the replicated key-value store. Reads are linearizable "
+                    "unless --stale.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = kv.add_subparsers(dest="kv_command", required=True, metavar="COMMAND")
+
+    put = sub.add_parser("put", help="set KEY to VALUE (or to stdin when VALUE is omitted)",
+                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    put.add_argument("key")
+    put.add_argument("value", nargs="?", help="the value (default: read all of stdin)")
+    put.set_defaults(func=run_client_command, kv_func=_do_put)
+
+    get = sub.add_parser("get", help="print KEY's value (exit 1 if there is none)",
+                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    get.add_argument("key")
+    get.add_argument("--raw", action="store_true",
+                     help="write the exact bytes, with no newline added")
+    get.add_argument("--stale", action="store_true",
+                     help="read the first answering node's own copy (may be out of date)")
+    get.set_defaults(func=run_client_command, kv_func=_do_get)
+
+    delete = sub.add_parser("del", help="delete KEY; print 1 if it existed, else 0",
+                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    delete.add_argument("key")
+    delete.set_defaults(func=run_client_command, kv_func=_do_del)
+
+    cas = sub.add_parser("cas", help="set KEY to NEW only if it is OLD now (exit 1 if not)",
+                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cas.add_argument("key")
+    cas.add_argument("old")
+    cas.add_argument("new")
+    cas.set_defaults(func=run_client_command, kv_func=_do_cas)
+
+    lst = sub.add_parser("list", help="print KEY<TAB>VALUE lines of the keys under a prefix",
+                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    lst.add_argument("prefix", nargs="?", default="")
+    lst.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
+    lst.add_argument("--json", action="store_true", help="print a JSON object instead")
+    lst.add_argument("--stale", action="store_true", help="read one node's own copy")
+    lst.set_defaults(func=run_client_command, kv_func=_do_list)
+
+    for p in (put, get, delete, cas, lst):
+        add_endpoints_argument(p)
+
+    status = commands.add_parser(
+        "status", help="a table of the nodes: id, role, term, commit, applied, leader",
+        description="Ask every endpoint for its status. Exit 0 when all answered, 1 when any "
+                    "did not (its row says unreachable).")
+    add_endpoints_argument(status)
+    status.add_argument("--json", action="store_true", help="print the raw status objects")
+    status.set_defaults(func=_status)
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from raftly.kv.client import Client
+
+    try:
+        return Client(parse_endpoints(args.endpoints), timeout=args.timeout,
+                      request_timeout=min(args.timeout, 6.0))
+    except ValueError as exc:
+        raise CliError(str(exc), 2) from None
+
+
+def run_client_command(args: argparse.Namespace) -> int:
+    """Run a kv subcommand, turning the client's errors into one-line messages."""
+    from raftly.kv.client import OutcomeUnknownError, RequestError, UnavailableError
+
+    try:
+        with _client(args) as client:
+            code: int = args.kv_func(client, args)
+            return code
+    except OutcomeUnknownError as exc:
+        raise CliError(f"outcome unknown: {exc}") from None
+    except UnavailableError as exc:
+        raise CliError(f"unavailable: {exc}") from None
+    except RequestError as exc:
+        raise CliError(f"refused: {exc}") from None
+    except ValueError as exc:  # the client's own checks: an empty key, a non-UTF-8 cas value
+        raise CliError(str(exc), 2) from None
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "backslashreplace")
+
+
+def _arg_bytes(text: str) -> bytes:
+    # surrogateescape: bytes that were not valid UTF-8 on the command line go through as they came.
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _do_put(client: Any, args: argparse.Namespace) -> int:
+    value = sys.stdin.buffer.read() if args.value is None else _arg_bytes(args.value)
+    index = client.put(args.key, value)
+    print(f"OK (index {index})")
+    return 0
+
+
+def _do_get(client: Any, args: argparse.Namespace) -> int:
+    value = client.get(args.key, stale=args.stale)
+    if value is None:
+        raise CliError(f"{args.key}: not found")
+    if args.raw:
+        sys.stdout.buffer.write(value)
+        sys.stdout.flush()
+    else:
+        print(_text(value))
+    return 0
+
+
+def _do_del(client: Any, args: argparse.Namespace) -> int:
+    print(1 if client.delete(args.key) else 0)
+    return 0
+
+
+def _do_cas(client: Any, args: argparse.Namespace) -> int:
+    if not client.cas(args.key, _arg_bytes(args.old), _arg_bytes(args.new)):
+        raise CliError(f"{args.key}: not swapped (its value is not {args.old!r}, or it is missing)")
+    print("OK")
+    return 0
+
+
+def _do_list(client: Any, args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise CliError("--limit must be at least 1", 2)
+    items = client.list(args.prefix, args.limit, stale=args.stale)
+    if args.json:
+        print(json.dumps({k: _text(v) for k, v in items}, indent=2))
+    else:
+        for key, value in items:
+            print(f"{key}\t{_text(value)}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from raftly.cli.procs import format_table
+    from raftly.kv.client import Client, ClientError
+
+    endpoints = parse_endpoints(args.endpoints)
+    statuses: dict[str, dict[str, Any] | None] = {}
+    # One short-lived client per endpoint: status is about each node, not about the leader.
+    per_node = min(args.timeout, 2.0)
+    for endpoint in endpoints:
+        try:
+            with Client([endpoint], timeout=per_node, request_timeout=per_node) as client:
+                statuses[endpoint] = client.status(endpoint)
+        except (OSError, ClientError) as exc:
+            statuses[endpoint] = None
+            print(f"raftly: {endpoint}: unreachable ({exc})", file=sys.stderr)
+        except ValueError as exc:
+            raise CliError(str(exc), 2) from None
+    if args.json:
+        print(json.dumps(statuses, indent=2))
+    else:
+        for line in format_table({(s or {}).get("id", ep): s for ep, s in statuses.items()}):
+            print(line)
+    return 0 if all(s is not None for s in statuses.values()) else 1

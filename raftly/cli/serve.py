@@ -1,0 +1,70 @@
+"""``raftly serve``: run one node of a key-value cluster described by a cluster file.
+
+The node stops cleanly on SIGINT or SIGTERM (exit 0). Role changes and connection events are
+logged at INFO, one line each, on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from raftly.cli.common import LOG_LEVELS, CliError, UsageError, configure_logging, positive_float
+
+DEFAULT_DATA_ROOT = "raftly-data"
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "serve", help="run one node of a replicated key-value cluster",
+        description="Run node ID of the cluster described in the cluster file (TOML: one "
+                    "[nodes.NAME] table per node with raft = \"host:port\" and "
+                    "api = \"host:port\"). Stops cleanly on Ctrl-C or SIGTERM.")
+    p.add_argument("--cluster", required=True, metavar="FILE", help="the cluster file (TOML)")
+    p.add_argument("--id", required=True, metavar="NAME", help="this node's name in the file")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help=f"where the log and state live (default ./{DEFAULT_DATA_ROOT}/NAME)")
+    p.add_argument("--fsync", choices=("always", "never"), default="always",
+                   help="fsync the log before acknowledging (default always; 'never' is for "
+                        "throwaway clusters: a power loss can then lose acknowledged writes)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="INFO", type=str.upper)
+    p.add_argument("--election-timeout", type=positive_float, default=1.0, metavar="SECONDS",
+                   help="a follower campaigns after 1-2x this long without a leader "
+                        "(default 1.0; every node of a cluster should use the same)")
+    p.add_argument("--heartbeat", type=positive_float, default=0.1, metavar="SECONDS",
+                   help="the leader's heartbeat interval (default 0.1)")
+    p.set_defaults(func=run)
+
+
+def make_config(election_timeout: float, heartbeat: float) -> object:
+    """The Raft timing settings; ``UsageError`` when they are inconsistent."""
+    from raftly.core.config import Config, ConfigError
+
+    # Ticks of at most half a heartbeat, so that short heartbeats are not rounded badly.
+    tick = min(0.02, heartbeat / 2)
+    try:
+        return Config(tick_interval=tick, heartbeat_interval=heartbeat,
+                      election_timeout=election_timeout)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from raftly.core.config import Config
+    from raftly.kv.cluster_file import ClusterFileError
+    from raftly.kv.service import serve
+    from raftly.storage import StorageError
+
+    config = make_config(args.election_timeout, args.heartbeat)
+    assert isinstance(config, Config)
+    configure_logging(args.log_level, args.id)
+    data_dir = Path(args.data_dir) if args.data_dir else Path(DEFAULT_DATA_ROOT) / args.id
+    try:
+        asyncio.run(serve(args.cluster, args.id, data_dir, fsync=args.fsync, config=config))
+    except (ClusterFileError, StorageError) as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        # Typically a port already in use: name it rather than print a traceback.
+        raise CliError(f"node {args.id}: {exc.strerror or exc}") from None
+    return 0
