@@ -260,10 +260,9 @@ class TcpTransport:
             logger.error("cannot encode %s for node %d: %s", type(msg).__name__, msg.dst, exc)
             self._dropped += 1
             return
-        if len(frame) > self._max_frame_size or (
-            peer.queued_bytes + len(frame) > self._queue_bytes_limit and peer.queue
-        ):
-            if len(frame) > self._max_frame_size:
+        too_big = len(frame) - 4 > self._max_frame_size  # the receiver would close on it
+        if too_big or (peer.queued_bytes + len(frame) > self._queue_bytes_limit and peer.queue):
+            if too_big:
                 logger.error(
                     "dropping %s of %d bytes for node %d: over max_frame_size %d",
                     type(msg).__name__, len(frame), msg.dst, self._max_frame_size,
@@ -425,6 +424,9 @@ class TcpTransport:
             if writer is not None:
                 writer.close()
             raise
+        if peer.address != address:  # set_peers moved the peer while we were dialling
+            writer.close()
+            return False
         if not reply.accepted:
             writer.close()
             self._problem(peer, f"refused by {address[0]}:{address[1]}: {reply.reason}",
