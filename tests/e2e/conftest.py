@@ -1,0 +1,34 @@
+"""Fixtures of the end-to-end tests: 3-node clusters of real processes, always torn down."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from e2e_helpers import dump_logs, new_cluster
+
+from raftly.cli.procs import ProcessCluster
+
+
+def _started(directory: Path) -> Iterator[ProcessCluster]:
+    cluster = new_cluster(directory)
+    try:
+        cluster.start()
+        cluster.wait_for_leader(timeout=30.0)
+        yield cluster
+    finally:
+        cluster.stop(grace=5.0)
+        dump_logs(cluster)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[ProcessCluster]:
+    """A fresh 3-node cluster with a leader, for a test that kills or restarts nodes."""
+    yield from _started(tmp_path / "cluster")
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
+    """A 3-node cluster shared by the tests of one module; they must leave every node running."""
+    yield from _started(tmp_path_factory.mktemp("shared"))

@@ -1,0 +1,90 @@
+"""Helpers of the end-to-end tests: timing settings, raw HTTP without redirects, the CLI.
+
+The tests run real ``raftly serve`` processes on 127.0.0.1 (through ``ProcessCluster``), poll
+with generous deadlines rather than sleeping, and kill every process in a fixture teardown.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from raftly.cli.procs import ProcessCluster
+
+# Fast but sane timings: an election in well under a second, yet far above loopback latency and
+# the scheduling hiccups of a busy 2-core CI machine.
+ELECTION_TIMEOUT = 0.4
+HEARTBEAT = 0.08
+# Generous: the failover bound a test asserts (the expected time is ~0.5-1.5 s).
+FAILOVER_BOUND = 10.0
+
+T = TypeVar("T")
+
+
+def new_cluster(directory: Path, nodes: int = 3) -> ProcessCluster:
+    return ProcessCluster(directory, nodes, fsync="always", election_timeout=ELECTION_TIMEOUT,
+                          heartbeat=HEARTBEAT, log_level="INFO")
+
+
+def dump_logs(cluster: ProcessCluster, lines: int = 40) -> None:
+    """Print each node's last log lines (pytest shows them when a test fails)."""
+    for node in cluster.nodes.values():
+        print(f"--- {node.name} (pid {node.pid}) last log lines ---\n{node.log_tail(lines)}")
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def request(endpoint: str, method: str, path: str, body: bytes | None = None,
+            headers: dict[str, str] | None = None, timeout: float = 15.0) -> Reply:
+    """One HTTP request, redirects not followed (the tests look at the 307 itself)."""
+    conn = http.client.HTTPConnection(endpoint, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+    finally:
+        conn.close()
+
+
+def wait_until(what: str, check: Callable[[], T | None], timeout: float = 20.0,
+               interval: float = 0.05) -> T:
+    """Poll ``check`` until it returns something other than None/False."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass(slots=True)
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+def cli(*args: str, endpoints: list[str] | None = None, stdin: bytes | None = None,
+        timeout: float = 60.0) -> Run:
+    """Run ``python -m raftly.cli ARGS`` as a separate process, as a user would."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if endpoints is not None:
+        env["RAFTLY_ENDPOINTS"] = ",".join(endpoints)
+    proc = subprocess.run([sys.executable, "-m", "raftly.cli", *args], input=stdin,
+                          capture_output=True, timeout=timeout, env=env)
+    return Run(proc.returncode, proc.stdout.decode(errors="replace"),
+               proc.stderr.decode(errors="replace"))
