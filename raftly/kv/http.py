@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -56,6 +57,12 @@ from raftly.server.server import Busy, OutcomeUnknown, RaftServer, ServerStopped
 logger = logging.getLogger("raftly.kv.http")
 
 RETRY_AFTER = "1"
+
+UNSAFE_STALE_READS_ENV = "RAFTLY_UNSAFE_STALE_READS"
+"""TEST-ONLY, default off: with this environment variable set to ``1`` when a node starts, GETs
+serve local state without ReadIndex, i.e. a deliberately broken read path (stale reads on a
+deposed or partitioned node). It exists so that ``raftly check``'s own tests can prove the
+harness catches a linearizability bug; never set it anywhere else."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -91,6 +98,11 @@ class KVApi:
         self.cluster = cluster
         self.node = node
         self.limits = limits or Limits()
+        # Read once at start: see UNSAFE_STALE_READS_ENV (a test-only broken build).
+        self.unsafe_stale_reads = os.environ.get(UNSAFE_STALE_READS_ENV) == "1"
+        if self.unsafe_stale_reads:
+            logger.warning("%s=1: serving reads WITHOUT ReadIndex (test-only broken build)",
+                           UNSAFE_STALE_READS_ENV)
 
     @property
     def kv(self) -> KVStateMachine:
@@ -259,7 +271,7 @@ class KVApi:
 
     async def get(self, request: web.Request) -> web.Response:
         key = self._key(request)
-        if not self._consistency_stale(request):
+        if not self._consistency_stale(request) and not self.unsafe_stale_reads:
             failed = await self._linearizable(request)
             if failed is not None:
                 return failed

@@ -1,0 +1,210 @@
+"""The workload: concurrent clients doing random reads, writes and compare-and-sets.
+
+Every operation is exactly one attempt, on purpose: the retrying ``raftly`` client would hide the
+outcomes the checker needs to see. An op goes to a randomly chosen node over aiohttp, follows a
+``307`` to the leader (at most twice), and has a deadline. Its outcome is classified
+conservatively, because a ``fail`` tells the checker the op *certainly* did not take effect:
+
+- ``200`` -> ok; a ``404`` on a read -> ok with value ``null``.
+- ``412`` on a cas -> fail (the state machine compared and refused).
+- a read that did not answer 200/404, for whatever reason -> fail: a read has no effect, so
+  claiming it did not happen is always safe.
+- ``503`` on a write whose body says the node refused before proposing (no leader known, or
+  "not applied, safe to retry": Busy, dropped, replaced by a new leader's entry) -> fail.
+- a refused TCP connection -> fail (nothing was sent).
+- anything else on a write (timeout, connection lost mid-request, ``504``, ``500``, an unexpected
+  status or body) -> info: it may have happened, now or later.
+
+A process that got ``info`` may still have its op take effect at any later time, so it never
+issues again: the worker continues as a new process number (the Jepsen convention).
+
+Values are unique per run (``v<process>-<n>``), so a read names exactly the write it saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+import aiohttp
+
+from raftly.check.history import HistoryWriter, OpF
+
+_SAFE_503 = ("no leader known", "not applied")
+"""Substrings of a 503 body that mean the write was refused before it was proposed."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    clients: int = 10
+    keys: int = 8
+    rate: float = 100.0
+    """Total offered operations per second over all clients (0: as fast as they go)."""
+    op_timeout: float = 1.5
+    read_ratio: float = 0.5
+    write_ratio: float = 0.3
+    """The rest are compare-and-sets."""
+
+    @property
+    def key_names(self) -> list[str]:
+        return [f"k{i}" for i in range(self.keys)]
+
+
+@dataclass
+class Outcome:
+    type: str  # ok / fail / info
+    value: object = None
+    node: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class ClientPool:
+    """``workload.clients`` workers sharing one aiohttp session and one history."""
+
+    urls: dict[str, str]
+    """Node name -> API base URL."""
+    history: HistoryWriter
+    workload: Workload
+    rng: random.Random
+    _processes: itertools.count[int] = field(default_factory=itertools.count)
+    recent: dict[str, list[str]] = field(default_factory=dict)
+    """Recently seen values per key: cas expectations are drawn from them, so some succeed."""
+
+    def next_process(self) -> int:
+        return next(self._processes)
+
+    async def run(self, duration: float) -> None:
+        """Run every worker for ``duration`` seconds; ops in flight then finish or time out."""
+        # A fresh connection per request: a pooled connection to a node that was since killed
+        # would fail mid-request (unknown outcome), where a new one is cleanly refused.
+        connector = aiohttp.TCPConnector(limit=0, force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + duration
+            workers = [asyncio.create_task(self._worker(session, deadline, random.Random(
+                self.rng.getrandbits(64)))) for _ in range(self.workload.clients)]
+            try:
+                await asyncio.gather(*workers)
+            finally:
+                for w in workers:
+                    w.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _worker(self, session: aiohttp.ClientSession, deadline: float,
+                      rng: random.Random) -> None:
+        loop = asyncio.get_running_loop()
+        wl = self.workload
+        process = self.next_process()
+        counter = 0
+        names = sorted(self.urls)
+        mean_gap = wl.clients / wl.rate if wl.rate > 0 else 0.0
+        while loop.time() < deadline:
+            if mean_gap:
+                await asyncio.sleep(min(rng.expovariate(1 / mean_gap), 5 * mean_gap))
+                if loop.time() >= deadline:
+                    break
+            key = rng.choice(wl.key_names)
+            node = rng.choice(names)
+            roll = rng.random()
+            f: OpF
+            value: object
+            if roll < wl.read_ratio:
+                f, value = "read", None
+            else:
+                counter += 1
+                new = f"v{process}-{counter}"
+                if roll < wl.read_ratio + wl.write_ratio or not self.recent.get(key):
+                    f, value = "write", new
+                else:
+                    f, value = "cas", [rng.choice(self.recent[key][-3:]), new]
+            outcome = await self.invoke(session, process, f, key, value, node)
+            if outcome.type == "info":
+                process = self.next_process()
+
+    def _remember(self, key: str, value: object) -> None:
+        if isinstance(value, str):
+            seen = self.recent.setdefault(key, [])
+            seen.append(value)
+            del seen[:-8]
+
+    async def invoke(self, session: aiohttp.ClientSession, process: int, f: OpF, key: str,
+                     value: object, node: str) -> Outcome:
+        """One recorded operation: invoke, one attempt, completion."""
+        self.history.record(process, "invoke", f, key, value)
+        try:
+            async with asyncio.timeout(self.workload.op_timeout):
+                outcome = await self._attempt(session, f, key, value, node)
+        except TimeoutError:
+            outcome = Outcome("fail" if f == "read" else "info", node=node, error="timeout")
+        except aiohttp.ClientConnectorError as exc:
+            # The connection was never established: the request was not sent anywhere.
+            outcome = Outcome("fail", node=node, error=f"connect: {exc.os_error}")
+        except (aiohttp.ClientError, OSError) as exc:
+            outcome = Outcome("fail" if f == "read" else "info", node=node,
+                              error=f"{type(exc).__name__}: {exc}")
+        result_value = outcome.value if f == "read" else value
+        if outcome.type == "ok":
+            self._remember(key, result_value if f == "read" else
+                           (value[1] if f == "cas" and isinstance(value, list) else value))
+        self.history.record(process, outcome.type, f, key, result_value,  # type: ignore[arg-type]
+                            node=outcome.node, error=outcome.error)
+        return outcome
+
+    async def _attempt(self, session: aiohttp.ClientSession, f: OpF, key: str, value: object,
+                       node: str) -> Outcome:
+        url = f"{self.urls[node]}/v1/kv/{quote(key, safe='')}"
+        method = "GET" if f == "read" else "PUT"
+        params: dict[str, str] = {}
+        data: bytes | None = None
+        if f == "write":
+            assert isinstance(value, str)
+            data = value.encode()
+        elif f == "cas":
+            assert isinstance(value, Sequence) and len(value) == 2
+            params["expect"] = str(value[0])
+            data = str(value[1]).encode()
+        at = node
+        for _hop in range(3):
+            async with session.request(method, url, params=params if at == node else None,
+                                       data=data, allow_redirects=False) as resp:
+                body = await resp.read()
+                status = resp.status
+                if status == 307 and "Location" in resp.headers:
+                    # Not the leader: nothing was proposed; the Location keeps the query string.
+                    url = resp.headers["Location"]
+                    at = self._name_of(url)
+                    continue
+                return self._classify(f, status, body, at)
+        # Every hop answered 307: nothing was proposed anywhere.
+        return Outcome("fail", node=at, error="too many redirects")
+
+    def _name_of(self, url: str) -> str:
+        for name, base in self.urls.items():
+            if url.startswith(base + "/"):
+                return name
+        return url
+
+    @staticmethod
+    def _classify(f: OpF, status: int, body: bytes, node: str) -> Outcome:
+        text = body.decode("utf-8", "replace")
+        if f == "read":
+            if status == 200:
+                return Outcome("ok", text, node)
+            if status == 404:
+                return Outcome("ok", None, node)
+            return Outcome("fail", node=node, error=f"{status} {text[:200]}")
+        if status == 200:
+            return Outcome("ok", node=node)
+        if status == 412 and f == "cas":
+            return Outcome("fail", node=node, error="412 precondition failed")
+        if status == 503 and any(s in text for s in _SAFE_503):
+            return Outcome("fail", node=node, error=f"503 {text[:200]}")
+        return Outcome("info", node=node, error=f"{status} {text[:200]}")
+
+
+__all__ = ["ClientPool", "Outcome", "Workload"]

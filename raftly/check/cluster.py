@@ -1,0 +1,229 @@
+"""The node processes of a checked cluster: start, SIGKILL, restart, SIGSTOP/SIGCONT, stop.
+
+Each node is a separate Python process running ``raftly.kv.service.serve`` with fast election
+settings, in a process group of its own (``start_new_session``) so a signal reaches the node and
+anything it started, and so that Ctrl-C on the runner does not hit the nodes before the runner
+has recorded what happened. Every node gets its own cluster file in which the Raft address of
+every *other* node is the proxy port of that directed link (see ``proxy``); its own entry and
+every API address are real.
+
+Run as ``python -m raftly.check.cluster --cluster FILE --id NAME --data-dir DIR ...`` this module
+is the node itself (the equivalent of ``raftly serve`` plus timing overrides).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from raftly.kv.cluster_file import Address, ClusterSpec, NodeSpec, render_cluster
+from raftly.kv.http import UNSAFE_STALE_READS_ENV
+
+logger = logging.getLogger("raftly.check.cluster")
+
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Fast Raft timing for checks: elections within a second instead of seconds."""
+
+    tick: float = 0.01
+    heartbeat: float = 0.05
+    election: float = 0.3  # a follower waits 300-600 ms (the core draws from [t, 2t))
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports the OS says are free now (bound together, then released)."""
+    import socket
+
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def plan_cluster(size: int, host: str = "127.0.0.1", cluster_id: str = "raftly-check"
+                 ) -> ClusterSpec:
+    """``size`` nodes n1..nN with real Raft and API ports on ``host``."""
+    ports = free_ports(2 * size, host)
+    nodes = tuple(NodeSpec(f"n{i}", i, Address(host, ports[2 * (i - 1)]),
+                           Address(host, ports[2 * (i - 1) + 1]))
+                  for i in range(1, size + 1))
+    return ClusterSpec(cluster_id, nodes)
+
+
+def node_view(cluster: ClusterSpec, name: str, via: dict[tuple[str, str], tuple[str, int]]
+              ) -> ClusterSpec:
+    """The cluster as ``name`` must see it: other nodes' Raft addresses are proxy ports."""
+    nodes = tuple(n if n.name == name else replace(n, raft=Address(*via[(name, n.name)]))
+                  for n in cluster.nodes)
+    return replace(cluster, nodes=nodes)
+
+
+@dataclass
+class NodeProcess:
+    name: str
+    cluster_file: Path
+    data_dir: Path
+    log_file: Path
+    proc: subprocess.Popen[bytes] | None = None
+    paused: bool = False
+    starts: int = 0
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class Cluster:
+    """Start and abuse the node processes; ``close()`` always leaves none behind."""
+
+    def __init__(self, spec: ClusterSpec, views: dict[str, ClusterSpec], root: Path, *,
+                 timing: Timing | None = None, fsync: str = "always",
+                 unsafe_stale_reads: bool = False) -> None:
+        self.spec = spec
+        self.root = root
+        self.timing = timing or Timing()
+        self.fsync = fsync
+        self.unsafe_stale_reads = unsafe_stale_reads
+        self.nodes: dict[str, NodeProcess] = {}
+        for node in spec.nodes:
+            cfile = root / "cluster" / f"{node.name}.toml"
+            cfile.parent.mkdir(parents=True, exist_ok=True)
+            cfile.write_text(render_cluster(views[node.name]))
+            (root / "logs").mkdir(parents=True, exist_ok=True)
+            self.nodes[node.name] = NodeProcess(node.name, cfile, root / "data" / node.name,
+                                                root / "logs" / f"{node.name}.log")
+
+    @property
+    def names(self) -> list[str]:
+        return [n.name for n in self.spec.nodes]
+
+    def url(self, name: str) -> str:
+        return self.spec.node(name).api.url
+
+    def start(self, name: str) -> None:
+        node = self.nodes[name]
+        if node.running:
+            return
+        node.data_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.pop(UNSAFE_STALE_READS_ENV, None)
+        if self.unsafe_stale_reads:
+            env[UNSAFE_STALE_READS_ENV] = "1"
+        t = self.timing
+        cmd = [sys.executable, "-m", "raftly.check.cluster", "--cluster", str(node.cluster_file),
+               "--id", name, "--data-dir", str(node.data_dir), "--fsync", self.fsync,
+               "--tick", str(t.tick), "--heartbeat", str(t.heartbeat),
+               "--election", str(t.election)]
+        with node.log_file.open("ab") as log:
+            log.write(f"--- start {node.starts + 1} at {time.time():.3f}\n".encode())
+            log.flush()
+            node.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env,
+                                         start_new_session=True)
+        node.paused = False
+        node.starts += 1
+
+    def _signal(self, name: str, sig: signal.Signals) -> bool:
+        node = self.nodes[name]
+        if node.proc is None or node.proc.poll() is not None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(node.proc.pid, sig)
+        return True
+
+    def kill(self, name: str) -> bool:
+        """SIGKILL: no chance to flush or say goodbye. Waits until the process is gone."""
+        node = self.nodes[name]
+        ok = self._signal(name, signal.SIGKILL)
+        if node.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.proc.wait(5)
+        node.paused = False
+        return ok
+
+    def pause(self, name: str) -> bool:
+        ok = self._signal(name, signal.SIGSTOP)
+        if ok:
+            self.nodes[name].paused = True
+        return ok
+
+    def resume(self, name: str) -> bool:
+        ok = self._signal(name, signal.SIGCONT)
+        self.nodes[name].paused = False
+        return ok
+
+    def live(self) -> list[str]:
+        return [n for n, p in self.nodes.items() if p.running]
+
+    def exited(self) -> dict[str, int]:
+        """Nodes that died without being killed by us, with their exit codes."""
+        out = {}
+        for name, node in self.nodes.items():
+            if node.proc is not None:
+                code = node.proc.poll()
+                if code is not None and code != -signal.SIGKILL:
+                    out[name] = code
+        return out
+
+    def start_all(self) -> None:
+        for name in self.names:
+            self.start(name)
+
+    def close(self) -> None:
+        """Stop every node: SIGCONT (a stopped process ignores SIGTERM), SIGTERM, then SIGKILL."""
+        for name in self.names:
+            self._signal(name, signal.SIGCONT)
+            self._signal(name, signal.SIGTERM)
+        deadline = time.monotonic() + 5.0
+        for node in self.nodes.values():
+            if node.proc is None:
+                continue
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.proc.wait(max(0.1, deadline - time.monotonic()))
+            if node.proc.poll() is None:
+                self._signal(node.name, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    node.proc.wait(5)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """The node process: serve one node with the given timing until SIGTERM."""
+    from raftly.core.config import Config
+    from raftly.kv.service import serve
+
+    p = argparse.ArgumentParser(prog="python -m raftly.check.cluster")
+    p.add_argument("--cluster", required=True)
+    p.add_argument("--id", required=True)
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--fsync", choices=("always", "never"), default="always")
+    p.add_argument("--tick", type=float, default=Timing.tick)
+    p.add_argument("--heartbeat", type=float, default=Timing.heartbeat)
+    p.add_argument("--election", type=float, default=Timing.election)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format=f"%(asctime)s {args.id} %(name)s %(levelname)s %(message)s")
+    config = Config(tick_interval=args.tick, heartbeat_interval=args.heartbeat,
+                    election_timeout=args.election)
+    asyncio.run(serve(args.cluster, args.id, args.data_dir, fsync=args.fsync, config=config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

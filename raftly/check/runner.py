@@ -1,0 +1,362 @@
+"""``raftly check``: run a real cluster under faults, record the history, check it, report.
+
+One run, in order:
+
+1. plan N nodes on loopback, start a proxy for every directed link (``proxy``), write each node
+   its own cluster file pointing at those proxies, and start the node processes (``cluster``);
+2. wait for a leader, then run the clients (``clients``) and the nemesis (``nemesis``) together
+   for ``--time`` seconds, recording ``history.jsonl`` and ``nemesis.jsonl`` (``history``);
+3. heal the network, resume paused nodes, restart killed ones, wait for the cluster to recover
+   and read every key once more (the final reads, also part of the history);
+4. check the history per key (``raftly.testing.linearizability``), check that no acknowledged
+   write is missing from the final state, and write ``report.html`` (``report``).
+
+The exit status is 0 only when every key is linearizable, no write was lost, every final read
+succeeded and no node crashed on its own; 1 otherwise; 2 when the run itself could not be made
+(bad arguments, a cluster that never elected a leader).
+
+``raftly check --history FILE`` skips the run and checks a history recorded elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from raftly.check.clients import ClientPool, Workload
+from raftly.check.cluster import Cluster, Timing, node_view, plan_cluster
+from raftly.check.history import HistoryWriter, NemesisLog
+from raftly.check.nemesis import Nemesis, Target, parse_nemeses, schedule
+from raftly.check.proxy import Network
+from raftly.check.report import write_report
+
+logger = logging.getLogger("raftly.check")
+
+
+class SetupError(Exception):
+    """The run could not be made (as opposed to a run that found a problem)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="raftly check",
+        description="Run a real raftly KV cluster under network and process faults, record "
+                    "every client operation, and check that the history is linearizable and "
+                    "that no acknowledged write was lost. With --history, only check a "
+                    "history file (JSON lines, Jepsen model).")
+    p.add_argument("--nodes", type=int, default=5, help="cluster size (default 5)")
+    p.add_argument("--time", type=float, default=60.0, metavar="SECONDS",
+                   help="how long clients and faults run (default 60)")
+    p.add_argument("--clients", type=int, default=10, help="concurrent clients (default 10)")
+    p.add_argument("--keys", type=int, default=8, help="number of keys (default 8)")
+    p.add_argument("--nemesis", default="partition,kill,pause",
+                   help="comma-separated faults: partition, kill, pause; 'none' for none "
+                        "(default: all)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the fault schedule and the workload (default: random, printed)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="where history.jsonl, nemesis.jsonl, report.html, node logs and data go "
+                        "(default ./raftly-check/SEED)")
+    p.add_argument("--rate", type=float, default=100.0,
+                   help="offered operations per second over all clients (default 100)")
+    p.add_argument("--op-timeout", type=float, default=1.5, metavar="SECONDS",
+                   help="deadline of each operation (default 1.5)")
+    p.add_argument("--fsync", choices=("always", "never"), default="always",
+                   help="the nodes' fsync policy (default always)")
+    p.add_argument("--check-budget", type=float, default=60.0, metavar="SECONDS",
+                   help="time the linearizability search may take (default 60); keys left "
+                        "undecided are reported unknown, which fails the run")
+    p.add_argument("--history", type=Path, default=None, metavar="FILE",
+                   help="check this history file instead of running a cluster")
+    # Test-only: nodes serve GETs from local state without ReadIndex, a deliberately broken
+    # build the harness must catch. Hidden from --help on purpose.
+    p.add_argument("--unsafe-stale-reads", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("-v", "--verbose", action="store_true", help="log the runner's steps")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``raftly check``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        if args.history is not None:
+            return check_file(args.history, args.out, args.check_budget)
+        if args.nodes < 1 or args.clients < 1 or args.keys < 1 or args.time <= 0:
+            raise SetupError("--nodes, --clients, --keys and --time must be positive")
+        try:
+            nemeses = parse_nemeses(args.nemesis)
+        except ValueError as exc:
+            raise SetupError(str(exc)) from None
+        seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
+        out = args.out or Path("raftly-check") / str(seed)
+        return asyncio.run(run(out, nodes=args.nodes, duration=args.time, clients=args.clients,
+                               keys=args.keys, nemeses=nemeses, seed=seed, rate=args.rate,
+                               op_timeout=args.op_timeout, fsync=args.fsync,
+                               budget=args.check_budget,
+                               unsafe_stale_reads=args.unsafe_stale_reads))
+    except SetupError as exc:
+        print(f"raftly check: {exc}", file=sys.stderr)
+        return 2
+
+
+def check_file(history: Path, out: Path | None, budget: float) -> int:
+    """Check a history from elsewhere; write a report into ``out`` when given."""
+    from raftly.testing.linearizability import HistoryError, check, load_history
+
+    try:
+        events = load_history(history)
+    except (OSError, HistoryError) as exc:
+        raise SetupError(f"cannot read {history}: {exc}") from None
+    result = check(events, time_budget=budget)
+    print(result.summary())
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        ops = [e.to_dict() for e in events]
+        path = write_report(out / "report.html", result.to_dict(), ops,
+                            title=f"raftly check: {history.name}",
+                            meta={"history": str(history), "events": len(ops)})
+        print(f"report: {path}")
+    return 0 if result.ok else 1
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+class _Target(Target):
+    """The nemesis acts through the proxies (network) and the processes (kill, pause)."""
+
+    def __init__(self, network: Network, cluster: Cluster) -> None:
+        self.network = network
+        self.cluster = cluster
+
+    def apply_view(self, sees: dict[str, set[str]]) -> None:
+        self.network.apply_view(sees)
+
+    def heal_network(self) -> None:
+        self.network.heal()
+
+    def kill(self, name: str) -> None:
+        self.cluster.kill(name)
+
+    def restart(self, name: str) -> None:
+        self.cluster.start(name)
+
+    def pause(self, name: str) -> None:
+        self.cluster.pause(name)
+
+    def resume(self, name: str) -> None:
+        self.cluster.resume(name)
+
+
+async def statuses(session: aiohttp.ClientSession, cluster: Cluster, timeout: float = 0.5
+                   ) -> dict[str, dict[str, Any]]:
+    """``/v1/status`` of every running, unpaused node that answers within ``timeout``."""
+    async def one(name: str) -> tuple[str, dict[str, Any] | None]:
+        try:
+            async with asyncio.timeout(timeout), \
+                    session.get(cluster.url(name) + "/v1/status") as resp:
+                return name, (await resp.json()) if resp.status == 200 else None
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            return name, None
+
+    names = [n for n, p in cluster.nodes.items() if p.running and not p.paused]
+    found = await asyncio.gather(*(one(n) for n in names))
+    return {n: s for n, s in found if s is not None}
+
+
+async def find_leader(session: aiohttp.ClientSession, cluster: Cluster) -> str | None:
+    """The node that says it leads, in the highest term if several do (a deposed one lags)."""
+    leaders = [(s.get("term", 0), n) for n, s in (await statuses(session, cluster)).items()
+               if s.get("role") == "leader"]
+    return max(leaders)[1] if leaders else None
+
+
+async def wait_for_leader(session: aiohttp.ClientSession, cluster: Cluster, timeout: float
+                          ) -> str | None:
+    """Wait until every running node names the same leader (a recovered cluster)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        st = await statuses(session, cluster)
+        named = {s.get("leader") for s in st.values()}
+        if len(st) == len(cluster.live()) and len(named) == 1 and None not in named:
+            return named.pop()
+        await asyncio.sleep(0.1)
+    return None
+
+
+async def final_reads(pool: ClientPool, cluster: Cluster, leader: str | None, keys: list[str],
+                      attempts: int = 20) -> tuple[dict[str, str | None], list[str]]:
+    """Read every key after the heal, as ordinary recorded ops of one fresh process.
+
+    Each key is retried (a failed read is harmless) until one read succeeds.
+    """
+    final: dict[str, str | None] = {}
+    problems = []
+    process = pool.next_process()
+    names = cluster.names
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+        for key in keys:
+            for attempt in range(attempts):
+                node = leader if leader is not None and attempt % 2 == 0 else names[
+                    attempt % len(names)]
+                outcome = await pool.invoke(s, process, "read", key, None, node)
+                if outcome.type == "ok":
+                    final[key] = outcome.value  # type: ignore[assignment]
+                    break
+                await asyncio.sleep(0.25)
+            else:
+                problems.append(f"final read of {key!r} never succeeded")
+    return final, problems
+
+
+def lost_writes(ops: list[dict[str, Any]], final: dict[str, str | None]) -> list[dict[str, Any]]:
+    """Acknowledged writes the final state proves lost (values are unique per run).
+
+    With final value F of a key, written by op W: an acknowledged write (or swapped cas) that was
+    invoked after W had returned must be ordered after W, so F cannot be final: it is lost. If
+    the final value is absent (there are no deletes), every acknowledged write is lost. An info W
+    has no return time, so nothing is provably after it. The checker proves the same and more;
+    this check says it in the plainest terms.
+    """
+    invoked: dict[int, dict[str, Any]] = {}
+    writes: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    for op in ops:
+        if op["type"] == "invoke":
+            invoked[op["process"]] = op
+        elif op["f"] in ("write", "cas") and op["process"] in invoked:
+            writes.append((invoked.pop(op["process"]), op))
+    for inv in invoked.values():  # never completed: like info
+        if inv["f"] in ("write", "cas"):
+            writes.append((inv, {**inv, "type": "info", "time": None}))
+
+    def written(op: dict[str, Any]) -> object:
+        v = op["value"]
+        return v[1] if op["f"] == "cas" and isinstance(v, list) else v
+
+    lost = []
+    for key, value in final.items():
+        acked = [(i, d) for i, d in writes if i["key"] == key and d["type"] == "ok"]
+        if value is None:
+            lost += [{"key": key, "value": written(i), "invoked": i["time"]} for i, _ in acked]
+            continue
+        producers = [(i, d) for i, d in writes if i["key"] == key and written(i) == value
+                     and d["type"] != "fail"]
+        if not producers:
+            lost.append({"key": key, "final": value, "problem": "final value was never written"})
+            continue
+        ret = producers[0][1]["time"] if producers[0][1]["type"] == "ok" else None
+        if ret is None:
+            continue
+        lost += [{"key": key, "value": written(i), "invoked": i["time"], "final": value}
+                 for i, _ in acked if i["time"] > ret and written(i) != value]
+    return lost
+
+
+async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int,
+              nemeses: tuple[str, ...], seed: int, rate: float = 100.0,
+              op_timeout: float = 1.5, fsync: str = "always", budget: float = 60.0,
+              unsafe_stale_reads: bool = False, timing: Timing | None = None,
+              recovery_timeout: float = 30.0) -> int:
+    """One full run into ``out``; returns the exit status (see the module docstring)."""
+    from raftly.testing.linearizability import check, load_history
+
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("history.jsonl", "nemesis.jsonl", "report.html", "result.json"):
+        (out / stale).unlink(missing_ok=True)
+    rng = random.Random(f"raftly-check:{seed}")
+    spec = plan_cluster(nodes)
+    network = Network({n.name: (n.raft.host, n.raft.port) for n in spec.nodes})
+    history = HistoryWriter(out / "history.jsonl")
+    nlog = NemesisLog(out / "nemesis.jsonl")
+    cluster: Cluster | None = None
+    faults = schedule(seed, [n.name for n in spec.nodes], duration, nemeses)
+    workload = Workload(clients=clients, keys=keys, rate=rate, op_timeout=op_timeout)
+    print(f"raftly check: {nodes} nodes, {duration:g}s, {clients} clients, {keys} keys, "
+          f"nemesis {','.join(nemeses) or 'none'}, seed {seed}, out {out}", flush=True)
+    started = time.time()
+    try:
+        await network.start()
+        views = {n.name: node_view(spec, n.name, {link: network.address(*link)
+                                                  for link in network.links})
+                 for n in spec.nodes}
+        import shutil
+        shutil.rmtree(out / "data", ignore_errors=True)  # a fresh cluster every run
+        cluster = Cluster(spec, views, out, timing=timing, fsync=fsync,
+                          unsafe_stale_reads=unsafe_stale_reads)
+        cluster.start_all()
+        async with aiohttp.ClientSession() as session:
+            if await wait_for_leader(session, cluster, 30.0) is None:
+                raise SetupError(f"no leader within 30 s (node logs in {out / 'logs'})")
+            pool = ClientPool({n.name: n.api.url for n in spec.nodes}, history, workload,
+                              random.Random(rng.getrandbits(64)))
+            nemesis = Nemesis(faults, _Target(network, cluster), nlog,
+                              lambda: find_leader(session, cluster))  # type: ignore[arg-type]
+            nem_task = asyncio.create_task(nemesis.run())
+            try:
+                await pool.run(duration)
+            finally:
+                nem_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await nem_task
+                nemesis.heal_all()
+                nlog.note("heal", "network healed, nodes resumed and restarted")
+            leader = await wait_for_leader(session, cluster, recovery_timeout)
+            nlog.note("recovered" if leader else "not recovered", {"leader": leader})
+            final, problems = await final_reads(pool, cluster, leader, workload.key_names)
+            if leader is None:
+                problems.insert(0, f"no agreed leader {recovery_timeout:g}s after the heal")
+        crashed = cluster.exited()
+        problems += [f"node {n} exited on its own with status {c}" for n, c in crashed.items()]
+    finally:
+        history.close()
+        nlog.close()
+        if cluster is not None:
+            cluster.close()
+        await network.close()
+    run_time = time.time() - started
+
+    result = check(load_history(out / "history.jsonl"), time_budget=budget)
+    lost = lost_writes(history.ops, final)
+    ok = result.ok and not lost and not problems
+    summary = {
+        "ok": ok, "seed": seed, "verdict": str(result.verdict), "counts": result.counts,
+        "lost": lost, "problems": problems, "final": final,
+        "faults": sum(1 for e in nlog.events if e.get("phase") == "start"),
+        "check_seconds": round(result.elapsed, 3), "run_seconds": round(run_time, 1),
+    }
+    (out / "result.json").write_text(json.dumps({**summary, "check": result.to_dict()},
+                                                indent=1))
+    write_report(out / "report.html", result.to_dict(), history.ops, nlog.events,
+                 title=f"raftly check — seed {seed}",
+                 meta={"nodes": nodes, "time (s)": duration, "clients": clients, "keys": keys,
+                       "nemesis": ",".join(nemeses) or "none", "seed": seed, "fsync": fsync,
+                       "faults": summary["faults"], "checker time (s)": f"{result.elapsed:.2f}",
+                       "unsafe stale reads (test build)": unsafe_stale_reads,
+                       "problems": "; ".join(problems) or "none"},
+                 lost={"final": final, "lost": lost, "problems": problems})
+    print(result.summary())
+    c = result.counts
+    print(f"ops: {c.get('ok', 0)} ok, {c.get('fail', 0)} fail, {c.get('info', 0)} info; "
+          f"faults: {summary['faults']}; lost writes: {len(lost)}; "
+          f"problems: {'; '.join(problems) or 'none'}")
+    print(f"{'PASS' if ok else 'FAIL'}: report {out / 'report.html'}", flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+
+
+__all__ = ["build_parser", "check_file", "lost_writes", "main", "run"]
