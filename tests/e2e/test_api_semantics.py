@@ -16,6 +16,7 @@ from e2e_helpers import request
 
 from raftly.cli.procs import ProcessCluster
 from raftly.kv.client import Client
+from raftly.transport.codec import encode_frame, encode_handshake
 
 
 @pytest.fixture
@@ -133,7 +134,16 @@ def test_a_peer_speaking_garbage_to_the_raft_port_does_not_hurt_the_node(
             struct.pack(">I", 0xFFFFFFF0) + b"\x00" * 64,       # an absurd frame length
             struct.pack(">I", 8) + b"\xc1" * 8,                 # a frame of invalid msgpack
             b"",                                                # connect and say nothing
+            encode_frame(encode_handshake("another-cluster", 2)),
         ]
+        # Past a correct handshake (as a stranger, then as a real member): garbage frames.
+        cluster_id = shared_cluster.spec.cluster_id
+        other = next(n.spec.id for n in shared_cluster.nodes.values() if n is not node)
+        for claimed in (99, other):
+            hello = encode_frame(encode_handshake(cluster_id, claimed))
+            payloads += [hello + encode_frame(b"\x93\x01\x02"),
+                         hello + encode_frame(os.urandom(200)),
+                         hello + struct.pack(">I", 0x7FFFFFFF)]
         for payload in payloads:
             # The node may hang up first: that is the point.
             with socket.create_connection(addr, timeout=10) as s, \
