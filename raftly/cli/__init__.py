@@ -32,8 +32,10 @@ def _fuzz(argv: list[str]) -> int:
 
 
 def _bench(argv: list[str]) -> int:
+    import importlib
+
     try:
-        from raftly import bench  # type: ignore[attr-defined]
+        bench = importlib.import_module("raftly.bench")
     except ModuleNotFoundError as exc:
         if exc.name != "raftly.bench":
             raise
