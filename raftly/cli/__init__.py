@@ -7,7 +7,8 @@ Each subcommand lives in its own module and imports what it needs only when it r
 - ``cluster up`` (cluster.py): a local cluster of real processes in the foreground;
 - ``kv put|get|del|cas|list``, ``status`` (kv.py): the service from a shell;
 - ``demo`` (demo.py, sim_demo.py): a failover with real processes, or on the simulator;
-- ``fuzz``: the simulator's randomized fault schedules; ``bench``: raftly.bench, when installed.
+- ``fuzz``: the simulator's randomized fault schedules; ``check``: raftly.check's fault-injecting
+  runs of a real cluster; ``bench``: raftly.bench, when installed.
 
 Exit status: 0 success, 1 error (one line on stderr), 2 usage, 130 interrupted.
 """
@@ -21,14 +22,17 @@ from collections.abc import Callable
 from raftly.cli import cluster, demo, kv, serve
 from raftly.cli.common import EXIT_ERROR, EXIT_USAGE, CliError
 
-# Subcommands with their own argument parsers: everything after the name goes to them.
-PASS_THROUGH = {"fuzz", "bench"}
-
 
 def _fuzz(argv: list[str]) -> int:
     from raftly.testing.fuzz import main as fuzz_main
 
     return fuzz_main(argv)
+
+
+def _check(argv: list[str]) -> int:
+    from raftly.check.runner import main as check_main
+
+    return check_main(argv)
 
 
 def _bench(argv: list[str]) -> int:
@@ -45,6 +49,11 @@ def _bench(argv: list[str]) -> int:
     return code
 
 
+# Subcommands with their own argument parsers: everything after the name goes to them.
+PASS_THROUGH: dict[str, Callable[[list[str]], int]] = {
+    "fuzz": _fuzz, "check": _check, "bench": _bench}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raftly",
@@ -59,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(commands)
     commands.add_parser("fuzz", help="randomized fault schedules on the simulator "
                                      "(`raftly fuzz --help`)", add_help=False)
+    commands.add_parser("check", help="a real cluster under faults, its history checked for "
+                                      "linearizability (`raftly check --help`)", add_help=False)
     commands.add_parser("bench", help="throughput and latency of a local 3-node cluster "
                                       "(`raftly bench --help`)", add_help=False)
     return parser
@@ -68,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] in PASS_THROUGH:
-            runner: Callable[[list[str]], int] = _fuzz if argv[0] == "fuzz" else _bench
-            return runner(argv[1:])
+            return PASS_THROUGH[argv[0]](argv[1:])
         args = build_parser().parse_args(argv)
         code: int = args.func(args)
         return code
