@@ -546,9 +546,11 @@ _CAS: Final = 2
 _KINDS: Final = {"read": _READ, "write": _WRITE, "cas": _CAS}
 #: Search steps between two looks at the clock (and turns of the round-robin).
 _SLICE: Final = 2048
-#: Beyond this many cached configurations the cache is emptied: it only prunes, so forgetting
-#: is safe, and it keeps memory bounded on a search that runs long.
+#: The cache is emptied when it holds this many configurations, or when their bitsets add up to
+#: _CACHE_BITS (a key with n ops stores n-bit sets, so long single-key histories hit this first).
+#: The cache only prunes, so forgetting it is safe; it keeps memory bounded on long searches.
 _CACHE_LIMIT: Final = 2_000_000
+_CACHE_BITS: Final = 1 << 31
 
 
 def _freeze(v: Any) -> Any:
@@ -646,6 +648,7 @@ class _KeySearch:
         linearized = 0  # bit i set when op i is linearized
         stack: list[tuple[int, int, int]] = []  # (op, state before it, bound when it was tried)
         cache: set[tuple[int, int]] = set()
+        cache_limit = max(10_000, min(_CACHE_LIMIT, _CACHE_BITS // max(1, n)))
         best_depth = -1
         best: tuple[list[int], int, int, list[int]] | None = None
         entry = nxt[head]
@@ -694,7 +697,7 @@ class _KeySearch:
             if fits:
                 lin = linearized | (1 << entry)
                 if (lin, new) not in cache:
-                    if len(cache) >= _CACHE_LIMIT:
+                    if len(cache) >= cache_limit:
                         cache.clear()
                     cache.add((lin, new))
                     stack.append((entry, state, bound))
