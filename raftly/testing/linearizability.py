@@ -110,11 +110,12 @@ _NEMESIS: Final = "nemesis"
 
 
 class HistoryError(ValueError):
-    """A malformed history. ``line`` is the 1-based line (or event) number, when known."""
+    """A malformed history. ``line`` is the 1-based line of the file or list it was loaded
+    from, or for events built in code, the 1-based position in the sequence (``event N``)."""
 
-    def __init__(self, message: str, line: int | None = None) -> None:
+    def __init__(self, message: str, line: int | None = None, *, label: str = "line") -> None:
         self.line = line
-        super().__init__(f"line {line}: {message}" if line is not None else message)
+        super().__init__(f"{label} {line}: {message}" if line is not None else message)
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,6 +134,8 @@ class Event:
     time: Time
     #: Any other fields of the line (for example an error message), kept for dumping.
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    #: The line it was loaded from (1-based), for error messages; None when built in code.
+    line: int | None = field(default=None, compare=False)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], line: int | None = None) -> Event:
@@ -161,7 +164,7 @@ class Event:
                 raise HistoryError(f"a cas value must be [old, new], got {value!r}", line)
             value = (value[0], value[1])
         extra = {k: v for k, v in d.items() if k not in _FIELDS}
-        return cls(process, type_, f, key, value, time, extra)
+        return cls(process, type_, f, key, value, time, extra, line)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object for this event (a cas value becomes a list)."""
@@ -285,51 +288,53 @@ def pair_operations(events: Iterable[Event]) -> list[Operation]:
     invocation's, and a completion earlier than its invocation. Ops still open at the end of the
     history become ``info``.
     """
-    open_: dict[Process, tuple[int, Event, int]] = {}
-    crashed: dict[Process, int] = {}
+    open_: dict[Process, tuple[int, Event, str]] = {}
+    crashed: dict[Process, str] = {}
     slots: list[Operation | None] = []
     for number, ev in enumerate(events, start=1):
+        # Name events by the line they came from, when loaded from a file or list of lines.
+        line, label = (ev.line, "line") if ev.line is not None else (number, "event")
+        where = f"{label} {line}"
+
+        def error(message: str, line: int = line, label: str = label) -> HistoryError:
+            return HistoryError(message, line, label=label)
+
         p = ev.process
         if ev.type == "invoke":
             if p in open_:
-                raise HistoryError(
-                    f"process {p!r} invokes {ev.f} while its {open_[p][1].f} invoked at event "
-                    f"{open_[p][2]} is still open",
-                    number,
+                raise error(
+                    f"process {p!r} invokes {ev.f} while its {open_[p][1].f} invoked at "
+                    f"{open_[p][2]} is still open"
                 )
             if p in crashed:
-                raise HistoryError(
-                    f"process {p!r} invokes {ev.f} after an info completion at event "
+                raise error(
+                    f"process {p!r} invokes {ev.f} after an info completion at "
                     f"{crashed[p]}; a process with an unknown outcome must not issue again "
-                    "(use a new process number)",
-                    number,
+                    "(use a new process number)"
                 )
-            open_[p] = (len(slots), ev, number)
+            open_[p] = (len(slots), ev, where)
             slots.append(None)
             continue
         if p not in open_:
-            raise HistoryError(f"{ev.type} {ev.f} of process {p!r} without an invocation", number)
+            raise error(f"{ev.type} {ev.f} of process {p!r} without an invocation")
         slot, inv, _ = open_.pop(p)
         if ev.f != inv.f or ev.key != inv.key:
-            raise HistoryError(
+            raise error(
                 f"completion {ev.f} {ev.key!r} of process {p!r} does not match its invocation "
-                f"{inv.f} {inv.key!r}",
-                number,
+                f"{inv.f} {inv.key!r}"
             )
         if ev.time < inv.time:
-            raise HistoryError(
+            raise error(
                 f"completion of process {p!r} at time {ev.time} precedes its invocation at "
-                f"{inv.time}",
-                number,
+                f"{inv.time}"
             )
         if ev.type == "ok" and inv.f != "read" and ev.value != inv.value:
-            raise HistoryError(
+            raise error(
                 f"ok {inv.f} of process {p!r} completes with value {ev.value!r} but was "
-                f"invoked with {inv.value!r}",
-                number,
+                f"invoked with {inv.value!r}"
             )
         if ev.type == "info":
-            crashed[p] = number
+            crashed[p] = where
         status: Status = ev.type
         slots[slot] = Operation(
             index=slot,

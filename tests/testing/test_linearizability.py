@@ -519,3 +519,15 @@ def test_checker_agrees_with_brute_force(raw: list[tuple[Any, ...]]) -> None:
     expected = brute_force(ops)
     r = check(ops, time_budget=None)
     assert r.verdict is (Verdict.OK if expected else Verdict.NOT_LINEARIZABLE), r.summary()
+
+
+def test_errors_name_the_file_line_or_the_event_position() -> None:
+    lines = ["", '{"process": "nemesis", "type": "info", "f": "kill", "time": 0}', inv(1),
+             inv(1, t=1)]
+    with pytest.raises(HistoryError, match=r"^line 4: process 1 invokes write while its write "
+                                           r"invoked at line 3 is still open") as info:
+        pair_operations(load_history(lines))
+    assert info.value.line == 4
+    events = [Event(1, "invoke", "write", "k", "a", 0), Event(2, "ok", "write", "k", "a", 1)]
+    with pytest.raises(HistoryError, match=r"^event 2: ok write of process 2 without"):
+        pair_operations(events)
