@@ -512,14 +512,18 @@ def check(
         searches[key] = _KeySearch(key, by_key[key])
     deadline = None if time_budget is None else start + time_budget
     active = list(searches.values())
-    while active:
+    out_of_time = False
+    while active and not out_of_time:
         still = []
-        for s in active:
+        for i, s in enumerate(active):
             if not s.run_slice():
                 still.append(s)
+            if deadline is not None and _time.monotonic() >= deadline:
+                # Keys not reached in this round stay undecided too.
+                still.extend(active[i + 1:])
+                out_of_time = True
+                break
         active = still
-        if active and deadline is not None and _time.monotonic() >= deadline:
-            break
 
     results = {key: s.result() for key, s in searches.items()}
     verdicts = {r.verdict for r in results.values()}
