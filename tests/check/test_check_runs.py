@@ -1,0 +1,85 @@
+"""Real runs: node processes, proxies, faults, clients, checker, report, end to end.
+
+The two short runs must come out linearizable; the run against the deliberately broken build
+(stale local reads, RAFTLY_UNSAFE_STALE_READS) must be caught. Longer runs need --slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from raftly.check.runner import main
+
+
+def run_check(out: Path, *args: str) -> tuple[int, dict[str, object]]:
+    code = main([*args, "--out", str(out)])
+    result = json.loads((out / "result.json").read_text())
+    assert (out / "report.html").stat().st_size > 1000
+    assert (out / "history.jsonl").exists() and (out / "nemesis.jsonl").exists()
+    return code, result
+
+
+def assert_no_node_left(out: Path) -> None:
+    """Every node process was stopped: none of them still runs with this run's data dir."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "raftly.check.cluster" in cmd and str(out) in cmd:
+            os.kill(int(pid), signal.SIGKILL)
+            pytest.fail(f"node process {pid} outlived the run: {cmd!r}")
+
+
+def assert_passed(code: int, result: dict[str, object], out: Path) -> None:
+    assert code == 0, f"run failed, see {out / 'report.html'}: {result}"
+    assert result["verdict"] == "ok" and result["lost"] == [] and result["problems"] == []
+    counts = result["counts"]
+    assert isinstance(counts, dict) and counts["ok"] > 100
+    assert isinstance(result["faults"], int) and result["faults"] >= 2
+
+
+def test_partition_and_kill_three_nodes(tmp_path: Path) -> None:
+    out = tmp_path / "pk"
+    code, result = run_check(out, "--nodes", "3", "--time", "15", "--clients", "6",
+                             "--keys", "4", "--nemesis", "partition,kill", "--seed", "11")
+    assert_no_node_left(out)
+    assert_passed(code, result, out)
+
+
+def test_pause_and_kill_five_nodes(tmp_path: Path) -> None:
+    out = tmp_path / "pause"
+    code, result = run_check(out, "--nodes", "5", "--time", "15", "--clients", "6",
+                             "--keys", "4", "--nemesis", "pause,kill", "--seed", "12")
+    assert_no_node_left(out)
+    assert_passed(code, result, out)
+
+
+def test_the_harness_catches_stale_reads(tmp_path: Path) -> None:
+    """A build whose GETs skip ReadIndex, partitioned: a node cut off from the majority keeps
+    answering reads from its old state while the majority moves on."""
+    out = tmp_path / "broken"
+    code, result = run_check(out, "--nodes", "3", "--time", "10", "--clients", "6",
+                             "--keys", "2", "--nemesis", "partition", "--seed", "2",
+                             "--unsafe-stale-reads")
+    assert_no_node_left(out)
+    assert code == 1
+    assert result["verdict"] == "not linearizable"
+    report = (out / "report.html").read_text()
+    assert "Shortest anomaly" in report
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_sixty_seconds_all_nemeses(tmp_path: Path, seed: int) -> None:
+    out = tmp_path / f"long{seed}"
+    code, result = run_check(out, "--nodes", "5", "--time", "60", "--clients", "10",
+                             "--keys", "8", "--nemesis", "partition,kill,pause",
+                             "--seed", str(seed))
+    assert_no_node_left(out)
+    assert_passed(code, result, out)
