@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from raftly.check.history import HistoryWriter, OpF
+from raftly.check.history import Completion, HistoryWriter, OpF
 
 _SAFE_503 = ("no leader known", "not applied")
 """Substrings of a 503 body that mean the write was refused before it was proposed."""
@@ -56,7 +56,7 @@ class Workload:
 
 @dataclass
 class Outcome:
-    type: str  # ok / fail / info
+    type: Completion
     value: object = None
     node: str | None = None
     error: str | None = None
@@ -151,7 +151,7 @@ class ClientPool:
         if outcome.type == "ok":
             self._remember(key, result_value if f == "read" else
                            (value[1] if f == "cas" and isinstance(value, list) else value))
-        self.history.record(process, outcome.type, f, key, result_value,  # type: ignore[arg-type]
+        self.history.record(process, outcome.type, f, key, result_value,
                             node=outcome.node, error=outcome.error)
         return outcome
 

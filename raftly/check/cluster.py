@@ -130,7 +130,7 @@ class Cluster:
         cmd = [sys.executable, "-m", "raftly.check.cluster", "--cluster", str(node.cluster_file),
                "--id", name, "--data-dir", str(node.data_dir), "--fsync", self.fsync,
                "--tick", str(t.tick), "--heartbeat", str(t.heartbeat),
-               "--election", str(t.election)]
+               "--election", str(t.election), "--parent", str(os.getpid())]
         with node.log_file.open("ab") as log:
             log.write(f"--- start {node.starts + 1} at {time.time():.3f}\n".encode())
             log.flush()
@@ -203,6 +203,23 @@ class Cluster:
                     node.proc.wait(5)
 
 
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this node when the runner dies, so no node outlives a killed run.
+
+    Elsewhere (no prctl) the runner's ``close()`` is the only cleanup, which covers every exit
+    but a SIGKILL of the runner itself.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the runner died before prctl took effect
+        sys.exit(1)
+
+
 def _main(argv: list[str] | None = None) -> int:
     """The node process: serve one node with the given timing until SIGTERM."""
     from raftly.core.config import Config
@@ -216,7 +233,11 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--tick", type=float, default=Timing.tick)
     p.add_argument("--heartbeat", type=float, default=Timing.heartbeat)
     p.add_argument("--election", type=float, default=Timing.election)
+    p.add_argument("--parent", type=int, default=None,
+                   help="die with this process (the runner), even if it is SIGKILLed")
     args = p.parse_args(argv)
+    if args.parent is not None:
+        _die_with_parent(args.parent)
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s {args.id} %(name)s %(levelname)s %(message)s")
     config = Config(tick_interval=args.tick, heartbeat_interval=args.heartbeat,

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 OpType = Literal["invoke", "ok", "fail", "info"]
+Completion = Literal["ok", "fail", "info"]
 OpF = Literal["read", "write", "cas"]
 
 

@@ -62,6 +62,19 @@ def _fmt_op(op: Mapping[str, Any], t0: int) -> str:
             f"<td>{ms(op.get('call'))}</td><td>{ms(op.get('ret'))}</td></tr>")
 
 
+def describe_fault(f: str, value: object) -> str:
+    """A short human description of a fault (the nemesis log has the full detail)."""
+    if not isinstance(value, Mapping):
+        return f if value is None else f"{f} {json.dumps(value)}"
+    if f == "partition" and "groups" in value:
+        groups = " | ".join(" ".join(g) for g in value["groups"])
+        return f"partition {value.get('mode', '')}: {groups}"
+    if "nodes" in value:
+        aim = " (leader)" if value.get("mode") == "leader" else ""
+        return f"{f} {' '.join(value['nodes'])}{aim}"
+    return f"{f} {json.dumps(value)}"
+
+
 def _axis_x(t_end: float) -> list[str]:
     out = []
     step = _nice_step(t_end / 8 if t_end > 0 else 1)
@@ -94,7 +107,7 @@ def _shade(windows: Sequence[tuple[float, float, str, object]], t_end: float) ->
         x1 = _ML + (_W - _ML - _MR) * (end / t_end if t_end else 0)
         row = kinds.index(f)
         color = _FAULT_COLORS.get(f, "#777")
-        title = _esc(f"{f} {json.dumps(value)} {start:.2f}-{end:.2f}s")
+        title = _esc(f"{describe_fault(f, value)}, {start:.2f}-{end:.2f}s")
         out.append(f'<rect x="{x0:.1f}" y="{_MT + row * band:.1f}" width="{max(1.0, x1 - x0):.1f}"'
                    f' height="{band:.1f}" fill="{color}" fill-opacity="0.13">'
                    f"<title>{title}</title></rect>")
@@ -246,10 +259,10 @@ def render(result: Mapping[str, Any], ops: Sequence[dict[str, Any]],
     parts.append(latency_svg(pairs, t0, t_end, windows))
     if windows:
         parts.append("<h2>Faults</h2><table><tr><th>from (s)</th><th>to (s)</th><th>fault</th>"
-                     "<th>detail</th></tr>")
-        for s, e, f, v in windows:
-            parts.append(f"<tr><td>{s:.2f}</td><td>{e:.2f}</td><td>{_esc(f)}</td>"
-                         f"<td><code>{_esc(json.dumps(v))}</code></td></tr>")
+                     "</tr>")
+        for w_start, w_end, kind, detail in windows:
+            parts.append(f"<tr><td>{w_start:.2f}</td><td>{w_end:.2f}</td>"
+                         f"<td>{_esc(describe_fault(kind, detail))}</td></tr>")
         parts.append("</table>")
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -262,4 +275,4 @@ def write_report(path: str | Path, result: Mapping[str, Any], ops: Sequence[dict
     return path
 
 
-__all__ = ["latency_svg", "render", "throughput_svg", "write_report"]
+__all__ = ["describe_fault", "latency_svg", "render", "throughput_svg", "write_report"]

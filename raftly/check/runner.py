@@ -26,7 +26,10 @@ import contextlib
 import json
 import logging
 import random
+import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -85,9 +88,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminate(signum: int, frame: object) -> None:
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop the nodes and the proxies.
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str]) -> int:
     """Entry point of ``raftly check``; returns the exit status."""
     args = build_parser().parse_args(argv)
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None
+    try:
+        return _main(args)
+    except KeyboardInterrupt:
+        print("raftly check: interrupted; nodes and proxies stopped", file=sys.stderr)
+        return 130
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -213,7 +234,7 @@ async def final_reads(pool: ClientPool, cluster: Cluster, leader: str | None, ke
                     attempt % len(names)]
                 outcome = await pool.invoke(s, process, "read", key, None, node)
                 if outcome.type == "ok":
-                    final[key] = outcome.value  # type: ignore[assignment]
+                    final[key] = outcome.value if isinstance(outcome.value, str) else None
                     break
                 await asyncio.sleep(0.25)
             else:
@@ -291,7 +312,6 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
         views = {n.name: node_view(spec, n.name, {link: network.address(*link)
                                                   for link in network.links})
                  for n in spec.nodes}
-        import shutil
         shutil.rmtree(out / "data", ignore_errors=True)  # a fresh cluster every run
         cluster = Cluster(spec, views, out, timing=timing, fsync=fsync,
                           unsafe_stale_reads=unsafe_stale_reads)
@@ -302,7 +322,7 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
             pool = ClientPool({n.name: n.api.url for n in spec.nodes}, history, workload,
                               random.Random(rng.getrandbits(64)))
             nemesis = Nemesis(faults, _Target(network, cluster), nlog,
-                              lambda: find_leader(session, cluster))  # type: ignore[arg-type]
+                              lambda: find_leader(session, cluster))
             nem_task = asyncio.create_task(nemesis.run())
             try:
                 await pool.run(duration)

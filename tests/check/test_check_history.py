@@ -108,7 +108,7 @@ def test_outcomes_are_classified_conservatively() -> None:
         h = HistoryWriter()
         pool = ClientPool({"n1": base, "dead": "http://127.0.0.1:1"}, h,
                           Workload(op_timeout=0.5), random.Random(1))
-        got = []
+        got: list[tuple[str, str, str]] = []
         try:
             async with aiohttp.ClientSession() as s:
                 cases = [("read", "ok"), ("read", "missing"), ("read", "noleader"),

@@ -85,3 +85,12 @@ def test_check_a_history_file(tmp_path: Path, capsys: Any) -> None:
     assert main(["--history", str(good)]) == 0
     (tmp_path / "junk.jsonl").write_text("{not json\n")
     assert main(["--history", str(tmp_path / "junk.jsonl")]) == 2
+
+
+def test_fault_descriptions() -> None:
+    from raftly.check.report import describe_fault
+
+    assert describe_fault("partition", {"mode": "halves", "groups": [["n1", "n2"], ["n3"]],
+                                         "sees": {}}) == "partition halves: n1 n2 | n3"
+    assert describe_fault("kill", {"nodes": ["n2"], "mode": "leader"}) == "kill n2 (leader)"
+    assert describe_fault("pause", {"nodes": ["n1", "n3"], "mode": "random"}) == "pause n1 n3"
