@@ -62,6 +62,8 @@ def test_kill_9_of_the_leader_elects_a_new_one_and_loses_no_acknowledged_write(
         print(f"failover took {failover:.2f}s")
         assert new_leader != old_leader and new["term"] > old["term"]
         assert failover < FAILOVER_BOUND
+        # `raftly serve` logs each role change as one INFO line.
+        assert f"is leader in term {new['term']}" in cluster.nodes[new_leader].log_tail(1000)
         before = len(acked)
         wait_until("writes acknowledged by the new leader", lambda: len(acked) >= before + 20)
     finally:
