@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from raftly.core.config import Config
     from raftly.kv.cluster_file import ClusterFileError
     from raftly.kv.service import serve
+    from raftly.server import ServerStopped
     from raftly.storage import StorageError
 
     config = make_config(args.election_timeout, args.heartbeat)
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir) if args.data_dir else Path(DEFAULT_DATA_ROOT) / args.id
     try:
         asyncio.run(serve(args.cluster, args.id, data_dir, fsync=args.fsync, config=config))
-    except (ClusterFileError, StorageError) as exc:
+    except (ClusterFileError, StorageError, ServerStopped) as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:
         # Typically a port already in use: name it rather than print a traceback.

@@ -22,7 +22,7 @@ from raftly.core.config import Config
 from raftly.kv.cluster_file import Address, ClusterSpec, NodeSpec, load_cluster
 from raftly.kv.http import KVApi, Limits, make_runner
 from raftly.kv.state_machine import KVStateMachine
-from raftly.server.server import RaftServer
+from raftly.server.server import RaftServer, ServerStopped
 from raftly.storage import DiskStorage, MemoryStorage, Storage
 from raftly.transport import MemoryNetwork, TcpTransport, Transport
 
@@ -116,10 +116,17 @@ async def serve(cluster_file: str | Path, node_name: str, data_dir: str | Path, 
         # Not available on every platform's loop (Windows): then Ctrl-C raises as usual.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    stopping = asyncio.ensure_future(stop.wait())
+    failing = asyncio.ensure_future(node.server.wait_failed())
     try:
-        await stop.wait()
+        await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
+        if node.server.failure is not None:
+            # The server already logged the cause; the process must not linger half-alive.
+            raise ServerStopped(f"node {node_name} stopped: {node.server.failure}")
         logger.info("node %s shutting down", node_name)
     finally:
+        stopping.cancel()
+        failing.cancel()
         for sig in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)

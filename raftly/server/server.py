@@ -101,6 +101,7 @@ class RaftServer:
         self._applied = 0
         self._apply_waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._fatal: BaseException | None = None
+        self._failed = asyncio.Event()
         self._closed = False
         self._role: Role | None = None
         self._leader: NodeId | None = None
@@ -153,10 +154,22 @@ class RaftServer:
         if self._fatal is not None:
             return
         self._fatal = exc
+        self._failed.set()
         logger.critical("node %s stopped: %s", self.id, exc, exc_info=exc)
         for task in self._tasks:
             task.cancel()
         self._fail_waiters(ServerStopped(f"node stopped after a fatal error: {exc}"))
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The error that stopped the node, if one did."""
+        return self._fatal
+
+    async def wait_failed(self) -> BaseException:
+        """Return (the error) once the node has stopped after a fatal error."""
+        await self._failed.wait()
+        assert self._fatal is not None
+        return self._fatal
 
     @property
     def node(self) -> RaftNode:

@@ -244,3 +244,24 @@ def test_a_crashing_state_machine_stops_the_node_loudly(caplog: pytest.LogCaptur
 
     run(body)
     assert any("stopped" in r.message and r.levelname == "CRITICAL" for r in caplog.records)
+
+
+def test_wait_failed_returns_the_error_that_stopped_the_node() -> None:
+    async def body() -> None:
+        c = Cluster(1)
+        server = RaftServer(1, storage=MemoryStorage(), transport=c.net.transport(1),
+                            state_machine=Exploding(), bootstrap=frozenset({1}), config=FAST)
+        c.servers[1] = server
+        await server.start()
+        try:
+            await c.leader()
+            assert server.failure is None
+            waiter = asyncio.ensure_future(server.wait_failed())
+            with pytest.raises(ServerStopped):
+                await server.propose(b"boom")
+            error = await asyncio.wait_for(waiter, 5)
+            assert isinstance(error, RuntimeError) and server.failure is error
+        finally:
+            await c.close()
+
+    run(body)
