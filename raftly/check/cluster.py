@@ -1,20 +1,20 @@
 """The node processes of a checked cluster: start, SIGKILL, restart, SIGSTOP/SIGCONT, stop.
 
-Each node is a separate Python process running ``raftly.kv.service.serve`` with fast election
-settings, in a process group of its own (``start_new_session``) so a signal reaches the node and
+Each node is a separate ``raftly serve`` process, unmodified, with fast election settings, in
+a process group of its own (``start_new_session``) so a signal reaches the node and
 anything it started, and so that Ctrl-C on the runner does not hit the nodes before the runner
 has recorded what happened. Every node gets its own cluster file in which the Raft address of
 every *other* node is the proxy port of that directed link (see ``proxy``); its own entry and
 every API address are real.
 
-Run as ``python -m raftly.check.cluster --cluster FILE --id NAME --data-dir DIR ...`` this module
-is the node itself (the equivalent of ``raftly serve`` plus timing overrides).
+A node is started as ``python -m raftly.check.cluster --parent PID -- SERVE-ARGS``: that small
+launcher asks Linux to kill it when the runner dies (``PR_SET_PDEATHSIG``, which survives
+``exec``) and then execs ``python -m raftly.cli serve SERVE-ARGS`` in the same process, so the
+node is exactly ``raftly serve`` and no node outlives even a SIGKILLed runner.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import contextlib
 import logging
 import os
@@ -34,9 +34,11 @@ logger = logging.getLogger("raftly.check.cluster")
 
 @dataclass(frozen=True)
 class Timing:
-    """Fast Raft timing for checks: elections within a second instead of seconds."""
+    """Fast Raft timing for checks: elections within a second instead of seconds.
 
-    tick: float = 0.01
+    ``raftly serve`` picks the tick itself (at most half a heartbeat).
+    """
+
     heartbeat: float = 0.05
     election: float = 0.3  # a follower waits 300-600 ms (the core draws from [t, 2t))
 
@@ -127,10 +129,10 @@ class Cluster:
         if self.unsafe_stale_reads:
             env[UNSAFE_STALE_READS_ENV] = "1"
         t = self.timing
-        cmd = [sys.executable, "-m", "raftly.check.cluster", "--cluster", str(node.cluster_file),
-               "--id", name, "--data-dir", str(node.data_dir), "--fsync", self.fsync,
-               "--tick", str(t.tick), "--heartbeat", str(t.heartbeat),
-               "--election", str(t.election), "--parent", str(os.getpid())]
+        cmd = [sys.executable, "-m", "raftly.check.cluster", "--parent", str(os.getpid()), "--",
+               "--cluster", str(node.cluster_file), "--id", name,
+               "--data-dir", str(node.data_dir), "--fsync", self.fsync,
+               "--heartbeat", str(t.heartbeat), "--election-timeout", str(t.election)]
         with node.log_file.open("ab") as log:
             log.write(f"--- start {node.starts + 1} at {time.time():.3f}\n".encode())
             log.flush()
@@ -220,31 +222,14 @@ def _die_with_parent(parent: int) -> None:
         sys.exit(1)
 
 
-def _main(argv: list[str] | None = None) -> int:
-    """The node process: serve one node with the given timing until SIGTERM."""
-    from raftly.core.config import Config
-    from raftly.kv.service import serve
-
-    p = argparse.ArgumentParser(prog="python -m raftly.check.cluster")
-    p.add_argument("--cluster", required=True)
-    p.add_argument("--id", required=True)
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--fsync", choices=("always", "never"), default="always")
-    p.add_argument("--tick", type=float, default=Timing.tick)
-    p.add_argument("--heartbeat", type=float, default=Timing.heartbeat)
-    p.add_argument("--election", type=float, default=Timing.election)
-    p.add_argument("--parent", type=int, default=None,
-                   help="die with this process (the runner), even if it is SIGKILLed")
-    args = p.parse_args(argv)
-    if args.parent is not None:
-        _die_with_parent(args.parent)
-    logging.basicConfig(level=logging.INFO,
-                        format=f"%(asctime)s {args.id} %(name)s %(levelname)s %(message)s")
-    config = Config(tick_interval=args.tick, heartbeat_interval=args.heartbeat,
-                    election_timeout=args.election)
-    asyncio.run(serve(args.cluster, args.id, args.data_dir, fsync=args.fsync, config=config))
-    return 0
+def _main(argv: list[str]) -> int:
+    """The launcher: ``--parent PID -- SERVE-ARGS``; becomes ``raftly serve SERVE-ARGS``."""
+    if len(argv) < 3 or argv[0] != "--parent" or argv[2] != "--":
+        print("usage: python -m raftly.check.cluster --parent PID -- SERVE-ARGS", file=sys.stderr)
+        return 2
+    _die_with_parent(int(argv[1]))
+    os.execv(sys.executable, [sys.executable, "-m", "raftly.cli", "serve", *argv[3:]])
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    sys.exit(_main(sys.argv[1:]))
