@@ -3,7 +3,8 @@
 Two independent timelines run side by side, so faults overlap the way real ones do:
 
 - the network timeline (``partition``): random halves, a majority ring (every node sees a
-  majority, no two nodes see the same one) and an isolated leader;
+  majority, no two nodes see the same one) and an isolated leader; each cut is either silent
+  (a black hole: dialers time out) or loud (connections reset and refused);
 - the process timeline (``kill``, ``pause``): SIGKILL then restart, or SIGSTOP then SIGCONT, of a
   minority of nodes, aimed at the leader half of the time (leaders are where the bugs live).
 
@@ -44,6 +45,8 @@ class Fault:
     order: tuple[str, ...]
     count: int = 1
     """How many nodes a process fault hits (always a minority)."""
+    cut: str = "drop"
+    """How a partition cuts a link: ``drop`` (black hole) or ``reset`` (refuse); see proxy."""
 
 
 def parse_nemeses(text: str) -> tuple[str, ...]:
@@ -78,13 +81,15 @@ def schedule(seed: int, nodes: Sequence[str], duration: float, nemeses: Sequence
             d = min(rng.uniform(*hold), duration - t)
             kind = rng.choice(kinds)
             order = tuple(rng.sample(names, len(names)))
+            cut = "drop"
             if kind == "partition":
                 mode = rng.choice(PARTITIONS)
                 count = 0
+                cut = rng.choice(("drop", "reset"))
             else:
                 mode = "leader" if rng.random() < 0.5 else "random"
                 count = rng.randint(1, minority)
-            faults.append(Fault(round(t, 3), round(d, 3), kind, mode, order, count))
+            faults.append(Fault(round(t, 3), round(d, 3), kind, mode, order, count, cut))
             t += d + rng.uniform(*gap)
     return sorted(faults, key=lambda f: (f.at, f.kind))
 
@@ -135,7 +140,7 @@ def process_targets(fault: Fault, leader: str | None) -> list[str]:
 class Target:
     """What the nemesis acts on; the runner implements it over the proxies and processes."""
 
-    def apply_view(self, sees: dict[str, set[str]]) -> None: ...
+    def apply_view(self, sees: dict[str, set[str]], cut: str) -> None: ...
     def heal_network(self) -> None: ...
     def kill(self, name: str) -> None: ...
     def restart(self, name: str) -> None: ...
@@ -181,10 +186,11 @@ class Nemesis:
         if fault.kind == "partition":
             sees = partition_groups(fault.mode, fault.order, leader)
             groups = sorted({tuple(sorted(v)) for v in sees.values()})
-            fid = self.log.start("partition", {"mode": fault.mode, "leader": leader,
+            fid = self.log.start("partition", {"mode": fault.mode, "cut": fault.cut,
+                                               "leader": leader,
                                                "sees": {k: sorted(v) for k, v in sees.items()},
                                                "groups": [list(g) for g in groups]})
-            self.target.apply_view(sees)
+            self.target.apply_view(sees, fault.cut)
             try:
                 await asyncio.sleep(fault.duration)
             finally:

@@ -68,7 +68,8 @@ def describe_fault(f: str, value: object) -> str:
         return f if value is None else f"{f} {json.dumps(value)}"
     if f == "partition" and "groups" in value:
         groups = " | ".join(" ".join(g) for g in value["groups"])
-        return f"partition {value.get('mode', '')}: {groups}"
+        how = f" ({value['cut']})" if "cut" in value else ""
+        return f"partition {value.get('mode', '')}{how}: {groups}"
     if "nodes" in value:
         aim = " (leader)" if value.get("mode") == "leader" else ""
         return f"{f} {' '.join(value['nodes'])}{aim}"

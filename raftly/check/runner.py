@@ -161,8 +161,8 @@ class _Target(Target):
         self.network = network
         self.cluster = cluster
 
-    def apply_view(self, sees: dict[str, set[str]]) -> None:
-        self.network.apply_view(sees)
+    def apply_view(self, sees: dict[str, set[str]], cut: str) -> None:
+        self.network.apply_view(sees, "reset" if cut == "reset" else "drop")
 
     def heal_network(self) -> None:
         self.network.heal()

@@ -36,7 +36,7 @@ def test_schedule_shape() -> None:
             assert 0 < f.at < 60 and f.at + f.duration <= 60 + 1e-6
             assert sorted(f.order) == NODES5
             if f.kind == "partition":
-                assert f.mode in PARTITIONS
+                assert f.mode in PARTITIONS and f.cut in ("drop", "reset")
             else:
                 assert f.mode in ("leader", "random") and 1 <= f.count <= 2
         # One timeline per class of fault: faults of a timeline never overlap each other.

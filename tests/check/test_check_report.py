@@ -92,5 +92,7 @@ def test_fault_descriptions() -> None:
 
     assert describe_fault("partition", {"mode": "halves", "groups": [["n1", "n2"], ["n3"]],
                                          "sees": {}}) == "partition halves: n1 n2 | n3"
+    assert describe_fault("partition", {"mode": "ring", "groups": [["a"]], "cut": "reset"}
+                          ) == "partition ring (reset): a"
     assert describe_fault("kill", {"nodes": ["n2"], "mode": "leader"}) == "kill n2 (leader)"
     assert describe_fault("pause", {"nodes": ["n1", "n3"], "mode": "random"}) == "pause n1 n3"
