@@ -23,7 +23,7 @@ from raftly.core.errors import NotLeader, ProposalDropped
 from raftly.core.messages import Message
 from raftly.core.node import RaftNode, Ready, Role
 from raftly.core.state_machine import StateMachine
-from raftly.core.types import ConfState, Entry, EntryType, NodeId
+from raftly.core.types import ConfState, Entry, EntryType, HardState, NodeId
 from raftly.storage.base import Storage
 from raftly.transport.base import Transport
 
@@ -105,6 +105,8 @@ class RaftServer:
         self._closed = False
         self._role: Role | None = None
         self._leader: NodeId | None = None
+        self._saved_hard_state = HardState()
+        # fsyncs counts the saves that must reach the disk (entries, or a new term or vote).
         self.stats = {"fsyncs": 0, "entries_persisted": 0, "readies": 0}
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -116,6 +118,7 @@ class RaftServer:
                                        ConfState(frozenset(self._bootstrap)))
         state = await loop.run_in_executor(self._disk, self._storage.load)
         self._node = RaftNode(self.id, state, self.config, self._rng)
+        self._saved_hard_state = state.hard_state
         self._applied = state.snapshot.index
         logger.info("node %s starting: term %d, %d entries, commit %d, members %s", self.id,
                     state.hard_state.term, len(state.entries), state.hard_state.commit,
@@ -291,11 +294,19 @@ class RaftServer:
             self._wake.clear()
             while node.has_ready():
                 rd = node.ready()
-                if rd.hard_state is not None or rd.entries:
+                if rd.entries or (rd.hard_state is not None
+                                  and not rd.hard_state.same_election(self._saved_hard_state)):
                     await loop.run_in_executor(self._disk, self._storage.save, rd.hard_state,
                                                rd.entries)
                     self.stats["fsyncs"] += 1
                     self.stats["entries_persisted"] += len(rd.entries)
+                elif rd.hard_state is not None:
+                    # A change of the commit index alone does no I/O (Storage contract: it is
+                    # written lazily), so it skips the thread hop of a real save. Nothing else
+                    # calls the storage meanwhile: every save is awaited here, in order.
+                    self._storage.save(rd.hard_state, ())
+                if rd.hard_state is not None:
+                    self._saved_hard_state = rd.hard_state
                 self.stats["readies"] += 1
                 for msg in rd.messages:
                     self._transport.send(msg)
