@@ -11,9 +11,17 @@ conservatively, because a ``fail`` tells the checker the op *certainly* did not 
   claiming it did not happen is always safe.
 - ``503`` on a write whose body says the node refused before proposing (no leader known, or
   "not applied, safe to retry": Busy, dropped, replaced by a new leader's entry) -> fail.
-- a refused TCP connection -> fail (nothing was sent).
+- a refused TCP connection -> fail (nothing was sent), but only when it was the request's one
+  and only connection attempt (see ``open_session``).
 - anything else on a write (timeout, connection lost mid-request, ``504``, ``500``, an unexpected
   status or body) -> info: it may have happened, now or later.
+
+aiohttp silently resends an "idempotent" request (PUT is one) once when its connection drops;
+for a write that may already have been applied that second attempt is wrong twice over: it is
+a second attempt, and when it is refused the op would be recorded as a certain ``fail``. A real
+run caught exactly that (a write proposed on a leader that was then SIGKILLed, read back later,
+recorded as failed). ``open_session`` turns the resend off and counts connection attempts per
+request, so a refused connection counts as "not sent" only if it was the first attempt.
 
 A process that got ``info`` may still have its op take effect at any later time, so it never
 issues again: the worker continues as a new process number (the Jepsen convention).
@@ -28,6 +36,7 @@ import itertools
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from urllib.parse import quote
 
 import aiohttp
@@ -36,6 +45,32 @@ from raftly.check.history import Completion, HistoryWriter, OpF
 
 _SAFE_503 = ("no leader known", "not applied")
 """Substrings of a 503 body that mean the write was refused before it was proposed."""
+
+
+async def _count_connect(session: aiohttp.ClientSession, ctx: SimpleNamespace,
+                         params: aiohttp.TraceConnectionCreateStartParams) -> None:
+    attempts = ctx.trace_request_ctx
+    if isinstance(attempts, SimpleNamespace):
+        attempts.connects += 1
+
+
+def open_session() -> aiohttp.ClientSession:
+    """An aiohttp session for one-attempt ops: a fresh connection per request, no resends."""
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_start.append(_count_connect)
+    # A fresh connection per request: a pooled connection to a node that was since killed
+    # would fail mid-request (unknown outcome), where a new one is cleanly refused.
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True),
+                                    trace_configs=[trace])
+    # No public switch exists for the resend of idempotent requests (see the module
+    # docstring); the attempt count below keeps classification safe if this ever stops working.
+    if hasattr(session, "_retry_connection"):
+        session._retry_connection = False
+    return session
+
+
+class _Resent(Exception):
+    """A request made more than one connection attempt: its first may have been delivered."""
 
 
 @dataclass(frozen=True)
@@ -80,10 +115,7 @@ class ClientPool:
 
     async def run(self, duration: float) -> None:
         """Run every worker for ``duration`` seconds; ops in flight then finish or time out."""
-        # A fresh connection per request: a pooled connection to a node that was since killed
-        # would fail mid-request (unknown outcome), where a new one is cleanly refused.
-        connector = aiohttp.TCPConnector(limit=0, force_close=True)
-        async with aiohttp.ClientSession(connector=connector) as session:
+        async with open_session() as session:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + duration
             workers = [asyncio.create_task(self._worker(session, deadline, random.Random(
@@ -141,8 +173,11 @@ class ClientPool:
                 outcome = await self._attempt(session, f, key, value, node)
         except TimeoutError:
             outcome = Outcome("fail" if f == "read" else "info", node=node, error="timeout")
+        except _Resent as exc:
+            outcome = Outcome("fail" if f == "read" else "info", node=node, error=str(exc))
         except aiohttp.ClientConnectorError as exc:
-            # The connection was never established: the request was not sent anywhere.
+            # The only connection attempt of this hop failed: the request was not sent. (An
+            # earlier hop, if any, answered 307: nothing was proposed there either.)
             outcome = Outcome("fail", node=node, error=f"connect: {exc.os_error}")
         except (aiohttp.ClientError, OSError) as exc:
             outcome = Outcome("fail" if f == "read" else "info", node=node,
@@ -170,8 +205,16 @@ class ClientPool:
             data = str(value[1]).encode()
         at = node
         for _hop in range(3):
-            async with session.request(method, url, params=params if at == node else None,
-                                       data=data, allow_redirects=False) as resp:
+            attempts = SimpleNamespace(connects=0)
+            try:
+                resp = await session.request(method, url, params=params if at == node else None,
+                                             data=data, allow_redirects=False,
+                                             trace_request_ctx=attempts)
+            except aiohttp.ClientConnectorError as exc:
+                if attempts.connects > 1:
+                    raise _Resent(f"resent after a lost connection, then: {exc}") from exc
+                raise
+            async with resp:
                 body = await resp.read()
                 status = resp.status
                 if status == 307 and "Location" in resp.headers:

@@ -36,7 +36,7 @@ from typing import Any
 
 import aiohttp
 
-from raftly.check.clients import ClientPool, Workload
+from raftly.check.clients import ClientPool, Workload, open_session
 from raftly.check.cluster import Cluster, Timing, node_view, plan_cluster
 from raftly.check.history import HistoryWriter, NemesisLog
 from raftly.check.nemesis import Nemesis, Target, parse_nemeses, schedule
@@ -227,7 +227,7 @@ async def final_reads(pool: ClientPool, cluster: Cluster, leader: str | None, ke
     problems = []
     process = pool.next_process()
     names = cluster.names
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+    async with open_session() as s:
         for key in keys:
             for attempt in range(attempts):
                 node = leader if leader is not None and attempt % 2 == 0 else names[

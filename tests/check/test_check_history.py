@@ -145,6 +145,33 @@ def test_outcomes_are_classified_conservatively() -> None:
     ]
 
 
+def test_a_write_cut_off_by_a_kill_is_unknown_not_failed() -> None:
+    """The node takes the request, dies before answering, and is gone (refuses) afterwards.
+
+    aiohttp on its own would resend the PUT, be refused, and the op would look certainly
+    failed although the dead node may have committed it (a real run caught this)."""
+    async def body() -> tuple[str, str | None]:
+        server: asyncio.Server | None = None
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(1000)  # the request arrived...
+            assert server is not None
+            server.close()  # ...the node dies: later connections are refused
+            writer.transport.abort()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = ClientPool({"n1": f"http://127.0.0.1:{port}"}, HistoryWriter(), Workload(),
+                          random.Random(1))
+        from raftly.check.clients import open_session
+        async with open_session() as s:
+            out = await pool.invoke(s, 1, "write", "k", "v1-1", "n1")
+        return out.type, out.error
+
+    kind, error = asyncio.run(asyncio.wait_for(body(), 20))
+    assert kind == "info", error
+
+
 def test_worker_retires_a_process_after_info() -> None:
     async def body() -> list[dict[str, Any]]:
         runner, base = await fake_node({f"k{i}": "hang" for i in range(2)})
