@@ -76,6 +76,48 @@ def describe_fault(f: str, value: object) -> str:
     return f"{f} {json.dumps(value)}"
 
 
+def _values_of(op: Mapping[str, Any]) -> set[str]:
+    out = set()
+    for v in (op.get("output"), op.get("value")):
+        for x in (v if isinstance(v, list | tuple) else [v]):
+            if isinstance(x, str):
+                out.add(x)
+    return out
+
+
+def _related(anomaly: Mapping[str, Any],
+             pairs: Sequence[tuple[dict[str, Any], dict[str, Any] | None]], t0: int,
+             limit: int = 20) -> list[str]:
+    """Every recorded write or cas of a value the anomaly mentions, with its raw outcome.
+
+    The checker drops failed ops, so an anomaly such as "read a value no op ever wrote" is
+    explained here: the write was recorded, with the error that made it look failed.
+    """
+    values = set()
+    for op in anomaly.get("ops", []):
+        values |= _values_of(op)
+    rows = []
+    for inv, done in pairs:
+        if inv.get("key") != anomaly.get("key") or inv.get("f") not in ("write", "cas"):
+            continue
+        v = inv.get("value")
+        written = v[1] if inv.get("f") == "cas" and isinstance(v, list) else v
+        if written not in values:
+            continue
+        ret = "∞" if done is None else f"{(done['time'] - t0) / 1e6:.1f}"
+        rows.append(f"<tr><td>p{_esc(inv.get('process'))}</td><td><code>{_esc(inv.get('f'))} "
+                    f"{_esc(json.dumps(v))}</code></td>"
+                    f"<td>{_esc(done['type'] if done else 'never completed')}</td>"
+                    f"<td>{(inv['time'] - t0) / 1e6:.1f}</td><td>{ret}</td>"
+                    f"<td>{_esc((done or {}).get('node', ''))}</td>"
+                    f"<td>{_esc((done or {}).get('error', ''))}</td></tr>")
+    if not rows:
+        return []
+    return ["<p>As recorded (including ops the checker set aside as failed):</p>"
+            "<table><tr><th>process</th><th>op</th><th>outcome</th><th>invoked (ms)</th>"
+            "<th>returned (ms)</th><th>node</th><th>error</th></tr>", *rows[:limit], "</table>"]
+
+
 def _axis_x(t_end: float) -> list[str]:
     out = []
     step = _nice_step(t_end / 8 if t_end > 0 else 1)
@@ -237,6 +279,7 @@ def render(result: Mapping[str, Any], ops: Sequence[dict[str, Any]],
                      "<th>invoked (ms)</th><th>returned (ms)</th></tr>")
         parts += [_fmt_op(op, t0) for op in shortest.get("ops", [])]
         parts.append("</table>")
+        parts += _related(shortest, pairs, t0)
     if lost is not None:
         parts.append("<h2>Final reads and lost writes</h2>")
         parts.append("<table><tr><th>key</th><th>final value</th></tr>" + "".join(

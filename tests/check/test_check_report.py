@@ -58,6 +58,19 @@ def test_report_of_a_stale_read(tmp_path: Path) -> None:
         assert svg.count("fill-opacity=\"0.13\"") == 2
     assert svgs[1].count("<circle") == 6  # one latency dot per completed op
     assert "No acknowledged write is missing" in text
+    # The raw records of the writes involved are listed too.
+    assert "As recorded" in text
+
+
+def test_report_explains_a_value_nobody_wrote() -> None:
+    ops = [op(1, "invoke", "write", "k", "v1", 0),
+           op(1, "fail", "write", "k", "v1", 5) | {"error": "connect: refused", "node": "n3"},
+           op(2, "invoke", "read", "k", None, 10), op(2, "ok", "read", "k", "v1", 20)]
+    result = check(load_history(ops))
+    assert not result.ok
+    text = render(result.to_dict(), ops)
+    related = text.split("As recorded", 1)[1].split("</table>", 1)[0]
+    assert "connect: refused" in related and "n3" in related and ">fail<" in related
 
 
 def test_report_of_a_good_history_and_lost_writes(tmp_path: Path) -> None:
