@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from raftly.core.config import Config
@@ -58,11 +58,16 @@ class ReadState:
 class Ready:
     """One batch of work for the driver, to be done in this order:
 
-    1. persist ``entries`` (replacing any stored suffix they overlap), then ``hard_state`` if set,
+    1. send ``early_messages``: they may go before or while step 2 runs;
+    2. persist ``entries`` (replacing any stored suffix they overlap), then ``hard_state`` if set,
        durably, in one group commit;
-    2. send ``messages`` (they may depend on what step 1 made durable);
-    3. apply ``committed_entries`` in order, and serve ``read_states`` once applied;
-    4. call ``advance(ready)``.
+    3. send ``messages`` (they may depend on what step 2 made durable);
+    4. apply ``committed_entries`` in order, and serve ``read_states`` once applied;
+    5. call ``advance(ready)``.
+
+    ``early_messages`` are a leader's AppendEntries and heartbeats: the leader writes its log in
+    parallel with replicating it (Raft thesis, 10.2.1), which is safe because it counts itself
+    towards a commit only for entries reported durable through ``advance``.
     """
 
     hard_state: HardState | None
@@ -70,6 +75,7 @@ class Ready:
     messages: list[Message]
     committed_entries: list[Entry]
     read_states: list[ReadState]
+    early_messages: list[Message] = field(default_factory=list)
 
 
 @dataclass(slots=True, frozen=True)
@@ -123,6 +129,7 @@ class RaftNode:
         self._reset_election_timer()
 
         self._messages: list[Message] = []
+        self._early_messages: list[Message] = []
         self._read_states: list[ReadState] = []
         self._read_seq = 0
         self._read_acked: dict[NodeId, int] = {}
@@ -224,7 +231,7 @@ class RaftNode:
         # Called after every input by every driver: kept free of allocations.
         if self._pending_append:
             self._flush_appends()
-        if self._messages or self._read_states:
+        if self._messages or self._early_messages or self._read_states:
             return True
         log = self.log
         if log.unstable_from <= log.last_index or log.applied < log.commit:
@@ -242,11 +249,13 @@ class RaftNode:
             hard_state=hs if hs != self._persisted_hs else None,
             entries=self.log.take_unstable(),
             messages=self._messages,
+            early_messages=self._early_messages,
             committed_entries=self.log.take_committed(),
             read_states=self._read_states,
         )
         self._persisted_hs = hs
         self._messages = []
+        self._early_messages = []
         self._read_states = []
         self._outstanding = rd
         return rd
@@ -662,4 +671,10 @@ class RaftNode:
     # -- plumbing -------------------------------------------------------------------------------
 
     def _send(self, msg: Message) -> None:
-        self._messages.append(msg)
+        if (self.role is Role.LEADER and isinstance(msg, (AppendEntries, Heartbeat))
+                and self._persisted_hs.term == self.term):
+            # Replication depends on nothing this node has yet to make durable: its term was
+            # persisted before it asked for votes, and its own entries count only once durable.
+            self._early_messages.append(msg)
+        else:
+            self._messages.append(msg)

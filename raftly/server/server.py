@@ -294,6 +294,8 @@ class RaftServer:
             self._wake.clear()
             while node.has_ready():
                 rd = node.ready()
+                for msg in rd.early_messages:
+                    self._transport.send(msg)
                 if rd.entries or (rd.hard_state is not None
                                   and not rd.hard_state.same_election(self._saved_hard_state)):
                     await loop.run_in_executor(self._disk, self._storage.save, rd.hard_state,

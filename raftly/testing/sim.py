@@ -183,6 +183,8 @@ class SimCluster:
         try:
             while node.has_ready():
                 rd = node.ready()
+                for msg in rd.early_messages:
+                    self._send(msg)
                 member.storage.save(rd.hard_state, rd.entries)
                 if rd.entries:
                     checker.on_persist(node, rd.entries)

@@ -96,7 +96,7 @@ def flush(node: RaftNode) -> Output:
         if rd.hard_state is not None:
             out.hard_states.append(rd.hard_state)
         out.entries += rd.entries
-        out.messages += rd.messages
+        out.messages += rd.early_messages + rd.messages
         out.committed += rd.committed_entries
         out.read_states += rd.read_states
         node.advance(rd)

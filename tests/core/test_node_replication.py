@@ -307,7 +307,7 @@ def test_proposals_between_two_readies_become_one_append_per_follower() -> None:
         assert leader.propose(f"c{n}".encode()) == first + n
     rd = leader.ready()
     assert [e.index for e in rd.entries] == list(range(first, first + 10))
-    sends = [m for m in rd.messages if isinstance(m, AppendEntries)]
+    sends = [m for m in rd.early_messages if isinstance(m, AppendEntries)]
     assert sorted(m.dst for m in sends) == [2, 3]
     for m in sends:
         assert [e.index for e in m.entries] == list(range(first, first + 10))
@@ -533,3 +533,29 @@ def test_a_follower_far_behind_gets_a_full_window_of_appends_per_ack() -> None:
     leader.step(ack(leader, 2, first + 1))  # frees one slot
     more = flush(leader).of(AppendEntries, dst=2)
     assert [[e.index for e in m.entries] for m in more] == [[first + 6, first + 7]]
+
+
+def test_leader_replicates_while_persisting_but_counts_itself_only_once_durable() -> None:
+    leader = leader_with()
+    before = leader.log.commit
+    index = leader.propose(b"x")
+    rd = leader.ready()
+    # The leader's appends may go out before its own fsync (Raft thesis 10.2.1) ...
+    assert {type(m) for m in rd.early_messages} == {AppendEntries}
+    assert not any(isinstance(m, AppendEntries) for m in rd.messages)
+    # ... because its own copy counts only once advance() reports it durable.
+    leader.step(ack(leader, 2, index))
+    assert leader.log.commit == before
+    leader.step(ack(leader, 3, index))  # two followers are a majority without the leader
+    assert leader.log.commit == index
+    leader.advance(rd)
+
+
+def test_a_followers_answer_waits_for_its_disk() -> None:
+    follower = new_node(2, terms=(1,), term=1)
+    follower.step(append(follower, src=1, prev_index=1, prev_term=1,
+                         entries=[Entry(2, 1, b"x")]))
+    rd = follower.ready()
+    assert rd.entries == [Entry(2, 1, b"x")]
+    assert rd.early_messages == []
+    assert [type(m) for m in rd.messages] == [AppendEntriesResponse]
