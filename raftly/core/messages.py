@@ -72,17 +72,18 @@ class AppendEntriesResponse(Message):
 class Heartbeat(Message):
     """Leader liveness; ``commit`` is capped at what the follower is known to hold.
 
-    ``read_seq``, when not 0, numbers the round of ReadIndex confirmations this heartbeat is
-    part of; the follower echoes it back.
+    ``seq`` numbers the leader's heartbeat rounds; the follower echoes it back, which both
+    confirms leadership for the ReadIndex requests of rounds up to ``seq`` and tells the leader
+    which appends, sent before the round, must have arrived.
     """
 
     commit: int
-    read_seq: int = 0
+    seq: int = 0
 
 
 @dataclass(slots=True, kw_only=True)
 class HeartbeatResponse(Message):
-    read_seq: int = 0
+    seq: int = 0
 
 
 @dataclass(slots=True, kw_only=True)

@@ -122,6 +122,7 @@ class RaftNode:
         self._refresh_conf()
         self._pending_append: set[NodeId] = set()
         self._transferee: NodeId | None = None
+        self._transfer_elapsed = 0
 
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
@@ -131,12 +132,14 @@ class RaftNode:
         self._messages: list[Message] = []
         self._early_messages: list[Message] = []
         self._read_states: list[ReadState] = []
-        self._read_seq = 0
-        self._read_acked: dict[NodeId, int] = {}
-        """Per follower, the newest read round it answered in this term of leadership."""
+        self._heartbeat_seq = 0
+        """The newest heartbeat round broadcast (it only grows, across terms too)."""
+        self._heartbeat_acked: dict[NodeId, int] = {}
+        """Per follower, the newest heartbeat round it answered while we lead."""
+        self._read_round_needed = False
         self._pending_reads: deque[_PendingRead] = deque()
         self._reads_awaiting_commit: list[tuple[bytes, NodeId]] = []
-        self._persisted_hs = hs
+        self._handed_out_hs = hs
         self._outstanding: Ready | None = None
 
     # -- inspection -----------------------------------------------------------------------------
@@ -199,7 +202,7 @@ class RaftNode:
         if target == self.id or target == self._transferee:
             return
         self._transferee = target
-        self._election_elapsed = 0
+        self._transfer_elapsed = 0
         if self._progress[target].match == self.log.last_index:
             self._send(TimeoutNow(term=self.term, src=self.id, dst=target))
         else:
@@ -229,15 +232,26 @@ class RaftNode:
     def has_ready(self) -> bool:
         """Whether ``ready()`` would return any work."""
         # Called after every input by every driver: kept free of allocations.
-        if self._pending_append:
+        if self._pending_append or self._read_round_needed:
             self._flush_appends()
         if self._messages or self._early_messages or self._read_states:
             return True
         log = self.log
         if log.unstable_from <= log.last_index or log.applied < log.commit:
             return True
-        hs = self._persisted_hs
+        hs = self._handed_out_hs
         return hs.term != self.term or hs.vote != self.vote or hs.commit != log.commit
+
+    def take_early_messages(self) -> list[Message]:
+        """A leader's appends and heartbeats, to send now rather than with the next Ready.
+
+        A driver calls this after each input while a Ready is still being persisted, so that
+        heartbeats and replication keep flowing however slow the disk is. What it returns
+        depends on nothing that is not yet durable (see ``Ready``).
+        """
+        self._flush_appends()
+        messages, self._early_messages = self._early_messages, []
+        return messages
 
     def ready(self) -> Ready:
         """Hand out the pending work. The previous Ready must have been advanced."""
@@ -246,14 +260,14 @@ class RaftNode:
         self._flush_appends()
         hs = self.hard_state
         rd = Ready(
-            hard_state=hs if hs != self._persisted_hs else None,
+            hard_state=hs if hs != self._handed_out_hs else None,
             entries=self.log.take_unstable(),
             messages=self._messages,
             early_messages=self._early_messages,
             committed_entries=self.log.take_committed(),
             read_states=self._read_states,
         )
-        self._persisted_hs = hs
+        self._handed_out_hs = hs
         self._messages = []
         self._early_messages = []
         self._read_states = []
@@ -296,7 +310,8 @@ class RaftNode:
         self._progress.clear()
         self._pending_append.clear()
         self._transferee = None
-        self._read_acked.clear()
+        self._heartbeat_acked.clear()
+        self._read_round_needed = False
         self._pending_reads.clear()
         self._reads_awaiting_commit.clear()
 
@@ -431,13 +446,15 @@ class RaftNode:
         self._heartbeat_elapsed += 1
         if self._heartbeat_elapsed >= self.config.heartbeat_ticks:
             self._heartbeat_elapsed = 0
-            self._broadcast_heartbeat(self._read_seq if self._pending_reads else 0)
+            self._broadcast_heartbeat()
+        if self._transferee is not None:
+            self._transfer_elapsed += 1
+            if self._transfer_elapsed >= self.config.election_ticks:
+                self._transferee = None  # a transfer that did not finish in time is abandoned
         if self._election_elapsed >= self.config.election_ticks:
             self._election_elapsed = 0
             if self.config.check_quorum and not self._quorum_active():
                 self._become_follower(self.term, None)
-                return
-            self._transferee = None  # a transfer that did not finish in time is abandoned
 
     def _quorum_active(self) -> bool:
         active = 0
@@ -447,16 +464,23 @@ class RaftNode:
             pr.recent_active = False
         return active >= len(self.voters) // 2 + 1
 
-    def _broadcast_heartbeat(self, read_seq: int) -> None:
+    def _broadcast_heartbeat(self) -> None:
+        self._heartbeat_seq += 1
+        self._read_round_needed = False  # this round confirms every read queued so far
+        seq = self._heartbeat_seq
         for peer, pr in self._progress.items():
             if peer == self.id:
                 continue
+            pr.heartbeat_seq = seq
             pr.heartbeat_mark = pr.inflight[-1] if pr.inflight else 0
             self._send(Heartbeat(term=self.term, src=self.id, dst=peer,
-                                 commit=min(pr.match, self.log.commit), read_seq=read_seq))
+                                 commit=min(pr.match, self.log.commit), seq=seq))
 
     def _flush_appends(self) -> None:
-        """Send what is waiting to every follower marked as needing it: one message each."""
+        """Send what inputs left waiting: one heartbeat round for all the reads queued since
+        the last round, and to every follower marked as needing it, its appends."""
+        if self._read_round_needed:
+            self._broadcast_heartbeat()
         if not self._pending_append:
             return
         for peer in sorted(self._pending_append):
@@ -507,18 +531,20 @@ class RaftNode:
         elif isinstance(msg, HeartbeatResponse):
             pr.recent_active = True
             pr.probe_sent = False
-            if pr.state is ProgressState.REPLICATE and pr.match < pr.heartbeat_mark:
+            if (pr.state is ProgressState.REPLICATE and msg.seq == pr.heartbeat_seq
+                    and pr.match < pr.heartbeat_mark):
                 # The heartbeat made the round trip but appends sent before it were not
                 # acknowledged: on an ordered connection, they were lost. Resend from match.
                 pr.become_probe()
             if pr.match < self.log.last_index:
                 self._pending_append.add(msg.src)
-            if msg.read_seq:
-                self._ack_read(msg.read_seq, msg.src)
+            self._ack_heartbeat(msg.seq, msg.src)
         elif isinstance(msg, ReadIndexRequest):
             self._leader_read_index(msg.context, msg.src)
 
     def _handle_append_response(self, msg: AppendEntriesResponse, pr: Progress) -> None:
+        if msg.index > self.log.last_index:
+            return  # about entries we never sent: a confused or hostile peer, not to be trusted
         if msg.success:
             if pr.acknowledge(msg.index):
                 self._maybe_commit()
@@ -561,21 +587,23 @@ class RaftNode:
         if len(self.voters) == 1:
             self._release_read(_PendingRead(0, self.log.commit, requester, context))
             return
-        # Each read opens a round of heartbeats; a quorum's answer to round s confirms that we
-        # still led after every read of rounds <= s was received.
-        self._read_seq += 1
-        read = _PendingRead(self._read_seq, self.log.commit, requester, context)
-        self._pending_reads.append(read)
-        self._broadcast_heartbeat(self._read_seq)
+        # The read is confirmed by the next heartbeat round: a quorum answering it proves we
+        # still led after the read arrived. Reads arriving together share one round.
+        seq = self._heartbeat_seq + 1
+        self._pending_reads.append(_PendingRead(seq, self.log.commit, requester, context))
+        self._read_round_needed = True
 
-    def _ack_read(self, seq: int, peer: NodeId) -> None:
-        if seq <= self._read_acked.get(peer, 0):
+    def _ack_heartbeat(self, seq: int, peer: NodeId) -> None:
+        if seq <= self._heartbeat_acked.get(peer, 0):
             return
-        self._read_acked[peer] = seq
+        self._heartbeat_acked[peer] = seq
+        if not self._pending_reads:
+            return
         # A follower that answered round s acknowledged us after every round <= s began, so
         # the newest round answered by a quorum (counting ourselves) confirms all before it.
-        answered = sorted((self._read_seq if p == self.id else self._read_acked.get(p, 0)
-                           for p in self.voters), reverse=True)
+        answered = sorted((self._heartbeat_seq if p == self.id
+                           else self._heartbeat_acked.get(p, 0) for p in self.voters),
+                          reverse=True)
         confirmed = answered[len(self.voters) // 2]
         while self._pending_reads and self._pending_reads[0].seq <= confirmed:
             self._release_read(self._pending_reads.popleft())
@@ -597,13 +625,13 @@ class RaftNode:
             self._heard_from_leader(msg.src)
             self.log.commit_to(min(msg.commit, self.log.last_index))
             self._send(HeartbeatResponse(term=self.term, src=self.id, dst=msg.src,
-                                         read_seq=msg.read_seq))
+                                         seq=msg.seq))
         elif isinstance(msg, ReadIndexResponse):
-            self._read_states.append(ReadState(msg.index, msg.context))
+            if msg.src == self.leader:
+                self._read_states.append(ReadState(msg.index, msg.context))
         elif isinstance(msg, TimeoutNow):
             self._handle_timeout_now()
-        elif isinstance(msg, InstallSnapshot):
-            raise NotImplementedError("snapshots are not supported yet")
+        # InstallSnapshot is ignored: no leader sends one until snapshots are supported.
 
     def _heard_from_leader(self, leader: NodeId) -> None:
         self.leader = leader
@@ -672,7 +700,7 @@ class RaftNode:
 
     def _send(self, msg: Message) -> None:
         if (self.role is Role.LEADER and isinstance(msg, (AppendEntries, Heartbeat))
-                and self._persisted_hs.term == self.term):
+                and self._handed_out_hs.term == self.term):
             # Replication depends on nothing this node has yet to make durable: its term was
             # persisted before it asked for votes, and its own entries count only once durable.
             self._early_messages.append(msg)

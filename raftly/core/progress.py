@@ -21,6 +21,7 @@ class Progress:
 
     __slots__ = (
         "heartbeat_mark",
+        "heartbeat_seq",
         "inflight",
         "match",
         "next",
@@ -39,8 +40,10 @@ class Progress:
         """The last index of each AppendEntries in flight, oldest first (REPLICATE only)."""
         self.recent_active = False
         """Heard from within the current check-quorum window."""
+        self.heartbeat_seq = 0
+        """The round of the last heartbeat sent to this follower."""
         self.heartbeat_mark = 0
-        """The newest index in flight when the last heartbeat went out (0 if none)."""
+        """The newest index in flight when that heartbeat went out (0 if none)."""
         self.sent_commit = 0
         """The highest commit index sent in an AppendEntries."""
 

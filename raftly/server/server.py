@@ -2,9 +2,10 @@
 
 It owns the node's timers and the persist -> send -> apply -> advance loop of the core's Ready
 contract, and the futures of callers waiting on proposals and reads. Disk writes run on a
-dedicated thread, so timers and incoming messages keep being handled while an fsync is under way;
-meanwhile new proposals pile up in the core's log and the next Ready carries them all (group
-commit: one fsync and one AppendEntries per follower for the whole batch).
+dedicated thread, so timers and incoming messages keep being handled while an fsync is under way:
+a leader's heartbeats and appends go out at once (they depend on nothing not yet durable), while
+replies wait for the save they depend on. New proposals pile up in the core's log meanwhile and
+the next Ready carries them all (group commit: one fsync for the whole batch).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import random
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -98,6 +100,9 @@ class RaftServer:
         self._proposals: dict[int, _Proposal] = {}
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._read_ids = itertools.count(1)
+        # Read contexts must never repeat, not even across restarts: a late answer to a
+        # previous incarnation's read must not satisfy a new one.
+        self._read_nonce = os.urandom(8)
         self._applied = 0
         self._apply_waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._fatal: BaseException | None = None
@@ -222,7 +227,7 @@ class RaftServer:
     async def wait_read_index(self, *, timeout: float | None = 10.0) -> int:
         """Wait until the local state machine may serve a linearizable read; return the index."""
         node = self._check_running()
-        context = next(self._read_ids).to_bytes(8, "big")
+        context = self._read_nonce + next(self._read_ids).to_bytes(8, "big")
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         node.read_index(context)  # raises NotLeader when no leader is known
         self._reads[context] = future
@@ -271,10 +276,17 @@ class RaftServer:
             return
         try:
             self._node.step(msg)
-        except AssertionError as exc:  # an invariant of the core broke: never continue
+        except Exception as exc:  # a bug, or a broken invariant: never go on half-working
             self._stop_on_fatal(exc)
             return
+        self._send_early()
         self._wake.set()
+
+    def _send_early(self) -> None:
+        """Send a leader's appends and heartbeats now, even while a save is under way."""
+        assert self._node is not None
+        for msg in self._node.take_early_messages():
+            self._transport.send(msg)
 
     async def _tick_loop(self) -> None:
         interval = self.config.tick_interval
@@ -284,6 +296,7 @@ class RaftServer:
             next_tick += interval
             await asyncio.sleep(max(0.0, next_tick - loop.time()))
             self.node.tick()
+            self._send_early()
             self._wake.set()
 
     async def _ready_loop(self) -> None:

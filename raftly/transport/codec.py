@@ -288,21 +288,21 @@ def _dec_append_entries_response(
 
 
 def _enc_heartbeat(m: Heartbeat) -> list[Any]:
-    return [m.commit, m.read_seq]
+    return [m.commit, m.seq]
 
 
 def _dec_heartbeat(f: list[Any], term: int, src: int, dst: int, _: _Limits) -> Message:
     return Heartbeat(
-        term=term, src=src, dst=dst, commit=_uint(f[4], "commit"), read_seq=_uint(f[5], "read_seq")
+        term=term, src=src, dst=dst, commit=_uint(f[4], "commit"), seq=_uint(f[5], "seq")
     )
 
 
 def _enc_heartbeat_response(m: HeartbeatResponse) -> list[Any]:
-    return [m.read_seq]
+    return [m.seq]
 
 
 def _dec_heartbeat_response(f: list[Any], term: int, src: int, dst: int, _: _Limits) -> Message:
-    return HeartbeatResponse(term=term, src=src, dst=dst, read_seq=_uint(f[4], "read_seq"))
+    return HeartbeatResponse(term=term, src=src, dst=dst, seq=_uint(f[4], "seq"))
 
 
 def _enc_install_snapshot(m: InstallSnapshot) -> list[Any]:

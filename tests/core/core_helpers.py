@@ -182,13 +182,13 @@ def append(
 
 
 def heartbeat(to: RaftNode, *, src: int = 2, term: int | None = None, commit: int = 0,
-              read_seq: int = 0) -> Heartbeat:
+              seq: int = 0) -> Heartbeat:
     return Heartbeat(term=to.term if term is None else term, src=src, dst=to.id, commit=commit,
-                     read_seq=read_seq)
+                     seq=seq)
 
 
-def heartbeat_response(leader: RaftNode, src: int, read_seq: int = 0) -> HeartbeatResponse:
-    return HeartbeatResponse(term=leader.term, src=src, dst=leader.id, read_seq=read_seq)
+def heartbeat_response(leader: RaftNode, src: int, seq: int = 0) -> HeartbeatResponse:
+    return HeartbeatResponse(term=leader.term, src=src, dst=leader.id, seq=seq)
 
 
 class Net:

@@ -37,7 +37,7 @@ from raftly.core import (
 
 
 def read_beats(out_messages: list[object]) -> list[Heartbeat]:
-    return [m for m in out_messages if isinstance(m, Heartbeat) and m.read_seq]
+    return [m for m in out_messages if isinstance(m, Heartbeat) and m.seq]
 
 
 def test_leader_read_waits_for_its_noop_to_commit_then_for_a_heartbeat_quorum() -> None:
@@ -53,7 +53,7 @@ def test_leader_read_waits_for_its_noop_to_commit_then_for_a_heartbeat_quorum() 
     beats = read_beats(out.messages)
     assert sorted(m.dst for m in beats) == [2, 3]
     assert out.read_states == []
-    leader.step(heartbeat_response(leader, 3, beats[0].read_seq))
+    leader.step(heartbeat_response(leader, 3, beats[0].seq))
     assert flush(leader).read_states == [ReadState(3, b"ctx")]
 
 
@@ -61,7 +61,7 @@ def test_leader_read_needs_a_majority_of_heartbeat_answers() -> None:
     leader = leader_with(voters=(1, 2, 3, 4, 5))
     commit = leader.log.commit
     leader.read_index(b"r")
-    seq = read_beats(flush(leader).messages)[0].read_seq
+    seq = read_beats(flush(leader).messages)[0].seq
     leader.step(heartbeat_response(leader, 2, seq))
     leader.step(heartbeat_response(leader, 2, seq))  # the same follower twice
     leader.step(heartbeat_response(leader, 4, 0))  # an answer to a plain heartbeat
@@ -74,7 +74,7 @@ def test_leader_read_index_is_the_commit_when_the_read_arrived() -> None:
     leader = leader_with()
     commit = leader.log.commit
     leader.read_index(b"r")
-    seq = read_beats(flush(leader).messages)[0].read_seq
+    seq = read_beats(flush(leader).messages)[0].seq
     index = leader.propose(b"w")
     flush(leader)
     leader.step(ack(leader, 2, index))
@@ -86,14 +86,14 @@ def test_leader_read_index_is_the_commit_when_the_read_arrived() -> None:
 def test_answer_to_a_later_round_releases_earlier_reads_in_order() -> None:
     leader = leader_with()
     leader.read_index(b"a")
-    first = read_beats(flush(leader).messages)[0].read_seq
+    first = read_beats(flush(leader).messages)[0].seq
     leader.read_index(b"b")
-    second = read_beats(flush(leader).messages)[0].read_seq
+    second = read_beats(flush(leader).messages)[0].seq
     assert second > first
     leader.step(heartbeat_response(leader, 2, first))
     assert [r.context for r in flush(leader).read_states] == [b"a"]
     leader.read_index(b"c")
-    third = read_beats(flush(leader).messages)[0].read_seq
+    third = read_beats(flush(leader).messages)[0].seq
     leader.step(heartbeat_response(leader, 3, third))
     assert [r.context for r in flush(leader).read_states] == [b"b", b"c"]
 
@@ -101,7 +101,7 @@ def test_answer_to_a_later_round_releases_earlier_reads_in_order() -> None:
 def test_answer_to_an_earlier_round_does_not_release_a_later_read() -> None:
     leader = leader_with()
     leader.read_index(b"a")
-    first = read_beats(flush(leader).messages)[0].read_seq
+    first = read_beats(flush(leader).messages)[0].seq
     leader.read_index(b"b")
     flush(leader)
     leader.step(heartbeat_response(leader, 2, first))
@@ -111,9 +111,9 @@ def test_answer_to_an_earlier_round_does_not_release_a_later_read() -> None:
 def test_answers_to_different_rounds_combine_into_a_quorum() -> None:
     leader = leader_with(voters=(1, 2, 3, 4, 5))
     leader.read_index(b"a")
-    first = read_beats(flush(leader).messages)[0].read_seq
+    first = read_beats(flush(leader).messages)[0].seq
     leader.read_index(b"b")
-    second = read_beats(flush(leader).messages)[0].read_seq
+    second = read_beats(flush(leader).messages)[0].seq
     leader.step(heartbeat_response(leader, 2, first))
     leader.step(heartbeat_response(leader, 3, second))
     # Node 3 answered after read "a" began too: with the leader, three of five confirmed "a".
@@ -128,14 +128,14 @@ def test_periodic_heartbeats_carry_the_pending_read_round() -> None:
     flush(leader)  # that round's heartbeats are lost
     beats = read_beats(tick(leader, HEARTBEAT).messages)
     assert sorted(m.dst for m in beats) == [2, 3]
-    leader.step(heartbeat_response(leader, 2, beats[0].read_seq))
+    leader.step(heartbeat_response(leader, 2, beats[0].seq))
     assert [r.context for r in flush(leader).read_states] == [b"r"]
 
 
 def test_read_is_dropped_when_leader_is_deposed_before_confirmation() -> None:
     leader = leader_with()
     leader.read_index(b"r")
-    seq = read_beats(flush(leader).messages)[0].read_seq
+    seq = read_beats(flush(leader).messages)[0].seq
     leader.step(heartbeat(leader, src=3, term=leader.term + 1))
     flush(leader)
     leader.step(heartbeat_response(leader, 2, seq))  # stale now: an older term
@@ -154,7 +154,7 @@ def test_leader_answers_a_followers_read_request_after_a_heartbeat_quorum() -> N
     leader = leader_with()
     commit = leader.log.commit
     leader.step(ReadIndexRequest(term=leader.term, src=3, dst=1, context=b"f"))
-    seq = read_beats(flush(leader).messages)[0].read_seq
+    seq = read_beats(flush(leader).messages)[0].seq
     leader.step(heartbeat_response(leader, 2, seq))
     out = flush(leader)
     assert out.read_states == []
@@ -303,3 +303,42 @@ def test_single_voter_read_before_its_noop_commits_waits_for_it() -> None:
     assert rd.read_states == []
     node.advance(rd)
     assert flush(node).read_states == [ReadState(1, b"r")]
+
+
+def test_transfer_does_not_postpone_check_quorum() -> None:
+    leader = leader_with()
+    for n in range(3 * ELECTION):
+        # Transfers asked for over and over, while no follower answers at all.
+        if leader.role is Role.LEADER:
+            leader.transfer_leadership(2 + n % 2)
+        tick(leader, 1)
+    assert leader.role is Role.FOLLOWER
+
+
+def test_reads_arriving_together_share_one_heartbeat_round() -> None:
+    leader = leader_with()
+    for ctx in (b"a", b"b", b"c"):
+        leader.read_index(ctx)
+    beats = flush(leader).of(Heartbeat)
+    assert sorted(m.dst for m in beats) == [2, 3]  # one round, not three
+    leader.step(heartbeat_response(leader, 2, beats[0].seq))
+    assert [r.context for r in flush(leader).read_states] == [b"a", b"b", b"c"]
+
+
+def test_a_periodic_heartbeat_confirms_reads_queued_before_it() -> None:
+    leader = leader_with()
+    leader.read_index(b"r")
+    flush(leader)  # the read's own round is lost
+    beat = tick(leader, HEARTBEAT).of(Heartbeat, dst=3)[-1]
+    leader.step(heartbeat_response(leader, 3, beat.seq))
+    assert [r.context for r in flush(leader).read_states] == [b"r"]
+
+
+def test_follower_ignores_a_read_index_response_not_from_its_leader() -> None:
+    follower = new_node(2, terms=(1,), term=1)
+    follower.step(heartbeat(follower, src=1, commit=1))
+    flush(follower)
+    follower.step(ReadIndexResponse(term=1, src=3, dst=2, context=b"x", index=1))
+    assert flush(follower).read_states == []
+    follower.step(ReadIndexResponse(term=1, src=1, dst=2, context=b"x", index=1))
+    assert flush(follower).read_states == [ReadState(1, b"x")]

@@ -343,9 +343,11 @@ def test_lost_appends_are_resent_after_a_heartbeat_round_without_acks() -> None:
     first = leader.log.last_index + 1
     leader.propose(b"x")
     flush(leader)  # the AppendEntries to 2 is lost
-    tick(leader, HEARTBEAT)
-    leader.step(heartbeat_response(leader, 2))
+    beat = tick(leader, HEARTBEAT).of(Heartbeat, dst=2)[-1]
+    leader.step(heartbeat_response(leader, 2, beat.seq - 1))  # an older round proves nothing
     pr = leader.progress(2)
+    assert pr is not None and pr.state is ProgressState.REPLICATE
+    leader.step(heartbeat_response(leader, 2, beat.seq))
     assert pr is not None and pr.state is ProgressState.PROBE
     resent = flush(leader).of(AppendEntries, dst=2)
     assert [[e.index for e in m.entries] for m in resent] == [[first]]
@@ -559,3 +561,15 @@ def test_a_followers_answer_waits_for_its_disk() -> None:
     assert rd.entries == [Entry(2, 1, b"x")]
     assert rd.early_messages == []
     assert [type(m) for m in rd.messages] == [AppendEntriesResponse]
+
+
+def test_acknowledgements_of_entries_never_sent_are_ignored() -> None:
+    leader = leader_with()
+    last = leader.log.last_index
+    leader.step(ack(leader, 2, last + 1000))
+    leader.step(AppendEntriesResponse(term=leader.term, src=3, dst=1, success=False,
+                                      index=last + 1000, conflict_index=last + 999))
+    leader.propose(b"x")
+    flush(leader)  # would raise if match or next had been pushed past the log
+    pr = leader.progress(2)
+    assert pr is not None and pr.match <= last

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -262,6 +263,39 @@ def test_wait_failed_returns_the_error_that_stopped_the_node() -> None:
             error = await asyncio.wait_for(waiter, 5)
             assert isinstance(error, RuntimeError) and server.failure is error
         finally:
+            await c.close()
+
+    run(body)
+
+
+class SlowDisk(MemoryStorage):
+    """A storage whose saves can be made to hang, as a disk in trouble does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.delay = 0.0
+
+    def save(self, hard_state: object, entries: object) -> None:  # type: ignore[override]
+        if self.delay and entries:
+            time.sleep(self.delay)  # runs on the server's disk thread, as a real fsync would
+        super().save(hard_state, entries)  # type: ignore[arg-type]
+
+
+def test_a_slow_fsync_on_the_leader_does_not_stall_heartbeats_into_an_election() -> None:
+    async def body() -> None:
+        disks = [SlowDisk() for _ in range(3)]
+        c = Cluster(3, list(disks))
+        await c.start()
+        try:
+            leader = await c.leader()
+            term = leader.status().term
+            disks[leader.id - 1].delay = 1.0  # about seven election timeouts
+            result = await leader.propose(b"7", timeout=10)
+            assert result == 7
+            assert leader.is_leader and all(s.status().term == term for s in c.servers.values())
+        finally:
+            for disk in disks:
+                disk.delay = 0.0
             await c.close()
 
     run(body)

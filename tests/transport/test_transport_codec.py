@@ -193,7 +193,7 @@ def test_random_arrays_give_codec_error_or_a_valid_message(items: list[object]) 
 
 def hb(**over: object) -> list[object]:
     """A Heartbeat as a wire array, with fields overridden by name."""
-    fields = {"code": 5, "term": 1, "src": 0, "dst": 1, "commit": 0, "read_seq": 0}
+    fields = {"code": 5, "term": 1, "src": 0, "dst": 1, "commit": 0, "seq": 0}
     fields.update(over)
     return list(fields.values())
 
@@ -277,7 +277,7 @@ def test_decoding_non_bytes_is_a_codec_error() -> None:
     [
         Heartbeat(term=-1, src=0, dst=1, commit=0),
         Heartbeat(term=1, src=0, dst=1, commit=2**64),
-        Heartbeat(term=1, src=0, dst=1, commit=0, read_seq=MAX_INT),
+        Heartbeat(term=1, src=0, dst=1, commit=0, seq=MAX_INT),
         RequestVote(term=1, src=0, dst=1, last_log_index=0, last_log_term=0, pre_vote=None),  # type: ignore[arg-type]
     ],
 )

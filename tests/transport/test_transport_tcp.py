@@ -106,7 +106,7 @@ def test_two_transports_exchange_messages_both_ways_in_order() -> None:
         sent_ab: list[Message] = [ae] + [hb(1, 2, i) for i in range(200)]
         for m in sent_ab:
             a.t.send(m)
-        sent_ba = [HeartbeatResponse(term=1, src=2, dst=1, read_seq=i) for i in range(200)]
+        sent_ba = [HeartbeatResponse(term=1, src=2, dst=1, seq=i) for i in range(200)]
         for m in sent_ba:
             b.t.send(m)
         await wait_until(lambda: len(b.inbox) == len(sent_ab) and len(a.inbox) == len(sent_ba))
