@@ -44,8 +44,11 @@ def run_seed(seed: int, duration: float = 30.0) -> FuzzResult:
     """
     rng = random.Random(f"fuzz/{seed}")
     n = rng.choice((3, 5))
+    # Instant saves, or saves that take time (node keeps stepping meanwhile; a crash loses the
+    # save under way), up to a disk slower than the election timeout.
+    disk = rng.choice((None, (0.0001, 0.002), (0.0005, 0.05), (0.001, 0.3)))
     hint = replay_command(seed, duration)
-    c = SimCluster(n=n, seed=seed, replay_hint=hint)
+    c = SimCluster(n=n, seed=seed, replay_hint=hint, disk_latency=disk)
     proposals = faults = 0
     crashed: set[int] = set()
     while c.now < duration:

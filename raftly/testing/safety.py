@@ -29,18 +29,22 @@ class SafetyChecker:
         self._leading: dict[NodeId, tuple[int, int, int]] = {}
         """node -> (term, last index, last term) while it leads."""
 
-    def on_persist(self, node: RaftNode, entries: list[Entry]) -> None:
+    def on_persist(self, node_id: NodeId, entries: list[Entry], prev_term: int | None) -> None:
         """Log matching: two entries with the same index and term hold the same command and
-        follow entries of the same term, hence (by induction) identical prefixes."""
-        log = node.log
+        follow entries of the same term, hence (by induction) identical prefixes.
+
+        ``prev_term`` is the term the node's log held before ``entries[0]`` when they were
+        handed out (None if compacted away).
+        """
         for entry in entries:
             key = (entry.index, entry.term)
-            seen = (log.term_at(entry.index - 1), entry.data, int(entry.type))
+            seen = (prev_term, entry.data, int(entry.type))
+            prev_term = entry.term
             first = self._entries.setdefault(key, seen)
             prev_terms_differ = None not in (first[0], seen[0]) and first[0] != seen[0]
             if first[1:] != seen[1:] or prev_terms_differ:
                 raise SafetyViolation(
-                    f"log matching: node {node.id} holds entry {key} as {seen}, "
+                    f"log matching: node {node_id} holds entry {key} as {seen}, "
                     f"another node as {first}"
                 )
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from raftly.core.config import Config
 from raftly.core.errors import RaftError
 from raftly.core.messages import Message
-from raftly.core.node import RaftNode, ReadState
+from raftly.core.node import RaftNode, ReadState, Ready
 from raftly.core.state_machine import StateMachine
 from raftly.core.types import ConfState, EntryType
 from raftly.storage.base import Storage
@@ -28,6 +28,7 @@ from raftly.testing.safety import SafetyChecker, SafetyViolation
 
 _TICK = 0
 _DELIVER = 1
+_SAVED = 2
 
 
 class RecordingStateMachine:
@@ -53,6 +54,8 @@ class _Member:
     applied: dict[int, bytes] = field(default_factory=dict)
     applied_order: list[tuple[int, bytes]] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
+    saving: Ready | None = None
+    """The Ready whose save is under way (only with disk latency)."""
 
 
 class SimCluster:
@@ -61,7 +64,8 @@ class SimCluster:
     ``state_machine`` is a factory called once per node instance (again after each restart);
     by default each node records what it applied. ``storage_factory(i)`` gives node ``i``'s
     storage (``MemoryStorage`` by default). ``replay_hint`` is printed with any safety
-    violation: set it to the command that reruns this scenario.
+    violation: set it to the command that reruns this scenario. ``disk_latency=(lo, hi)`` makes
+    every save take a uniform random virtual time in that range (default: instant).
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class SimCluster:
         config: Config | None = None,
         storage_factory: Callable[[int], Storage] | None = None,
         replay_hint: str | None = None,
+        disk_latency: tuple[float, float] | None = None,
     ) -> None:
         if snapshot_every is not None:
             raise NotImplementedError("snapshots are not supported yet")
@@ -83,6 +88,7 @@ class SimCluster:
         self.seed = seed
         self.config = config or Config()
         self.replay_hint = replay_hint
+        self._disk_latency: list[tuple[float, float] | None] = [disk_latency] * n
         self.now = 0.0
         self.steps = 0
         self._rng = random.Random(seed)
@@ -124,9 +130,12 @@ class SimCluster:
             self.steps += 1
             if kind == _TICK:
                 self._tick_all()
-            else:
+            elif kind == _DELIVER:
                 assert isinstance(payload, tuple)
                 self._deliver(*payload)
+            else:
+                assert isinstance(payload, tuple)
+                self._saved(*payload)
         self.now = deadline
 
     def _schedule(self, delay: float, kind: int, payload: object) -> None:
@@ -175,35 +184,67 @@ class SimCluster:
         self._drain(msg.dst)
 
     def _drain(self, i: int) -> None:
-        """Do node i's Ready work: persist, check, send, apply, advance."""
+        """Do node i's Ready work: send early messages, persist, send, apply, advance.
+
+        With ``disk_latency`` each save takes virtual time, as an fsync does: the node keeps
+        receiving messages and ticking meanwhile (its early messages go out at once), and a crash
+        before the save completes loses that Ready, exactly as a real crash loses what was not
+        yet fsynced.
+        """
         member = self._members[i]
         node = member.node
         assert node is not None
-        checker = self._checker
         try:
-            while node.has_ready():
+            for msg in node.take_early_messages():
+                self._send(msg)
+            while member.saving is None and node.has_ready():
                 rd = node.ready()
                 for msg in rd.early_messages:
                     self._send(msg)
-                member.storage.save(rd.hard_state, rd.entries)
-                if rd.entries:
-                    checker.on_persist(node, rd.entries)
-                for msg in rd.messages:
-                    self._send(msg)
-                for entry in rd.committed_entries:
-                    checker.on_apply(i, entry)
-                    if entry.type is EntryType.COMMAND:
-                        assert member.state_machine is not None
-                        member.state_machine.apply(entry.index, entry.data)
-                        member.applied[entry.index] = entry.data
-                        member.applied_order.append((entry.index, entry.data))
-                member.read_states.extend(rd.read_states)
-                node.advance(rd)
-            checker.on_state(node)
+                prev_term = node.log.term_at(rd.entries[0].index - 1) if rd.entries else None
+                latency = self._disk_latency[i]
+                if latency is None:
+                    self._finish_ready(i, rd, prev_term)
+                else:
+                    member.saving = rd
+                    self._schedule(self._rng.uniform(*latency), _SAVED,
+                                   (i, member.incarnation, rd, prev_term))
+            self._checker.on_state(node)
         except SafetyViolation as e:
             raise SafetyViolation(self._describe(str(e))) from None
         except AssertionError as e:  # InvariantError from the core is a safety bug too
             raise SafetyViolation(self._describe(f"{type(e).__name__}: {e}")) from e
+
+    def _saved(self, i: int, incarnation: int, rd: Ready, prev_term: int | None) -> None:
+        member = self._members[i]
+        if member.node is None or member.incarnation != incarnation:
+            return  # the node crashed before its fsync completed: the Ready is lost
+        member.saving = None
+        try:
+            self._finish_ready(i, rd, prev_term)
+        except SafetyViolation as e:
+            raise SafetyViolation(self._describe(str(e))) from None
+        except AssertionError as e:
+            raise SafetyViolation(self._describe(f"{type(e).__name__}: {e}")) from e
+        self._drain(i)
+
+    def _finish_ready(self, i: int, rd: Ready, prev_term: int | None) -> None:
+        member = self._members[i]
+        node = member.node
+        assert node is not None and member.state_machine is not None
+        member.storage.save(rd.hard_state, rd.entries)
+        if rd.entries:
+            self._checker.on_persist(i, rd.entries, prev_term)
+        for msg in rd.messages:
+            self._send(msg)
+        for entry in rd.committed_entries:
+            self._checker.on_apply(i, entry)
+            if entry.type is EntryType.COMMAND:
+                member.state_machine.apply(entry.index, entry.data)
+                member.applied[entry.index] = entry.data
+                member.applied_order.append((entry.index, entry.data))
+        member.read_states.extend(rd.read_states)
+        node.advance(rd)
 
     def _describe(self, what: str) -> str:
         hint = f"\n  replay: {self.replay_hint}" if self.replay_hint else ""
@@ -237,6 +278,7 @@ class SimCluster:
         member = self._members[i]
         member.node = None
         member.state_machine = None
+        member.saving = None  # a save still under way never completes
         member.incarnation += 1
 
     def restart(self, i: int) -> None:
@@ -254,6 +296,11 @@ class SimCluster:
         member.applied_order = []
         member.read_states = []
         self._checker.on_restart(i, state.snapshot.index)
+
+    def set_disk_latency(self, latency: tuple[float, float] | None, i: int | None = None) -> None:
+        """Saves on node i (every node if None) take (lo, hi) virtual seconds; None: instant."""
+        for j in range(self.n) if i is None else (i,):
+            self._disk_latency[j] = latency
 
     def set_unreliable(self, on: bool = True) -> None:
         """Drop 10% of messages and delay each by 0-27 ms, which reorders them."""

@@ -94,3 +94,30 @@ def test_crash_on_disk_storage_loses_what_memory_storage_loses(seed: int, tmp_pa
         assert on_disk.applied(i) == in_memory.applied(i)
     for d in disks:
         d.close()
+
+
+def test_a_crash_during_a_slow_save_loses_that_save_and_nothing_else() -> None:
+    c = SimCluster(n=3, seed=4, disk_latency=(0.2, 0.2))
+    leader = c.check_one_leader()
+    c.one(b"durable", 3, retry=True)
+    index, _, ok = c.start(leader, b"in flight")
+    assert ok
+    c.run(0.05)  # the followers' saves are under way, and the leader's own
+    c.crash(leader)
+    c.restart(leader)
+    log = c.node(leader).log
+    assert log.last_index < index  # the save that had not completed is gone
+    c.run(5.0)
+    # The followers' copies survived: the entry still commits, under the next leader.
+    assert any(command == b"in flight" for _, command in c.applied(leader))
+
+
+def test_heartbeats_flow_while_a_save_is_slower_than_the_election_timeout() -> None:
+    c = SimCluster(n=3, seed=6)
+    leader = c.check_one_leader()
+    term = c.term(leader)
+    c.set_disk_latency((3.0, 3.0), leader)  # three election timeouts and more
+    c.start(leader, b"slow")
+    c.run(10.0)
+    assert c.leader() == leader and c.term(leader) == term
+    assert [cmd for _, cmd in c.applied(leader)] == [b"slow"]
