@@ -237,10 +237,42 @@ def test_a_bad_record_in_the_last_segment_below_the_commit_is_refused(
 ) -> None:
     # A torn tail is cut, but never below what the hard state says was committed.
     last = segments(node)[-1]
-    flip_bit(last, segment.HEADER_SIZE + 12)
+    records = sorted(int(o) for o in segment.scan(last.read_bytes(), 26).offsets)
+    flip_bit(last, records[-2] + 12)  # the last record: no intact record follows it
     message = corruption(node)
     assert "commit index 30" in message
-    assert f"{last}: bad record at byte offset {segment.HEADER_SIZE}" in message
+    assert f"{last}: bad record at byte offset {records[-2]}" in message
+
+
+def test_a_bad_record_followed_by_an_intact_one_is_corruption_even_past_the_commit(
+    node: Path,
+) -> None:
+    s = open_disk(node, segment_size=1 << 20)
+    s.bootstrap(CONF)
+    s.save(HardState(1, None, 0), ents(1, 5, 1))  # commit 0 on disk: nothing vouches for them
+    s.close()
+    last = segments(node)[-1]
+    flip_bit(last, segment.HEADER_SIZE + 12)  # inside entry 1, entries 2..5 intact
+    message = corruption(node)
+    assert f"{last}: corrupt at byte offset {segment.HEADER_SIZE}" in message
+    assert "next record is intact" in message
+
+
+def test_a_zeroed_sector_with_intact_records_after_it_is_a_torn_write(node: Path) -> None:
+    s = open_disk(node, segment_size=1 << 20)
+    s.bootstrap(CONF)
+    s.save(HardState(1, None, 0), ents(1, 2, 1))
+    s.save(None, [Entry(3, 1, bytes(range(256)) * 8), *ents(4, 5, 1)])
+    s.close()
+    last = segments(node)[-1]
+    data = bytearray(last.read_bytes())
+    record_3 = sorted(int(o) for o in segment.scan(bytes(data), 1).offsets)[2]
+    aligned = -(-(record_3 + 8) // 512) * 512
+    data[aligned : aligned + 512] = bytes(512)  # a block of entry 3 the crash never wrote
+    last.write_bytes(bytes(data))
+    s = open_disk(node, segment_size=1 << 20)
+    assert [e.index for e in s.load().entries] == [1, 2]
+    s.close()
 
 
 def test_bad_record_in_the_last_segment_is_cut_with_a_warning(

@@ -127,7 +127,14 @@ def scan(buf: bytes | memoryview, first_index: int) -> ScanResult:
                 offsets, terms, f"record length {length} runs past the data", torn=True
             )
         if _crc(buf[off : off + 4], buf[start : start + length]) != crc:
-            return ScanResult(offsets, terms, "record checksum mismatch", torn=True)
+            # A write cut short leaves the end of the file, or blocks that read back as zeros
+            # (etcd's rule for torn writes). A bad record with an intact one right after it
+            # and no zeroed sector was written whole and damaged later: corruption.
+            torn = _has_zero_sector(buf, off, start + length) or not _intact_record_at(
+                buf, start + length, expected + 1)
+            reason = "record checksum mismatch" + (
+                "" if torn else " (the next record is intact: corruption, not a torn write)")
+            return ScanResult(offsets, terms, reason, torn=torn)
         # From here on the record is exactly what was written, so nonsense is corruption (or
         # a bug), never a torn write.
         index, term, kind = ENTRY_HEADER.unpack_from(buf, start)
@@ -141,3 +148,26 @@ def scan(buf: bytes | memoryview, first_index: int) -> ScanResult:
 
 
 _ENTRY_TYPES = frozenset(int(t) for t in EntryType)
+_SECTOR = 512
+_ZERO_SECTOR = bytes(_SECTOR)
+
+
+def _has_zero_sector(buf: bytes | memoryview, lo: int, hi: int) -> bool:
+    """Whether a whole, aligned 512-byte sector within [lo, hi) of ``buf`` is all zeros."""
+    first = -(-lo // _SECTOR) * _SECTOR
+    end = min(hi, len(buf))
+    return any(buf[s : s + _SECTOR] == _ZERO_SECTOR
+               for s in range(first, end - _SECTOR + 1, _SECTOR))
+
+
+def _intact_record_at(buf: bytes | memoryview, off: int, index: int) -> bool:
+    """Whether a record of entry ``index`` with a good checksum starts at ``off``."""
+    if len(buf) - off < RECORD_OVERHEAD:
+        return False
+    length, crc = RECORD_HEADER.unpack_from(buf, off)
+    start = off + RECORD_HEADER.size
+    if length < ENTRY_HEADER.size or start + length > len(buf):
+        return False
+    if _crc(buf[off : off + 4], buf[start : start + length]) != crc:
+        return False
+    return bool(ENTRY_HEADER.unpack_from(buf, start)[0] == index)
