@@ -38,7 +38,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,9 +46,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-FsyncPolicy = Literal["always", "never"]
+from raftly.localproc import free_ports
+from raftly.storage.disk.fsio import FsyncPolicy
 
 DEFAULT_CLIENTS = (1, 16, 64, 256)
 VALUE = b"0123456789abcdef"
@@ -242,20 +241,6 @@ def temp_dir(base: str | Path | None, prefix: str) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct ports the OS says are free right now (all held open while choosing)."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def filesystem_of(path: Path) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from raftly.kv.cluster_file import Address, ClusterSpec, NodeSpec, render_cluster
 from raftly.kv.http import UNSAFE_STALE_READS_ENV
+from raftly.localproc import die_with_parent, free_ports
 
 logger = logging.getLogger("raftly.check.cluster")
 
@@ -41,22 +42,6 @@ class Timing:
 
     heartbeat: float = 0.05
     election: float = 0.3  # a follower waits 300-600 ms (the core draws from [t, 2t))
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct ports the OS says are free now (bound together, then released)."""
-    import socket
-
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def plan_cluster(size: int, host: str = "127.0.0.1", cluster_id: str = "raftly-check"
@@ -205,29 +190,12 @@ class Cluster:
                     node.proc.wait(5)
 
 
-def _die_with_parent(parent: int) -> None:
-    """Ask Linux to SIGKILL this node when the runner dies, so no node outlives a killed run.
-
-    Elsewhere (no prctl) the runner's ``close()`` is the only cleanup, which covers every exit
-    but a SIGKILL of the runner itself.
-    """
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the runner died before prctl took effect
-        sys.exit(1)
-
-
 def _main(argv: list[str]) -> int:
     """The launcher: ``--parent PID -- SERVE-ARGS``; becomes ``raftly serve SERVE-ARGS``."""
     if len(argv) < 3 or argv[0] != "--parent" or argv[2] != "--":
         print("usage: python -m raftly.check.cluster --parent PID -- SERVE-ARGS", file=sys.stderr)
         return 2
-    _die_with_parent(int(argv[1]))
+    die_with_parent(signal.SIGKILL, parent=int(argv[1]))
     os.execv(sys.executable, [sys.executable, "-m", "raftly.cli", "serve", *argv[3:]])
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,28 +24,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from raftly.kv.cluster_file import Address, ClusterSpec, NodeSpec, render_cluster
+from raftly.localproc import die_with_parent, free_ports
 
 POLL = 0.05
-
-
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """``n`` distinct ports the OS says are free now (another process may take one later)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind((host, 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with contextlib.suppress(Exception):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 @dataclass(slots=True)
@@ -156,7 +136,7 @@ class ProcessCluster:
             node.proc = subprocess.Popen(
                 self.command(name), stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                start_new_session=True, preexec_fn=_die_with_parent)
+                start_new_session=True, preexec_fn=die_with_parent)
             node.reported_exit = False
 
     def kill(self, name: str, sig: int = signal.SIGKILL, timeout: float = 10.0) -> None:

@@ -24,11 +24,11 @@ from raftly.kv.http import KVApi, Limits, make_runner
 from raftly.kv.state_machine import KVStateMachine
 from raftly.server.server import RaftServer, ServerStopped
 from raftly.storage import DiskStorage, MemoryStorage, Storage
+from raftly.storage.disk.fsio import FsyncPolicy
 from raftly.transport import MemoryNetwork, TcpTransport, Transport
 
 logger = logging.getLogger("raftly.kv")
 
-FsyncPolicy = Literal["always", "never"]
 
 
 @dataclass(slots=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,17 +15,7 @@ from kv_helpers import FAST, run
 from raftly.kv.client import AsyncClient, Client, UnavailableError
 from raftly.kv.cluster_file import ClusterFileError
 from raftly.kv.service import serve
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+from raftly.localproc import free_ports
 
 
 def write_cluster_file(path: Path, names: list[str]) -> list[str]:
