@@ -481,11 +481,12 @@ class RaftNode:
         the last round, and to every follower marked as needing it, its appends."""
         if self._read_round_needed:
             self._broadcast_heartbeat()
-        if not self._pending_append:
+        pending = self._pending_append
+        if not pending:
             return
-        for peer in sorted(self._pending_append):
+        for peer in sorted(pending) if len(pending) > 1 else pending:
             self._send_append(peer)
-        self._pending_append.clear()
+        pending.clear()
 
     def _send_append(self, peer: NodeId) -> None:
         pr = self._progress.get(peer)
@@ -501,6 +502,9 @@ class RaftNode:
     def _send_one_append(self, peer: NodeId, pr: Progress) -> bool:
         """Send one AppendEntries; return whether it carried entries."""
         log = self.log
+        if (pr.state is ProgressState.REPLICATE and pr.next > log.last_index
+                and (pr.inflight or min(log.commit, pr.next - 1) <= pr.sent_commit)):
+            return False  # the common case after an ack: nothing new (see below)
         prev_index = pr.next - 1
         prev_term = log.term_at(prev_index)
         if prev_term is None:
