@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,6 +79,23 @@ async def cluster(n: int = 3) -> AsyncIterator[Cluster]:
     await c.start()
     try:
         yield c
+    finally:
+        await c.close()
+
+
+@asynccontextmanager
+async def single_node(state_machine: Counter | None = None,
+                      **options: Any) -> AsyncIterator[RaftServer]:
+    """A one-node cluster: it elects itself, so every proposal commits at once."""
+    c = Cluster(1)
+    server = RaftServer(1, storage=MemoryStorage(), transport=c.net.transport(1),
+                        state_machine=state_machine or Counter(), bootstrap=frozenset({1}),
+                        config=FAST, **options)
+    c.servers[1] = server
+    await server.start()
+    try:
+        await c.leader()
+        yield server
     finally:
         await c.close()
 
@@ -181,20 +199,12 @@ def test_a_proposal_whose_entry_is_lost_is_never_reported_as_applied() -> None:
 
 def test_too_many_pending_proposals_get_busy() -> None:
     async def body() -> None:
-        c = Cluster(1)
-        c.servers[1] = RaftServer(1, storage=MemoryStorage(), transport=c.net.transport(1),
-                                  state_machine=Counter(), bootstrap=frozenset({1}),
-                                  config=FAST, max_pending=3)
-        await c.servers[1].start()
-        try:
-            leader = await c.leader()
+        async with single_node(max_pending=3) as leader:
             tasks = [asyncio.ensure_future(leader.propose(b"1")) for _ in range(3)]
             await asyncio.sleep(0)
             with pytest.raises(Busy):
                 await leader.propose(b"1")
             assert sorted(await asyncio.gather(*tasks)) == [1, 2, 3]
-        finally:
-            await c.close()
 
     run(body)
 
@@ -229,19 +239,11 @@ class Exploding(Counter):
 
 def test_a_crashing_state_machine_stops_the_node_loudly(caplog: pytest.LogCaptureFixture) -> None:
     async def body() -> None:
-        c = Cluster(1)
-        server = RaftServer(1, storage=MemoryStorage(), transport=c.net.transport(1),
-                            state_machine=Exploding(), bootstrap=frozenset({1}), config=FAST)
-        c.servers[1] = server
-        await server.start()
-        try:
-            await c.leader()
+        async with single_node(Exploding()) as server:
             with pytest.raises(ServerStopped):
                 await server.propose(b"boom")
             with pytest.raises(ServerStopped):
                 await server.propose(b"1")
-        finally:
-            await c.close()
 
     run(body)
     assert any("stopped" in r.message and r.levelname == "CRITICAL" for r in caplog.records)
@@ -249,21 +251,13 @@ def test_a_crashing_state_machine_stops_the_node_loudly(caplog: pytest.LogCaptur
 
 def test_wait_failed_returns_the_error_that_stopped_the_node() -> None:
     async def body() -> None:
-        c = Cluster(1)
-        server = RaftServer(1, storage=MemoryStorage(), transport=c.net.transport(1),
-                            state_machine=Exploding(), bootstrap=frozenset({1}), config=FAST)
-        c.servers[1] = server
-        await server.start()
-        try:
-            await c.leader()
+        async with single_node(Exploding()) as server:
             assert server.failure is None
             waiter = asyncio.ensure_future(server.wait_failed())
             with pytest.raises(ServerStopped):
                 await server.propose(b"boom")
             error = await asyncio.wait_for(waiter, 5)
             assert isinstance(error, RuntimeError) and server.failure is error
-        finally:
-            await c.close()
 
     run(body)
 
