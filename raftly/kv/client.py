@@ -28,7 +28,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from raftly.kv.protocol import ACK_HEADER, CLIENT_HEADER, SEQ_HEADER, STALE_SEQ_CODE
+from raftly.kv.protocol import (
+    ACK_HEADER,
+    CLIENT_HEADER,
+    RETRY_HEADER,
+    SEQ_HEADER,
+    STALE_SEQ_CODE,
+)
 
 if TYPE_CHECKING:
     import aiohttp
@@ -164,6 +170,12 @@ class _Policy:
         if resp.status >= 500:
             return "retry-elsewhere"
         return "done"
+
+    def mark_retry(self, req: _Request, maybe_applied: bool) -> None:
+        """Resends of a write that may have been applied say so: a node that forgot the
+        client's session then answers "outcome unknown" instead of applying it again."""
+        if maybe_applied and req.write and req.headers is not None:
+            req.headers[RETRY_HEADER] = "1"
 
     def give_up(self, req: _Request, maybe_applied: bool, last: str) -> ClientError:
         what = f"{req.method} {req.path.split('?')[0]}"
@@ -302,6 +314,7 @@ class Client:
                     maybe_applied = True
                 elif verdict == "retry-elsewhere":
                     p.rotate()
+            p.mark_retry(req, maybe_applied)
             if time.monotonic() >= deadline:
                 raise p.give_up(req, maybe_applied, last)
             time.sleep(min(p.backoff(attempt), max(0.0, deadline - time.monotonic())))
@@ -431,6 +444,7 @@ class AsyncClient:
                     maybe_applied = True
                 elif verdict == "retry-elsewhere":
                     p.rotate()
+            p.mark_retry(req, maybe_applied)
             if loop.time() >= deadline:
                 raise p.give_up(req, maybe_applied, last)
             await asyncio.sleep(min(p.backoff(attempt), max(0.0, deadline - loop.time())))

@@ -21,7 +21,8 @@ own copy once it has applied that far, so reads spread over the cluster. Errors 
 
 Exactly-once: a write may carry ``X-Raftly-Client`` (id), ``X-Raftly-Seq`` (1, 2, ... per write)
 and optionally ``X-Raftly-Ack`` (lowest seq the client still awaits). A retried seq returns the
-first result. A seq whose result was already forgotten gets ``409`` (its outcome is unknown).
+first result. A seq whose result was already forgotten gets ``409`` (its outcome is unknown), and
+so does a resend marked ``X-Raftly-Retry: 1`` from a client whose session was evicted.
 """
 
 from __future__ import annotations
@@ -37,7 +38,13 @@ from aiohttp import web
 
 from raftly.core.errors import NotLeader, ProposalDropped
 from raftly.kv.cluster_file import ClusterSpec, NodeSpec
-from raftly.kv.protocol import ACK_HEADER, CLIENT_HEADER, SEQ_HEADER, STALE_SEQ_CODE
+from raftly.kv.protocol import (
+    ACK_HEADER,
+    CLIENT_HEADER,
+    RETRY_HEADER,
+    SEQ_HEADER,
+    STALE_SEQ_CODE,
+)
 from raftly.kv.state_machine import (
     KEY_TOO_LARGE,
     MALFORMED,
@@ -171,8 +178,12 @@ class KVApi:
             return None
         if client is None or seq is None:
             raise _Reply(400, f"{CLIENT_HEADER} and {SEQ_HEADER} go together")
+        retry = request.headers.get(RETRY_HEADER, "0")
+        if retry not in ("0", "1"):
+            raise _Reply(400, f"{RETRY_HEADER} must be 0 or 1")
         try:
-            return Session(client, _parse_int(seq), _parse_int(ack) if ack is not None else 0)
+            return Session(client, _parse_int(seq), _parse_int(ack) if ack is not None else 0,
+                           retry == "1")
         except (ValueError, CommandError) as exc:
             raise _Reply(400, f"bad session headers: {exc}") from None
 

@@ -14,7 +14,12 @@ SEQ_HEADER: Final = "X-Raftly-Seq"
 ACK_HEADER: Final = "X-Raftly-Ack"
 """Optional: the lowest seq the client still awaits; results below it may be forgotten."""
 
+RETRY_HEADER: Final = "X-Raftly-Retry"
+"""``1`` on a resend of a write whose earlier attempt may have been applied. A node that no
+longer remembers the client's session then answers 409 (outcome unknown) instead of applying
+the write a second time."""
+
 STALE_SEQ_CODE: Final = "stale_seq"
 """The ``code`` of a 409: the seq's result was forgotten, so its outcome is unknown."""
 
-__all__ = ["ACK_HEADER", "CLIENT_HEADER", "SEQ_HEADER", "STALE_SEQ_CODE"]
+__all__ = ["ACK_HEADER", "CLIENT_HEADER", "RETRY_HEADER", "SEQ_HEADER", "STALE_SEQ_CODE"]

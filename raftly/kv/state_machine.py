@@ -7,14 +7,17 @@ applied as an error result and never raises, since every node applies it all the
 
 Commands are msgpack arrays, one fixed layout per operation (never pickle)::
 
-    [OP_PUT,    client, seq, ack, key, value]
-    [OP_DELETE, client, seq, ack, key]
-    [OP_CAS,    client, seq, ack, key, expected, new]
+    [OP_PUT,    client, seq, ack, retry, key, value]
+    [OP_DELETE, client, seq, ack, retry, key]
+    [OP_CAS,    client, seq, ack, retry, key, expected, new]
 
-``client`` is a str or nil, ``seq`` and ``ack`` ints or nil (all three nil: no session). With a
-session, the machine remembers the result of every ``seq`` of that client from ``ack`` on, so a
-retried write gets its first result back instead of being applied twice (Raft dissertation
-§6.3). ``ack`` is the client's promise never to retry a seq below it; it lets the machine forget.
+``client`` is a str or nil, ``seq`` and ``ack`` ints or nil, ``retry`` a bool or nil (all nil:
+no session). With a session, the machine remembers the result of every ``seq`` of that client
+from ``ack`` on, so a retried write gets its first result back instead of being applied twice
+(Raft dissertation §6.3). ``ack`` is the client's promise never to retry a seq below it; it lets
+the machine forget. ``retry`` marks a resend whose earlier attempt may have been applied: if the
+client's session was evicted meanwhile, the write is refused as STALE_SEQ (outcome unknown)
+rather than applied again.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class Session:
     client: str
     seq: int
     ack: int = 0
+    retry: bool = False
 
     def __post_init__(self) -> None:
         err = _check_session(self.client, self.seq, self.ack)
@@ -110,7 +114,8 @@ def encode(op: Op, session: Session | None = None) -> bytes:
     except UnicodeEncodeError:
         raise CommandError("key is not valid unicode (lone surrogate)") from None
     head: list[object] = (
-        [session.client, session.seq, session.ack] if session is not None else [None, None, None]
+        [session.client, session.seq, session.ack, session.retry] if session is not None
+        else [None, None, None, None]
     )
     if isinstance(op, Put):
         body: list[object] = [OP_PUT, *head, op.key, bytes(op.value)]
@@ -141,19 +146,21 @@ def decode(command: bytes) -> tuple[Op, Session | None]:
         obj = msgpack.unpackb(command, raw=False, use_list=True, strict_map_key=True)
     except Exception as exc:  # msgpack raises several types for garbage; all mean "malformed"
         raise CommandError(f"not msgpack: {type(exc).__name__}") from None
-    if not isinstance(obj, list) or len(obj) < 5:
-        raise CommandError("a command is an array of at least 5 items")
-    op, client, seq, ack, key = obj[:5]
+    if not isinstance(obj, list) or len(obj) < 6:
+        raise CommandError("a command is an array of at least 6 items")
+    op, client, seq, ack, retry, key = obj[:6]
     session: Session | None = None
-    if client is not None or seq is not None or ack is not None:
+    if client is not None or seq is not None or ack is not None or retry is not None:
         err = _check_session(client, seq, ack)
+        if err is None and not isinstance(retry, bool):
+            err = "retry must be a bool"
         if err is not None:
             raise CommandError(err)
         assert isinstance(client, str) and isinstance(seq, int) and isinstance(ack, int)
-        session = Session(client, seq, ack)
+        session = Session(client, seq, ack, bool(retry))
     if not isinstance(key, str) or not key:
         raise CommandError("key must be a non-empty str")
-    rest = obj[5:]
+    rest = obj[6:]
     if type(op) is not int:
         raise CommandError("op must be an int")
     if op == OP_PUT:
@@ -217,6 +224,11 @@ class KVStateMachine:
         if session is None:
             return self._apply_op(index, op)
         state = self._sessions.get(session.client)
+        if state is None and session.retry:
+            # An earlier attempt may have been applied under a session since forgotten.
+            return Result(index, False, STALE_SEQ,
+                          f"client {session.client!r} is not remembered (its session was "
+                          f"evicted); the outcome of retried seq {session.seq} is unknown")
         if state is None:
             state = self._sessions[session.client] = _ClientState()
             if len(self._sessions) > self.max_sessions:

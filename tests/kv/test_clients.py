@@ -202,3 +202,16 @@ def test_tricky_keys_round_trip_with_both_clients() -> None:
             assert err.value.status == 413
 
     run(main())
+
+
+def test_resends_of_a_write_that_may_have_applied_are_marked_as_retries() -> None:
+    from raftly.kv.client import _Policy, _Request
+    from raftly.kv.protocol import RETRY_HEADER
+
+    policy = _Policy(["127.0.0.1:1"], 1.0, 1.0, None)
+    _, headers = policy.begin_write()
+    req = _Request("PUT", "/v1/kv/k", b"v", write=True, headers=headers)
+    policy.mark_retry(req, maybe_applied=False)  # e.g. refused connection: surely not sent
+    assert RETRY_HEADER not in headers
+    policy.mark_retry(req, maybe_applied=True)
+    assert headers[RETRY_HEADER] == "1"

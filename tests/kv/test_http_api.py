@@ -226,6 +226,14 @@ def test_exactly_once_retry_over_http() -> None:
             status, body, _ = await call(s, "PUT", url, data=b"1", headers=session)
             assert status == 409 and body["code"] == "stale_seq"
             assert (await call(s, "GET", url))[1] == b"2"
+            # A resend marked as a retry from a client no node remembers: unknown, not applied.
+            stranger = {"X-Raftly-Client": "stranger", "X-Raftly-Seq": "7",
+                        "X-Raftly-Retry": "1"}
+            status, body, _ = await call(s, "PUT", url, data=b"9", headers=stranger)
+            assert status == 409 and body["code"] == "stale_seq"
+            assert (await call(s, "GET", url))[1] == b"2"
+            bad = {**stranger, "X-Raftly-Retry": "yes"}
+            assert (await call(s, "PUT", url, data=b"9", headers=bad))[0] == 400
 
     run(main())
 

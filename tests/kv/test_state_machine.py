@@ -131,9 +131,13 @@ def test_sessions_evict_least_recently_applied_client() -> None:
     a(Put("k", b"5"))
     assert a(Put("k", b"3"), Session("old", 2)).index == 3  # remembered
     assert a.sm.get("k") == b"5"
-    # "mid" was forgotten: its retry applies again. The bound is the documented price.
-    assert a(Put("k", b"2"), Session("mid", 1)).index == a.index
-    assert a.sm.get("k") == b"2"
+    # "mid" was forgotten: a resend marked as a retry is refused as an unknown outcome ...
+    refused = a(Put("k", b"2"), Session("mid", 1, retry=True))
+    assert refused.error == STALE_SEQ and not refused.ok
+    assert a.sm.get("k") == b"5"
+    # ... while a write it never sent before starts a new session and applies.
+    assert a(Put("k", b"6"), Session("mid", 2)).ok
+    assert a.sm.get("k") == b"6"
 
 
 @pytest.mark.parametrize("raw", [
@@ -141,22 +145,24 @@ def test_sessions_evict_least_recently_applied_client() -> None:
     b"\xc1",  # never-used msgpack byte
     msgpack.packb({"op": 1}),
     msgpack.packb([OP_PUT, None, None, None]),
-    msgpack.packb([OP_PUT, None, None, None, "k"]),
-    msgpack.packb([OP_PUT, None, None, None, "k", "str not bytes"]),
-    msgpack.packb([OP_PUT, None, None, None, "", b"v"], use_bin_type=True),
-    msgpack.packb([OP_PUT, None, None, None, b"bytes key", b"v"], use_bin_type=True),
-    msgpack.packb([99, None, None, None, "k"]),
-    msgpack.packb([True, None, None, None, "k", b"v"], use_bin_type=True),
-    msgpack.packb([2, None, None, None, "k", b"extra"], use_bin_type=True),
-    msgpack.packb([3, None, None, None, "k", b"only one"], use_bin_type=True),
-    msgpack.packb([OP_PUT, "c", None, None, "k", b"v"], use_bin_type=True),
-    msgpack.packb([OP_PUT, "c", 0, 0, "k", b"v"], use_bin_type=True),
-    msgpack.packb([OP_PUT, "c", True, 0, "k", b"v"], use_bin_type=True),
-    msgpack.packb([OP_PUT, "c", 2, 3, "k", b"v"], use_bin_type=True),
-    msgpack.packb([OP_PUT, "c", 1 << 63, 0, "k", b"v"], use_bin_type=True),
-    msgpack.packb([OP_PUT, "", 1, 0, "k", b"v"], use_bin_type=True),
-    msgpack.packb([OP_PUT, "x" * 129, 1, 0, "k", b"v"], use_bin_type=True),
-    b"\x95\x01\xc0\xc0\xc0\xa1",  # truncated
+    msgpack.packb([OP_PUT, None, None, None, None, "k"]),
+    msgpack.packb([OP_PUT, None, None, None, None, "k", "str not bytes"]),
+    msgpack.packb([OP_PUT, None, None, None, None, "", b"v"], use_bin_type=True),
+    msgpack.packb([OP_PUT, None, None, None, None, b"bytes key", b"v"], use_bin_type=True),
+    msgpack.packb([99, None, None, None, None, "k"]),
+    msgpack.packb([True, None, None, None, None, "k", b"v"], use_bin_type=True),
+    msgpack.packb([2, None, None, None, None, "k", b"extra"], use_bin_type=True),
+    msgpack.packb([3, None, None, None, None, "k", b"only one"], use_bin_type=True),
+    msgpack.packb([OP_PUT, "c", None, None, False, "k", b"v"], use_bin_type=True),
+    msgpack.packb([OP_PUT, "c", 0, 0, False, "k", b"v"], use_bin_type=True),
+    msgpack.packb([OP_PUT, "c", True, 0, False, "k", b"v"], use_bin_type=True),
+    msgpack.packb([OP_PUT, "c", 2, 3, False, "k", b"v"], use_bin_type=True),
+    msgpack.packb([OP_PUT, "c", 1 << 63, 0, False, "k", b"v"], use_bin_type=True),
+    msgpack.packb([OP_PUT, "", 1, 0, False, "k", b"v"], use_bin_type=True),
+    msgpack.packb([OP_PUT, "x" * 129, 1, 0, False, "k", b"v"], use_bin_type=True),
+    msgpack.packb([OP_PUT, "c", 1, 0, "yes", "k", b"v"], use_bin_type=True),  # retry not bool
+    msgpack.packb([OP_PUT, None, None, None, True, "k", b"v"], use_bin_type=True),
+    b"\x96\x01\xc0\xc0\xc0\xc0\xa1",  # truncated
     b"\xdd\xff\xff\xff\xff",  # array claiming 4 billion items
 ])
 def test_malformed_commands_apply_as_errors(raw: bytes) -> None:
