@@ -204,15 +204,33 @@ class RaftServer:
         if len(self._proposals) >= self._max_pending:
             raise Busy(f"{len(self._proposals)} proposals already pending")
         index = node.propose(command)
-        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        self._proposals[index] = _Proposal(node.term, future)
+        loop = asyncio.get_running_loop()
+        proposal = _Proposal(node.term, loop.create_future())
+        earlier = self._proposals.get(index)
+        if earlier is not None and not earlier.future.done():
+            # Our log lost that entry, yet another leader may still hold and commit it.
+            earlier.future.set_exception(OutcomeUnknown(
+                f"entry {index} of term {earlier.term} was replaced in this node's log"))
+        self._proposals[index] = proposal
         self._wake.set()
+        # A plain timer, not wait_for: this is the per-proposal hot path.
+        timer = (loop.call_later(timeout, self._expire, index, proposal, timeout)
+                 if timeout is not None else None)
         try:
-            # On timeout the future is cancelled; the entry may still commit later, which is
-            # why the caller is told the outcome is unknown rather than that it failed.
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            raise OutcomeUnknown(f"no outcome for entry {index} within {timeout}s") from None
+            return await proposal.future
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if proposal.future.cancelled() and self._proposals.get(index) is proposal:
+                del self._proposals[index]  # the caller gave up: stop counting it as pending
+
+    def _expire(self, index: int, proposal: _Proposal, timeout: float) -> None:
+        """The entry may still commit later: the caller is told the outcome is unknown."""
+        if not proposal.future.done():
+            proposal.future.set_exception(
+                OutcomeUnknown(f"no outcome for entry {index} within {timeout}s"))
+        if self._proposals.get(index) is proposal:
+            del self._proposals[index]
 
     async def read(self, query: Callable[[StateMachine], object] | None = None, *,
                    timeout: float | None = 10.0) -> object:

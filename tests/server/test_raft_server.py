@@ -47,7 +47,8 @@ async def until(condition: Callable[[], bool], deadline: float = 10.0) -> None:
 
 
 class Cluster:
-    def __init__(self, n: int, storages: list[Storage] | None = None) -> None:
+    def __init__(self, n: int, storages: list[Storage] | None = None, **options: Any) -> None:
+        self.options = options
         self.net = MemoryNetwork()
         self.ids = list(range(1, n + 1))
         self.storages = storages or [MemoryStorage() for _ in self.ids]
@@ -56,7 +57,8 @@ class Cluster:
     def make(self, i: int, storage: Storage | None = None) -> RaftServer:
         return RaftServer(i, storage=storage or self.storages[i - 1],
                           transport=self.net.transport(i), state_machine=Counter(),
-                          bootstrap=frozenset(self.ids), config=FAST, rng=random.Random(i))
+                          bootstrap=frozenset(self.ids), config=FAST, rng=random.Random(i),
+                          **self.options)
 
     async def start(self) -> None:
         for i in self.ids:
@@ -290,6 +292,25 @@ def test_a_slow_fsync_on_the_leader_does_not_stall_heartbeats_into_an_election()
         finally:
             for disk in disks:
                 disk.delay = 0.0
+            await c.close()
+
+    run(body)
+
+
+def test_a_timed_out_proposal_is_unknown_and_stops_counting_as_pending() -> None:
+    async def body() -> None:
+        c = Cluster(3, max_pending=1)
+        await c.start()
+        try:
+            leader = await c.leader()
+            c.net.disconnect(leader.id)
+            with pytest.raises(OutcomeUnknown):
+                await leader.propose(b"1", timeout=0.2)
+            # Not Busy (checked first): the timed-out proposal no longer counts. By now the
+            # cut-off leader may have stepped down, hence NotLeader is as good.
+            with pytest.raises((OutcomeUnknown, NotLeader)):
+                await leader.propose(b"1", timeout=0.2)
+        finally:
             await c.close()
 
     run(body)
