@@ -140,6 +140,7 @@ class RaftNode:
         self._pending_reads: deque[_PendingRead] = deque()
         self._reads_awaiting_commit: list[tuple[bytes, NodeId]] = []
         self._handed_out_hs = hs
+        self._durable_term = hs.term
         self._outstanding: Ready | None = None
 
     # -- inspection -----------------------------------------------------------------------------
@@ -279,6 +280,8 @@ class RaftNode:
         if rd is not self._outstanding:
             raise RuntimeError("advance() of a Ready that is not the outstanding one")
         self._outstanding = None
+        if rd.hard_state is not None:
+            self._durable_term = rd.hard_state.term
         if rd.entries:
             last = rd.entries[-1]
             self.log.stable_to(last.index, last.term)
@@ -471,8 +474,11 @@ class RaftNode:
         for peer, pr in self._progress.items():
             if peer == self.id:
                 continue
-            pr.heartbeat_seq = seq
-            pr.heartbeat_mark = pr.inflight[-1] if pr.inflight else 0
+            if not pr.inflight or pr.match >= pr.heartbeat_mark:
+                # A new mark only once the previous one is resolved: a follower whose answers
+                # always lag a round behind must still have its lost appends found.
+                pr.heartbeat_seq = seq
+                pr.heartbeat_mark = pr.inflight[-1] if pr.inflight else 0
             self._send(Heartbeat(term=self.term, src=self.id, dst=peer,
                                  commit=min(pr.match, self.log.commit), seq=seq))
 
@@ -535,7 +541,7 @@ class RaftNode:
         elif isinstance(msg, HeartbeatResponse):
             pr.recent_active = True
             pr.probe_sent = False
-            if (pr.state is ProgressState.REPLICATE and msg.seq == pr.heartbeat_seq
+            if (pr.state is ProgressState.REPLICATE and msg.seq >= pr.heartbeat_seq
                     and pr.match < pr.heartbeat_mark):
                 # The heartbeat made the round trip but appends sent before it were not
                 # acknowledged: on an ordered connection, they were lost. Resend from match.
@@ -598,8 +604,8 @@ class RaftNode:
         self._read_round_needed = True
 
     def _ack_heartbeat(self, seq: int, peer: NodeId) -> None:
-        if seq <= self._heartbeat_acked.get(peer, 0):
-            return
+        if seq <= self._heartbeat_acked.get(peer, 0) or seq > self._heartbeat_seq:
+            return  # old news, or an answer to a round never sent: a confused peer
         self._heartbeat_acked[peer] = seq
         if not self._pending_reads:
             return
@@ -704,9 +710,10 @@ class RaftNode:
 
     def _send(self, msg: Message) -> None:
         if (self.role is Role.LEADER and isinstance(msg, (AppendEntries, Heartbeat))
-                and self._handed_out_hs.term == self.term):
-            # Replication depends on nothing this node has yet to make durable: its term was
-            # persisted before it asked for votes, and its own entries count only once durable.
+                and self._durable_term == self.term):
+            # Replication depends on nothing this node has yet to make durable once its term
+            # is (a leader's term became durable before it asked for votes, unless it needed
+            # none), and its own entries count only once durable.
             self._early_messages.append(msg)
         else:
             self._messages.append(msg)

@@ -109,6 +109,7 @@ class RaftServer:
         self._applied = 0
         self._apply_waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._fatal: BaseException | None = None
+        self._early_scheduled = False
         self._failed = asyncio.Event()
         self._closed = False
         self._role: Role | None = None
@@ -215,6 +216,7 @@ class RaftServer:
             earlier.future.set_exception(OutcomeUnknown(
                 f"entry {index} of term {earlier.term} was replaced in this node's log"))
         self._proposals[index] = proposal
+        self._schedule_early()
         self._wake.set()
         if timeout is not None:
             # Swept by the ticker: cheaper than a timer per proposal on this hot path.
@@ -254,6 +256,7 @@ class RaftServer:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         node.read_index(context)  # raises NotLeader when no leader is known
         self._reads[context] = future
+        self._schedule_early()
         self._wake.set()
         try:
             async with asyncio.timeout(timeout):
@@ -307,9 +310,18 @@ class RaftServer:
 
     def _send_early(self) -> None:
         """Send a leader's appends and heartbeats now, even while a save is under way."""
-        assert self._node is not None
+        self._early_scheduled = False
+        if self._node is None or self._closed or self._fatal is not None:
+            return
         for msg in self._node.take_early_messages():
             self._transport.send(msg)
+
+    def _schedule_early(self) -> None:
+        """Send early messages once this loop iteration's other callers have had their turn,
+        so that proposals made together still share one AppendEntries per follower."""
+        if not self._early_scheduled:
+            self._early_scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_early)
 
     async def _tick_loop(self) -> None:
         interval = self.config.tick_interval

@@ -49,7 +49,7 @@ def run_seed(seed: int, duration: float = 30.0) -> FuzzResult:
     disk = rng.choice((None, (0.0001, 0.002), (0.0005, 0.05), (0.001, 0.3)))
     hint = replay_command(seed, duration)
     c = SimCluster(n=n, seed=seed, replay_hint=hint, disk_latency=disk)
-    proposals = faults = 0
+    proposals = faults = reads = 0
     crashed: set[int] = set()
     while c.now < duration:
         c.run(rng.uniform(0.0, 0.4))
@@ -60,6 +60,12 @@ def run_seed(seed: int, duration: float = 30.0) -> FuzzResult:
                 for _ in range(rng.randint(1, 10)):
                     proposals += 1
                     c.start(i, f"{seed}:{proposals}".encode())
+            # Reads on every live node, each checked not to be stale when its index arrives.
+            reads += 1
+            for j in range(n):
+                if c.alive(j):
+                    with contextlib.suppress(RaftError):
+                        c.read_index(j, f"read:{reads}".encode())
             continue
         faults += 1
         roll = rng.random()
@@ -90,10 +96,8 @@ def run_seed(seed: int, duration: float = 30.0) -> FuzzResult:
                 with contextlib.suppress(RaftError, ValueError):
                     c.node(leader).transfer_leadership(rng.randrange(n))
         else:
-            i = rng.randrange(n)
-            if c.alive(i):
-                with contextlib.suppress(RaftError):
-                    c.node(i).read_index(f"read:{faults}".encode())
+            leader = c.leader()
+            c.disconnect(leader if leader is not None else rng.randrange(n))
     # Heal everything and check that the cluster recovers and converges.
     for i in sorted(crashed):
         c.restart(i)

@@ -28,6 +28,9 @@ class SafetyChecker:
         self._last_applied: dict[NodeId, int] = {}
         self._leading: dict[NodeId, tuple[int, int, int]] = {}
         """node -> (term, last index, last term) while it leads."""
+        self._max_applied = 0
+        self._read_floors: dict[tuple[NodeId, bytes], int] = {}
+        """(node, read context) -> the highest index any node had applied when it was asked."""
 
     def on_persist(self, node_id: NodeId, entries: list[Entry], prev_term: int | None) -> None:
         """Log matching: two entries with the same index and term hold the same command and
@@ -60,11 +63,25 @@ class SafetyChecker:
                 "(an index applied twice, or one skipped)"
             )
         self._last_applied[node_id] = entry.index
+        self._max_applied = max(self._max_applied, entry.index)
         first = self._applied.setdefault(entry.index, entry)
         if first != entry:
             raise SafetyViolation(
                 f"state machine safety: node {node_id} applied {entry} at index {entry.index}, "
                 f"another node applied {first}"
+            )
+
+    def on_read_issued(self, node_id: NodeId, context: bytes) -> None:
+        self._read_floors[(node_id, context)] = self._max_applied
+
+    def on_read_state(self, node_id: NodeId, index: int, context: bytes) -> None:
+        """Linearizable reads: a read index covers every entry applied anywhere before the read
+        was asked for (an acknowledged write was applied on its leader before the reply)."""
+        floor = self._read_floors.pop((node_id, context), None)
+        if floor is not None and index < floor:
+            raise SafetyViolation(
+                f"stale read: node {node_id} got read index {index} for {context!r}, but index "
+                f"{floor} was already applied when the read was asked for"
             )
 
     def on_state(self, node: RaftNode) -> None:

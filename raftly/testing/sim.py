@@ -243,6 +243,8 @@ class SimCluster:
                 member.state_machine.apply(entry.index, entry.data)
                 member.applied[entry.index] = entry.data
                 member.applied_order.append((entry.index, entry.data))
+        for rs in rd.read_states:
+            self._checker.on_read_state(i, rs.index, rs.context)
         member.read_states.extend(rd.read_states)
         node.advance(rd)
 
@@ -407,6 +409,14 @@ class SimCluster:
         except RaftError:
             return -1, node.term, False
         return index, node.term, True
+
+    def read_index(self, i: int, context: bytes) -> None:
+        """Ask node i for a linearizable read point; the answer is checked not to be stale.
+
+        Raises NotLeader when node i knows no leader. Contexts must be unique per node.
+        """
+        self._checker.on_read_issued(i, context)
+        self.node(i).read_index(context)
 
     def n_committed(self, index: int) -> tuple[int, bytes | None]:
         """How many nodes applied ``index``, and the command applied there."""

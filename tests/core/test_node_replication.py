@@ -573,3 +573,36 @@ def test_acknowledgements_of_entries_never_sent_are_ignored() -> None:
     flush(leader)  # would raise if match or next had been pushed past the log
     pr = leader.progress(2)
     assert pr is not None and pr.match <= last
+
+
+def test_a_lost_append_is_resent_even_when_heartbeat_answers_lag_a_round() -> None:
+    leader = leader_with()
+    leader.propose(b"x")
+    flush(leader)  # the AppendEntries to 2 is lost
+    late: list[Heartbeat] = []  # heartbeats to 2, each answered one round late
+    for _ in range(10 * HEARTBEAT):
+        out = tick(leader, 1)
+        late += out.of(Heartbeat, dst=2)
+        if out.of(AppendEntries, dst=2):
+            return
+        if len(late) >= 2:
+            leader.step(heartbeat_response(leader, 2, late.pop(0).seq))
+            if flush(leader).of(AppendEntries, dst=2):
+                return
+    raise AssertionError("the lost append was never resent")
+
+
+def test_a_lost_append_is_resent_under_steady_read_load() -> None:
+    leader = leader_with()
+    leader.propose(b"x")
+    flush(leader)  # the AppendEntries to 2 is lost
+    previous: Heartbeat | None = None
+    for n in range(50):
+        leader.read_index(f"r{n}".encode())  # each read opens a round before 2 answers
+        beat = flush(leader).of(Heartbeat, dst=2)[-1]
+        if previous is not None:
+            leader.step(heartbeat_response(leader, 2, previous.seq))
+            if flush(leader).of(AppendEntries, dst=2):
+                return
+        previous = beat
+    raise AssertionError("the lost append was never resent")

@@ -255,7 +255,19 @@ def test_a_bad_record_followed_by_an_intact_one_is_corruption_even_past_the_comm
     flip_bit(last, segment.HEADER_SIZE + 12)  # inside entry 1, entries 2..5 intact
     message = corruption(node)
     assert f"{last}: corrupt at byte offset {segment.HEADER_SIZE}" in message
-    assert "next record is intact" in message
+    assert "an intact record follows" in message
+
+
+def test_a_damaged_length_field_followed_by_intact_records_is_corruption(node: Path) -> None:
+    s = open_disk(node, segment_size=1 << 20)
+    s.bootstrap(CONF)
+    s.save(HardState(1, None, 0), ents(1, 5, 1))  # acknowledged, commit not yet on disk
+    s.close()
+    last = segments(node)[-1]
+    flip_bit(last, segment.HEADER_SIZE + 1)  # entry 1's length now runs past the data
+    message = corruption(node)
+    assert f"{last}: corrupt at byte offset {segment.HEADER_SIZE}" in message
+    assert "an intact record follows" in message
 
 
 def test_a_zeroed_sector_with_intact_records_after_it_is_a_torn_write(node: Path) -> None:

@@ -123,18 +123,10 @@ def scan(buf: bytes | memoryview, first_index: int) -> ScanResult:
         length, crc = RECORD_HEADER.unpack_from(buf, off)
         start = off + RECORD_HEADER.size
         if length < ENTRY_HEADER.size or length > MAX_PAYLOAD or start + length > size:
-            return ScanResult(
-                offsets, terms, f"record length {length} runs past the data", torn=True
-            )
+            return _bad_record(buf, off, expected, offsets, terms,
+                               f"record length {length} runs past the data")
         if _crc(buf[off : off + 4], buf[start : start + length]) != crc:
-            # A write cut short leaves the end of the file, or blocks that read back as zeros
-            # (etcd's rule for torn writes). A bad record with an intact one right after it
-            # and no zeroed sector was written whole and damaged later: corruption.
-            torn = _has_zero_sector(buf, off, start + length) or not _intact_record_at(
-                buf, start + length, expected + 1)
-            reason = "record checksum mismatch" + (
-                "" if torn else " (the next record is intact: corruption, not a torn write)")
-            return ScanResult(offsets, terms, reason, torn=torn)
+            return _bad_record(buf, off, expected, offsets, terms, "record checksum mismatch")
         # From here on the record is exactly what was written, so nonsense is corruption (or
         # a bug), never a torn write.
         index, term, kind = ENTRY_HEADER.unpack_from(buf, start)
@@ -160,14 +152,34 @@ def _has_zero_sector(buf: bytes | memoryview, lo: int, hi: int) -> bool:
                for s in range(first, end - _SECTOR + 1, _SECTOR))
 
 
-def _intact_record_at(buf: bytes | memoryview, off: int, index: int) -> bool:
-    """Whether a record of entry ``index`` with a good checksum starts at ``off``."""
-    if len(buf) - off < RECORD_OVERHEAD:
-        return False
-    length, crc = RECORD_HEADER.unpack_from(buf, off)
-    start = off + RECORD_HEADER.size
-    if length < ENTRY_HEADER.size or start + length > len(buf):
-        return False
-    if _crc(buf[off : off + 4], buf[start : start + length]) != crc:
-        return False
-    return bool(ENTRY_HEADER.unpack_from(buf, start)[0] == index)
+def _bad_record(buf: bytes | memoryview, off: int, expected: int, offsets: array[int],
+                terms: array[int], reason: str) -> ScanResult:
+    """Tell a torn write from corruption at a record that fails its checks.
+
+    A crash mid-append leaves the end of the file short or garbled, or blocks the kernel never
+    wrote, which read back as zeros (etcd's rule). So when an intact later record follows and no
+    zeroed sector lies between, the bad record was written whole and damaged afterwards:
+    corruption, never to be cut silently.
+    """
+    following = _next_intact_record(buf, off + 1, expected + 1)
+    if following is None or _has_zero_sector(buf, off, following):
+        return ScanResult(offsets, terms, reason, torn=True)
+    return ScanResult(offsets, terms, f"{reason}; an intact record follows at byte offset "
+                      f"{following}: corruption, not a torn write")
+
+
+def _next_intact_record(buf: bytes | memoryview, start: int, min_index: int) -> int | None:
+    """The first offset from ``start`` holding a record of an index >= ``min_index`` whose
+    checksum holds. Only used on the error path, so a byte-by-byte search is fine."""
+    size = len(buf)
+    for off in range(start, size - RECORD_OVERHEAD + 1):
+        length, crc = RECORD_HEADER.unpack_from(buf, off)
+        begin = off + RECORD_HEADER.size
+        if length < ENTRY_HEADER.size or begin + length > size:
+            continue
+        if ENTRY_HEADER.unpack_from(buf, begin)[0] < min_index:
+            continue
+        if _crc(buf[off : off + 4], buf[begin : begin + length]) == crc:
+            return off
+    return None
+
