@@ -83,7 +83,13 @@ class Heartbeat(Message):
 
 @dataclass(slots=True, kw_only=True)
 class HeartbeatResponse(Message):
+    """Echoes the round ``seq``. ``accepted`` is the last index the follower took from this
+    term's leader, durable or not: the answer is sent at once, without waiting for the
+    follower's disk, and tells the leader whether the appends it sent before the round arrived.
+    """
+
     seq: int = 0
+    accepted: int = 0
 
 
 @dataclass(slots=True, kw_only=True)

@@ -65,9 +65,11 @@ class Ready:
     4. apply ``committed_entries`` in order, and serve ``read_states`` once applied;
     5. call ``advance(ready)``.
 
-    ``early_messages`` are a leader's AppendEntries and heartbeats: the leader writes its log in
-    parallel with replicating it (Raft thesis, 10.2.1), which is safe because it counts itself
-    towards a commit only for entries reported durable through ``advance``.
+    ``early_messages`` are a leader's AppendEntries and heartbeats, and a follower's answers to
+    heartbeats. The leader writes its log in parallel with replicating it (Raft thesis, 10.2.1),
+    which is safe because it counts itself towards a commit only for entries reported durable
+    through ``advance``. A heartbeat answer only says "I follow you in this term" (and what it
+    has taken from you so far), so a slow disk on a follower cannot make the leader step down.
     """
 
     hard_state: HardState | None
@@ -131,6 +133,8 @@ class RaftNode:
 
         self._messages: list[Message] = []
         self._early_messages: list[Message] = []
+        self._accepted = 0
+        """As a follower, the last index taken from this term's leader (durable or not)."""
         self._read_states: list[ReadState] = []
         self._heartbeat_seq = 0
         """The newest heartbeat round broadcast (it only grows, across terms too)."""
@@ -304,6 +308,7 @@ class RaftNode:
         if term != self.term:
             self.term = term
             self.vote = None
+            self._accepted = 0
         self.role = Role.FOLLOWER
         self.leader = leader
         self._leave_leadership()
@@ -328,6 +333,7 @@ class RaftNode:
         else:
             self.role = Role.CANDIDATE
             self.term += 1
+            self._accepted = 0
             self.vote = self.id
             term = self.term
         self._votes = {self.id: True}
@@ -542,9 +548,9 @@ class RaftNode:
             pr.recent_active = True
             pr.probe_sent = False
             if (pr.state is ProgressState.REPLICATE and msg.seq >= pr.heartbeat_seq
-                    and pr.match < pr.heartbeat_mark):
-                # The heartbeat made the round trip but appends sent before it were not
-                # acknowledged: on an ordered connection, they were lost. Resend from match.
+                    and msg.accepted < pr.heartbeat_mark):
+                # A round sent after those appends came back, yet the follower never took
+                # them: on an ordered connection, they were lost. Resend from match.
                 pr.become_probe()
             if pr.match < self.log.last_index:
                 self._pending_append.add(msg.src)
@@ -635,7 +641,7 @@ class RaftNode:
             self._heard_from_leader(msg.src)
             self.log.commit_to(min(msg.commit, self.log.last_index))
             self._send(HeartbeatResponse(term=self.term, src=self.id, dst=msg.src,
-                                         seq=msg.seq))
+                                         seq=msg.seq, accepted=self._accepted))
         elif isinstance(msg, ReadIndexResponse):
             if msg.src == self.leader:
                 self._read_states.append(ReadState(msg.index, msg.context))
@@ -657,6 +663,7 @@ class RaftNode:
             if not entries:
                 self._send(AppendEntriesResponse(term=self.term, src=self.id, dst=msg.src,
                                                  success=True, index=prev_index))
+                self._accepted = max(self._accepted, prev_index)
                 return
         elif not log.matches(prev_index, msg.prev_term):
             self._reject_append(msg)
@@ -667,6 +674,7 @@ class RaftNode:
         log.commit_to(min(msg.commit, last_new))
         self._send(AppendEntriesResponse(term=self.term, src=self.id, dst=msg.src,
                                          success=True, index=last_new))
+        self._accepted = max(self._accepted, last_new)
 
     def _reject_append(self, msg: AppendEntries) -> None:
         log = self.log
@@ -709,11 +717,13 @@ class RaftNode:
     # -- plumbing -------------------------------------------------------------------------------
 
     def _send(self, msg: Message) -> None:
-        if (self.role is Role.LEADER and isinstance(msg, (AppendEntries, Heartbeat))
+        if isinstance(msg, HeartbeatResponse) or (
+                self.role is Role.LEADER and isinstance(msg, (AppendEntries, Heartbeat))
                 and self._durable_term == self.term):
             # Replication depends on nothing this node has yet to make durable once its term
             # is (a leader's term became durable before it asked for votes, unless it needed
-            # none), and its own entries count only once durable.
+            # none), and its own entries count only once durable. A heartbeat answer promises
+            # nothing at all (see Ready).
             self._early_messages.append(msg)
         else:
             self._messages.append(msg)

@@ -298,11 +298,12 @@ def _dec_heartbeat(f: list[Any], term: int, src: int, dst: int, _: _Limits) -> M
 
 
 def _enc_heartbeat_response(m: HeartbeatResponse) -> list[Any]:
-    return [m.seq]
+    return [m.seq, m.accepted]
 
 
 def _dec_heartbeat_response(f: list[Any], term: int, src: int, dst: int, _: _Limits) -> Message:
-    return HeartbeatResponse(term=term, src=src, dst=dst, seq=_uint(f[4], "seq"))
+    return HeartbeatResponse(term=term, src=src, dst=dst, seq=_uint(f[4], "seq"),
+                             accepted=_uint(f[5], "accepted"))
 
 
 def _enc_install_snapshot(m: InstallSnapshot) -> list[Any]:
@@ -364,7 +365,7 @@ _LAYOUTS: Final[dict[int, tuple[type[Message], int, _Encoder, _Decoder]]] = {
     3: (AppendEntries, 4, _enc_append_entries, _dec_append_entries),
     4: (AppendEntriesResponse, 4, _enc_append_entries_response, _dec_append_entries_response),
     5: (Heartbeat, 2, _enc_heartbeat, _dec_heartbeat),
-    6: (HeartbeatResponse, 1, _enc_heartbeat_response, _dec_heartbeat_response),
+    6: (HeartbeatResponse, 2, _enc_heartbeat_response, _dec_heartbeat_response),
     7: (InstallSnapshot, 4, _enc_install_snapshot, _dec_install_snapshot),
     8: (TimeoutNow, 0, _enc_timeout_now, _dec_timeout_now),
     9: (ReadIndexRequest, 1, _enc_read_index_request, _dec_read_index_request),

@@ -29,6 +29,7 @@ from raftly.core import (
     EntryType,
     HardState,
     Heartbeat,
+    HeartbeatResponse,
     InitialState,
     NotLeader,
     RaftNode,
@@ -606,3 +607,25 @@ def test_a_lost_append_is_resent_under_steady_read_load() -> None:
                 return
         previous = beat
     raise AssertionError("the lost append was never resent")
+
+
+def test_a_followers_heartbeat_answer_goes_early_and_says_what_it_took() -> None:
+    follower = new_node(2, terms=(1,), term=1)
+    follower.step(append(follower, src=1, prev_index=1, prev_term=1,
+                         entries=[Entry(2, 1, b"x")]))
+    follower.step(heartbeat(follower, src=1, seq=4))
+    rd = follower.ready()
+    answers = [m for m in rd.early_messages if isinstance(m, HeartbeatResponse)]
+    assert [(m.seq, m.accepted) for m in answers] == [(4, 2)]  # before the fsync of entry 2
+    assert [type(m) for m in rd.messages] == [AppendEntriesResponse]
+
+
+def test_a_follower_that_took_the_appends_is_not_demoted_while_its_disk_is_slow() -> None:
+    leader = leader_with()
+    index = leader.propose(b"x")
+    flush(leader)  # the append reaches 2, whose ack waits for its fsync
+    beat = tick(leader, HEARTBEAT).of(Heartbeat, dst=2)[-1]
+    leader.step(HeartbeatResponse(term=leader.term, src=2, dst=1, seq=beat.seq, accepted=index))
+    pr = leader.progress(2)
+    assert pr is not None and pr.state is ProgressState.REPLICATE
+    assert flush(leader).of(AppendEntries, dst=2) == []  # nothing resent

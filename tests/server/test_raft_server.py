@@ -314,3 +314,25 @@ def test_a_timed_out_proposal_is_unknown_and_stops_counting_as_pending() -> None
             await c.close()
 
     run(body)
+
+
+def test_slow_follower_disks_do_not_make_the_leader_step_down() -> None:
+    async def body() -> None:
+        disks = [SlowDisk() for _ in range(3)]
+        c = Cluster(3, list(disks))
+        await c.start()
+        try:
+            leader = await c.leader()
+            term = leader.status().term
+            for disk, server in zip(disks, c.servers.values(), strict=True):
+                if server is not leader:
+                    disk.delay = 0.5  # about three election timeouts per save
+            for _ in range(3):
+                await leader.propose(b"1", timeout=10)
+            assert leader.is_leader and all(s.status().term == term for s in c.servers.values())
+        finally:
+            for disk in disks:
+                disk.delay = 0.0
+            await c.close()
+
+    run(body)

@@ -121,3 +121,17 @@ def test_heartbeats_flow_while_a_save_is_slower_than_the_election_timeout() -> N
     c.run(10.0)
     assert c.leader() == leader and c.term(leader) == term
     assert [cmd for _, cmd in c.applied(leader)] == [b"slow"]
+
+
+def test_followers_with_saves_slower_than_the_election_timeout_keep_their_leader() -> None:
+    c = SimCluster(n=3, seed=8)
+    leader = c.check_one_leader()
+    term = c.term(leader)
+    for i in range(3):
+        if i != leader:
+            c.set_disk_latency((1.5, 1.5), i)
+    for k in range(5):
+        c.start(leader, f"w{k}".encode())
+        c.run(2.0)
+    assert c.leader() == leader and all(c.term(i) == term for i in range(3))
+    assert len(c.applied(leader)) == 5

@@ -84,7 +84,7 @@ MESSAGE_STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
         conflict_index=uints,
     ),
     Heartbeat: _simple(Heartbeat, commit=uints, seq=uints),
-    HeartbeatResponse: _simple(HeartbeatResponse, seq=uints),
+    HeartbeatResponse: _simple(HeartbeatResponse, seq=uints, accepted=uints),
     InstallSnapshot: install_snapshot(),
     TimeoutNow: _simple(TimeoutNow),
     ReadIndexRequest: _simple(ReadIndexRequest, context=blobs),
