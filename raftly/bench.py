@@ -349,13 +349,9 @@ async def bench_library(clients: Sequence[int], seconds: float, *, fsync: FsyncP
 
 
 _NODE_CODE = """\
-import asyncio, logging, sys
-if sys.platform.startswith("linux"):
-    try:  # die with the benchmark, even if it is killed with SIGKILL
-        import ctypes
-        ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
-    except Exception:
-        pass
+import asyncio, logging, signal, sys
+from raftly.localproc import die_with_parent
+die_with_parent(signal.SIGKILL)  # die with the benchmark, even if it is killed with SIGKILL
 logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
 from raftly.kv.service import serve
 asyncio.run(serve(sys.argv[1], sys.argv[2], sys.argv[3], fsync=sys.argv[4]))
