@@ -370,17 +370,29 @@ class SimCluster:
         ids = self._leaders_by_term().get(newest)
         return ids[0] if ids else None
 
+    def run_until(self, predicate: Callable[[], bool], timeout: float,
+                  step: float = 0.01) -> float:
+        """Run in steps of ``step`` until ``predicate()`` holds; return the virtual time it took.
+
+        AssertionError if it still does not hold after ``timeout`` virtual seconds.
+        """
+        start = self.now
+        while not predicate():
+            if self.now - start >= timeout:
+                raise AssertionError(
+                    f"condition not reached within {timeout}s (seed={self.seed})")
+            self.run(step)
+        return self.now - start
+
     def check_one_leader(self, timeout: float = 5.0) -> int:
         """Run until one connected node leads in the newest term; return it."""
-        waited = 0.0
-        while True:
-            leader = self.leader()
-            if leader is not None:
-                return leader
-            if waited >= timeout:
-                raise AssertionError(f"no leader within {timeout}s (seed={self.seed})")
-            self.run(0.05)
-            waited += 0.05
+        try:
+            self.run_until(lambda: self.leader() is not None, timeout, step=0.05)
+        except AssertionError:
+            raise AssertionError(f"no leader within {timeout}s (seed={self.seed})") from None
+        leader = self.leader()
+        assert leader is not None
+        return leader
 
     def check_no_leader(self) -> None:
         for i in self._reachable():

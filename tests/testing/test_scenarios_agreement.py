@@ -19,15 +19,6 @@ ELECTION = Config().election_timeout
 HEARTBEAT = Config().heartbeat_interval
 
 
-def run_until(c: SimCluster, predicate, limit: float, step: float = 0.01) -> float:
-    start = c.now
-    while not predicate():
-        if c.now - start >= limit:
-            raise AssertionError(f"condition not reached within {limit}s (seed={c.seed})")
-        c.run(step)
-    return c.now - start
-
-
 def commands_applied(c: SimCluster, i: int) -> list[bytes]:
     return [cmd for _, cmd in c.applied(i)]
 
@@ -73,7 +64,7 @@ def test_commit_reaches_every_follower_without_waiting_for_a_heartbeat(seed: int
         # Wait for the quiet moment right after a heartbeat round.
         c.run(0.03)
         index, _, _ = c.start(leader, b"w%d" % k)
-        took = run_until(c, lambda idx=index: c.n_committed(idx)[0] == 3, limit=1.0, step=0.001)
+        took = c.run_until(lambda idx=index: c.n_committed(idx)[0] == 3, timeout=1.0, step=0.001)
         worst = max(worst, took)
     assert worst < HEARTBEAT / 2, f"a follower learned of a commit only after {worst:.3f}s"
 
@@ -372,7 +363,7 @@ def test_read_index_on_leader_is_at_least_the_last_committed_write(seed: int) ->
     leader = c.check_one_leader(timeout=0.0)
 
     c.node(leader).read_index(b"r-leader")
-    took = run_until(c, lambda: bool(_reads(c, leader, b"r-leader")), limit=1.0, step=0.002)
+    took = c.run_until(lambda: bool(_reads(c, leader, b"r-leader")), timeout=1.0, step=0.002)
     assert took < HEARTBEAT, f"read took {took:.3f}s"
     (index,) = _reads(c, leader, b"r-leader")
     assert index >= last_write
@@ -390,7 +381,7 @@ def test_read_index_on_follower_is_forwarded_and_covers_the_last_committed_write
     c.run(2 * HEARTBEAT)  # the follower has heard from the leader and knows it
 
     c.node(follower).read_index(b"r-follower")
-    run_until(c, lambda: bool(_reads(c, follower, b"r-follower")), limit=1.0, step=0.002)
+    c.run_until(lambda: bool(_reads(c, follower, b"r-follower")), timeout=1.0, step=0.002)
     (index,) = _reads(c, follower, b"r-follower")
     assert index >= last_write
     # The follower can serve the read once it applied that far.
@@ -407,7 +398,7 @@ def test_read_index_right_after_election_waits_for_the_new_leaders_commit(seed: 
     c.disconnect(old)
     leader = c.check_one_leader(timeout=10.0)
     c.node(leader).read_index(b"r")  # possibly before its no-op commits
-    run_until(c, lambda: bool(_reads(c, leader, b"r")), limit=1.0, step=0.002)
+    c.run_until(lambda: bool(_reads(c, leader, b"r")), timeout=1.0, step=0.002)
     (index,) = _reads(c, leader, b"r")
     assert index > last_write, "the read index must cover the new leader's no-op"
 

@@ -17,16 +17,6 @@ SEEDS = [1, 2, 3]
 ELECTION = Config().election_timeout  # 1 s: a follower times out within [1 s, 2 s)
 
 
-def run_until(c: SimCluster, predicate, limit: float, step: float = 0.01) -> float:
-    """Run ``c`` in small steps until ``predicate()`` holds; return the virtual time it took."""
-    start = c.now
-    while not predicate():
-        if c.now - start >= limit:
-            raise AssertionError(f"condition not reached within {limit}s (seed={c.seed})")
-        c.run(step)
-    return c.now - start
-
-
 @pytest.mark.parametrize("seed", SEEDS)
 def test_initial_election_elects_one_leader_and_the_term_then_stays_put(seed: int) -> None:
     c = SimCluster(n=3, seed=seed)
@@ -146,7 +136,7 @@ def test_leader_cut_off_from_majority_steps_down_within_two_election_timeouts(se
     majority = [i for i in range(5) if i not in (leader, buddy)]
     c.partition([leader, buddy], majority)
 
-    took = run_until(c, lambda: not c.is_leader(leader), limit=5 * ELECTION)
+    took = c.run_until(lambda: not c.is_leader(leader), timeout=5 * ELECTION)
     assert took <= 2 * ELECTION + 0.05, f"old leader led on for {took:.2f}s cut off from a majority"
     # The majority elects a leader of its own; the minority side never does.
     new = c.check_one_leader(timeout=10.0)
@@ -176,7 +166,7 @@ def test_leadership_transfer_to_up_to_date_follower_takes_well_under_an_election
     target = (leader + 1) % 3
 
     c.node(leader).transfer_leadership(target)
-    took = run_until(c, lambda: c.leader() == target, limit=2 * ELECTION, step=0.005)
+    took = c.run_until(lambda: c.leader() == target, timeout=2 * ELECTION, step=0.005)
     assert took < 0.2, f"transfer took {took:.3f}s"
     assert c.term(target) == term + 1
     assert not c.is_leader(leader)
@@ -196,7 +186,7 @@ def test_leadership_transfer_to_lagging_follower_catches_it_up_first(seed: int) 
     c.connect(target)
 
     c.node(leader).transfer_leadership(target)
-    took = run_until(c, lambda: c.leader() == target, limit=2 * ELECTION, step=0.005)
+    took = c.run_until(lambda: c.leader() == target, timeout=2 * ELECTION, step=0.005)
     assert took < 0.5, f"transfer to a lagging node took {took:.3f}s"
     c.wait(last, 3, -1)
     assert [cmd for _, cmd in c.applied(target)] == commands
@@ -219,7 +209,7 @@ def test_leadership_transfer_to_unreachable_node_times_out_and_leader_resumes(se
     def accepts() -> bool:
         return c.start(leader, b"resumed")[0] != -1
 
-    took = run_until(c, accepts, limit=3 * ELECTION, step=0.02)
+    took = c.run_until(accepts, timeout=3 * ELECTION, step=0.02)
     assert took <= ELECTION + 0.1, f"the transfer blocked proposals for {took:.2f}s"
     assert c.is_leader(leader) and c.term(leader) == term
     c.one(b"more", 2, retry=False)
