@@ -22,7 +22,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -220,6 +220,57 @@ def _list_path(prefix: str, limit: int, stale: bool) -> str:
 # -- blocking --------------------------------------------------------------------------------------
 
 
+class _Attempts:
+    """The retry state of one request, shared by both clients (they differ only in I/O).
+
+    Tracks the deadline, the attempt count for backoff, the last problem seen, and whether an
+    attempt of a write may have been applied: that decides "unknown" against "unavailable".
+    """
+
+    def __init__(self, policy: _Policy, req: _Request, clock: Callable[[], float]) -> None:
+        self.policy = policy
+        self.req = req
+        self.clock = clock
+        self.deadline = clock() + policy.timeout
+        self.maybe_applied = False
+        self.attempt = 0
+        self.last = "nothing tried"
+
+    def request_timeout(self) -> float:
+        return max(0.05, min(self.policy.request_timeout, self.deadline - self.clock()))
+
+    def failed(self, base: str, exc: BaseException, *, maybe_sent: bool) -> None:
+        """The request got no answer; ``maybe_sent`` unless it surely never left."""
+        self.last = f"{base}: {type(exc).__name__}: {exc}"
+        self.maybe_applied = self.maybe_applied or (maybe_sent and self.req.write)
+        self.policy.rotate()
+
+    def answered(self, base: str, resp: _Response) -> str:
+        """'done' (hand the response over), 'now' (follow a redirect) or 'later' (retry)."""
+        verdict = self.policy.outcome(self.req, resp)
+        self.last = f"{base}: {resp.status} {resp.error_message()}"
+        if verdict == "done":
+            return "done"
+        if verdict == "redirect" and self.attempt < 8:
+            self.attempt += 1
+            return "now"
+        if verdict == "unknown":
+            self.maybe_applied = True
+        elif verdict == "retry-elsewhere":
+            self.policy.rotate()
+        return "later"
+
+    def pause(self) -> float:
+        """How long to wait before the next attempt; raises once the deadline has passed."""
+        self.policy.mark_retry(self.req, self.maybe_applied)
+        now = self.clock()
+        if now >= self.deadline:
+            raise self.policy.give_up(self.req, self.maybe_applied, self.last)
+        pause = min(self.policy.backoff(self.attempt), self.deadline - now)
+        self.attempt += 1
+        return pause
+
+
 class Client:
     """A blocking client: ``Client(["127.0.0.1:8001", "127.0.0.1:8002"]).put("k", b"v")``."""
 
@@ -286,39 +337,22 @@ class Client:
             self._p.end_write(seq)
 
     def _do(self, req: _Request) -> _Response:
-        p = self._p
-        deadline = time.monotonic() + p.timeout
-        maybe_applied = False
-        attempt = 0
-        last = "nothing tried"
+        tries = _Attempts(self._p, req, time.monotonic)
         while True:
-            remaining = deadline - time.monotonic()
+            base = self._p._current
             try:
-                resp = self._send(p._current, req, max(0.05, min(p.request_timeout, remaining)))
+                resp = self._send(base, req, tries.request_timeout())
             except ConnectionRefusedError as exc:
-                last = f"{p._current}: {exc}"
-                p.rotate()  # nothing was sent: no doubt about the outcome
+                tries.failed(base, exc, maybe_sent=False)
             except (OSError, http.client.HTTPException) as exc:
-                last = f"{p._current}: {type(exc).__name__}: {exc}"
-                maybe_applied = maybe_applied or req.write
-                p.rotate()
+                tries.failed(base, exc, maybe_sent=True)
             else:
-                verdict = p.outcome(req, resp)
-                last = f"{p._current}: {resp.status} {resp.error_message()}"
-                if verdict == "done":
+                step = tries.answered(base, resp)
+                if step == "done":
                     return resp
-                if verdict == "redirect" and attempt < 8:
-                    attempt += 1
+                if step == "now":
                     continue
-                if verdict == "unknown":
-                    maybe_applied = True
-                elif verdict == "retry-elsewhere":
-                    p.rotate()
-            p.mark_retry(req, maybe_applied)
-            if time.monotonic() >= deadline:
-                raise p.give_up(req, maybe_applied, last)
-            time.sleep(min(p.backoff(attempt), max(0.0, deadline - time.monotonic())))
-            attempt += 1
+            time.sleep(tries.pause())
 
     def _send(self, base: str, req: _Request, timeout: float) -> _Response:
         conn = self._conns.get(base)
@@ -412,43 +446,23 @@ class AsyncClient:
     async def _do(self, req: _Request) -> _Response:
         import aiohttp
 
-        p = self._p
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + p.timeout
-        maybe_applied = False
-        attempt = 0
-        last = "nothing tried"
+        tries = _Attempts(self._p, req, asyncio.get_running_loop().time)
         while True:
-            remaining = deadline - loop.time()
-            base = p._current
+            base = self._p._current
             try:
-                resp = await self._send(base, req, max(0.05, min(p.request_timeout, remaining)))
+                resp = await self._send(base, req, tries.request_timeout())
             except aiohttp.ClientConnectorError as exc:
-                last = f"{base}: {exc}"
-                if not isinstance(exc.os_error, ConnectionRefusedError | socket.gaierror):
-                    maybe_applied = maybe_applied or req.write
-                p.rotate()
+                refused = isinstance(exc.os_error, ConnectionRefusedError | socket.gaierror)
+                tries.failed(base, exc, maybe_sent=not refused)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                last = f"{base}: {type(exc).__name__}: {exc}"
-                maybe_applied = maybe_applied or req.write
-                p.rotate()
+                tries.failed(base, exc, maybe_sent=True)
             else:
-                verdict = p.outcome(req, resp)
-                last = f"{base}: {resp.status} {resp.error_message()}"
-                if verdict == "done":
+                step = tries.answered(base, resp)
+                if step == "done":
                     return resp
-                if verdict == "redirect" and attempt < 8:
-                    attempt += 1
+                if step == "now":
                     continue
-                if verdict == "unknown":
-                    maybe_applied = True
-                elif verdict == "retry-elsewhere":
-                    p.rotate()
-            p.mark_retry(req, maybe_applied)
-            if loop.time() >= deadline:
-                raise p.give_up(req, maybe_applied, last)
-            await asyncio.sleep(min(p.backoff(attempt), max(0.0, deadline - loop.time())))
-            attempt += 1
+            await asyncio.sleep(tries.pause())
 
     async def _send(self, base: str, req: _Request, timeout: float) -> _Response:
         import aiohttp
