@@ -516,7 +516,10 @@ class RaftNode:
         log = self.log
         if (pr.state is ProgressState.REPLICATE and pr.next > log.last_index
                 and (pr.inflight or min(log.commit, pr.next - 1) <= pr.sent_commit)):
-            return False  # the common case after an ack: nothing new (see below)
+            # Nothing new to send (the common case after an ack), checked before any work. An
+            # empty AppendEntries only to carry the commit index goes out when nothing is in
+            # flight, so that it cannot overtake entries and be rejected.
+            return False
         prev_index = pr.next - 1
         prev_term = log.term_at(prev_index)
         if prev_term is None:
@@ -526,11 +529,6 @@ class RaftNode:
                             self.config.max_bytes_per_message)
         last = prev_index + len(entries)
         commit = min(log.commit, last)
-        if pr.state is ProgressState.REPLICATE and not entries and (
-                pr.inflight or commit <= pr.sent_commit):
-            # Nothing new to send. An empty AppendEntries only to carry the commit index goes
-            # out when nothing is in flight, so that it cannot overtake entries and be rejected.
-            return False
         pr.sent(last, bool(entries))
         pr.sent_commit = max(pr.sent_commit, commit)
         self._send(AppendEntries(term=self.term, src=self.id, dst=peer, prev_index=prev_index,
