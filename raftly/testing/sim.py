@@ -117,8 +117,19 @@ class SimCluster:
     # -- time -----------------------------------------------------------------------------------
 
     def run(self, seconds: float) -> None:
-        """Advance virtual time by ``seconds``, processing every event due meanwhile."""
-        deadline = self.now + seconds
+        """Advance virtual time by ``seconds``, processing every event due meanwhile.
+
+        Every node's work happens in here, so a broken safety property or core invariant is
+        reported here, with the seed, step and time that replay it.
+        """
+        try:
+            self._run(self.now + seconds)
+        except SafetyViolation as e:
+            raise SafetyViolation(self._describe(str(e))) from None
+        except AssertionError as e:  # InvariantError from the core is a safety bug too
+            raise SafetyViolation(self._describe(f"{type(e).__name__}: {e}")) from e
+
+    def _run(self, deadline: float) -> None:
         # Work that inputs from outside (start, read_index, transfer_leadership) left pending
         # goes out now, batched: proposals made between two runs share one AppendEntries.
         for i, member in enumerate(self._members):
@@ -195,26 +206,21 @@ class SimCluster:
         member = self._members[i]
         node = member.node
         assert node is not None
-        try:
-            for msg in node.take_early_messages():
+        for msg in node.take_early_messages():
+            self._send(msg)
+        while member.saving is None and node.has_ready():
+            rd = node.ready()
+            for msg in rd.early_messages:
                 self._send(msg)
-            while member.saving is None and node.has_ready():
-                rd = node.ready()
-                for msg in rd.early_messages:
-                    self._send(msg)
-                prev_term = node.log.term_at(rd.entries[0].index - 1) if rd.entries else None
-                latency = self._disk_latency[i]
-                if latency is None or not self._touches_disk(member, rd):
-                    self._finish_ready(i, rd, prev_term)
-                else:
-                    member.saving = rd
-                    self._schedule(self._rng.uniform(*latency), _SAVED,
-                                   (i, member.incarnation, rd, prev_term))
-            self._checker.on_state(node)
-        except SafetyViolation as e:
-            raise SafetyViolation(self._describe(str(e))) from None
-        except AssertionError as e:  # InvariantError from the core is a safety bug too
-            raise SafetyViolation(self._describe(f"{type(e).__name__}: {e}")) from e
+            prev_term = node.log.term_at(rd.entries[0].index - 1) if rd.entries else None
+            latency = self._disk_latency[i]
+            if latency is None or not self._touches_disk(member, rd):
+                self._finish_ready(i, rd, prev_term)
+            else:
+                member.saving = rd
+                self._schedule(self._rng.uniform(*latency), _SAVED,
+                               (i, member.incarnation, rd, prev_term))
+        self._checker.on_state(node)
 
     @staticmethod
     def _touches_disk(member: _Member, rd: Ready) -> bool:
@@ -228,12 +234,7 @@ class SimCluster:
         if member.node is None or member.incarnation != incarnation:
             return  # the node crashed before its fsync completed: the Ready is lost
         member.saving = None
-        try:
-            self._finish_ready(i, rd, prev_term)
-        except SafetyViolation as e:
-            raise SafetyViolation(self._describe(str(e))) from None
-        except AssertionError as e:
-            raise SafetyViolation(self._describe(f"{type(e).__name__}: {e}")) from e
+        self._finish_ready(i, rd, prev_term)
         self._drain(i)
 
     def _finish_ready(self, i: int, rd: Ready, prev_term: int | None) -> None:
