@@ -78,6 +78,9 @@ class Ready:
     committed_entries: list[Entry]
     read_states: list[ReadState]
     early_messages: list[Message] = field(default_factory=list)
+    must_sync: bool = False
+    """Whether step 2 needs an fsync: entries, or a new term or vote. A change of the commit
+    index alone may be written lazily (Raft keeps it volatile)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -264,13 +267,15 @@ class RaftNode:
             raise RuntimeError("ready() called before advance() of the previous Ready")
         self._flush_appends()
         hs = self.hard_state
+        entries = self.log.take_unstable()
         rd = Ready(
             hard_state=hs if hs != self._handed_out_hs else None,
-            entries=self.log.take_unstable(),
+            entries=entries,
             messages=self._messages,
             early_messages=self._early_messages,
             committed_entries=self.log.take_committed(),
             read_states=self._read_states,
+            must_sync=bool(entries) or not hs.same_election(self._handed_out_hs),
         )
         self._handed_out_hs = hs
         self._messages = []

@@ -26,7 +26,7 @@ from raftly.core.errors import NotLeader, ProposalDropped
 from raftly.core.messages import Message
 from raftly.core.node import RaftNode, Ready, Role
 from raftly.core.state_machine import StateMachine
-from raftly.core.types import ConfState, Entry, EntryType, HardState, NodeId
+from raftly.core.types import ConfState, Entry, EntryType, NodeId
 from raftly.storage.base import Storage
 from raftly.transport.base import Transport
 
@@ -114,7 +114,6 @@ class RaftServer:
         self._closed = False
         self._role: Role | None = None
         self._leader: NodeId | None = None
-        self._saved_hard_state = HardState()
         # fsyncs counts the saves that must reach the disk (entries, or a new term or vote).
         self.stats = {"fsyncs": 0, "entries_persisted": 0, "readies": 0}
 
@@ -127,7 +126,6 @@ class RaftServer:
                                        ConfState(frozenset(self._bootstrap)))
         state = await loop.run_in_executor(self._disk, self._storage.load)
         self._node = RaftNode(self.id, state, self.config, self._rng)
-        self._saved_hard_state = state.hard_state
         self._applied = state.snapshot.index
         logger.info("node %s starting: term %d, %d entries, commit %d, members %s", self.id,
                     state.hard_state.term, len(state.entries), state.hard_state.commit,
@@ -345,8 +343,7 @@ class RaftServer:
                 rd = node.ready()
                 for msg in rd.early_messages:
                     self._transport.send(msg)
-                if rd.entries or (rd.hard_state is not None
-                                  and not rd.hard_state.same_election(self._saved_hard_state)):
+                if rd.must_sync:
                     await loop.run_in_executor(self._disk, self._storage.save, rd.hard_state,
                                                rd.entries)
                     self.stats["fsyncs"] += 1
@@ -356,8 +353,6 @@ class RaftServer:
                     # written lazily), so it skips the thread hop of a real save. Nothing else
                     # calls the storage meanwhile: every save is awaited here, in order.
                     self._storage.save(rd.hard_state, ())
-                if rd.hard_state is not None:
-                    self._saved_hard_state = rd.hard_state
                 self.stats["readies"] += 1
                 for msg in rd.messages:
                     self._transport.send(msg)

@@ -21,7 +21,7 @@ from raftly.core.errors import RaftError
 from raftly.core.messages import Message
 from raftly.core.node import RaftNode, ReadState, Ready
 from raftly.core.state_machine import StateMachine
-from raftly.core.types import ConfState, EntryType, HardState
+from raftly.core.types import ConfState, EntryType
 from raftly.storage.base import Storage
 from raftly.storage.memory import MemoryStorage
 from raftly.testing.safety import SafetyChecker, SafetyViolation
@@ -56,7 +56,6 @@ class _Member:
     read_states: list[ReadState] = field(default_factory=list)
     saving: Ready | None = None
     """The Ready whose save is under way (only with disk latency)."""
-    saved_term_vote: HardState = field(default_factory=HardState)
 
 
 class SimCluster:
@@ -214,20 +213,13 @@ class SimCluster:
                 self._send(msg)
             prev_term = node.log.term_at(rd.entries[0].index - 1) if rd.entries else None
             latency = self._disk_latency[i]
-            if latency is None or not self._touches_disk(member, rd):
+            if latency is None or not rd.must_sync:
                 self._finish_ready(i, rd, prev_term)
             else:
                 member.saving = rd
                 self._schedule(self._rng.uniform(*latency), _SAVED,
                                (i, member.incarnation, rd, prev_term))
         self._checker.on_state(node)
-
-    @staticmethod
-    def _touches_disk(member: _Member, rd: Ready) -> bool:
-        """Whether saving ``rd`` needs an fsync: entries, or a new term or vote (a change of
-        the commit index alone is written lazily, as DiskStorage does)."""
-        hs = rd.hard_state
-        return bool(rd.entries) or (hs is not None and not hs.same_election(member.saved_term_vote))
 
     def _saved(self, i: int, incarnation: int, rd: Ready, prev_term: int | None) -> None:
         member = self._members[i]
@@ -242,8 +234,6 @@ class SimCluster:
         node = member.node
         assert node is not None and member.state_machine is not None
         member.storage.save(rd.hard_state, rd.entries)
-        if rd.hard_state is not None:
-            member.saved_term_vote = rd.hard_state
         if rd.entries:
             self._checker.on_persist(i, rd.entries, prev_term)
         for msg in rd.messages:
@@ -304,7 +294,6 @@ class SimCluster:
         state = member.storage.load()
         rng = random.Random(f"{self.seed}/{i}/{member.incarnation}")
         member.node = RaftNode(i, state, self.config, rng)
-        member.saved_term_vote = state.hard_state
         member.state_machine = self._sm_factory()
         member.applied = {}
         member.applied_order = []

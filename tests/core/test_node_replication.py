@@ -629,3 +629,20 @@ def test_a_follower_that_took_the_appends_is_not_demoted_while_its_disk_is_slow(
     pr = leader.progress(2)
     assert pr is not None and pr.state is ProgressState.REPLICATE
     assert flush(leader).of(AppendEntries, dst=2) == []  # nothing resent
+
+
+def test_must_sync_for_entries_and_votes_but_not_for_a_commit_index_alone() -> None:
+    follower = new_node(2, terms=(1,), term=1)
+    follower.step(append(follower, src=1, prev_index=1, prev_term=1,
+                         entries=[Entry(2, 1, b"x")]))
+    rd = follower.ready()
+    assert rd.must_sync  # an entry
+    follower.advance(rd)
+    follower.step(heartbeat(follower, src=1, commit=2))
+    rd = follower.ready()
+    assert rd.hard_state is not None and rd.hard_state.commit == 2
+    assert not rd.must_sync  # only the commit index moved
+    follower.advance(rd)
+    follower.step(heartbeat(follower, src=3, term=2))  # a new term
+    rd = follower.ready()
+    assert rd.must_sync
