@@ -76,8 +76,9 @@ class Cluster:
 
 
 @asynccontextmanager
-async def cluster(n: int = 3) -> AsyncIterator[Cluster]:
-    c = Cluster(n)
+async def cluster(n: int = 3, storages: list[Storage] | None = None,
+                  **options: Any) -> AsyncIterator[Cluster]:
+    c = Cluster(n, storages, **options)
     await c.start()
     try:
         yield c
@@ -280,28 +281,20 @@ class SlowDisk(MemoryStorage):
 def test_a_slow_fsync_on_the_leader_does_not_stall_heartbeats_into_an_election() -> None:
     async def body() -> None:
         disks = [SlowDisk() for _ in range(3)]
-        c = Cluster(3, list(disks))
-        await c.start()
-        try:
+        async with cluster(3, list(disks)) as c:
             leader = await c.leader()
             term = leader.status().term
             disks[leader.id - 1].delay = 1.0  # about seven election timeouts
             result = await leader.propose(b"7", timeout=10)
             assert result == 7
             assert leader.is_leader and all(s.status().term == term for s in c.servers.values())
-        finally:
-            for disk in disks:
-                disk.delay = 0.0
-            await c.close()
 
     run(body)
 
 
 def test_a_timed_out_proposal_is_unknown_and_stops_counting_as_pending() -> None:
     async def body() -> None:
-        c = Cluster(3, max_pending=1)
-        await c.start()
-        try:
+        async with cluster(3, max_pending=1) as c:
             leader = await c.leader()
             c.net.disconnect(leader.id)
             with pytest.raises(OutcomeUnknown):
@@ -310,8 +303,6 @@ def test_a_timed_out_proposal_is_unknown_and_stops_counting_as_pending() -> None
             # cut-off leader may have stepped down, hence NotLeader is as good.
             with pytest.raises((OutcomeUnknown, NotLeader)):
                 await leader.propose(b"1", timeout=0.2)
-        finally:
-            await c.close()
 
     run(body)
 
@@ -319,9 +310,7 @@ def test_a_timed_out_proposal_is_unknown_and_stops_counting_as_pending() -> None
 def test_slow_follower_disks_do_not_make_the_leader_step_down() -> None:
     async def body() -> None:
         disks = [SlowDisk() for _ in range(3)]
-        c = Cluster(3, list(disks))
-        await c.start()
-        try:
+        async with cluster(3, list(disks)) as c:
             leader = await c.leader()
             term = leader.status().term
             for disk, server in zip(disks, c.servers.values(), strict=True):
@@ -330,9 +319,5 @@ def test_slow_follower_disks_do_not_make_the_leader_step_down() -> None:
             for _ in range(3):
                 await leader.propose(b"1", timeout=10)
             assert leader.is_leader and all(s.status().term == term for s in c.servers.values())
-        finally:
-            for disk in disks:
-                disk.delay = 0.0
-            await c.close()
 
     run(body)
