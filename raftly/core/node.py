@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -36,6 +37,7 @@ from raftly.core.messages import (
     TimeoutNow,
 )
 from raftly.core.progress import Progress, ProgressState
+from raftly.core.quorum import MajorityConfig, VoteResult
 from raftly.core.types import ConfState, Entry, EntryType, HardState, InitialState, NodeId
 
 
@@ -118,12 +120,15 @@ class RaftNode:
         self.vote: NodeId | None = hs.vote
         self.log = RaftLog(state.snapshot, state.entries, hs.commit)
         self.role = Role.FOLLOWER
+        self._step_role: Callable[[Message], None] = self._step_follower
+        self._tick_role: Callable[[], None] = self._tick_election
         self.leader: NodeId | None = None
         self._votes: dict[NodeId, bool] = {}
         self._progress: dict[NodeId, Progress] = {}
         self._snapshot_voters = state.snapshot.conf.voters
         self._conf_index = state.snapshot.index
         self.voters: frozenset[NodeId] = self._snapshot_voters
+        self._quorum = MajorityConfig(self.voters)
         self._refresh_conf()
         self._pending_append: set[NodeId] = set()
         self._transferee: NodeId | None = None
@@ -173,10 +178,7 @@ class RaftNode:
     def tick(self) -> None:
         """Advance logical time by one tick."""
         self._election_elapsed += 1
-        if self.role is Role.LEADER:
-            self._tick_leader()
-        elif self._election_elapsed >= self._randomized_timeout and self._promotable():
-            self._campaign(pre_vote=self.config.pre_vote, transfer=False)
+        self._tick_role()
 
     def propose(self, data: bytes) -> int:
         """Append a command to the leader's log; return its index. Raises NotLeader elsewhere."""
@@ -228,12 +230,8 @@ class RaftNode:
             return
         if isinstance(msg, RequestVote):
             self._handle_request_vote(msg)
-        elif self.role is Role.LEADER:
-            self._step_leader(msg)
-        elif self.role is Role.FOLLOWER:
-            self._step_follower(msg)
         else:
-            self._step_candidate(msg)
+            self._step_role(msg)
 
     # -- the Ready / advance contract ------------------------------------------------------------
 
@@ -299,6 +297,71 @@ class RaftNode:
             if own.acknowledge(self.log.stable_index):
                 self._maybe_commit()
 
+    # -- role transitions -------------------------------------------------------------------------
+    # Each sets the role, resets what belongs to the role it leaves, and swaps in the step and
+    # tick handlers of the role it enters (etcd's becomeX), so no handler asks which role it is.
+
+    def _reset(self, term: int) -> None:
+        """Forget everything that belongs to one role or one term; keep the vote within a term."""
+        if term != self.term:
+            self.term = term
+            self.vote = None
+            self._accepted = 0
+        self.leader = None
+        self._votes = {}
+        self._heartbeat_elapsed = 0
+        self._progress.clear()
+        self._pending_append.clear()
+        self._transferee = None
+        self._heartbeat_acked.clear()
+        self._read_round_needed = False
+        self._pending_reads.clear()
+        self._reads_awaiting_commit.clear()
+
+    def _become_follower(self, term: int, leader: NodeId | None) -> None:
+        self._reset(term)
+        self._reset_election_timer()
+        self.role = Role.FOLLOWER
+        self.leader = leader
+        self._step_role, self._tick_role = self._step_follower, self._tick_election
+
+    def _become_pre_candidate(self) -> None:
+        """Ask whether we could win an election, without changing our term (pre-vote)."""
+        if self.role is Role.LEADER:
+            raise InvariantError("invalid transition: leader -> pre-candidate")
+        self._reset(self.term)
+        self._reset_election_timer()
+        self.role = Role.PRE_CANDIDATE
+        self._step_role, self._tick_role = self._step_candidate, self._tick_election
+        self._votes[self.id] = True
+
+    def _become_candidate(self) -> None:
+        if self.role is Role.LEADER:
+            raise InvariantError("invalid transition: leader -> candidate")
+        self._reset(self.term + 1)
+        self._reset_election_timer()
+        self.role = Role.CANDIDATE
+        self.vote = self.id
+        self._step_role, self._tick_role = self._step_candidate, self._tick_election
+        self._votes[self.id] = True
+
+    def _become_leader(self) -> None:
+        if self.role is not Role.CANDIDATE:
+            raise InvariantError(f"invalid transition: {self.role.value} -> leader")
+        self._reset(self.term)
+        # A leader's election timer only paces check-quorum: it is not randomized.
+        self._election_elapsed = 0
+        self.role = Role.LEADER
+        self.leader = self.id
+        self._step_role, self._tick_role = self._step_leader, self._tick_leader
+        next_index = self.log.last_index + 1
+        self._progress = {peer: Progress(next_index) for peer in self.voters}
+        own = self._progress[self.id]
+        own.acknowledge(self.log.stable_index)
+        own.recent_active = True
+        # The no-op of our term: once it commits, every earlier entry is committed too.
+        self._append(EntryType.NOOP, b"")
+
     # -- elections ------------------------------------------------------------------------------
 
     def _promotable(self) -> bool:
@@ -309,39 +372,17 @@ class RaftNode:
         ticks = self.config.election_ticks
         self._randomized_timeout = self._rng.randrange(ticks, 2 * ticks)
 
-    def _become_follower(self, term: int, leader: NodeId | None) -> None:
-        if term != self.term:
-            self.term = term
-            self.vote = None
-            self._accepted = 0
-        self.role = Role.FOLLOWER
-        self.leader = leader
-        self._leave_leadership()
-        self._reset_election_timer()
-
-    def _leave_leadership(self) -> None:
-        self._progress.clear()
-        self._pending_append.clear()
-        self._transferee = None
-        self._heartbeat_acked.clear()
-        self._read_round_needed = False
-        self._pending_reads.clear()
-        self._reads_awaiting_commit.clear()
+    def _tick_election(self) -> None:
+        if self._election_elapsed >= self._randomized_timeout and self._promotable():
+            self._campaign(pre_vote=self.config.pre_vote, transfer=False)
 
     def _campaign(self, *, pre_vote: bool, transfer: bool) -> None:
-        self._leave_leadership()
-        self.leader = None
-        self._reset_election_timer()
         if pre_vote:
-            self.role = Role.PRE_CANDIDATE
+            self._become_pre_candidate()
             term = self.term + 1
         else:
-            self.role = Role.CANDIDATE
-            self.term += 1
-            self._accepted = 0
-            self.vote = self.id
+            self._become_candidate()
             term = self.term
-        self._votes = {self.id: True}
         if self._won_election():
             return
         for peer in sorted(self.voters - {self.id}):
@@ -352,16 +393,14 @@ class RaftNode:
 
     def _won_election(self) -> bool:
         """Count votes; move on if a majority granted or refused. Return whether decided."""
-        granted = sum(1 for v in self._votes.values() if v)
-        refused = len(self._votes) - granted
-        quorum = len(self.voters) // 2 + 1
-        if granted >= quorum:
+        result = self._quorum.vote_result(self._votes)
+        if result is VoteResult.WON:
             if self.role is Role.PRE_CANDIDATE:
                 self._campaign(pre_vote=False, transfer=False)
             else:
                 self._become_leader()
             return True
-        if refused >= quorum:
+        if result is VoteResult.LOST:
             self._become_follower(self.term, None)
             return True
         return False
@@ -426,19 +465,6 @@ class RaftNode:
 
     # -- leader ---------------------------------------------------------------------------------
 
-    def _become_leader(self) -> None:
-        self.role = Role.LEADER
-        self.leader = self.id
-        self._heartbeat_elapsed = 0
-        self._election_elapsed = 0
-        next_index = self.log.last_index + 1
-        self._progress = {peer: Progress(next_index) for peer in self.voters}
-        own = self._progress[self.id]
-        own.acknowledge(self.log.stable_index)
-        own.recent_active = True
-        # The no-op of our term: once it commits, every earlier entry is committed too.
-        self._append(EntryType.NOOP, b"")
-
     def _propose(self, data: bytes, kind: EntryType) -> int:
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader)
@@ -471,12 +497,11 @@ class RaftNode:
                 self._become_follower(self.term, None)
 
     def _quorum_active(self) -> bool:
-        active = 0
-        for peer, pr in self._progress.items():
-            if pr.recent_active or peer == self.id:
-                active += 1
+        """Whether a majority was heard from since the last check; starts the next period."""
+        active = {peer: pr.recent_active or peer == self.id for peer, pr in self._progress.items()}
+        for pr in self._progress.values():
             pr.recent_active = False
-        return active >= len(self.voters) // 2 + 1
+        return self._quorum.vote_result(active) is VoteResult.WON
 
     def _broadcast_heartbeat(self) -> None:
         self._heartbeat_seq += 1
@@ -584,9 +609,7 @@ class RaftNode:
         self._pending_append.add(msg.src)
 
     def _maybe_commit(self) -> None:
-        matches = sorted((pr.match for peer, pr in self._progress.items() if peer in self.voters),
-                         reverse=True)
-        quorum_index = matches[len(self.voters) // 2]
+        quorum_index = self._quorum.committed_index(self._match_of)
         # Figure 8: only an entry of our own term commits by counting replicas.
         if quorum_index > self.log.commit and self.log.term_at(quorum_index) == self.term:
             self.log.commit_to(quorum_index)
@@ -595,6 +618,10 @@ class RaftNode:
                 waiting, self._reads_awaiting_commit = self._reads_awaiting_commit, []
                 for context, requester in waiting:
                     self._leader_read_index(context, requester)
+
+    def _match_of(self, peer: NodeId) -> int:
+        pr = self._progress.get(peer)
+        return pr.match if pr is not None else 0
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -620,12 +647,12 @@ class RaftNode:
             return
         # A follower that answered round s acknowledged us after every round <= s began, so
         # the newest round answered by a quorum (counting ourselves) confirms all before it.
-        answered = sorted((self._heartbeat_seq if p == self.id
-                           else self._heartbeat_acked.get(p, 0) for p in self.voters),
-                          reverse=True)
-        confirmed = answered[len(self.voters) // 2]
+        confirmed = self._quorum.committed_index(self._heartbeat_round_answered)
         while self._pending_reads and self._pending_reads[0].seq <= confirmed:
             self._release_read(self._pending_reads.popleft())
+
+    def _heartbeat_round_answered(self, peer: NodeId) -> int:
+        return self._heartbeat_seq if peer == self.id else self._heartbeat_acked.get(peer, 0)
 
     def _release_read(self, read: _PendingRead) -> None:
         if read.requester == self.id:
@@ -711,6 +738,8 @@ class RaftNode:
             if entry.type is EntryType.CONFIG:
                 self.voters, self._conf_index = ConfState.decode(entry.data).voters, index
                 break
+        if self._quorum.voters != self.voters:
+            self._quorum = MajorityConfig(self.voters)
         if self.role is Role.LEADER:
             for peer in self.voters - self._progress.keys():
                 self._progress[peer] = Progress(log.last_index + 1)

@@ -34,6 +34,7 @@ def test_command_line_runs_a_seed_and_reports(capsys: pytest.CaptureFixture[str]
 
 
 def test_violation_message_carries_seed_and_replay_command() -> None:
+    from raftly.core import Role
     from raftly.testing.sim import SimCluster
 
     c = SimCluster(n=3, seed=5, replay_hint="python -m raftly.testing.fuzz --seed 5")
@@ -42,6 +43,7 @@ def test_violation_message_carries_seed_and_replay_command() -> None:
     other = (leader + 1) % 3
     forged = c.node(other)
     forged.term = c.node(leader).term
+    forged.role = Role.CANDIDATE  # a follower cannot become leader: the core would refuse
     forged._become_leader()
     with pytest.raises(SafetyViolation) as info:
         c.run(1.0)
