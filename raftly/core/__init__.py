@@ -6,6 +6,7 @@ Drive a ``RaftNode`` with ``tick``, ``step``, ``propose`` and ``read_index``; ta
 
 from raftly.core.config import Config, ConfigError
 from raftly.core.errors import InvariantError, NotLeader, ProposalDropped, RaftError
+from raftly.core.log import LogReader, MemoryLog
 from raftly.core.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -45,6 +46,8 @@ __all__ = [
     "InitialState",
     "InstallSnapshot",
     "InvariantError",
+    "LogReader",
+    "MemoryLog",
     "Message",
     "NodeId",
     "NotLeader",

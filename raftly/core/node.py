@@ -22,7 +22,7 @@ from enum import Enum
 
 from raftly.core.config import Config
 from raftly.core.errors import InvariantError, NotLeader, ProposalDropped
-from raftly.core.log import RaftLog
+from raftly.core.log import LogReader, RaftLog
 from raftly.core.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -111,14 +111,20 @@ class RaftNode:
     """One Raft participant. Not thread-safe: a single driver feeds it."""
 
     def __init__(self, node_id: NodeId, state: InitialState, config: Config | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, *, storage: LogReader | None = None) -> None:
+        """A node recovered from ``state``.
+
+        With ``storage``, the node reads its durable entries through it, and the driver saves
+        every Ready's entries into it before ``advance`` (``state.entries`` is then empty).
+        Without, the node keeps ``state.entries`` and what the driver makes durable in memory.
+        """
         self.id = node_id
         self.config = config or Config()
         self._rng = rng if rng is not None else random.Random(node_id)
         hs = state.hard_state
         self.term = hs.term
         self.vote: NodeId | None = hs.vote
-        self.log = RaftLog(state.snapshot, state.entries, hs.commit)
+        self.log = RaftLog(state.snapshot, state.entries, hs.commit, storage)
         self.role = Role.FOLLOWER
         self._step_role: Callable[[Message], None] = self._step_follower
         self._tick_role: Callable[[], None] = self._tick_election

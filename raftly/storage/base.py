@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from raftly.core.log import LogReader
 from raftly.core.types import ConfState, Entry, HardState, InitialState, SnapshotMeta
 
 
@@ -12,8 +13,9 @@ class StorageError(Exception):
     """Storage cannot be trusted or written: corruption, I/O error, misuse. Stops the node."""
 
 
-class Storage(Protocol):
-    """A node's durable state.
+class Storage(LogReader, Protocol):
+    """A node's durable state, and the read side of its log (``LogReader``: ``first_index``,
+    ``last_index``, ``term(i)``, ``entries(lo, hi)``) that a ``RaftNode`` may read through.
 
     The contract every implementation meets (and the conformance suite checks):
 
@@ -27,6 +29,7 @@ class Storage(Protocol):
       replaces it and everything after it (a follower overwriting a deposed leader's suffix).
       Entries within one call are consecutive.
     - ``load`` returns exactly what was durably saved, in order, with no gaps.
+    - The read side raises StorageError for an index it does not hold.
     """
 
     @property

@@ -8,20 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from raftly.core.errors import InvariantError
+from raftly.core.log import MemoryLog
 from raftly.core.types import ConfState, Entry, HardState, InitialState, SnapshotMeta
 from raftly.storage.base import StorageError
 from raftly.storage.checks import check_compact, check_save
 
 
 class MemoryStorage:
-    """Storage held in Python lists. Validates its inputs like the disk storage does."""
+    """Storage held in a Python list. Validates its inputs like the disk storage does."""
 
     def __init__(self) -> None:
         self._bootstrapped = False
         self._hard_state = HardState()
         self._durable_hard_state = HardState()
-        self._snapshot = SnapshotMeta()
-        self._entries: list[Entry] = []
+        self._log = MemoryLog(SnapshotMeta())
 
     @property
     def bootstrapped(self) -> bool:
@@ -30,44 +31,60 @@ class MemoryStorage:
     def bootstrap(self, conf: ConfState) -> None:
         if self._bootstrapped:
             raise StorageError("storage already holds state; refusing to bootstrap it again")
-        self._snapshot = SnapshotMeta(conf=conf)
+        self._log = MemoryLog(SnapshotMeta(conf=conf))
         self._bootstrapped = True
 
     def load(self) -> InitialState:
         if not self._bootstrapped:
             raise StorageError("storage was never bootstrapped")
-        return InitialState(self._durable_hard_state, self._snapshot, list(self._entries))
+        log = self._log
+        return InitialState(self._durable_hard_state, log.snapshot,
+                            log.entries(log.first_index, log.last_index + 1))
+
+    # -- the read side (LogReader) -----------------------------------------------------------
+
+    @property
+    def first_index(self) -> int:
+        return self._log.first_index
 
     @property
     def last_index(self) -> int:
-        return self._entries[-1].index if self._entries else self._snapshot.index
+        return self._log.last_index
+
+    def term(self, index: int) -> int:
+        try:
+            return self._log.term(index)
+        except InvariantError as exc:
+            raise StorageError(str(exc)) from None
+
+    def entries(self, lo: int, hi: int) -> list[Entry]:
+        try:
+            return self._log.entries(lo, hi)
+        except InvariantError as exc:
+            raise StorageError(str(exc)) from None
 
     def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
         # Checked before anything changes, so a rejected call leaves the storage as it was.
         check_save(
             hard_state,
             entries,
-            snapshot_index=self._snapshot.index,
+            snapshot_index=self._log.snapshot.index,
             last_index=self.last_index,
             commit=self._hard_state.commit,
         )
-        if entries:
-            del self._entries[entries[0].index - self._snapshot.index - 1 :]
-            self._entries.extend(entries)
+        self._log.save(list(entries))
         if hard_state is not None:
             self._hard_state = hard_state
             if not hard_state.same_election(self._durable_hard_state):
                 self._durable_hard_state = hard_state
 
     def compact(self, meta: SnapshotMeta) -> None:
-        if meta.index <= self._snapshot.index:
+        log = self._log
+        if meta.index <= log.snapshot.index:
             return
-        keep_from = meta.index - self._snapshot.index
-        covered = self._entries[keep_from - 1] if meta.index <= self.last_index else None
-        check_compact(meta, self._hard_state.commit, covered.term if covered else None)
-        # Entries past the snapshot survive only if the log agrees with it at its last index.
-        self._entries = self._entries[keep_from:] if covered and covered.term == meta.term else []
-        self._snapshot = meta
+        held = log.term(meta.index) if meta.index <= log.last_index else None
+        check_compact(meta, self._hard_state.commit, held)
+        log.compact(meta)
 
     def close(self) -> None:
         self._durable_hard_state = self._hard_state

@@ -21,7 +21,7 @@ from raftly.core.errors import RaftError
 from raftly.core.messages import Message
 from raftly.core.node import RaftNode, ReadState, Ready
 from raftly.core.state_machine import StateMachine
-from raftly.core.types import ConfState, EntryType
+from raftly.core.types import ConfState, EntryType, InitialState
 from raftly.storage.base import Storage
 from raftly.storage.memory import MemoryStorage
 from raftly.testing.safety import SafetyChecker, SafetyViolation
@@ -293,7 +293,10 @@ class SimCluster:
         member = self._members[i]
         state = member.storage.load()
         rng = random.Random(f"{self.seed}/{i}/{member.incarnation}")
-        member.node = RaftNode(i, state, self.config, rng)
+        # The node reads its durable log through the storage, as a driver with bounded memory
+        # would: every simulated run exercises that read side.
+        member.node = RaftNode(i, InitialState(state.hard_state, state.snapshot), self.config,
+                               rng, storage=member.storage)
         member.state_machine = self._sm_factory()
         member.applied = {}
         member.applied_order = []

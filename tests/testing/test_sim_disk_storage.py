@@ -48,6 +48,21 @@ class RecordingStorage:
     def compact(self, meta: SnapshotMeta) -> None:
         self.inner.compact(meta)
 
+    # The read side the node reads its durable log through.
+    @property
+    def first_index(self) -> int:
+        return self.inner.first_index
+
+    @property
+    def last_index(self) -> int:
+        return self.inner.last_index
+
+    def term(self, index: int) -> int:
+        return self.inner.term(index)
+
+    def entries(self, lo: int, hi: int) -> list[Entry]:
+        return self.inner.entries(lo, hi)
+
     def close(self) -> None:
         self.inner.close()
 
