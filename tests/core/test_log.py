@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from raftly.core import Entry, InvariantError, SnapshotMeta
-from raftly.core.log import RaftLog
+from raftly.core.log import MemoryLog, RaftLog
 
 
 def make_log(*terms: int, commit: int = 0, snapshot: tuple[int, int] = (0, 0)) -> RaftLog:
@@ -287,3 +287,62 @@ def test_take_committed_hands_out_each_committed_entry_once_in_order() -> None:
     log.commit_to(4)
     assert [e.index for e in log.take_committed()] == [3, 4]
     assert log.applied == 4 and not log.has_committed()
+
+
+# -- the durable half read through storage ---------------------------------------------------
+
+
+def log_over(storage: MemoryLog, commit: int = 0) -> RaftLog:
+    return RaftLog(storage.snapshot, [], commit, storage)
+
+
+def test_a_log_over_storage_starts_where_the_storage_ends() -> None:
+    storage = MemoryLog(SnapshotMeta(), entries_of(1, 1, 2))
+    log = log_over(storage, commit=2)
+    assert (log.last_index, log.last_term, log.stable_index, log.commit) == (3, 2, 3, 2)
+    assert log.slice(1, 3) == entries_of(1, 1, 2)
+    assert log.take_committed() == entries_of(1, 1)
+
+
+def test_entries_stay_in_memory_until_stable_then_are_read_from_storage() -> None:
+    storage = MemoryLog(SnapshotMeta(), entries_of(1))
+    log = log_over(storage)
+    log.append(entries_of(1, 2, start=2))
+    assert log.slice(1, 3) == entries_of(1, 1, 2)  # one from storage, two from memory
+    handed_out = log.take_unstable()
+    storage.save(handed_out)
+    log.stable_to(3, 2)
+    assert log.stable_index == 3 and not log.has_unstable()
+    storage.save([Entry(2, 9, b"changed behind the log's back")])
+    assert log.term_at(2) == 9  # proof that the durable part is read from storage, not memory
+
+
+def test_a_conflict_below_the_durable_tail_shadows_storage_until_saved() -> None:
+    storage = MemoryLog(SnapshotMeta(), entries_of(1, 1, 1, 1, 1))
+    log = log_over(storage, commit=2)
+    assert log.merge(2, entries_of(2, 2, start=3)) == 4
+    assert (log.last_index, log.term_at(3), log.term_at(5)) == (4, 2, None)
+    assert log.stable_index == 2
+    assert log.slice(1, 5) == entries_of(1, 1) + entries_of(2, 2, start=3)
+    handed_out = log.take_unstable()
+    assert handed_out == entries_of(2, 2, start=3)
+    storage.save(handed_out)
+    log.stable_to(4, 2)
+    assert (log.stable_index, log.last_index, storage.last_index) == (4, 4, 4)
+
+
+def test_stable_to_of_an_entry_replaced_meanwhile_keeps_it_unstable() -> None:
+    storage = MemoryLog(SnapshotMeta(), entries_of(1))
+    log = log_over(storage)
+    log.append(entries_of(1, 1, start=2))
+    saving = log.take_unstable()  # 2..3 on their way to disk
+    log.merge(1, entries_of(2, start=2))  # a new leader replaces them before the save ends
+    storage.save(saving)
+    log.stable_to(3, 1)
+    assert log.stable_index == 1 and log.term_at(2) == 2 and log.last_index == 2
+
+
+def test_entries_and_storage_together_are_refused() -> None:
+    storage = MemoryLog(SnapshotMeta(), entries_of(1))
+    with pytest.raises(ValueError, match="either"):
+        RaftLog(SnapshotMeta(), entries_of(1), 0, storage)
