@@ -30,7 +30,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -64,12 +63,6 @@ from raftly.server.server import Busy, OutcomeUnknown, RaftServer, ServerStopped
 logger = logging.getLogger("raftly.kv.http")
 
 RETRY_AFTER = "1"
-
-UNSAFE_STALE_READS_ENV = "RAFTLY_UNSAFE_STALE_READS"
-"""TEST-ONLY, default off: with this environment variable set to ``1`` when a node starts, GETs
-serve local state without ReadIndex, i.e. a deliberately broken read path (stale reads on a
-deposed or partitioned node). It exists so that ``raftly check``'s own tests can prove the
-harness catches a linearizability bug; never set it anywhere else."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -105,11 +98,6 @@ class KVApi:
         self.cluster = cluster
         self.node = node
         self.limits = limits or Limits()
-        # Read once at start: see UNSAFE_STALE_READS_ENV (a test-only broken build).
-        self.unsafe_stale_reads = os.environ.get(UNSAFE_STALE_READS_ENV) == "1"
-        if self.unsafe_stale_reads:
-            logger.warning("%s=1: serving reads WITHOUT ReadIndex (test-only broken build)",
-                           UNSAFE_STALE_READS_ENV)
 
     @property
     def kv(self) -> KVStateMachine:
@@ -249,6 +237,14 @@ class KVApi:
             return self._error(503, f"read not confirmed: {exc}", {"Retry-After": RETRY_AFTER})
         return None
 
+    async def _key_read_barrier(self, request: web.Request) -> web.Response | None:
+        """What a linearizable GET of one key waits for before answering from local state.
+
+        ReadIndex (``_linearizable``); a separate step so that a subclass can change the read
+        path of single-key GETs alone, leaving lists and writes as they are.
+        """
+        return await self._linearizable(request)
+
     # -- handlers -------------------------------------------------------------------------------
 
     async def put(self, request: web.Request) -> web.Response:
@@ -282,8 +278,8 @@ class KVApi:
 
     async def get(self, request: web.Request) -> web.Response:
         key = self._key(request)
-        if not self._consistency_stale(request) and not self.unsafe_stale_reads:
-            failed = await self._linearizable(request)
+        if not self._consistency_stale(request):
+            failed = await self._key_read_barrier(request)
             if failed is not None:
                 return failed
         value = self.kv.get(key)
