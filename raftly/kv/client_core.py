@@ -17,7 +17,6 @@ and tested without a network.
 
 from __future__ import annotations
 
-import base64
 import enum
 import json
 import random
@@ -30,9 +29,12 @@ from urllib.parse import quote, urlencode, urlsplit
 from raftly.kv.protocol import (
     ACK_HEADER,
     CLIENT_HEADER,
+    KV_PATH,
     RETRY_HEADER,
     SEQ_HEADER,
     STALE_SEQ_CODE,
+    STATUS_PATH,
+    decode_list_item,
 )
 
 __all__ = [
@@ -165,7 +167,7 @@ def base_url(endpoint: str) -> str:
 def _key_path(key: str) -> str:
     if not isinstance(key, str) or not key:
         raise ValueError("a key is a non-empty str")
-    return "/v1/kv/" + quote(key, safe="")
+    return KV_PATH + "/" + quote(key, safe="")
 
 
 def _check(resp: Response, *ok: int) -> Response:
@@ -193,13 +195,7 @@ def _decode_swapped(resp: Response) -> bool:
 
 
 def _decode_list(resp: Response) -> list[tuple[str, bytes]]:
-    out: list[tuple[str, bytes]] = []
-    for item in _check(resp, 200).json():
-        if "value" in item:
-            out.append((item["key"], item["value"].encode("utf-8")))
-        else:
-            out.append((item["key"], base64.b64decode(item["value_base64"])))
-    return out
+    return [decode_list_item(item) for item in _check(resp, 200).json()]
 
 
 def _decode_status(resp: Response) -> dict[str, Any]:
@@ -236,11 +232,11 @@ def list_call(prefix: str, limit: int, stale: bool) -> Call[list[tuple[str, byte
     query = {"prefix": prefix, "limit": str(limit)}
     if stale:
         query["consistency"] = "stale"
-    return Call("GET", "/v1/kv?" + urlencode(query), None, False, _decode_list)
+    return Call("GET", KV_PATH + "?" + urlencode(query), None, False, _decode_list)
 
 
 def status_call() -> Call[dict[str, Any]]:
-    return Call("GET", "/v1/status", None, False, _decode_status)
+    return Call("GET", STATUS_PATH, None, False, _decode_status)
 
 
 # -- routing and retries ---------------------------------------------------------------------------

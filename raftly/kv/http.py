@@ -27,7 +27,6 @@ so does a resend marked ``X-Raftly-Retry: 1`` from a client whose session was ev
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -40,9 +39,12 @@ from raftly.kv.cluster_file import ClusterSpec, NodeSpec
 from raftly.kv.protocol import (
     ACK_HEADER,
     CLIENT_HEADER,
+    KV_PATH,
     RETRY_HEADER,
     SEQ_HEADER,
     STALE_SEQ_CODE,
+    STATUS_PATH,
+    encode_list_item,
 )
 from raftly.kv.state_machine import (
     KEY_TOO_LARGE,
@@ -107,11 +109,11 @@ class KVApi:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors_middleware])
-        app.router.add_get("/v1/status", self.status)
-        app.router.add_get("/v1/kv", self.list)
-        app.router.add_get("/v1/kv/{key:.+}", self.get)
-        app.router.add_put("/v1/kv/{key:.+}", self.put)
-        app.router.add_delete("/v1/kv/{key:.+}", self.delete)
+        app.router.add_get(STATUS_PATH, self.status)
+        app.router.add_get(KV_PATH, self.list)
+        app.router.add_get(KV_PATH + "/{key:.+}", self.get)
+        app.router.add_put(KV_PATH + "/{key:.+}", self.put)
+        app.router.add_delete(KV_PATH + "/{key:.+}", self.delete)
         return app
 
     # -- helpers --------------------------------------------------------------------------------
@@ -300,12 +302,7 @@ class KVApi:
             failed = await self._linearizable(request)
             if failed is not None:
                 return failed
-        items: list[dict[str, str]] = []
-        for key, value in self.kv.list(prefix, limit):
-            try:
-                items.append({"key": key, "value": value.decode("utf-8")})
-            except UnicodeDecodeError:
-                items.append({"key": key, "value_base64": base64.b64encode(value).decode()})
+        items = [encode_list_item(key, value) for key, value in self.kv.list(prefix, limit)]
         return self._json(200, items)
 
     async def status(self, request: web.Request) -> web.Response:
