@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from raftly.kv.cluster_file import Address, ClusterSpec, NodeSpec, render_cluster
-from raftly.kv.http import UNSAFE_STALE_READS_ENV
+from raftly.kv.unsafe_reads import UNSAFE_STALE_READS_ENV
 from raftly.localproc import die_with_parent, free_ports
 
 logger = logging.getLogger("raftly.check.cluster")

@@ -27,10 +27,8 @@ so does a resend marked ``X-Raftly-Retry: 1`` from a client whose session was ev
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -41,9 +39,12 @@ from raftly.kv.cluster_file import ClusterSpec, NodeSpec
 from raftly.kv.protocol import (
     ACK_HEADER,
     CLIENT_HEADER,
+    KV_PATH,
     RETRY_HEADER,
     SEQ_HEADER,
     STALE_SEQ_CODE,
+    STATUS_PATH,
+    encode_list_item,
 )
 from raftly.kv.state_machine import (
     KEY_TOO_LARGE,
@@ -64,12 +65,6 @@ from raftly.server.server import Busy, OutcomeUnknown, RaftServer, ServerStopped
 logger = logging.getLogger("raftly.kv.http")
 
 RETRY_AFTER = "1"
-
-UNSAFE_STALE_READS_ENV = "RAFTLY_UNSAFE_STALE_READS"
-"""TEST-ONLY, default off: with this environment variable set to ``1`` when a node starts, GETs
-serve local state without ReadIndex, i.e. a deliberately broken read path (stale reads on a
-deposed or partitioned node). It exists so that ``raftly check``'s own tests can prove the
-harness catches a linearizability bug; never set it anywhere else."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -105,11 +100,6 @@ class KVApi:
         self.cluster = cluster
         self.node = node
         self.limits = limits or Limits()
-        # Read once at start: see UNSAFE_STALE_READS_ENV (a test-only broken build).
-        self.unsafe_stale_reads = os.environ.get(UNSAFE_STALE_READS_ENV) == "1"
-        if self.unsafe_stale_reads:
-            logger.warning("%s=1: serving reads WITHOUT ReadIndex (test-only broken build)",
-                           UNSAFE_STALE_READS_ENV)
 
     @property
     def kv(self) -> KVStateMachine:
@@ -119,11 +109,11 @@ class KVApi:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors_middleware])
-        app.router.add_get("/v1/status", self.status)
-        app.router.add_get("/v1/kv", self.list)
-        app.router.add_get("/v1/kv/{key:.+}", self.get)
-        app.router.add_put("/v1/kv/{key:.+}", self.put)
-        app.router.add_delete("/v1/kv/{key:.+}", self.delete)
+        app.router.add_get(STATUS_PATH, self.status)
+        app.router.add_get(KV_PATH, self.list)
+        app.router.add_get(KV_PATH + "/{key:.+}", self.get)
+        app.router.add_put(KV_PATH + "/{key:.+}", self.put)
+        app.router.add_delete(KV_PATH + "/{key:.+}", self.delete)
         return app
 
     # -- helpers --------------------------------------------------------------------------------
@@ -249,6 +239,14 @@ class KVApi:
             return self._error(503, f"read not confirmed: {exc}", {"Retry-After": RETRY_AFTER})
         return None
 
+    async def _key_read_barrier(self, request: web.Request) -> web.Response | None:
+        """What a linearizable GET of one key waits for before answering from local state.
+
+        ReadIndex (``_linearizable``); a separate step so that a subclass can change the read
+        path of single-key GETs alone, leaving lists and writes as they are.
+        """
+        return await self._linearizable(request)
+
     # -- handlers -------------------------------------------------------------------------------
 
     async def put(self, request: web.Request) -> web.Response:
@@ -282,8 +280,8 @@ class KVApi:
 
     async def get(self, request: web.Request) -> web.Response:
         key = self._key(request)
-        if not self._consistency_stale(request) and not self.unsafe_stale_reads:
-            failed = await self._linearizable(request)
+        if not self._consistency_stale(request):
+            failed = await self._key_read_barrier(request)
             if failed is not None:
                 return failed
         value = self.kv.get(key)
@@ -304,12 +302,7 @@ class KVApi:
             failed = await self._linearizable(request)
             if failed is not None:
                 return failed
-        items: list[dict[str, str]] = []
-        for key, value in self.kv.list(prefix, limit):
-            try:
-                items.append({"key": key, "value": value.decode("utf-8")})
-            except UnicodeDecodeError:
-                items.append({"key": key, "value_base64": base64.b64encode(value).decode()})
+        items = [encode_list_item(key, value) for key, value in self.kv.list(prefix, limit)]
         return self._json(200, items)
 
     async def status(self, request: web.Request) -> web.Response:

@@ -1,11 +1,17 @@
-"""Names shared by the KV HTTP server and its clients: session headers and error codes.
+"""What the KV HTTP server and its clients must agree on: paths, session headers, error codes,
+and how a listed value travels in JSON.
 
 Kept apart so the blocking client imports neither aiohttp nor the Raft server.
 """
 
 from __future__ import annotations
 
+import base64
 from typing import Final
+
+KV_PATH: Final = "/v1/kv"
+"""Lists at this path; a key's value at ``KV_PATH/{percent-encoded key}``."""
+STATUS_PATH: Final = "/v1/status"
 
 CLIENT_HEADER: Final = "X-Raftly-Client"
 """The client's id (1 to 128 characters); with SEQ_HEADER it makes a write exactly-once."""
@@ -22,4 +28,21 @@ the write a second time."""
 STALE_SEQ_CODE: Final = "stale_seq"
 """The ``code`` of a 409: the seq's result was forgotten, so its outcome is unknown."""
 
-__all__ = ["ACK_HEADER", "CLIENT_HEADER", "RETRY_HEADER", "SEQ_HEADER", "STALE_SEQ_CODE"]
+
+
+def encode_list_item(key: str, value: bytes) -> dict[str, str]:
+    """One entry of a list answer: the value as text when it is UTF-8, else as base64."""
+    try:
+        return {"key": key, "value": value.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"key": key, "value_base64": base64.b64encode(value).decode()}
+
+
+def decode_list_item(item: dict[str, str]) -> tuple[str, bytes]:
+    if "value" in item:
+        return item["key"], item["value"].encode("utf-8")
+    return item["key"], base64.b64decode(item["value_base64"])
+
+
+__all__ = ["ACK_HEADER", "CLIENT_HEADER", "KV_PATH", "RETRY_HEADER", "SEQ_HEADER",
+           "STALE_SEQ_CODE", "STATUS_PATH", "decode_list_item", "encode_list_item"]

@@ -22,6 +22,7 @@ from raftly.core.config import Config
 from raftly.kv.cluster_file import Address, ClusterSpec, NodeSpec, load_cluster
 from raftly.kv.http import KVApi, Limits, make_runner
 from raftly.kv.state_machine import KVStateMachine
+from raftly.kv.unsafe_reads import node_api_class
 from raftly.server.server import RaftServer, ServerStopped
 from raftly.storage import DiskStorage, MemoryStorage, Storage
 from raftly.storage.disk.fsio import FsyncPolicy
@@ -72,7 +73,7 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
     server = RaftServer(spec.id, storage=storage, transport=transport,
                         state_machine=KVStateMachine(max_key_bytes=limits.max_key_bytes),
                         bootstrap=cluster.ids, config=config)
-    api = KVApi(server, cluster, spec, limits)
+    api = node_api_class()(server, cluster, spec, limits)
     runner = make_runner(api.app(), limits)
     await runner.setup()
     bind = api_address or spec.api

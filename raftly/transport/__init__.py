@@ -23,10 +23,9 @@ from raftly.transport.codec import (
     encode_handshake_reply,
     encode_message,
     frame_message,
-    read_frame,
 )
 from raftly.transport.memory import MemoryNetwork, MemoryTransport
-from raftly.transport.tcp import TcpTransport
+from raftly.transport.tcp import TcpTransport, read_frame
 
 __all__ = [
     "PROTOCOL_VERSION",

@@ -15,11 +15,13 @@ Layout (compact: positional msgpack arrays, no field names on the wire)::
 
 Integers on the wire are non-negative and below 2**63 (so they fit a signed 64-bit integer in any
 other implementation); booleans are msgpack booleans, never 0/1; byte strings are msgpack ``bin``.
+
+The codec is pure bytes <-> values and does no I/O: reading frames off a socket is the
+transport's job (``raftly.transport.tcp.read_frame``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -49,6 +51,7 @@ __all__ = [
     "DEFAULT_MAX_VOTERS",
     "HANDSHAKE_MAGIC",
     "HANDSHAKE_MAX_FRAME_SIZE",
+    "HEADER_SIZE",
     "MAX_CLUSTER_ID_LENGTH",
     "MAX_INT",
     "PROTOCOL_VERSION",
@@ -64,8 +67,8 @@ __all__ = [
     "encode_handshake",
     "encode_handshake_reply",
     "encode_message",
+    "frame_length",
     "frame_message",
-    "read_frame",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -549,6 +552,18 @@ def encode_frame(payload: bytes) -> bytes:
     return _HEADER.pack(len(payload)) + payload
 
 
+def frame_length(header: bytes | bytearray, max_frame_size: int, offset: int = 0) -> int:
+    """The payload length announced by the frame header at ``offset`` of ``header``.
+
+    Raises FrameTooLarge beyond ``max_frame_size``, so a reader refuses an oversized frame
+    before buffering any of its body.
+    """
+    (size,) = _HEADER.unpack_from(header, offset)
+    if size > max_frame_size:
+        raise FrameTooLarge(f"frame of {size} bytes exceeds the limit of {max_frame_size}")
+    return int(size)
+
+
 def frame_message(msg: Message) -> bytes:
     """``encode_frame(encode_message(msg))``: what goes on the wire for one message."""
     return encode_frame(encode_message(msg))
@@ -582,9 +597,7 @@ class FrameDecoder:
         end = len(buf)
         limit = self.max_frame_size
         while end - pos >= HEADER_SIZE:
-            (size,) = _HEADER.unpack_from(buf, pos)
-            if size > limit:
-                raise FrameTooLarge(f"frame of {size} bytes exceeds the limit of {limit}")
+            size = frame_length(buf, limit, pos)
             start = pos + HEADER_SIZE
             if end - start < size:
                 break
@@ -593,28 +606,3 @@ class FrameDecoder:
         if pos:
             del buf[:pos]
         return frames
-
-
-async def read_frame(
-    reader: asyncio.StreamReader, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
-) -> bytes | None:
-    """Read one frame's payload; None on a clean end of stream before any byte of a frame.
-
-    Raises FrameTooLarge before reading the body of an oversized frame, and CodecError if the
-    stream ends in the middle of a frame.
-    """
-    try:
-        header = await reader.readexactly(HEADER_SIZE)
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
-            return None
-        raise CodecError("stream ended inside a frame header") from None
-    (size,) = _HEADER.unpack(header)
-    if size > max_frame_size:
-        raise FrameTooLarge(f"frame of {size} bytes exceeds the limit of {max_frame_size}")
-    try:
-        return await reader.readexactly(size)
-    except asyncio.IncompleteReadError as exc:
-        raise CodecError(
-            f"stream ended inside a frame ({len(exc.partial)} of {size} bytes)"
-        ) from None

@@ -42,6 +42,7 @@ from raftly.transport.base import MessageHandler
 from raftly.transport.codec import (
     DEFAULT_MAX_FRAME_SIZE,
     HANDSHAKE_MAX_FRAME_SIZE,
+    HEADER_SIZE,
     PROTOCOL_VERSION,
     CodecError,
     FrameDecoder,
@@ -51,11 +52,11 @@ from raftly.transport.codec import (
     encode_frame,
     encode_handshake,
     encode_handshake_reply,
+    frame_length,
     frame_message,
-    read_frame,
 )
 
-__all__ = ["TcpTransport"]
+__all__ = ["TcpTransport", "read_frame"]
 
 logger = logging.getLogger(__name__)
 
@@ -561,3 +562,26 @@ class TcpTransport:
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def read_frame(
+    reader: asyncio.StreamReader, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+) -> bytes | None:
+    """Read one frame's payload; None on a clean end of stream before any byte of a frame.
+
+    Raises FrameTooLarge before reading the body of an oversized frame, and CodecError if the
+    stream ends in the middle of a frame.
+    """
+    try:
+        header = await reader.readexactly(HEADER_SIZE)
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            return None
+        raise CodecError("stream ended inside a frame header") from None
+    size = frame_length(header, max_frame_size)
+    try:
+        return await reader.readexactly(size)
+    except asyncio.IncompleteReadError as exc:
+        raise CodecError(
+            f"stream ended inside a frame ({len(exc.partial)} of {size} bytes)"
+        ) from None

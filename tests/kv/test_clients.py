@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import socket
 
 import pytest
@@ -17,7 +18,22 @@ from raftly.kv.client import (
     RequestError,
     UnavailableError,
 )
+from raftly.kv.client_core import (
+    ClientCore,
+    Response,
+    Step,
+    Verdict,
+    get_call,
+    put_call,
+)
 from raftly.kv.http import Limits
+from raftly.kv.protocol import (
+    ACK_HEADER,
+    CLIENT_HEADER,
+    RETRY_HEADER,
+    SEQ_HEADER,
+    STALE_SEQ_CODE,
+)
 from raftly.kv.service import LocalCluster, RunningNode
 
 
@@ -103,7 +119,7 @@ def test_sync_client_retry_applies_once() -> None:
         async with LocalCluster(3, config=FAST) as cluster:
             leader = await cluster.wait_for_leader()
             client = Client([leader.url], timeout=5)
-            _seq, headers = client._p.begin_write()
+            _seq, headers = client._core.begin_write()
             req_headers = {**headers}
 
             def send_twice() -> tuple[int, int]:
@@ -205,13 +221,64 @@ def test_tricky_keys_round_trip_with_both_clients() -> None:
 
 
 def test_resends_of_a_write_that_may_have_applied_are_marked_as_retries() -> None:
-    from raftly.kv.client import _Policy, _Request
-    from raftly.kv.protocol import RETRY_HEADER
+    core = ClientCore(["127.0.0.1:1"], 1.0, 1.0, None)
+    req = core.start(put_call("k", b"v"), lambda: 0.0).request
+    core.mark_retry(req, maybe_applied=False)  # e.g. refused connection: surely not sent
+    assert RETRY_HEADER not in req.headers
+    core.mark_retry(req, maybe_applied=True)
+    assert req.headers[RETRY_HEADER] == "1"
 
-    policy = _Policy(["127.0.0.1:1"], 1.0, 1.0, None)
-    _, headers = policy.begin_write()
-    req = _Request("PUT", "/v1/kv/k", b"v", write=True, headers=headers)
-    policy.mark_retry(req, maybe_applied=False)  # e.g. refused connection: surely not sent
-    assert RETRY_HEADER not in headers
-    policy.mark_retry(req, maybe_applied=True)
-    assert headers[RETRY_HEADER] == "1"
+
+# -- the sans-IO core, without a network ----------------------------------------------------------
+
+
+def _answer(status: int, body: object = None, **headers: str) -> Response:
+    return Response(status, headers, json.dumps(body).encode())
+
+
+def test_verdicts_of_the_answers_that_are_not_final() -> None:
+    core = ClientCore(["127.0.0.1:1", "127.0.0.1:2"], 1.0, 1.0, None)
+    read = get_call("k", False).request()
+    write = put_call("k", b"v").request()
+    assert core.verdict(read, _answer(307, location="http://127.0.0.1:9/v1/kv/k")) \
+        is Verdict.REDIRECT
+    assert core.target == "http://127.0.0.1:9"
+    assert core.verdict(read, _answer(307)) is Verdict.RETRY_ELSEWHERE
+    assert core.verdict(read, _answer(503, {"leader": "n1"})) is Verdict.RETRY
+    assert core.verdict(read, _answer(503, {"leader": None})) is Verdict.RETRY_ELSEWHERE
+    assert core.verdict(write, _answer(504, {"error": "x"})) is Verdict.UNKNOWN
+    assert core.verdict(read, _answer(500, {"error": "x"})) is Verdict.RETRY_ELSEWHERE
+    assert core.verdict(read, _answer(404, {"error": "x"})) is Verdict.DONE
+    assert core.verdict(read, _answer(409, {"code": STALE_SEQ_CODE})) is Verdict.DONE
+    with pytest.raises(OutcomeUnknownError):
+        core.verdict(write, _answer(409, {"error": "forgotten", "code": STALE_SEQ_CODE}))
+
+
+def test_a_write_keeps_its_seq_across_resends_and_gives_up_unknown_after_a_504() -> None:
+    now = [0.0]
+    core = ClientCore(["127.0.0.1:1"], 1.0, 1.0, "me")
+    tries = core.start(put_call("k", b"v"), lambda: now[0])
+    headers = dict(tries.request.headers)
+    assert headers[SEQ_HEADER] == "1" and headers[CLIENT_HEADER] == "me"
+    assert tries.answered("n1", _answer(504, {"error": "timeout"})) is Step.WAIT
+    assert 0 < tries.pause() <= 1.0
+    assert tries.request.headers == {**headers, RETRY_HEADER: "1"}
+    assert tries.answered("n1", _answer(503, {"leader": None})) is Step.WAIT
+    now[0] = 1.0
+    with pytest.raises(OutcomeUnknownError):
+        tries.pause()
+    tries.finish()
+    # The next write gets the next seq, and acknowledges that the first is no longer awaited.
+    again = core.start(put_call("k", b"v"), lambda: now[0]).request.headers
+    assert (again[SEQ_HEADER], again[ACK_HEADER]) == ("2", "2")
+
+
+def test_a_read_that_never_got_an_answer_is_unavailable() -> None:
+    now = [0.0]
+    core = ClientCore(["127.0.0.1:1", "127.0.0.1:2"], 1.0, 1.0, None)
+    tries = core.start(get_call("k", False), lambda: now[0])
+    tries.failed(core.target, OSError("reset"), maybe_sent=True)
+    assert core.target == "http://127.0.0.1:2"
+    now[0] = 2.0
+    with pytest.raises(UnavailableError):
+        tries.pause()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import struct
 
 import msgpack
@@ -37,7 +36,6 @@ from raftly.transport.codec import (
     encode_handshake_reply,
     encode_message,
     frame_message,
-    read_frame,
 )
 
 
@@ -351,28 +349,6 @@ def test_frame_decoder_refuses_an_oversized_header_before_the_body() -> None:
     assert decoder.feed(encode_frame(b"x" * 100)) == [b"x" * 100]
     with pytest.raises(FrameTooLarge):
         decoder.feed(struct.pack(">I", 101))  # header only: no body has been sent
-
-
-def _reader(data: bytes, eof: bool = True) -> asyncio.StreamReader:
-    reader = asyncio.StreamReader()
-    reader.feed_data(data)
-    if eof:
-        reader.feed_eof()
-    return reader
-
-
-def test_read_frame() -> None:
-    async def main() -> None:
-        assert await read_frame(_reader(encode_frame(b"abc"))) == b"abc"
-        assert await read_frame(_reader(b"")) is None
-        with pytest.raises(CodecError):
-            await read_frame(_reader(b"\x00\x00"))
-        with pytest.raises(CodecError):
-            await read_frame(_reader(encode_frame(b"abcdef")[:-1]))
-        with pytest.raises(FrameTooLarge):  # raised without waiting for a body (no EOF fed)
-            await asyncio.wait_for(read_frame(_reader(b"\x00\x00\x01\x00", False), 255), 1.0)
-
-    asyncio.run(main())
 
 
 def test_max_frame_size_must_be_sane() -> None:

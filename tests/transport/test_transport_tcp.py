@@ -21,16 +21,40 @@ from raftly.core.messages import (
 from raftly.core.types import Entry
 from raftly.transport import TcpTransport, Transport
 from raftly.transport.codec import (
+    CodecError,
+    FrameTooLarge,
     decode_handshake_reply,
     encode_frame,
     encode_handshake,
     encode_handshake_reply,
     frame_message,
-    read_frame,
 )
+from raftly.transport.tcp import read_frame
 
 LOCAL = ("127.0.0.1", 0)
 CLUSTER = "test-cluster"
+
+
+def _reader(data: bytes, eof: bool = True) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader()
+    reader.feed_data(data)
+    if eof:
+        reader.feed_eof()
+    return reader
+
+
+def test_read_frame() -> None:
+    async def main() -> None:
+        assert await read_frame(_reader(encode_frame(b"abc"))) == b"abc"
+        assert await read_frame(_reader(b"")) is None
+        with pytest.raises(CodecError):
+            await read_frame(_reader(b"\x00\x00"))
+        with pytest.raises(CodecError):
+            await read_frame(_reader(encode_frame(b"abcdef")[:-1]))
+        with pytest.raises(FrameTooLarge):  # raised without waiting for a body (no EOF fed)
+            await asyncio.wait_for(read_frame(_reader(b"\x00\x00\x01\x00", False), 255), 1.0)
+
+    asyncio.run(main())
 
 
 def run(coro: Callable[[], Awaitable[None]]) -> None:

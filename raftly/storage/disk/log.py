@@ -29,10 +29,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from raftly.core.types import Entry, SnapshotMeta
-from raftly.storage.base import StorageError
 from raftly.storage.disk import segment
 from raftly.storage.disk.fsio import Syncer, pwrite_all, read_all
-from raftly.storage.disk.state import corrupt
+from raftly.storage.errors import StorageError, corrupt
 
 logger = logging.getLogger("raftly.storage.disk")
 
@@ -53,6 +52,15 @@ class _Segment:
     @property
     def size(self) -> int:
         return self.offsets[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class _TornTail:
+    """Where recovery cuts the last segment: a record that a crash left half-written."""
+
+    segment: _Segment
+    offset: int
+    reason: str
 
 
 class SegmentedLog:
@@ -257,12 +265,38 @@ class SegmentedLog:
         return log
 
     def _recover(self, snapshot: SnapshotMeta, commit: int, commit_source: str) -> None:
+        cut, torn = self._load_segments()
+        drop_all = self._snapshot_supersedes_log(snapshot)
+        self._check_commit_survives(snapshot, commit, commit_source, cut, drop_all)
+        # Everything checked: now repair.
+        if torn is not None:
+            logger.warning(
+                "%s: removing a segment whose header was cut short by a crash", torn.path
+            )
+            os.unlink(torn.path)
+            self._syncer.directory(self.directory)
+        if cut is not None:
+            logger.warning(
+                "%s: cutting a torn tail at byte offset %d (%s)", cut.segment.path, cut.offset,
+                cut.reason,
+            )
+            os.ftruncate(cut.segment.fd, cut.offset)
+            self._syncer.file(cut.segment.fd)
+        self._discard(keep_suffix=not drop_all)
+
+    def _load_segments(self) -> tuple[_TornTail | None, _Segment | None]:
+        """Open, scan and index every segment, checking that they follow on from each other.
+
+        Returns what a crash may have left, for repair once everything is checked: the torn tail
+        of the last segment, and the last segment itself if not even its header was written
+        (that one is already taken out of the index). Anything else wrong is corruption.
+        """
         found = sorted(
             (first, name)
             for name in os.listdir(self.directory)
             if (first := segment.parse_segment_name(name)) is not None
         )
-        cut: tuple[_Segment, int, str] | None = None  # (segment, offset, reason) of a torn tail
+        cut: _TornTail | None = None
         drop_torn_header = False
         for position, (first, name) in enumerate(found):
             path = os.path.join(self.directory, name)
@@ -280,7 +314,7 @@ class SegmentedLog:
                 if not (result.torn and position == len(found) - 1):
                     raise corrupt(path, at, result.error)
                 if result.offsets:
-                    cut = (seg, at, f"{result.error}; {len(buf) - at} bytes dropped")
+                    cut = _TornTail(seg, at, f"{result.error}; {len(buf) - at} bytes dropped")
                 else:
                     drop_torn_header = True
             if position:
@@ -289,31 +323,43 @@ class SegmentedLog:
                     raise corrupt(
                         path, 0, f"starts at index {first} but {prev.path} ends at {prev.last}"
                     )
-        if drop_torn_header:
-            # A segment created just before a crash, before its header reached the disk.
-            torn = self._segments[-1]
-            self._segments.pop()
-            self._firsts.pop()
-            os.close(torn.fd)
-        else:
-            torn = None
+        if not drop_torn_header:
+            return cut, None
+        # A segment created just before a crash, before its header reached the disk.
+        torn = self._segments.pop()
+        self._firsts.pop()
+        os.close(torn.fd)
+        return cut, torn
 
-        # Reconcile with the snapshot, as ``compact`` would have finished doing.
-        drop_all = False
-        if self._segments:
-            oldest = self._segments[0]
-            last = self._segments[-1].last
-            if oldest.first > snapshot.index + 1:
-                raise corrupt(
-                    oldest.path,
-                    0,
-                    f"log starts at index {oldest.first} but the snapshot ends at {snapshot.index}",
-                )
-            if last < snapshot.index:
-                drop_all = True
-            elif snapshot.index >= oldest.first:
-                seg = self._segments[bisect.bisect_right(self._firsts, snapshot.index) - 1]
-                drop_all = seg.terms[snapshot.index - seg.first] != snapshot.term
+    def _snapshot_supersedes_log(self, snapshot: SnapshotMeta) -> bool:
+        """Whether the whole log is to be dropped, as ``compact`` would have finished doing:
+        it ends before the snapshot, or disagrees with the snapshot's term at its index."""
+        if not self._segments:
+            return False
+        oldest = self._segments[0]
+        last = self._segments[-1].last
+        if oldest.first > snapshot.index + 1:
+            raise corrupt(
+                oldest.path,
+                0,
+                f"log starts at index {oldest.first} but the snapshot ends at {snapshot.index}",
+            )
+        if last < snapshot.index:
+            return True
+        if snapshot.index >= oldest.first:
+            seg = self._segments[bisect.bisect_right(self._firsts, snapshot.index) - 1]
+            return seg.terms[snapshot.index - seg.first] != snapshot.term
+        return False
+
+    def _check_commit_survives(
+        self,
+        snapshot: SnapshotMeta,
+        commit: int,
+        commit_source: str,
+        cut: _TornTail | None,
+        drop_all: bool,
+    ) -> None:
+        """Raise if the recovered log ends before the commit index: entries were acknowledged."""
         recovered_last = (
             snapshot.index
             if drop_all or not self._segments
@@ -322,7 +368,7 @@ class SegmentedLog:
         if commit > recovered_last:
             # What looked like a torn tail cuts into committed entries: it is corruption.
             why = (
-                f"{cut[0].path}: bad record at byte offset {cut[1]} ({cut[2]})"
+                f"{cut.segment.path}: bad record at byte offset {cut.offset} ({cut.reason})"
                 if cut is not None
                 else f"the log in {self.directory} ends there"
             )
@@ -330,17 +376,3 @@ class SegmentedLog:
                 f"{commit_source}: commit index {commit} is beyond the last intact log entry "
                 f"{recovered_last}; {why}: acknowledged entries are missing"
             )
-
-        # Everything checked: now repair.
-        if torn is not None:
-            logger.warning(
-                "%s: removing a segment whose header was cut short by a crash", torn.path
-            )
-            os.unlink(torn.path)
-            self._syncer.directory(self.directory)
-        if cut is not None:
-            seg, at, reason = cut
-            logger.warning("%s: cutting a torn tail at byte offset %d (%s)", seg.path, at, reason)
-            os.ftruncate(seg.fd, at)
-            self._syncer.file(seg.fd)
-        self._discard(keep_suffix=not drop_all)

@@ -18,8 +18,8 @@ import struct
 import zlib
 
 from raftly.core.types import ConfState, HardState, SnapshotMeta
-from raftly.storage.base import StorageError
 from raftly.storage.disk.fsio import Syncer, replace_file
+from raftly.storage.errors import StorageError, corrupt
 
 HARD_STATE_NAME = "hardstate"
 SNAPSHOT_NAME = "snapshot"
@@ -31,11 +31,6 @@ _HARD_STATE = struct.Struct("<QqQ")
 _SNAPSHOT_HEAD = struct.Struct("<QQI")
 _VOTER = struct.Struct("<Q")
 _NO_VOTE = -1
-
-
-def corrupt(path: str, offset: int, what: str) -> StorageError:
-    """The one-line error every kind of on-disk corruption is reported with."""
-    return StorageError(f"{path}: corrupt at byte offset {offset}: {what}")
 
 
 def _frame(magic: bytes, payload: bytes) -> bytes:

@@ -1,0 +1,395 @@
+"""The KV client without I/O: what to send, what each answer means, when to try again.
+
+Everything the blocking ``Client`` and the asyncio ``AsyncClient`` (``raftly.kv.client``) have
+in common lives here, h11-style, so that they are two thin shells that only move bytes and
+sleep:
+
+- building each operation's request (``put_call`` ... ``status_call``: path, body, and how to
+  decode the answer);
+- the routing state of one client (``ClientCore``: endpoints, the node believed to lead, the
+  session id and write sequence numbers);
+- the retry state of one call (``Attempt``: deadline, backoff, whether a write may have been
+  applied), which turns each answer into a ``Verdict`` and then a ``Step`` for the shell.
+
+No socket, no clock of its own (the shell passes one in), no sleeping: all of it can be driven
+and tested without a network.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import random
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote, urlencode, urlsplit
+
+from raftly.kv.protocol import (
+    ACK_HEADER,
+    CLIENT_HEADER,
+    KV_PATH,
+    RETRY_HEADER,
+    SEQ_HEADER,
+    STALE_SEQ_CODE,
+    STATUS_PATH,
+    decode_list_item,
+)
+
+__all__ = [
+    "Attempt",
+    "Call",
+    "ClientCore",
+    "ClientError",
+    "OutcomeUnknownError",
+    "Request",
+    "RequestError",
+    "Response",
+    "Step",
+    "UnavailableError",
+    "Verdict",
+    "base_url",
+    "cas_call",
+    "delete_call",
+    "get_call",
+    "list_call",
+    "put_call",
+    "status_call",
+]
+
+T = TypeVar("T")
+
+_MAX_REDIRECTS = 8
+"""Redirects followed at once within one call; more than that and the call backs off first."""
+
+
+class ClientError(Exception):
+    """Base of the errors the KV clients raise."""
+
+
+class UnavailableError(ClientError):
+    """No node could serve the request in time. A write was definitely not applied."""
+
+
+class OutcomeUnknownError(ClientError):
+    """A write may or may not have been applied (a timeout or connection loss at the leader)."""
+
+
+class RequestError(ClientError):
+    """The cluster refused the request as invalid (4xx): ``status`` and the server's message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def error_message(self) -> str:
+        try:
+            body = self.json()
+            return str(body.get("error", body)) if isinstance(body, dict) else str(body)
+        except ValueError:
+            return self.body.decode("utf-8", "replace")[:200]
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    path: str  # with the query string
+    body: bytes | None = None
+    write: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Verdict(enum.Enum):
+    """What one answer means for the call that got it."""
+
+    DONE = "done"
+    """The answer for the caller (a success or a definite refusal)."""
+    REDIRECT = "redirect"
+    """``307`` to the leader, which is now the node to ask."""
+    RETRY = "retry"
+    """``503`` from a node that knows a leader (busy, dropped): ask it again after a pause."""
+    RETRY_ELSEWHERE = "retry-elsewhere"
+    """No use asking this node again (no leader known, a bad redirect, a 5xx): the next one."""
+    UNKNOWN = "unknown"
+    """``504``: a write may have been applied; retry with the same seq after a pause."""
+
+
+class Step(enum.Enum):
+    """What the I/O shell does after an answer."""
+
+    DONE = "done"
+    """Hand the response to the call's decoder."""
+    SEND_NOW = "send-now"
+    """Resend at once (to the leader a redirect named)."""
+    WAIT = "wait"
+    """Sleep ``Attempt.pause()``, then resend."""
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    """One operation: the request to send, and how to turn its final answer into the result."""
+
+    method: str
+    path: str
+    body: bytes | None
+    write: bool
+    decode: Callable[[Response], T]
+
+    def request(self, headers: dict[str, str] | None = None) -> Request:
+        return Request(self.method, self.path, self.body, self.write, dict(headers or {}))
+
+
+def base_url(endpoint: str) -> str:
+    if "://" not in endpoint:
+        endpoint = "http://" + endpoint
+    parts = urlsplit(endpoint)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"not an http endpoint: {endpoint!r}")
+    return f"http://{parts.netloc}"
+
+
+# -- the operations --------------------------------------------------------------------------------
+# Arguments are checked here, before a call is started, so a bad one never uses up a seq.
+
+
+def _key_path(key: str) -> str:
+    if not isinstance(key, str) or not key:
+        raise ValueError("a key is a non-empty str")
+    return KV_PATH + "/" + quote(key, safe="")
+
+
+def _check(resp: Response, *ok: int) -> Response:
+    if resp.status not in ok:
+        raise RequestError(resp.status, resp.error_message())
+    return resp
+
+
+def _decode_index(resp: Response) -> int:
+    return int(_check(resp, 200).json()["index"])
+
+
+def _decode_value(resp: Response) -> bytes | None:
+    if resp.status == 404:
+        return None
+    return _check(resp, 200).body
+
+
+def _decode_deleted(resp: Response) -> bool:
+    return bool(_check(resp, 200).json()["deleted"])
+
+
+def _decode_swapped(resp: Response) -> bool:
+    return _check(resp, 200, 412).status == 200
+
+
+def _decode_list(resp: Response) -> list[tuple[str, bytes]]:
+    return [decode_list_item(item) for item in _check(resp, 200).json()]
+
+
+def _decode_status(resp: Response) -> dict[str, Any]:
+    result: dict[str, Any] = _check(resp, 200).json()
+    return result
+
+
+def put_call(key: str, value: bytes) -> Call[int]:
+    """Store ``value``; the result is the log index at which it was applied."""
+    return Call("PUT", _key_path(key), bytes(value), True, _decode_index)
+
+
+def get_call(key: str, stale: bool) -> Call[bytes | None]:
+    path = _key_path(key) + ("?consistency=stale" if stale else "")
+    return Call("GET", path, None, False, _decode_value)
+
+
+def delete_call(key: str) -> Call[bool]:
+    """Remove ``key``; the result is whether it existed."""
+    return Call("DELETE", _key_path(key), None, True, _decode_deleted)
+
+
+def cas_call(key: str, old: bytes, new: bytes) -> Call[bool]:
+    """Set ``key`` to ``new`` if it is ``old`` now; the result is whether it was swapped."""
+    try:
+        expect = old.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("cas compares through a URL parameter: old must be UTF-8") from None
+    path = _key_path(key) + "?" + urlencode({"expect": expect})
+    return Call("PUT", path, bytes(new), True, _decode_swapped)
+
+
+def list_call(prefix: str, limit: int, stale: bool) -> Call[list[tuple[str, bytes]]]:
+    query = {"prefix": prefix, "limit": str(limit)}
+    if stale:
+        query["consistency"] = "stale"
+    return Call("GET", KV_PATH + "?" + urlencode(query), None, False, _decode_list)
+
+
+def status_call() -> Call[dict[str, Any]]:
+    return Call("GET", STATUS_PATH, None, False, _decode_status)
+
+
+# -- routing and retries ---------------------------------------------------------------------------
+
+
+class ClientCore:
+    """The state of one client: endpoints, the leader guess, the session, and backoff."""
+
+    def __init__(self, endpoints: str | Sequence[str], timeout: float,
+                 request_timeout: float, client_id: str | None) -> None:
+        if isinstance(endpoints, str):
+            endpoints = [e for e in endpoints.split(",") if e.strip()]
+        if not endpoints:
+            raise ValueError("at least one endpoint is needed")
+        self.endpoints = [base_url(e.strip()) for e in endpoints]
+        self.timeout = timeout
+        self.request_timeout = request_timeout
+        self.client_id = client_id or uuid.uuid4().hex
+        self.target = self.endpoints[0]
+        """The node the next request goes to: the leader as far as this client knows."""
+        self._rotation = 0
+        self._seq = 0
+        self._outstanding: set[int] = set()
+        self._rng = random.Random()
+
+    def start(self, call: Call[T], clock: Callable[[], float]) -> Attempt[T]:
+        """Begin ``call``; the shell must ``finish()`` the attempt however it ends."""
+        return Attempt(self, call, clock)
+
+    def begin_write(self) -> tuple[int, dict[str, str]]:
+        """A fresh seq and the session headers that carry it (the same for every resend)."""
+        self._seq += 1
+        seq = self._seq
+        self._outstanding.add(seq)
+        # ack: the lowest seq still awaited; the state machine may forget results below it.
+        return seq, {CLIENT_HEADER: self.client_id, SEQ_HEADER: str(seq),
+                     ACK_HEADER: str(min(self._outstanding))}
+
+    def end_write(self, seq: int) -> None:
+        self._outstanding.discard(seq)
+
+    def rotate(self) -> None:
+        """The current node failed us: try the next endpoint."""
+        self._rotation = (self._rotation + 1) % len(self.endpoints)
+        self.target = self.endpoints[self._rotation]
+
+    def backoff(self, attempt: int) -> float:
+        return min(0.02 * (1 << min(attempt, 10)), 0.5) * (0.5 + self._rng.random())
+
+    def follow(self, location: str | None) -> bool:
+        if not location:
+            return False
+        try:
+            self.target = base_url(location)
+        except ValueError:
+            return False
+        return True
+
+    def verdict(self, req: Request, resp: Response) -> Verdict:
+        """What ``resp`` means; raises OutcomeUnknownError for a write whose seq was forgotten."""
+        if resp.status == 307:
+            return (Verdict.REDIRECT if self.follow(resp.headers.get("location"))
+                    else Verdict.RETRY_ELSEWHERE)
+        if resp.status == 503:
+            try:
+                leader = resp.json().get("leader")
+            except (ValueError, AttributeError):
+                leader = None
+            return Verdict.RETRY if leader is not None else Verdict.RETRY_ELSEWHERE
+        if resp.status == 504:
+            return Verdict.UNKNOWN
+        if resp.status == 409 and req.write:
+            try:
+                if resp.json().get("code") == STALE_SEQ_CODE:
+                    raise OutcomeUnknownError(resp.error_message())
+            except (ValueError, AttributeError):
+                pass
+        if resp.status >= 500:
+            return Verdict.RETRY_ELSEWHERE
+        return Verdict.DONE
+
+    def mark_retry(self, req: Request, maybe_applied: bool) -> None:
+        """Resends of a write that may have been applied say so: a node that forgot the
+        client's session then answers "outcome unknown" instead of applying it again."""
+        if maybe_applied and req.write:
+            req.headers[RETRY_HEADER] = "1"
+
+    def give_up(self, req: Request, maybe_applied: bool, last: str) -> ClientError:
+        what = f"{req.method} {req.path.split('?')[0]}"
+        if req.write and maybe_applied:
+            return OutcomeUnknownError(
+                f"{what}: no definite answer within {self.timeout}s (last: {last}); the write "
+                "may or may not have been applied")
+        return UnavailableError(f"{what}: no node answered within {self.timeout}s (last: {last})")
+
+
+class Attempt(Generic[T]):
+    """The retry state of one call, from its first send to its last.
+
+    Tracks the deadline, the attempt count for backoff, the last problem seen, and whether an
+    attempt of a write may have been applied: that decides "unknown" against "unavailable".
+    A write holds one seq for all its resends, so the cluster applies it at most once.
+    """
+
+    def __init__(self, core: ClientCore, call: Call[T], clock: Callable[[], float]) -> None:
+        self.core = core
+        self.call = call
+        self.clock = clock
+        self._seq: int | None = None
+        headers: dict[str, str] = {}
+        if call.write:
+            self._seq, headers = core.begin_write()
+        self.request = call.request(headers)
+        self.deadline = clock() + core.timeout
+        self.maybe_applied = False
+        self.attempt = 0
+        self.last = "nothing tried"
+
+    def finish(self) -> None:
+        """The call is over (answered or given up): its seq is no longer awaited."""
+        if self._seq is not None:
+            self.core.end_write(self._seq)
+            self._seq = None
+
+    def request_timeout(self) -> float:
+        return max(0.05, min(self.core.request_timeout, self.deadline - self.clock()))
+
+    def failed(self, base: str, exc: BaseException, *, maybe_sent: bool) -> None:
+        """The request got no answer; ``maybe_sent`` unless it surely never left."""
+        self.last = f"{base}: {type(exc).__name__}: {exc}"
+        self.maybe_applied = self.maybe_applied or (maybe_sent and self.request.write)
+        self.core.rotate()
+
+    def answered(self, base: str, resp: Response) -> Step:
+        verdict = self.core.verdict(self.request, resp)
+        self.last = f"{base}: {resp.status} {resp.error_message()}"
+        if verdict is Verdict.DONE:
+            return Step.DONE
+        if verdict is Verdict.REDIRECT and self.attempt < _MAX_REDIRECTS:
+            self.attempt += 1
+            return Step.SEND_NOW
+        if verdict is Verdict.UNKNOWN:
+            self.maybe_applied = True
+        elif verdict is Verdict.RETRY_ELSEWHERE:
+            self.core.rotate()
+        return Step.WAIT
+
+    def pause(self) -> float:
+        """How long to wait before the next attempt; raises once the deadline has passed."""
+        self.core.mark_retry(self.request, self.maybe_applied)
+        now = self.clock()
+        if now >= self.deadline:
+            raise self.core.give_up(self.request, self.maybe_applied, self.last)
+        pause = min(self.core.backoff(self.attempt), self.deadline - now)
+        self.attempt += 1
+        return pause
