@@ -352,48 +352,20 @@ class _KeySearch:
     def _search(self) -> Generator[None, None, _Outcome]:
         """Wing & Gong / Lowe just-in-time linearization with Porcupine's cache.
 
-        Entries live in doubly linked lists held in flat int arrays (dancing links): lifting an
-        op unlinks its call and return entries, and unlifting relinks them in reverse order,
-        which the LIFO order of the depth-first search guarantees. Definite ops (those that
-        returned, or whose return time a reduction bounded) sit in one list with their call and
-        return entries; optional ``info`` ops have no return entry and sit in a second list by
-        call time. At each node the search first tries the definite calls before the first
-        return entry, then the optional calls invoked before that return: trying optional ops
-        last means they are placed only when some op needs them, which keeps their
-        combinations out of the search on histories that pass.
+        Lifting an op unlinks its call and return entries from the lists ``_link_entries``
+        builds, and unlifting relinks them in reverse order, which the LIFO order of the
+        depth-first search guarantees. At each node the search first tries the definite calls
+        before the first return entry, then the optional calls invoked before that return:
+        trying optional ops last means they are placed only when some op needs them, which keeps
+        their combinations out of the search on histories that pass.
         """
         k = self.kept
         n = len(k.ops)
         kind, arg_a, arg_b, definite = k.kind, k.arg_a, k.arg_b, k.definite
-        head, tail, ihead, itail = 2 * n, 2 * n + 1, 2 * n + 2, 2 * n + 3
-        nxt = [0] * (2 * n + 4)
-        prv = [0] * (2 * n + 4)
-        pos = [0] * (2 * n + 4)
-
-        entries: list[tuple[float, int, int]] = []
-        for i in range(n):
-            entries.append((k.call[i], 0, i))
-            if definite[i]:
-                entries.append((k.ret[i], 1, n + i))
-        # Calls sort before returns at equal times: ops that touch in time count as concurrent,
-        # which can only accept more, never refute a history that a finer clock would accept.
-        entries.sort()
-        for p, (_, _, node) in enumerate(entries):
-            pos[node] = p
-        pos[tail] = pos[itail] = len(entries)
-
-        def link(first: int, last: int, nodes: list[int]) -> None:
-            prev = first
-            for node in nodes:
-                nxt[prev] = node
-                prv[node] = prev
-                prev = node
-            nxt[prev] = last
-            prv[last] = prev
-            nxt[last] = last
-
-        link(head, tail, [e[2] for e in entries if e[2] >= n or definite[e[2]]])
-        link(ihead, itail, [e[2] for e in entries if e[2] < n and not definite[e[2]]])
+        links = _link_entries(k)
+        # Locals, not attribute look-ups: this loop is the checker's hot path.
+        nxt, prv, pos = links.nxt, links.prv, links.pos
+        head, ihead, itail = links.head, links.ihead, links.itail
 
         remaining = sum(definite)
         state = 0  # interned None: every register starts empty
@@ -541,6 +513,59 @@ class _KeySearch:
             ops=conflict,
             explanation=f"key {self.key!r} is not linearizable: " + " ".join(parts),
         )
+
+
+@dataclass(slots=True)
+class _Links:
+    """A key's call and return entries as doubly linked lists in flat int arrays (dancing links).
+
+    Node ``i < n`` is op i's call, ``n + i`` its return. Definite ops (those that returned, or
+    whose return time a reduction bounded) sit in one list from ``head`` to ``tail`` with their
+    call and return entries; optional ``info`` ops have no return entry and sit in a second list
+    from ``ihead`` to ``itail`` by call time. ``pos`` is each entry's place in time order.
+    """
+
+    nxt: list[int]
+    prv: list[int]
+    pos: list[int]
+    head: int
+    tail: int
+    ihead: int
+    itail: int
+
+
+def _link_entries(k: _Reduced) -> _Links:
+    n = len(k.ops)
+    definite = k.definite
+    links = _Links([0] * (2 * n + 4), [0] * (2 * n + 4), [0] * (2 * n + 4),
+                   2 * n, 2 * n + 1, 2 * n + 2, 2 * n + 3)
+    nxt, prv, pos = links.nxt, links.prv, links.pos
+
+    entries: list[tuple[float, int, int]] = []
+    for i in range(n):
+        entries.append((k.call[i], 0, i))
+        if definite[i]:
+            entries.append((k.ret[i], 1, n + i))
+    # Calls sort before returns at equal times: ops that touch in time count as concurrent,
+    # which can only accept more, never refute a history that a finer clock would accept.
+    entries.sort()
+    for p, (_, _, node) in enumerate(entries):
+        pos[node] = p
+    pos[links.tail] = pos[links.itail] = len(entries)
+
+    def link(first: int, last: int, nodes: list[int]) -> None:
+        prev = first
+        for node in nodes:
+            nxt[prev] = node
+            prv[node] = prev
+            prev = node
+        nxt[prev] = last
+        prv[last] = prev
+        nxt[last] = last
+
+    link(links.head, links.tail, [e[2] for e in entries if e[2] >= n or definite[e[2]]])
+    link(links.ihead, links.itail, [e[2] for e in entries if e[2] < n and not definite[e[2]]])
+    return links
 
 
 @dataclass(slots=True)
