@@ -15,12 +15,8 @@ import dataclasses
 import random
 import time
 
-from raftly.testing.linearizability import (
-    Operation,
-    check,
-    generate_history,
-    pair_operations,
-)
+from raftly.testing.history import Operation, pair_operations
+from raftly.testing.linearizability import check, generate_history
 
 
 def mean_overlap(ops: list[Operation]) -> float:

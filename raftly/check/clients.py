@@ -41,7 +41,8 @@ from urllib.parse import quote
 
 import aiohttp
 
-from raftly.check.history import Completion, HistoryWriter, OpF
+from raftly.check.history import HistoryWriter
+from raftly.testing.history import Function, Status
 
 _SAFE_503 = ("no leader known", "not applied")
 """Substrings of a 503 body that mean the write was refused before it was proposed."""
@@ -91,7 +92,7 @@ class Workload:
 
 @dataclass
 class Outcome:
-    type: Completion
+    type: Status
     value: object = None
     node: str | None = None
     error: str | None = None
@@ -143,7 +144,7 @@ class ClientPool:
             key = rng.choice(wl.key_names)
             node = rng.choice(names)
             roll = rng.random()
-            f: OpF
+            f: Function
             value: object
             if roll < wl.read_ratio:
                 f, value = "read", None
@@ -164,7 +165,7 @@ class ClientPool:
             seen.append(value)
             del seen[:-8]
 
-    async def invoke(self, session: aiohttp.ClientSession, process: int, f: OpF, key: str,
+    async def invoke(self, session: aiohttp.ClientSession, process: int, f: Function, key: str,
                      value: object, node: str) -> Outcome:
         """One recorded operation: invoke, one attempt, completion."""
         self.history.record(process, "invoke", f, key, value)
@@ -190,7 +191,7 @@ class ClientPool:
                             node=outcome.node, error=outcome.error)
         return outcome
 
-    async def _attempt(self, session: aiohttp.ClientSession, f: OpF, key: str, value: object,
+    async def _attempt(self, session: aiohttp.ClientSession, f: Function, key: str, value: object,
                        node: str) -> Outcome:
         url = f"{self.urls[node]}/v1/kv/{quote(key, safe='')}"
         method = "GET" if f == "read" else "PUT"
@@ -233,7 +234,7 @@ class ClientPool:
         return url
 
     @staticmethod
-    def _classify(f: OpF, status: int, body: bytes, node: str) -> Outcome:
+    def _classify(f: Function, status: int, body: bytes, node: str) -> Outcome:
         text = body.decode("utf-8", "replace")
         if f == "read":
             if status == 200:

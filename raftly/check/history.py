@@ -1,14 +1,15 @@
 """Recording a run: the client history and the nemesis log, one JSON object per line.
 
-The history is in the Jepsen model (see issue 5)::
+The history is in the Jepsen model that ``raftly.testing.history`` defines (and the checker
+reads); each line is an ``Event`` of that module::
 
-    {"process": 3, "type": "invoke", "f": "write", "key": "k1", "value": "v3-17", "time": 1234567}
-    {"process": 3, "type": "ok",     "f": "write", "key": "k1", "value": "v3-17", "time": 1239001}
+    {"process":3,"type":"invoke","f":"write","key":"k1","value":"v3-17","time":1234567}
+    {"process":3,"type":"ok","f":"write","key":"k1","value":"v3-17","time":1239001,"node":"n2"}
 
-``type`` is ``invoke``, ``ok``, ``fail`` (definitely did not happen) or ``info`` (unknown);
-``time`` is ``time.monotonic_ns()`` of the runner process, the clock the nemesis log uses too, so
-fault windows line up with operations. Completions may carry extra fields that checkers ignore:
-``node`` (the node that answered) and ``error`` (why an op failed or is unknown).
+What this module adds is the run's side of it: ``time`` is ``time.monotonic_ns()`` of the runner
+process, the clock the nemesis log uses too, so fault windows line up with operations; and
+completions may carry extra fields that checkers ignore: ``node`` (the node that answered) and
+``error`` (why an op failed or is unknown).
 
 Every line is written (and flushed) as it happens, so a run that dies half-way still leaves a
 history up to that point.
@@ -20,11 +21,9 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any
 
-OpType = Literal["invoke", "ok", "fail", "info"]
-Completion = Literal["ok", "fail", "info"]
-OpF = Literal["read", "write", "cas"]
+from raftly.testing.history import Event, EventType, Function
 
 
 def now() -> int:
@@ -32,7 +31,7 @@ def now() -> int:
     return time.monotonic_ns()
 
 
-@dataclass
+@dataclass(slots=True)
 class HistoryWriter:
     """Appends ops to ``path`` (JSON lines) and keeps them in memory for the report."""
 
@@ -45,11 +44,11 @@ class HistoryWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("w", encoding="utf-8")
 
-    def record(self, process: int, type: OpType, f: OpF, key: str, value: object,
+    def record(self, process: int, type: EventType, f: Function, key: str, value: object,
                **extra: object) -> dict[str, Any]:
-        op: dict[str, Any] = {"process": process, "type": type, "f": f, "key": key,
-                              "value": value, "time": now()}
-        op.update({k: v for k, v in extra.items() if v is not None})
+        event = Event(process, type, f, key, value, now(),
+                      {k: v for k, v in extra.items() if v is not None})
+        op = event.to_dict()
         self.ops.append(op)
         if self._file is not None:
             self._file.write(json.dumps(op, separators=(",", ":")) + "\n")
@@ -62,7 +61,7 @@ class HistoryWriter:
             self._file = None
 
 
-@dataclass
+@dataclass(slots=True)
 class NemesisLog:
     """The fault log: a ``start`` and an ``end`` line per fault, sharing an ``id``.
 
@@ -139,20 +138,4 @@ def fault_windows(events: list[dict[str, Any]]) -> list[tuple[int, int, str, obj
     return sorted(windows, key=lambda w: w[0])
 
 
-def pair_ops(ops: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
-    """(invoke, completion) per operation, in invocation order; completion None if none came."""
-    pending: dict[int, dict[str, Any]] = {}
-    pairs: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
-    index: dict[int, int] = {}
-    for op in ops:
-        if op["type"] == "invoke":
-            pending[op["process"]] = op
-            index[op["process"]] = len(pairs)
-            pairs.append((op, None))
-        elif op["process"] in pending:
-            inv = pending.pop(op["process"])
-            pairs[index.pop(op["process"])] = (inv, op)
-    return pairs
-
-
-__all__ = ["HistoryWriter", "NemesisLog", "fault_windows", "now", "pair_ops", "read_jsonl"]
+__all__ = ["HistoryWriter", "NemesisLog", "fault_windows", "now", "read_jsonl"]

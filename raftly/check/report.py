@@ -6,7 +6,8 @@ shaded: throughput (completions per second by outcome) and latency (one dot per 
 No JavaScript and nothing fetched: the file can be attached to a CI run or an issue as is.
 
 Inputs are plain data (the checker's ``CheckResult.to_dict()``, the history and the nemesis log
-as lists of dicts) so a report can be rendered for a history recorded anywhere.
+as lists of dicts) so a report can be rendered for a history recorded anywhere. The history is
+read and paired through ``raftly.testing.history``, the same model the checker uses.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from raftly.check.history import fault_windows, pair_ops
+from raftly.check.history import fault_windows
+from raftly.testing.history import Pair, load_history, pair_events
 
 _COLORS = {"ok": "#2e7d32", "fail": "#c62828", "info": "#ef6c00"}
 _FAULT_COLORS = {"partition": "#1565c0", "kill": "#6a1b9a", "pause": "#00838f"}
@@ -85,8 +87,7 @@ def _values_of(op: Mapping[str, Any]) -> set[str]:
     return out
 
 
-def _related(anomaly: Mapping[str, Any],
-             pairs: Sequence[tuple[dict[str, Any], dict[str, Any] | None]], t0: int,
+def _related(anomaly: Mapping[str, Any], pairs: Sequence[Pair], t0: int,
              limit: int = 20) -> list[str]:
     """Every recorded write or cas of a value the anomaly mentions, with its raw outcome.
 
@@ -98,19 +99,20 @@ def _related(anomaly: Mapping[str, Any],
         values |= _values_of(op)
     rows = []
     for inv, done in pairs:
-        if inv.get("key") != anomaly.get("key") or inv.get("f") not in ("write", "cas"):
+        if inv.key != anomaly.get("key") or inv.f not in ("write", "cas"):
             continue
-        v = inv.get("value")
-        written = v[1] if inv.get("f") == "cas" and isinstance(v, list) else v
+        v = inv.value
+        written = v[1] if inv.f == "cas" and isinstance(v, tuple) else v
         if written not in values:
             continue
-        ret = "∞" if done is None else f"{(done['time'] - t0) / 1e6:.1f}"
-        rows.append(f"<tr><td>p{_esc(inv.get('process'))}</td><td><code>{_esc(inv.get('f'))} "
+        ret = "∞" if done is None else f"{(done.time - t0) / 1e6:.1f}"
+        extra = {} if done is None else done.extra
+        rows.append(f"<tr><td>p{_esc(inv.process)}</td><td><code>{_esc(inv.f)} "
                     f"{_esc(json.dumps(v))}</code></td>"
-                    f"<td>{_esc(done['type'] if done else 'never completed')}</td>"
-                    f"<td>{(inv['time'] - t0) / 1e6:.1f}</td><td>{ret}</td>"
-                    f"<td>{_esc((done or {}).get('node', ''))}</td>"
-                    f"<td>{_esc((done or {}).get('error', ''))}</td></tr>")
+                    f"<td>{_esc(done.type if done else 'never completed')}</td>"
+                    f"<td>{(inv.time - t0) / 1e6:.1f}</td><td>{ret}</td>"
+                    f"<td>{_esc(extra.get('node', ''))}</td>"
+                    f"<td>{_esc(extra.get('error', ''))}</td></tr>")
     if not rows:
         return []
     return ["<p>As recorded (including ops the checker set aside as failed):</p>"
@@ -171,17 +173,17 @@ def _frame(body: list[str], y_labels: list[tuple[float, str]], title: str) -> st
     return "".join(parts)
 
 
-def throughput_svg(pairs: Sequence[tuple[dict[str, Any], dict[str, Any] | None]], t0: int,
-                   t_end: float, windows: Sequence[tuple[float, float, str, object]]) -> str:
+def throughput_svg(pairs: Sequence[Pair], t0: int, t_end: float,
+                   windows: Sequence[tuple[float, float, str, object]]) -> str:
     """Completions per second by outcome (one polyline per outcome), faults shaded."""
     bin_s = max(0.25, _nice_step(t_end / 120)) if t_end > 0 else 1.0
     nbins = max(1, math.ceil(t_end / bin_s))
     series: dict[str, list[int]] = {k: [0] * nbins for k in _COLORS}
     for _inv, done in pairs:
-        if done is None or done["type"] not in series:
+        if done is None or done.type not in series:
             continue
-        b = min(nbins - 1, int((done["time"] - t0) / 1e9 / bin_s))
-        series[done["type"]][b] += 1
+        b = min(nbins - 1, int((done.time - t0) / 1e9 / bin_s))
+        series[done.type][b] += 1
     peak = max([max(v) for v in series.values()] + [1]) / bin_s
     plot_w, plot_h = _W - _ML - _MR, _H - _MT - _MB
     body = _shade(windows, t_end)
@@ -198,23 +200,23 @@ def throughput_svg(pairs: Sequence[tuple[dict[str, Any], dict[str, Any] | None]]
     return _frame(body, labels, "throughput (ops/s)")
 
 
-def latency_svg(pairs: Sequence[tuple[dict[str, Any], dict[str, Any] | None]], t0: int,
-                t_end: float, windows: Sequence[tuple[float, float, str, object]]) -> str:
+def latency_svg(pairs: Sequence[Pair], t0: int, t_end: float,
+                windows: Sequence[tuple[float, float, str, object]]) -> str:
     """One dot per completed op at (completion time, latency), log-scaled, faults shaded."""
     dots = [(inv, done) for inv, done in pairs if done is not None]
     if len(dots) > _MAX_DOTS:  # keep the file small: an even sample still shows the shape
         step = len(dots) / _MAX_DOTS
         dots = [dots[int(i * step)] for i in range(_MAX_DOTS)]
-    lat = [max(1e-4, (d["time"] - i["time"]) / 1e6) for i, d in dots]
+    lat = [max(1e-4, (d.time - i.time) / 1e6) for i, d in dots]
     lo, hi = 0.1, max([10.0, *lat])
     llo, lhi = math.log10(lo), math.log10(hi)
     plot_w, plot_h = _W - _ML - _MR, _H - _MT - _MB
     body = _shade(windows, t_end)
     for (_inv, done), ms in zip(dots, lat, strict=True):
-        x = _ML + plot_w * (((done["time"] - t0) / 1e9) / t_end if t_end else 0)
+        x = _ML + plot_w * (((done.time - t0) / 1e9) / t_end if t_end else 0)
         y = _MT + plot_h * (1 - (math.log10(max(ms, lo)) - llo) / (lhi - llo))
         body.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="1.6" '
-                    f'fill="{_COLORS.get(done["type"], "#555")}" fill-opacity="0.6"/>')
+                    f'fill="{_COLORS.get(done.type, "#555")}" fill-opacity="0.6"/>')
     body += _axis_x(t_end)
     labels = []
     for p in range(math.floor(llo), math.ceil(lhi) + 1):
@@ -223,17 +225,37 @@ def latency_svg(pairs: Sequence[tuple[dict[str, Any], dict[str, Any] | None]], t
     return _frame(body, labels, "latency (ms, log scale)")
 
 
-def render(result: Mapping[str, Any], ops: Sequence[dict[str, Any]],
+def render(result: Mapping[str, Any], ops: Sequence[Mapping[str, Any]],
            nemesis: Sequence[dict[str, Any]] = (), *, title: str = "raftly check",
            meta: Mapping[str, object] | None = None,
            lost: Mapping[str, Any] | None = None) -> str:
-    """The HTML text of the report. ``result`` is ``CheckResult.to_dict()``."""
-    times = [op["time"] for op in ops] + [e["time"] for e in nemesis]
+    """The HTML text of the report. ``result`` is ``CheckResult.to_dict()`` of ``ops``.
+
+    ``ops`` is the history as event dicts; it must be well formed (``check`` has accepted it),
+    or ``HistoryError`` is raised.
+    """
+    events = load_history(ops)
+    times = [e.time for e in events] + [e["time"] for e in nemesis]
     t0 = min(times, default=0)
     t_end = max(1e-3, (max(times, default=0) - t0) / 1e9)
     windows = [((s - t0) / 1e9, (e - t0) / 1e9, f, v) for s, e, f, v in fault_windows(
         list(nemesis))]
-    pairs = pair_ops(list(ops))
+    pairs = pair_events(events)
+    parts = _heading(result, title, meta, lost)
+    parts += _counts_table(pairs)
+    parts += _verdicts_table(result)
+    parts += _anomaly_section(result, pairs, t0)
+    if lost is not None:
+        parts += _lost_section(lost)
+    parts += _plots(pairs, t0, t_end, windows)
+    parts += _faults_table(windows)
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _heading(result: Mapping[str, Any], title: str, meta: Mapping[str, object] | None,
+             lost: Mapping[str, Any] | None) -> list[str]:
+    """The page head, the overall verdict (checker and lost writes) and the run's settings."""
     verdict = str(result.get("verdict", "unknown"))
     lost_ok = lost is None or not lost.get("lost")
     overall_ok = verdict == "ok" and lost_ok
@@ -246,23 +268,30 @@ def render(result: Mapping[str, Any], ops: Sequence[dict[str, Any]],
     if meta:
         parts.append("<table>" + "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>"
                                           for k, v in meta.items()) + "</table>")
-    # Counts by outcome and by function.
+    return parts
+
+
+def _counts_table(pairs: Sequence[Pair]) -> list[str]:
+    """Ops by function and outcome; an op that never completed counts as info."""
     counts: dict[str, dict[str, int]] = {}
     for inv, done in pairs:
-        t = done["type"] if done is not None else "info"
-        counts.setdefault(inv["f"], {"ok": 0, "fail": 0, "info": 0})[t] += 1
+        t = done.type if done is not None else "info"
+        counts.setdefault(inv.f, {"ok": 0, "fail": 0, "info": 0})[t] += 1
     total = {k: sum(c[k] for c in counts.values()) for k in ("ok", "fail", "info")}
-    parts.append("<h2>Operations</h2><table><tr><th></th><th>ok</th><th>fail</th><th>info</th>"
-                 "</tr>")
+    parts = ["<h2>Operations</h2><table><tr><th></th><th>ok</th><th>fail</th><th>info</th>"
+             "</tr>"]
     for f in sorted(counts):
         c = counts[f]
         parts.append(f"<tr><td>{_esc(f)}</td><td>{c['ok']}</td><td>{c['fail']}</td>"
                      f"<td>{c['info']}</td></tr>")
     parts.append(f"<tr><th>all</th><th>{total['ok']}</th><th>{total['fail']}</th>"
                  f"<th>{total['info']}</th></tr></table>")
-    # Verdict per key.
-    parts.append("<h2>Verdict per key</h2><table><tr><th>key</th><th>verdict</th>"
-                 "<th>ops searched</th><th>time (s)</th></tr>")
+    return parts
+
+
+def _verdicts_table(result: Mapping[str, Any]) -> list[str]:
+    parts = ["<h2>Verdict per key</h2><table><tr><th>key</th><th>verdict</th>"
+             "<th>ops searched</th><th>time (s)</th></tr>"]
     for k in result.get("keys", []):
         v = str(k.get("verdict"))
         parts.append(f"<tr><td><code>{_esc(k.get('key'))}</code></td>"
@@ -270,49 +299,66 @@ def render(result: Mapping[str, Any], ops: Sequence[dict[str, Any]],
                      f"<td>{_esc(k.get('operations'))}</td>"
                      f"<td>{float(k.get('elapsed', 0)):.2f}</td></tr>")
     parts.append("</table>")
+    return parts
+
+
+def _anomaly_section(result: Mapping[str, Any], pairs: Sequence[Pair], t0: int) -> list[str]:
+    """The shortest anomaly (as ``CheckResult.anomaly`` picks it) and the raw records behind it."""
     anomalies = [k["anomaly"] for k in result.get("keys", []) if k.get("anomaly")]
-    if anomalies:
-        shortest = min(anomalies, key=lambda a: (len(a.get("ops", [])), a["op"].get("call", 0)))
-        parts.append(f"<h2>Shortest anomaly (key <code>{_esc(shortest.get('key'))}</code>)</h2>"
-                     f"<pre>{_esc(shortest.get('explanation', ''))}</pre>"
-                     "<table><tr><th>op</th><th>process</th><th>what</th><th>outcome</th>"
-                     "<th>invoked (ms)</th><th>returned (ms)</th></tr>")
-        parts += [_fmt_op(op, t0) for op in shortest.get("ops", [])]
-        parts.append("</table>")
-        parts += _related(shortest, pairs, t0)
-    if lost is not None:
-        parts.append("<h2>Final reads and lost writes</h2>")
-        parts.append("<table><tr><th>key</th><th>final value</th></tr>" + "".join(
-            f"<tr><td><code>{_esc(k)}</code></td><td><code>{_esc(json.dumps(v))}</code></td></tr>"
-            for k, v in sorted(lost.get("final", {}).items())) + "</table>")
-        if lost.get("lost"):
-            parts.append('<p class="bad">Acknowledged writes missing from the final state:</p>'
-                         "<pre>" + _esc(json.dumps(lost["lost"], indent=1)) + "</pre>")
-        elif lost.get("problems"):
-            parts.append('<p class="unknown">' + _esc("; ".join(lost["problems"])) + "</p>")
-        else:
-            parts.append('<p class="ok">No acknowledged write is missing.</p>')
-    # Plots.
+    if not anomalies:
+        return []
+    shortest = min(anomalies, key=lambda a: (len(a.get("ops", [])), a["op"].get("call", 0)))
+    parts = [f"<h2>Shortest anomaly (key <code>{_esc(shortest.get('key'))}</code>)</h2>"
+             f"<pre>{_esc(shortest.get('explanation', ''))}</pre>"
+             "<table><tr><th>op</th><th>process</th><th>what</th><th>outcome</th>"
+             "<th>invoked (ms)</th><th>returned (ms)</th></tr>"]
+    parts += [_fmt_op(op, t0) for op in shortest.get("ops", [])]
+    parts.append("</table>")
+    parts += _related(shortest, pairs, t0)
+    return parts
+
+
+def _lost_section(lost: Mapping[str, Any]) -> list[str]:
+    """The final value of each key and the acknowledged writes missing from it."""
+    parts = ["<h2>Final reads and lost writes</h2>"]
+    parts.append("<table><tr><th>key</th><th>final value</th></tr>" + "".join(
+        f"<tr><td><code>{_esc(k)}</code></td><td><code>{_esc(json.dumps(v))}</code></td></tr>"
+        for k, v in sorted(lost.get("final", {}).items())) + "</table>")
+    if lost.get("lost"):
+        parts.append('<p class="bad">Acknowledged writes missing from the final state:</p>'
+                     "<pre>" + _esc(json.dumps(lost["lost"], indent=1)) + "</pre>")
+    elif lost.get("problems"):
+        parts.append('<p class="unknown">' + _esc("; ".join(lost["problems"])) + "</p>")
+    else:
+        parts.append('<p class="ok">No acknowledged write is missing.</p>')
+    return parts
+
+
+def _plots(pairs: Sequence[Pair], t0: int, t_end: float,
+           windows: Sequence[tuple[float, float, str, object]]) -> list[str]:
     legend = "".join(f'<span><i class="sw" style="background:{c}"></i>{k}</span>'
                      for k, c in _COLORS.items())
     legend += "".join(f'<span><i class="sw" style="background:{c};opacity:.35"></i>{k}</span>'
                       for k, c in _FAULT_COLORS.items())
-    parts.append(f'<h2>Throughput (completions/s)</h2><div class="legend">{legend}</div>')
-    parts.append(throughput_svg(pairs, t0, t_end, windows))
-    parts.append("<h2>Latency (ms, log scale)</h2>")
-    parts.append(latency_svg(pairs, t0, t_end, windows))
-    if windows:
-        parts.append("<h2>Faults</h2><table><tr><th>from (s)</th><th>to (s)</th><th>fault</th>"
-                     "</tr>")
-        for w_start, w_end, kind, detail in windows:
-            parts.append(f"<tr><td>{w_start:.2f}</td><td>{w_end:.2f}</td>"
-                         f"<td>{_esc(describe_fault(kind, detail))}</td></tr>")
-        parts.append("</table>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return [f'<h2>Throughput (completions/s)</h2><div class="legend">{legend}</div>',
+            throughput_svg(pairs, t0, t_end, windows),
+            "<h2>Latency (ms, log scale)</h2>",
+            latency_svg(pairs, t0, t_end, windows)]
 
 
-def write_report(path: str | Path, result: Mapping[str, Any], ops: Sequence[dict[str, Any]],
+def _faults_table(windows: Sequence[tuple[float, float, str, object]]) -> list[str]:
+    if not windows:
+        return []
+    parts = ["<h2>Faults</h2><table><tr><th>from (s)</th><th>to (s)</th><th>fault</th>"
+             "</tr>"]
+    for w_start, w_end, kind, detail in windows:
+        parts.append(f"<tr><td>{w_start:.2f}</td><td>{w_end:.2f}</td>"
+                     f"<td>{_esc(describe_fault(kind, detail))}</td></tr>")
+    parts.append("</table>")
+    return parts
+
+
+def write_report(path: str | Path, result: Mapping[str, Any], ops: Sequence[Mapping[str, Any]],
                  nemesis: Sequence[dict[str, Any]] = (), **kwargs: Any) -> Path:
     path = Path(path)
     path.write_text(render(result, ops, nemesis, **kwargs), encoding="utf-8")

@@ -14,7 +14,7 @@ import contextlib
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from raftly.core.errors import RaftError
 from raftly.testing.sim import SimCluster
@@ -49,25 +49,56 @@ def run_seed(seed: int, duration: float = 30.0) -> FuzzResult:
     disk = rng.choice((None, (0.0001, 0.002), (0.0005, 0.05), (0.001, 0.3)))
     hint = replay_command(seed, duration)
     c = SimCluster(n=n, seed=seed, replay_hint=hint, disk_latency=disk)
-    proposals = faults = reads = 0
-    crashed: set[int] = set()
+    schedule = _Schedule(c, rng, seed, n)
     while c.now < duration:
-        c.run(rng.uniform(0.0, 0.4))
-        roll = rng.random()
-        if roll < 0.7:
-            i = rng.randrange(n)
-            if c.alive(i):
-                for _ in range(rng.randint(1, 10)):
-                    proposals += 1
-                    c.start(i, f"{seed}:{proposals}".encode())
-            # Reads on every live node, each checked not to be stale when its index arrives.
-            reads += 1
-            for j in range(n):
-                if c.alive(j):
-                    with contextlib.suppress(RaftError):
-                        c.read_index(j, f"read:{reads}".encode())
-            continue
-        faults += 1
+        schedule.step()
+    schedule.heal_all()
+    last = _check_recovered(c, seed, n, hint)
+    return FuzzResult(seed, n, c.now, c.steps, c.message_count(), schedule.proposals, last,
+                      schedule.faults)
+
+
+@dataclass(slots=True)
+class _Schedule:
+    """The random load and faults one seed puts on its cluster, and counts of what it did.
+
+    Every choice comes from ``rng`` in a fixed order, so one seed always gives the same run.
+    """
+
+    c: SimCluster
+    rng: random.Random
+    seed: int
+    n: int
+    proposals: int = 0
+    faults: int = 0
+    reads: int = 0
+    crashed: set[int] = field(default_factory=set)
+
+    def step(self) -> None:
+        """Let some virtual time pass, then add load (mostly) or one fault."""
+        self.c.run(self.rng.uniform(0.0, 0.4))
+        if self.rng.random() < 0.7:
+            self._load()
+        else:
+            self.faults += 1
+            self._fault()
+
+    def _load(self) -> None:
+        c, rng, n = self.c, self.rng, self.n
+        i = rng.randrange(n)
+        if c.alive(i):
+            for _ in range(rng.randint(1, 10)):
+                self.proposals += 1
+                c.start(i, f"{self.seed}:{self.proposals}".encode())
+        # Reads on every live node, each checked not to be stale when its index arrives.
+        self.reads += 1
+        for j in range(n):
+            if c.alive(j):
+                with contextlib.suppress(RaftError):
+                    c.read_index(j, f"read:{self.reads}".encode())
+
+    def _fault(self) -> None:
+        c, rng, n = self.c, self.rng, self.n
         roll = rng.random()
         if roll < 0.15:
             nodes = list(range(n))
@@ -81,11 +112,11 @@ def run_seed(seed: int, duration: float = 30.0) -> FuzzResult:
         elif roll < 0.55:
             i = rng.randrange(n)
             c.crash(i)
-            crashed.add(i)
-        elif roll < 0.70 and crashed:
-            i = rng.choice(sorted(crashed))
+            self.crashed.add(i)
+        elif roll < 0.70 and self.crashed:
+            i = rng.choice(sorted(self.crashed))
             c.restart(i)
-            crashed.discard(i)
+            self.crashed.discard(i)
         elif roll < 0.78:
             c.set_unreliable(rng.random() < 0.5)
         elif roll < 0.84:
@@ -98,13 +129,20 @@ def run_seed(seed: int, duration: float = 30.0) -> FuzzResult:
         else:
             leader = c.leader()
             c.disconnect(leader if leader is not None else rng.randrange(n))
-    # Heal everything and check that the cluster recovers and converges.
-    for i in sorted(crashed):
-        c.restart(i)
-    c.heal()
-    c.set_unreliable(False)
-    c.set_long_delays(False)
-    c.run(2.5)  # let long-delayed messages drain
+
+    def heal_all(self) -> None:
+        """Undo every fault: restart crashed nodes, reconnect all, a reliable prompt network."""
+        c = self.c
+        for i in sorted(self.crashed):
+            c.restart(i)
+        c.heal()
+        c.set_unreliable(False)
+        c.set_long_delays(False)
+        c.run(2.5)  # let long-delayed messages drain
+
+
+def _check_recovered(c: SimCluster, seed: int, n: int, hint: str) -> int:
+    """Check a healed cluster elects a leader, commits a new entry and converges; its index."""
     try:
         c.check_one_leader(timeout=15.0)
         last = c.one(f"{seed}:final".encode(), n, retry=True)
@@ -113,7 +151,7 @@ def run_seed(seed: int, duration: float = 30.0) -> FuzzResult:
     logs = {tuple(c.applied(i)) for i in range(n)}
     if len(logs) != 1:
         raise AssertionError(f"nodes applied different histories after healing\n  replay: {hint}")
-    return FuzzResult(seed, n, c.now, c.steps, c.message_count(), proposals, last, faults)
+    return last
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,29 +1,16 @@
 """Linearizability checker for key-value histories: read, write and compare-and-set registers.
 
-This module owns the history model (Jepsen style), its loading, pairing and dumping, and the
-checker that decides whether a recorded history is linearizable. It is pure Python and uses the
-standard library only: no asyncio, no sockets, no clock except to enforce the time budget. The
+This module owns the checker that decides whether a recorded history is linearizable; the
+history model it reads (events, operations, loading, pairing, dumping) lives in
+``raftly.testing.history`` and is re-exported here. It is pure Python and uses the standard
+library only: no asyncio, no sockets, no clock except to enforce the time budget. The
 ``raftly check`` runner records histories and renders reports on top of this API.
 
 History model
 =============
-A history is a sequence of events, one JSON object per line::
-
-    {"process": 3, "type": "invoke", "f": "write", "key": "k1", "value": "v17", "time": 100}
-    {"process": 3, "type": "ok",     "f": "write", "key": "k1", "value": "v17", "time": 120}
-    {"process": 4, "type": "invoke", "f": "cas",   "key": "k2", "value": ["v3", "v9"], "time": 124}
-    {"process": 4, "type": "fail",   "f": "cas",   "key": "k2", "value": ["v3", "v9"], "time": 125}
-    {"process": 5, "type": "invoke", "f": "read",  "key": "k1", "value": null, "time": 126}
-    {"process": 5, "type": "ok",     "f": "read",  "key": "k1", "value": "v17", "time": 130}
-
-- ``type`` is ``invoke``, ``ok``, ``fail`` (the op definitely did not take effect) or ``info``
-  (unknown outcome: timeout, 504, lost connection). A process that got ``info`` never issues
-  again; the client continues under a new process number.
-- ``f`` is ``read``, ``write`` or ``cas``; a cas value is ``[old, new]``; a read's ``ok`` carries
-  the value read, ``null`` for a missing key. Every register starts as ``null``.
-- ``time`` is a monotonic clock reading (nanoseconds in ``raftly check``), one clock for all
-  processes. Events whose ``process`` is ``"nemesis"`` are skipped, as in Jepsen histories.
-- An invocation that never completes by the end of the history counts as ``info``.
+See ``raftly.testing.history``: one JSON object per line, ``type`` ``invoke``/``ok``/``fail``/
+``info``, ``f`` ``read``/``write``/``cas``. An invocation that never completes by the end of the
+history counts as ``info``.
 
 Semantics used by the checker
 =============================
@@ -61,10 +48,11 @@ reads then pin the last acknowledged value of each key and a lost write shows as
 
 API
 ===
-``load_history`` / ``dump_history`` read and write JSON lines; ``pair_operations`` turns events
-into ``Operation`` records; ``check`` returns a ``CheckResult`` with a verdict per key and, for a
-key that is not linearizable, an ``Anomaly`` listing the ops that conflict. ``generate_history``
-makes random linearizable histories for tests and benchmarks.
+``check`` returns a ``CheckResult`` with a verdict per key and, for a key that is not
+linearizable, an ``Anomaly`` listing the ops that conflict. ``generate_history`` makes random
+linearizable histories for tests and benchmarks. ``load_history``, ``dump_history`` and
+``pair_operations`` (JSON lines in and out, events into ``Operation`` records) come from
+``raftly.testing.history``.
 """
 
 from __future__ import annotations
@@ -72,15 +60,27 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
-import json
 import math
 import os
 import random
 import time as _time
-from collections.abc import Generator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Generator, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final, Literal, TypeAlias, cast
+from typing import Any, Final, cast
+
+# The history model used to live here: its names stay importable from this module.
+from raftly.testing.history import (
+    Event,
+    Function,
+    HistoryError,
+    Key,
+    Operation,
+    Time,
+    dump_history,
+    load_history,
+    pair_operations,
+)
 
 __all__ = [
     "Anomaly",
@@ -96,263 +96,6 @@ __all__ = [
     "load_history",
     "pair_operations",
 ]
-
-EventType: TypeAlias = Literal["invoke", "ok", "fail", "info"]
-Function: TypeAlias = Literal["read", "write", "cas"]
-Status: TypeAlias = Literal["ok", "fail", "info"]
-Key: TypeAlias = str | int
-Process: TypeAlias = int | str
-Time: TypeAlias = int | float
-
-_EVENT_TYPES: Final = frozenset({"invoke", "ok", "fail", "info"})
-_FUNCTIONS: Final = frozenset({"read", "write", "cas"})
-_NEMESIS: Final = "nemesis"
-
-
-class HistoryError(ValueError):
-    """A malformed history. ``line`` is the 1-based line of the file or list it was loaded
-    from, or for events built in code, the 1-based position in the sequence (``event N``)."""
-
-    def __init__(self, message: str, line: int | None = None, *, label: str = "line") -> None:
-        self.line = line
-        super().__init__(f"{label} {line}: {message}" if line is not None else message)
-
-
-# --------------------------------------------------------------------------------------------
-# History model
-
-
-@dataclass(slots=True, frozen=True)
-class Event:
-    """One line of a history: an invocation or a completion of an op by a process."""
-
-    process: Process
-    type: EventType
-    f: Function
-    key: Key
-    value: Any
-    time: Time
-    #: Any other fields of the line (for example an error message), kept for dumping.
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
-    #: The line it was loaded from (1-based), for error messages; None when built in code.
-    line: int | None = field(default=None, compare=False)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], line: int | None = None) -> Event:
-        """Validate one JSON object and build an event; raise ``HistoryError`` if malformed."""
-        if not isinstance(d, Mapping):
-            raise HistoryError(f"expected a JSON object, got {type(d).__name__}", line)
-        missing = [k for k in ("process", "type", "f", "key", "time") if k not in d]
-        if missing:
-            raise HistoryError(f"missing field(s) {', '.join(missing)} in {dict(d)!r}", line)
-        process, type_, f, key, time = d["process"], d["type"], d["f"], d["key"], d["time"]
-        value = d.get("value")
-        if isinstance(process, bool) or not isinstance(process, int | str):
-            raise HistoryError(f"process must be an integer or a string, got {process!r}", line)
-        if type_ not in _EVENT_TYPES:
-            raise HistoryError(
-                f"unknown type {type_!r} (expected invoke, ok, fail or info)", line
-            )
-        if f not in _FUNCTIONS:
-            raise HistoryError(f"unknown f {f!r} (expected read, write or cas)", line)
-        if isinstance(key, bool) or not isinstance(key, str | int):
-            raise HistoryError(f"key must be a string or an integer, got {key!r}", line)
-        if isinstance(time, bool) or not isinstance(time, int | float) or not math.isfinite(time):
-            raise HistoryError(f"time must be a finite number, got {time!r}", line)
-        if f == "cas" and type_ in ("invoke", "ok"):
-            if not isinstance(value, list | tuple) or len(value) != 2:
-                raise HistoryError(f"a cas value must be [old, new], got {value!r}", line)
-            value = (value[0], value[1])
-        extra = {k: v for k, v in d.items() if k not in _FIELDS}
-        return cls(process, type_, f, key, value, time, extra, line)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON object for this event (a cas value becomes a list)."""
-        value = list(self.value) if isinstance(self.value, tuple) else self.value
-        d: dict[str, Any] = {
-            "process": self.process,
-            "type": self.type,
-            "f": self.f,
-            "key": self.key,
-            "value": value,
-            "time": self.time,
-        }
-        d.update(self.extra)
-        return d
-
-
-_FIELDS: Final = frozenset({"process", "type", "f", "key", "value", "time"})
-
-
-@dataclass(slots=True, frozen=True)
-class Operation:
-    """An invocation paired with its completion.
-
-    ``value`` is the argument (the written value, ``(old, new)`` for a cas, ``None`` for a read);
-    ``output`` is what an ``ok`` read returned (``None`` otherwise). ``ret`` is ``None`` for an
-    ``info`` op: it never returned and may take effect at any time after ``call``, or never.
-    ``index`` is the op's position in ``pair_operations``' output (invocation order), a stable
-    id for reports.
-    """
-
-    index: int
-    process: Process
-    f: Function
-    key: Key
-    value: Any
-    output: Any
-    status: Status
-    call: Time
-    ret: Time | None
-
-    def describe(self) -> str:
-        """A one-line human description, e.g. ``p3 write 'k1' 'v17' ok [100, 250]``."""
-        if self.f == "read":
-            what = f"read {self.key!r} -> {self.output!r}" if self.status == "ok" else (
-                f"read {self.key!r}"
-            )
-        elif self.f == "write":
-            what = f"write {self.key!r} {self.value!r}"
-        else:
-            what = f"cas {self.key!r} {self.value[0]!r} -> {self.value[1]!r}"
-        end = "∞" if self.ret is None else str(self.ret)
-        return f"#{self.index} p{self.process} {what} {self.status} [{self.call}, {end}]"
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (cas arguments become lists), for reports."""
-        value = list(self.value) if isinstance(self.value, tuple) else self.value
-        return {
-            "index": self.index,
-            "process": self.process,
-            "f": self.f,
-            "key": self.key,
-            "value": value,
-            "output": self.output,
-            "status": self.status,
-            "call": self.call,
-            "ret": self.ret,
-        }
-
-
-def load_history(
-    source: str | os.PathLike[str] | Iterable[str] | Iterable[Mapping[str, Any]],
-) -> list[Event]:
-    """Load events from a JSON-lines file path, an iterable of lines, or of dicts.
-
-    Blank lines are skipped. Events of the ``"nemesis"`` process are skipped. Raises
-    ``HistoryError`` naming the line for anything malformed.
-    """
-    if isinstance(source, str | os.PathLike):
-        with open(source, encoding="utf-8") as fh:
-            return _parse(fh)
-    return _parse(source)
-
-
-def _parse(items: Iterable[str] | Iterable[Mapping[str, Any]]) -> list[Event]:
-    events = []
-    for number, item in enumerate(items, start=1):
-        if isinstance(item, str):
-            if not item.strip():
-                continue
-            try:
-                item = json.loads(item)
-            except json.JSONDecodeError as e:
-                raise HistoryError(f"invalid JSON: {e.msg}", number) from None
-        if isinstance(item, Mapping) and item.get("process") == _NEMESIS:
-            continue
-        events.append(Event.from_dict(cast(Mapping[str, Any], item), number))
-    return events
-
-
-def dump_history(events: Iterable[Event], dest: str | os.PathLike[str] | IO[str]) -> None:
-    """Write events as JSON lines to a path or an open text file."""
-    if isinstance(dest, str | os.PathLike):
-        with open(dest, "w", encoding="utf-8") as fh:
-            _dump(events, fh)
-    else:
-        _dump(events, dest)
-
-
-def _dump(events: Iterable[Event], fh: IO[str]) -> None:
-    for event in events:
-        fh.write(json.dumps(event.to_dict(), separators=(", ", ": ")))
-        fh.write("\n")
-
-
-def pair_operations(events: Iterable[Event]) -> list[Operation]:
-    """Pair each invocation with its process's next completion; return ops in invocation order.
-
-    Raises ``HistoryError`` for a completion without an open invocation, a process that invokes
-    while it has an op open (or after an ``info``, which leaves its op open forever), a completion
-    whose f or key differs from its invocation, an ``ok`` write or cas whose value differs from the
-    invocation's, and a completion earlier than its invocation. Ops still open at the end of the
-    history become ``info``.
-    """
-    open_: dict[Process, tuple[int, Event, str]] = {}
-    crashed: dict[Process, str] = {}
-    slots: list[Operation | None] = []
-    for number, ev in enumerate(events, start=1):
-        # Name events by the line they came from, when loaded from a file or list of lines.
-        line, label = (ev.line, "line") if ev.line is not None else (number, "event")
-        where = f"{label} {line}"
-
-        def error(message: str, line: int = line, label: str = label) -> HistoryError:
-            return HistoryError(message, line, label=label)
-
-        p = ev.process
-        if ev.type == "invoke":
-            if p in open_:
-                raise error(
-                    f"process {p!r} invokes {ev.f} while its {open_[p][1].f} invoked at "
-                    f"{open_[p][2]} is still open"
-                )
-            if p in crashed:
-                raise error(
-                    f"process {p!r} invokes {ev.f} after an info completion at "
-                    f"{crashed[p]}; a process with an unknown outcome must not issue again "
-                    "(use a new process number)"
-                )
-            open_[p] = (len(slots), ev, where)
-            slots.append(None)
-            continue
-        if p not in open_:
-            raise error(f"{ev.type} {ev.f} of process {p!r} without an invocation")
-        slot, inv, _ = open_.pop(p)
-        if ev.f != inv.f or ev.key != inv.key:
-            raise error(
-                f"completion {ev.f} {ev.key!r} of process {p!r} does not match its invocation "
-                f"{inv.f} {inv.key!r}"
-            )
-        if ev.time < inv.time:
-            raise error(
-                f"completion of process {p!r} at time {ev.time} precedes its invocation at "
-                f"{inv.time}"
-            )
-        if ev.type == "ok" and inv.f != "read" and ev.value != inv.value:
-            raise error(
-                f"ok {inv.f} of process {p!r} completes with value {ev.value!r} but was "
-                f"invoked with {inv.value!r}"
-            )
-        if ev.type == "info":
-            crashed[p] = where
-        status: Status = ev.type
-        slots[slot] = Operation(
-            index=slot,
-            process=p,
-            f=inv.f,
-            key=inv.key,
-            value=None if inv.f == "read" else inv.value,
-            output=ev.value if inv.f == "read" and status == "ok" else None,
-            status=status,
-            call=inv.time,
-            ret=None if status == "info" else ev.time,
-        )
-    for slot, inv, _ in open_.values():
-        slots[slot] = Operation(
-            slot, inv.process, inv.f, inv.key, None if inv.f == "read" else inv.value, None,
-            "info", inv.time, None,
-        )
-    return [op for op in slots if op is not None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -609,48 +352,20 @@ class _KeySearch:
     def _search(self) -> Generator[None, None, _Outcome]:
         """Wing & Gong / Lowe just-in-time linearization with Porcupine's cache.
 
-        Entries live in doubly linked lists held in flat int arrays (dancing links): lifting an
-        op unlinks its call and return entries, and unlifting relinks them in reverse order,
-        which the LIFO order of the depth-first search guarantees. Definite ops (those that
-        returned, or whose return time a reduction bounded) sit in one list with their call and
-        return entries; optional ``info`` ops have no return entry and sit in a second list by
-        call time. At each node the search first tries the definite calls before the first
-        return entry, then the optional calls invoked before that return: trying optional ops
-        last means they are placed only when some op needs them, which keeps their
-        combinations out of the search on histories that pass.
+        Lifting an op unlinks its call and return entries from the lists ``_link_entries``
+        builds, and unlifting relinks them in reverse order, which the LIFO order of the
+        depth-first search guarantees. At each node the search first tries the definite calls
+        before the first return entry, then the optional calls invoked before that return:
+        trying optional ops last means they are placed only when some op needs them, which keeps
+        their combinations out of the search on histories that pass.
         """
         k = self.kept
         n = len(k.ops)
         kind, arg_a, arg_b, definite = k.kind, k.arg_a, k.arg_b, k.definite
-        head, tail, ihead, itail = 2 * n, 2 * n + 1, 2 * n + 2, 2 * n + 3
-        nxt = [0] * (2 * n + 4)
-        prv = [0] * (2 * n + 4)
-        pos = [0] * (2 * n + 4)
-
-        entries: list[tuple[float, int, int]] = []
-        for i in range(n):
-            entries.append((k.call[i], 0, i))
-            if definite[i]:
-                entries.append((k.ret[i], 1, n + i))
-        # Calls sort before returns at equal times: ops that touch in time count as concurrent,
-        # which can only accept more, never refute a history that a finer clock would accept.
-        entries.sort()
-        for p, (_, _, node) in enumerate(entries):
-            pos[node] = p
-        pos[tail] = pos[itail] = len(entries)
-
-        def link(first: int, last: int, nodes: list[int]) -> None:
-            prev = first
-            for node in nodes:
-                nxt[prev] = node
-                prv[node] = prev
-                prev = node
-            nxt[prev] = last
-            prv[last] = prev
-            nxt[last] = last
-
-        link(head, tail, [e[2] for e in entries if e[2] >= n or definite[e[2]]])
-        link(ihead, itail, [e[2] for e in entries if e[2] < n and not definite[e[2]]])
+        links = _link_entries(k)
+        # Locals, not attribute look-ups: this loop is the checker's hot path.
+        nxt, prv, pos = links.nxt, links.prv, links.pos
+        head, ihead, itail = links.head, links.ihead, links.itail
 
         remaining = sum(definite)
         state = 0  # interned None: every register starts empty
@@ -798,6 +513,59 @@ class _KeySearch:
             ops=conflict,
             explanation=f"key {self.key!r} is not linearizable: " + " ".join(parts),
         )
+
+
+@dataclass(slots=True)
+class _Links:
+    """A key's call and return entries as doubly linked lists in flat int arrays (dancing links).
+
+    Node ``i < n`` is op i's call, ``n + i`` its return. Definite ops (those that returned, or
+    whose return time a reduction bounded) sit in one list from ``head`` to ``tail`` with their
+    call and return entries; optional ``info`` ops have no return entry and sit in a second list
+    from ``ihead`` to ``itail`` by call time. ``pos`` is each entry's place in time order.
+    """
+
+    nxt: list[int]
+    prv: list[int]
+    pos: list[int]
+    head: int
+    tail: int
+    ihead: int
+    itail: int
+
+
+def _link_entries(k: _Reduced) -> _Links:
+    n = len(k.ops)
+    definite = k.definite
+    links = _Links([0] * (2 * n + 4), [0] * (2 * n + 4), [0] * (2 * n + 4),
+                   2 * n, 2 * n + 1, 2 * n + 2, 2 * n + 3)
+    nxt, prv, pos = links.nxt, links.prv, links.pos
+
+    entries: list[tuple[float, int, int]] = []
+    for i in range(n):
+        entries.append((k.call[i], 0, i))
+        if definite[i]:
+            entries.append((k.ret[i], 1, n + i))
+    # Calls sort before returns at equal times: ops that touch in time count as concurrent,
+    # which can only accept more, never refute a history that a finer clock would accept.
+    entries.sort()
+    for p, (_, _, node) in enumerate(entries):
+        pos[node] = p
+    pos[links.tail] = pos[links.itail] = len(entries)
+
+    def link(first: int, last: int, nodes: list[int]) -> None:
+        prev = first
+        for node in nodes:
+            nxt[prev] = node
+            prv[node] = prev
+            prev = node
+        nxt[prev] = last
+        prv[last] = prev
+        nxt[last] = last
+
+    link(links.head, links.tail, [e[2] for e in entries if e[2] >= n or definite[e[2]]])
+    link(links.ihead, links.itail, [e[2] for e in entries if e[2] < n and not definite[e[2]]])
+    return links
 
 
 @dataclass(slots=True)

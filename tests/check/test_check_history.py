@@ -12,8 +12,9 @@ import aiohttp
 from aiohttp import web
 
 from raftly.check.clients import ClientPool, Workload
-from raftly.check.history import HistoryWriter, NemesisLog, fault_windows, pair_ops, read_jsonl
+from raftly.check.history import HistoryWriter, NemesisLog, fault_windows, read_jsonl
 from raftly.check.runner import lost_writes
+from raftly.testing.history import pair_events
 from raftly.testing.linearizability import load_history
 
 
@@ -36,8 +37,8 @@ def test_history_lines_are_the_jepsen_model(tmp_path: Path) -> None:
     # The checker reads it as is (extra fields are kept, not rejected).
     events = load_history(tmp_path / "history.jsonl")
     assert len(events) == 6 and events[2].value == ("v3-1", "v4-1")
-    pairs = pair_ops(lines)
-    assert [(i["process"], d["type"] if d else None) for i, d in pairs] == [
+    pairs = pair_events(events)
+    assert [(i.process, d.type if d else None) for i, d in pairs] == [
         (3, "ok"), (4, "info"), (5, "ok")]
 
 

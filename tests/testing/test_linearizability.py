@@ -1,10 +1,9 @@
-"""The linearizability checker: history loading and pairing, verdicts on handcrafted and random
-histories, anomaly explanations, the time budget."""
+"""The linearizability checker: verdicts on handcrafted and random histories, anomaly
+explanations, the time budget. (Loading and pairing histories: test_history.py.)"""
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import random
 import subprocess
@@ -19,7 +18,6 @@ from hypothesis import strategies as st
 from raftly.testing.linearizability import (
     CheckResult,
     Event,
-    HistoryError,
     Operation,
     Verdict,
     check,
@@ -362,69 +360,7 @@ def test_generated_histories_round_trip_through_a_file(tmp_path: Path) -> None:
     assert check(path).ok
 
 
-# --- loading and malformed histories ----------------------------------------------------------
-
-
-def test_dump_and_load_keep_extra_fields_and_cas_lists() -> None:
-    lines = [
-        '{"process": 0, "type": "invoke", "f": "cas", "key": "k", "value": ["a", "b"], "time": 1}',
-        '{"process": 0, "type": "fail", "f": "cas", "key": "k", "value": ["a", "b"], "time": 2,'
-        ' "error": "precondition failed"}',
-        "",
-        '{"process": "nemesis", "type": "info", "f": "partition", "value": "halves", "time": 3}',
-    ]
-    events = load_history(lines)
-    assert len(events) == 2
-    assert events[0].value == ("a", "b")
-    assert events[1].extra == {"error": "precondition failed"}
-    buf = io.StringIO()
-    dump_history(events, buf)
-    again = load_history(buf.getvalue().splitlines())
-    assert again == events and again[1].extra == events[1].extra
-    assert json.loads(buf.getvalue().splitlines()[0])["value"] == ["a", "b"]
-
-
-def test_events_can_be_loaded_from_dicts() -> None:
-    dicts: list[dict[str, Any]] = [
-        {"process": 1, "type": "invoke", "f": "read", "key": 7, "time": 0},
-        {"process": 1, "type": "ok", "f": "read", "key": 7, "value": None, "time": 1},
-    ]
-    events = load_history(dicts)
-    [op] = pair_operations(events)
-    assert (op.key, op.output, op.call, op.ret, op.status) == (7, None, 0, 1, "ok")
-    assert op.describe() == "#0 p1 read 7 -> None ok [0, 1]"
-
-
-def inv(p: Any, f: str = "write", key: str = "k", value: Any = "a", t: int = 0,
-        type_: str = "invoke") -> str:
-    return json.dumps({"process": p, "type": type_, "f": f, "key": key, "value": value, "time": t})
-
-
-@pytest.mark.parametrize(
-    ("lines", "match"),
-    [
-        ([inv(1, type_="ok")], r"line 1: ok write of process 1 without an invocation"),
-        ([inv(1), inv(1, t=1)], r"line 2: process 1 invokes write while its write"),
-        ([inv(1), inv(1, type_="info", t=1), inv(1, t=2)], r"line 3: .*after an info completion"),
-        ([inv(1, f="append")], r"line 1: unknown f 'append'"),
-        ([inv(1, type_="done")], r"line 1: unknown type 'done'"),
-        ([inv(1, f="cas", value="a")], r"line 1: a cas value must be \[old, new\]"),
-        ([inv(1, f="cas", value=["a"])], r"line 1: a cas value must be \[old, new\]"),
-        ([inv(1), inv(1, key="other", type_="ok")], r"line 2: completion .* does not match"),
-        ([inv(1), inv(1, f="read", type_="ok")], r"line 2: completion .* does not match"),
-        ([inv(1, t=5), inv(1, type_="ok", t=4)], r"line 2: .*precedes its invocation"),
-        ([inv(1), inv(1, value="b", type_="ok")], r"line 2: ok write .* invoked with 'a'"),
-        (["{not json"], r"line 1: invalid JSON"),
-        (['{"process": 1, "type": "invoke"}'], r"line 1: missing field\(s\) f, key, time"),
-        (["[1, 2]"], r"line 1: expected a JSON object"),
-        ([inv(None)], r"line 1: process must be"),
-        ([inv(1, t="soon")], r"line 1: time must be a finite number"),  # type: ignore[arg-type]
-        ([inv(1, key=[1])], r"line 1: key must be"),  # type: ignore[arg-type]
-    ],
-)
-def test_malformed_histories_raise_clear_errors(lines: list[str], match: str) -> None:
-    with pytest.raises(HistoryError, match=match):
-        pair_operations(load_history(lines))
+# --- inputs and the command line -------------------------------------------------------------
 
 
 def test_check_rejects_other_inputs() -> None:
@@ -519,15 +455,3 @@ def test_checker_agrees_with_brute_force(raw: list[tuple[Any, ...]]) -> None:
     expected = brute_force(ops)
     r = check(ops, time_budget=None)
     assert r.verdict is (Verdict.OK if expected else Verdict.NOT_LINEARIZABLE), r.summary()
-
-
-def test_errors_name_the_file_line_or_the_event_position() -> None:
-    lines = ["", '{"process": "nemesis", "type": "info", "f": "kill", "time": 0}', inv(1),
-             inv(1, t=1)]
-    with pytest.raises(HistoryError, match=r"^line 4: process 1 invokes write while its write "
-                                           r"invoked at line 3 is still open") as info:
-        pair_operations(load_history(lines))
-    assert info.value.line == 4
-    events = [Event(1, "invoke", "write", "k", "a", 0), Event(2, "ok", "write", "k", "a", 1)]
-    with pytest.raises(HistoryError, match=r"^event 2: ok write of process 2 without"):
-        pair_operations(events)
