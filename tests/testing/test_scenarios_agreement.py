@@ -10,17 +10,13 @@ from __future__ import annotations
 import random
 
 import pytest
+from sim_helpers import ELECTION, SEEDS, commands_applied
 
 from raftly.core.config import Config
 from raftly.testing import SimCluster
 
-SEEDS = [1, 2, 3]
-ELECTION = Config().election_timeout
 HEARTBEAT = Config().heartbeat_interval
 
-
-def commands_applied(c: SimCluster, i: int) -> list[bytes]:
-    return [cmd for _, cmd in c.applied(i)]
 
 
 @pytest.mark.parametrize("seed", SEEDS)

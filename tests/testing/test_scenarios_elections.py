@@ -9,12 +9,10 @@ from __future__ import annotations
 import random
 
 import pytest
+from sim_helpers import ELECTION, SEEDS
 
 from raftly.core.config import Config
 from raftly.testing import SimCluster
-
-SEEDS = [1, 2, 3]
-ELECTION = Config().election_timeout  # 1 s: a follower times out within [1 s, 2 s)
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -11,16 +11,12 @@ from __future__ import annotations
 import random
 
 import pytest
+from sim_helpers import ELECTION, commands_applied
 
 from raftly.core.config import Config
 from raftly.testing import SimCluster
 
-SEEDS = list(range(1, 11))  # cheap: each run takes tens of milliseconds
-ELECTION = Config().election_timeout
-
-
-def commands_applied(c: SimCluster, i: int) -> list[bytes]:
-    return [cmd for _, cmd in c.applied(i)]
+CHURN_SEEDS = list(range(1, 11))  # cheap: each run takes tens of milliseconds
 
 
 def assert_converged(c: SimCluster, final: bytes) -> list[bytes]:
@@ -73,7 +69,7 @@ class Clients:
 # -- Figure 8 -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", CHURN_SEEDS)
 def test_figure8_leaders_crash_right_after_proposing_and_no_committed_entry_is_lost(
     seed: int,
 ) -> None:
@@ -108,7 +104,7 @@ def test_figure8_leaders_crash_right_after_proposing_and_no_committed_entry_is_l
     assert log[0] == b"first"
 
 
-@pytest.mark.parametrize("seed", [*SEEDS, 236])  # 236: a slow election after healing
+@pytest.mark.parametrize("seed", [*CHURN_SEEDS, 236])  # 236: a slow election after healing
 def test_figure8_unreliable_with_long_reordering_keeps_safety_and_recovers(seed: int) -> None:
     n = 5
     c = SimCluster(n=n, seed=seed)
@@ -141,7 +137,7 @@ def test_figure8_unreliable_with_long_reordering_keeps_safety_and_recovers(seed:
     assert log[0] == b"first"
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", CHURN_SEEDS)
 def test_figure8_rule_old_term_entry_commits_only_under_an_entry_of_the_leaders_term(
     seed: int,
 ) -> None:
@@ -220,7 +216,7 @@ def _churn(seed: int, unreliable: bool) -> tuple[SimCluster, Clients]:
     return c, clients
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", CHURN_SEEDS)
 @pytest.mark.parametrize("unreliable", [False, True], ids=["reliable", "unreliable"])
 def test_churn_every_acknowledged_command_is_in_every_nodes_final_log(
     seed: int, unreliable: bool

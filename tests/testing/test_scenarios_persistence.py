@@ -8,16 +8,9 @@ and each restarted node must re-apply exactly the committed prefix. Virtual time
 from __future__ import annotations
 
 import pytest
+from sim_helpers import ELECTION, SEEDS, commands_applied
 
-from raftly.core.config import Config
 from raftly.testing import SimCluster
-
-SEEDS = [1, 2, 3]
-ELECTION = Config().election_timeout
-
-
-def commands_applied(c: SimCluster, i: int) -> list[bytes]:
-    return [cmd for _, cmd in c.applied(i)]
 
 
 def assert_all_applied(c: SimCluster, expected: list[bytes]) -> None:
