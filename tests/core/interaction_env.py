@@ -10,7 +10,7 @@ Commands (``ID`` a node id, ``IDS`` ids separated by spaces; options are ``key=v
 
     add-nodes N [voters=1,2,3] [log=1,2*3] [term=T] [commit=C] [election=10] [heartbeat=2]
               [max-entries=N] [inflight=N] [prevote=true] [checkquorum=true]
-    campaign ID                 tick ID until it stands for election (pre-vote or vote)
+    campaign ID                 tick ID until it stands for election (again, if a candidate)
     tick ID [N] | tick-heartbeat ID | tick-election ID
     propose ID DATA | read-index ID CTX | transfer-leadership FROM TO
     process-ready ID            hand out a Ready, persist it, send its messages, advance
@@ -157,10 +157,11 @@ class InteractionEnv:
     def _cmd_campaign(self, cmd: _Command) -> None:
         node_id = int(cmd.args[0])
         node = self.nodes[node_id]
+        before = (node.status().role, node.status().term)
         for _ in range(2 * node.config.election_ticks):
-            if node.status().role is not Role.FOLLOWER:
-                break
             node.tick()
+            if (node.status().role, node.status().term) != before:
+                break
         self._status_line(node_id)
 
     def _cmd_propose(self, cmd: _Command) -> None:
