@@ -43,7 +43,6 @@ from raftly.core import (
     RaftError,
     RaftNode,
     Ready,
-    Role,
 )
 from raftly.core.messages import describe_entry
 from raftly.storage.memory import MemoryStorage
