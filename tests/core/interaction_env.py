@@ -21,7 +21,8 @@ Commands (``ID`` a node id, ``IDS`` ids separated by spaces; options are ``key=v
     stabilize [IDS]             process Readies and deliver messages until all is quiet
     partition 1,2 3,4,5 | isolate ID | heal     messages across the cut are dropped on delivery
     status ID                   role, term, positions and, on a leader, each peer's Progress
-    log ID                      the durable hard state and log from the node's storage
+    log ID                      the durable hard state and log from the node's storage (the
+                                commit index is saved lazily there, so it may lag)
     restart ID                  crash (losing a held Ready) and rebuild the node from storage
 
 Logs given to ``add-nodes`` are terms from index 1 (``2*3`` repeats term 2 three times).
@@ -268,7 +269,8 @@ class InteractionEnv:
             if not mine:
                 continue
             delivered = True
-            self.in_flight = [m for m in self.in_flight if all(m is not x for x in mine)]
+            taken = {id(m) for m in mine}
+            self.in_flight = [m for m in self.in_flight if id(m) not in taken]
             self.out.append(f"> {node_id} receiving messages")
             for msg in mine:
                 if drop or (msg.src, msg.dst) in self.cut:
