@@ -138,27 +138,26 @@ class InteractionEnv:
 
     def _cmd_tick(self, cmd: _Command) -> None:
         node_id, *count = cmd.ids()
-        for _ in range(count[0] if count else 1):
-            self.nodes[node_id].tick()
-        self.out.append("ok")
+        self._tick(node_id, count[0] if count else 1)
 
     def _cmd_tick_heartbeat(self, cmd: _Command) -> None:
-        node = self.nodes[int(cmd.args[0])]
-        for _ in range(node.config.heartbeat_ticks):
-            node.tick()
-        self.out.append("ok")
+        node_id = int(cmd.args[0])
+        self._tick(node_id, self.configs[node_id].heartbeat_ticks)
 
     def _cmd_tick_election(self, cmd: _Command) -> None:
-        node = self.nodes[int(cmd.args[0])]
-        for _ in range(node.config.election_ticks):
-            node.tick()
+        node_id = int(cmd.args[0])
+        self._tick(node_id, self.configs[node_id].election_ticks)
+
+    def _tick(self, node_id: int, count: int) -> None:
+        for _ in range(count):
+            self.nodes[node_id].tick()
         self.out.append("ok")
 
     def _cmd_campaign(self, cmd: _Command) -> None:
         node_id = int(cmd.args[0])
         node = self.nodes[node_id]
         before = (node.status().role, node.status().term)
-        for _ in range(2 * node.config.election_ticks):
+        for _ in range(2 * self.configs[node_id].election_ticks):
             node.tick()
             if (node.status().role, node.status().term) != before:
                 break
