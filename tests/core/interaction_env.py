@@ -58,6 +58,8 @@ def build_node(node_id: int, storage: MemoryStorage, config: Config) -> RaftNode
 
 @dataclass(slots=True)
 class _Command:
+    """One transcript line: a name, positional words and ``key=value`` options."""
+
     name: str
     args: list[str]
     options: dict[str, str]
@@ -79,6 +81,8 @@ class _Command:
 
 @dataclass(slots=True)
 class InteractionEnv:
+    """The nodes of one transcript, their storage and the network between them."""
+
     storages: dict[int, MemoryStorage] = field(default_factory=dict)
     configs: dict[int, Config] = field(default_factory=dict)
     nodes: dict[int, RaftNode] = field(default_factory=dict)
