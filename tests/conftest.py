@@ -1,7 +1,8 @@
 """Options shared by the whole suite.
 
 ``--slow`` turns on exhaustive runs; ``--fuzz-seeds N`` sets how many random simulator seeds
-run (500 by default: about ten seconds).
+run (500 by default: about ten seconds); ``--rewrite`` regenerates the expected outputs of the
+transcript tests (tests/core/testdata) from what the code does now.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import pytest
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--slow", action="store_true", help="also run slow, exhaustive tests")
     parser.addoption("--fuzz-seeds", type=int, default=500, help="random simulator seeds to run")
+    parser.addoption("--rewrite", action="store_true",
+                     help="rewrite transcript tests' expected outputs with the actual ones")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -2,14 +2,29 @@
 
 Each message kind is its own slotted dataclass so that handlers, the wire codec and tests name
 fields rather than decode a catch-all record. Every message carries the sender's ``term`` and the
-``src`` and ``dst`` node ids.
+``src`` and ``dst`` node ids. ``str(message)`` is a compact one-line form for logs and transcript
+tests, e.g. ``1->2 AppendEntries term=2 prev=1/5 commit=5 entries=[2/6 COMMAND "foo"]``; entries
+and positions are written ``term/index``, as etcd's raft does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from raftly.core.types import Entry, NodeId, Snapshot
+from raftly.core.types import Entry, EntryType, NodeId, Snapshot
+
+
+def describe_entry(entry: Entry) -> str:
+    """``term/index TYPE "data"``: one entry on one line (no data shown for a NOOP)."""
+    text = f"{entry.term}/{entry.index} {entry.type.name}"
+    if entry.type is EntryType.NOOP and not entry.data:
+        return text
+    return f"{text} {_quote(entry.data)}"
+
+
+def _quote(data: bytes) -> str:
+    # Opaque bytes, escaped as in a bytes literal so that a printout stays on one line.
+    return f'"{repr(data)[2:-1]}"'
 
 
 @dataclass(slots=True, kw_only=True)
@@ -19,6 +34,15 @@ class Message:
     term: int
     src: NodeId
     dst: NodeId
+
+    def __str__(self) -> str:
+        details = self._details()
+        head = f"{self.src}->{self.dst} {type(self).__name__} term={self.term}"
+        return f"{head} {details}" if details else head
+
+    def _details(self) -> str:
+        """The fields particular to this kind of message, for ``__str__``."""
+        return ""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -34,11 +58,20 @@ class RequestVote(Message):
     pre_vote: bool = False
     transfer: bool = False
 
+    def _details(self) -> str:
+        flags = "".join(f" {name}" for name, on in (("pre-vote", self.pre_vote),
+                                                    ("transfer", self.transfer)) if on)
+        return f"last={self.last_log_term}/{self.last_log_index}{flags}"
+
 
 @dataclass(slots=True, kw_only=True)
 class RequestVoteResponse(Message):
     granted: bool
     pre_vote: bool = False
+
+    def _details(self) -> str:
+        answer = "granted" if self.granted else "rejected"
+        return f"{answer} pre-vote" if self.pre_vote else answer
 
 
 @dataclass(slots=True, kw_only=True)
@@ -49,6 +82,10 @@ class AppendEntries(Message):
     prev_term: int
     entries: list[Entry] = field(default_factory=list)
     commit: int = 0
+
+    def _details(self) -> str:
+        entries = ", ".join(describe_entry(e) for e in self.entries)
+        return f"prev={self.prev_term}/{self.prev_index} commit={self.commit} entries=[{entries}]"
 
 
 @dataclass(slots=True, kw_only=True)
@@ -67,6 +104,12 @@ class AppendEntriesResponse(Message):
     conflict_term: int = 0
     conflict_index: int = 0
 
+    def _details(self) -> str:
+        if self.success:
+            return f"index={self.index}"
+        return (f"reject index={self.index} "
+                f"hint={self.conflict_term}/{self.conflict_index}")
+
 
 @dataclass(slots=True, kw_only=True)
 class Heartbeat(Message):
@@ -80,6 +123,9 @@ class Heartbeat(Message):
     commit: int
     seq: int = 0
 
+    def _details(self) -> str:
+        return f"commit={self.commit} seq={self.seq}"
+
 
 @dataclass(slots=True, kw_only=True)
 class HeartbeatResponse(Message):
@@ -91,10 +137,18 @@ class HeartbeatResponse(Message):
     seq: int = 0
     accepted: int = 0
 
+    def _details(self) -> str:
+        return f"seq={self.seq} accepted={self.accepted}"
+
 
 @dataclass(slots=True, kw_only=True)
 class InstallSnapshot(Message):
     snapshot: Snapshot
+
+    def _details(self) -> str:
+        meta = self.snapshot.meta
+        voters = ",".join(str(v) for v in sorted(meta.conf.voters))
+        return f"snapshot={meta.term}/{meta.index} voters=[{voters}]"
 
 
 @dataclass(slots=True, kw_only=True)
@@ -108,11 +162,17 @@ class ReadIndexRequest(Message):
 
     context: bytes
 
+    def _details(self) -> str:
+        return f"context={_quote(self.context)}"
+
 
 @dataclass(slots=True, kw_only=True)
 class ReadIndexResponse(Message):
     context: bytes
     index: int
+
+    def _details(self) -> str:
+        return f"context={_quote(self.context)} index={self.index}"
 
 
 ALL_MESSAGE_TYPES: tuple[type[Message], ...] = (

@@ -3,6 +3,7 @@
 A follower is probed (one AppendEntries at a time, backing off on rejection) until its match is
 found, then replicated to (AppendEntries pipelined, at most ``max_inflight`` in flight), the
 scheme of etcd's raft. Bounding the in-flight window bounds what a slow follower costs.
+``str(progress)`` is a one-line form for logs and transcript tests.
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ class Progress:
         """The newest index in flight when that heartbeat went out (0 if none)."""
         self.sent_commit = 0
         """The highest commit index sent in an AppendEntries."""
+
+    def __str__(self) -> str:
+        flags = "".join(f" {name}" for name, on in (("probe-sent", self.probe_sent),
+                                                    ("active", self.recent_active)) if on)
+        return (f"Progress(match={self.match} next={self.next} state={self.state.value} "
+                f"inflight={len(self.inflight)}{flags})")
 
     def can_send(self, max_inflight: int) -> bool:
         if self.state is ProgressState.PROBE:
