@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from raftly.core.config import Config
@@ -21,16 +21,3 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
 
     return asyncio.run(bounded())
 
-
-async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 5.0,
-                     what: str = "condition") -> T:
-    """Poll ``check`` until it returns something other than None/False, up to ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = await check()
-        if result is not None and result is not False:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        await asyncio.sleep(0.01)

@@ -8,7 +8,8 @@ import json
 import socket
 
 import pytest
-from kv_helpers import FAST, eventually, run
+from kv_helpers import FAST, run
+from polling import eventually
 
 import raftly
 from raftly.kv.client import (

@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 import aiohttp
-from kv_helpers import FAST, eventually, run
+from kv_helpers import FAST, run
+from polling import eventually
 
 from raftly.kv.http import Limits
 from raftly.kv.service import LocalCluster, RunningNode

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from kv_helpers import FAST, eventually, run
+from kv_helpers import FAST, run
+from polling import eventually
 from test_http_api import call
 
 from raftly.kv.http import KVApi, Limits

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from polling import eventually
 
 from raftly.core.config import Config
 from raftly.core.errors import NotLeader
@@ -37,14 +38,6 @@ class Counter:
         return self.value
 
 
-async def until(condition: Callable[[], bool], deadline: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    while not condition():
-        if loop.time() > end:
-            raise AssertionError("condition not reached before the deadline")
-        await asyncio.sleep(0.005)
-
 
 class Cluster:
     def __init__(self, n: int, storages: list[Storage] | None = None, **options: Any) -> None:
@@ -67,7 +60,7 @@ class Cluster:
 
     async def leader(self, among: list[int] | None = None) -> RaftServer:
         candidates = among or self.ids
-        await until(lambda: any(self.servers[i].is_leader for i in candidates))
+        await eventually(lambda: any(self.servers[i].is_leader for i in candidates))
         return next(self.servers[i] for i in candidates if self.servers[i].is_leader)
 
     async def close(self) -> None:
@@ -113,7 +106,7 @@ def test_proposals_are_applied_on_every_node_and_return_the_result() -> None:
             leader = await c.leader()
             results = [await leader.propose(b"2") for _ in range(3)]
             assert results == [2, 4, 6]
-            await until(lambda: all(s.state_machine.value == 6 for s in c.servers.values()))
+            await eventually(lambda: all(s.state_machine.value == 6 for s in c.servers.values()))
 
     run(body)
 
@@ -135,7 +128,7 @@ def test_propose_on_a_follower_raises_not_leader_naming_the_leader() -> None:
         async with cluster() as c:
             leader = await c.leader()
             follower = next(s for s in c.servers.values() if s is not leader)
-            await until(lambda: follower.leader == leader.id)
+            await eventually(lambda: follower.leader == leader.id)
             with pytest.raises(NotLeader) as info:
                 await follower.propose(b"1")
             assert info.value.leader == leader.id
@@ -149,7 +142,7 @@ def test_linearizable_read_on_leader_and_follower_sees_the_last_write() -> None:
             leader = await c.leader()
             await leader.propose(b"5")
             for server in c.servers.values():
-                await until(lambda s=server: s.leader is not None)  # type: ignore[misc]
+                await eventually(lambda s=server: s.leader is not None)  # type: ignore[misc]
                 value = await server.read(lambda sm: sm.value)  # type: ignore[attr-defined]
                 assert value == 5
 
@@ -178,7 +171,7 @@ def test_a_new_leader_takes_over_when_the_leader_is_cut_off() -> None:
             new = await c.leader(others)
             assert await new.propose(b"1") == 2
             c.net.connect(old.id)
-            await until(lambda: not old.is_leader and old.state_machine.value == 2)
+            await eventually(lambda: not old.is_leader and old.state_machine.value == 2)
 
     run(body)
 
@@ -195,7 +188,7 @@ def test_a_proposal_whose_entry_is_lost_is_never_reported_as_applied() -> None:
             with pytest.raises(Exception) as info:  # replaced, or unknown: never a result
                 await doomed
             assert type(info.value).__name__ in ("ProposalDropped", "OutcomeUnknown")
-            await until(lambda: old.state_machine.value == 1)
+            await eventually(lambda: old.state_machine.value == 1)
 
     run(body)
 
@@ -226,7 +219,7 @@ def test_restart_from_disk_reapplies_the_committed_log(tmp_path: Path) -> None:
         try:
             leader = await c2.leader()
             assert await leader.propose(b"0") == 30
-            await until(lambda: all(s.state_machine.value == 30 for s in c2.servers.values()))
+            await eventually(lambda: all(s.state_machine.value == 30 for s in c2.servers.values()))
         finally:
             await c2.close()
 

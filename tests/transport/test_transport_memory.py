@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from transport_helpers import wait_until
+from polling import eventually
 
 from raftly.core.messages import AppendEntries, Heartbeat, Message
 from raftly.core.types import Entry
@@ -34,7 +34,7 @@ def test_delivery_is_on_the_loop_not_inside_send_and_copies_the_message() -> Non
         msg = AppendEntries(term=1, src=0, dst=1, prev_index=0, prev_term=0, entries=[Entry(1, 1)])
         net.transport(0).send(msg)
         assert inbox[1] == []  # not delivered synchronously
-        await wait_until(lambda: len(inbox[1]) == 1)
+        await eventually(lambda: len(inbox[1]) == 1)
         assert inbox[1] == [msg]
         assert inbox[1][0].entries is not msg.entries  # type: ignore[attr-defined]
         for i in range(2):

@@ -8,7 +8,7 @@ import struct
 from collections.abc import Awaitable, Callable
 
 import pytest
-from transport_helpers import wait_until
+from polling import eventually
 
 from raftly.core.messages import (
     AppendEntries,
@@ -133,7 +133,7 @@ def test_two_transports_exchange_messages_both_ways_in_order() -> None:
         sent_ba = [HeartbeatResponse(term=1, src=2, dst=1, seq=i) for i in range(200)]
         for m in sent_ba:
             b.t.send(m)
-        await wait_until(lambda: len(b.inbox) == len(sent_ab) and len(a.inbox) == len(sent_ba))
+        await eventually(lambda: len(b.inbox) == len(sent_ab) and len(a.inbox) == len(sent_ba))
         assert b.inbox == sent_ab
         assert a.inbox == sent_ba
         sa, sb = a.t.stats(), b.t.stats()
@@ -155,7 +155,7 @@ def test_a_peer_that_is_down_is_reached_once_it_comes_up() -> None:
         a = await Node(1, connect_timeout=0.5).start()
         a.t.set_peers({2: ("127.0.0.1", port)})
         a.t.send(hb(1, 2))
-        await wait_until(lambda: a.t.stats()["connect_failures"] >= 1)
+        await eventually(lambda: a.t.stats()["connect_failures"] >= 1)
         assert a.t.stats()["dropped"] >= 1  # what was queued for a dead peer is dropped
 
         b = await Node(2, listen=("127.0.0.1", port)).start()
@@ -167,7 +167,7 @@ def test_a_peer_that_is_down_is_reached_once_it_comes_up() -> None:
 
         sender = asyncio.create_task(keep_sending())
         try:
-            await wait_until(lambda: len(b.inbox) >= 3, timeout=5.0)
+            await eventually(lambda: len(b.inbox) >= 3, timeout=5.0)
         finally:
             sender.cancel()
         assert a.t.stats()["connects"] == 1
@@ -181,7 +181,7 @@ def test_a_restarted_peer_is_redialled() -> None:
     async def body() -> None:
         a, b = await pair()
         a.t.send(hb(1, 2))
-        await wait_until(lambda: len(b.inbox) == 1)
+        await eventually(lambda: len(b.inbox) == 1)
         port = b.addr[1]
         await b.t.close()
         b = await Node(2, listen=("127.0.0.1", port)).start()
@@ -193,7 +193,7 @@ def test_a_restarted_peer_is_redialled() -> None:
 
         sender = asyncio.create_task(keep_sending())
         try:
-            await wait_until(lambda: len(b.inbox) >= 1)
+            await eventually(lambda: len(b.inbox) >= 1)
         finally:
             sender.cancel()
         await a.t.close()
@@ -210,7 +210,7 @@ def test_a_wrong_cluster_id_is_refused_and_logged(caplog: pytest.LogCaptureFixtu
         a = await Node(1, cluster_id="other-cluster").start()
         a.t.set_peers({2: b.addr})
         a.t.send(hb(1, 2))
-        await wait_until(lambda: b.t.stats()["refused"] >= 1 and a.t.stats()["connect_failures"])
+        await eventually(lambda: b.t.stats()["refused"] >= 1 and a.t.stats()["connect_failures"])
         assert b.inbox == []
         assert b.t.stats()["connections"] == 0
         await a.t.close()
@@ -265,7 +265,7 @@ def test_garbage_on_the_port_closes_that_connection_and_others_keep_working(
         assert b.t.stats()["decode_errors"] == 4
         # The node still serves its real peer.
         a.t.send(hb(1, 2, 42))
-        await wait_until(lambda: len(b.inbox) == 1)
+        await eventually(lambda: len(b.inbox) == 1)
         assert b.inbox[0] == hb(1, 2, 42)
         await a.t.close()
         await b.t.close()
@@ -307,7 +307,7 @@ def test_a_message_over_the_frame_limit_is_dropped_by_the_sender() -> None:
         a, b = await pair(max_frame_size=1024)
         a.t.send(ReadIndexRequest(term=1, src=1, dst=2, context=b"x" * 2000))
         a.t.send(hb(1, 2))
-        await wait_until(lambda: len(b.inbox) == 1)
+        await eventually(lambda: len(b.inbox) == 1)
         assert b.inbox == [hb(1, 2)]
         assert a.t.stats()["dropped"] == 1
         await a.t.close()
@@ -361,7 +361,7 @@ def test_a_peer_that_stops_reading_does_not_grow_memory() -> None:
             a.t.send(big)
             await asyncio.sleep(0)
             assert a.t.stats()["queued"] <= 50
-        await wait_until(lambda: a.t.stats()["dropped"] > 0)
+        await eventually(lambda: a.t.stats()["dropped"] > 0)
         await a.t.close()
         for w in accepted:
             w.close()
@@ -385,7 +385,7 @@ def test_a_failing_handler_is_logged_and_the_connection_survives(
         b.t._on_message = handler  # swap the handler the transport was started with
         a.t.send(hb(1, 2, 1))
         a.t.send(hb(1, 2, 2))
-        await wait_until(lambda: len(b.inbox) == 2)
+        await eventually(lambda: len(b.inbox) == 2)
         await a.t.close()
         await b.t.close()
 
@@ -401,10 +401,10 @@ def test_set_peers_moves_and_removes_peers() -> None:
         c = await Node(2).start()  # a second node with id 2 at another address
         a.t.set_peers({1: a.addr, 2: b.addr})  # its own id is ignored
         a.t.send(hb(1, 2, 1))
-        await wait_until(lambda: len(b.inbox) == 1)
+        await eventually(lambda: len(b.inbox) == 1)
         a.t.set_peers({2: c.addr})
         a.t.send(hb(1, 2, 2))
-        await wait_until(lambda: len(c.inbox) == 1)
+        await eventually(lambda: len(c.inbox) == 1)
         assert c.inbox == [hb(1, 2, 2)]
         a.t.set_peers({})
         a.t.send(hb(1, 2, 3))

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-
 from hypothesis import strategies as st
 
 from raftly.core.messages import (
@@ -93,12 +90,3 @@ MESSAGE_STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
 
 messages = st.one_of(*MESSAGE_STRATEGIES.values())
 
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
-    """Poll ``cond`` until it holds; fail after ``timeout`` seconds (no blind sleeps in tests)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not reached within {timeout}s: {what or cond}")
-        await asyncio.sleep(0.005)
