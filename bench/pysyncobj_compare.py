@@ -159,7 +159,8 @@ def pysyncobj_python(explicit: str | None) -> str:
 def run_pysyncobj(python: str, config: str, clients: Sequence[int], seconds: float,
                   warmup: float) -> list[Any]:
     """One run: three fresh PySyncObj processes; returns raftly.bench Samples (no fsync stats)."""
-    from raftly.bench import Sample, free_ports
+    from raftly.bench import Sample
+    from raftly.localproc import free_ports
 
     with tempfile.TemporaryDirectory(prefix="raftly-bench-pysyncobj-") as root:
         out = str(Path(root) / "result.json")

@@ -1,6 +1,6 @@
 """Running raftly nodes as child processes on this machine: free ports and child lifetime.
 
-Shared by ``raftly cluster up``, ``raftly demo``, ``raftly bench`` and ``raftly check``.
+The ground under ``raftly.localcluster``, which runs every local cluster of node processes.
 """
 
 from __future__ import annotations

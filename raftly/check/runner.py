@@ -31,17 +31,18 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from raftly.check.clients import ClientPool, Workload, open_session
-from raftly.check.cluster import Cluster, Timing, node_view, plan_cluster
+from raftly.check.cluster import Timing, check_cluster, node_view
 from raftly.check.history import HistoryWriter, NemesisLog
 from raftly.check.nemesis import Nemesis, Target, parse_nemeses, schedule
 from raftly.check.proxy import Network
 from raftly.check.report import write_report
+from raftly.kv.cluster_file import ClusterSpec
+from raftly.localcluster import ProcessCluster, plan_loopback
 
 logger = logging.getLogger("raftly.check")
 
@@ -157,7 +158,7 @@ def check_file(history: Path, out: Path | None, budget: float) -> int:
 class _Target(Target):
     """The nemesis acts through the proxies (network) and the processes (kill, pause)."""
 
-    def __init__(self, network: Network, cluster: Cluster) -> None:
+    def __init__(self, network: Network, cluster: ProcessCluster) -> None:
         self.network = network
         self.cluster = cluster
 
@@ -171,7 +172,7 @@ class _Target(Target):
         self.cluster.kill(name)
 
     def restart(self, name: str) -> None:
-        self.cluster.start(name)
+        self.cluster.start([name])
 
     def pause(self, name: str) -> None:
         self.cluster.pause(name)
@@ -180,45 +181,25 @@ class _Target(Target):
         self.cluster.resume(name)
 
 
-async def statuses(session: aiohttp.ClientSession, cluster: Cluster, timeout: float = 0.5
-                   ) -> dict[str, dict[str, Any]]:
-    """``/v1/status`` of every running, unpaused node that answers within ``timeout``."""
-    async def one(name: str) -> tuple[str, dict[str, Any] | None]:
+async def agreed_leader(cluster: ProcessCluster, timeout: float) -> str | None:
+    """The leader every running, unpaused node names (a recovered cluster); None if they do not
+    agree within ``timeout`` s. A node that exits meanwhile is left out (``exited`` reports it)."""
+    deadline = time.monotonic() + timeout
+    while True:
         try:
-            async with asyncio.timeout(timeout), \
-                    session.get(cluster.url(name) + "/v1/status") as resp:
-                return name, (await resp.json()) if resp.status == 200 else None
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
-            return name, None
-
-    names = [n for n, p in cluster.nodes.items() if p.running and not p.paused]
-    found = await asyncio.gather(*(one(n) for n in names))
-    return {n: s for n, s in found if s is not None}
-
-
-async def find_leader(session: aiohttp.ClientSession, cluster: Cluster) -> str | None:
-    """The node that says it leads, in the highest term if several do (a deposed one lags)."""
-    leaders = [(s.get("term", 0), n) for n, s in (await statuses(session, cluster)).items()
-               if s.get("role") == "leader"]
-    return max(leaders)[1] if leaders else None
+            leader, _ = await asyncio.to_thread(cluster.wait_for_leader,
+                                                max(0.0, deadline - time.monotonic()))
+            return leader
+        except TimeoutError:
+            return None
+        except RuntimeError:  # a node exited: wait for the others, which no longer include it
+            if time.monotonic() > deadline:
+                return None
 
 
-async def wait_for_leader(session: aiohttp.ClientSession, cluster: Cluster, timeout: float
-                          ) -> str | None:
-    """Wait until every running node names the same leader (a recovered cluster)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        st = await statuses(session, cluster)
-        named = {s.get("leader") for s in st.values()}
-        if len(st) == len(cluster.live()) and len(named) == 1 and None not in named:
-            return named.pop()
-        await asyncio.sleep(0.1)
-    return None
-
-
-async def final_reads(pool: ClientPool, cluster: Cluster, leader: str | None, keys: list[str],
-                      attempts: int = 20) -> tuple[dict[str, str | None], list[str]]:
+async def final_reads(pool: ClientPool, cluster: ProcessCluster, leader: str | None,
+                      keys: list[str], attempts: int = 20
+                      ) -> tuple[dict[str, str | None], list[str]]:
     """Read every key after the heal, as ordinary recorded ops of one fresh process.
 
     Each key is retried (a failed read is harmless) until one read succeeds.
@@ -291,17 +272,15 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
               unsafe_stale_reads: bool = False, timing: Timing | None = None,
               recovery_timeout: float = 30.0) -> int:
     """One full run into ``out``; returns the exit status (see the module docstring)."""
-    from raftly.testing.linearizability import check, load_history
-
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("history.jsonl", "nemesis.jsonl", "report.html", "result.json"):
         (out / stale).unlink(missing_ok=True)
     rng = random.Random(f"raftly-check:{seed}")
-    spec = plan_cluster(nodes)
+    spec = plan_loopback(nodes, cluster_id="raftly-check")
     network = Network({n.name: (n.raft.host, n.raft.port) for n in spec.nodes})
     history = HistoryWriter(out / "history.jsonl")
     nlog = NemesisLog(out / "nemesis.jsonl")
-    cluster: Cluster | None = None
+    cluster: ProcessCluster | None = None
     faults = schedule(seed, [n.name for n in spec.nodes], duration, nemeses)
     workload = Workload(clients=clients, keys=keys, rate=rate, op_timeout=op_timeout)
     print(f"raftly check: {nodes} nodes, {duration:g}s, {clients} clients, {keys} keys, "
@@ -309,47 +288,85 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
     started = time.time()
     try:
         await network.start()
-        views = {n.name: node_view(spec, n.name, {link: network.address(*link)
-                                                  for link in network.links})
-                 for n in spec.nodes}
-        shutil.rmtree(out / "data", ignore_errors=True)  # a fresh cluster every run
-        cluster = Cluster(spec, views, out, timing=timing, fsync=fsync,
-                          unsafe_stale_reads=unsafe_stale_reads)
-        cluster.start_all()
-        async with aiohttp.ClientSession() as session:
-            if await wait_for_leader(session, cluster, 30.0) is None:
-                raise SetupError(f"no leader within 30 s (node logs in {out / 'logs'})")
-            pool = ClientPool({n.name: n.api.url for n in spec.nodes}, history, workload,
-                              random.Random(rng.getrandbits(64)))
-            nemesis = Nemesis(faults, _Target(network, cluster), nlog,
-                              lambda: find_leader(session, cluster))
-            nem_task = asyncio.create_task(nemesis.run())
-            try:
-                await pool.run(duration)
-            finally:
-                nem_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await nem_task
-                nemesis.heal_all()
-                nlog.note("heal", "network healed, nodes resumed and restarted")
-            leader = await wait_for_leader(session, cluster, recovery_timeout)
-            nlog.note("recovered" if leader else "not recovered", {"leader": leader})
-            final, problems = await final_reads(pool, cluster, leader, workload.key_names)
-            if leader is None:
-                problems.insert(0, f"no agreed leader {recovery_timeout:g}s after the heal")
-        crashed = cluster.exited()
-        problems += [f"node {n} exited on its own with status {c}" for n, c in crashed.items()]
+        cluster = _start_cluster(out, spec, network, timing=timing, fsync=fsync,
+                                 unsafe_stale_reads=unsafe_stale_reads)
+        if await agreed_leader(cluster, 30.0) is None:
+            raise SetupError(f"no leader within 30 s (node logs in {out / 'logs'})")
+        pool = ClientPool({n.name: n.api.url for n in spec.nodes}, history, workload,
+                          random.Random(rng.getrandbits(64)))
+        await _run_under_faults(pool, Nemesis(faults, _Target(network, cluster), nlog,
+                                              _leader_guess(cluster)), nlog, duration)
+        final, problems = await _recover(pool, cluster, nlog, workload.key_names,
+                                         recovery_timeout)
+        problems += [f"node {n} exited on its own with status {c}"
+                     for n, c in cluster.exited().items()]
     finally:
         history.close()
         nlog.close()
         if cluster is not None:
-            cluster.close()
+            cluster.stop(grace=5.0)
         await network.close()
-    run_time = time.time() - started
+    return _judge(out, history, nlog, final, problems, budget=budget,
+                  run_time=time.time() - started, unsafe_stale_reads=unsafe_stale_reads,
+                  settings={"nodes": nodes, "time (s)": duration, "clients": clients,
+                            "keys": keys, "nemesis": ",".join(nemeses) or "none",
+                            "seed": seed, "fsync": fsync})
+
+
+def _start_cluster(out: Path, spec: ClusterSpec, network: Network, *, timing: Timing | None,
+                   fsync: str, unsafe_stale_reads: bool) -> ProcessCluster:
+    """Fresh node processes (no data from an earlier run), each talking through the proxies."""
+    views = {n.name: node_view(spec, n.name, {link: network.address(*link)
+                                              for link in network.links})
+             for n in spec.nodes}
+    shutil.rmtree(out / "data", ignore_errors=True)
+    cluster = check_cluster(spec, views, out, timing=timing, fsync=fsync,
+                            unsafe_stale_reads=unsafe_stale_reads)
+    cluster.start()
+    return cluster
+
+
+def _leader_guess(cluster: ProcessCluster) -> Callable[[], Awaitable[str | None]]:
+    """How the nemesis finds the leader to hit: whoever claims it now (off the event loop)."""
+    return lambda: asyncio.to_thread(cluster.claimed_leader)
+
+
+async def _run_under_faults(pool: ClientPool, nemesis: Nemesis, nlog: NemesisLog,
+                            duration: float) -> None:
+    """The clients and the nemesis together for ``duration`` s; then every fault undone."""
+    nem_task = asyncio.create_task(nemesis.run())
+    try:
+        await pool.run(duration)
+    finally:
+        nem_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await nem_task
+        nemesis.heal_all()
+        nlog.note("heal", "network healed, nodes resumed and restarted")
+
+
+async def _recover(pool: ClientPool, cluster: ProcessCluster, nlog: NemesisLog,
+                   keys: list[str], timeout: float) -> tuple[dict[str, str | None], list[str]]:
+    """Wait for the healed cluster to agree on a leader, then read every key: the final state
+    and the problems met on the way."""
+    leader = await agreed_leader(cluster, timeout)
+    nlog.note("recovered" if leader else "not recovered", {"leader": leader})
+    final, problems = await final_reads(pool, cluster, leader, keys)
+    if leader is None:
+        problems.insert(0, f"no agreed leader {timeout:g}s after the heal")
+    return final, problems
+
+
+def _judge(out: Path, history: HistoryWriter, nlog: NemesisLog, final: dict[str, str | None],
+           problems: list[str], *, budget: float, run_time: float, unsafe_stale_reads: bool,
+           settings: dict[str, Any]) -> int:
+    """Check the recorded history and the final state; write result.json and the report."""
+    from raftly.testing.linearizability import check, load_history
 
     result = check(load_history(out / "history.jsonl"), time_budget=budget)
     lost = lost_writes(history.ops, final)
     ok = result.ok and not lost and not problems
+    seed = settings["seed"]
     summary = {
         "ok": ok, "seed": seed, "verdict": str(result.verdict), "counts": result.counts,
         "lost": lost, "problems": problems, "final": final,
@@ -360,9 +377,8 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
                                                 indent=1))
     write_report(out / "report.html", result.to_dict(), history.ops, nlog.events,
                  title=f"raftly check — seed {seed}",
-                 meta={"nodes": nodes, "time (s)": duration, "clients": clients, "keys": keys,
-                       "nemesis": ",".join(nemeses) or "none", "seed": seed, "fsync": fsync,
-                       "faults": summary["faults"], "checker time (s)": f"{result.elapsed:.2f}",
+                 meta={**settings, "faults": summary["faults"],
+                       "checker time (s)": f"{result.elapsed:.2f}",
                        "unsafe stale reads (test build)": unsafe_stale_reads,
                        "problems": "; ".join(problems) or "none"},
                  lost={"final": final, "lost": lost, "problems": problems})

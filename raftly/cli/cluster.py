@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from raftly.cli.common import LOG_LEVELS, CliError, positive_float
+from raftly.localcluster import ProcessCluster, plan_loopback
 
 DEFAULT_DIR = "raftly-cluster"
 
@@ -64,8 +65,6 @@ def describe_exit(code: int) -> str:
 
 
 def run_up(args: argparse.Namespace) -> int:
-    from raftly.cli.procs import ProcessCluster
-
     if not 1 <= args.nodes <= 99:
         raise CliError("--nodes must be from 1 to 99", 2)
     directory = Path(args.dir)
@@ -73,12 +72,13 @@ def run_up(args: argparse.Namespace) -> int:
     # clusters in two directories refuse each other's connections.
     digest = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:12]
     try:
-        cluster = ProcessCluster(directory, args.nodes, base_port=args.base_port,
-                                 fsync=args.fsync, election_timeout=args.election_timeout,
-                                 heartbeat=args.heartbeat, log_level=args.log_level,
-                                 log_to_files=False, cluster_id=f"raftly-local-{digest}")
+        spec = plan_loopback(args.nodes, base_port=args.base_port,
+                             cluster_id=f"raftly-local-{digest}")
     except ValueError as exc:
         raise CliError(str(exc), 2) from None
+    cluster = ProcessCluster(directory, spec, fsync=args.fsync,
+                             election_timeout=args.election_timeout, heartbeat=args.heartbeat,
+                             log_level=args.log_level, log_to_files=False)
     try:
         cluster.write_cluster_file()
     except OSError as exc:
@@ -112,13 +112,10 @@ def run_up(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
 
 
-def _watch(cluster: object) -> int:
-    from raftly.cli.procs import ProcessCluster
-
-    assert isinstance(cluster, ProcessCluster)
+def _watch(cluster: ProcessCluster) -> int:
     leader: tuple[str | None, int] | None = None
     while True:
-        for name, code in cluster.exited():
+        for name, code in cluster.exited().items():
             print(f"raftly: node {name} (pid {cluster.nodes[name].pid}) {describe_exit(code)}",
                   file=sys.stderr, flush=True)
         running = cluster.running_names()

@@ -14,9 +14,9 @@ import sys
 import tempfile
 import time
 from types import FrameType
-from typing import Any
 
 from raftly.cli.common import CliError
+from raftly.localcluster import ProcessCluster, plan_loopback
 
 # Fast but sane: a follower campaigns 0.5-1 s after its last heartbeat, so a failover takes about
 # a second, while a busy laptop's scheduling hiccups (tens of ms) are far from triggering one.
@@ -62,13 +62,11 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def run_real(nodes: int = 3) -> int:
-    from raftly.cli.procs import ProcessCluster
-
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     started = time.monotonic()
     try:
         with tempfile.TemporaryDirectory(prefix="raftly-demo-") as tmp:
-            cluster = ProcessCluster(tmp, nodes, fsync="always",
+            cluster = ProcessCluster(tmp, plan_loopback(nodes), fsync="always",
                                      election_timeout=ELECTION_TIMEOUT, heartbeat=HEARTBEAT)
             try:
                 _story(cluster, started)
@@ -92,8 +90,8 @@ def run_real(nodes: int = 3) -> int:
     return 0
 
 
-def _story(cluster: Any, started: float) -> None:
-    from raftly.cli.procs import format_table
+def _story(cluster: ProcessCluster, started: float) -> None:
+    from raftly.cli.status_table import format_table
     from raftly.kv.client import Client
 
     def say(text: str) -> None:

@@ -159,7 +159,7 @@ def _do_list(client: Any, args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from raftly.cli.procs import format_table
+    from raftly.cli.status_table import format_table
     from raftly.kv.client import Client, ClientError
 
     endpoints = parse_endpoints(args.endpoints)

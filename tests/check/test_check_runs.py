@@ -31,7 +31,8 @@ def assert_no_node_left(out: Path) -> None:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if "raftly.check.cluster" in cmd and str(out) in cmd:
+        # The launcher before its exec, or the node (raftly serve) after it.
+        if ("raftly.localcluster" in cmd or "raftly.cli" in cmd) and str(out) in cmd:
             os.kill(int(pid), signal.SIGKILL)
             pytest.fail(f"node process {pid} outlived the run: {cmd!r}")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from e2e_helpers import dump_logs, new_cluster
 
-from raftly.cli.procs import ProcessCluster
+from raftly.localcluster import ProcessCluster
 
 
 def _started(directory: Path) -> Iterator[ProcessCluster]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from raftly.cli.procs import ProcessCluster
+from raftly.localcluster import ProcessCluster, plan_loopback
 
 # Fast but sane timings: an election in well under a second, yet far above loopback latency and
 # the scheduling hiccups of a busy 2-core CI machine.
@@ -29,8 +29,9 @@ T = TypeVar("T")
 
 
 def new_cluster(directory: Path, nodes: int = 3) -> ProcessCluster:
-    return ProcessCluster(directory, nodes, fsync="always", election_timeout=ELECTION_TIMEOUT,
-                          heartbeat=HEARTBEAT, log_level="INFO")
+    return ProcessCluster(directory, plan_loopback(nodes), fsync="always",
+                          election_timeout=ELECTION_TIMEOUT, heartbeat=HEARTBEAT,
+                          log_level="INFO")
 
 
 def dump_logs(cluster: ProcessCluster, lines: int = 40) -> None:

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 from e2e_helpers import request
 
-from raftly.cli.procs import ProcessCluster
 from raftly.kv.client import Client
+from raftly.localcluster import ProcessCluster
 from raftly.transport.codec import encode_frame, encode_handshake
 
 

@@ -18,8 +18,9 @@ import pytest
 from e2e_helpers import cli, wait_until
 
 from raftly.cli import main
-from raftly.cli.procs import ProcessCluster, free_ports
 from raftly.kv.client import Client
+from raftly.localcluster import ProcessCluster
+from raftly.localproc import free_ports
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 

@@ -8,8 +8,8 @@ import time
 
 from e2e_helpers import FAILOVER_BOUND, request, wait_until
 
-from raftly.cli.procs import ProcessCluster
 from raftly.kv.client import Client, ClientError, OutcomeUnknownError
+from raftly.localcluster import ProcessCluster
 
 
 def test_a_write_through_any_node_reaches_the_leader(cluster: ProcessCluster) -> None:

@@ -1,0 +1,98 @@
+"""The benchmark's results: one ``Sample`` per measured level, medians over runs, the table."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Sample:
+    """One closed-loop measurement at one concurrency level."""
+
+    clients: int
+    ops: int
+    seconds: float
+    latencies: list[float]
+    """Seconds per completed write, in the measured window."""
+    errors: int = 0
+    leader_fsyncs: int = 0
+    leader_entries: int = 0
+    follower_fsyncs: int = 0
+    follower_entries: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.ops / self.seconds if self.seconds > 0 else 0.0
+
+    def percentile(self, q: float) -> float:
+        """Latency percentile ``q`` (0-100) in milliseconds; nan with no samples."""
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        rank = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))
+        return ordered[rank] * 1000
+
+    @property
+    def p50(self) -> float:
+        return self.percentile(50)
+
+    @property
+    def p99(self) -> float:
+        return self.percentile(99)
+
+    @property
+    def leader_batch(self) -> float:
+        """Mean entries per fsync on the leader (nan when it did not fsync)."""
+        return self.leader_entries / self.leader_fsyncs if self.leader_fsyncs else float("nan")
+
+    @property
+    def follower_batch(self) -> float:
+        if not self.follower_fsyncs:
+            return float("nan")
+        return self.follower_entries / self.follower_fsyncs
+
+
+@dataclass(slots=True)
+class Row:
+    """The medians over runs of one concurrency level."""
+
+    clients: int
+    rate: float
+    p50: float
+    p99: float
+    errors: float
+    leader_batch: float
+    follower_batch: float
+    runs: int = 1
+
+
+def _median(values: Sequence[float]) -> float:
+    finite = [v for v in values if v == v]  # drop nan
+    return statistics.median(finite) if finite else float("nan")
+
+
+def summarize(samples: Sequence[Sample]) -> list[Row]:
+    """Median of each column per concurrency level, in the order the levels first appear."""
+    by_level: dict[int, list[Sample]] = {}
+    for s in samples:
+        by_level.setdefault(s.clients, []).append(s)
+    return [Row(c, _median([s.rate for s in ss]), _median([s.p50 for s in ss]),
+                _median([s.p99 for s in ss]), _median([float(s.errors) for s in ss]),
+                _median([s.leader_batch for s in ss]), _median([s.follower_batch for s in ss]),
+                len(ss))
+            for c, ss in by_level.items()]
+
+
+def format_table(rows: Sequence[Row], unit: str = "puts/s") -> str:
+    head = (f"{'clients':>7} {unit:>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+            f"{'entries/fsync leader':>21} {'followers':>10}")
+    lines = [head]
+    for r in rows:
+        lines.append(f"{r.clients:>7} {r.rate:>10.0f} {r.p50:>8.2f} {r.p99:>8.2f} "
+                     f"{r.errors:>7.0f} {r.leader_batch:>21.1f} {r.follower_batch:>10.1f}")
+    return "\n".join(lines)
+
+
+__all__ = ["Row", "Sample", "format_table", "summarize"]

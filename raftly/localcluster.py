@@ -1,0 +1,408 @@
+"""Running a cluster of real ``raftly serve`` processes on this machine.
+
+``ProcessCluster`` is the one node launcher: it writes the cluster file(s), starts one child
+process per node, and stops, kills (``kill -9``), pauses, resumes and restarts them, polls their
+``/v1/status`` (``wait_for_leader`` is the one place that waits for real node processes to agree
+on a leader) and stops them all on the way out. ``raftly demo``, ``raftly cluster up``,
+``raftly bench``, ``raftly check`` and the end-to-end tests are built on it.
+
+Every node is exactly ``raftly serve``. It is started as ``python -m raftly.localcluster
+--parent PID --signal SIG -- SERVE-ARGS``: that small launcher asks Linux to send SIG when the
+parent dies (``PR_SET_PDEATHSIG``, which survives ``exec``) and then execs ``python -m raftly.cli
+serve SERVE-ARGS`` in the same process, so no node outlives even a SIGKILLed parent and keeps
+its ports. (A ``preexec_fn`` would do the same from the parent, but it is unsafe once the parent
+has threads, as an asyncio runner does.)
+
+Children run in their own process group, so a Ctrl-C in the terminal reaches only the parent,
+which then stops them in order (SIGCONT for a paused one, SIGTERM, then SIGKILL after a grace
+period), and a signal reaches the node and anything it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from raftly.kv.cluster_file import Address, ClusterSpec, NodeSpec, render_cluster
+from raftly.localproc import die_with_parent, free_ports
+
+POLL = 0.05
+"""Seconds between two polls of the nodes' status."""
+
+Status = dict[str, Any]
+"""A node's ``/v1/status`` answer."""
+
+
+def plan_loopback(nodes: int, *, base_port: int | None = None, host: str = "127.0.0.1",
+                  cluster_id: str | None = None) -> ClusterSpec:
+    """Nodes ``n1``..``nN`` (raft ids 1..N) on ``host``.
+
+    ``base_port`` P puts node i's Raft transport on P+i-1 and its API on P+1000+i-1 (so 7001
+    gives APIs 8001, 8002, ...); without it every port is a free one chosen now.
+    """
+    if nodes < 1:
+        raise ValueError("a cluster needs at least one node")
+    if base_port is None:
+        ports = free_ports(2 * nodes, host)
+        raft_ports, api_ports = ports[:nodes], ports[nodes:]
+    else:
+        if base_port < 1 or base_port + 1000 + nodes - 1 > 65535:
+            raise ValueError(f"base port {base_port} leaves no room for {nodes} nodes")
+        raft_ports = [base_port + i for i in range(nodes)]
+        api_ports = [base_port + 1000 + i for i in range(nodes)]
+    specs = tuple(NodeSpec(f"n{i + 1}", i + 1, Address(host, raft_ports[i]),
+                           Address(host, api_ports[i])) for i in range(nodes))
+    return ClusterSpec(cluster_id or f"raftly-local-{os.getpid()}-{time.time_ns()}", specs)
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where a cluster's files go under its directory; ``{name}`` stands for a node's name."""
+
+    cluster_file: str = "cluster.toml"
+    """The cluster file every node shares (when the nodes have no views of their own)."""
+    view_file: str = "cluster/{name}.toml"
+    """A node's own cluster file, when it has a view of its own."""
+    data_dir: str = "{name}"
+    log_file: str = "{name}.log"
+
+
+@dataclass(slots=True)
+class NodeProcess:
+    """One node of a ``ProcessCluster``; ``proc`` is None until started."""
+
+    spec: NodeSpec
+    cluster_file: Path
+    data_dir: Path
+    log_path: Path | None
+    proc: subprocess.Popen[bytes] | None = None
+    paused: bool = False
+    starts: int = 0
+    ended_by_us: bool = False
+    """The running process was (or is being) stopped or killed by the cluster itself."""
+    reported_exit: bool = False
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def api(self) -> str:
+        return str(self.spec.api)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def log_tail(self, lines: int = 20) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class ProcessCluster:
+    """The nodes of ``spec`` as child processes, with their files under ``directory``.
+
+    ``views`` gives a node a cluster file of its own (``raftly check`` routes each node's Raft
+    traffic through proxies that way); otherwise they share one. ``env`` is added to every
+    node's environment, a None value removing the variable. ``log_to_files`` sends each child's
+    output to its log file; otherwise children share the parent's stdout and stderr.
+    ``orphan_signal`` is what a node gets if this process dies without stopping it.
+    """
+
+    def __init__(self, directory: str | Path, spec: ClusterSpec, *,
+                 views: Mapping[str, ClusterSpec] | None = None, layout: Layout = Layout(),
+                 fsync: str = "always", election_timeout: float | None = None,
+                 heartbeat: float | None = None, log_level: str = "INFO",
+                 log_to_files: bool = True, env: Mapping[str, str | None] | None = None,
+                 orphan_signal: signal.Signals = signal.SIGTERM,
+                 python: str = sys.executable) -> None:
+        self.directory = Path(directory)
+        self.spec = spec
+        self.views = dict(views) if views is not None else None
+        self.fsync = fsync
+        self.election_timeout = election_timeout
+        self.heartbeat = heartbeat
+        self.log_level = log_level
+        self.env = dict(env or {})
+        self.orphan_signal = orphan_signal
+        self.python = python
+        self.cluster_file = self.directory / layout.cluster_file
+        self.nodes: dict[str, NodeProcess] = {}
+        for s in spec.nodes:
+            cfile = (self.directory / layout.view_file.format(name=s.name)
+                     if self.views is not None else self.cluster_file)
+            log = self.directory / layout.log_file.format(name=s.name) if log_to_files else None
+            self.nodes[s.name] = NodeProcess(s, cfile,
+                                             self.directory / layout.data_dir.format(name=s.name),
+                                             log)
+
+    # -- processes ------------------------------------------------------------------------------
+
+    def write_cluster_file(self) -> Path:
+        """Write the cluster file(s); returns the shared one's path."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.views is None:
+            self.cluster_file.write_text(render_cluster(self.spec))
+        else:
+            for node in self.nodes.values():
+                node.cluster_file.parent.mkdir(parents=True, exist_ok=True)
+                node.cluster_file.write_text(render_cluster(self.views[node.name]))
+        return self.cluster_file
+
+    def command(self, name: str) -> list[str]:
+        """The command line that starts node ``name``: the launcher, then ``raftly serve``."""
+        node = self.nodes[name]
+        cmd = [self.python, "-m", "raftly.localcluster", "--parent", str(os.getpid()),
+               "--signal", str(int(self.orphan_signal)), "--",
+               "--cluster", str(node.cluster_file), "--id", name,
+               "--data-dir", str(node.data_dir), "--fsync", self.fsync,
+               "--log-level", self.log_level]
+        if self.election_timeout is not None:
+            cmd += ["--election-timeout", str(self.election_timeout)]
+        if self.heartbeat is not None:
+            cmd += ["--heartbeat", str(self.heartbeat)]
+        return cmd
+
+    def _environment(self) -> dict[str, str]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # The children run the same raftly as this process, installed or not.
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH"))
+                                            if p)
+        for key, value in self.env.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        return env
+
+    def start(self, names: Iterable[str] | None = None) -> None:
+        """Start the named nodes (default: every node not running)."""
+        if not all(n.cluster_file.exists() for n in self.nodes.values()):
+            self.write_cluster_file()
+        env = self._environment()
+        for name in names if names is not None else list(self.nodes):
+            node = self.nodes[name]
+            if node.running:
+                continue
+            node.data_dir.parent.mkdir(parents=True, exist_ok=True)
+            out: IO[bytes] | None = None
+            if node.log_path is not None:
+                if node._log is not None:
+                    node._log.close()
+                node.log_path.parent.mkdir(parents=True, exist_ok=True)
+                node._log = out = node.log_path.open("ab")
+                out.write(f"--- start {node.starts + 1} at {time.time():.3f}\n".encode())
+                out.flush()
+            node.proc = subprocess.Popen(self.command(name), stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=out, env=env,
+                                         start_new_session=True)
+            node.paused = node.ended_by_us = node.reported_exit = False
+            node.starts += 1
+
+    def _signal(self, node: NodeProcess, sig: int) -> bool:
+        """Send ``sig`` to the node's process group; False when it is not running."""
+        if node.proc is None or node.proc.poll() is not None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(node.proc.pid, sig)
+        return True
+
+    def kill(self, name: str, sig: int = signal.SIGKILL, timeout: float = 10.0) -> bool:
+        """Send ``sig`` (default SIGKILL: no chance to flush) and wait until the node has exited.
+
+        False when it was not running.
+        """
+        node = self.nodes[name]
+        if node.proc is None or node.proc.poll() is not None:
+            return False
+        node.ended_by_us = True
+        if sig != signal.SIGKILL:
+            self._signal(node, signal.SIGCONT)  # a stopped process ignores SIGTERM
+        self._signal(node, sig)
+        try:
+            node.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._signal(node, signal.SIGKILL)
+            node.proc.wait()
+        node.paused = False
+        return True
+
+    def pause(self, name: str) -> bool:
+        """SIGSTOP: the node freezes mid-step, its sockets open; False when not running."""
+        node = self.nodes[name]
+        ok = self._signal(node, signal.SIGSTOP)
+        if ok:
+            node.paused = True
+        return ok
+
+    def resume(self, name: str) -> bool:
+        node = self.nodes[name]
+        ok = self._signal(node, signal.SIGCONT)
+        node.paused = False
+        return ok
+
+    def stop(self, grace: float = 10.0) -> dict[str, int | None]:
+        """Stop every node: SIGCONT, SIGTERM, then SIGKILL after ``grace`` s; exit codes."""
+        running = [n for n in self.nodes.values() if n.running]
+        for node in running:
+            node.ended_by_us = True
+            self._signal(node, signal.SIGCONT)  # a stopped process ignores SIGTERM
+            self._signal(node, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for node in running:
+            assert node.proc is not None
+            try:
+                node.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._signal(node, signal.SIGKILL)
+                node.proc.wait()
+            node.paused = False
+        for node in self.nodes.values():
+            if node._log is not None:
+                node._log.close()
+                node._log = None
+        return {n.name: (n.proc.returncode if n.proc is not None else None)
+                for n in self.nodes.values()}
+
+    def exited(self) -> dict[str, int]:
+        """Nodes that exited on their own (not stopped or killed by us) since the last call,
+        with their exit codes."""
+        gone = {}
+        for node in self.nodes.values():
+            if node.proc is None or node.reported_exit or node.ended_by_us:
+                continue
+            code = node.proc.poll()
+            if code is not None:
+                node.reported_exit = True
+                gone[node.name] = code
+        return gone
+
+    def __enter__(self) -> ProcessCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- observing ------------------------------------------------------------------------------
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.nodes)
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [n.api for n in self.nodes.values()]
+
+    def running_names(self) -> list[str]:
+        return [n.name for n in self.nodes.values() if n.running]
+
+    def answering_names(self) -> list[str]:
+        """The running nodes that are not paused: those that can answer."""
+        return [n.name for n in self.nodes.values() if n.running and not n.paused]
+
+    def status(self, name: str, timeout: float = 0.5) -> Status | None:
+        """Node ``name``'s ``/v1/status``, or None if it does not answer."""
+        from raftly.kv.client import Client, ClientError
+
+        node = self.nodes[name]
+        try:
+            with Client([node.api], timeout=timeout, request_timeout=timeout) as client:
+                return client.status(node.api)
+        except (OSError, ClientError, ValueError):
+            return None
+
+    def statuses(self, names: Iterable[str] | None = None) -> dict[str, Status | None]:
+        return {name: self.status(name) for name in (names or self.nodes)}
+
+    def claimed_leader(self) -> str | None:
+        """The node that says it leads now, in the highest term if several do (a deposed one
+        lags); None when none does. A guess of the moment, not an agreement."""
+        leaders = [(s.get("term", 0), name)
+                   for name, s in self.statuses(self.answering_names()).items()
+                   if s is not None and s.get("role") == "leader"]
+        return max(leaders)[1] if leaders else None
+
+    def wait_for_leader(self, timeout: float = 15.0, among: Iterable[str] | None = None
+                        ) -> tuple[str, Status]:
+        """Wait until the nodes ``among`` (default: those running and not paused) agree on one
+        leader.
+
+        Returns the leader's name and its status. Every one of ``among`` must answer and name
+        the same leader, which must be one of them and say itself that it leads. Raises
+        RuntimeError at once if one of them exits, TimeoutError after ``timeout`` s.
+        """
+        names = list(among) if among is not None else self.answering_names()
+        deadline = time.monotonic() + timeout
+        last: dict[str, Status | None] = {}
+        while True:
+            self.check_alive(names)
+            last = self.statuses(names)
+            leaders = {s["leader"] for s in last.values() if s is not None}
+            if None not in last.values() and len(leaders) == 1:
+                leader = leaders.pop()
+                status = last.get(leader)
+                if status is not None and status["role"] == "leader":
+                    return leader, status
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no agreed leader among {names} within {timeout}s: "
+                                   f"{_summary(last)}")
+            time.sleep(POLL)
+
+    def wait_applied(self, name: str, index: int, timeout: float = 15.0) -> Status:
+        """Wait until node ``name`` has applied ``index``; return its status."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive([name])
+            status = self.status(name)
+            if status is not None and status["applied_index"] >= index:
+                return status
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} did not apply index {index} within {timeout}s: "
+                                   f"{status}")
+            time.sleep(POLL)
+
+    def check_alive(self, names: Iterable[str] | None = None) -> None:
+        """Raise RuntimeError, with the end of its log, if one of the nodes has exited."""
+        for name in names if names is not None else self.nodes:
+            node = self.nodes[name]
+            if node.proc is not None and node.proc.poll() is not None:
+                tail = node.log_tail()
+                raise RuntimeError(f"node {name} exited with code {node.proc.returncode}"
+                                   + (f"; last log lines:\n{tail}" if tail else ""))
+
+
+def _summary(statuses: Mapping[str, Status | None]) -> str:
+    return ", ".join(f"{name}: " + (f"{s['role']} term {s['term']} leader {s['leader']}"
+                                    if s is not None else "no answer")
+                     for name, s in statuses.items())
+
+
+def _launch(argv: list[str]) -> int:
+    """The launcher: ``--parent PID --signal SIG -- SERVE-ARGS``; becomes ``raftly serve``."""
+    if len(argv) < 5 or argv[0] != "--parent" or argv[2] != "--signal" or argv[4] != "--":
+        sys.stderr.write("usage: python -m raftly.localcluster --parent PID --signal SIG "
+                         "-- SERVE-ARGS\n")
+        return 2
+    die_with_parent(int(argv[3]), parent=int(argv[1]))
+    os.execv(sys.executable, [sys.executable, "-m", "raftly.cli", "serve", *argv[5:]])
+
+
+__all__ = ["Layout", "NodeProcess", "ProcessCluster", "Status", "plan_loopback"]
+
+if __name__ == "__main__":
+    sys.exit(_launch(sys.argv[1:]))
