@@ -25,6 +25,7 @@ from raftly.core import (
     EntryType,
     HardState,
     InitialState,
+    InvariantError,
     RaftNode,
     RequestVote,
     RequestVoteResponse,
@@ -406,3 +407,17 @@ def test_freshly_elected_leader_counts_voters_heard_during_its_first_window() ->
     node.step(ack(node, 2, 0))
     tick(node, ELECTION)
     assert node.role is Role.LEADER
+
+
+def test_impossible_role_transitions_raise() -> None:
+    # Only a candidate becomes leader, and a leader can only step down to follower.
+    follower = new_node()
+    with pytest.raises(InvariantError, match="follower -> leader"):
+        follower._become_leader()
+    leader = new_node(1, voters=[1])
+    tick(leader, 2 * ELECTION)
+    assert leader.role is Role.LEADER
+    with pytest.raises(InvariantError, match="leader -> candidate"):
+        leader._become_candidate()
+    with pytest.raises(InvariantError, match="leader -> pre-candidate"):
+        leader._become_pre_candidate()
