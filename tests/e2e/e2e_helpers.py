@@ -10,11 +10,8 @@ import http.client
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from raftly.localcluster import ProcessCluster, plan_loopback
 
@@ -24,9 +21,6 @@ ELECTION_TIMEOUT = 0.4
 HEARTBEAT = 0.08
 # Generous: the failover bound a test asserts (the expected time is ~0.5-1.5 s).
 FAILOVER_BOUND = 10.0
-
-T = TypeVar("T")
-
 
 def new_cluster(directory: Path, nodes: int = 3) -> ProcessCluster:
     return ProcessCluster(directory, plan_loopback(nodes), fsync="always",
@@ -58,18 +52,6 @@ def request(endpoint: str, method: str, path: str, body: bytes | None = None,
     finally:
         conn.close()
 
-
-def wait_until(what: str, check: Callable[[], T | None], timeout: float = 20.0,
-               interval: float = 0.05) -> T:
-    """Poll ``check`` until it returns something other than None/False."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass(slots=True)

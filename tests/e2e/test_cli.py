@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from e2e_helpers import cli, wait_until
+from e2e_helpers import cli
+from polling import wait_until
 
 from raftly.cli import main
 from raftly.kv.client import Client

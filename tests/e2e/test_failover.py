@@ -6,7 +6,8 @@ import signal
 import threading
 import time
 
-from e2e_helpers import FAILOVER_BOUND, request, wait_until
+from e2e_helpers import FAILOVER_BOUND, request
+from polling import wait_until
 
 from raftly.kv.client import Client, ClientError, OutcomeUnknownError
 from raftly.localcluster import ProcessCluster
