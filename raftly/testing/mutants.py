@@ -263,7 +263,10 @@ def property_of(message: str) -> str:
         name, rest = m.groups()
         if name == "SafetyViolation":
             return property_of(rest)
-        return f"invariant ({name})" if name == "InvariantError" else f"error ({name})"
+        if name == "InvariantError":
+            return "invariant (InvariantError)"
+        head = rest.strip().splitlines()[0] if rest.strip() else ""
+        return f"{name}: {head[:60]}" if head else name
     first = text.splitlines()[0] if text else "?"
     return f"assertion: {first[:60]}" if first.startswith("assert") else first[:60]
 
