@@ -469,7 +469,7 @@ class RunOptions:
     seeds: int = 1000
     scenarios: bool = True
     seed_timeout: float = 30.0
-    suite_timeout: float = 600.0
+    suite_timeout: float = 120.0
 
 
 def run_mutant(mutant: Mutant, options: RunOptions, root: Path | None = None) -> MutantResult:
