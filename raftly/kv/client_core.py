@@ -17,6 +17,7 @@ and tested without a network.
 
 from __future__ import annotations
 
+import base64
 import enum
 import json
 import random
@@ -165,8 +166,11 @@ def base_url(endpoint: str) -> str:
 
 
 def _key_path(key: str) -> str:
-    if not isinstance(key, str) or not key:
-        raise ValueError("a key is a non-empty str")
+    # The messages reach `raftly kv` users as they are: say it in their words.
+    if not isinstance(key, str):
+        raise ValueError(f"a key is text (str), not {type(key).__name__}")
+    if not key:
+        raise ValueError("the key is empty: a key needs at least one character")
     return KV_PATH + "/" + quote(key, safe="")
 
 
@@ -221,10 +225,12 @@ def delete_call(key: str) -> Call[bool]:
 def cas_call(key: str, old: bytes, new: bytes) -> Call[bool]:
     """Set ``key`` to ``new`` if it is ``old`` now; the result is whether it was swapped."""
     try:
-        expect = old.decode("utf-8")
+        # Readable text where it can be (logs, redirects); exact bytes where it cannot: the
+        # server refuses an empty ``expect`` as a likely mistake.
+        query = {"expect": old.decode("utf-8")} if old else {"expect_base64": ""}
     except UnicodeDecodeError:
-        raise ValueError("cas compares through a URL parameter: old must be UTF-8") from None
-    path = _key_path(key) + "?" + urlencode({"expect": expect})
+        query = {"expect_base64": base64.b64encode(old).decode("ascii")}
+    path = _key_path(key) + "?" + urlencode(query)
     return Call("PUT", path, bytes(new), True, _decode_swapped)
 
 
