@@ -1,28 +1,18 @@
 """The key-value HTTP API of one node (aiohttp), on top of ``RaftServer``.
 
-Routes (keys are the rest of the path, percent-decoded; values are raw bytes):
+The reference, every route, parameter and status code with examples, is docs/http-api.md; in
+short: ``PUT``/``GET``/``DELETE /v1/kv/{key}`` (values are raw bytes; ``?expect=`` or
+``?expect_base64=`` makes a PUT a compare-and-set), ``GET /v1/kv?prefix=&limit=`` (JSON), and
+``GET /v1/status``.
 
-- ``PUT /v1/kv/{key}`` body = value -> ``200 {"index": N}``; with ``?expect=OLD`` a
-  compare-and-set -> ``200 {"index": N, "swapped": true}`` or ``412`` (current value is not OLD,
-  compared as UTF-8 bytes, or the key is missing).
-- ``DELETE /v1/kv/{key}`` -> ``200 {"index": N, "deleted": bool}``.
-- ``GET /v1/kv/{key}[?consistency=stale]`` -> ``200`` with the value, or ``404``.
-- ``GET /v1/kv?prefix=P&limit=N[&consistency=stale]`` -> a JSON list of
-  ``{"key": k, "value": text}`` (``"value_base64"`` instead when a value is not UTF-8).
-- ``GET /v1/status`` -> this node's id (name), role, term, leader, indexes, members and
-  ``stats`` (the server's counters: fsyncs, entries_persisted, readies).
-
-Writes on a follower get ``307`` with a ``Location`` on the leader's API. Linearizable reads are
-served by any node: a follower asks the leader for a read index (ReadIndex) and answers from its
-own copy once it has applied that far, so reads spread over the cluster. Errors are JSON
-``{"error": "...", "leader": name-or-null}``: no leader known, Busy or a dropped proposal ->
-``503`` with ``Retry-After`` (nothing was applied: safe to retry); a write whose outcome is unknown
--> ``504``; oversized key or value -> ``413``; malformed input -> ``400``.
-
-Exactly-once: a write may carry ``X-Raftly-Client`` (id), ``X-Raftly-Seq`` (1, 2, ... per write)
-and optionally ``X-Raftly-Ack`` (lowest seq the client still awaits). A retried seq returns the
-first result. A seq whose result was already forgotten gets ``409`` (its outcome is unknown), and
-so does a resend marked ``X-Raftly-Retry: 1`` from a client whose session was evicted.
+How this module behaves, in the terms of that reference: every query string is checked against
+the route's ``QUERY_PARAMS`` (raftly.kv.query) before the handler runs, so a refused request never
+reaches the log. Writes on a follower get ``307`` to the leader before their body is read.
+Linearizable reads are served by any node: a follower asks the leader for a read index
+(ReadIndex) and answers from its own copy once it has applied that far. Every error leaves as
+JSON ``{"error": ..., "leader": name-or-null}`` through one middleware. Exactly-once: a write may
+carry the session headers of raftly.kv.protocol; the state machine answers a retried seq with
+its first result.
 """
 
 from __future__ import annotations
