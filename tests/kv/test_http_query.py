@@ -113,3 +113,21 @@ def test_parse_query_rules() -> None:
             assert exc.parameter == parameter, bad
         else:
             raise AssertionError(f"{bad!r} was accepted")
+
+
+def test_the_reference_documents_every_route_parameter_and_status() -> None:
+    from pathlib import Path
+
+    from raftly.kv.http import QUERY_PARAMS
+
+    root = Path(__file__).resolve().parents[2]
+    reference = (root / "docs" / "http-api.md").read_text()
+    for (method, path), params in QUERY_PARAMS.items():
+        assert f"## `{method} {path}`" in reference, (method, path)
+        for param in params:
+            assert f"`{param}=" in reference, param
+    for route in ("## `DELETE /v1/kv/{key}`", "## `GET /v1/status`"):
+        assert route in reference
+    for status in (200, 307, 400, 404, 405, 409, 412, 413, 500, 503, 504):
+        assert f"| `{status}` |" in reference, status
+    assert "docs/http-api.md" in (root / "README.md").read_text()
