@@ -27,6 +27,10 @@ A process that got ``info`` may still have its op take effect at any later time,
 issues again: the worker continues as a new process number (the Jepsen convention).
 
 Values are unique per run (``v<process>-<n>``), so a read names exactly the write it saw.
+
+Every ``fail`` and ``info`` also records a ``reason``: a short, fixed phrase (``REFUSED``,
+``NO_LEADER``, ``CAS_MISS``, ``TIMEOUT``, ...) that the summary and the report count, where the
+``error`` keeps the detail.
 """
 
 from __future__ import annotations
@@ -46,6 +50,30 @@ from raftly.testing.history import Function, Status
 
 _SAFE_503 = ("no leader known", "not applied")
 """Substrings of a 503 body that mean the write was refused before it was proposed."""
+
+# Why an op failed or has an unknown outcome, in words a reader of the summary knows.
+REFUSED = "connection refused"
+CANNOT_CONNECT = "cannot connect"
+CONNECTION_LOST = "connection lost"
+TIMEOUT = "timeout"
+NO_LEADER = "503 no leader"
+NOT_APPLIED = "503 not applied (busy or dropped)"
+UNAVAILABLE = "503 unavailable"
+CAS_MISS = "412 cas miss"
+OUTCOME_UNKNOWN = "504 outcome unknown"
+REDIRECTS = "too many redirects"
+
+
+def _status_reason(status: int, text: str) -> str:
+    if status == 412:
+        return CAS_MISS
+    if status == 503:
+        if "no leader known" in text:
+            return NO_LEADER
+        return NOT_APPLIED if "not applied" in text else UNAVAILABLE
+    if status == 504:
+        return OUTCOME_UNKNOWN
+    return f"HTTP {status}"
 
 
 async def _count_connect(session: aiohttp.ClientSession, ctx: SimpleNamespace,
@@ -96,6 +124,8 @@ class Outcome:
     value: object = None
     node: str | None = None
     error: str | None = None
+    reason: str | None = None
+    """Why a fail or info came out so: one of the fixed phrases above (``REFUSED``, ...)."""
 
 
 @dataclass
@@ -173,22 +203,26 @@ class ClientPool:
             async with asyncio.timeout(self.workload.op_timeout):
                 outcome = await self._attempt(session, f, key, value, node)
         except TimeoutError:
-            outcome = Outcome("fail" if f == "read" else "info", node=node, error="timeout")
+            outcome = Outcome("fail" if f == "read" else "info", node=node, error="timeout",
+                              reason=TIMEOUT)
         except _Resent as exc:
-            outcome = Outcome("fail" if f == "read" else "info", node=node, error=str(exc))
+            outcome = Outcome("fail" if f == "read" else "info", node=node, error=str(exc),
+                              reason=CONNECTION_LOST)
         except aiohttp.ClientConnectorError as exc:
             # The only connection attempt of this hop failed: the request was not sent. (An
             # earlier hop, if any, answered 307: nothing was proposed there either.)
-            outcome = Outcome("fail", node=node, error=f"connect: {exc.os_error}")
+            refused = isinstance(exc.os_error, ConnectionRefusedError)
+            outcome = Outcome("fail", node=node, error=f"connect: {exc.os_error}",
+                              reason=REFUSED if refused else CANNOT_CONNECT)
         except (aiohttp.ClientError, OSError) as exc:
             outcome = Outcome("fail" if f == "read" else "info", node=node,
-                              error=f"{type(exc).__name__}: {exc}")
+                              error=f"{type(exc).__name__}: {exc}", reason=CONNECTION_LOST)
         result_value = outcome.value if f == "read" else value
         if outcome.type == "ok":
             self._remember(key, result_value if f == "read" else
                            (value[1] if f == "cas" and isinstance(value, list) else value))
         self.history.record(process, outcome.type, f, key, result_value,
-                            node=outcome.node, error=outcome.error)
+                            node=outcome.node, error=outcome.error, reason=outcome.reason)
         return outcome
 
     async def _attempt(self, session: aiohttp.ClientSession, f: Function, key: str, value: object,
@@ -225,7 +259,7 @@ class ClientPool:
                     continue
                 return self._classify(f, status, body, at)
         # Every hop answered 307: nothing was proposed anywhere.
-        return Outcome("fail", node=at, error="too many redirects")
+        return Outcome("fail", node=at, error="too many redirects", reason=REDIRECTS)
 
     def _name_of(self, url: str) -> str:
         for name, base in self.urls.items():
@@ -241,14 +275,17 @@ class ClientPool:
                 return Outcome("ok", text, node)
             if status == 404:
                 return Outcome("ok", None, node)
-            return Outcome("fail", node=node, error=f"{status} {text[:200]}")
+            return Outcome("fail", node=node, error=f"{status} {text[:200]}",
+                           reason=_status_reason(status, text))
         if status == 200:
             return Outcome("ok", node=node)
         if status == 412 and f == "cas":
-            return Outcome("fail", node=node, error="412 precondition failed")
+            return Outcome("fail", node=node, error="412 precondition failed", reason=CAS_MISS)
         if status == 503 and any(s in text for s in _SAFE_503):
-            return Outcome("fail", node=node, error=f"503 {text[:200]}")
-        return Outcome("info", node=node, error=f"{status} {text[:200]}")
+            return Outcome("fail", node=node, error=f"503 {text[:200]}",
+                           reason=_status_reason(status, text))
+        return Outcome("info", node=node, error=f"{status} {text[:200]}",
+                       reason=_status_reason(status, text))
 
 
 __all__ = ["ClientPool", "Outcome", "Workload"]

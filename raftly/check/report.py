@@ -1,8 +1,10 @@
 """The report of a run: one self-contained HTML file with hand-made inline SVG plots.
 
 It shows the verdict (overall and per key), the shortest anomaly as the ops that conflict, the
-lost-write check, counts of ok/fail/info ops, and two plots over time with every fault window
-shaded: throughput (completions per second by outcome) and latency (one dot per op, log scale).
+lost-write check, counts of ok/fail/info ops and of why ops failed (``reason_counts``, which
+the run's printed summary uses too), and two plots over time with every fault window shaded:
+throughput (completions per second by outcome) and latency (one dot per op, log scale); the
+legend names only the faults that ran.
 No JavaScript and nothing fetched: the file can be attached to a CI run or an issue as is.
 
 Inputs are plain data (the checker's ``CheckResult.to_dict()``, the history and the nemesis log
@@ -243,6 +245,7 @@ def render(result: Mapping[str, Any], ops: Sequence[Mapping[str, Any]],
     pairs = pair_events(events)
     parts = _heading(result, title, meta, lost)
     parts += _counts_table(pairs)
+    parts += _reasons_table(pairs)
     parts += _verdicts_table(result)
     parts += _anomaly_section(result, pairs, t0)
     if lost is not None:
@@ -286,6 +289,44 @@ def _counts_table(pairs: Sequence[Pair]) -> list[str]:
                      f"<td>{c['info']}</td></tr>")
     parts.append(f"<tr><th>all</th><th>{total['ok']}</th><th>{total['fail']}</th>"
                  f"<th>{total['info']}</th></tr></table>")
+    return parts
+
+
+NEVER_COMPLETED = "never completed"
+NOT_RECORDED = "no reason recorded"
+
+
+def reason_counts(pairs: Sequence[Pair]) -> dict[str, dict[str, int]]:
+    """How many ops failed (``fail``) or have an unknown outcome (``info``), by reason.
+
+    The reason is the ``reason`` a ``raftly check`` client recorded; a history from elsewhere
+    has none (``NOT_RECORDED``). Most common first.
+    """
+    counts: dict[str, dict[str, int]] = {}
+    for _inv, done in pairs:
+        if done is not None and done.type == "ok":
+            continue
+        t = done.type if done is not None else "info"
+        reason = (str(done.extra.get("reason") or NOT_RECORDED) if done is not None
+                  else NEVER_COMPLETED)
+        counts.setdefault(reason, {"fail": 0, "info": 0})[t] += 1
+    return dict(sorted(counts.items(), key=lambda kv: (-sum(kv[1].values()), kv[0])))
+
+
+def format_reasons(counts: Mapping[str, Mapping[str, int]], outcome: str) -> str:
+    """``"connection refused 300, 503 no leader 150"``: the reasons of one outcome, or ``""``."""
+    return ", ".join(f"{reason} {c[outcome]}" for reason, c in counts.items() if c[outcome])
+
+
+def _reasons_table(pairs: Sequence[Pair]) -> list[str]:
+    counts = reason_counts(pairs)
+    if not counts:
+        return []
+    parts = ["<h2>Why ops failed</h2><p>fail: certainly did not take effect; info: may have "
+             "taken effect.</p><table><tr><th>reason</th><th>fail</th><th>info</th></tr>"]
+    parts += [f"<tr><td>{_esc(reason)}</td><td>{c['fail']}</td><td>{c['info']}</td></tr>"
+              for reason, c in counts.items()]
+    parts.append("</table>")
     return parts
 
 
@@ -338,8 +379,9 @@ def _plots(pairs: Sequence[Pair], t0: int, t_end: float,
            windows: Sequence[tuple[float, float, str, object]]) -> list[str]:
     legend = "".join(f'<span><i class="sw" style="background:{c}"></i>{k}</span>'
                      for k, c in _COLORS.items())
+    ran = {kind for _start, _end, kind, _detail in windows}  # a fault that never ran: no key
     legend += "".join(f'<span><i class="sw" style="background:{c};opacity:.35"></i>{k}</span>'
-                      for k, c in _FAULT_COLORS.items())
+                      for k, c in _FAULT_COLORS.items() if k in ran)
     return [f'<h2>Throughput (completions/s)</h2><div class="legend">{legend}</div>',
             throughput_svg(pairs, t0, t_end, windows),
             "<h2>Latency (ms, log scale)</h2>",
@@ -365,4 +407,5 @@ def write_report(path: str | Path, result: Mapping[str, Any], ops: Sequence[Mapp
     return path
 
 
-__all__ = ["describe_fault", "latency_svg", "render", "throughput_svg", "write_report"]
+__all__ = ["describe_fault", "format_reasons", "latency_svg", "reason_counts", "render",
+           "throughput_svg", "write_report"]

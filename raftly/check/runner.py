@@ -31,7 +31,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +40,10 @@ from raftly.check.cluster import Timing, check_cluster, node_view
 from raftly.check.history import HistoryWriter, NemesisLog
 from raftly.check.nemesis import Nemesis, Target, parse_nemeses, schedule
 from raftly.check.proxy import Network
-from raftly.check.report import write_report
+from raftly.check.report import format_reasons, reason_counts, write_report
 from raftly.kv.cluster_file import ClusterSpec
 from raftly.localcluster import ProcessCluster, plan_loopback
+from raftly.testing.history import Event, pair_events
 
 logger = logging.getLogger("raftly.check")
 
@@ -133,6 +134,13 @@ def _main(args: argparse.Namespace) -> int:
         return 2
 
 
+def _why(events: Sequence[Event]) -> str:
+    """The summary's line on why ops failed: counts by reason, for fail and for info."""
+    counts = reason_counts(pair_events(events))
+    fails, infos = format_reasons(counts, "fail"), format_reasons(counts, "info")
+    return (f"why: fail: {fails or 'none'}; info (may have taken effect): {infos or 'none'}")
+
+
 def check_file(history: Path, out: Path | None, budget: float) -> int:
     """Check a history from elsewhere; write a report into ``out`` when given."""
     from raftly.testing.linearizability import HistoryError, check, load_history
@@ -143,6 +151,7 @@ def check_file(history: Path, out: Path | None, budget: float) -> int:
         raise SetupError(f"cannot read {history}: {exc}") from None
     result = check(events, time_budget=budget)
     print(result.summary())
+    print(_why(events))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         ops = [e.to_dict() for e in events]
@@ -387,6 +396,7 @@ def _judge(out: Path, history: HistoryWriter, nlog: NemesisLog, final: dict[str,
     print(f"ops: {c.get('ok', 0)} ok, {c.get('fail', 0)} fail, {c.get('info', 0)} info; "
           f"faults: {summary['faults']}; lost writes: {len(lost)}; "
           f"problems: {'; '.join(problems) or 'none'}")
+    print(_why(load_history(history.ops)))
     print(f"{'PASS' if ok else 'FAIL'}: report {out / 'report.html'}", flush=True)
     return 0 if ok else 1
 

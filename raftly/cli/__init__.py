@@ -10,7 +10,8 @@ Each subcommand lives in its own module and imports what it needs only when it r
 - ``fuzz``: the simulator's randomized fault schedules; ``check``: raftly.check's fault-injecting
   runs of a real cluster; ``bench``: raftly.bench, when installed.
 
-Exit status: 0 success, 1 error (one line on stderr), 2 usage, 130 interrupted.
+The client options ``--endpoints`` and ``--timeout`` may come before or after the subcommand
+(common.py). Exit status: 0 success, 1 error (one line on stderr), 2 usage, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from raftly import __version__
 from raftly.cli import cluster, demo, kv, serve
-from raftly.cli.common import EXIT_ERROR, EXIT_USAGE, CliError
+from raftly.cli.common import EXIT_ERROR, EXIT_USAGE, CliError, UsageError, add_client_options
 
 
 def _fuzz(argv: list[str]) -> int:
@@ -53,14 +55,32 @@ def _bench(argv: list[str]) -> int:
 PASS_THROUGH: dict[str, Callable[[list[str]], int]] = {
     "fuzz": _fuzz, "check": _check, "bench": _bench}
 
+# The commands that talk to a cluster as a client, and so take --endpoints and --timeout.
+CLIENT_COMMANDS = ("kv", "status")
+
+EPILOG = """\
+examples:
+  raftly demo                           a failover with real processes, in 5 seconds
+  raftly cluster up --nodes 3           a local cluster in the foreground (Ctrl-C stops it)
+  raftly kv put greeting hello          then, in another terminal, use it
+  raftly kv get greeting
+  raftly status                         id, role, term, commit, applied, leader per node
+  raftly --endpoints 10.0.0.1:8001,8002 kv list
+
+Run `raftly COMMAND --help` for a command's options and examples. The client options
+--endpoints and --timeout (of kv and status) go before or after the command.
+Exit status: 0 success, 1 error, 2 usage.
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raftly",
         description="Raft for Python: run and use a replicated key-value cluster. Start with "
                     "`raftly demo`, then `raftly cluster up`.",
-        epilog="Run `raftly COMMAND --help` for a command's options. Exit status: 0 success, "
-               "1 error, 2 usage.")
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"raftly {__version__}")
+    add_client_options(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve.add_parser(commands)
     cluster.add_parser(commands)
@@ -81,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] in PASS_THROUGH:
             return PASS_THROUGH[argv[0]](argv[1:])
         args = build_parser().parse_args(argv)
+        if args.command not in CLIENT_COMMANDS:
+            for option in ("endpoints", "timeout"):
+                if option in args:
+                    raise UsageError(f"--{option} is an option of `raftly kv` and "
+                                     f"`raftly status`, not of `raftly {args.command}`")
         code: int = args.func(args)
         return code
     except CliError as exc:

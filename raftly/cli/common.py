@@ -1,8 +1,14 @@
-"""What every ``raftly`` subcommand shares: exit codes, expected errors, endpoints, logging.
+"""What every ``raftly`` subcommand shares: exit codes, expected errors, the client options
+(``--endpoints``, ``--timeout``), logging.
 
 Expected failures (a node unreachable, a key missing, a bad cluster file) raise ``CliError`` and
 leave as one line on stderr with exit status 1; argparse reports usage errors with status 2.
 Tracebacks are kept for bugs.
+
+The client options may come before or after the subcommand (``raftly --endpoints X kv get k``,
+``raftly kv get k --endpoints X``): every level declares them with no default, so a level that
+was not given them leaves the value of another alone, and ``client_options`` fills in the
+defaults and checks them once.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import argparse
 import logging
 import os
 import sys
+from dataclasses import dataclass
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -18,6 +25,7 @@ EXIT_USAGE = 2
 
 ENDPOINTS_ENV = "RAFTLY_ENDPOINTS"
 DEFAULT_ENDPOINTS = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003"
+DEFAULT_TIMEOUT = 10.0
 
 
 class CliError(Exception):
@@ -35,11 +43,16 @@ class UsageError(CliError):
         super().__init__(message, EXIT_USAGE)
 
 
-def parse_endpoints(text: str) -> list[str]:
+def _valid_port(text: str) -> bool:
+    return text.isascii() and text.isdigit() and 1 <= int(text) <= 65535
+
+
+def parse_endpoints(text: str, source: str = "--endpoints") -> list[str]:
     """Split ``host:port,host:port``; a bare ``port`` reuses the host before it.
 
     So ``127.0.0.1:8001,8002,8003`` names three nodes on one machine, which is what a local
-    cluster looks like.
+    cluster looks like. Anything that is not an address is a usage error naming ``source``
+    (where the text came from), at once rather than after a timeout of retries.
     """
     endpoints: list[str] = []
     host = "127.0.0.1"
@@ -47,24 +60,53 @@ def parse_endpoints(text: str) -> list[str]:
         item = raw.strip()
         if not item:
             continue
-        if item.isdigit():
+        if _valid_port(item):
             item = f"{host}:{item}"
         else:
-            netloc = item.split("://", 1)[-1]
-            host = netloc.rsplit(":", 1)[0] if ":" in netloc else netloc
+            scheme, sep, netloc = item.rpartition("://")
+            name, colon, port = netloc.rpartition(":")
+            if (sep and scheme != "http") or not colon or not name or "/" in netloc \
+                    or not _valid_port(port):
+                raise UsageError(f"{source}: {item!r} is not an address; write HOST:PORT "
+                                 "(e.g. 127.0.0.1:8001) or a bare PORT after one")
+            host = name
         endpoints.append(item)
     if not endpoints:
-        raise UsageError(f"no endpoints in {text!r}")
+        raise UsageError(f"{source}: no endpoints in {text!r}")
     return endpoints
 
 
-def add_endpoints_argument(parser: argparse.ArgumentParser) -> None:
+def add_client_options(parser: argparse.ArgumentParser) -> None:
+    """``--endpoints`` and ``--timeout``, accepted at this level of the command line."""
     parser.add_argument(
-        "--endpoints", default=os.environ.get(ENDPOINTS_ENV, DEFAULT_ENDPOINTS),
+        "--endpoints", default=argparse.SUPPRESS, metavar="HOST:PORT,...",
         help=f"comma-separated API addresses of the nodes (default: ${ENDPOINTS_ENV} or "
              f"{DEFAULT_ENDPOINTS}); a bare port reuses the previous host")
-    parser.add_argument("--timeout", type=positive_float, default=10.0,
-                        help="give up after this many seconds (default 10)")
+    parser.add_argument("--timeout", type=positive_float, default=argparse.SUPPRESS,
+                        metavar="SECONDS",
+                        help=f"give up after this many seconds (default {DEFAULT_TIMEOUT:g})")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientOptions:
+    """The checked client options of one command."""
+
+    endpoints: list[str]
+    timeout: float
+
+
+def client_options(args: argparse.Namespace) -> ClientOptions:
+    """The endpoints (``--endpoints``, else ``$RAFTLY_ENDPOINTS``, else the local default) and
+    the timeout; raises UsageError for endpoints that are not addresses."""
+    given: str | None = getattr(args, "endpoints", None)
+    if given is not None:
+        endpoints = parse_endpoints(given, "--endpoints")
+    elif (env := os.environ.get(ENDPOINTS_ENV)) is not None:
+        endpoints = parse_endpoints(env, f"${ENDPOINTS_ENV}")
+    else:
+        endpoints = parse_endpoints(DEFAULT_ENDPOINTS)
+    timeout: float = getattr(args, "timeout", DEFAULT_TIMEOUT)
+    return ClientOptions(endpoints, timeout)
 
 
 def positive_float(text: str) -> float:

@@ -1,8 +1,12 @@
 """``raftly kv put|get|del|cas|list`` and ``raftly status``: the key-value service from a shell.
 
 They use ``raftly.Client``: it finds the leader, follows redirects and retries safely, so any
-node's address will do. Values are bytes; they are printed as UTF-8 text (invalid bytes escaped)
-unless ``--raw`` asks for the exact bytes.
+node's address will do; when no node accepts a connection at all they fail at once.
+
+Values are bytes end to end. ``get`` writes the exact bytes when its output is not a terminal (a
+file, a pipe) and shows text on a terminal, escaping what is not UTF-8 and saying so. ``list``
+escapes each key and value into one line (``escape``), or with ``--json`` names the encoding of
+each value. An argument that is not valid UTF-8 on the command line goes through as its bytes.
 """
 
 from __future__ import annotations
@@ -12,15 +16,33 @@ import json
 import sys
 from typing import Any
 
-from raftly.cli.common import CliError, add_endpoints_argument, parse_endpoints
+from raftly.cli.common import CliError, add_client_options, client_options
+from raftly.kv.protocol import encode_list_item
 
 EPILOG = """\
+examples:
+  raftly kv put greeting hello          set a key (any node's address will do)
+  raftly kv put photo < photo.jpg       the value from stdin, bytes as they are
+  raftly kv get greeting                print it; `> FILE` or a pipe gets the exact bytes
+  raftly kv cas greeting hello hi       compare-and-set: only if it is "hello" now
+  raftly kv list user/ --json           the keys under a prefix, as JSON
+  raftly kv del greeting
+  raftly --endpoints 10.0.0.1:8001,8002 kv get greeting
+
 exit status: 0 success; 1 error (also: `get` of a missing key, a `cas` that did not swap);
 2 usage. Like etcdctl, `del` of a missing key succeeds and prints 0 (keys deleted). Unlike
 etcdctl, `get` of a missing key prints "not found" on stderr and exits 1, so a script can tell
 an empty value from no value. A write that timed out says "outcome unknown": it may or may not
 have been applied.
 """
+
+LIST_EPILOG = """\
+output: one line per key, KEY<TAB>VALUE. So that every line stays one line, both are escaped:
+a backslash is written \\\\, a tab \\t, a newline \\n, a carriage return \\r, and a byte
+that is not UTF-8 \\xHH. With --json: a list of {"key": ..., "encoding": "utf-8" or "base64",
+"value": ...}, the value exactly as stored in that encoding.
+
+""" + EPILOG
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,8 +62,10 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     get = sub.add_parser("get", help="print KEY's value (exit 1 if there is none)",
                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     get.add_argument("key")
-    get.add_argument("--raw", action="store_true",
-                     help="write the exact bytes, with no newline added")
+    get.add_argument("--raw", action=argparse.BooleanOptionalAction, default=None,
+                     help="write the exact bytes, with no newline added (the default when "
+                          "stdout is not a terminal); --no-raw shows text, escaping what "
+                          "is not UTF-8")
     get.add_argument("--stale", action="store_true",
                      help="read the first answering node's own copy (may be out of date)")
     get.set_defaults(func=run_client_command, kv_func=_do_get)
@@ -59,21 +83,23 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     cas.set_defaults(func=run_client_command, kv_func=_do_cas)
 
     lst = sub.add_parser("list", help="print KEY<TAB>VALUE lines of the keys under a prefix",
-                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                         epilog=LIST_EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     lst.add_argument("prefix", nargs="?", default="")
     lst.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
-    lst.add_argument("--json", action="store_true", help="print a JSON object instead")
+    lst.add_argument("--json", action="store_true",
+                     help="print a JSON list, each value with its encoding")
     lst.add_argument("--stale", action="store_true", help="read one node's own copy")
     lst.set_defaults(func=run_client_command, kv_func=_do_list)
 
-    for p in (put, get, delete, cas, lst):
-        add_endpoints_argument(p)
+    for p in (kv, put, get, delete, cas, lst):
+        add_client_options(p)
 
     status = commands.add_parser(
         "status", help="a table of the nodes: id, role, term, commit, applied, leader",
         description="Ask every endpoint for its status. Exit 0 when all answered, 1 when any "
                     "did not (its row says unreachable).")
-    add_endpoints_argument(status)
+    add_client_options(status)
     status.add_argument("--json", action="store_true", help="print the raw status objects")
     status.set_defaults(func=_status)
 
@@ -81,9 +107,10 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def _client(args: argparse.Namespace) -> Any:
     from raftly.kv.client import Client
 
+    options = client_options(args)
     try:
-        return Client(parse_endpoints(args.endpoints), timeout=args.timeout,
-                      request_timeout=min(args.timeout, 6.0))
+        return Client(options.endpoints, timeout=options.timeout,
+                      request_timeout=min(options.timeout, 6.0), fail_fast=True)
     except ValueError as exc:
         raise CliError(str(exc), 2) from None
 
@@ -102,12 +129,25 @@ def run_client_command(args: argparse.Namespace) -> int:
         raise CliError(f"unavailable: {exc}") from None
     except RequestError as exc:
         raise CliError(f"refused: {exc}") from None
-    except ValueError as exc:  # the client's own checks: an empty key, a non-UTF-8 cas value
+    except ValueError as exc:  # the client's own checks, such as an empty key
         raise CliError(str(exc), 2) from None
 
 
 def _text(value: bytes) -> str:
     return value.decode("utf-8", "backslashreplace")
+
+
+_LINE_ESCAPES = str.maketrans({"\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def escape(data: bytes | str) -> str:
+    """``data`` as one line of text that says exactly what it is (the ``list`` format).
+
+    Backslashes are doubled first, so an escape the bytes produce (``\\xff``) can never be
+    mistaken for the same characters written by the user (``\\\\xff``).
+    """
+    raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
+    return _text(raw.replace(b"\\", b"\\\\")).translate(_LINE_ESCAPES)
 
 
 def _arg_bytes(text: str) -> bytes:
@@ -126,11 +166,17 @@ def _do_get(client: Any, args: argparse.Namespace) -> int:
     value = client.get(args.key, stale=args.stale)
     if value is None:
         raise CliError(f"{args.key}: not found")
-    if args.raw:
+    raw = args.raw if args.raw is not None else not sys.stdout.isatty()
+    if raw:
         sys.stdout.buffer.write(value)
         sys.stdout.flush()
-    else:
+        return 0
+    try:
+        print(value.decode("utf-8"))
+    except UnicodeDecodeError:
         print(_text(value))
+        print(f"raftly: {args.key}: the value is not UTF-8 text; its other bytes are shown as "
+              "\\xHH (--raw writes them as they are)", file=sys.stderr)
     return 0
 
 
@@ -151,21 +197,30 @@ def _do_list(client: Any, args: argparse.Namespace) -> int:
         raise CliError("--limit must be at least 1", 2)
     items = client.list(args.prefix, args.limit, stale=args.stale)
     if args.json:
-        print(json.dumps({k: _text(v) for k, v in items}, indent=2))
+        print(json.dumps([_json_item(k, v) for k, v in items], indent=2))
     else:
         for key, value in items:
-            print(f"{key}\t{_text(value)}")
+            print(f"{escape(key)}\t{escape(value)}")
     return 0
+
+
+def _json_item(key: str, value: bytes) -> dict[str, str]:
+    # The HTTP API's choice of text or base64, with the encoding named rather than implied.
+    item = encode_list_item(key, value)
+    if "value" in item:
+        return {"key": key, "encoding": "utf-8", "value": item["value"]}
+    return {"key": key, "encoding": "base64", "value": item["value_base64"]}
 
 
 def _status(args: argparse.Namespace) -> int:
     from raftly.cli.status_table import format_table
     from raftly.kv.client import Client, ClientError
 
-    endpoints = parse_endpoints(args.endpoints)
+    options = client_options(args)
+    endpoints = options.endpoints
     statuses: dict[str, dict[str, Any] | None] = {}
     # One short-lived client per endpoint: status is about each node, not about the leader.
-    per_node = min(args.timeout, 2.0)
+    per_node = min(options.timeout, 2.0)
     for endpoint in endpoints:
         try:
             with Client([endpoint], timeout=per_node, request_timeout=per_node) as client:

@@ -6,7 +6,8 @@ lost connections with backoff until ``timeout`` runs out. Every write carries th
 and a fresh sequence number that stays the same across its retries, so the state machine
 applies it at most once however often it is resent. When the time is up, a write that may have
 reached a leader raises ``OutcomeUnknownError`` (it may or may not be applied); otherwise
-``UnavailableError`` (it was not applied).
+``UnavailableError`` (it was not applied). With ``fail_fast=True`` they give up at once, with
+``UnavailableError``, when every endpoint refuses the connection (a shell user's typo'd port).
 
 ``Client`` is not thread-safe (use one per thread); ``AsyncClient`` may run many requests at once.
 
@@ -60,8 +61,10 @@ class Client:
     """A blocking client: ``Client(["127.0.0.1:8001", "127.0.0.1:8002"]).put("k", b"v")``."""
 
     def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 10.0,
-                 request_timeout: float = 6.0, client_id: str | None = None) -> None:
-        self._core = ClientCore(endpoints, timeout, request_timeout, client_id)
+                 request_timeout: float = 6.0, client_id: str | None = None,
+                 fail_fast: bool = False) -> None:
+        self._core = ClientCore(endpoints, timeout, request_timeout, client_id,
+                                fail_fast=fail_fast)
         self._conns: dict[str, http.client.HTTPConnection] = {}
 
     @property
@@ -161,8 +164,10 @@ class AsyncClient:
     """The asyncio client (aiohttp); ``async with AsyncClient(endpoints) as kv: ...``."""
 
     def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 10.0,
-                 request_timeout: float = 6.0, client_id: str | None = None) -> None:
-        self._core = ClientCore(endpoints, timeout, request_timeout, client_id)
+                 request_timeout: float = 6.0, client_id: str | None = None,
+                 fail_fast: bool = False) -> None:
+        self._core = ClientCore(endpoints, timeout, request_timeout, client_id,
+                                fail_fast=fail_fast)
         self._session: aiohttp.ClientSession | None = None
 
     @property

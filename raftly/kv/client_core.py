@@ -17,6 +17,7 @@ and tested without a network.
 
 from __future__ import annotations
 
+import base64
 import enum
 import json
 import random
@@ -165,8 +166,11 @@ def base_url(endpoint: str) -> str:
 
 
 def _key_path(key: str) -> str:
-    if not isinstance(key, str) or not key:
-        raise ValueError("a key is a non-empty str")
+    # The messages reach `raftly kv` users as they are: say it in their words.
+    if not isinstance(key, str):
+        raise ValueError(f"a key is text (str), not {type(key).__name__}")
+    if not key:
+        raise ValueError("the key is empty: a key needs at least one character")
     return KV_PATH + "/" + quote(key, safe="")
 
 
@@ -221,10 +225,12 @@ def delete_call(key: str) -> Call[bool]:
 def cas_call(key: str, old: bytes, new: bytes) -> Call[bool]:
     """Set ``key`` to ``new`` if it is ``old`` now; the result is whether it was swapped."""
     try:
-        expect = old.decode("utf-8")
+        # Readable text where it can be (logs, redirects); exact bytes where it cannot: the
+        # server refuses an empty ``expect`` as a likely mistake.
+        query = {"expect": old.decode("utf-8")} if old else {"expect_base64": ""}
     except UnicodeDecodeError:
-        raise ValueError("cas compares through a URL parameter: old must be UTF-8") from None
-    path = _key_path(key) + "?" + urlencode({"expect": expect})
+        query = {"expect_base64": base64.b64encode(old).decode("ascii")}
+    path = _key_path(key) + "?" + urlencode(query)
     return Call("PUT", path, bytes(new), True, _decode_swapped)
 
 
@@ -246,7 +252,8 @@ class ClientCore:
     """The state of one client: endpoints, the leader guess, the session, and backoff."""
 
     def __init__(self, endpoints: str | Sequence[str], timeout: float,
-                 request_timeout: float, client_id: str | None) -> None:
+                 request_timeout: float, client_id: str | None, *,
+                 fail_fast: bool = False) -> None:
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e.strip()]
         if not endpoints:
@@ -255,6 +262,10 @@ class ClientCore:
         self.timeout = timeout
         self.request_timeout = request_timeout
         self.client_id = client_id or uuid.uuid4().hex
+        self.fail_fast = fail_fast
+        """Give up at once when every endpoint refuses the connection (nothing listens there),
+        rather than retry until the timeout: for a person at a shell, not for a service that
+        may start before its cluster."""
         self.target = self.endpoints[0]
         """The node the next request goes to: the leader as far as this client knows."""
         self._rotation = 0
@@ -332,6 +343,12 @@ class ClientCore:
                 "may or may not have been applied")
         return UnavailableError(f"{what}: no node answered within {self.timeout}s (last: {last})")
 
+    def refused_everywhere(self, req: Request) -> UnavailableError:
+        what = f"{req.method} {req.path.split('?')[0]}"
+        return UnavailableError(
+            f"{what}: connection refused by every endpoint ({', '.join(self.endpoints)}); "
+            "is the cluster running?")
+
 
 class Attempt(Generic[T]):
     """The retry state of one call, from its first send to its last.
@@ -354,6 +371,8 @@ class Attempt(Generic[T]):
         self.maybe_applied = False
         self.attempt = 0
         self.last = "nothing tried"
+        self.refused: set[str] = set()
+        """The nodes that refused the connection since the last answer from any node."""
 
     def finish(self) -> None:
         """The call is over (answered or given up): its seq is no longer awaited."""
@@ -368,11 +387,14 @@ class Attempt(Generic[T]):
         """The request got no answer; ``maybe_sent`` unless it surely never left."""
         self.last = f"{base}: {type(exc).__name__}: {exc}"
         self.maybe_applied = self.maybe_applied or (maybe_sent and self.request.write)
+        if not maybe_sent:
+            self.refused.add(base)
         self.core.rotate()
 
     def answered(self, base: str, resp: Response) -> Step:
         verdict = self.core.verdict(self.request, resp)
         self.last = f"{base}: {resp.status} {resp.error_message()}"
+        self.refused.clear()
         if verdict is Verdict.DONE:
             return Step.DONE
         if verdict is Verdict.REDIRECT and self.attempt < _MAX_REDIRECTS:
@@ -390,6 +412,9 @@ class Attempt(Generic[T]):
         now = self.clock()
         if now >= self.deadline:
             raise self.core.give_up(self.request, self.maybe_applied, self.last)
+        if self.core.fail_fast and not self.maybe_applied \
+                and self.refused.issuperset(self.core.endpoints):
+            raise self.core.refused_everywhere(self.request)
         pause = min(self.core.backoff(self.attempt), self.deadline - now)
         self.attempt += 1
         return pause

@@ -1,32 +1,24 @@
 """The key-value HTTP API of one node (aiohttp), on top of ``RaftServer``.
 
-Routes (keys are the rest of the path, percent-decoded; values are raw bytes):
+The reference, every route, parameter and status code with examples, is docs/http-api.md; in
+short: ``PUT``/``GET``/``DELETE /v1/kv/{key}`` (values are raw bytes; ``?expect=`` or
+``?expect_base64=`` makes a PUT a compare-and-set), ``GET /v1/kv?prefix=&limit=`` (JSON), and
+``GET /v1/status``.
 
-- ``PUT /v1/kv/{key}`` body = value -> ``200 {"index": N}``; with ``?expect=OLD`` a
-  compare-and-set -> ``200 {"index": N, "swapped": true}`` or ``412`` (current value is not OLD,
-  compared as UTF-8 bytes, or the key is missing).
-- ``DELETE /v1/kv/{key}`` -> ``200 {"index": N, "deleted": bool}``.
-- ``GET /v1/kv/{key}[?consistency=stale]`` -> ``200`` with the value, or ``404``.
-- ``GET /v1/kv?prefix=P&limit=N[&consistency=stale]`` -> a JSON list of
-  ``{"key": k, "value": text}`` (``"value_base64"`` instead when a value is not UTF-8).
-- ``GET /v1/status`` -> this node's id (name), role, term, leader, indexes, members and
-  ``stats`` (the server's counters: fsyncs, entries_persisted, readies).
-
-Writes on a follower get ``307`` with a ``Location`` on the leader's API. Linearizable reads are
-served by any node: a follower asks the leader for a read index (ReadIndex) and answers from its
-own copy once it has applied that far, so reads spread over the cluster. Errors are JSON
-``{"error": "...", "leader": name-or-null}``: no leader known, Busy or a dropped proposal ->
-``503`` with ``Retry-After`` (nothing was applied: safe to retry); a write whose outcome is unknown
--> ``504``; oversized key or value -> ``413``; malformed input -> ``400``.
-
-Exactly-once: a write may carry ``X-Raftly-Client`` (id), ``X-Raftly-Seq`` (1, 2, ... per write)
-and optionally ``X-Raftly-Ack`` (lowest seq the client still awaits). A retried seq returns the
-first result. A seq whose result was already forgotten gets ``409`` (its outcome is unknown), and
-so does a resend marked ``X-Raftly-Retry: 1`` from a client whose session was evicted.
+How this module behaves, in the terms of that reference: every query string is checked against
+the route's ``QUERY_PARAMS`` (raftly.kv.query) before the handler runs, so a refused request never
+reaches the log. Writes on a follower get ``307`` to the leader before their body is read.
+Linearizable reads are served by any node: a follower asks the leader for a read index
+(ReadIndex) and answers from its own copy once it has applied that far. Every error leaves as
+JSON ``{"error": ..., "leader": name-or-null}`` through one middleware. Exactly-once: a write may
+carry the session headers of raftly.kv.protocol; the state machine answers a retried seq with
+its first result.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -46,6 +38,7 @@ from raftly.kv.protocol import (
     STATUS_PATH,
     encode_list_item,
 )
+from raftly.kv.query import QueryError, parse_query
 from raftly.kv.state_machine import (
     KEY_TOO_LARGE,
     MALFORMED,
@@ -68,6 +61,12 @@ RETRY_AFTER = "1"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+QUERY_PARAMS: dict[tuple[str, str], frozenset[str]] = {
+    ("GET", KV_PATH): frozenset({"prefix", "limit", "consistency"}),
+    ("GET", KV_PATH + "/{key}"): frozenset({"consistency"}),
+    ("PUT", KV_PATH + "/{key}"): frozenset({"expect", "expect_base64"}),
+}
+"""The query parameters each route (method, canonical path) takes; any other route takes none."""
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -108,7 +107,8 @@ class KVApi:
         return sm
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors_middleware])
+        # The query check runs inside the error middleware, so its refusals leave as JSON too.
+        app = web.Application(middlewares=[self._errors_middleware, self._query_middleware])
         app.router.add_get(STATUS_PATH, self.status)
         app.router.add_get(KV_PATH, self.list)
         app.router.add_get(KV_PATH + "/{key:.+}", self.get)
@@ -131,7 +131,8 @@ class KVApi:
 
     def _json(self, status: int, body: object, headers: dict[str, str] | None = None
               ) -> web.Response:
-        return web.Response(status=status, text=json.dumps(body), headers=headers,
+        # The newline ends the answer as a line, so a shell prompt after `curl` starts afresh.
+        return web.Response(status=status, text=json.dumps(body) + "\n", headers=headers,
                             content_type="application/json")
 
     def _error(self, status: int, message: str, headers: dict[str, str] | None = None,
@@ -196,10 +197,32 @@ class KVApi:
         return b"".join(chunks)
 
     def _consistency_stale(self, request: web.Request) -> bool:
-        consistency = request.query.get("consistency", "linearizable")
+        consistency = _params(request).get("consistency", "linearizable")
         if consistency not in ("linearizable", "stale"):
-            raise _Reply(400, "consistency must be 'linearizable' or 'stale'")
+            raise _Reply(400, "consistency must be 'linearizable' or 'stale'",
+                         parameter="consistency")
         return consistency == "stale"
+
+    def _expect(self, request: web.Request) -> bytes | None:
+        """The value a PUT compares against (a compare-and-set), or None for a plain write."""
+        params = _params(request)
+        text, b64 = params.get("expect"), params.get("expect_base64")
+        if text is not None and b64 is not None:
+            raise _Reply(400, "give expect or expect_base64, not both", parameter="expect_base64")
+        if text is not None:
+            if not text:
+                # Most often an unset shell variable; comparing against "" would be a surprise.
+                raise _Reply(400, "query parameter 'expect' is empty; to expect the empty "
+                                  "value, send expect_base64= (empty)", parameter="expect")
+            return text.encode("utf-8")
+        if b64 is not None:
+            try:
+                return base64.b64decode(b64, validate=True)
+            except binascii.Error:
+                raise _Reply(400, "query parameter 'expect_base64' is not valid base64 "
+                                  "(percent-encode '+' as %2B)", parameter="expect_base64"
+                             ) from None
+        return None
 
     async def _propose(self, request: web.Request, op: Op, session: Session | None
                        ) -> Result | web.Response:
@@ -252,12 +275,12 @@ class KVApi:
     async def put(self, request: web.Request) -> web.Response:
         key = self._key(request)
         session = self._session(request)
+        expect = self._expect(request)
         if not self.server.is_leader:
             # Answer before reading the body: the client sends it again to the leader anyway.
             return self._not_leader(request, self.server.leader)
         value = await self._body(request)
-        expect = request.query.get("expect")
-        op: Op = Put(key, value) if expect is None else Cas(key, expect.encode("utf-8"), value)
+        op: Op = Put(key, value) if expect is None else Cas(key, expect, value)
         result = await self._propose(request, op, session)
         if isinstance(result, web.Response):
             return result
@@ -290,14 +313,16 @@ class KVApi:
         return web.Response(body=value, content_type="application/octet-stream")
 
     async def list(self, request: web.Request) -> web.Response:
-        prefix = request.query.get("prefix", "")
+        params = _params(request)
+        prefix = params.get("prefix", "")
         try:
             default = min(self.limits.default_list_limit, self.limits.max_list_limit)
-            limit = _parse_int(request.query.get("limit", str(default)))
+            limit = _parse_int(params.get("limit", str(default)))
         except ValueError:
-            raise _Reply(400, "limit must be an integer") from None
+            raise _Reply(400, "limit must be an integer", parameter="limit") from None
         if not 1 <= limit <= self.limits.max_list_limit:
-            raise _Reply(400, f"limit must be from 1 to {self.limits.max_list_limit}")
+            raise _Reply(400, f"limit must be from 1 to {self.limits.max_list_limit}",
+                         parameter="limit")
         if not self._consistency_stale(request):
             failed = await self._linearizable(request)
             if failed is not None:
@@ -329,7 +354,15 @@ class KVApi:
             "stats": dict(self.server.stats),
         })
 
-    # -- errors ---------------------------------------------------------------------------------
+    # -- middlewares ----------------------------------------------------------------------------
+
+    @web.middleware
+    async def _query_middleware(self, request: web.Request, handler: Handler
+                                ) -> web.StreamResponse:
+        """Refuse a query string the route does not take, before the handler does anything."""
+        if request.match_info.http_exception is None:  # 404 and 405 say so themselves
+            _params(request)
+        return await handler(request)
 
     @web.middleware
     async def _errors_middleware(self, request: web.Request, handler: Handler
@@ -347,6 +380,22 @@ class KVApi:
         except Exception:
             logger.exception("error handling %s %s", request.method, request.path)
             return self._error(500, "internal error (logged on the server)")
+
+
+def _params(request: web.Request) -> dict[str, str]:
+    """The request's query parameters, checked against what its route takes (else a 400).
+
+    Parsed again by each caller rather than stored on the request: it is cheap, and pure.
+    """
+    resource = request.match_info.route.resource
+    method = "GET" if request.method == "HEAD" else request.method
+    allowed = QUERY_PARAMS.get((method, resource.canonical if resource else ""), frozenset())
+    # From raw_path: the escapes exactly as sent (the parsed URL would repair a malformed one).
+    _, _, query_string = request.raw_path.partition("?")
+    try:
+        return parse_query(query_string, allowed)
+    except QueryError as exc:
+        raise _Reply(400, str(exc), parameter=exc.parameter) from None
 
 
 def _parse_int(text: str) -> int:

@@ -155,7 +155,7 @@ def _check_recovered(c: SimCluster, seed: int, n: int, hint: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m raftly.testing.fuzz", description=__doc__,
+    parser = argparse.ArgumentParser(prog="raftly fuzz", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--seed", type=int, help="run this one seed")

@@ -30,7 +30,8 @@ def test_kv_commands_and_exit_codes(shared_cluster: ProcessCluster) -> None:
     eps = shared_cluster.endpoints
     run = cli("kv", "put", "cli/greeting", "hello", endpoints=eps)
     assert (run.code, run.err) == (0, "") and run.out.startswith("OK (index ")
-    assert cli("kv", "get", "cli/greeting", endpoints=eps).out == "hello\n"
+    # Not a terminal: the exact bytes, no newline added (test_cli_bytes shows a terminal).
+    assert cli("kv", "get", "cli/greeting", endpoints=eps).out == "hello"
     # Only the last endpoint given: the command still finds the leader.
     one = ["--endpoints", eps[-1]]
     assert cli("kv", "put", "cli/stdin", *one, stdin=b"from\xffstdin").code == 0
@@ -43,7 +44,7 @@ def test_kv_commands_and_exit_codes(shared_cluster: ProcessCluster) -> None:
     assert cli("kv", "cas", "cli/greeting", "hello", "hi", endpoints=eps).out == "OK\n"
     lost = cli("kv", "cas", "cli/greeting", "hello", "again", endpoints=eps)
     assert lost.code == 1 and "not swapped" in lost.err
-    assert cli("kv", "get", "cli/greeting", endpoints=eps).out == "hi\n"
+    assert cli("kv", "get", "cli/greeting", endpoints=eps).out == "hi"
 
     listed = cli("kv", "list", "cli/", endpoints=eps)
     assert listed.out == "cli/greeting\thi\ncli/stdin\tfrom\\xffstdin\n"

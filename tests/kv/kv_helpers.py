@@ -1,12 +1,17 @@
-"""Shared helpers of the KV tests: a fast-election config, running a coroutine, polling."""
+"""Shared helpers of the KV tests: a fast-election config, running a coroutine, raw HTTP calls."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+import aiohttp
+from yarl import URL
+
 from raftly.core.config import Config
+from raftly.kv.service import LocalCluster, RunningNode
 
 T = TypeVar("T")
 
@@ -21,3 +26,17 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
 
     return asyncio.run(bounded())
 
+
+async def call(session: aiohttp.ClientSession, method: str, url: str | URL, *,
+               data: bytes | None = None,
+               headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:
+    """(status, decoded body: JSON if JSON else bytes, headers); never follows redirects."""
+    async with session.request(method, url, data=data, headers=headers,
+                               allow_redirects=False) as resp:
+        raw = await resp.read()
+        body: Any = json.loads(raw) if resp.content_type == "application/json" else raw
+        return resp.status, body, resp.headers
+
+
+def followers(cluster: LocalCluster, leader: RunningNode) -> list[RunningNode]:
+    return [n for n in cluster.nodes if n is not leader]

@@ -70,8 +70,11 @@ def _sync_session(urls: list[str]) -> None:
         with pytest.raises(RequestError) as err:
             kv.put("k", b"x" * 2000)
         assert err.value.status == 413
-        with pytest.raises(ValueError):
-            kv.cas("k", b"\xff", b"x")
+        # Binary values compare exactly (expect_base64), empty ones too.
+        kv.put("bin", b"\xff\x00")
+        assert kv.cas("bin", b"\xff", b"x") is False
+        assert kv.cas("bin", b"\xff\x00", b"") is True
+        assert kv.cas("bin", b"", b"\xfe") is True and kv.get("bin") == b"\xfe"
 
 
 def test_sync_client_all_operations() -> None:

@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import functools
-import json
 from typing import Any
 
 import aiohttp
-from kv_helpers import FAST, run
+from kv_helpers import FAST, call, followers, run
 from polling import eventually
 
 from raftly.kv.http import Limits
 from raftly.kv.service import LocalCluster, RunningNode
 
 SMALL = Limits(max_key_bytes=64, max_value_bytes=1024, max_list_limit=50)
-
-
-async def call(session: aiohttp.ClientSession, method: str, url: str, *, data: bytes | None = None,
-               headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:
-    """(status, decoded body: JSON if JSON else bytes, headers); never follows redirects."""
-    async with session.request(method, url, data=data, headers=headers,
-                               allow_redirects=False) as resp:
-        raw = await resp.read()
-        body: Any = json.loads(raw) if resp.content_type == "application/json" else raw
-        return resp.status, body, resp.headers
-
-
-def followers(cluster: LocalCluster, leader: RunningNode) -> list[RunningNode]:
-    return [n for n in cluster.nodes if n is not leader]
 
 
 def test_put_get_delete_and_404() -> None:
@@ -71,7 +56,8 @@ def test_cas_200_and_412() -> None:
         async with LocalCluster(3, config=FAST) as cluster, aiohttp.ClientSession() as s:
             leader = await cluster.wait_for_leader()
             url = leader.url + "/v1/kv/lock"
-            status, body, _ = await call(s, "PUT", url + "?expect=", data=b"me")
+            # (The empty expectation is spelled expect_base64=; a bare expect= is refused.)
+            status, body, _ = await call(s, "PUT", url + "?expect_base64=", data=b"me")
             assert status == 412 and "error" in body, "a missing key never matches"
             await call(s, "PUT", url, data=b"free")
             status, body, _ = await call(s, "PUT", url + "?expect=taken", data=b"me")

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from kv_helpers import FAST, run
+from kv_helpers import FAST, call, run
 from polling import eventually
-from test_http_api import call
 
 from raftly.kv.http import KVApi, Limits
 from raftly.kv.service import LocalCluster
