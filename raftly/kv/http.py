@@ -9,8 +9,8 @@ Routes (keys are the rest of the path, percent-decoded; values are raw bytes):
 - ``GET /v1/kv/{key}[?consistency=stale]`` -> ``200`` with the value, or ``404``.
 - ``GET /v1/kv?prefix=P&limit=N[&consistency=stale]`` -> a JSON list of
   ``{"key": k, "value": text}`` (``"value_base64"`` instead when a value is not UTF-8).
-- ``GET /v1/status`` -> this node's id (name), role, term, leader, indexes, members and
-  ``stats`` (the server's counters: fsyncs, entries_persisted, readies).
+- ``GET /v1/status`` -> this node's ``cluster_id``, id (name), role, term, leader, indexes,
+  members and ``stats`` (the server's counters: fsyncs, entries_persisted, readies).
 
 Writes on a follower get ``307`` with a ``Location`` on the leader's API. Linearizable reads are
 served by any node: a follower asks the leader for a read index (ReadIndex) and answers from its
@@ -314,6 +314,8 @@ class KVApi:
             members.append({"id": self._name(voter), "raft_id": voter,
                             "api": spec.api.url if spec is not None else None})
         return self._json(200, {
+            # Tools compare it with the cluster they mean before reporting on this node.
+            "cluster_id": self.cluster.cluster_id,
             "id": self.node.name,
             "raft_id": st.id,
             "role": st.role,
