@@ -108,7 +108,7 @@ def run_up(args: argparse.Namespace) -> int:
         endpoints = ",".join(cluster.endpoints)
         print(f"try:  export RAFTLY_ENDPOINTS={endpoints} {CLUSTER_ID_ENV}={cluster_id}\n"
               "      raftly kv put greeting hello && raftly kv get greeting && raftly status\n"
-              "A node that dies is restarted once; Ctrl-C stops the cluster.", file=out,
+              "A node that dies is restarted; Ctrl-C stops the cluster.", file=out,
               flush=True)
         return _watch(cluster)
     except _Stop as stop:
