@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -163,19 +165,36 @@ class ProcessCluster:
                 node.cluster_file.write_text(render_cluster(self.views[node.name]))
         return self.cluster_file
 
+    def serve_args(self, name: str) -> list[str]:
+        """The ``raftly serve`` arguments of node ``name``."""
+        node = self.nodes[name]
+        args = ["--cluster", str(node.cluster_file), "--id", name,
+                "--data-dir", str(node.data_dir), "--fsync", self.fsync,
+                "--log-level", self.log_level]
+        if self.election_timeout is not None:
+            args += ["--election-timeout", str(self.election_timeout)]
+        if self.heartbeat is not None:
+            args += ["--heartbeat", str(self.heartbeat)]
+        return args
+
     def command(self, name: str) -> list[str]:
         """The command line that starts node ``name``: the launcher, then ``raftly serve``."""
-        node = self.nodes[name]
-        cmd = [self.python, "-m", "raftly.localcluster", "--parent", str(os.getpid()),
-               "--signal", str(int(self.orphan_signal)), "--",
-               "--cluster", str(node.cluster_file), "--id", name,
-               "--data-dir", str(node.data_dir), "--fsync", self.fsync,
-               "--log-level", self.log_level]
-        if self.election_timeout is not None:
-            cmd += ["--election-timeout", str(self.election_timeout)]
-        if self.heartbeat is not None:
-            cmd += ["--heartbeat", str(self.heartbeat)]
-        return cmd
+        return [self.python, "-m", "raftly.localcluster", "--parent", str(os.getpid()),
+                "--signal", str(int(self.orphan_signal)), "--", *self.serve_args(name)]
+
+    def manual_command(self, name: str) -> str:
+        """The shell command a user types to start node ``name`` by hand, exactly as we do."""
+        return shlex.join(["raftly", "serve", *self.serve_args(name)])
+
+    def busy_addresses(self) -> list[str]:
+        """The nodes' Raft and API addresses that something already listens on, as
+        ``"NAME raft|api HOST:PORT"``; port 0 (any free port) is never busy."""
+        busy = []
+        for node in self.nodes.values():
+            for kind, address in (("raft", node.spec.raft), ("api", node.spec.api)):
+                if address.port and not _can_listen(address.host, address.port):
+                    busy.append(f"{node.name} {kind} {address}")
+        return busy
 
     def _environment(self) -> dict[str, str]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -384,6 +403,18 @@ class ProcessCluster:
                 tail = node.log_tail()
                 raise RuntimeError(f"node {name} exited with code {node.proc.returncode}"
                                    + (f"; last log lines:\n{tail}" if tail else ""))
+
+
+def _can_listen(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As the servers bind: a port left in TIME_WAIT by a stopped node counts as free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _summary(statuses: Mapping[str, Status | None]) -> str:

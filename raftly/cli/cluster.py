@@ -1,7 +1,10 @@
 """``raftly cluster up``: a local cluster of real ``raftly serve`` processes, in the foreground.
 
-It writes the cluster file into the directory, starts one child per node, prints each node's
-endpoints, then watches: it reports the leader whenever it changes and every child that dies.
+Before starting anything it refuses a directory whose cluster has another size or whose data
+dirs belong to another cluster, and ports something already listens on. It writes the cluster
+file into the directory, starts one child per node, prints each node's endpoints, then watches:
+it reports the leader whenever it changes and every child that dies, restarts a dead child once
+(a child that dies again soon after is left down, with the command to start it by hand), and
 Ctrl-C or SIGTERM stops every child cleanly (SIGTERM, then SIGKILL after a grace period).
 """
 
@@ -15,10 +18,14 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from raftly.cli.common import LOG_LEVELS, CliError, positive_float
-from raftly.localcluster import ProcessCluster, plan_loopback
+from raftly.cli.common import CLUSTER_ID_ENV, LOG_LEVELS, CliError, positive_float
+from raftly.kv.cluster_file import ClusterFileError, ClusterSpec, load_cluster
+from raftly.kv.identity import IdentityError, NodeIdentity, check_identity
+from raftly.localcluster import Layout, ProcessCluster, plan_loopback
 
 DEFAULT_DIR = "raftly-cluster"
+RESTART_WINDOW = 10.0
+"""Seconds: a node that dies again this soon after being restarted is left down."""
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,9 +37,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Start a local cluster of N `raftly serve` child processes on 127.0.0.1 "
                     "and run in the foreground. Node i listens for Raft on BASE+i-1 and serves "
                     "the API on BASE+1000+i-1 (so the default 7001 gives APIs 8001, 8002, 8003, "
-                    "what `raftly kv` and `raftly status` use by default). Data survives in DIR: "
-                    "running it again restarts the same cluster. Ctrl-C or SIGTERM stops every "
-                    "node cleanly.")
+                    "what `raftly kv` and `raftly status` use by default). Data survives in DIR "
+                    "(DIR/cluster.toml, DIR/NAME: `raftly serve`'s default layout too): running "
+                    "it again restarts the same cluster, with the same number of nodes. A node "
+                    "that dies is restarted. Ctrl-C or SIGTERM stops every node cleanly.")
     up.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     up.add_argument("--dir", default=DEFAULT_DIR,
                     help=f"cluster file and data directories (default ./{DEFAULT_DIR})")
@@ -68,17 +76,21 @@ def run_up(args: argparse.Namespace) -> int:
     if not 1 <= args.nodes <= 99:
         raise CliError("--nodes must be from 1 to 99", 2)
     directory = Path(args.dir)
+    cluster_file = directory / Layout().cluster_file
+    existing = _existing_cluster(cluster_file, args.nodes)
     # A cluster id stable for one directory: restarting it finds the same cluster, while two
-    # clusters in two directories refuse each other's connections.
+    # clusters in two directories refuse each other's connections. An existing file keeps its
+    # own, so a directory that was moved or renamed is still the same cluster.
     digest = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:12]
+    cluster_id = existing.cluster_id if existing is not None else f"raftly-local-{digest}"
     try:
-        spec = plan_loopback(args.nodes, base_port=args.base_port,
-                             cluster_id=f"raftly-local-{digest}")
+        spec = plan_loopback(args.nodes, base_port=args.base_port, cluster_id=cluster_id)
     except ValueError as exc:
         raise CliError(str(exc), 2) from None
     cluster = ProcessCluster(directory, spec, fsync=args.fsync,
                              election_timeout=args.election_timeout, heartbeat=args.heartbeat,
                              log_level=args.log_level, log_to_files=False)
+    _check_before_starting(cluster, args.nodes)
     try:
         cluster.write_cluster_file()
     except OSError as exc:
@@ -88,22 +100,26 @@ def run_up(args: argparse.Namespace) -> int:
     try:
         cluster.start()
         out = sys.stdout
-        print(f"raftly: {args.nodes}-node cluster, cluster file {cluster.cluster_file}", file=out)
+        print(f"raftly: {args.nodes}-node cluster {cluster_id}, cluster file "
+              f"{cluster.cluster_file}", file=out)
         for node in cluster.nodes.values():
             print(f"  {node.name}  pid {node.pid}  raft {node.spec.raft}  api {node.spec.api.url}"
                   f"  data {node.data_dir}", file=out)
         endpoints = ",".join(cluster.endpoints)
-        print(f"try:  export RAFTLY_ENDPOINTS={endpoints}\n"
+        print(f"try:  export RAFTLY_ENDPOINTS={endpoints} {CLUSTER_ID_ENV}={cluster_id}\n"
               "      raftly kv put greeting hello && raftly kv get greeting && raftly status\n"
-              "Ctrl-C stops the cluster.", file=out, flush=True)
+              "A node that dies is restarted; Ctrl-C stops the cluster.", file=out,
+              flush=True)
         return _watch(cluster)
     except _Stop as stop:
         for sig in previous:
             signal.signal(sig, signal.SIG_IGN)  # one Ctrl-C is enough; stopping takes ~1 s
-        print(f"raftly: {stop}: stopping {args.nodes} nodes", flush=True)
+        running = len(cluster.running_names())
+        print(f"raftly: {stop}: stopping {running} node{'s' if running != 1 else ''}", flush=True)
         codes = cluster.stop()
-        bad = {n: c for n, c in codes.items() if c not in (0, None)}
-        print("raftly: all nodes stopped" + (f" ({bad})" if bad else ""), flush=True)
+        bad = [f"{name} {describe_exit(code)}" for name, code in codes.items()
+               if code not in (0, None)]
+        print("raftly: all nodes stopped" + (f" ({', '.join(bad)})" if bad else ""), flush=True)
         return 0
     finally:
         # Whatever happened (an error included), no child outlives this command.
@@ -112,21 +128,71 @@ def run_up(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
 
 
+def _existing_cluster(cluster_file: Path, nodes: int) -> ClusterSpec | None:
+    """The cluster already in the directory, if any; refuses a change of its size."""
+    if not cluster_file.exists():
+        return None
+    try:
+        existing = load_cluster(cluster_file)
+    except ClusterFileError as exc:
+        raise CliError(str(exc)) from None
+    if len(existing.nodes) != nodes:
+        raise CliError(
+            f"{cluster_file.parent} holds a {len(existing.nodes)}-node cluster "
+            f"({', '.join(n.name for n in existing.nodes)}); `cluster up` cannot change its size "
+            f"(membership changes are not supported): run it with --nodes {len(existing.nodes)},"
+            " or use another --dir")
+    return existing
+
+
+def _check_before_starting(cluster: ProcessCluster, nodes: int) -> None:
+    """Refuse, before anything is written or started, data dirs of another cluster and ports
+    something else listens on (another cluster's leader must not be reported as ours)."""
+    for node in cluster.nodes.values():
+        try:
+            check_identity(node.data_dir, NodeIdentity.of(cluster.spec, node.name),
+                           f"`cluster up --nodes {nodes}`")
+        except IdentityError as exc:
+            raise CliError(str(exc)) from None
+    busy = cluster.busy_addresses()
+    if busy:
+        raise CliError(f"already in use: {', '.join(busy)} (another cluster? `raftly status "
+                       f"--endpoints {','.join(cluster.endpoints)}` shows it); stop it or pick "
+                       "another --base-port")
+
+
 def _watch(cluster: ProcessCluster) -> int:
     leader: tuple[str | None, int] | None = None
+    restarted_at: dict[str, float] = {}
     while True:
         for name, code in cluster.exited().items():
-            print(f"raftly: node {name} (pid {cluster.nodes[name].pid}) {describe_exit(code)}",
-                  file=sys.stderr, flush=True)
+            _restart_or_give_up(cluster, name, code, restarted_at)
         running = cluster.running_names()
         if not running:
             raise CliError("every node has exited")
         seen: tuple[str | None, int] | None = None
         for name in running:
             status = cluster.status(name, timeout=0.3)
-            if status is not None and status["role"] == "leader":
+            # Only our own nodes count: a stranger answering on one of our ports is not ours.
+            if (status is not None and status.get("cluster_id") == cluster.spec.cluster_id
+                    and status["role"] == "leader"):
                 seen = (status["id"], status["term"])
         if seen is not None and seen != leader:
             print(f"raftly: leader is {seen[0]} (term {seen[1]})", flush=True)
             leader = seen
         time.sleep(0.5)
+
+
+def _restart_or_give_up(cluster: ProcessCluster, name: str, code: int,
+                        restarted_at: dict[str, float]) -> None:
+    """Restart a node that died, unless it died again soon after its last restart: then it
+    would only crash in a loop, so say how to start it by hand instead."""
+    died = f"raftly: node {name} (pid {cluster.nodes[name].pid}) {describe_exit(code)}"
+    now = time.monotonic()
+    if now - restarted_at.get(name, -RESTART_WINDOW) < RESTART_WINDOW:
+        print(f"{died} again within {RESTART_WINDOW:.0f} s of its restart; not restarting it. "
+              f"To start it by hand: {cluster.manual_command(name)}", file=sys.stderr, flush=True)
+        return
+    cluster.start([name])
+    restarted_at[name] = now
+    print(f"{died}; restarted it as pid {cluster.nodes[name].pid}", file=sys.stderr, flush=True)

@@ -1,5 +1,5 @@
 """What every ``raftly`` subcommand shares: exit codes, expected errors, the client options
-(``--endpoints``, ``--timeout``), logging.
+(``--endpoints``, ``--timeout``), the cluster id they expect, logging.
 
 Expected failures (a node unreachable, a key missing, a bad cluster file) raise ``CliError`` and
 leave as one line on stderr with exit status 1; argparse reports usage errors with status 2.
@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -26,6 +27,7 @@ EXIT_USAGE = 2
 ENDPOINTS_ENV = "RAFTLY_ENDPOINTS"
 DEFAULT_ENDPOINTS = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003"
 DEFAULT_TIMEOUT = 10.0
+CLUSTER_ID_ENV = "RAFTLY_CLUSTER_ID"
 
 
 class CliError(Exception):
@@ -107,6 +109,30 @@ def client_options(args: argparse.Namespace) -> ClientOptions:
         endpoints = parse_endpoints(DEFAULT_ENDPOINTS)
     timeout: float = getattr(args, "timeout", DEFAULT_TIMEOUT)
     return ClientOptions(endpoints, timeout)
+
+
+def add_cluster_id_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cluster-id", default=os.environ.get(CLUSTER_ID_ENV) or None, metavar="ID",
+        help=f"refuse to work on a cluster with another id (default: ${CLUSTER_ID_ENV}, if "
+             "set; `raftly cluster up` prints its id)")
+
+
+def cluster_id_mismatch(status: dict[str, Any], expected: str | None) -> str | None:
+    """What is wrong when the node whose ``/v1/status`` this is belongs to another cluster than
+    ``expected`` (None: any cluster will do); None when nothing is."""
+    actual = status.get("cluster_id")
+    if expected is None or actual == expected:
+        return None
+    return (f"node {status.get('id', '?')} is in cluster {actual!r}, not {expected!r}: check "
+            f"--endpoints (or ${ENDPOINTS_ENV}) and --cluster-id")
+
+
+def check_cluster_id(status: dict[str, Any], expected: str | None) -> None:
+    """``CliError`` when ``cluster_id_mismatch`` finds something wrong."""
+    mismatch = cluster_id_mismatch(status, expected)
+    if mismatch is not None:
+        raise CliError(mismatch)
 
 
 def positive_float(text: str) -> float:

@@ -16,7 +16,14 @@ import json
 import sys
 from typing import Any
 
-from raftly.cli.common import CliError, add_client_options, client_options
+from raftly.cli.common import (
+    CliError,
+    add_client_options,
+    add_cluster_id_argument,
+    check_cluster_id,
+    client_options,
+    cluster_id_mismatch,
+)
 from raftly.kv.protocol import encode_list_item
 
 EPILOG = """\
@@ -94,12 +101,17 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
     for p in (kv, put, get, delete, cas, lst):
         add_client_options(p)
+    for p in (put, get, delete, cas, lst):
+        add_cluster_id_argument(p)
 
     status = commands.add_parser(
         "status", help="a table of the nodes: id, role, term, commit, applied, leader",
-        description="Ask every endpoint for its status. Exit 0 when all answered, 1 when any "
-                    "did not (its row says unreachable).")
+        description="Ask every endpoint for its status. Exit 0 when all answered as members "
+                    "of one cluster (the --cluster-id one, if given); 1 when any did not "
+                    "answer (its row says unreachable), belongs to another cluster or is not a "
+                    "member of the leader's cluster (one line on stderr for each).")
     add_client_options(status)
+    add_cluster_id_argument(status)
     status.add_argument("--json", action="store_true", help="print the raw status objects")
     status.set_defaults(func=_status)
 
@@ -121,6 +133,10 @@ def run_client_command(args: argparse.Namespace) -> int:
 
     try:
         with _client(args) as client:
+            if args.cluster_id is not None:
+                # Whichever node answers speaks for its cluster: redirects stay inside it.
+                status = client.status()
+                check_cluster_id(status, args.cluster_id)
             code: int = args.kv_func(client, args)
             return code
     except OutcomeUnknownError as exc:
@@ -219,6 +235,7 @@ def _status(args: argparse.Namespace) -> int:
     options = client_options(args)
     endpoints = options.endpoints
     statuses: dict[str, dict[str, Any] | None] = {}
+    errors: dict[str, str] = {}
     # One short-lived client per endpoint: status is about each node, not about the leader.
     per_node = min(options.timeout, 2.0)
     for endpoint in endpoints:
@@ -227,12 +244,69 @@ def _status(args: argparse.Namespace) -> int:
                 statuses[endpoint] = client.status(endpoint)
         except (OSError, ClientError) as exc:
             statuses[endpoint] = None
-            print(f"raftly: {endpoint}: unreachable ({exc})", file=sys.stderr)
+            errors[endpoint] = str(exc)
         except ValueError as exc:
             raise CliError(str(exc), 2) from None
+    names = _names(statuses)
+    problems = [f"{names[ep]}: unreachable at {ep} ({error})" for ep, error in errors.items()]
+    problems += _membership_problems(statuses, names, args.cluster_id)
     if args.json:
         print(json.dumps(statuses, indent=2))
     else:
-        for line in format_table({(s or {}).get("id", ep): s for ep, s in statuses.items()}):
+        rows: dict[str, dict[str, Any] | None] = {}
+        for endpoint, status in statuses.items():
+            label = names[endpoint]
+            rows[label if label not in rows else f"{label} ({endpoint})"] = status
+        for line in format_table(rows):
             print(line)
-    return 0 if all(s is not None for s in statuses.values()) else 1
+    for problem in problems:
+        print(f"raftly: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _names(statuses: dict[str, dict[str, Any] | None]) -> dict[str, str]:
+    """Each endpoint's node name: its own answer, else what the others' member lists call the
+    node at that address (a down node is shown by name), else the address itself."""
+    from raftly.kv.client_core import base_url
+
+    known: dict[str, str] = {}
+    for status in statuses.values():
+        for member in (status or {}).get("members", []):
+            if member.get("api"):
+                known.setdefault(member["api"], member["id"])
+    names = {}
+    for endpoint, status in statuses.items():
+        try:
+            url = base_url(endpoint)
+        except ValueError:
+            url = endpoint
+        names[endpoint] = status["id"] if status is not None else known.get(url, endpoint)
+    return names
+
+
+def _membership_problems(statuses: dict[str, dict[str, Any] | None], names: dict[str, str],
+                         expected_cluster: str | None) -> list[str]:
+    """The answering nodes that are not what was meant: of another cluster than
+    ``expected_cluster`` (or, without it, than the others), or not members of their cluster."""
+    answering = {ep: s for ep, s in statuses.items() if s is not None}
+    problems = []
+    clusters = {s.get("cluster_id") for s in answering.values()}
+    if expected_cluster is None and len(clusters) > 1:
+        return [f"these endpoints belong to {len(clusters)} different clusters: " + ", ".join(
+            f"{names[ep]} at {ep} is in {s.get('cluster_id')!r}" for ep, s in answering.items())]
+    for endpoint, status in answering.items():
+        mismatch = cluster_id_mismatch(status, expected_cluster)
+        if mismatch is not None:
+            problems.append(f"{endpoint}: {mismatch}")
+    # The leader of the highest term knows the membership; a node outside it never catches up.
+    leaders = [s for s in answering.values() if s["role"] == "leader"]
+    if leaders:
+        leader = max(leaders, key=lambda s: s["term"])
+        members = {m["raft_id"] for m in leader["members"]}
+        member_names = ", ".join(m["id"] for m in leader["members"])
+        for endpoint, status in answering.items():
+            if (status.get("cluster_id") == leader.get("cluster_id")
+                    and status["raft_id"] not in members):
+                problems.append(f"{names[endpoint]} at {endpoint} is not a member of the cluster "
+                                f"led by {leader['id']} (members {member_names})")
+    return problems

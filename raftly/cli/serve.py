@@ -12,8 +12,6 @@ from pathlib import Path
 
 from raftly.cli.common import LOG_LEVELS, CliError, UsageError, configure_logging, positive_float
 
-DEFAULT_DATA_ROOT = "raftly-data"
-
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser(
@@ -24,7 +22,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--cluster", required=True, metavar="FILE", help="the cluster file (TOML)")
     p.add_argument("--id", required=True, metavar="NAME", help="this node's name in the file")
     p.add_argument("--data-dir", metavar="DIR",
-                   help=f"where the log and state live (default ./{DEFAULT_DATA_ROOT}/NAME)")
+                   help="where the log and state live (default: NAME next to the cluster "
+                        "file, as `raftly cluster up` lays them out)")
     p.add_argument("--fsync", choices=("always", "never"), default="always",
                    help="fsync the log before acknowledging (default always; 'never' is for "
                         "throwaway clusters: a power loss can then lose acknowledged writes)")
@@ -53,6 +52,7 @@ def make_config(election_timeout: float, heartbeat: float) -> object:
 def run(args: argparse.Namespace) -> int:
     from raftly.core.config import Config
     from raftly.kv.cluster_file import ClusterFileError
+    from raftly.kv.identity import IdentityError
     from raftly.kv.service import serve
     from raftly.server import ServerStopped
     from raftly.storage import StorageError
@@ -60,12 +60,25 @@ def run(args: argparse.Namespace) -> int:
     config = make_config(args.election_timeout, args.heartbeat)
     assert isinstance(config, Config)
     configure_logging(args.log_level, args.id)
-    data_dir = Path(args.data_dir) if args.data_dir else Path(DEFAULT_DATA_ROOT) / args.id
+    data_dir = Path(args.data_dir) if args.data_dir else _default_data_dir(args.cluster, args.id)
     try:
         asyncio.run(serve(args.cluster, args.id, data_dir, fsync=args.fsync, config=config))
-    except (ClusterFileError, StorageError, ServerStopped) as exc:
+    except (ClusterFileError, IdentityError, StorageError, ServerStopped) as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:
         # Typically a port already in use: name it rather than print a traceback.
         raise CliError(f"node {args.id}: {exc.strerror or exc}") from None
     return 0
+
+
+def _default_data_dir(cluster_file: str, name: str) -> Path:
+    from raftly.kv.identity import default_data_dir, legacy_data_dir
+
+    data_dir = default_data_dir(cluster_file, name)
+    legacy = legacy_data_dir(name)
+    # The old default still holding this node's state while the new one is empty: starting an
+    # empty node under an existing id would be the trap the shared layout is meant to remove.
+    if not data_dir.exists() and legacy.is_dir() and legacy.resolve() != data_dir.resolve():
+        raise CliError(f"node {name}: its data is in {legacy} (the old default data dir), not "
+                       f"in {data_dir}: pass --data-dir {legacy}, or move it to {data_dir}")
+    return data_dir

@@ -339,6 +339,8 @@ class KVApi:
             members.append({"id": self._name(voter), "raft_id": voter,
                             "api": spec.api.url if spec is not None else None})
         return self._json(200, {
+            # Tools compare it with the cluster they mean before reporting on this node.
+            "cluster_id": self.cluster.cluster_id,
             "id": self.node.name,
             "raft_id": st.id,
             "role": st.role,

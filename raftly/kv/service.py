@@ -21,6 +21,7 @@ from aiohttp import web
 from raftly.core.config import Config
 from raftly.kv.cluster_file import Address, ClusterSpec, NodeSpec, load_cluster
 from raftly.kv.http import KVApi, Limits, make_runner
+from raftly.kv.identity import NodeIdentity, claim_data_dir
 from raftly.kv.state_machine import KVStateMachine
 from raftly.kv.unsafe_reads import node_api_class
 from raftly.server.server import RaftServer, ServerStopped
@@ -29,7 +30,6 @@ from raftly.storage.disk.fsio import FsyncPolicy
 from raftly.transport import MemoryNetwork, TcpTransport, Transport
 
 logger = logging.getLogger("raftly.kv")
-
 
 
 @dataclass(slots=True)
@@ -97,9 +97,12 @@ async def serve(cluster_file: str | Path, node_name: str, data_dir: str | Path, 
     """Run node ``node_name`` of the cluster file until SIGINT or SIGTERM, then stop cleanly.
 
     ``stop``, when given, is the event to wait for instead of signals (embedding, tests).
+    ``IdentityError`` when ``data_dir`` belongs to another node or cluster (nothing is changed).
     """
     cluster = load_cluster(cluster_file)
     spec = cluster.node(node_name)
+    # Before the storage opens: a refused start must leave the directory as it was.
+    claim_data_dir(data_dir, NodeIdentity.of(cluster, node_name), f"cluster file {cluster_file}")
     storage = DiskStorage(data_dir, fsync=fsync)
     peers = {n.id: (n.raft.host, n.raft.port) for n in cluster.nodes if n.id != spec.id}
     transport = TcpTransport(spec.id, listen=(spec.raft.host, spec.raft.port), peers=peers,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -62,12 +63,32 @@ class Run:
 
 
 def cli(*args: str, endpoints: list[str] | None = None, stdin: bytes | None = None,
-        timeout: float = 60.0) -> Run:
-    """Run ``python -m raftly.cli ARGS`` as a separate process, as a user would."""
+        timeout: float = 60.0, cwd: Path | None = None) -> Run:
+    """Run ``python -m raftly.cli ARGS`` as a separate process, as a user would (in ``cwd``)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if endpoints is not None:
         env["RAFTLY_ENDPOINTS"] = ",".join(endpoints)
     proc = subprocess.run([sys.executable, "-m", "raftly.cli", *args], input=stdin,
-                          capture_output=True, timeout=timeout, env=env)
+                          capture_output=True, timeout=timeout, env=env, cwd=cwd)
     return Run(proc.returncode, proc.stdout.decode(errors="replace"),
                proc.stderr.decode(errors="replace"))
+
+
+def free_base_port() -> int:
+    """A base port P with P..P+2 and P+1000..P+1002 all free (cluster up's layout)."""
+    for _ in range(50):
+        base = int.from_bytes(os.urandom(2), "big") % 20000 + 20000
+        ports = [base + i for i in range(3)] + [base + 1000 + i for i in range(3)]
+        socks = []
+        try:
+            for port in ports:
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range")

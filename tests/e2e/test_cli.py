@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from e2e_helpers import cli
+from e2e_helpers import cli, free_base_port
 from polling import wait_until
 
 from raftly.cli import main
@@ -100,30 +100,10 @@ def test_serve_reports_bad_input_in_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in busy.err
 
 
-def _free_base_port() -> int:
-    """A base port P with P..P+2 and P+1000..P+1002 all free (cluster up's layout)."""
-    for _ in range(50):
-        base = int.from_bytes(os.urandom(2), "big") % 20000 + 20000
-        ports = [base + i for i in range(3)] + [base + 1000 + i for i in range(3)]
-        socks = []
-        try:
-            for port in ports:
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
-
-
 @posix_only
 def test_cluster_up_runs_reports_a_dead_child_and_stops_cleanly_on_sigint(
         tmp_path: Path) -> None:
-    base = _free_base_port()
+    base = free_base_port()
     out_path, err_path = tmp_path / "out", tmp_path / "err"
     with out_path.open("wb") as out, err_path.open("wb") as err:
         proc = subprocess.Popen(
