@@ -62,8 +62,8 @@ def test_node_that_never_persists_its_vote_fails_the_seed_fast_with_its_replay(
     assert "Readies in a row" in text
     assert "virtual time standing still" in text
     assert "seed=0 step=" in text
-    assert "replay: python -m raftly.testing.fuzz --seed 0" in text
-    assert "last 12 events:" in text and "RequestVote" in text
+    assert "replay: python -m raftly.testing.fuzz --seed 0 --duration 30  (entries=" in text
+    assert "last 12 events:" in text and text.count("\n    step ") == 12
 
 
 def test_message_storm_fails_fast_with_seed_step_and_last_events(
