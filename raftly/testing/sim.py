@@ -154,17 +154,18 @@ class SimCluster:
             if member.node is not None:
                 self._drain(i)
         events = self._events
-        budget = self._budget
+        remember = self._recent.append
+        max_steps, max_messages = self._budget.steps_per_second, self._budget.messages_per_second
         while events and events[0][0] <= deadline:
             event = heapq.heappop(events)
             when, _, kind, payload = event
             self.now = when
             self.steps += 1
-            self._recent.append(event)
+            remember(event)
             if when >= self._window_end:
                 self._open_window(when)
-            elif (self.steps - self._window_steps > budget.steps_per_second
-                  or self._messages_sent - self._window_messages > budget.messages_per_second):
+            elif (self.steps - self._window_steps > max_steps
+                  or self._messages_sent - self._window_messages > max_messages):
                 self._overspent()
             if kind == _TICK:
                 self._tick_all()
