@@ -581,10 +581,13 @@ class RaftNode:
         elif isinstance(msg, HeartbeatResponse):
             pr.recent_active = True
             pr.probe_sent = False
-            if (pr.state is ProgressState.REPLICATE and msg.seq >= pr.heartbeat_seq
-                    and msg.accepted < pr.heartbeat_mark):
+            if pr.state is ProgressState.REPLICATE and (
+                    (msg.seq >= pr.heartbeat_seq and msg.accepted < pr.heartbeat_mark)
+                    or not pr.can_send(self.config.max_inflight_messages)):
                 # A round sent after those appends came back, yet the follower never took
-                # them: on an ordered connection, they were lost. Resend from match.
+                # them: on an ordered connection, they were lost. Or the window is full while
+                # the follower answers: if the acks of what it took were lost, no other message
+                # would ever free the window. Either way, resend from match.
                 pr.become_probe()
             if pr.match < self.log.last_index:
                 self._pending_append.add(msg.src)

@@ -4,7 +4,9 @@
 ``state_machine`` argument at your own state machine to test it under partitions and crashes.
 """
 
+from raftly.testing.budget import BudgetExceeded, SimBudget
 from raftly.testing.safety import SafetyChecker, SafetyViolation
 from raftly.testing.sim import RecordingStateMachine, SimCluster
 
-__all__ = ["RecordingStateMachine", "SafetyChecker", "SafetyViolation", "SimCluster"]
+__all__ = ["BudgetExceeded", "RecordingStateMachine", "SafetyChecker", "SafetyViolation",
+           "SimBudget", "SimCluster"]

@@ -1,8 +1,15 @@
 """Randomized fault schedules for ``SimCluster``: partitions, crashes, restarts, drops, delays.
 
-One seed fixes everything: the cluster size, the schedule of faults and proposals, and the
-network's behaviour. A run checks every safety property after every step (the simulator does),
-then heals the cluster and checks that it makes progress and that every node converges.
+One seed fixes everything: the cluster size, its configuration (message size limits, in-flight
+window, heartbeat and election timeouts, pre-vote and check-quorum, disk latency), the schedule of
+faults and proposals, and the network's behaviour. A run checks every safety property after
+every step (the simulator does), then heals the cluster and checks that it makes progress and
+that every node converges.
+
+Varying the configuration is what exercises each guard on its own: a leader's whole log in one
+AppendEntries hides bugs that split appends expose, and a guard only one setting reaches is a
+guard the suite does not test. ``--fixed-config`` runs every seed with the default ``Config``
+instead, as the fuzzer did before it drew configurations, so that old seeds still replay.
 
 Replay one seed: ``python -m raftly.testing.fuzz --seed 17``; sweep: ``--seeds 0:1000``.
 """
@@ -16,8 +23,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from raftly.core.config import Config
 from raftly.core.errors import RaftError
+from raftly.testing.safety import SafetyViolation
 from raftly.testing.sim import SimCluster
+
+_DEFAULT = Config()
+_DISKS: tuple[tuple[float, float] | None, ...] = (
+    None, (0.0001, 0.002), (0.0005, 0.05), (0.001, 0.3))
+"""Instant saves, or saves that take a uniform random time in (lo, hi) seconds."""
+_SLOW_DISK = 0.3
 
 
 @dataclass(slots=True)
@@ -30,32 +45,91 @@ class FuzzResult:
     proposals: int
     committed: int
     faults: int
+    setup: str
+    """The drawn configuration, as ``describe_setup`` prints it."""
 
 
-def replay_command(seed: int, duration: float) -> str:
-    return f"python -m raftly.testing.fuzz --seed {seed} --duration {duration:g}"
+def replay_command(seed: int, duration: float, fixed_config: bool = False) -> str:
+    fixed = " --fixed-config" if fixed_config else ""
+    return f"python -m raftly.testing.fuzz --seed {seed} --duration {duration:g}{fixed}"
 
 
-def run_seed(seed: int, duration: float = 30.0) -> FuzzResult:
+def draw_config(seed: int, disk: tuple[float, float] | None) -> Config:
+    """The cluster configuration of ``seed``, drawn from the seed alone.
+
+    Each knob is drawn on its own, often at its default, so that a failure points at one.
+    Only combinations a deployment could run are drawn. Every one keeps Raft safe: ReadIndex
+    confirms each read with a heartbeat round, never a lease, so check-quorum off is safe. Two
+    are tied to the disk, for liveness only: the election timeout stays at least three times
+    the slowest save, as an election waits on two (the candidate's and its voters'); and with
+    the slowest disk the in-flight window keeps its default, as a follower that persists one
+    small message per save would catch up at a few entries per second, slower than the
+    recovery check after healing allows.
+    """
+    # Its own stream, so the schedule's draws are those of --fixed-config for the same seed.
+    rng = random.Random(f"fuzz/{seed}/config")
+    tick = _DEFAULT.tick_interval
+    election_ticks = rng.choice((15, 50, 50, 75, 75))
+    if disk is not None:
+        election_ticks = max(election_ticks, round(3 * disk[1] / tick))
+    # A heartbeat every tick or two would cost up to twice the run for no guard that one every
+    # three ticks does not reach; a short election timeout is where churn comes from.
+    heartbeat_ticks = max(3, election_ticks // rng.choice((2, 3, 5, 10)))
+    pre_vote = rng.random() < 0.7
+    check_quorum = rng.random() < 0.7
+    max_entries = rng.choice((1, 2, 3, 8) + (_DEFAULT.max_entries_per_message,) * 3)
+    max_bytes = rng.choice((1, 16, 64) + (_DEFAULT.max_bytes_per_message,) * 3)
+    inflight = rng.choice((1, 2, 4, _DEFAULT.max_inflight_messages))
+    if disk is not None and disk[1] >= _SLOW_DISK:
+        inflight = _DEFAULT.max_inflight_messages
+    return Config(
+        tick_interval=tick,
+        heartbeat_interval=heartbeat_ticks * tick,
+        election_timeout=election_ticks * tick,
+        pre_vote=pre_vote,
+        check_quorum=check_quorum,
+        max_entries_per_message=max_entries,
+        max_bytes_per_message=max_bytes,
+        max_inflight_messages=inflight,
+    )
+
+
+def describe_setup(config: Config, disk: tuple[float, float] | None) -> str:
+    """One line naming every drawn knob, for the seed's report."""
+    disk_text = "instant" if disk is None else f"{disk[0]:g}-{disk[1]:g}s"
+    return (f"entries={config.max_entries_per_message} bytes={config.max_bytes_per_message} "
+            f"inflight={config.max_inflight_messages} heartbeat={config.heartbeat_ticks}t "
+            f"election={config.election_ticks}t pre-vote={_on(config.pre_vote)} "
+            f"check-quorum={_on(config.check_quorum)} disk={disk_text}")
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def run_seed(seed: int, duration: float = 30.0, fixed_config: bool = False) -> FuzzResult:
     """Run one randomized schedule of ``duration`` virtual seconds, then heal and check progress.
 
-    Raises ``SafetyViolation`` (or ``AssertionError`` for lost liveness after healing) with the
-    command that replays the seed.
+    With ``fixed_config`` the cluster runs the default ``Config`` rather than one drawn from
+    the seed. Raises ``SafetyViolation`` (or ``AssertionError`` for lost liveness after healing)
+    with the command that replays the seed.
     """
     rng = random.Random(f"fuzz/{seed}")
     n = rng.choice((3, 5))
     # Instant saves, or saves that take time (node keeps stepping meanwhile; a crash loses the
     # save under way), up to a disk slower than the election timeout.
-    disk = rng.choice((None, (0.0001, 0.002), (0.0005, 0.05), (0.001, 0.3)))
-    hint = replay_command(seed, duration)
-    c = SimCluster(n=n, seed=seed, replay_hint=hint, disk_latency=disk)
+    disk = rng.choice(_DISKS)
+    config = _DEFAULT if fixed_config else draw_config(seed, disk)
+    setup = describe_setup(config, disk)
+    hint = f"{replay_command(seed, duration, fixed_config)}  ({setup})"
+    c = SimCluster(n=n, seed=seed, config=config, replay_hint=hint, disk_latency=disk)
     schedule = _Schedule(c, rng, seed, n)
     while c.now < duration:
         schedule.step()
     schedule.heal_all()
     last = _check_recovered(c, seed, n, hint)
     return FuzzResult(seed, n, c.now, c.steps, c.message_count(), schedule.proposals, last,
-                      schedule.faults)
+                      schedule.faults, setup)
 
 
 @dataclass(slots=True)
@@ -146,6 +220,8 @@ def _check_recovered(c: SimCluster, seed: int, n: int, hint: str) -> int:
     try:
         c.check_one_leader(timeout=15.0)
         last = c.one(f"{seed}:final".encode(), n, retry=True)
+    except SafetyViolation:
+        raise  # a broken property while recovering is that, not a lack of progress
     except AssertionError as e:
         raise AssertionError(f"no progress after healing: {e}\n  replay: {hint}") from e
     logs = {tuple(c.applied(i)) for i in range(n)}
@@ -161,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--seed", type=int, help="run this one seed")
     group.add_argument("--seeds", help="run seeds START:STOP (STOP excluded)")
     parser.add_argument("--duration", type=float, default=30.0, help="virtual seconds of faults")
+    parser.add_argument("--fixed-config", action="store_true",
+                        help="run the default Config instead of one drawn from each seed "
+                             "(replays seeds found before configurations were drawn)")
     args = parser.parse_args(argv)
     if args.seed is not None:
         seeds = range(args.seed, args.seed + 1)
@@ -172,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     virtual = 0.0
     for seed in seeds:
         try:
-            r = run_seed(seed, args.duration)
+            r = run_seed(seed, args.duration, args.fixed_config)
         except AssertionError as e:
             failures += 1
             print(f"seed {seed}: FAILED\n{e}", file=sys.stderr)
@@ -180,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         virtual += r.virtual_seconds
         print(f"seed {seed}: ok  nodes={r.nodes} virtual={r.virtual_seconds:.1f}s steps={r.steps} "
               f"messages={r.messages} proposals={r.proposals} committed={r.committed} "
-              f"faults={r.faults}")
+              f"faults={r.faults} {r.setup}")
     elapsed = time.perf_counter() - began
     print(f"{len(seeds) - failures} passed, {failures} failed "
           f"({virtual:.0f} virtual s in {elapsed:.1f} s real)")

@@ -7,7 +7,7 @@ time per event, and raises ``SafetyViolation`` the moment one breaks.
 
 from __future__ import annotations
 
-from raftly.core.node import RaftNode
+from raftly.core.node import RaftNode, Role
 from raftly.core.types import Entry, NodeId
 
 
@@ -86,26 +86,32 @@ class SafetyChecker:
 
     def on_state(self, node: RaftNode) -> None:
         """Election safety, leader append-only and leader completeness."""
-        if not node.is_leader:
+        # Called after every input to every node: the common cases (a follower; a leader whose
+        # log did not change) return early.
+        if node.role is not Role.LEADER:
             self._leading.pop(node.id, None)
             return
         term, log = node.term, node.log
-        holder = self._leader_of_term.setdefault(term, node.id)
-        if holder != node.id:
-            raise SafetyViolation(
-                f"election safety: nodes {holder} and {node.id} both lead term {term}"
-            )
+        last_index = log.last_index
         previous = self._leading.get(node.id)
         if previous is not None and previous[0] == term:
-            _, last_index, last_term = previous
-            if log.last_index < last_index or log.term_at(last_index) != last_term:
+            # Still leading the term it was checked into: only its log can have gone wrong.
+            _, prev_index, prev_term = previous
+            if last_index < prev_index or log.term_at(prev_index) != prev_term:
                 raise SafetyViolation(
                     f"leader append-only: leader {node.id} of term {term} lost or rewrote "
-                    f"entry {last_index}"
+                    f"entry {prev_index}"
                 )
+            if last_index == prev_index:
+                return
         else:
+            holder = self._leader_of_term.setdefault(term, node.id)
+            if holder != node.id:
+                raise SafetyViolation(
+                    f"election safety: nodes {holder} and {node.id} both lead term {term}"
+                )
             self._check_completeness(node)
-        self._leading[node.id] = (term, log.last_index, log.last_term)
+        self._leading[node.id] = (term, last_index, log.last_term)
 
     def _check_completeness(self, node: RaftNode) -> None:
         log = node.log

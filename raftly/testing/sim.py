@@ -6,13 +6,16 @@ message delivery or a tick) instead of sleeping, so minutes of cluster time take
 of its randomness comes from one seed: the same seed gives the same run, step for step.
 
 After every event it checks Raft's safety properties (``SafetyChecker``) and raises
-``SafetyViolation`` with the seed and the step where one broke.
+``SafetyViolation`` with the seed and the step where one broke. It also keeps the run within a
+``SimBudget`` of work per virtual second, so a runaway core fails with ``BudgetExceeded`` and the
+last few events instead of hanging.
 """
 
 from __future__ import annotations
 
 import heapq
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,11 +27,18 @@ from raftly.core.state_machine import StateMachine
 from raftly.core.types import ConfState, EntryType, InitialState
 from raftly.storage.base import Storage
 from raftly.storage.memory import MemoryStorage
+from raftly.testing.budget import BudgetExceeded, SimBudget
 from raftly.testing.safety import SafetyChecker, SafetyViolation
 
 _TICK = 0
 _DELIVER = 1
 _SAVED = 2
+
+_RECENT_EVENTS = 12
+"""How many of the last events a violation report lists."""
+
+_Event = tuple[float, int, int, object]
+"""(due time, sequence number, kind, payload): the simulator's event queue entries."""
 
 
 class RecordingStateMachine:
@@ -66,6 +76,7 @@ class SimCluster:
     storage (``MemoryStorage`` by default). ``replay_hint`` is printed with any safety
     violation: set it to the command that reruns this scenario. ``disk_latency=(lo, hi)`` makes
     every save take a uniform random virtual time in that range (default: instant).
+    ``budget`` bounds the work per virtual second (see ``SimBudget``; the default is generous).
     """
 
     def __init__(
@@ -79,6 +90,7 @@ class SimCluster:
         storage_factory: Callable[[int], Storage] | None = None,
         replay_hint: str | None = None,
         disk_latency: tuple[float, float] | None = None,
+        budget: SimBudget | None = None,
     ) -> None:
         if snapshot_every is not None:
             raise NotImplementedError("snapshots are not supported yet")
@@ -94,9 +106,16 @@ class SimCluster:
         self._rng = random.Random(seed)
         self._sm_factory: Callable[[], StateMachine] = state_machine or RecordingStateMachine
         self._checker = SafetyChecker()
-        self._events: list[tuple[float, int, int, object]] = []
+        self._events: list[_Event] = []
         self._seq = 0
         self._messages_sent = 0
+        self._budget = budget or SimBudget()
+        self._recent: deque[_Event] = deque(maxlen=_RECENT_EVENTS)
+        # The current budget window: one virtual second from the first event in it.
+        self._window_start = 0.0
+        self._window_end = 1.0
+        self._window_steps = 0
+        self._window_messages = 0
         self._groups: list[int] = [0] * n
         self._link_clock: dict[tuple[int, int], float] = {}
         self._unreliable = False
@@ -123,8 +142,8 @@ class SimCluster:
         """
         try:
             self._run(self.now + seconds)
-        except SafetyViolation as e:
-            raise SafetyViolation(self._describe(str(e))) from None
+        except SafetyViolation as e:  # BudgetExceeded too, keeping its type
+            raise type(e)(self._describe(str(e))) from None
         except AssertionError as e:  # InvariantError from the core is a safety bug too
             raise SafetyViolation(self._describe(f"{type(e).__name__}: {e}")) from e
 
@@ -135,10 +154,19 @@ class SimCluster:
             if member.node is not None:
                 self._drain(i)
         events = self._events
+        remember = self._recent.append
+        max_steps, max_messages = self._budget.steps_per_second, self._budget.messages_per_second
         while events and events[0][0] <= deadline:
-            when, _, kind, payload = heapq.heappop(events)
+            event = heapq.heappop(events)
+            when, _, kind, payload = event
             self.now = when
             self.steps += 1
+            remember(event)
+            if when >= self._window_end:
+                self._open_window(when)
+            elif (self.steps - self._window_steps > max_steps
+                  or self._messages_sent - self._window_messages > max_messages):
+                self._overspent()
             if kind == _TICK:
                 self._tick_all()
             elif kind == _DELIVER:
@@ -148,6 +176,41 @@ class SimCluster:
                 assert isinstance(payload, tuple)
                 self._saved(*payload)
         self.now = deadline
+
+    def _open_window(self, when: float) -> None:
+        self._window_start, self._window_end = when, when + 1.0
+        self._window_steps, self._window_messages = self.steps, self._messages_sent
+
+    def _overspent(self) -> None:
+        steps = self.steps - self._window_steps
+        messages = self._messages_sent - self._window_messages
+        span = self.now - self._window_start
+        if span == 0.0:
+            how = f"virtual time stood still at {self.now:.6f}s"
+        else:
+            how = f"in {span:.3f} virtual seconds"
+        budget = self._budget
+        raise BudgetExceeded(
+            f"runaway: {steps} steps and {messages} messages {how} (budget: "
+            f"{budget.steps_per_second} steps, {budget.messages_per_second} messages per "
+            f"virtual second)\n{self._recent_events()}"
+        )
+
+    def _recent_events(self) -> str:
+        """The last events, oldest first, numbered by step, for a violation report."""
+        first = self.steps - len(self._recent) + 1
+        lines = [f"  last {len(self._recent)} events:"]
+        for step, (when, _, kind, payload) in enumerate(self._recent, first):
+            if kind == _TICK:
+                what = "tick"
+            elif kind == _DELIVER:
+                assert isinstance(payload, tuple)
+                what = f"deliver {payload[0]}"
+            else:
+                assert isinstance(payload, tuple)
+                what = f"node {payload[0]} finished a save"
+            lines.append(f"    step {step} at {when:.6f}s: {what}")
+        return "\n".join(lines)
 
     def _schedule(self, delay: float, kind: int, payload: object) -> None:
         self._seq += 1
@@ -207,7 +270,15 @@ class SimCluster:
         assert node is not None
         for msg in node.take_early_messages():
             self._send(msg)
+        readies = 0
         while member.saving is None and node.has_ready():
+            readies += 1
+            if readies > self._budget.readies_per_input:
+                raise BudgetExceeded(
+                    f"runaway: node {i} handed out {readies - 1} Readies in a row for one "
+                    f"input, virtual time standing still at {self.now:.6f}s (budget: "
+                    f"{self._budget.readies_per_input})\n{self._recent_events()}"
+                )
             rd = node.ready()
             for msg in rd.early_messages:
                 self._send(msg)

@@ -507,6 +507,21 @@ def test_a_lost_append_is_resent_even_when_heartbeat_answers_lag_a_round() -> No
     raise AssertionError("the lost append was never resent")
 
 
+def test_a_full_window_whose_acks_were_lost_is_resent_when_the_follower_answers() -> None:
+    # The follower took the append but its ack was lost: nothing else would ever free the
+    # window (the fuzzer found this once it drew windows of one or two messages).
+    leader = leader_with(cfg=config(max_inflight_messages=1))
+    first = leader.log.last_index + 1
+    leader.propose(b"x")
+    flush(leader)  # 2 takes the AppendEntries; its ack is lost
+    leader.propose(b"y")
+    assert flush(leader).of(AppendEntries, dst=2) == []  # the window is full
+    beat = tick(leader, HEARTBEAT).of(Heartbeat, dst=2)[-1]
+    leader.step(HeartbeatResponse(term=leader.term, src=2, dst=1, seq=beat.seq, accepted=first))
+    resent = flush(leader).of(AppendEntries, dst=2)
+    assert [[e.index for e in m.entries] for m in resent] == [[first, first + 1]]
+
+
 def test_a_lost_append_is_resent_under_steady_read_load() -> None:
     leader = leader_with()
     leader.propose(b"x")

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from raftly.testing.fuzz import main, replay_command, run_seed
+from raftly.core.config import Config
+from raftly.testing.fuzz import describe_setup, draw_config, main, replay_command, run_seed
 from raftly.testing.safety import SafetyViolation
+
+DISKS = (None, (0.0001, 0.002), (0.0005, 0.05), (0.001, 0.3))
 
 
 def test_random_faults_keep_safety_and_cluster_recovers(fuzz_seed: int) -> None:
@@ -28,9 +31,60 @@ def test_replay_command_names_the_seed() -> None:
     assert replay_command(42, 30.0) == "python -m raftly.testing.fuzz --seed 42 --duration 30"
 
 
+def test_replay_command_of_a_fixed_config_run_says_so() -> None:
+    assert replay_command(42, 30.0, fixed_config=True) == (
+        "python -m raftly.testing.fuzz --seed 42 --duration 30 --fixed-config")
+
+
 def test_command_line_runs_a_seed_and_reports(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--seed", "3", "--duration", "5"]) == 0
     assert "1 passed, 0 failed" in capsys.readouterr().out
+
+
+def test_seed_line_names_the_drawn_configuration(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--seed", "3", "--duration", "5"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.endswith(run_seed(3, duration=5.0).setup)
+    for knob in ("entries=", "bytes=", "inflight=", "heartbeat=", "election=", "pre-vote=",
+                 "check-quorum=", "disk="):
+        assert knob in line
+
+
+def test_fixed_config_runs_the_default_configuration(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--seed", "3", "--duration", "5", "--fixed-config"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    default = describe_setup(Config(), None).rsplit(" disk=", 1)[0]
+    assert f" {default} disk=" in line
+
+
+def test_configuration_is_drawn_from_the_seed_alone() -> None:
+    assert run_seed(7, duration=10.0).setup == run_seed(7, duration=10.0).setup
+    assert [draw_config(s, d) for s in range(50) for d in DISKS] == [
+        draw_config(s, d) for s in range(50) for d in DISKS]
+
+
+def test_every_knob_is_drawn_both_at_its_default_and_away_from_it() -> None:
+    default = Config()
+    configs = [draw_config(seed, None) for seed in range(200)]
+    for knob in ("max_entries_per_message", "max_bytes_per_message", "max_inflight_messages",
+                 "heartbeat_interval", "election_timeout", "pre_vote", "check_quorum"):
+        values = {getattr(c, knob) for c in configs}
+        assert getattr(default, knob) in values and len(values) > 1, knob
+    # Appends are split down to one entry per message, by count or by size.
+    assert any(c.max_entries_per_message == 1 for c in configs)
+    assert any(c.max_bytes_per_message == 1 for c in configs)
+    assert any(c.max_inflight_messages == 1 for c in configs)
+    assert any(c.election_ticks <= 2 * c.heartbeat_ticks for c in configs)
+
+
+def test_drawn_timeouts_leave_room_for_the_disk() -> None:
+    for seed in range(300):
+        for disk in DISKS:
+            c = draw_config(seed, disk)
+            slowest = 0.0 if disk is None else disk[1]
+            assert c.election_timeout >= 3 * slowest - 1e-9
+            if slowest >= 0.3:
+                assert c.max_inflight_messages == Config().max_inflight_messages
 
 
 def test_violation_message_carries_seed_and_replay_command() -> None:
