@@ -547,10 +547,12 @@ class RaftNode:
                and pr.state is ProgressState.REPLICATE):
             pass
 
-    def _send_one_append(self, peer: NodeId, pr: Progress) -> bool:
+    def _send_one_append(self, peer: NodeId, pr: Progress, *,
+                         past_full_window: bool = False) -> bool:
         """Send one AppendEntries; return whether it carried entries."""
         log = self.log
-        if (pr.state is ProgressState.REPLICATE and pr.next > log.last_index
+        if (not past_full_window and pr.state is ProgressState.REPLICATE
+                and pr.next > log.last_index
                 and (pr.inflight or min(log.commit, pr.next - 1) <= pr.sent_commit)):
             # Nothing new to send (the common case after an ack), checked before any work. An
             # empty AppendEntries only to carry the commit index goes out when nothing is in
@@ -581,15 +583,18 @@ class RaftNode:
         elif isinstance(msg, HeartbeatResponse):
             pr.recent_active = True
             pr.probe_sent = False
-            if pr.state is ProgressState.REPLICATE and (
-                    (msg.seq >= pr.heartbeat_seq and msg.accepted < pr.heartbeat_mark)
-                    or not pr.can_send(self.config.max_inflight_messages)):
+            behind = pr.match < self.log.last_index
+            if (pr.state is ProgressState.REPLICATE and msg.seq >= pr.heartbeat_seq
+                    and msg.accepted < pr.heartbeat_mark):
                 # A round sent after those appends came back, yet the follower never took
-                # them: on an ordered connection, they were lost. Or the window is full while
-                # the follower answers: if the acks of what it took were lost, no other message
-                # would ever free the window. Either way, resend from match.
+                # them: on an ordered connection, they were lost. Resend from match.
                 pr.become_probe()
-            if pr.match < self.log.last_index:
+            elif behind and not pr.can_send(self.config.max_inflight_messages):
+                # A full window, yet the follower answers: if the acks of what it took were
+                # lost, no other message would ever free the window. One append past the window
+                # (empty when there is nothing new) makes it say how far it holds (as etcd).
+                self._send_one_append(msg.src, pr, past_full_window=True)
+            if behind:
                 self._pending_append.add(msg.src)
             self._ack_heartbeat(msg.seq, msg.src)
         elif isinstance(msg, ReadIndexRequest):

@@ -518,8 +518,26 @@ def test_a_full_window_whose_acks_were_lost_is_resent_when_the_follower_answers(
     assert flush(leader).of(AppendEntries, dst=2) == []  # the window is full
     beat = tick(leader, HEARTBEAT).of(Heartbeat, dst=2)[-1]
     leader.step(HeartbeatResponse(term=leader.term, src=2, dst=1, seq=beat.seq, accepted=first))
-    resent = flush(leader).of(AppendEntries, dst=2)
-    assert [[e.index for e in m.entries] for m in resent] == [[first, first + 1]]
+    # One append past the full window, after what 2 took: its answer says how far 2 holds.
+    past = flush(leader).of(AppendEntries, dst=2)
+    assert [(m.prev_index, [e.index for e in m.entries]) for m in past] == [(first, [first + 1])]
+    leader.step(ack(leader, 2, first + 1))
+    pr = leader.progress(2)
+    assert pr is not None and pr.match == first + 1 and not pr.inflight
+
+
+def test_a_full_window_with_nothing_new_sends_an_empty_append_to_learn_how_far_it_holds() -> None:
+    leader = leader_with(cfg=config(max_inflight_messages=1))
+    first = leader.log.last_index + 1
+    leader.propose(b"x")
+    flush(leader)  # 2 takes the AppendEntries; its ack is lost; nothing else is proposed
+    beat = tick(leader, HEARTBEAT).of(Heartbeat, dst=2)[-1]
+    leader.step(HeartbeatResponse(term=leader.term, src=2, dst=1, seq=beat.seq, accepted=first))
+    past = flush(leader).of(AppendEntries, dst=2)
+    assert [(m.prev_index, m.entries) for m in past] == [(first, [])]
+    leader.step(ack(leader, 2, first))
+    pr = leader.progress(2)
+    assert pr is not None and pr.match == first and not pr.inflight
 
 
 def test_a_lost_append_is_resent_under_steady_read_load() -> None:
