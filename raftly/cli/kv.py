@@ -45,9 +45,9 @@ have been applied.
 
 LIST_EPILOG = """\
 output: one line per key, KEY<TAB>VALUE. So that every line stays one line, both are escaped:
-a backslash is written \\\\, a tab \\t, a newline \\n, a carriage return \\r, and a byte
-that is not UTF-8 \\xHH. With --json: a list of {"key": ..., "encoding": "utf-8" or "base64",
-"value": ...}, the value exactly as stored in that encoding.
+a backslash is written \\\\, a tab \\t, a newline \\n, a carriage return \\r, and another
+control character or a byte that is not UTF-8 \\xHH. With --json: a list of {"key": ...,
+"encoding": "utf-8" or "base64", "value": ...}, the value exactly as stored in that encoding.
 
 """ + EPILOG
 
@@ -153,7 +153,11 @@ def _text(value: bytes) -> str:
     return value.decode("utf-8", "backslashreplace")
 
 
-_LINE_ESCAPES = str.maketrans({"\t": "\\t", "\n": "\\n", "\r": "\\r"})
+# Tab, newline and carriage return by name; every other control character as \xHH, so that a
+# line never carries a byte that a terminal or a line-oriented tool would act on.
+_LINE_ESCAPES = str.maketrans(
+    {chr(c): f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+    | {"\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
 def escape(data: bytes | str) -> str:

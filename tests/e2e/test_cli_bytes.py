@@ -71,15 +71,17 @@ def test_get_writes_exact_bytes_to_a_file_and_safe_text_to_a_terminal(
 
 @posix_only
 def test_list_escapes_lines_and_json_names_each_encoding(shared_cluster: ProcessCluster) -> None:
-    for key, value in (("list/bin", b"\xff"), ("list/lit", b"lit\\xff"),
-                       ("list/tab\tkey", b"a\tb\nc")):
+    for key, value in (("list/bin", b"\xff"), ("list/ctl", b"\x00\x1b[2J\x7f"),
+                       ("list/lit", b"lit\\xff"), ("list/tab\tkey", b"a\tb\nc")):
         assert kv(shared_cluster, "put", key, stdin=value).returncode == 0
     listed = kv(shared_cluster, "list", "list/")
     assert listed.stdout.decode().splitlines() == [
-        "list/bin\t\\xff", "list/lit\tlit\\\\xff", "list/tab\\tkey\ta\\tb\\nc"]
+        "list/bin\t\\xff", "list/ctl\t\\x00\\x1b[2J\\x7f", "list/lit\tlit\\\\xff",
+        "list/tab\\tkey\ta\\tb\\nc"]
     as_json = json.loads(kv(shared_cluster, "list", "list/", "--json").stdout)
     assert as_json == [
         {"key": "list/bin", "encoding": "base64", "value": "/w=="},
+        {"key": "list/ctl", "encoding": "utf-8", "value": "\x00\x1b[2J\x7f"},
         {"key": "list/lit", "encoding": "utf-8", "value": "lit\\xff"},
         {"key": "list/tab\tkey", "encoding": "utf-8", "value": "a\tb\nc"}]
 
