@@ -9,7 +9,7 @@
     id   = 1                     # optional; default a stable hash of the name
 
 The file only says where nodes are and who bootstraps the cluster; once running, the Raft log
-is the one source of membership (PITFALLS: nodes disagreeing because a local file overrides it).
+is the one source of membership, so nodes can never disagree because a local file overrides it.
 """
 
 from __future__ import annotations
