@@ -18,6 +18,9 @@ Commands (``ID`` a node id, ``IDS`` ids separated by spaces; options are ``key=v
                                 at once; ``persist ID`` later saves, sends and advances it
     take-early ID               send the early messages a node with a held Ready has since made
     deliver-msgs [IDS] [type=Name] [drop]   step (or drop) the in-flight messages to IDS
+    delay-msgs [IDS] [type=Name]    hold the in-flight messages to IDS back: a slow link
+    release-msgs [IDS] [count=N]    put them (the first N) back in flight, behind everything
+                                sent meanwhile, so they arrive late and out of order
     stabilize [IDS]             process Readies and deliver messages until all is quiet
     partition 1,2 3,4,5 | isolate ID | heal     messages across the cut are dropped on delivery
     status ID                   role, term, positions and, on a leader, each peer's Progress
@@ -90,6 +93,8 @@ class InteractionEnv:
     """Readies handed out and not yet persisted: nodes with a slow disk."""
     in_flight: list[Message] = field(default_factory=list)
     """Sent and not yet delivered, in the order sent."""
+    delayed: list[Message] = field(default_factory=list)
+    """Held back by ``delay-msgs``: neither delivered nor dropped until released."""
     cut: set[tuple[int, int]] = field(default_factory=set)
     """(src, dst) links whose messages are dropped on delivery."""
     out: list[str] = field(default_factory=list)
@@ -262,6 +267,25 @@ class InteractionEnv:
         ids = [int(a) for a in cmd.args if a.isdigit()] or sorted(self.nodes)
         if not self._deliver(ids, cmd.options.get("type"), drop="drop" in cmd.args):
             self.out.append("no messages")
+
+    def _cmd_delay_msgs(self, cmd: _Command) -> None:
+        ids = cmd.ids() or sorted(self.nodes)
+        kind = cmd.options.get("type")
+        mine = [m for m in self.in_flight
+                if m.dst in ids and (kind is None or type(m).__name__ == kind)]
+        taken = {id(m) for m in mine}
+        self.in_flight = [m for m in self.in_flight if id(m) not in taken]
+        self.delayed += mine
+        self.out += [f"  {m} DELAYED" for m in mine] or ["no messages"]
+
+    def _cmd_release_msgs(self, cmd: _Command) -> None:
+        ids = cmd.ids() or sorted(self.nodes)
+        mine = [m for m in self.delayed if m.dst in ids]
+        mine = mine[:int(cmd.options.get("count", len(mine)))]
+        taken = {id(m) for m in mine}
+        self.delayed = [m for m in self.delayed if id(m) not in taken]
+        self.in_flight += mine
+        self.out += [f"  {m} RELEASED" for m in mine] or ["no messages"]
 
     def _deliver(self, ids: list[int], kind: str | None = None, *, drop: bool = False) -> bool:
         """Step (or drop) the in-flight messages to ``ids``, node by node, each in send order."""
