@@ -151,7 +151,9 @@ def _check_before_starting(cluster: ProcessCluster, nodes: int) -> None:
     for node in cluster.nodes.values():
         try:
             check_identity(node.data_dir, NodeIdentity.of(cluster.spec, node.name),
-                           f"`cluster up --nodes {nodes}`")
+                           f"`cluster up --nodes {nodes}`",
+                           remedy="give `cluster up` another --dir, or remove that data dir to "
+                                  "start a new cluster there")
         except IdentityError as exc:
             raise CliError(str(exc)) from None
     busy = cluster.busy_addresses()

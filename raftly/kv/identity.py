@@ -99,9 +99,14 @@ def read_identity(data_dir: str | Path) -> NodeIdentity | None:
     return NodeIdentity.from_json(text, str(path))
 
 
-def check_identity(data_dir: str | Path, expected: NodeIdentity, source: str) -> None:
-    """Raise ``IdentityError`` (one line: what differs, what to do) if ``data_dir`` belongs to
-    another node or cluster than ``expected``; ``source`` names where ``expected`` came from.
+_SERVE_REMEDY = ("start it with the cluster file and --id it was created with, or give this node "
+                 "a new --data-dir")
+
+
+def check_identity(data_dir: str | Path, expected: NodeIdentity, source: str,
+                   remedy: str = _SERVE_REMEDY) -> None:
+    """Raise ``IdentityError`` (one line: what differs, then ``remedy``) if ``data_dir`` belongs
+    to another node or cluster than ``expected``; ``source`` names where ``expected`` came from.
 
     Reads only: a refused start changes nothing on disk.
     """
@@ -112,8 +117,7 @@ def check_identity(data_dir: str | Path, expected: NodeIdentity, source: str) ->
     if diffs:
         raise IdentityError(
             f"data dir {data_dir} belongs to node {recorded.name} of cluster "
-            f"{recorded.cluster_id!r}, but {source} says {'; '.join(diffs)}: start it with the "
-            "cluster file and --id it was created with, or give this node a new --data-dir")
+            f"{recorded.cluster_id!r}, but {source} says {'; '.join(diffs)}: {remedy}")
 
 
 def claim_data_dir(data_dir: str | Path, expected: NodeIdentity, source: str) -> None:

@@ -245,3 +245,17 @@ def test_a_busy_port_is_named_by_cluster_up_before_it_starts_anything(tmp_path: 
     assert run.code == 1 and run.err.count("\n") == 1, run.err
     assert f"n2 api 127.0.0.1:{base + 1001}" in run.err
     assert not (tmp_path / "c").exists()
+
+
+def test_cluster_up_refuses_data_dirs_of_another_cluster_and_says_what_to_do(
+        tmp_path: Path) -> None:
+    from raftly.kv.identity import NodeIdentity, claim_data_dir
+
+    directory = tmp_path / "c"
+    other = NodeIdentity("someone-elses-cluster", "n1", 1, (("n1", 1), ("n2", 2), ("n3", 3)))
+    claim_data_dir(directory / "n1", other, "a test")
+    before = _snapshot(directory)
+    run = cli("cluster", "up", "--dir", str(directory), "--base-port", str(free_base_port()))
+    assert run.code == 1 and run.err.count("\n") == 1, run.err
+    assert "someone-elses-cluster" in run.err and "another --dir" in run.err, run.err
+    assert _snapshot(directory) == before  # nothing written, nothing started
