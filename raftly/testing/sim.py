@@ -25,7 +25,7 @@ from raftly.core.messages import Message
 from raftly.core.node import RaftNode, ReadState, Ready
 from raftly.core.state_machine import StateMachine
 from raftly.core.types import ConfState, EntryType, InitialState
-from raftly.storage.base import Storage
+from raftly.storage.base import Storage, StorageError
 from raftly.storage.memory import MemoryStorage
 from raftly.testing.budget import BudgetExceeded, SimBudget
 from raftly.testing.safety import SafetyChecker, SafetyViolation
@@ -144,7 +144,9 @@ class SimCluster:
             self._run(self.now + seconds)
         except SafetyViolation as e:  # BudgetExceeded too, keeping its type
             raise type(e)(self._describe(str(e))) from None
-        except AssertionError as e:  # InvariantError from the core is a safety bug too
+        except (AssertionError, StorageError) as e:
+            # An InvariantError from the core is a safety bug too, and so is a Ready that the
+            # storage refuses (entries that do not follow the log, a commit beyond it).
             raise SafetyViolation(self._describe(f"{type(e).__name__}: {e}")) from e
 
     def _run(self, deadline: float) -> None:

@@ -105,3 +105,23 @@ def test_violation_message_carries_seed_and_replay_command() -> None:
     assert "election safety" in text
     assert "seed=5" in text
     assert "replay: python -m raftly.testing.fuzz --seed 5" in text
+
+
+def test_a_ready_the_storage_refuses_is_reported_as_a_violation_with_its_seed() -> None:
+    from raftly.storage import MemoryStorage, StorageError
+    from raftly.testing.sim import SimCluster
+
+    class Refusing(MemoryStorage):
+        def save(self, hard_state, entries):  # type: ignore[no-untyped-def]
+            if entries and entries[0].index > 2:
+                raise StorageError(f"entries from {entries[0].index} do not follow the log")
+            super().save(hard_state, entries)
+
+    c = SimCluster(n=3, seed=7, storage_factory=lambda i: Refusing(),
+                   replay_hint="python -m raftly.testing.fuzz --seed 7")
+    c.check_one_leader()
+    with pytest.raises(SafetyViolation) as info:
+        c.one(b"x", 3, retry=True)
+        c.one(b"y", 3, retry=True)
+    text = str(info.value)
+    assert "StorageError: entries from" in text and "seed=7" in text
