@@ -518,12 +518,28 @@ def test_a_full_window_whose_acks_were_lost_is_resent_when_the_follower_answers(
     assert flush(leader).of(AppendEntries, dst=2) == []  # the window is full
     beat = tick(leader, HEARTBEAT).of(Heartbeat, dst=2)[-1]
     leader.step(HeartbeatResponse(term=leader.term, src=2, dst=1, seq=beat.seq, accepted=first))
-    # One append past the full window, after what 2 took: its answer says how far 2 holds.
+    # An empty append after what is in flight: its answer says how far 2 holds.
     past = flush(leader).of(AppendEntries, dst=2)
-    assert [(m.prev_index, [e.index for e in m.entries]) for m in past] == [(first, [first + 1])]
-    leader.step(ack(leader, 2, first + 1))
+    assert [(m.prev_index, m.entries) for m in past] == [(first, [])]
     pr = leader.progress(2)
-    assert pr is not None and pr.match == first + 1 and not pr.inflight
+    assert pr is not None and len(pr.inflight) == 1  # the window is still a bound
+    leader.step(ack(leader, 2, first))
+    assert pr.match == first and not pr.inflight
+    resumed = flush(leader).of(AppendEntries, dst=2)
+    assert [[e.index for e in m.entries] for m in resumed] == [[first + 1]]
+
+
+def test_a_follower_answering_heartbeats_never_gets_more_than_its_window() -> None:
+    leader = leader_with(cfg=config(max_inflight_messages=2))
+    for n in range(20):
+        leader.propose(b"%d" % n)
+        flush(leader)
+        beat = tick(leader, HEARTBEAT).of(Heartbeat, dst=2)[-1]
+        leader.step(HeartbeatResponse(term=leader.term, src=2, dst=1, seq=beat.seq,
+                                      accepted=leader.log.last_index))
+        flush(leader)
+        pr = leader.progress(2)
+        assert pr is not None and len(pr.inflight) <= 2
 
 
 def test_a_full_window_with_nothing_new_sends_an_empty_append_to_learn_how_far_it_holds() -> None:
