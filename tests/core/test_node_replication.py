@@ -394,6 +394,18 @@ def test_advance_of_truncated_away_batch_does_not_mark_replacements_stable() -> 
     assert node.log.stable_index == 3
 
 
+def test_leader_own_entry_counts_for_commit_only_once_advanced() -> None:
+    # Also in the slow_disk transcript; kept as a named property test so that a regression
+    # fails with this name, not only as a transcript diff.
+    leader = leader_with()
+    index = leader.propose(b"x")
+    rd = leader.ready()
+    leader.step(ack(leader, 2, index))
+    assert leader.log.commit == index - 1  # the leader's own copy is not durable yet
+    leader.advance(rd)
+    assert leader.log.commit == index
+
+
 def test_hard_state_goes_out_only_when_it_changed() -> None:
     node = new_node(terms=(1,), term=1)
     node.step(heartbeat(node, commit=1))
