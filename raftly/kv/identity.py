@@ -120,17 +120,30 @@ def check_identity(data_dir: str | Path, expected: NodeIdentity, source: str,
             f"{recorded.cluster_id!r}, but {source} says {'; '.join(diffs)}: {remedy}")
 
 
-def claim_data_dir(data_dir: str | Path, expected: NodeIdentity, source: str) -> None:
+def claim_data_dir(data_dir: str | Path, expected: NodeIdentity, source: str,
+                   stored_voters: frozenset[int] | None = None) -> None:
     """Check ``data_dir`` against ``expected``, recording ``expected`` if it has no identity yet.
 
-    The file is written atomically (temporary file, fsync, rename, fsync of the directory), so
-    after a crash it is either absent or complete.
+    ``stored_voters`` are the raft ids the node's storage was bootstrapped with, if it was: a
+    data dir from before identity files were written is still refused when its members
+    disagree with ``expected``. Call it with the storage open (its lock held), so that two
+    processes cannot both claim one directory. The file is written atomically (temporary file,
+    fsync, rename, fsync of the directory), so after a crash it is either absent or complete.
     """
     check_identity(data_dir, expected, source)
-    if read_identity(data_dir) is None:
-        os.makedirs(data_dir, exist_ok=True)
-        replace_file(os.fspath(data_dir), IDENTITY_FILE, expected.to_json().encode(),
-                     Syncer("always"))
+    if read_identity(data_dir) is not None:
+        return
+    expected_ids = frozenset(raft_id for _, raft_id in expected.members)
+    if stored_voters is not None and (stored_voters != expected_ids
+                                      or expected.raft_id not in stored_voters):
+        raise IdentityError(
+            f"data dir {data_dir} holds a cluster of raft ids {sorted(stored_voters)}, but "
+            f"{source} says node {expected.name} (raft id {expected.raft_id}) of "
+            f"{sorted(expected_ids)}: start it with the cluster file it was created with, or "
+            "give this node a new --data-dir")
+    os.makedirs(data_dir, exist_ok=True)
+    replace_file(os.fspath(data_dir), IDENTITY_FILE, expected.to_json().encode(),
+                 Syncer("always"))
 
 
 def default_data_dir(cluster_file: str | Path, name: str) -> Path:

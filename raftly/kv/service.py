@@ -21,7 +21,7 @@ from aiohttp import web
 from raftly.core.config import Config
 from raftly.kv.cluster_file import Address, ClusterSpec, NodeSpec, load_cluster
 from raftly.kv.http import KVApi, Limits, make_runner
-from raftly.kv.identity import NodeIdentity, claim_data_dir
+from raftly.kv.identity import NodeIdentity, check_identity, claim_data_dir
 from raftly.kv.state_machine import KVStateMachine
 from raftly.kv.unsafe_reads import node_api_class
 from raftly.server.server import RaftServer, ServerStopped
@@ -101,9 +101,17 @@ async def serve(cluster_file: str | Path, node_name: str, data_dir: str | Path, 
     """
     cluster = load_cluster(cluster_file)
     spec = cluster.node(node_name)
+    identity, source = NodeIdentity.of(cluster, node_name), f"cluster file {cluster_file}"
     # Before the storage opens: a refused start must leave the directory as it was.
-    claim_data_dir(data_dir, NodeIdentity.of(cluster, node_name), f"cluster file {cluster_file}")
+    check_identity(data_dir, identity, source)
     storage = DiskStorage(data_dir, fsync=fsync)
+    try:
+        # With the storage's lock held, so that two processes cannot both claim the directory.
+        stored = storage.snapshot.conf.voters if storage.bootstrapped else None
+        claim_data_dir(data_dir, identity, source, stored_voters=stored)
+    except BaseException:
+        storage.close()
+        raise
     peers = {n.id: (n.raft.host, n.raft.port) for n in cluster.nodes if n.id != spec.id}
     transport = TcpTransport(spec.id, listen=(spec.raft.host, spec.raft.port), peers=peers,
                              cluster_id=cluster.cluster_id)

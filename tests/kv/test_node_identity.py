@@ -94,3 +94,36 @@ def test_status_carries_the_cluster_id() -> None:
                 assert body["cluster_id"] == cluster.cluster.cluster_id
 
     run(main())
+
+
+def test_a_data_dir_from_before_identity_files_is_checked_against_its_stored_members(
+        tmp_path: Path) -> None:
+    # A 1-node data dir (bootstrapped, no identity file) started with a 2-node cluster file
+    # must not elect itself leader of a cluster it never belonged to.
+    import asyncio
+
+    from raftly.core.types import ConfState
+    from raftly.kv.service import serve
+    from raftly.storage import DiskStorage
+
+    data = tmp_path / "n1"
+    old = DiskStorage(data)
+    old.bootstrap(ConfState(frozenset({1})))
+    old.close()
+    before = _snapshot(data)
+    two = tmp_path / "cluster.toml"
+    two.write_text('cluster_id = "c1"\n' + "".join(
+        f'[nodes.n{i}]\nid = {i}\nraft = "127.0.0.1:0"\napi = "127.0.0.1:0"\n' for i in (1, 2)))
+    with pytest.raises(IdentityError, match=r"raft ids \[1\].*\[1, 2\]"):
+        asyncio.run(serve(two, "n1", data))
+    assert _snapshot(data) == before and read_identity(data) is None
+
+
+def test_stored_members_that_agree_are_accepted_and_recorded(tmp_path: Path) -> None:
+    data = tmp_path / "n2"
+    claim_data_dir(data, NodeIdentity.of(THREE, "n2"), "cluster.toml",
+                   stored_voters=frozenset({1, 2, 3}))
+    assert read_identity(data) == NodeIdentity.of(THREE, "n2")
+    with pytest.raises(IdentityError, match="raft ids"):
+        claim_data_dir(tmp_path / "n9", NodeIdentity.of(THREE, "n2"), "cluster.toml",
+                       stored_voters=frozenset({1, 2}))
