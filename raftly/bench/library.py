@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +31,7 @@ async def bench_library(clients: Sequence[int], seconds: float, *, fsync: FsyncP
                         timeout: float = 10.0) -> list[Sample]:
     """One run of the library benchmark: a fresh 3-node cluster, one Sample per level."""
     from raftly.core.errors import NotLeader, ProposalDropped
-    from raftly.server.server import RaftServer, ServerError
+    from raftly.server.server import RaftServer, ServerError, wait_for_agreed_leader
     from raftly.storage import DiskStorage
     from raftly.transport import TcpTransport
 
@@ -55,16 +53,6 @@ async def bench_library(clients: Sequence[int], seconds: float, *, fsync: FsyncP
             for t in transports:
                 t.set_peers(book)
 
-            async def find_leader() -> RaftServer:
-                deadline = time.perf_counter() + LEADER_TIMEOUT
-                while True:
-                    leaders = [s for s in servers if s.is_leader]
-                    if len(leaders) == 1 and all(s.leader == leaders[0].id for s in servers):
-                        return leaders[0]
-                    if time.perf_counter() > deadline:
-                        raise TimeoutError(f"no leader within {LEADER_TIMEOUT} s")
-                    await asyncio.sleep(0.01)
-
             current = {"leader": servers[0]}
 
             async def op(client: int, seq: int) -> bool:
@@ -83,7 +71,7 @@ async def bench_library(clients: Sequence[int], seconds: float, *, fsync: FsyncP
                 return split_stats(stats, str(current["leader"].id))
 
             for level in clients:
-                current["leader"] = await find_leader()
+                current["leader"] = await wait_for_agreed_leader(servers, LEADER_TIMEOUT)
                 samples.append(await closed_loop(op, level, seconds, warmup=warmup,
                                                  probe=probe))
         finally:

@@ -24,7 +24,7 @@ from raftly.kv.http import KVApi, Limits, make_runner
 from raftly.kv.identity import NodeIdentity, check_identity, claim_data_dir
 from raftly.kv.state_machine import KVStateMachine
 from raftly.kv.unsafe_reads import node_api_class
-from raftly.server.server import RaftServer, ServerStopped
+from raftly.server.server import RaftServer, ServerStopped, wait_for_agreed_leader
 from raftly.storage import DiskStorage, MemoryStorage, Storage
 from raftly.storage.disk.fsio import FsyncPolicy
 from raftly.transport import MemoryNetwork, TcpTransport, Transport
@@ -227,16 +227,9 @@ class LocalCluster:
 
     async def wait_for_leader(self, timeout: float = 10.0) -> RunningNode:
         """The node that leads and whose leadership every other running node agrees on."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            leaders = [n for n in self.nodes if not n.closed and n.server.is_leader]
-            if len(leaders) == 1 and all(n.server.leader == leaders[0].server.id
-                                         for n in self.nodes if not n.closed):
-                return leaders[0]
-            if loop.time() > deadline:
-                raise TimeoutError(f"no agreed leader within {timeout}s")
-            await asyncio.sleep(0.01)
+        running = [n for n in self.nodes if not n.closed]
+        leader = await wait_for_agreed_leader([n.server for n in running], timeout)
+        return next(n for n in running if n.server is leader)
 
     async def close(self) -> None:
         for node in self.nodes:

@@ -12,6 +12,7 @@ from raftly.server.server import (
     ServerError,
     ServerStatus,
     ServerStopped,
+    wait_for_agreed_leader,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "ServerError",
     "ServerStatus",
     "ServerStopped",
+    "wait_for_agreed_leader",
 ]

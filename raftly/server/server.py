@@ -16,7 +16,7 @@ import itertools
 import logging
 import os
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -413,3 +413,22 @@ class RaftServer:
 
 __all__ = ["Busy", "NotLeader", "OutcomeUnknown", "ProposalDropped", "RaftServer",
            "ServerError", "ServerStatus", "ServerStopped"]
+
+
+async def wait_for_agreed_leader(servers: Sequence[RaftServer], timeout: float = 10.0,
+                                 poll: float = 0.01) -> RaftServer:
+    """The one server of ``servers`` that leads and whose leadership all the others agree on.
+
+    For in-process clusters (tests, benchmarks, ``kv.service.LocalCluster``); real node
+    processes are polled over HTTP by ``raftly.localcluster.ProcessCluster.wait_for_leader``.
+    Raises TimeoutError when there is none within ``timeout`` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        leaders = [s for s in servers if s.is_leader]
+        if len(leaders) == 1 and all(s.leader == leaders[0].id for s in servers):
+            return leaders[0]
+        if loop.time() > deadline:
+            raise TimeoutError(f"no agreed leader within {timeout}s")
+        await asyncio.sleep(poll)
