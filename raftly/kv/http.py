@@ -363,7 +363,7 @@ class KVApi:
                                 ) -> web.StreamResponse:
         """Refuse a query string the route does not take, before the handler does anything."""
         if request.match_info.http_exception is None:  # 404 and 405 say so themselves
-            _params(request)
+            request[_PARAMS] = _parse_params(request)
         return await handler(request)
 
     @web.middleware
@@ -384,11 +384,17 @@ class KVApi:
             return self._error(500, "internal error (logged on the server)")
 
 
-def _params(request: web.Request) -> dict[str, str]:
-    """The request's query parameters, checked against what its route takes (else a 400).
+_PARAMS = web.RequestKey("raftly.query", dict[str, str])
+"""Where the query middleware leaves a request's checked parameters."""
 
-    Parsed again by each caller rather than stored on the request: it is cheap, and pure.
-    """
+
+def _params(request: web.Request) -> dict[str, str]:
+    """The request's query parameters, as the query middleware checked them."""
+    return request[_PARAMS]
+
+
+def _parse_params(request: web.Request) -> dict[str, str]:
+    """The request's query parameters, checked against what its route takes (else a 400)."""
     resource = request.match_info.route.resource
     method = "GET" if request.method == "HEAD" else request.method
     allowed = QUERY_PARAMS.get((method, resource.canonical if resource else ""), frozenset())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
+from urllib.parse import unquote_to_bytes
 
 __all__ = ["QueryError", "parse_query"]
 
@@ -31,18 +32,8 @@ def _decode(text: str) -> str | None:
     """Percent-decode ``text`` (``+`` is a space); None when it is not valid UTF-8 escapes."""
     if _ESCAPE.search(text):
         return None
-    raw = bytearray()
-    i = 0
-    plain = text.replace("+", " ")
-    while i < len(plain):
-        if plain[i] == "%":
-            raw.append(int(plain[i + 1:i + 3], 16))
-            i += 3
-        else:
-            raw.extend(plain[i].encode("utf-8"))
-            i += 1
     try:
-        return raw.decode("utf-8")
+        return unquote_to_bytes(text.replace("+", " ")).decode("utf-8")
     except UnicodeDecodeError:
         return None
 
