@@ -25,7 +25,7 @@ from raftly.localcluster import Layout, ProcessCluster, plan_loopback
 
 DEFAULT_DIR = "raftly-cluster"
 RESTART_WINDOW = 10.0
-"""Seconds: a node that dies again this soon after being restarted is left down."""
+"""Default seconds: a node that dies again this soon after being restarted is left down."""
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,6 +50,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     help="passed to every node (default: serve's, 1.0)")
     up.add_argument("--heartbeat", type=positive_float, metavar="SECONDS",
                     help="passed to every node (default: serve's, 0.1)")
+    up.add_argument("--restart-window", type=positive_float, default=RESTART_WINDOW,
+                    metavar="SECONDS",
+                    help="a node that dies is restarted, unless it dies again within this many "
+                         f"seconds of its restart (default {RESTART_WINDOW:g})")
     up.add_argument("--log-level", choices=LOG_LEVELS, default="INFO", type=str.upper,
                     help="the nodes' log level; their logs share this terminal (default INFO)")
     up.set_defaults(func=run_up)
@@ -110,7 +114,7 @@ def run_up(args: argparse.Namespace) -> int:
               "      raftly kv put greeting hello && raftly kv get greeting && raftly status\n"
               "A node that dies is restarted; Ctrl-C stops the cluster.", file=out,
               flush=True)
-        return _watch(cluster)
+        return _watch(cluster, args.restart_window)
     except _Stop as stop:
         for sig in previous:
             signal.signal(sig, signal.SIG_IGN)  # one Ctrl-C is enough; stopping takes ~1 s
@@ -163,12 +167,12 @@ def _check_before_starting(cluster: ProcessCluster, nodes: int) -> None:
                        "another --base-port")
 
 
-def _watch(cluster: ProcessCluster) -> int:
+def _watch(cluster: ProcessCluster, restart_window: float) -> int:
     leader: tuple[str | None, int] | None = None
     restarted_at: dict[str, float] = {}
     while True:
         for name, code in cluster.exited().items():
-            _restart_or_give_up(cluster, name, code, restarted_at)
+            _restart_or_give_up(cluster, name, code, restarted_at, restart_window)
         running = cluster.running_names()
         if not running:
             raise CliError("every node has exited")
@@ -186,13 +190,13 @@ def _watch(cluster: ProcessCluster) -> int:
 
 
 def _restart_or_give_up(cluster: ProcessCluster, name: str, code: int,
-                        restarted_at: dict[str, float]) -> None:
+                        restarted_at: dict[str, float], window: float) -> None:
     """Restart a node that died, unless it died again soon after its last restart: then it
     would only crash in a loop, so say how to start it by hand instead."""
     died = f"raftly: node {name} (pid {cluster.nodes[name].pid}) {describe_exit(code)}"
     now = time.monotonic()
-    if now - restarted_at.get(name, -RESTART_WINDOW) < RESTART_WINDOW:
-        print(f"{died} again within {RESTART_WINDOW:.0f} s of its restart; not restarting it. "
+    if name in restarted_at and now - restarted_at[name] < window:
+        print(f"{died} again within {window:g} s of its restart; not restarting it. "
               f"To start it by hand: {cluster.manual_command(name)}", file=sys.stderr, flush=True)
         return
     cluster.start([name])

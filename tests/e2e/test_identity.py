@@ -99,7 +99,9 @@ def _cluster_up(directory: Path, base: int, nodes: int = 3
         proc = subprocess.Popen(
             [sys.executable, "-m", "raftly.cli", "cluster", "up", "--nodes", str(nodes),
              "--dir", str(directory), "--base-port", str(base),
-             "--election-timeout", str(ELECTION_TIMEOUT), "--heartbeat", str(HEARTBEAT)],
+             "--election-timeout", str(ELECTION_TIMEOUT), "--heartbeat", str(HEARTBEAT),
+             # Generous, so that a slow machine cannot turn "dies again at once" into a restart.
+             "--restart-window", "300"],
             stdout=out, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         yield proc, out_path, err_path
