@@ -270,6 +270,10 @@ class SimCluster:
         member = self._members[i]
         node = member.node
         assert node is not None
+        if member.saving is None and not node.has_ready():
+            # Idle, as after most ticks (has_ready() covers early messages too).
+            self._checker.on_state(node)
+            return
         for msg in node.take_early_messages():
             self._send(msg)
         readies = 0
