@@ -162,6 +162,16 @@ CATALOGUE: tuple[Mutant, ...] = (
         (Patch(_LOG, "self.applied = snapshot.index", "self.applied = self.commit"),),
     ),
     Mutant(
+        "apply-twice",
+        "the last committed entry is handed out to be applied again with the next Ready",
+        "Raft paper, Figure 2 (apply each index once, in order); an off-by-one in lastApplied",
+        (Patch(_LOG,
+               "entries = self.slice(self.applied + 1, self.commit)\n"
+               "        self.applied = self.commit\n",
+               "entries = self.slice(self.applied + 1, self.commit)\n"
+               "        self.applied = self.commit - 1\n"),),
+    ),
+    Mutant(
         "storage-commit-beyond-log",
         "the storage accepts, and reads back, a commit index beyond its durable log",
         "the Storage contract (raftly/storage/base.py); entries must be durable before the commit",
