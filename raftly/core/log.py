@@ -54,10 +54,11 @@ class MemoryLog:
     ``MemoryStorage``.
     """
 
-    __slots__ = ("_entries", "snapshot")
+    __slots__ = ("_base", "_entries", "snapshot")
 
     def __init__(self, snapshot: SnapshotMeta, entries: list[Entry] | None = None) -> None:
         self.snapshot = snapshot
+        self._base = snapshot.index  # read on every lookup: kept out of the dataclass
         expected = snapshot.index + 1
         for entry in entries or ():
             if entry.index != expected:
@@ -67,51 +68,53 @@ class MemoryLog:
 
     @property
     def first_index(self) -> int:
-        return self.snapshot.index + 1
+        return self._base + 1
 
     @property
     def last_index(self) -> int:
-        return self.snapshot.index + len(self._entries)
+        return self._base + len(self._entries)
 
     def term(self, index: int) -> int:
-        if index == self.snapshot.index:
+        offset = index - self._base - 1
+        if 0 <= offset < len(self._entries):
+            return self._entries[offset].term
+        if offset == -1:
             return self.snapshot.term
-        return self._entries[self._offset(index)].term
+        raise self._missing(index)
 
     def entries(self, lo: int, hi: int) -> list[Entry]:
         if lo >= hi:
             return []
-        self._offset(lo)
-        self._offset(hi - 1)
-        return self._entries[lo - self.snapshot.index - 1 : hi - self.snapshot.index - 1]
+        base = self._base
+        if lo <= base or hi - base - 1 > len(self._entries):
+            raise self._missing(lo if lo <= base else hi - 1)
+        return self._entries[lo - base - 1 : hi - base - 1]
 
     def save(self, entries: list[Entry]) -> None:
         """Append consecutive ``entries``, replacing any held suffix from ``entries[0]`` on."""
         if not entries:
             return
         start = entries[0].index
-        if not self.snapshot.index < start <= self.last_index + 1:
+        if not self._base < start <= self.last_index + 1:
             raise InvariantError(f"entries from {start} do not follow the log "
                                  f"({self.first_index}..{self.last_index})")
-        del self._entries[start - self.snapshot.index - 1 :]
+        del self._entries[start - self._base - 1 :]
         self._entries.extend(entries)
 
     def compact(self, meta: SnapshotMeta) -> None:
         """Drop the entries a snapshot covers; keep those after it only if the log agrees with
         the snapshot at its last index."""
-        if meta.index <= self.snapshot.index:
+        if meta.index <= self._base:
             return
         agrees = meta.index <= self.last_index and self.term(meta.index) == meta.term
-        keep_from = meta.index - self.snapshot.index
+        keep_from = meta.index - self._base
         self._entries = self._entries[keep_from:] if agrees else []
         self.snapshot = meta
+        self._base = meta.index
 
-    def _offset(self, index: int) -> int:
-        offset = index - self.snapshot.index - 1
-        if not 0 <= offset < len(self._entries):
-            raise InvariantError(f"entry {index} is not in the log "
-                                 f"({self.first_index}..{self.last_index})")
-        return offset
+    def _missing(self, index: int) -> InvariantError:
+        return InvariantError(f"entry {index} is not in the log "
+                              f"({self.first_index}..{self.last_index})")
 
 
 class RaftLog:
