@@ -547,23 +547,14 @@ class RaftNode:
                and pr.state is ProgressState.REPLICATE):
             pass
 
-    def _send_empty_append(self, peer: NodeId, pr: Progress) -> None:
-        """An AppendEntries with no entries after ``pr.next - 1``: it occupies no room in the
-        window, and the answer says whether the follower holds everything sent so far."""
-        prev_index = pr.next - 1
-        prev_term = self.log.term_at(prev_index)
-        if prev_term is None:
-            raise InvariantError(f"entry {prev_index} was compacted, and snapshots "
-                                 "are not supported yet")
-        commit = min(self.log.commit, prev_index)
-        pr.sent_commit = max(pr.sent_commit, commit)
-        self._send(AppendEntries(term=self.term, src=self.id, dst=peer, prev_index=prev_index,
-                                 prev_term=prev_term, entries=[], commit=commit))
+    def _send_one_append(self, peer: NodeId, pr: Progress, *, empty: bool = False) -> bool:
+        """Send one AppendEntries; return whether it carried entries.
 
-    def _send_one_append(self, peer: NodeId, pr: Progress) -> bool:
-        """Send one AppendEntries; return whether it carried entries."""
+        ``empty`` sends none, whatever is waiting: such a message takes no room in the window,
+        and its answer says whether the follower holds everything sent so far.
+        """
         log = self.log
-        if (pr.state is ProgressState.REPLICATE and pr.next > log.last_index
+        if (not empty and pr.state is ProgressState.REPLICATE and pr.next > log.last_index
                 and (pr.inflight or min(log.commit, pr.next - 1) <= pr.sent_commit)):
             # Nothing new to send (the common case after an ack), checked before any work. An
             # empty AppendEntries only to carry the commit index goes out when nothing is in
@@ -574,8 +565,9 @@ class RaftNode:
         if prev_term is None:
             raise InvariantError(f"entries before {pr.next} were compacted, and snapshots "
                                  "are not supported yet")
-        entries = log.slice(pr.next, log.last_index, self.config.max_entries_per_message,
-                            self.config.max_bytes_per_message)
+        entries = [] if empty else log.slice(pr.next, log.last_index,
+                                             self.config.max_entries_per_message,
+                                             self.config.max_bytes_per_message)
         last = prev_index + len(entries)
         commit = min(log.commit, last)
         pr.sent(last, bool(entries))
@@ -604,7 +596,7 @@ class RaftNode:
                 # A full window, yet the follower answers: if the acks of what it took were
                 # lost, no other message would ever free the window. An empty append after all
                 # that is in flight makes it say how far it holds; its answer frees the window.
-                self._send_empty_append(msg.src, pr)
+                self._send_one_append(msg.src, pr, empty=True)
             if behind:
                 self._pending_append.add(msg.src)
             self._ack_heartbeat(msg.seq, msg.src)
