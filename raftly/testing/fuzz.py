@@ -29,10 +29,10 @@ from raftly.testing.safety import SafetyViolation
 from raftly.testing.sim import SimCluster
 
 _DEFAULT = Config()
+_SLOWEST_DISK = (0.001, 0.3)
 _DISKS: tuple[tuple[float, float] | None, ...] = (
-    None, (0.0001, 0.002), (0.0005, 0.05), (0.001, 0.3))
+    None, (0.0001, 0.002), (0.0005, 0.05), _SLOWEST_DISK)
 """Instant saves, or saves that take a uniform random time in (lo, hi) seconds."""
-_SLOW_DISK = 0.3
 
 
 @dataclass(slots=True)
@@ -80,7 +80,7 @@ def draw_config(seed: int, disk: tuple[float, float] | None) -> Config:
     max_entries = rng.choice((1, 2, 3, 8) + (_DEFAULT.max_entries_per_message,) * 3)
     max_bytes = rng.choice((1, 16, 64) + (_DEFAULT.max_bytes_per_message,) * 3)
     inflight = rng.choice((1, 2, 4, _DEFAULT.max_inflight_messages))
-    if disk is not None and disk[1] >= _SLOW_DISK:
+    if disk == _SLOWEST_DISK:
         inflight = _DEFAULT.max_inflight_messages
     return Config(
         tick_interval=tick,
@@ -123,11 +123,11 @@ def run_seed(seed: int, duration: float = 30.0, fixed_config: bool = False) -> F
     setup = describe_setup(config, disk)
     hint = f"{replay_command(seed, duration, fixed_config)}  ({setup})"
     c = SimCluster(n=n, seed=seed, config=config, replay_hint=hint, disk_latency=disk)
-    schedule = _Schedule(c, rng, seed, n)
+    schedule = _Schedule(c, rng)
     while c.now < duration:
         schedule.step()
     schedule.heal_all()
-    last = _check_recovered(c, seed, n, hint)
+    last = _check_recovered(c, hint)
     return FuzzResult(seed, n, c.now, c.steps, c.message_count(), schedule.proposals, last,
                       schedule.faults, setup)
 
@@ -141,8 +141,6 @@ class _Schedule:
 
     c: SimCluster
     rng: random.Random
-    seed: int
-    n: int
     proposals: int = 0
     faults: int = 0
     reads: int = 0
@@ -158,12 +156,12 @@ class _Schedule:
             self._fault()
 
     def _load(self) -> None:
-        c, rng, n = self.c, self.rng, self.n
+        c, rng, n = self.c, self.rng, self.c.n
         i = rng.randrange(n)
         if c.alive(i):
             for _ in range(rng.randint(1, 10)):
                 self.proposals += 1
-                c.start(i, f"{self.seed}:{self.proposals}".encode())
+                c.start(i, f"{c.seed}:{self.proposals}".encode())
         # Reads on every live node, each checked not to be stale when its index arrives.
         self.reads += 1
         for j in range(n):
@@ -172,7 +170,7 @@ class _Schedule:
                     c.read_index(j, f"read:{self.reads}".encode())
 
     def _fault(self) -> None:
-        c, rng, n = self.c, self.rng, self.n
+        c, rng, n = self.c, self.rng, self.c.n
         roll = rng.random()
         if roll < 0.15:
             nodes = list(range(n))
@@ -215,16 +213,16 @@ class _Schedule:
         c.run(2.5)  # let long-delayed messages drain
 
 
-def _check_recovered(c: SimCluster, seed: int, n: int, hint: str) -> int:
+def _check_recovered(c: SimCluster, hint: str) -> int:
     """Check a healed cluster elects a leader, commits a new entry and converges; its index."""
     try:
         c.check_one_leader(timeout=15.0)
-        last = c.one(f"{seed}:final".encode(), n, retry=True)
+        last = c.one(f"{c.seed}:final".encode(), c.n, retry=True)
     except SafetyViolation:
         raise  # a broken property while recovering is that, not a lack of progress
     except AssertionError as e:
         raise AssertionError(f"no progress after healing: {e}\n  replay: {hint}") from e
-    logs = {tuple(c.applied(i)) for i in range(n)}
+    logs = {tuple(c.applied(i)) for i in range(c.n)}
     if len(logs) != 1:
         raise AssertionError(f"nodes applied different histories after healing\n  replay: {hint}")
     return last
