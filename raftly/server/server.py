@@ -411,10 +411,6 @@ class RaftServer:
         self._apply_waiters.clear()
 
 
-__all__ = ["Busy", "NotLeader", "OutcomeUnknown", "ProposalDropped", "RaftServer",
-           "ServerError", "ServerStatus", "ServerStopped"]
-
-
 async def wait_for_agreed_leader(servers: Sequence[RaftServer], timeout: float = 10.0,
                                  poll: float = 0.01) -> RaftServer:
     """The one server of ``servers`` that leads and whose leadership all the others agree on.
@@ -432,3 +428,7 @@ async def wait_for_agreed_leader(servers: Sequence[RaftServer], timeout: float =
         if loop.time() > deadline:
             raise TimeoutError(f"no agreed leader within {timeout}s")
         await asyncio.sleep(poll)
+
+
+__all__ = ["Busy", "NotLeader", "OutcomeUnknown", "ProposalDropped", "RaftServer",
+           "ServerError", "ServerStatus", "ServerStopped", "wait_for_agreed_leader"]
