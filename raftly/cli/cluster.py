@@ -17,11 +17,13 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from raftly.cli.common import CLUSTER_ID_ENV, LOG_LEVELS, CliError, positive_float
-from raftly.kv.cluster_file import ClusterFileError, ClusterSpec, load_cluster
-from raftly.kv.identity import IdentityError, NodeIdentity, check_identity
-from raftly.localcluster import Layout, ProcessCluster, plan_loopback
+from raftly.cli.common import CLUSTER_ID_ENV, ENDPOINTS_ENV, LOG_LEVELS, CliError, positive_float
+
+if TYPE_CHECKING:  # imported where they run: `raftly kv ...` must not pay for them
+    from raftly.kv.cluster_file import ClusterSpec
+    from raftly.localcluster import ProcessCluster
 
 DEFAULT_DIR = "raftly-cluster"
 RESTART_WINDOW = 10.0
@@ -77,6 +79,8 @@ def describe_exit(code: int) -> str:
 
 
 def run_up(args: argparse.Namespace) -> int:
+    from raftly.localcluster import Layout, ProcessCluster, plan_loopback
+
     if not 1 <= args.nodes <= 99:
         raise CliError("--nodes must be from 1 to 99", 2)
     directory = Path(args.dir)
@@ -94,7 +98,7 @@ def run_up(args: argparse.Namespace) -> int:
     cluster = ProcessCluster(directory, spec, fsync=args.fsync,
                              election_timeout=args.election_timeout, heartbeat=args.heartbeat,
                              log_level=args.log_level, log_to_files=False)
-    _check_before_starting(cluster, args.nodes)
+    _check_before_starting(cluster)
     try:
         cluster.write_cluster_file()
     except OSError as exc:
@@ -110,7 +114,7 @@ def run_up(args: argparse.Namespace) -> int:
             print(f"  {node.name}  pid {node.pid}  raft {node.spec.raft}  api {node.spec.api.url}"
                   f"  data {node.data_dir}", file=out)
         endpoints = ",".join(cluster.endpoints)
-        print(f"try:  export RAFTLY_ENDPOINTS={endpoints} {CLUSTER_ID_ENV}={cluster_id}\n"
+        print(f"try:  export {ENDPOINTS_ENV}={endpoints} {CLUSTER_ID_ENV}={cluster_id}\n"
               "      raftly kv put greeting hello && raftly kv get greeting && raftly status\n"
               "A node that dies is restarted; Ctrl-C stops the cluster.", file=out,
               flush=True)
@@ -134,6 +138,8 @@ def run_up(args: argparse.Namespace) -> int:
 
 def _existing_cluster(cluster_file: Path, nodes: int) -> ClusterSpec | None:
     """The cluster already in the directory, if any; refuses a change of its size."""
+    from raftly.kv.cluster_file import ClusterFileError, load_cluster
+
     if not cluster_file.exists():
         return None
     try:
@@ -149,13 +155,15 @@ def _existing_cluster(cluster_file: Path, nodes: int) -> ClusterSpec | None:
     return existing
 
 
-def _check_before_starting(cluster: ProcessCluster, nodes: int) -> None:
+def _check_before_starting(cluster: ProcessCluster) -> None:
     """Refuse, before anything is written or started, data dirs of another cluster and ports
     something else listens on (another cluster's leader must not be reported as ours)."""
+    from raftly.kv.identity import IdentityError, NodeIdentity, check_identity
+
     for node in cluster.nodes.values():
         try:
             check_identity(node.data_dir, NodeIdentity.of(cluster.spec, node.name),
-                           f"`cluster up --nodes {nodes}`",
+                           f"`cluster up --nodes {len(cluster.nodes)}`",
                            remedy="give `cluster up` another --dir, or remove that data dir to "
                                   "start a new cluster there")
         except IdentityError as exc:

@@ -14,9 +14,12 @@ import sys
 import tempfile
 import time
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from raftly.cli.common import CliError
-from raftly.localcluster import ProcessCluster, plan_loopback
+
+if TYPE_CHECKING:  # imported where it runs: other commands must not pay for it
+    from raftly.localcluster import ProcessCluster
 
 # Fast but sane: a follower campaigns 0.5-1 s after its last heartbeat, so a failover takes about
 # a second, while a busy laptop's scheduling hiccups (tens of ms) are far from triggering one.
@@ -62,6 +65,8 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def run_real(nodes: int = 3) -> int:
+    from raftly.localcluster import ProcessCluster, plan_loopback
+
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     started = time.monotonic()
     try:

@@ -4,6 +4,8 @@ after the subcommand and checked at once, a fast failure when nothing listens, e
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 from e2e_helpers import cli
@@ -66,3 +68,14 @@ def test_errors_speak_the_users_words() -> None:
     empty = cli("kv", "put", "", "v", "--endpoints", "127.0.0.1:1")
     assert empty.code == 2 and "the key is empty" in empty.err
     assert "str" not in empty.err
+
+
+def test_the_command_line_loads_no_heavy_module_until_a_command_runs() -> None:
+    # Every `raftly kv get` pays for what `import raftly.cli` loads: the core, storage, the
+    # server and the process launcher are imported by the commands that use them.
+    code = ("import sys, raftly.cli; print(' '.join(sorted(m for m in sys.modules "
+            "if m.startswith(('raftly.core', 'raftly.storage', 'raftly.server', "
+            "'raftly.localcluster', 'aiohttp')))))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert loaded == []
