@@ -104,20 +104,22 @@ _SERVE_REMEDY = ("start it with the cluster file and --id it was created with, o
 
 
 def check_identity(data_dir: str | Path, expected: NodeIdentity, source: str,
-                   remedy: str = _SERVE_REMEDY) -> None:
+                   remedy: str = _SERVE_REMEDY) -> NodeIdentity | None:
     """Raise ``IdentityError`` (one line: what differs, then ``remedy``) if ``data_dir`` belongs
     to another node or cluster than ``expected``; ``source`` names where ``expected`` came from.
+    Return the identity recorded there, None if there is none yet.
 
     Reads only: a refused start changes nothing on disk.
     """
     recorded = read_identity(data_dir)
     if recorded is None:
-        return
+        return None
     diffs = recorded.differences(expected)
     if diffs:
         raise IdentityError(
             f"data dir {data_dir} belongs to node {recorded.name} of cluster "
             f"{recorded.cluster_id!r}, but {source} says {'; '.join(diffs)}: {remedy}")
+    return recorded
 
 
 def claim_data_dir(data_dir: str | Path, expected: NodeIdentity, source: str,
@@ -130,8 +132,7 @@ def claim_data_dir(data_dir: str | Path, expected: NodeIdentity, source: str,
     processes cannot both claim one directory. The file is written atomically (temporary file,
     fsync, rename, fsync of the directory), so after a crash it is either absent or complete.
     """
-    check_identity(data_dir, expected, source)
-    if read_identity(data_dir) is not None:
+    if check_identity(data_dir, expected, source) is not None:
         return
     expected_ids = frozenset(raft_id for _, raft_id in expected.members)
     if stored_voters is not None and (stored_voters != expected_ids
@@ -139,8 +140,7 @@ def claim_data_dir(data_dir: str | Path, expected: NodeIdentity, source: str,
         raise IdentityError(
             f"data dir {data_dir} holds a cluster of raft ids {sorted(stored_voters)}, but "
             f"{source} says node {expected.name} (raft id {expected.raft_id}) of "
-            f"{sorted(expected_ids)}: start it with the cluster file it was created with, or "
-            "give this node a new --data-dir")
+            f"{sorted(expected_ids)}: {_SERVE_REMEDY}")
     os.makedirs(data_dir, exist_ok=True)
     replace_file(os.fspath(data_dir), IDENTITY_FILE, expected.to_json().encode(),
                  Syncer("always"))
