@@ -48,9 +48,6 @@ import aiohttp
 from raftly.check.history import HistoryWriter
 from raftly.testing.history import Function, Status
 
-_SAFE_503 = ("no leader known", "not applied")
-"""Substrings of a 503 body that mean the write was refused before it was proposed."""
-
 # Why an op failed or has an unknown outcome, in words a reader of the summary knows.
 REFUSED = "connection refused"
 CANNOT_CONNECT = "cannot connect"
@@ -281,11 +278,10 @@ class ClientPool:
             return Outcome("ok", node=node)
         if status == 412 and f == "cas":
             return Outcome("fail", node=node, error="412 precondition failed", reason=CAS_MISS)
-        if status == 503 and any(s in text for s in _SAFE_503):
-            return Outcome("fail", node=node, error=f"503 {text[:200]}",
-                           reason=_status_reason(status, text))
-        return Outcome("info", node=node, error=f"{status} {text[:200]}",
-                       reason=_status_reason(status, text))
+        reason = _status_reason(status, text)
+        if reason in (NO_LEADER, NOT_APPLIED):  # refused before it was proposed: a sure fail
+            return Outcome("fail", node=node, error=f"503 {text[:200]}", reason=reason)
+        return Outcome("info", node=node, error=f"{status} {text[:200]}", reason=reason)
 
 
 __all__ = ["ClientPool", "Outcome", "Workload"]
