@@ -130,8 +130,7 @@ class ProcessCluster:
                  fsync: str = "always", election_timeout: float | None = None,
                  heartbeat: float | None = None, log_level: str = "INFO",
                  log_to_files: bool = True, env: Mapping[str, str | None] | None = None,
-                 orphan_signal: signal.Signals = signal.SIGTERM,
-                 python: str = sys.executable) -> None:
+                 orphan_signal: signal.Signals = signal.SIGTERM) -> None:
         self.directory = Path(directory)
         self.spec = spec
         self.views = dict(views) if views is not None else None
@@ -141,7 +140,7 @@ class ProcessCluster:
         self.log_level = log_level
         self.env = dict(env or {})
         self.orphan_signal = orphan_signal
-        self.python = python
+        self._files_written = False
         self.cluster_file = self.directory / layout.cluster_file
         self.nodes: dict[str, NodeProcess] = {}
         for s in spec.nodes:
@@ -155,8 +154,10 @@ class ProcessCluster:
     # -- processes ------------------------------------------------------------------------------
 
     def write_cluster_file(self) -> Path:
-        """Write the cluster file(s); returns the shared one's path."""
+        """Write the cluster file(s), replacing any left by an earlier run in the directory;
+        returns the shared one's path. ``start`` does it first if nobody did."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._files_written = True
         if self.views is None:
             self.cluster_file.write_text(render_cluster(self.spec))
         else:
@@ -179,7 +180,7 @@ class ProcessCluster:
 
     def command(self, name: str) -> list[str]:
         """The command line that starts node ``name``: the launcher, then ``raftly serve``."""
-        return [self.python, "-m", "raftly.localcluster", "--parent", str(os.getpid()),
+        return [sys.executable, "-m", "raftly.localcluster", "--parent", str(os.getpid()),
                 "--signal", str(int(self.orphan_signal)), "--", *self.serve_args(name)]
 
     def manual_command(self, name: str) -> str:
@@ -211,7 +212,7 @@ class ProcessCluster:
 
     def start(self, names: Iterable[str] | None = None) -> None:
         """Start the named nodes (default: every node not running)."""
-        if not all(n.cluster_file.exists() for n in self.nodes.values()):
+        if not self._files_written:
             self.write_cluster_file()
         env = self._environment()
         for name in names if names is not None else list(self.nodes):
@@ -249,17 +250,25 @@ class ProcessCluster:
         node = self.nodes[name]
         if node.proc is None or node.proc.poll() is not None:
             return False
+        self._end(node, sig)
+        self._reap(node, time.monotonic() + timeout)
+        return True
+
+    def _end(self, node: NodeProcess, sig: int) -> None:
         node.ended_by_us = True
         if sig != signal.SIGKILL:
             self._signal(node, signal.SIGCONT)  # a stopped process ignores SIGTERM
         self._signal(node, sig)
+
+    def _reap(self, node: NodeProcess, deadline: float) -> None:
+        """Wait for the node to exit until ``deadline``, then SIGKILL it."""
+        assert node.proc is not None
         try:
-            node.proc.wait(timeout)
+            node.proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self._signal(node, signal.SIGKILL)
             node.proc.wait()
         node.paused = False
-        return True
 
     def pause(self, name: str) -> bool:
         """SIGSTOP: the node freezes mid-step, its sockets open; False when not running."""
@@ -279,18 +288,10 @@ class ProcessCluster:
         """Stop every node: SIGCONT, SIGTERM, then SIGKILL after ``grace`` s; exit codes."""
         running = [n for n in self.nodes.values() if n.running]
         for node in running:
-            node.ended_by_us = True
-            self._signal(node, signal.SIGCONT)  # a stopped process ignores SIGTERM
-            self._signal(node, signal.SIGTERM)
+            self._end(node, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for node in running:
-            assert node.proc is not None
-            try:
-                node.proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self._signal(node, signal.SIGKILL)
-                node.proc.wait()
-            node.paused = False
+            self._reap(node, deadline)
         for node in self.nodes.values():
             if node._log is not None:
                 node._log.close()
@@ -346,7 +347,7 @@ class ProcessCluster:
             return None
 
     def statuses(self, names: Iterable[str] | None = None) -> dict[str, Status | None]:
-        return {name: self.status(name) for name in (names or self.nodes)}
+        return {name: self.status(name) for name in (names if names is not None else self.nodes)}
 
     def claimed_leader(self) -> str | None:
         """The node that says it leads now, in the highest term if several do (a deposed one

@@ -28,7 +28,8 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 
 def die_with_parent(sig: int = signal.SIGTERM, parent: int | None = None) -> None:
-    """In a child (between fork and exec): have Linux send ``sig`` when the parent dies.
+    """In a child (the launcher, before it execs the node): have Linux send ``sig`` when the
+    parent dies.
 
     Without it a node outlives a runner killed with SIGKILL and keeps its ports. Elsewhere (no
     prctl) the parent's own cleanup is all there is. With ``parent``, exit at once if that

@@ -54,7 +54,6 @@ def check_cluster(spec: ClusterSpec, views: dict[str, ClusterSpec], root: Path, 
         root, spec, views=views, layout=LAYOUT, fsync=fsync, election_timeout=t.election,
         heartbeat=t.heartbeat, orphan_signal=signal.SIGKILL,
         env={UNSAFE_STALE_READS_ENV: "1" if unsafe_stale_reads else None})
-    cluster.write_cluster_file()
     return cluster
 
 
