@@ -372,7 +372,9 @@ def _judge(out: Path, history: HistoryWriter, nlog: NemesisLog, final: dict[str,
     """Check the recorded history and the final state; write result.json and the report."""
     from raftly.testing.linearizability import check, load_history
 
-    result = check(load_history(out / "history.jsonl"), time_budget=budget)
+    # From the writer's own records: the same lines history.jsonl holds, parsed once here.
+    events = load_history(history.ops)
+    result = check(events, time_budget=budget)
     lost = lost_writes(history.ops, final)
     ok = result.ok and not lost and not problems
     seed = settings["seed"]
@@ -396,7 +398,7 @@ def _judge(out: Path, history: HistoryWriter, nlog: NemesisLog, final: dict[str,
     print(f"ops: {c.get('ok', 0)} ok, {c.get('fail', 0)} fail, {c.get('info', 0)} info; "
           f"faults: {summary['faults']}; lost writes: {len(lost)}; "
           f"problems: {'; '.join(problems) or 'none'}")
-    print(_why(load_history(history.ops)))
+    print(_why(events))
     print(f"{'PASS' if ok else 'FAIL'}: report {out / 'report.html'}", flush=True)
     return 0 if ok else 1
 
