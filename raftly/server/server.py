@@ -23,11 +23,13 @@ from typing import Any
 
 from raftly.core.config import Config
 from raftly.core.errors import NotLeader, ProposalDropped
-from raftly.core.messages import Message
+from raftly.core.messages import InstallSnapshot, Message
 from raftly.core.node import RaftNode, Ready, Role
-from raftly.core.state_machine import StateMachine
+from raftly.core.state_machine import StateMachine, supports_snapshots
 from raftly.core.types import ConfState, Entry, EntryType, NodeId
+from raftly.server.snapshots import DEFAULT_SNAPSHOT_ENTRIES, SnapshotManager, SnapshotSettings
 from raftly.storage.base import Storage
+from raftly.storage.snapshots import SnapshotStore
 from raftly.transport.base import Transport
 
 logger = logging.getLogger("raftly.server")
@@ -59,6 +61,12 @@ class ServerStatus:
     applied_index: int
     last_index: int
     voters: tuple[NodeId, ...]
+    snapshot_index: int = 0
+    """The last index the newest snapshot covers (0: none)."""
+    first_index: int = 1
+    """The first log entry held (entries before it are only in the snapshot)."""
+    log_bytes: int = 0
+    """The log's size in storage."""
 
 
 @dataclass(slots=True)
@@ -72,6 +80,12 @@ class RaftServer:
 
     ``bootstrap`` is the initial membership, used only if the storage is empty. Call
     ``await start()`` before anything else and ``await close()`` at the end.
+
+    With a ``snapshots`` store and a state machine that has the snapshot hooks
+    (``SnapshottingStateMachine``), the server snapshots once ``snapshot_entries`` entries were
+    applied since the last snapshot and keeps ``snapshot_retain`` entries (default: as many)
+    behind it; a restart restores the newest snapshot and replays the log after it. Without
+    either, the log is never compacted.
     """
 
     def __init__(
@@ -85,6 +99,9 @@ class RaftServer:
         config: Config | None = None,
         max_pending: int = 50_000,
         rng: random.Random | None = None,
+        snapshots: SnapshotStore | None = None,
+        snapshot_entries: int = DEFAULT_SNAPSHOT_ENTRIES,
+        snapshot_retain: int | None = None,
     ) -> None:
         self.id = node_id
         self.config = config or Config()
@@ -116,6 +133,16 @@ class RaftServer:
         self._leader: NodeId | None = None
         # fsyncs counts the saves that must reach the disk (entries, or a new term or vote).
         self.stats = {"fsyncs": 0, "entries_persisted": 0, "readies": 0}
+        settings = SnapshotSettings(snapshot_entries, snapshot_retain)  # validated even if unused
+        self._snapshots: SnapshotManager | None = None
+        if snapshots is not None:
+            if supports_snapshots(state_machine):
+                self._snapshots = SnapshotManager(
+                    node_id, store=snapshots, state_machine=state_machine, storage=storage,
+                    disk=self._disk, transport=transport, settings=settings, wake=self._wake.set)
+            else:
+                logger.warning("node %s: %s has no snapshot hooks (capture, restore): log "
+                               "compaction is off", node_id, type(state_machine).__name__)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -125,12 +152,16 @@ class RaftServer:
             await loop.run_in_executor(self._disk, self._storage.bootstrap,
                                        ConfState(frozenset(self._bootstrap)))
         state = await loop.run_in_executor(self._disk, self._storage.load)
-        self._node = RaftNode(self.id, state, self.config, self._rng)
-        self._applied = state.snapshot.index
-        logger.info("node %s starting: term %d, %d entries, commit %d, members %s", self.id,
-                    state.hard_state.term, len(state.entries), state.hard_state.commit,
-                    sorted(self._node.voters))
-        await self._transport.start(self._on_message)
+        restored = None
+        if self._snapshots is not None:
+            state, restored = await self._snapshots.recover(state)
+        self._node = RaftNode(self.id, state, self.config, self._rng, restored=restored)
+        self._applied = self._node.log.applied
+        logger.info("node %s starting: term %d, snapshot %d, %d entries, commit %d, members %s",
+                    self.id, state.hard_state.term, restored.index if restored else 0,
+                    len(state.entries), state.hard_state.commit, sorted(self._node.voters))
+        sink = self._snapshots.sink if self._snapshots is not None else None
+        await self._transport.start(self._on_message, snapshot_sink=sink)
         self._spawn(self._tick_loop(), "ticker")
         self._spawn(self._ready_loop(), "ready loop")
 
@@ -142,6 +173,8 @@ class RaftServer:
             task.cancel()
         # A task that died has been reported by _stop_on_fatal already.
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._snapshots is not None:
+            await self._snapshots.close()
         await self._transport.close()
         self._fail_waiters(ServerStopped("server closed"))
         loop = asyncio.get_running_loop()
@@ -283,7 +316,8 @@ class RaftServer:
         st = node.status()
         role = "candidate" if st.role is Role.PRE_CANDIDATE else st.role.value
         return ServerStatus(self.id, role, st.term, st.leader, st.commit, self._applied,
-                            st.last_index, tuple(sorted(st.voters)))
+                            st.last_index, tuple(sorted(st.voters)), st.snapshot_index,
+                            st.first_index, self._storage.log_bytes)
 
     @property
     def is_leader(self) -> bool:
@@ -311,8 +345,16 @@ class RaftServer:
         self._early_scheduled = False
         if self._node is None or self._closed or self._fatal is not None:
             return
-        for msg in self._node.take_early_messages():
-            self._transport.send(msg)
+        self._send(self._node.take_early_messages())
+
+    def _send(self, messages: list[Message]) -> None:
+        for msg in messages:
+            if isinstance(msg, InstallSnapshot):
+                # The core names the snapshot; its data travels on the side, in chunks.
+                assert self._snapshots is not None and self._node is not None
+                self._snapshots.send(msg, self._node)
+            else:
+                self._transport.send(msg)
 
     def _schedule_early(self) -> None:
         """Send early messages once this loop iteration's other callers have had their turn,
@@ -336,13 +378,19 @@ class RaftServer:
     async def _ready_loop(self) -> None:
         node = self.node
         loop = asyncio.get_running_loop()
+        snapshots = self._snapshots
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if snapshots is not None:
+                await snapshots.finish_taken(node)
             while node.has_ready():
                 rd = node.ready()
-                for msg in rd.early_messages:
-                    self._transport.send(msg)
+                self._send(rd.early_messages)
+                if rd.snapshot is not None:
+                    assert snapshots is not None  # only a leader that snapshots sends one
+                    await snapshots.install(rd.snapshot)
+                    self._installed(rd.snapshot.index)
                 if rd.must_sync:
                     await loop.run_in_executor(self._disk, self._storage.save, rd.hard_state,
                                                rd.entries)
@@ -354,10 +402,11 @@ class RaftServer:
                     # calls the storage meanwhile: every save is awaited here, in order.
                     self._storage.save(rd.hard_state, ())
                 self.stats["readies"] += 1
-                for msg in rd.messages:
-                    self._transport.send(msg)
+                self._send(rd.messages)
                 if rd.committed_entries:
                     await self._apply(rd.committed_entries)
+                    if snapshots is not None:
+                        snapshots.maybe_take(node, self._applied)
                 self._resolve_reads(rd)
                 node.advance(rd)
                 self._note_role_change(node)
@@ -379,6 +428,20 @@ class RaftServer:
                         ProposalDropped(f"entry {entry.index} was replaced by a new leader's"))
             if n % 512 == 511:
                 await asyncio.sleep(0)  # a long catch-up must not starve the timers
+        self._wake_appliers()
+
+    def _installed(self, index: int) -> None:
+        """The state machine jumped to ``index`` by a leader's snapshot."""
+        self._applied = index
+        for entry_index in [i for i in self._proposals if i <= index]:
+            proposal = self._proposals.pop(entry_index)
+            if not proposal.future.done():
+                # Whether this node's entry is the one the snapshot holds cannot be told.
+                proposal.future.set_exception(OutcomeUnknown(
+                    f"entry {entry_index} was overtaken by a snapshot from the leader"))
+        self._wake_appliers()
+
+    def _wake_appliers(self) -> None:
         for index in [i for i in self._apply_waiters if i <= self._applied]:
             for future in self._apply_waiters.pop(index):
                 if not future.done():

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-from raftly.core.messages import Message
-from raftly.transport.base import MessageHandler
+from raftly.core.messages import InstallSnapshot, Message
+from raftly.transport.base import MessageHandler, SnapshotSinkFactory
 from raftly.transport.codec import decode_message, encode_message
 
 __all__ = ["MemoryNetwork", "MemoryTransport"]
@@ -91,11 +91,38 @@ class MemoryTransport:
         self.network = network
         self.node_id = node_id
         self._on_message: MessageHandler | None = None
+        self._snapshot_sink: SnapshotSinkFactory | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def start(self, on_message: MessageHandler) -> None:
+    async def start(self, on_message: MessageHandler, *,
+                    snapshot_sink: SnapshotSinkFactory | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._on_message = on_message
+        self._snapshot_sink = snapshot_sink
+
+    async def send_snapshot(self, msg: InstallSnapshot, path: str, *,
+                            chunk_size: int = 1 << 20) -> bool:
+        """Copy the snapshot file at ``path`` into the receiver's sink, a chunk per loop turn
+        (so a cut link fails the transfer halfway, as a broken connection would), then deliver
+        ``msg``. True once the receiver took the whole file."""
+        dst = self.network._transports.get(msg.dst)
+        if dst is None or dst._snapshot_sink is None or not self.network.link_up(msg.src, msg.dst):
+            return False
+        sink = dst._snapshot_sink(msg)
+        try:
+            with open(path, "rb") as source:
+                while chunk := source.read(chunk_size):
+                    await asyncio.sleep(0)
+                    if dst._on_message is None or not self.network.link_up(msg.src, msg.dst):
+                        sink.abort()
+                        return False
+                    sink.write(chunk)
+            sink.finish()
+        except Exception:
+            sink.abort()
+            return False
+        self.network._route(msg)
+        return True
 
     def send(self, msg: Message) -> None:
         if self._on_message is None:

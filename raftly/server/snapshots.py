@@ -1,0 +1,275 @@
+"""Snapshots in a running server: taking them, installing a leader's, sending them to followers.
+
+The core decides *what* a snapshot covers and *when* one must be installed or sent; this module
+does the work around those decisions, keeping the event loop free: a state machine's capture is
+taken between two applies (it is quick), then written to a ``SnapshotStore`` file from a worker
+thread while applies and heartbeats go on. Only once that file is durable does the log lose the
+entries it covers (keeping ``retain`` of them for followers that are only a little behind).
+
+The ready loop calls ``finish_taken`` and ``install`` between two Readies, so the core and the
+storage only ever change from that one place, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from raftly.core.messages import InstallSnapshot
+from raftly.core.node import RaftNode
+from raftly.core.state_machine import SnapshotCapture, SnapshottingStateMachine
+from raftly.core.types import InitialState, NodeId, SnapshotMeta
+from raftly.storage.base import Storage, StorageError
+from raftly.storage.snapshots import IncomingSnapshot, SnapshotStore
+from raftly.transport.base import Transport
+
+logger = logging.getLogger("raftly.server.snapshots")
+
+DEFAULT_SNAPSHOT_ENTRIES = 10_000
+
+
+@dataclass(slots=True, frozen=True)
+class SnapshotSettings:
+    """When to snapshot: once ``entries`` applied entries follow the last snapshot; then keep
+    ``retain`` entries behind it (default: ``entries``) so a slightly slow follower still
+    catches up from the log rather than by InstallSnapshot."""
+
+    entries: int = DEFAULT_SNAPSHOT_ENTRIES
+    retain: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.entries < 1:
+            raise ValueError(f"snapshot entries must be at least 1, not {self.entries}")
+        if self.retain is not None and self.retain < 0:
+            raise ValueError(f"snapshot retain must not be negative, not {self.retain}")
+
+    @property
+    def kept(self) -> int:
+        return self.entries if self.retain is None else self.retain
+
+
+class _Incoming:
+    """The transport's sink for one snapshot arriving from a leader: once complete and
+    verified, it waits in ``SnapshotManager`` until the core says to install it (or not)."""
+
+    __slots__ = ("_file", "_manager", "_msg")
+
+    def __init__(self, manager: SnapshotManager, msg: InstallSnapshot) -> None:
+        self._manager = manager
+        self._msg = msg
+        self._file: IncomingSnapshot = manager.store.receive()
+
+    def write(self, data: bytes) -> int:
+        return self._file.write(data)
+
+    def finish(self) -> None:
+        meta = self._file.finish()
+        expected = self._msg.snapshot.meta
+        if meta != expected:
+            self._manager.store.discard(self._file)
+            raise StorageError(f"snapshot file holds {meta}, but the leader announced {expected}")
+        self._manager.received(meta, self._file)
+
+    def abort(self) -> None:
+        self._file.abort()
+
+
+class SnapshotManager:
+    """Takes, installs and sends the snapshots of one server (see the module docstring)."""
+
+    def __init__(self, node_id: NodeId, *, store: SnapshotStore,
+                 state_machine: SnapshottingStateMachine, storage: Storage,
+                 disk: ThreadPoolExecutor, transport: Transport, settings: SnapshotSettings,
+                 wake: Callable[[], None]) -> None:
+        self.store = store
+        self._id = node_id
+        self._sm = state_machine
+        self._storage = storage
+        self._disk = disk
+        self._transport = transport
+        self._settings = settings
+        self._wake = wake
+        self._worker = ThreadPoolExecutor(max_workers=1,
+                                          thread_name_prefix=f"raftly-snapshot-{node_id}")
+        self.last_index = 0
+        """The index of the newest snapshot this node holds (0: none)."""
+        self._next_try = settings.entries
+        self._taking: asyncio.Task[None] | None = None
+        self._taken: SnapshotMeta | None = None
+        self._incoming: dict[tuple[int, int], IncomingSnapshot] = {}
+        self._sending: dict[NodeId, asyncio.Task[None]] = {}
+        self.stats = {"taken": 0, "installed": 0, "sent": 0, "send_failures": 0}
+
+    # -- start ------------------------------------------------------------------------------------
+
+    async def recover(self, state: InitialState) -> tuple[InitialState, SnapshotMeta | None]:
+        """Restore the state machine from the newest usable snapshot; return the state to
+        build the node from (reloaded if the log had to be cut to that snapshot) and it."""
+        loop = asyncio.get_running_loop()
+        start = state.snapshot
+
+        def log_term(index: int) -> int | None:
+            if index == start.index:
+                return start.term
+            offset = index - start.index - 1
+            return state.entries[offset].term if 0 <= offset < len(state.entries) else None
+
+        def covered(meta: SnapshotMeta) -> bool:
+            return meta.index >= start.index and log_term(meta.index) == meta.term
+
+        meta = await loop.run_in_executor(self._worker, self.store.newest, covered)
+        if meta is None or meta.index < start.index:
+            if start.index > 0:
+                raise StorageError(f"the log starts after index {start.index}, but no snapshot "
+                                   f"in {self.store.directory} covers it")
+            return state, None
+        if log_term(meta.index) != meta.term:
+            # A leader's snapshot became durable, then the node stopped before the log was cut
+            # to it: finish that now (the log does not hold the snapshot's last entry).
+            logger.info("node %s: cutting the log to snapshot %d/%d received before a restart",
+                        self._id, meta.term, meta.index)
+            await loop.run_in_executor(self._disk, self._storage.compact, meta)
+            state = await loop.run_in_executor(self._disk, self._storage.load)
+        await self._restore(meta)
+        self.last_index = meta.index
+        self._next_try = meta.index + self._settings.entries
+        logger.info("node %s restored its state machine from snapshot %d/%d", self._id,
+                    meta.term, meta.index)
+        return state, meta
+
+    async def _restore(self, meta: SnapshotMeta) -> None:
+        def restore() -> None:
+            with self.store.open(meta) as source:
+                self._sm.restore(source)
+
+        await asyncio.get_running_loop().run_in_executor(self._worker, restore)
+
+    # -- taking -----------------------------------------------------------------------------------
+
+    def maybe_take(self, node: RaftNode, applied: int) -> None:
+        """Start a snapshot at ``applied`` if enough entries were applied since the last one.
+
+        Called right after applying, on the event loop: the capture is consistent with exactly
+        the entries applied so far."""
+        if self._taking is not None or applied < self._next_try:
+            return
+        meta = node.snapshot_meta(applied)
+        capture = self._sm.capture()
+        self._taking = asyncio.create_task(self._take(meta, capture),
+                                           name=f"raftly node {self._id}: snapshot")
+
+    async def _take(self, meta: SnapshotMeta, capture: SnapshotCapture) -> None:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+
+        def write() -> None:
+            writer = self.store.create(meta)
+            try:
+                capture.persist(writer)
+                writer.commit()
+            except BaseException:
+                writer.abort()
+                raise
+
+        try:
+            await loop.run_in_executor(self._worker, write)
+        except Exception as exc:
+            # The log keeps everything: nothing is lost, the disk just keeps growing. Try again
+            # after another round of entries rather than at once.
+            logger.error("node %s could not write snapshot %d: %s", self._id, meta.index, exc)
+            self._next_try = meta.index + self._settings.entries
+            self._taking = None
+            return
+        logger.info("node %s took snapshot %d/%d in %.3fs", self._id, meta.term, meta.index,
+                    loop.time() - began)
+        self._taken = meta
+        self._wake()
+
+    async def finish_taken(self, node: RaftNode) -> None:
+        """Once a snapshot is durable: offer it to followers and cut the log behind it."""
+        meta, self._taken = self._taken, None
+        if meta is None:
+            return
+        self._taking = None
+        self.stats["taken"] += 1
+        self.last_index = max(self.last_index, meta.index)
+        self._next_try = meta.index + self._settings.entries
+        node.snapshot_saved(meta)
+        start = node.compact(max(0, meta.index - self._settings.kept))
+        if start is not None:
+            await asyncio.get_running_loop().run_in_executor(self._disk, self._storage.compact,
+                                                             start)
+
+    # -- receiving --------------------------------------------------------------------------------
+
+    def sink(self, msg: InstallSnapshot) -> _Incoming:
+        """Where the transport writes a snapshot arriving with ``msg``."""
+        return _Incoming(self, msg)
+
+    def received(self, meta: SnapshotMeta, incoming: IncomingSnapshot) -> None:
+        key = (meta.index, meta.term)
+        old = self._incoming.pop(key, None)
+        if old is not None:
+            self.store.discard(old)
+        self._incoming[key] = incoming
+
+    async def install(self, meta: SnapshotMeta) -> None:
+        """The core accepted the received snapshot ``meta``: make it this node's state."""
+        incoming = self._incoming.pop((meta.index, meta.term), None)
+        if incoming is None:
+            raise StorageError(f"the core installs snapshot {meta.term}/{meta.index}, "
+                               "which was never received")
+        loop = asyncio.get_running_loop()
+        for other in self._incoming.values():
+            self.store.discard(other)
+        self._incoming.clear()
+        # Durable first, then the log cut to it: a restart in between finds the snapshot
+        # newer than the log and finishes the cut (see recover).
+        await loop.run_in_executor(self._worker, self.store.install, incoming)
+        await loop.run_in_executor(self._disk, self._storage.compact, meta)
+        await self._restore(meta)
+        self.last_index = meta.index
+        self._next_try = meta.index + self._settings.entries
+        self.stats["installed"] += 1
+        logger.info("node %s installed snapshot %d/%d from the leader", self._id, meta.term,
+                    meta.index)
+
+    # -- sending ----------------------------------------------------------------------------------
+
+    def send(self, msg: InstallSnapshot, node: RaftNode) -> None:
+        """Stream the snapshot ``msg`` names to its follower, then tell the core how it went."""
+        peer = msg.dst
+        if peer in self._sending:
+            return  # one transfer per follower; the core asks again after the report
+
+        async def transfer() -> None:
+            try:
+                path = self.store.path(msg.snapshot.meta)
+                ok = await self._transport.send_snapshot(msg, path)
+            except StorageError as exc:
+                logger.error("node %s cannot send snapshot %d to %s: %s", self._id,
+                             msg.snapshot.meta.index, peer, exc)
+                ok = False
+            finally:
+                self._sending.pop(peer, None)
+            self.stats["sent" if ok else "send_failures"] += 1
+            node.report_snapshot(peer, ok)
+            self._wake()
+
+        self._sending[peer] = asyncio.create_task(transfer(),
+                                                  name=f"raftly node {self._id}: snapshot to {peer}")
+
+    # -- stop -------------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._taking, *self._sending.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for incoming in self._incoming.values():
+            self.store.discard(incoming)
+        self._incoming.clear()
+        self._worker.shutdown(wait=True)
