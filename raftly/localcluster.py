@@ -28,7 +28,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -123,6 +123,7 @@ class ProcessCluster:
     node's environment, a None value removing the variable. ``log_to_files`` sends each child's
     output to its log file; otherwise children share the parent's stdout and stderr.
     ``orphan_signal`` is what a node gets if this process dies without stopping it.
+    ``serve_options`` are more ``raftly serve`` options for every node (``--snapshot-entries``).
     """
 
     def __init__(self, directory: str | Path, spec: ClusterSpec, *,
@@ -130,7 +131,8 @@ class ProcessCluster:
                  fsync: str = "always", election_timeout: float | None = None,
                  heartbeat: float | None = None, log_level: str = "INFO",
                  log_to_files: bool = True, env: Mapping[str, str | None] | None = None,
-                 orphan_signal: signal.Signals = signal.SIGTERM) -> None:
+                 orphan_signal: signal.Signals = signal.SIGTERM,
+                 serve_options: Sequence[str] = ()) -> None:
         self.directory = Path(directory)
         self.spec = spec
         self.views = dict(views) if views is not None else None
@@ -140,6 +142,7 @@ class ProcessCluster:
         self.log_level = log_level
         self.env = dict(env or {})
         self.orphan_signal = orphan_signal
+        self.serve_options = list(serve_options)
         self._files_written = False
         self.cluster_file = self.directory / layout.cluster_file
         self.nodes: dict[str, NodeProcess] = {}
@@ -176,7 +179,7 @@ class ProcessCluster:
             args += ["--election-timeout", str(self.election_timeout)]
         if self.heartbeat is not None:
             args += ["--heartbeat", str(self.heartbeat)]
-        return args
+        return args + self.serve_options
 
     def command(self, name: str) -> list[str]:
         """The command line that starts node ``name``: the launcher, then ``raftly serve``."""

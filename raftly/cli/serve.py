@@ -10,7 +10,15 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from raftly.cli.common import LOG_LEVELS, CliError, UsageError, configure_logging, positive_float
+from raftly.cli.common import (
+    LOG_LEVELS,
+    CliError,
+    UsageError,
+    configure_logging,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,6 +41,15 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "(default 1.0; every node of a cluster should use the same)")
     p.add_argument("--heartbeat", type=positive_float, default=0.1, metavar="SECONDS",
                    help="the leader's heartbeat interval (default 0.1)")
+    p.add_argument("--snapshot-entries", type=positive_int, default=10_000, metavar="N",
+                   help="snapshot the state once N entries were applied since the last "
+                        "snapshot, then drop the log behind it (default 10000)")
+    p.add_argument("--snapshot-retain", type=non_negative_int, default=None, metavar="N",
+                   help="log entries kept behind a snapshot, so that a slightly slow follower "
+                        "catches up from the log (default: as many as --snapshot-entries)")
+    p.add_argument("--segment-size", type=positive_int, default=64 << 20, metavar="BYTES",
+                   help="size at which a log segment file is closed and a new one begun; "
+                        "compaction deletes whole segments (default 67108864)")
     p.set_defaults(func=run)
 
 
@@ -55,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from raftly.kv.identity import IdentityError
     from raftly.kv.service import serve
     from raftly.server import ServerStopped
+    from raftly.server.snapshots import SnapshotSettings
     from raftly.storage import StorageError
 
     config = make_config(args.election_timeout, args.heartbeat)
@@ -62,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.id)
     data_dir = Path(args.data_dir) if args.data_dir else _default_data_dir(args.cluster, args.id)
     try:
-        asyncio.run(serve(args.cluster, args.id, data_dir, fsync=args.fsync, config=config))
+        snapshot = SnapshotSettings(args.snapshot_entries, args.snapshot_retain)
+        asyncio.run(serve(args.cluster, args.id, data_dir, fsync=args.fsync, config=config,
+                          snapshot=snapshot, segment_size=args.segment_size))
     except (ClusterFileError, IdentityError, StorageError, ServerStopped) as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:

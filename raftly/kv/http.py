@@ -350,6 +350,11 @@ class KVApi:
             "commit_index": st.commit_index,
             "applied_index": st.applied_index,
             "last_index": st.last_index,
+            # What the log holds (first_index..last_index), what the newest snapshot covers,
+            # and the log's size on disk: an operator sees compaction at work here.
+            "first_index": st.first_index,
+            "snapshot_index": st.snapshot_index,
+            "log_bytes": st.log_bytes,
             "members": members,
             # The driver's counters (fsyncs, entries_persisted, readies): `raftly bench` reads
             # them to show how many entries one fsync carries.

@@ -25,8 +25,11 @@ from raftly.kv.identity import NodeIdentity, check_identity, claim_data_dir
 from raftly.kv.state_machine import KVStateMachine
 from raftly.kv.unsafe_reads import node_api_class
 from raftly.server.server import RaftServer, ServerStopped, wait_for_agreed_leader
+from raftly.server.snapshots import SnapshotSettings
 from raftly.storage import DiskStorage, MemoryStorage, Storage
 from raftly.storage.disk.fsio import FsyncPolicy
+from raftly.storage.disk.storage import DEFAULT_SEGMENT_SIZE
+from raftly.storage.snapshots import SnapshotStore
 from raftly.transport import MemoryNetwork, TcpTransport, Transport
 
 logger = logging.getLogger("raftly.kv")
@@ -63,16 +66,20 @@ class RunningNode:
 
 async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, transport: Transport,
                      config: Config | None = None, limits: Limits | None = None,
-                     api_address: Address | None = None) -> RunningNode:
+                     api_address: Address | None = None, snapshots: SnapshotStore | None = None,
+                     snapshot: SnapshotSettings | None = None) -> RunningNode:
     """Start the Raft server and the HTTP API of node ``name`` of ``cluster``.
 
     ``api_address`` overrides the cluster file's (tests bind port 0, then publish the real one).
+    With ``snapshots``, the log is compacted as ``snapshot`` says (see ``RaftServer``).
     """
     spec = cluster.node(name)
     limits = limits or Limits()
+    snapshot = snapshot or SnapshotSettings()
     server = RaftServer(spec.id, storage=storage, transport=transport,
                         state_machine=KVStateMachine(max_key_bytes=limits.max_key_bytes),
-                        bootstrap=cluster.ids, config=config)
+                        bootstrap=cluster.ids, config=config, snapshots=snapshots,
+                        snapshot_entries=snapshot.entries, snapshot_retain=snapshot.retain)
     api = node_api_class()(server, cluster, spec, limits)
     runner = make_runner(api.app(), limits)
     await runner.setup()
@@ -93,8 +100,13 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
 
 async def serve(cluster_file: str | Path, node_name: str, data_dir: str | Path, *,
                 fsync: FsyncPolicy = "always", config: Config | None = None,
-                limits: Limits | None = None, stop: asyncio.Event | None = None) -> None:
+                limits: Limits | None = None, stop: asyncio.Event | None = None,
+                snapshot: SnapshotSettings | None = None,
+                segment_size: int = DEFAULT_SEGMENT_SIZE) -> None:
     """Run node ``node_name`` of the cluster file until SIGINT or SIGTERM, then stop cleanly.
+
+    Snapshots go to ``data_dir/snapshots`` as ``snapshot`` says; the log's segment files roll
+    at ``segment_size`` bytes (compaction deletes whole segments).
 
     ``stop``, when given, is the event to wait for instead of signals (embedding, tests).
     ``IdentityError`` when ``data_dir`` belongs to another node or cluster (nothing is changed).
@@ -104,7 +116,7 @@ async def serve(cluster_file: str | Path, node_name: str, data_dir: str | Path, 
     identity, source = NodeIdentity.of(cluster, node_name), f"cluster file {cluster_file}"
     # Before the storage opens: a refused start must leave the directory as it was.
     check_identity(data_dir, identity, source)
-    storage = DiskStorage(data_dir, fsync=fsync)
+    storage = DiskStorage(data_dir, fsync=fsync, segment_size=segment_size)
     try:
         # With the storage's lock held, so that two processes cannot both claim the directory.
         stored = storage.snapshot.conf.voters if storage.bootstrapped else None
@@ -117,7 +129,8 @@ async def serve(cluster_file: str | Path, node_name: str, data_dir: str | Path, 
                              cluster_id=cluster.cluster_id)
     try:
         node = await start_node(cluster, node_name, storage=storage, transport=transport,
-                                config=config, limits=limits)
+                                config=config, limits=limits,
+                                snapshots=SnapshotStore(data_dir, fsync=fsync), snapshot=snapshot)
     except BaseException:
         storage.close()
         raise
@@ -150,14 +163,16 @@ class LocalCluster:
     """N nodes ``n1``..``nN`` in this process on 127.0.0.1, every port chosen by the OS.
 
     ``transport="memory"`` uses a ``MemoryNetwork`` (``self.network``, for partitions) instead
-    of TCP. With ``data_dir`` each node keeps a DiskStorage in ``data_dir/NAME``; without it,
-    MemoryStorage. Use as ``async with LocalCluster(3) as cluster: ...``.
+    of TCP. With ``data_dir`` each node keeps a DiskStorage and its snapshots in
+    ``data_dir/NAME`` (compacting as ``snapshot`` says); without it, MemoryStorage and no
+    snapshots. Use as ``async with LocalCluster(3) as cluster: ...``.
     """
 
     def __init__(self, size: int = 3, *, data_dir: str | Path | None = None,
                  transport: Literal["tcp", "memory"] = "tcp", config: Config | None = None,
                  limits: Limits | None = None, fsync: FsyncPolicy = "never",
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", snapshot: SnapshotSettings | None = None,
+                 segment_size: int = DEFAULT_SEGMENT_SIZE) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
         self.size = size
@@ -167,6 +182,8 @@ class LocalCluster:
         self.limits = limits
         self.fsync: FsyncPolicy = fsync
         self.host = host
+        self.snapshot = snapshot
+        self.segment_size = segment_size
         self.network = MemoryNetwork() if transport == "memory" else None
         self.nodes: list[RunningNode] = []
         self.cluster: ClusterSpec | None = None
@@ -191,9 +208,7 @@ class LocalCluster:
             else:
                 transports[spec.name] = TcpTransport(spec.id, listen=(self.host, 0), peers={},
                                                      cluster_id=cluster.cluster_id)
-            node = await start_node(cluster, spec.name, storage=self._storage(spec.name),
-                                    transport=transports[spec.name], config=self.config,
-                                    limits=self.limits)
+            node = await self.start_node(cluster, spec.name, transports[spec.name])
             self.nodes.append(node)
         # Every port is known only now: publish the real addresses to the redirects and peers.
         real: list[NodeSpec] = []
@@ -210,10 +225,18 @@ class LocalCluster:
             if isinstance(transport, TcpTransport):
                 transport.set_peers({n.id: (n.raft.host, n.raft.port) for n in real})
 
-    def _storage(self, name: str) -> Storage:
-        if self.data_dir is None:
-            return MemoryStorage()
-        return DiskStorage(self.data_dir / name, fsync=self.fsync)
+    async def start_node(self, cluster: ClusterSpec, name: str,
+                         transport: Transport) -> RunningNode:
+        """Start (or, after its ``close``, restart from its data dir) node ``name``."""
+        storage: Storage = MemoryStorage()
+        snapshots = None
+        if self.data_dir is not None:
+            storage = DiskStorage(self.data_dir / name, fsync=self.fsync,
+                                  segment_size=self.segment_size)
+            snapshots = SnapshotStore(self.data_dir / name, fsync=self.fsync)
+        return await start_node(cluster, name, storage=storage, transport=transport,
+                                config=self.config, limits=self.limits, snapshots=snapshots,
+                                snapshot=self.snapshot)
 
     @property
     def urls(self) -> list[str]:

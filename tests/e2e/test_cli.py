@@ -62,11 +62,12 @@ def test_status_prints_a_table_of_every_node(shared_cluster: ProcessCluster) -> 
     run = cli("status", "--endpoints", "127.0.0.1:" + ",".join(ports))
     assert run.code == 0, run.err
     header, *rows = run.out.splitlines()
-    assert header.split() == ["ID", "ROLE", "TERM", "COMMIT", "APPLIED", "LEADER"]
+    assert header.split() == ["ID", "ROLE", "TERM", "COMMIT", "APPLIED", "SNAPSHOT", "LOG", "DISK",
+                              "LEADER"]
     table = {row.split()[0]: row.split() for row in rows}
     assert set(table) == set(shared_cluster.nodes)
     assert table[leader][1] == "leader"
-    assert {row[5] for row in table.values()} == {leader}
+    assert {row[-1] for row in table.values()} == {leader}
 
 
 def test_unreachable_nodes_are_one_line_errors_not_tracebacks() -> None:
