@@ -259,8 +259,8 @@ class SnapshotManager:
             node.report_snapshot(peer, ok)
             self._wake()
 
-        self._sending[peer] = asyncio.create_task(transfer(),
-                                                  name=f"raftly node {self._id}: snapshot to {peer}")
+        name = f"raftly node {self._id}: snapshot to {peer}"
+        self._sending[peer] = asyncio.create_task(transfer(), name=name)
 
     # -- stop -------------------------------------------------------------------------------------
 
