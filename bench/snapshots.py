@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import sys
 import tempfile
 import time
@@ -162,8 +163,8 @@ async def bench_heartbeats(keys: int, root: Path) -> None:
     for server in servers:
         await server.close()
     start, end = window[0], window[1]
-    during = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False) if b >= start and a <= end]
-    outside = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False) if b < start or a > end]
+    during = [b - a for a, b in itertools.pairwise(arrivals) if b >= start and a <= end]
+    outside = [b - a for a, b in itertools.pairwise(arrivals) if b < start or a > end]
     print(f"heartbeats leader snapshots {keys:,} keys in {end - start:.2f} s: longest gap between "
           f"heartbeats at a follower {1000 * max(during, default=0):.0f} ms during it, "
           f"{1000 * max(outside, default=0):.0f} ms outside (interval "
