@@ -427,6 +427,8 @@ class SnapshotReader:
         self._fd: int | None = None
         try:
             self._fd = os.open(path, os.O_RDONLY)
+            if hasattr(os, "posix_fadvise"):  # read front to back: a larger read-ahead
+                os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             self.meta, self._pos, self._end, self._expect = self._check_ends()
         except FileNotFoundError:
             raise

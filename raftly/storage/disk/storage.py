@@ -13,6 +13,7 @@ Layout of the data directory::
     hardstate                     term, vote, commit
     snapshot                      index, term, configuration the log starts after
     wal/00000000000000000001.wal  segments, named after their first index
+    snapshots/                    state-machine snapshots (``raftly.storage.snapshots``, not here)
 """
 
 from __future__ import annotations
