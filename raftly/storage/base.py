@@ -53,7 +53,19 @@ class Storage(LogReader, Protocol):
         ...
 
     def compact(self, meta: SnapshotMeta) -> None:
-        """Record that a snapshot covers everything up to ``meta.index``; entries to it may go."""
+        """Make ``meta`` the log start: entries up to ``meta.index`` go, and a later entry stays
+        only if the log agrees with ``meta`` at ``meta.index``.
+
+        Used for compaction and to install a snapshot received from a leader, when ``meta.index``
+        may lie beyond the commit and last index: the log is then empty after ``meta``, and the
+        commit index is raised to ``meta.index`` (a snapshot only ever holds committed entries).
+        A ``meta`` at or below the current log start changes nothing.
+        """
+        ...
+
+    @property
+    def log_bytes(self) -> int:
+        """Bytes the log occupies (on disk for a disk storage)."""
         ...
 
     def close(self) -> None:

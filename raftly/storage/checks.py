@@ -2,10 +2,12 @@
 
 The checks reject what no correct core can ask for: an append that leaves a gap or reaches into
 the snapshot, entries that are not consecutive, a commit index beyond the log it would describe.
+``commit_after_compact`` is the one rule they share for the commit index a compaction leaves.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Sequence
 
@@ -58,3 +60,11 @@ def check_compact(meta: SnapshotMeta, commit: int, held_term: int | None) -> Non
             f"snapshot at index {meta.index} of term {meta.term} contradicts the committed "
             f"entry of term {held_term} (commit {commit})"
         )
+
+
+def commit_after_compact(hard_state: HardState, meta: SnapshotMeta) -> HardState:
+    """The hard state once the log starts after ``meta``: a snapshot holds committed entries
+    only, so a commit index below it (a snapshot installed from a leader) is raised to it."""
+    if hard_state.commit >= meta.index:
+        return hard_state
+    return dataclasses.replace(hard_state, commit=meta.index)

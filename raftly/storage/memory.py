@@ -12,7 +12,7 @@ from raftly.core.errors import InvariantError
 from raftly.core.log import MemoryLog
 from raftly.core.types import ConfState, Entry, HardState, InitialState, SnapshotMeta
 from raftly.storage.base import StorageError
-from raftly.storage.checks import check_compact, check_save
+from raftly.storage.checks import check_compact, check_save, commit_after_compact
 
 
 class MemoryStorage:
@@ -23,6 +23,8 @@ class MemoryStorage:
         self._hard_state = HardState()
         self._durable_hard_state = HardState()
         self._log = MemoryLog(SnapshotMeta())
+        self._log_bytes = 0
+        """The sum of the held entries' data sizes, kept up to date rather than summed."""
 
     @property
     def bootstrapped(self) -> bool:
@@ -72,7 +74,11 @@ class MemoryStorage:
             last_index=self.last_index,
             commit=self._hard_state.commit,
         )
-        self._log.save(list(entries))
+        log = self._log
+        if entries and entries[0].index <= log.last_index:
+            self._log_bytes -= _data_size(log.entries(entries[0].index, log.last_index + 1))
+        log.save(list(entries))
+        self._log_bytes += _data_size(entries)
         if hard_state is not None:
             self._hard_state = hard_state
             if not hard_state.same_election(self._durable_hard_state):
@@ -84,7 +90,20 @@ class MemoryStorage:
             return
         held = log.term(meta.index) if meta.index <= log.last_index else None
         check_compact(meta, self._hard_state.commit, held)
+        covered = log.entries(log.first_index, min(meta.index, log.last_index) + 1)
         log.compact(meta)
+        # Empty after meta when the log ended before it or disagreed with it.
+        self._log_bytes = 0 if log.last_index == meta.index else self._log_bytes - _data_size(
+            covered)
+        self._hard_state = commit_after_compact(self._hard_state, meta)
+
+    @property
+    def log_bytes(self) -> int:
+        return self._log_bytes
 
     def close(self) -> None:
         self._durable_hard_state = self._hard_state
+
+
+def _data_size(entries: Sequence[Entry]) -> int:
+    return sum(len(e.data) for e in entries)

@@ -205,3 +205,58 @@ def test_close_then_reopen_keeps_everything(harness: Harness) -> None:
     state = harness.restart().load()
     assert state.entries == ents(1, 4, 3)
     assert state.hard_state == HardState(3, 1, 2)
+
+
+def test_compact_installs_a_snapshot_beyond_the_commit_and_the_log(harness: Harness) -> None:
+    boot(harness)
+    harness.storage.save(HardState(1, None, 2), ents(1, 5, 1))
+    meta = SnapshotMeta(9, 3, ConfState(frozenset({1, 2})))
+    harness.storage.compact(meta)  # a leader's snapshot: commit 2, log to 5, both behind it
+    assert (harness.storage.first_index, harness.storage.last_index) == (10, 9)
+    assert harness.storage.term(9) == 3
+    assert harness.storage.log_bytes == 0
+    # The commit index is raised to the snapshot, so a save naming it is valid at once.
+    harness.storage.save(HardState(3, None, 9), [])
+    harness.storage.save(HardState(3, None, 11), ents(10, 11, 3))
+    state = harness.restart().load()
+    assert state.snapshot == meta
+    assert state.entries == ents(10, 11, 3)
+    assert state.hard_state == HardState(3, None, 11)
+
+
+def test_compact_installing_a_snapshot_raises_the_commit_kept_at_close(harness: Harness) -> None:
+    boot(harness)
+    harness.storage.save(HardState(1, None, 1), ents(1, 3, 1))
+    harness.storage.compact(SnapshotMeta(7, 2, CONF))
+    assert harness.restart().load().hard_state == HardState(1, None, 7)
+
+
+def test_compact_installs_a_snapshot_over_an_uncommitted_suffix_that_disagrees(
+    harness: Harness,
+) -> None:
+    boot(harness)
+    harness.storage.save(HardState(1, None, 2), ents(1, 6, 1))
+    harness.storage.compact(SnapshotMeta(4, 2, CONF))  # index 4 is uncommitted and of term 1
+    assert harness.storage.last_index == 4
+    state = harness.restart().load()
+    assert (state.snapshot.index, state.entries, state.hard_state.commit) == (4, [], 4)
+
+
+def test_log_bytes_follow_appends_overwrites_and_compaction(harness: Harness) -> None:
+    boot(harness)
+    assert harness.storage.log_bytes == 0
+    harness.storage.save(HardState(1, None, 0), ents(1, 10, 1, size=100))
+    full = harness.storage.log_bytes
+    assert full >= 10 * 100
+    harness.storage.save(HardState(2, None, 0), ents(6, 6, 2, size=100))
+    assert harness.storage.log_bytes < full
+    harness.storage.save(HardState(2, None, 6), ents(7, 40, 2, size=100))
+    grown = harness.storage.log_bytes
+    assert grown >= 40 * 100
+    harness.storage.compact(SnapshotMeta(35, 2, CONF))
+    assert 5 * 100 <= harness.storage.log_bytes < grown
+    assert harness.restart().log_bytes == harness.storage.log_bytes
+    harness.storage.compact(SnapshotMeta(38, 2, CONF))
+    assert 2 * 100 <= harness.storage.log_bytes < 2 * 100 + 512  # at most one partial segment
+    harness.storage.compact(SnapshotMeta(40, 2, CONF))
+    assert harness.storage.log_bytes == 0

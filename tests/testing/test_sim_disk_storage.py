@@ -48,6 +48,10 @@ class RecordingStorage:
     def compact(self, meta: SnapshotMeta) -> None:
         self.inner.compact(meta)
 
+    @property
+    def log_bytes(self) -> int:
+        return self.inner.log_bytes
+
     # The read side the node reads its durable log through.
     @property
     def first_index(self) -> int:

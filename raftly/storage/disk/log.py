@@ -84,6 +84,11 @@ class SegmentedLog:
         return self._base
 
     @property
+    def size_bytes(self) -> int:
+        """Bytes the segment files hold (their headers and records)."""
+        return sum(seg.size for seg in self._segments)
+
+    @property
     def segment_count(self) -> int:
         return len(self._segments)
 

@@ -56,7 +56,8 @@ def encode_header(first_index: int) -> bytes:
     return HEADER.pack(MAGIC, first_index)
 
 
-def _crc(length_field: bytes | memoryview, payload: bytes | memoryview) -> int:
+def record_crc(length_field: bytes | memoryview, payload: bytes | bytearray | memoryview) -> int:
+    """The checksum a record carries: of its length field, then its payload."""
     return zlib.crc32(payload, zlib.crc32(length_field))
 
 
@@ -66,7 +67,7 @@ def encode_record(entry: Entry) -> bytes:
     if len(payload) > MAX_PAYLOAD:
         raise ValueError(f"entry {entry.index} is too large ({len(entry.data)} bytes)")
     length_field = struct.pack("<I", len(payload))
-    return length_field + struct.pack("<I", _crc(length_field, payload)) + payload
+    return length_field + struct.pack("<I", record_crc(length_field, payload)) + payload
 
 
 def decode_records(buf: bytes | memoryview, offsets: Sequence[int]) -> list[Entry]:
@@ -125,7 +126,7 @@ def scan(buf: bytes | memoryview, first_index: int) -> ScanResult:
         if length < ENTRY_HEADER.size or length > MAX_PAYLOAD or start + length > size:
             return _bad_record(buf, off, expected, offsets, terms,
                                f"record length {length} runs past the data")
-        if _crc(buf[off : off + 4], buf[start : start + length]) != crc:
+        if record_crc(buf[off : off + 4], buf[start : start + length]) != crc:
             return _bad_record(buf, off, expected, offsets, terms, "record checksum mismatch")
         # From here on the record is exactly what was written, so nonsense is corruption (or
         # a bug), never a torn write.
@@ -179,7 +180,7 @@ def _next_intact_record(buf: bytes | memoryview, start: int, min_index: int) -> 
             continue
         if ENTRY_HEADER.unpack_from(buf, begin)[0] < min_index:
             continue
-        if _crc(buf[off : off + 4], buf[begin : begin + length]) == crc:
+        if record_crc(buf[off : off + 4], buf[begin : begin + length]) == crc:
             return off
     return None
 

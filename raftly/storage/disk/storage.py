@@ -13,6 +13,7 @@ Layout of the data directory::
     hardstate                     term, vote, commit
     snapshot                      index, term, configuration the log starts after
     wal/00000000000000000001.wal  segments, named after their first index
+    snapshots/                    state-machine snapshots (``raftly.storage.snapshots``, not here)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Sequence
 
 from raftly.core.types import ConfState, Entry, HardState, InitialState, SnapshotMeta
 from raftly.storage.base import StorageError
-from raftly.storage.checks import check_compact, check_save
+from raftly.storage.checks import check_compact, check_save, commit_after_compact
 from raftly.storage.disk import state
 from raftly.storage.disk.fsio import FsyncPolicy, Syncer
 from raftly.storage.disk.lock import DirectoryLock
@@ -176,6 +177,8 @@ class DiskStorage:
             # Metadata first: until it is durable, the segments about to go are still needed.
             state.write_snapshot_meta(self.path, meta, self._syncer)
             self._snapshot = meta
+            # Like any change of the commit index alone, the raised one is written lazily.
+            self._hard_state = commit_after_compact(self._hard_state, meta)
             log.compact(meta)
         except OSError as exc:
             raise self._poison("compact", exc) from exc
@@ -221,6 +224,11 @@ class DiskStorage:
     def last_index(self) -> int:
         """The last entry's index, or the snapshot's if the log is empty."""
         return self._ready().last_index
+
+    @property
+    def log_bytes(self) -> int:
+        """Bytes the log's segment files occupy."""
+        return self._ready().size_bytes
 
     @property
     def hard_state(self) -> HardState:
