@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+
 from hypothesis import strategies as st
 
 from raftly.core.messages import (
@@ -18,6 +21,14 @@ from raftly.core.messages import (
     TimeoutNow,
 )
 from raftly.core.types import ConfState, Entry, EntryType, Snapshot, SnapshotMeta
+from raftly.transport import SnapshotSinkFactory, TcpTransport
+from raftly.transport.codec import (
+    CHANNEL_MESSAGES,
+    decode_handshake_reply,
+    encode_frame,
+    encode_handshake,
+)
+from raftly.transport.framing import read_frame
 
 MAX = 2**63 - 1
 uints = st.one_of(st.integers(0, 1000), st.integers(0, MAX))  # small values often, edges too
@@ -89,4 +100,76 @@ MESSAGE_STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
 }
 
 messages = st.one_of(*MESSAGE_STRATEGIES.values())
+
+# -- real transports on loopback ------------------------------------------------------------------
+
+LOCAL = ("127.0.0.1", 0)
+CLUSTER = "test-cluster"
+
+
+def run(coro: Callable[[], Awaitable[None]]) -> None:
+    """Run a test body and check it left no task behind (every transport was closed)."""
+
+    async def main() -> None:
+        await asyncio.wait_for(coro(), 10.0)
+        leftover = asyncio.all_tasks() - {asyncio.current_task()}
+        assert not leftover, leftover
+
+    asyncio.run(main())
+
+
+class Node:
+    """A started transport and the messages it received."""
+
+    def __init__(self, node_id: int, **kwargs: object) -> None:
+        self.id = node_id
+        self.inbox: list[Message] = []
+        kwargs.setdefault("cluster_id", CLUSTER)
+        self.t = TcpTransport(node_id, kwargs.pop("listen", LOCAL), {}, **kwargs)  # type: ignore[arg-type]
+
+    async def start(self, snapshot_sink: SnapshotSinkFactory | None = None) -> Node:
+        await self.t.start(self.inbox.append, snapshot_sink=snapshot_sink)
+        return self
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        return self.t.listen_address
+
+
+async def pair(
+    snapshot_sink: SnapshotSinkFactory | None = None, **kwargs: object
+) -> tuple[Node, Node]:
+    """Nodes 1 and 2, started and knowing each other; both take snapshots with ``snapshot_sink``."""
+    a = await Node(1, **kwargs).start(snapshot_sink)
+    b = await Node(2, **kwargs).start(snapshot_sink)
+    peers = {1: a.addr, 2: b.addr}
+    a.t.set_peers(peers)
+    b.t.set_peers(peers)
+    return a, b
+
+
+def hb(src: int, dst: int, commit: int = 0) -> Heartbeat:
+    return Heartbeat(term=1, src=src, dst=dst, commit=commit)
+
+
+async def raw_client(
+    addr: tuple[str, int],
+    cluster_id: str = CLUSTER,
+    node_id: int = 7,
+    channel: str = CHANNEL_MESSAGES,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A hand-rolled peer that has shaken hands and may now write anything."""
+    reader, writer = await asyncio.open_connection(*addr)
+    writer.write(encode_frame(encode_handshake(cluster_id, node_id, channel=channel)))
+    reply = await read_frame(reader)
+    assert reply is not None and decode_handshake_reply(reply).accepted
+    return reader, writer
+
+
+async def closed_by_peer(reader: asyncio.StreamReader) -> bool:
+    """True when the other end closes (EOF or reset) within the deadline."""
+    try:
+        return await asyncio.wait_for(reader.read(), 3.0) == b""
+    except ConnectionError:
+        return True
 
