@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, TypeVar
 
 from raftly.core.messages import InstallSnapshot
-from raftly.transport.base import MessageHandler, SnapshotSinkFactory
+from raftly.transport.base import IncomingSnapshotSink, MessageHandler, SnapshotSinkFactory
 from raftly.transport.codec import (
     CodecError,
     SnapshotReply,
@@ -209,31 +209,32 @@ async def receive_snapshot(
         logger.warning("node %d: %s from node %d failed: %s", me, what, node,
                        exc if isinstance(exc, TransferError) else describe(exc))
         if not delivered:
-            await _abort(executor, sink, me, node)
+            _abort(executor, sink, me, node)
             sink = None
             await _refuse(reader, writer, str(exc))
         return False
     finally:
         if sink is not None and not delivered:  # cancelled (transport closing, superseded)
-            await _abort(executor, sink, me, node)
-        executor.shutdown(wait=False)
+            _abort(executor, sink, me, node)
+        executor.shutdown(wait=False)  # the thread still runs what was submitted
 
 
-async def _abort(executor: ThreadPoolExecutor, sink: object, me: int, node: int) -> None:
-    """``sink.abort()`` in the worker thread, after any write still running there."""
-    abort = getattr(sink, "abort", None)
-    if abort is None:
+def _abort(executor: ThreadPoolExecutor, sink: IncomingSnapshotSink | None, me: int,
+           node: int) -> None:
+    """Queue ``sink.abort()`` in the worker thread, after any write still running there.
+
+    Not awaited: a write stuck on a dead disk must not hold up the transport's close().
+    """
+    if sink is None:
         return
 
     def run() -> None:
         try:
-            abort()
+            sink.abort()
         except Exception:
             logger.exception("node %d: aborting the snapshot sink of node %d failed", me, node)
 
-    # Shielded: a transport closing (cancelling this task) must still wait for the abort.
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.shield(asyncio.wrap_future(executor.submit(run)))
+    executor.submit(run)
 
 
 async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reason: str) -> None:
