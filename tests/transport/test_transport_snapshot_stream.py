@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from polling import eventually
-from transport_helpers import LOCAL, Node, closed_by_peer, hb, pair, raw_client, run
+from transport_helpers import LOCAL, Node, Sinks, closed_by_peer, hb, pair, raw_client, run
 
 from raftly.core.messages import Heartbeat, InstallSnapshot, Message
 from raftly.core.types import ConfState, Snapshot, SnapshotMeta
@@ -43,65 +43,6 @@ def snapshot_file(tmp_path: Path, size: int, name: str = "snap") -> tuple[str, b
     path = tmp_path / name
     path.write_bytes(data)
     return str(path), data
-
-
-class FakeSink:
-    """Records what the transport did with it; ``gate`` (when given) holds every write until set,
-    from the worker thread, so a test can keep a transfer stalled for as long as it likes."""
-
-    def __init__(self, msg: InstallSnapshot, events: list[str], *, finish_error: str = "",
-                 meta: SnapshotMeta | None = None, gate: threading.Event | None = None) -> None:
-        self.msg = msg
-        self.events = events
-        self.data = bytearray()
-        self.writes = 0
-        self.finished = False
-        self.aborted = False
-        self.finish_error = finish_error
-        self.meta = meta if meta is not None else msg.snapshot.meta
-        self.gate = gate
-
-    def write(self, data: bytes) -> int:
-        assert type(data) is bytes and not self.finished and not self.aborted
-        self.writes += 1
-        if self.gate is not None:
-            assert self.gate.wait(20.0)
-        self.data += data
-        return len(data)
-
-    def finish(self) -> SnapshotMeta:
-        assert not self.aborted
-        if self.finish_error:
-            raise ValueError(self.finish_error)
-        self.finished = True
-        self.events.append("finish")
-        return self.meta
-
-    def abort(self) -> None:
-        assert not self.aborted
-        self.aborted = True
-        self.events.append("abort")
-
-
-class Sinks:
-    """A ``snapshot_sink`` factory that hands out FakeSinks and keeps them for the test."""
-
-    def __init__(self, **options: object) -> None:
-        self.options = options
-        self.made: list[FakeSink] = []
-        self.events: list[str] = []
-        self.refuse = False
-
-    def writing(self) -> bool:
-        """The first sink has begun its first write."""
-        return bool(self.made) and self.made[0].writes > 0
-
-    def __call__(self, msg: InstallSnapshot) -> FakeSink | None:
-        if self.refuse:
-            return None
-        sink = FakeSink(msg, self.events, **self.options)  # type: ignore[arg-type]
-        self.made.append(sink)
-        return sink
 
 
 def snapshots(node: Node) -> list[Message]:

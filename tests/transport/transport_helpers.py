@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable
 
 from hypothesis import strategies as st
@@ -173,3 +174,64 @@ async def closed_by_peer(reader: asyncio.StreamReader) -> bool:
     except ConnectionError:
         return True
 
+
+# -- snapshot sinks ------------------------------------------------------------------------------
+
+
+class FakeSink:
+    """Records what the transport did with it; ``gate`` (when given) holds every write until set,
+    from the worker thread, so a test can keep a transfer stalled for as long as it likes."""
+
+    def __init__(self, msg: InstallSnapshot, events: list[str], *, finish_error: str = "",
+                 meta: SnapshotMeta | None = None, gate: threading.Event | None = None) -> None:
+        self.msg = msg
+        self.events = events
+        self.data = bytearray()
+        self.writes = 0
+        self.finished = False
+        self.aborted = False
+        self.finish_error = finish_error
+        self.meta = meta if meta is not None else msg.snapshot.meta
+        self.gate = gate
+
+    def write(self, data: bytes) -> int:
+        assert type(data) is bytes and not self.finished and not self.aborted
+        self.writes += 1
+        if self.gate is not None:
+            assert self.gate.wait(20.0)
+        self.data += data
+        return len(data)
+
+    def finish(self) -> SnapshotMeta:
+        assert not self.aborted
+        if self.finish_error:
+            raise ValueError(self.finish_error)
+        self.finished = True
+        self.events.append("finish")
+        return self.meta
+
+    def abort(self) -> None:
+        assert not self.aborted
+        self.aborted = True
+        self.events.append("abort")
+
+
+class Sinks:
+    """A ``snapshot_sink`` factory that hands out FakeSinks and keeps them for the test."""
+
+    def __init__(self, **options: object) -> None:
+        self.options = options
+        self.made: list[FakeSink] = []
+        self.events: list[str] = []
+        self.refuse = False
+
+    def writing(self) -> bool:
+        """The first sink has begun its first write."""
+        return bool(self.made) and self.made[0].writes > 0
+
+    def __call__(self, msg: InstallSnapshot) -> FakeSink | None:
+        if self.refuse:
+            return None
+        sink = FakeSink(msg, self.events, **self.options)  # type: ignore[arg-type]
+        self.made.append(sink)
+        return sink
