@@ -573,7 +573,7 @@ class TcpTransport:
     ) -> bool:
         """The task of one outgoing transfer: open the file, dial, stream; logs its failure."""
         loop = asyncio.get_running_loop()
-        what = f"snapshot {_show_meta(msg)}"
+        what = f"snapshot {_show_meta(msg)}"  # then with its size, as the receiver logs it
         # One worker thread per transfer: file reads stay off the event loop and in order.
         executor = ThreadPoolExecutor(1, thread_name_prefix=f"raftly-snapshot-{msg.dst}")
         file = None
@@ -768,4 +768,4 @@ class TcpTransport:
 
 def _show_meta(msg: InstallSnapshot) -> str:
     meta = msg.snapshot.meta
-    return f"{meta.term}/{meta.index} (term {msg.term})"
+    return f"{meta.term}/{meta.index}"
