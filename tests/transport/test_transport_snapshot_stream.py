@@ -479,3 +479,19 @@ def test_a_wrong_cluster_is_refused_on_the_snapshot_channel_too(tmp_path: Path) 
 
     run(body)
 
+
+
+def test_a_sender_that_stalls_mid_file_is_dropped_after_the_timeout_and_its_sink_aborted() -> None:
+    async def body() -> None:
+        sinks = Sinks()
+        b = await Node(2, snapshot_timeout=0.3).start(sinks)
+        reader, writer = await raw_client(b.addr, node_id=7, channel=CHANNEL_SNAPSHOT)
+        writer.write(_header(10) + _chunk(b"abc"))  # and then nothing
+        assert decode_snapshot_reply(await read_frame(reader) or b"").kind == "ack"
+        reply = decode_snapshot_reply(await asyncio.wait_for(read_frame(reader), 5.0) or b"")
+        assert reply.kind == "refused" and "no progress for 0.3s" in reply.reason
+        await eventually(lambda: sinks.made[0].aborted)
+        writer.close()
+        await b.t.close()
+
+    run(body)
