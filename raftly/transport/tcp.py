@@ -630,11 +630,9 @@ class TcpTransport:
         where = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
         try:
             hello = await self._handshake(reader, writer, where)
-            if hello is None:
-                pass
-            elif hello.channel == CHANNEL_SNAPSHOT:
+            if hello is not None and hello.channel == CHANNEL_SNAPSHOT:
                 await self._receive_snapshot(reader, writer, hello.node_id)
-            else:
+            elif hello is not None:
                 await self._read_messages(reader, hello.node_id, where)
         finally:
             self._inbound.pop(writer, None)
