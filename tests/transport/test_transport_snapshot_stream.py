@@ -5,10 +5,12 @@ input) with the sink aborted, and a retry succeeding."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import struct
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -49,15 +51,29 @@ def snapshots(node: Node) -> list[Message]:
     return [m for m in node.inbox if isinstance(m, InstallSnapshot)]
 
 
-async def snapshot_pair(sinks: Sinks) -> tuple[Node, Node]:
-    """Nodes 1 and 2 where 2's deliveries are logged in ``sinks.events`` after its sink's."""
+@contextlib.asynccontextmanager
+async def snapshot_pair(sinks: Sinks) -> AsyncIterator[tuple[Node, Node]]:
+    """Nodes 1 and 2 where 2's deliveries are logged in ``sinks.events`` after its sink's;
+    both closed on the way out."""
     a = await Node(1).start(sinks)
     b = Node(2)
     b.inbox = _Inbox(sinks.events)
     await b.start(sinks)
     for node in (a, b):
         node.t.set_peers({1: a.addr, 2: b.addr})
-    return a, b
+    try:
+        yield a, b
+    finally:
+        await a.t.close()
+        await b.t.close()
+
+
+async def stalled_transfer(a: Node, sinks: Sinks, path: str) -> asyncio.Task[bool]:
+    """A transfer of ``install()`` from ``a``, running and held at its first write (by a gate
+    the test gave ``sinks``)."""
+    transfer = asyncio.create_task(a.t.send_snapshot(install(), path, chunk_size=64 << 10))
+    await eventually(sinks.writing, what="the first write")
+    return transfer
 
 
 class _Inbox(list[Message]):
@@ -81,17 +97,15 @@ def test_a_multi_mib_file_arrives_byte_identical_and_is_delivered_once_after_fin
 
     async def body() -> None:
         sinks = Sinks()
-        a, b = await snapshot_pair(sinks)
-        msg = install()
-        assert await a.t.send_snapshot(msg, path, chunk_size=256 << 10) is True
-        [sink] = sinks.made
-        assert bytes(sink.data) == data and sink.finished and not sink.aborted
-        assert sink.writes == 21  # 20 whole chunks and the tail
-        assert sinks.events == ["finish", "deliver"]  # delivered once, after finish()
-        assert snapshots(b) == [msg]
-        assert a.t.stats()["snapshots_sent"] == 1 and b.t.stats()["snapshots_received"] == 1
-        await a.t.close()
-        await b.t.close()
+        async with snapshot_pair(sinks) as (a, b):
+            msg = install()
+            assert await a.t.send_snapshot(msg, path, chunk_size=256 << 10) is True
+            [sink] = sinks.made
+            assert bytes(sink.data) == data and sink.finished and not sink.aborted
+            assert sink.writes == 21  # 20 whole chunks and the tail
+            assert sinks.events == ["finish", "deliver"]  # delivered once, after finish()
+            assert snapshots(b) == [msg]
+            assert a.t.stats()["snapshots_sent"] == 1 and b.t.stats()["snapshots_received"] == 1
 
     run(body)
 
@@ -101,35 +115,30 @@ def test_an_empty_file_is_delivered(tmp_path: Path) -> None:
 
     async def body() -> None:
         sinks = Sinks()
-        a, b = await snapshot_pair(sinks)
-        assert await a.t.send_snapshot(install(), path) is True
-        assert sinks.events == ["finish", "deliver"] and sinks.made[0].writes == 0
-        await a.t.close()
-        await b.t.close()
+        async with snapshot_pair(sinks) as (a, b):
+            assert await a.t.send_snapshot(install(), path) is True
+            assert sinks.events == ["finish", "deliver"] and sinks.made[0].writes == 0
+            assert snapshots(b) == [install()]
 
     run(body)
 
 
 def test_heartbeats_keep_flowing_while_a_slow_sink_throttles_a_transfer(tmp_path: Path) -> None:
     path, data = snapshot_file(tmp_path, 3 << 20)
-    gate = threading.Event()
 
     async def body() -> None:
-        sinks = Sinks(gate=gate)
-        a, b = await snapshot_pair(sinks)
-        transfer = asyncio.create_task(a.t.send_snapshot(install(), path, chunk_size=64 << 10))
-        await eventually(sinks.writing, what="the first write")
-        for commit in range(200):  # both ways, while the receiver's disk is stuck
-            a.t.send(hb(1, 2, commit))
-            b.t.send(hb(2, 1, commit))
-        await eventually(lambda: sum(isinstance(m, Heartbeat) for m in b.inbox) == 200)
-        await eventually(lambda: len(a.inbox) == 200)
-        assert not transfer.done() and sinks.made[0].writes == 1  # still held by the sink
-        gate.set()
-        assert await transfer is True
-        assert bytes(sinks.made[0].data) == data
-        await a.t.close()
-        await b.t.close()
+        sinks = Sinks(gate=threading.Event())
+        async with snapshot_pair(sinks) as (a, b):
+            transfer = await stalled_transfer(a, sinks, path)
+            for commit in range(200):  # both ways, while the receiver's disk is stuck
+                a.t.send(hb(1, 2, commit))
+                b.t.send(hb(2, 1, commit))
+            await eventually(lambda: sum(isinstance(m, Heartbeat) for m in b.inbox) == 200)
+            await eventually(lambda: len(a.inbox) == 200)
+            assert not transfer.done() and sinks.made[0].writes == 1  # still held by the sink
+            sinks.release()
+            assert await transfer is True
+            assert bytes(sinks.made[0].data) == data
 
     run(body)
 
@@ -191,26 +200,22 @@ def test_a_broken_connection_aborts_the_sink_and_fails_then_a_retry_succeeds(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path, data = snapshot_file(tmp_path, 2 << 20)
-    gate = threading.Event()
 
     async def body() -> None:
-        sinks = Sinks(gate=gate)
-        a, b = await snapshot_pair(sinks)
-        proxy = Proxy(b.addr)
-        a.t.set_peers({2: await proxy.start()})
-        transfer = asyncio.create_task(a.t.send_snapshot(install(), path, chunk_size=64 << 10))
-        await eventually(sinks.writing, what="the first write")
-        proxy.cut()
-        assert await transfer is False
-        gate.set()  # the receiver finds the broken connection once its write returns
-        await eventually(lambda: sinks.made[0].aborted, what="the sink aborted")
-        assert snapshots(b) == [] and not sinks.made[0].finished
-        assert b.t.stats()["snapshots_receive_failed"] == 1
-        assert await a.t.send_snapshot(install(), path, chunk_size=64 << 10) is True
-        assert bytes(sinks.made[1].data) == data and snapshots(b) == [install()]
-        await a.t.close()
-        await b.t.close()
-        await proxy.close()
+        sinks = Sinks(gate=threading.Event())
+        async with snapshot_pair(sinks) as (a, b):
+            proxy = Proxy(b.addr)
+            a.t.set_peers({2: await proxy.start()})
+            transfer = await stalled_transfer(a, sinks, path)
+            proxy.cut()
+            assert await transfer is False
+            sinks.release()  # the receiver finds the broken connection once its write returns
+            await eventually(lambda: sinks.made[0].aborted, what="the sink aborted")
+            assert snapshots(b) == [] and not sinks.made[0].finished
+            assert b.t.stats()["snapshots_receive_failed"] == 1
+            assert await a.t.send_snapshot(install(), path, chunk_size=64 << 10) is True
+            assert bytes(sinks.made[1].data) == data and snapshots(b) == [install()]
+            await proxy.close()
 
     with caplog.at_level(logging.INFO):
         run(body)
@@ -226,12 +231,10 @@ def test_finish_raising_fails_the_transfer_aborts_the_sink_and_delivers_nothing(
 
     async def body() -> None:
         sinks = Sinks(finish_error="checksum mismatch at byte 1234")
-        a, b = await snapshot_pair(sinks)
-        assert await a.t.send_snapshot(install(), path, chunk_size=64 << 10) is False
-        await eventually(lambda: sinks.made[0].aborted)
-        assert snapshots(b) == [] and sinks.events == ["abort"]
-        await a.t.close()
-        await b.t.close()
+        async with snapshot_pair(sinks) as (a, b):
+            assert await a.t.send_snapshot(install(), path, chunk_size=64 << 10) is False
+            await eventually(lambda: sinks.made[0].aborted)
+            assert snapshots(b) == [] and sinks.events == ["abort"]
 
     with caplog.at_level(logging.WARNING):
         run(body)
@@ -244,12 +247,10 @@ def test_a_file_whose_meta_is_not_the_announced_one_is_refused(tmp_path: Path) -
 
     async def body() -> None:
         sinks = Sinks(meta=SnapshotMeta(index=119, term=3, conf=META.conf))
-        a, b = await snapshot_pair(sinks)
-        assert await a.t.send_snapshot(install(), path) is False
-        await eventually(lambda: sinks.made[0].aborted)
-        assert snapshots(b) == []
-        await a.t.close()
-        await b.t.close()
+        async with snapshot_pair(sinks) as (a, b):
+            assert await a.t.send_snapshot(install(), path) is False
+            await eventually(lambda: sinks.made[0].aborted)
+            assert snapshots(b) == []
 
     run(body)
 
@@ -260,17 +261,17 @@ def test_a_refused_or_unwanted_snapshot_fails_without_delivery(tmp_path: Path) -
     async def body() -> None:
         sinks = Sinks()
         sinks.refuse = True
-        a, b = await snapshot_pair(sinks)
-        assert await a.t.send_snapshot(install(), path) is False
-        no_sink = await Node(3).start()  # accepts no snapshots at all
-        a.t.set_peers({2: b.addr, 3: no_sink.addr})
-        assert await a.t.send_snapshot(install(dst=3), path) is False
-        assert snapshots(b) == [] and snapshots(no_sink) == [] and sinks.made == []
-        assert await a.t.send_snapshot(install(dst=9), path) is False  # no address
-        assert await a.t.send_snapshot(install(), str(tmp_path / "missing")) is False
-        assert a.t.stats()["snapshots_send_failed"] == 3
-        for node in (a, b, no_sink):
-            await node.t.close()
+        async with snapshot_pair(sinks) as (a, b):
+            assert await a.t.send_snapshot(install(), path) is False
+            no_sink = await Node(3).start()  # accepts no snapshots at all
+            a.t.set_peers({2: b.addr, 3: no_sink.addr})
+            assert await a.t.send_snapshot(install(dst=3), path) is False
+            assert snapshots(b) == [] and snapshots(no_sink) == [] and sinks.made == []
+            assert await a.t.send_snapshot(install(dst=9), path) is False  # no address
+            assert await a.t.send_snapshot(install(), str(tmp_path / "missing")) is False
+            assert a.t.stats()["snapshots_send_failed"] == 3
+            for node in (a, b, no_sink):
+                await node.t.close()
 
     run(body)
 
@@ -322,25 +323,21 @@ def test_a_newer_transfer_replaces_the_running_one_and_the_same_one_is_joined(
     tmp_path: Path,
 ) -> None:
     path, data = snapshot_file(tmp_path, 1 << 20)
-    gate = threading.Event()
 
     async def body() -> None:
-        sinks = Sinks(gate=gate)
-        a, b = await snapshot_pair(sinks)
-        old = asyncio.create_task(a.t.send_snapshot(install(), path, chunk_size=64 << 10))
-        await eventually(sinks.writing)
-        same = asyncio.create_task(a.t.send_snapshot(install(), path, chunk_size=64 << 10))
-        await asyncio.sleep(0)  # let it register; a joined call opens no connection
-        newer = install(SnapshotMeta(index=200, term=3, conf=META.conf))
-        new = asyncio.create_task(a.t.send_snapshot(newer, path, chunk_size=64 << 10))
-        assert await old is False and await same is False  # replaced, both its callers told
-        gate.set()
-        assert await new is True
-        await eventually(lambda: sinks.made[0].aborted)
-        assert [s.msg for s in sinks.made] == [install(), newer]
-        assert snapshots(b) == [newer] and bytes(sinks.made[1].data) == data
-        await a.t.close()
-        await b.t.close()
+        sinks = Sinks(gate=threading.Event())
+        async with snapshot_pair(sinks) as (a, b):
+            old = await stalled_transfer(a, sinks, path)
+            same = asyncio.create_task(a.t.send_snapshot(install(), path, chunk_size=64 << 10))
+            await asyncio.sleep(0)  # let it register; a joined call opens no connection
+            newer = install(SnapshotMeta(index=200, term=3, conf=META.conf))
+            new = asyncio.create_task(a.t.send_snapshot(newer, path, chunk_size=64 << 10))
+            assert await old is False and await same is False  # replaced, both its callers told
+            sinks.release()
+            assert await new is True
+            await eventually(lambda: sinks.made[0].aborted)
+            assert [s.msg for s in sinks.made] == [install(), newer]
+            assert snapshots(b) == [newer] and bytes(sinks.made[1].data) == data
 
     run(body)
 
@@ -350,18 +347,13 @@ def test_closing_either_side_mid_transfer_fails_it_and_aborts_the_sink(tmp_path:
 
     async def body() -> None:
         for closing_sender in (True, False):
-            gate = threading.Event()
-            sinks = Sinks(gate=gate)
-            a, b = await snapshot_pair(sinks)
-            transfer = asyncio.create_task(a.t.send_snapshot(install(), path,
-                                                             chunk_size=64 << 10))
-            await eventually(sinks.writing)
-            first, second = (a, b) if closing_sender else (b, a)
-            await first.t.close()
-            gate.set()
-            assert await transfer is False
-            await eventually(lambda s=sinks: s.made[0].aborted)  # type: ignore[misc]
-            await second.t.close()
+            sinks = Sinks(gate=threading.Event())
+            async with snapshot_pair(sinks) as (a, b):  # closes the other one
+                transfer = await stalled_transfer(a, sinks, path)
+                await (a if closing_sender else b).t.close()
+                sinks.release()
+                assert await transfer is False
+                await eventually(lambda s=sinks: s.made[0].aborted)  # type: ignore[misc]
 
     run(body)
 

@@ -225,6 +225,12 @@ class Sinks:
         self.events: list[str] = []
         self.refuse = False
 
+    def release(self) -> None:
+        """Let the writes held by the ``gate`` option go on."""
+        gate = self.options["gate"]
+        assert isinstance(gate, threading.Event)
+        gate.set()
+
     def writing(self) -> bool:
         """The first sink has begun its first write."""
         return bool(self.made) and self.made[0].writes > 0
