@@ -2,12 +2,20 @@
 
 - ``codec``: msgpack encoding of every core message, length-prefixed frames, the handshake, and
   strict validation of everything decoded (``CodecError`` on any malformed input).
-- ``base``: the ``Transport`` protocol the server drives (``start``, ``send``, ``close``).
+- ``base``: the ``Transport`` protocol the server drives (``start``, ``send``, ``send_snapshot``,
+  ``close``) and ``IncomingSnapshotSink``, where a received snapshot file is written.
 - ``tcp``: ``TcpTransport``, asyncio TCP with handshake, bounded queues and reconnection.
+- ``snapshot_stream``: one snapshot file in chunks over its own connection, with flow control.
+- ``framing``: reading one frame off an asyncio stream.
 - ``memory``: ``MemoryNetwork`` of in-process transports with partitions, for server tests.
 """
 
-from raftly.transport.base import MessageHandler, Transport
+from raftly.transport.base import (
+    IncomingSnapshotSink,
+    MessageHandler,
+    SnapshotSinkFactory,
+    Transport,
+)
 from raftly.transport.codec import (
     PROTOCOL_VERSION,
     CodecError,
@@ -24,8 +32,9 @@ from raftly.transport.codec import (
     encode_message,
     frame_message,
 )
+from raftly.transport.framing import read_frame
 from raftly.transport.memory import MemoryNetwork, MemoryTransport
-from raftly.transport.tcp import TcpTransport, read_frame
+from raftly.transport.tcp import TcpTransport
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -34,9 +43,11 @@ __all__ = [
     "FrameTooLarge",
     "Handshake",
     "HandshakeReply",
+    "IncomingSnapshotSink",
     "MemoryNetwork",
     "MemoryTransport",
     "MessageHandler",
+    "SnapshotSinkFactory",
     "TcpTransport",
     "Transport",
     "decode_handshake",

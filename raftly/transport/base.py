@@ -1,8 +1,10 @@
-"""The ``Transport`` interface the server drives: start with a callback, send, close.
+"""The ``Transport`` interface the server drives: start with a callback, send, close; and the
+sink a receiving node writes an incoming snapshot file into.
 
 A transport moves ``Message`` values between nodes. It is allowed to lose, delay, duplicate or
 reorder them (Raft tolerates all of that); what it must never do is block the caller, raise because
-a peer is down, or grow memory without bound while a peer is slow or gone.
+a peer is down, or grow memory without bound while a peer is slow or gone. Snapshot files travel
+beside the messages (``send_snapshot``), in chunks, without holding up heartbeats.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from raftly.core.messages import InstallSnapshot, Message
+from raftly.core.types import SnapshotMeta
 
 __all__ = ["IncomingSnapshotSink", "MessageHandler", "SnapshotSinkFactory", "Transport"]
 
@@ -19,32 +22,46 @@ MessageHandler = Callable[[Message], None]
 
 
 class IncomingSnapshotSink(Protocol):
-    """Where a transport writes a snapshot file arriving from a leader."""
+    """Where a receiving node writes a snapshot file arriving from a leader (for instance
+    ``SnapshotStore.receive()``). The transport calls these from a worker thread, one at a time
+    and in order: ``write`` for each chunk, then ``finish`` after the last byte, or ``abort`` (at
+    most once, instead of a successful ``finish``) when the transfer fails."""
 
-    def write(self, data: bytes) -> int: ...
+    def write(self, data: bytes, /) -> object:
+        """Append ``data`` to the file."""
+        ...
 
-    def finish(self) -> None:
-        """The whole file arrived: verify it (raise if it is corrupt) and make it durable."""
+    def finish(self) -> SnapshotMeta | None:
+        """Verify the whole file and make it durable; raise (any Exception) if it is corrupt.
+
+        May return the metadata the file itself holds: the transport then refuses a file whose
+        metadata is not the one the InstallSnapshot message announced.
+        """
         ...
 
     def abort(self) -> None:
-        """The transfer failed: forget what was written."""
+        """Forget the partial file."""
         ...
 
 
-SnapshotSinkFactory = Callable[[InstallSnapshot], IncomingSnapshotSink]
-"""Gives the sink for a snapshot announced by an InstallSnapshot; the message itself is
-delivered to the ``MessageHandler`` only after the sink's ``finish`` succeeded."""
+SnapshotSinkFactory = Callable[[InstallSnapshot], IncomingSnapshotSink | None]
+"""Called on the event loop when a snapshot transfer begins, with its InstallSnapshot message
+(meta only); returns the sink for its file, or None (or raises) to refuse the transfer."""
 
 
 @runtime_checkable
 class Transport(Protocol):
     """What ``raftly.server`` needs from a network between Raft nodes."""
 
-    async def start(self, on_message: MessageHandler, *,
-                    snapshot_sink: SnapshotSinkFactory | None = None) -> None:
+    async def start(
+        self, on_message: MessageHandler, *, snapshot_sink: SnapshotSinkFactory | None = None
+    ) -> None:
         """Begin accepting messages; ``on_message`` is called on the event loop for each one.
-        Without ``snapshot_sink``, incoming snapshot transfers are refused."""
+
+        ``snapshot_sink`` receives snapshot files sent with ``send_snapshot``: their
+        InstallSnapshot message reaches ``on_message`` only once the sink's ``finish()`` has
+        succeeded. Without it, incoming snapshot transfers are refused.
+        """
         ...
 
     def send(self, msg: Message) -> None:
@@ -55,13 +72,12 @@ class Transport(Protocol):
         """
         ...
 
-    async def send_snapshot(self, msg: InstallSnapshot, path: str, *,
-                            chunk_size: int = 1 << 20) -> bool:
-        """Stream the snapshot file at ``path`` to ``msg.dst``, then deliver ``msg`` there.
-
-        True once the receiver has the whole file verified; False on any failure. Never raises
-        because of the network. Other messages keep flowing meanwhile.
-        """
+    async def send_snapshot(
+        self, msg: InstallSnapshot, path: str, *, chunk_size: int = 1 << 20
+    ) -> bool:
+        """Send the snapshot file at ``path`` with ``msg`` (meta only, ``data == b""``) to
+        ``msg.dst``; True once the receiver has verified the whole file and taken the message,
+        False on any failure (never raises because of the network or the peer)."""
         ...
 
     async def close(self) -> None:

@@ -10,8 +10,18 @@ Layout (compact: positional msgpack arrays, no field names on the wire)::
     message   [type_code, term, src, dst, *fields]           (fields per type, see _LAYOUTS)
     entry     [index, term, type, data]
     frame     4-byte big-endian payload length, then the payload
-    handshake [b"raftly", protocol_version, cluster_id, node_id]
+    handshake [b"raftly", protocol_version, cluster_id, node_id]           (a message connection)
+              [b"raftly", protocol_version, cluster_id, node_id, "snapshot"] (a snapshot stream)
     reply     [b"raftly", protocol_version, accepted, reason]
+
+A snapshot stream (one connection per transfer, after its handshake) carries frames whose first
+byte says what they are; the rest is raw, so a 1 MiB chunk is never re-encoded::
+
+    sender    b"H" + size (8 bytes, big-endian) + an InstallSnapshot message with empty data
+              b"C" + chunk bytes (at least one), ``size`` bytes over all chunks, in order
+    receiver  b"A" + bytes received and written so far (8 bytes): one ack per chunk
+              b"D": the whole file is verified and the message delivered
+              b"F" + UTF-8 reason: refused; the transfer is over
 
 Integers on the wire are non-negative and below 2**63 (so they fit a signed 64-bit integer in any
 other implementation); booleans are msgpack booleans, never 0/1; byte strings are msgpack ``bin``.
@@ -46,6 +56,8 @@ from raftly.core.messages import (
 from raftly.core.types import ConfState, Entry, EntryType, Snapshot, SnapshotMeta
 
 __all__ = [
+    "CHANNEL_MESSAGES",
+    "CHANNEL_SNAPSHOT",
     "DEFAULT_MAX_ENTRIES",
     "DEFAULT_MAX_FRAME_SIZE",
     "DEFAULT_MAX_VOTERS",
@@ -60,15 +72,24 @@ __all__ = [
     "FrameTooLarge",
     "Handshake",
     "HandshakeReply",
+    "SnapshotReply",
     "decode_handshake",
     "decode_handshake_reply",
     "decode_message",
+    "decode_snapshot_chunk",
+    "decode_snapshot_header",
+    "decode_snapshot_reply",
     "encode_frame",
     "encode_handshake",
     "encode_handshake_reply",
     "encode_message",
+    "encode_snapshot_ack",
+    "encode_snapshot_done",
+    "encode_snapshot_header",
+    "encode_snapshot_refusal",
     "frame_length",
     "frame_message",
+    "snapshot_chunk_prefix",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -84,6 +105,10 @@ DEFAULT_MAX_ENTRIES: Final = 1 << 16
 DEFAULT_MAX_VOTERS: Final = 1 << 10
 MAX_CLUSTER_ID_LENGTH: Final = 256
 """Characters; a cluster id is a short name from a config file."""
+
+CHANNEL_MESSAGES: Final = "messages"
+CHANNEL_SNAPSHOT: Final = "snapshot"
+_CHANNELS: Final = (CHANNEL_MESSAGES, CHANNEL_SNAPSHOT)
 
 HANDSHAKE_MAX_FRAME_SIZE: Final = 4096
 """A handshake is tiny: reading one never buffers more than this from an unknown client."""
@@ -472,11 +497,13 @@ def decode_message(
 
 @dataclass(frozen=True, slots=True)
 class Handshake:
-    """The first frame a connecting node sends: who it is and which cluster it belongs to."""
+    """The first frame a connecting node sends: who it is, which cluster it belongs to, and
+    whether the connection carries messages or one snapshot transfer (``channel``)."""
 
     version: int
     cluster_id: str
     node_id: int
+    channel: str = CHANNEL_MESSAGES
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,28 +522,44 @@ def _check_cluster_id(cluster_id: object) -> str:
     return cluster_id
 
 
-def _check_magic(obj: object, what: str) -> list[Any]:
-    if type(obj) is not list or len(obj) != 4 or obj[0] != HANDSHAKE_MAGIC:
+def _check_magic(obj: object, what: str, lengths: tuple[int, ...] = (4,)) -> list[Any]:
+    if type(obj) is not list or len(obj) not in lengths or obj[0] != HANDSHAKE_MAGIC:
         raise CodecError(f"not a raftly {what}: {_show(obj)}")
     return obj
 
 
-def encode_handshake(cluster_id: str, node_id: int, version: int = PROTOCOL_VERSION) -> bytes:
+def encode_handshake(
+    cluster_id: str,
+    node_id: int,
+    version: int = PROTOCOL_VERSION,
+    channel: str = CHANNEL_MESSAGES,
+) -> bytes:
     """The payload of the handshake frame a connecting node sends first."""
     _check_cluster_id(cluster_id)
     _uint(node_id, "node id")
     _uint(version, "protocol version")
-    return _pack([HANDSHAKE_MAGIC, version, cluster_id, node_id])
+    if channel not in _CHANNELS:
+        raise CodecError(f"unknown channel {channel!r}")
+    hello: list[Any] = [HANDSHAKE_MAGIC, version, cluster_id, node_id]
+    # A message connection keeps the original four items, so nodes that predate snapshot
+    # streams still accept it (and refuse a snapshot stream cleanly, as a bad handshake).
+    if channel != CHANNEL_MESSAGES:
+        hello.append(channel)
+    return _pack(hello)
 
 
 def decode_handshake(data: bytes | bytearray | memoryview) -> Handshake:
     """Parse a handshake; any version is returned (the listener decides whether it speaks it)."""
-    obj = _unpack(data, max_array_len=4, max_str_len=4 * MAX_CLUSTER_ID_LENGTH)
-    obj = _check_magic(obj, "handshake")
+    obj = _unpack(data, max_array_len=5, max_str_len=4 * MAX_CLUSTER_ID_LENGTH)
+    obj = _check_magic(obj, "handshake", (4, 5))
+    channel = obj[4] if len(obj) == 5 else CHANNEL_MESSAGES
+    if channel not in _CHANNELS or type(channel) is not str:
+        raise CodecError(f"unknown channel {_show(channel)}")
     return Handshake(
         version=_uint(obj[1], "protocol version"),
         cluster_id=_check_cluster_id(obj[2]),
         node_id=_uint(obj[3], "node id"),
+        channel=channel,
     )
 
 
@@ -534,6 +577,91 @@ def decode_handshake_reply(data: bytes | bytearray | memoryview) -> HandshakeRep
     if type(reason) is not str:
         raise CodecError(f"reason: expected a string, got {_show(reason)}")
     return HandshakeReply(accepted=_bool(obj[2], "accepted"), reason=reason)
+
+
+# -- snapshot streams -----------------------------------------------------------------------------
+
+_TAG_HEADER: Final = 0x48  # b"H"
+_TAG_CHUNK: Final = 0x43  # b"C"
+_TAG_ACK: Final = 0x41  # b"A"
+_TAG_DONE: Final = 0x44  # b"D"
+_TAG_FAIL: Final = 0x46  # b"F"
+_SIZE: Final = struct.Struct(">Q")
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotReply:
+    """What the receiver of a snapshot stream said: ``kind`` is "ack" (with ``received``, the
+    bytes written so far), "done" (verified and delivered) or "refused" (with ``reason``)."""
+
+    kind: str
+    received: int = 0
+    reason: str = ""
+
+
+def encode_snapshot_header(msg: InstallSnapshot, size: int) -> bytes:
+    """The first frame of a snapshot stream: ``msg`` (meta only) and the file's size in bytes."""
+    if msg.snapshot.data:
+        raise CodecError("a snapshot stream's header carries the metadata only, not the data")
+    _uint(size, "snapshot size")
+    return bytes([_TAG_HEADER]) + _SIZE.pack(size) + encode_message(msg)
+
+
+def decode_snapshot_header(
+    payload: bytes, *, max_entries: int = DEFAULT_MAX_ENTRIES, max_voters: int = DEFAULT_MAX_VOTERS
+) -> tuple[InstallSnapshot, int]:
+    """The message and the size announced by a header frame; CodecError if it is not one."""
+    if len(payload) <= 1 + _SIZE.size or payload[0] != _TAG_HEADER:
+        raise CodecError(f"expected a snapshot header, got {_frame_kind(payload)}")
+    size = _uint(_SIZE.unpack_from(payload, 1)[0], "snapshot size")
+    msg = decode_message(payload[1 + _SIZE.size :], max_entries=max_entries, max_voters=max_voters)
+    if type(msg) is not InstallSnapshot:
+        raise CodecError(f"a snapshot header carries an InstallSnapshot, not {type(msg).__name__}")
+    if msg.snapshot.data:
+        raise CodecError("a snapshot header must not carry data")
+    return msg, size
+
+
+def snapshot_chunk_prefix(length: int) -> bytes:
+    """Frame header and tag of a chunk of ``length`` bytes (the chunk follows them unchanged)."""
+    return _HEADER.pack(1 + length) + bytes([_TAG_CHUNK])
+
+
+def decode_snapshot_chunk(payload: bytes) -> bytes:
+    """The bytes a chunk frame carries (at least one); CodecError if it is not a chunk."""
+    if len(payload) < 2 or payload[0] != _TAG_CHUNK:
+        raise CodecError(f"expected a snapshot chunk, got {_frame_kind(payload)}")
+    return payload[1:]
+
+
+def encode_snapshot_ack(received: int) -> bytes:
+    return bytes([_TAG_ACK]) + _SIZE.pack(_uint(received, "received"))
+
+
+def encode_snapshot_done() -> bytes:
+    return bytes([_TAG_DONE])
+
+
+def encode_snapshot_refusal(reason: str) -> bytes:
+    return bytes([_TAG_FAIL]) + reason[:_MAX_REASON_LENGTH].encode("utf-8", "replace")
+
+
+def decode_snapshot_reply(payload: bytes) -> SnapshotReply:
+    """Parse a frame from the receiver of a snapshot stream; CodecError if malformed."""
+    tag = payload[0] if payload else None
+    if tag == _TAG_ACK and len(payload) == 1 + _SIZE.size:
+        return SnapshotReply("ack", received=_uint(_SIZE.unpack_from(payload, 1)[0], "received"))
+    if tag == _TAG_DONE and len(payload) == 1:
+        return SnapshotReply("done")
+    if tag == _TAG_FAIL and len(payload) <= 1 + 4 * _MAX_REASON_LENGTH:
+        return SnapshotReply("refused", reason=payload[1:].decode("utf-8", "replace"))
+    raise CodecError(f"expected a snapshot ack, done or refusal, got {_frame_kind(payload)}")
+
+
+def _frame_kind(payload: bytes) -> str:
+    if not payload:
+        return "an empty frame"
+    return f"a frame of {len(payload)} bytes starting with {bytes(payload[:1])!r}"
 
 
 # -- framing --------------------------------------------------------------------------------------

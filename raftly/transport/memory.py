@@ -4,18 +4,25 @@ Each ``MemoryTransport`` delivers with ``loop.call_soon`` on the receiver's even
 never runs the receiver's handler inside the sender's call stack (as over a real network). By
 default every message makes a round trip through the wire codec: the receiver gets a fresh copy
 (no aliasing of lists between nodes) and the codec is exercised by every server test.
+
+``send_snapshot`` copies the file into the receiver's snapshot sink in a worker thread, then
+delivers the InstallSnapshot message once the sink's ``finish()`` succeeded, as ``TcpTransport``
+does: a cut link fails the transfer (the sink is aborted), without chunks, acks or timeouts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable
 
 from raftly.core.messages import InstallSnapshot, Message
-from raftly.transport.base import MessageHandler, SnapshotSinkFactory
+from raftly.transport.base import IncomingSnapshotSink, MessageHandler, SnapshotSinkFactory
 from raftly.transport.codec import decode_message, encode_message
 
 __all__ = ["MemoryNetwork", "MemoryTransport"]
+
+logger = logging.getLogger(__name__)
 
 
 class MemoryNetwork:
@@ -94,35 +101,12 @@ class MemoryTransport:
         self._snapshot_sink: SnapshotSinkFactory | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def start(self, on_message: MessageHandler, *,
-                    snapshot_sink: SnapshotSinkFactory | None = None) -> None:
+    async def start(
+        self, on_message: MessageHandler, *, snapshot_sink: SnapshotSinkFactory | None = None
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self._on_message = on_message
         self._snapshot_sink = snapshot_sink
-
-    async def send_snapshot(self, msg: InstallSnapshot, path: str, *,
-                            chunk_size: int = 1 << 20) -> bool:
-        """Copy the snapshot file at ``path`` into the receiver's sink, a chunk per loop turn
-        (so a cut link fails the transfer halfway, as a broken connection would), then deliver
-        ``msg``. True once the receiver took the whole file."""
-        dst = self.network._transports.get(msg.dst)
-        if dst is None or dst._snapshot_sink is None or not self.network.link_up(msg.src, msg.dst):
-            return False
-        sink = dst._snapshot_sink(msg)
-        try:
-            with open(path, "rb") as source:
-                while chunk := source.read(chunk_size):
-                    await asyncio.sleep(0)
-                    if dst._on_message is None or not self.network.link_up(msg.src, msg.dst):
-                        sink.abort()
-                        return False
-                    sink.write(chunk)
-            sink.finish()
-        except Exception:
-            sink.abort()
-            return False
-        self.network._route(msg)
-        return True
 
     def send(self, msg: Message) -> None:
         if self._on_message is None:
@@ -130,6 +114,44 @@ class MemoryTransport:
             return
         self.network._route(msg)
 
+    async def send_snapshot(
+        self, msg: InstallSnapshot, path: str, *, chunk_size: int = 1 << 20
+    ) -> bool:
+        """Copy the file at ``path`` into the receiver's sink; True once it took the message."""
+        if msg.snapshot.data:
+            raise ValueError("send_snapshot sends the file at path: msg must carry no data")
+        net = self.network
+        dst = net._transports.get(msg.dst)
+        if self._on_message is None or dst is None or dst._snapshot_sink is None:
+            return False
+        if not net.link_up(msg.src, msg.dst):
+            return False
+        try:
+            sink = dst._snapshot_sink(msg)
+        except Exception as exc:
+            logger.warning("node %d: refused a snapshot from node %d: %s", msg.dst, msg.src, exc)
+            return False
+        if sink is None:
+            return False
+        try:
+            await asyncio.to_thread(_copy, path, sink, chunk_size)
+        except Exception as exc:
+            logger.warning("node %d -> %d: snapshot transfer failed: %s", msg.src, msg.dst, exc)
+            await asyncio.to_thread(sink.abort)
+            return False
+        if dst._on_message is None or not net.link_up(msg.src, msg.dst):
+            return False  # the receiver holds the verified file but never got the message
+        dst._on_message(decode_message(encode_message(msg)) if net.use_codec else msg)
+        return True
+
     async def close(self) -> None:
         self._on_message = None
+        self._snapshot_sink = None
         self._loop = None
+
+
+def _copy(path: str, sink: IncomingSnapshotSink, chunk_size: int) -> None:
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            sink.write(chunk)
+    sink.finish()

@@ -19,6 +19,12 @@ read in large chunks, split, decoded, checked (``src`` must be the node that sho
 must be us) and handed to ``on_message``. A malformed or oversized frame closes only that
 connection, with one log line.
 
+Snapshot files (``send_snapshot``) travel on a connection of their own per transfer, opened with
+the same handshake naming the snapshot channel, so a long transfer never delays heartbeats on the
+message connection; the stream itself (chunks, acks, flow control, timeouts) is
+``raftly.transport.snapshot_stream``. One transfer per peer at a time, on each side: a newer one
+replaces the running one (see ``send_snapshot``).
+
 All socket setup goes through ``_open_connection`` and ``_start_server`` so that TLS (a later
 issue) is a change in one place; ``server_ssl`` and ``client_ssl`` are already passed through.
 
@@ -31,36 +37,48 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import ssl
 from collections import deque
 from collections.abc import Coroutine, Mapping
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from raftly.core.messages import Message
-from raftly.transport.base import MessageHandler
+from raftly.core.messages import InstallSnapshot, Message
+from raftly.transport.base import MessageHandler, SnapshotSinkFactory
 from raftly.transport.codec import (
+    CHANNEL_MESSAGES,
+    CHANNEL_SNAPSHOT,
     DEFAULT_MAX_FRAME_SIZE,
     HANDSHAKE_MAX_FRAME_SIZE,
-    HEADER_SIZE,
     PROTOCOL_VERSION,
     CodecError,
     FrameDecoder,
+    Handshake,
     decode_handshake,
     decode_handshake_reply,
     decode_message,
     encode_frame,
     encode_handshake,
     encode_handshake_reply,
-    frame_length,
     frame_message,
 )
+from raftly.transport.framing import read_frame
+from raftly.transport.snapshot_stream import (
+    TransferError,
+    receive_snapshot,
+    send_snapshot_stream,
+)
+from raftly.transport.snapshot_stream import describe as _describe
 
 __all__ = ["TcpTransport", "read_frame"]
 
 logger = logging.getLogger(__name__)
 
 Address = tuple[str, int]
+T = TypeVar("T")
 
 _BACKOFF_BASE = 0.05
 """Seconds before the first retry of a peer that could not be reached."""
@@ -72,6 +90,23 @@ _READ_CHUNK = 256 << 10
 _STREAM_LIMIT = 1 << 20
 _WRITE_TIMEOUT = 10.0
 """A peer that accepts nothing for this long (no TCP progress) is disconnected and redialled."""
+_SNAPSHOT_WINDOW = 4
+"""Chunks of a snapshot in flight before the sender waits for an ack: enough to keep loopback
+and LAN links busy, little enough that a slow receiver's disk throttles the sender."""
+
+
+class _Refused(Exception):
+    """The listener answered our handshake with a refusal; the text is its reason."""
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    """The snapshot transfer running to one peer, and how many callers wait for it."""
+
+    msg: InstallSnapshot
+    path: str
+    task: asyncio.Task[bool]
+    waiters: int = 0
 
 
 class _Peer:
@@ -147,6 +182,7 @@ class TcpTransport:
         max_entries: int | None = None,
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
+        snapshot_timeout: float = 30.0,
     ) -> None:
         if type(node_id) is not int or node_id < 0:
             raise ValueError(f"node_id must be a non-negative int, got {node_id!r}")
@@ -154,6 +190,8 @@ class TcpTransport:
         FrameDecoder(max_frame_size)  # validates the limit
         if queue_limit < 1 or queue_bytes_limit < 1:
             raise ValueError("queue limits must be positive")
+        if not snapshot_timeout > 0:
+            raise ValueError(f"snapshot_timeout must be positive, got {snapshot_timeout!r}")
         self.node_id = node_id
         self.cluster_id = cluster_id
         self._listen = listen
@@ -162,6 +200,7 @@ class TcpTransport:
         self._queue_bytes_limit = queue_bytes_limit
         self._connect_timeout = connect_timeout
         self._handshake_timeout = handshake_timeout
+        self._snapshot_timeout = snapshot_timeout
         self._decode_kwargs: dict[str, int] = {}
         if max_entries is not None:
             self._decode_kwargs["max_entries"] = max_entries
@@ -170,9 +209,12 @@ class TcpTransport:
         self._rng = random.Random()  # backoff jitter only; nothing here needs to be replayable
 
         self._on_message: MessageHandler | None = None
+        self._snapshot_sink: SnapshotSinkFactory | None = None
         self._server: asyncio.Server | None = None
         self._listen_address: Address | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._outgoing: dict[int, _Outgoing] = {}  # peer -> the snapshot transfer to it
+        self._incoming: dict[int, asyncio.Task[Any]] = {}  # peer -> the transfer from it
         self._inbound: dict[asyncio.StreamWriter, int | None] = {}  # writer -> shaken-hands id
         self._closing = False
         self._unknown_logged: set[int] = set()
@@ -184,6 +226,10 @@ class TcpTransport:
         self._refused = 0
         self._connects = 0
         self._connect_failures = 0
+        self._snapshots_sent = 0
+        self._snapshots_send_failed = 0
+        self._snapshots_received = 0
+        self._snapshots_receive_failed = 0
 
         self._peers: dict[int, _Peer] = {}
         self.set_peers(peers)
@@ -197,11 +243,18 @@ class TcpTransport:
             raise RuntimeError("the transport is not started")
         return self._listen_address
 
-    async def start(self, on_message: MessageHandler) -> None:
-        """Listen for peers; ``on_message`` gets every valid message addressed to this node."""
+    async def start(
+        self, on_message: MessageHandler, *, snapshot_sink: SnapshotSinkFactory | None = None
+    ) -> None:
+        """Listen for peers; ``on_message`` gets every valid message addressed to this node.
+
+        ``snapshot_sink`` gives the sink for each incoming snapshot file; its InstallSnapshot
+        reaches ``on_message`` once the sink's ``finish()`` succeeded. None refuses them all.
+        """
         if self._on_message is not None or self._closing:
             raise RuntimeError("a TcpTransport can be started once")
         self._on_message = on_message
+        self._snapshot_sink = snapshot_sink
         self._server = await self._start_server(self._listen)
         sockname = self._server.sockets[0].getsockname()
         self._listen_address = (str(sockname[0]), int(sockname[1]))
@@ -223,6 +276,9 @@ class TcpTransport:
                 peer.disconnect()
                 if peer.task is not None:
                     peer.task.cancel()  # still in self._tasks: close() awaits it
+                outgoing = self._outgoing.pop(nid, None)
+                if outgoing is not None:
+                    outgoing.task.cancel()  # its caller gets False
         for nid, address in wanted.items():
             known = self._peers.get(nid)
             if known is None:
@@ -277,6 +333,66 @@ class TcpTransport:
             peer.task = self._spawn(self._run_peer(peer), name)
         peer.wakeup.set()
 
+    async def send_snapshot(
+        self, msg: InstallSnapshot, path: str, *, chunk_size: int = 1 << 20
+    ) -> bool:
+        """Stream the snapshot file at ``path`` to ``msg.dst`` on a connection of its own.
+
+        ``msg`` carries the metadata only (``data == b""``). True once the receiver has written
+        the whole file, its sink's ``finish()`` verified it and the message was handed to its
+        ``on_message``; False on any failure (peer unknown or unreachable, refused, connection
+        broken, no progress for ``snapshot_timeout``, file unreadable, transport closed), with
+        one log line saying why. Never raises because of the network or the peer; ValueError
+        for a caller's mistake (data in ``msg``, a foreign ``src``, a ``chunk_size`` that does not
+        fit ``max_frame_size``).
+
+        One transfer per peer at a time. A call with the same message and path as the running
+        transfer to that peer waits for that transfer's outcome rather than starting over (so a
+        leader re-asking for the same snapshot never restarts it); any other call replaces the
+        running transfer, whose caller then gets False: the newest request is what the leader
+        wants now, and the older one may carry a stale term or snapshot. Cancelling the caller
+        cancels the transfer unless another caller waits for it too.
+        """
+        if type(chunk_size) is not int or not 0 < chunk_size < self._max_frame_size:
+            raise ValueError(
+                f"chunk_size must be in [1, {self._max_frame_size - 1}] (max_frame_size "
+                f"{self._max_frame_size} less the tag byte), got {chunk_size!r}"
+            )
+        if msg.snapshot.data:
+            raise ValueError("send_snapshot sends the file at path: msg must carry no data")
+        if msg.src != self.node_id:
+            raise ValueError(f"InstallSnapshot with src {msg.src} sent by node {self.node_id}")
+        if self._closing or self._on_message is None:
+            return False
+        peer = self._peers.get(msg.dst)
+        if peer is None:
+            logger.warning("no address for node %d: cannot send it a snapshot", msg.dst)
+            return False
+        transfer = self._outgoing.get(msg.dst)
+        if transfer is not None and not transfer.task.done() and (
+            transfer.msg != msg or transfer.path != path
+        ):
+            logger.info("node %d -> %d: snapshot %s replaces the transfer of %s", self.node_id,
+                        msg.dst, _show_meta(msg), _show_meta(transfer.msg))
+            transfer.task.cancel()
+            transfer = None
+        if transfer is None or transfer.task.done():
+            name = f"raftly-snapshot-{self.node_id}-{msg.dst}"
+            task = self._spawn(self._send_snapshot(peer, msg, path, chunk_size), name)
+            transfer = self._outgoing[msg.dst] = _Outgoing(msg, path, task)
+        transfer.waiters += 1
+        try:
+            await asyncio.wait([transfer.task])
+        finally:
+            transfer.waiters -= 1
+            if transfer.waiters == 0 and not transfer.task.done():  # our caller was cancelled
+                transfer.task.cancel()
+        if self._outgoing.get(msg.dst) is transfer:
+            del self._outgoing[msg.dst]
+        task = transfer.task
+        # A crash of the task (a bug) was logged with its traceback by _task_done.
+        return not task.cancelled() and task.exception() is None and task.result()
+
     async def close(self) -> None:
         """Stop listening, close every connection, cancel and await every task."""
         self._closing = True
@@ -312,6 +428,10 @@ class TcpTransport:
             "connects": self._connects,
             "connect_failures": self._connect_failures,
             "refused": self._refused,
+            "snapshots_sent": self._snapshots_sent,
+            "snapshots_send_failed": self._snapshots_send_failed,
+            "snapshots_received": self._snapshots_received,
+            "snapshots_receive_failed": self._snapshots_receive_failed,
         }
 
     # -- socket setup: the one place TLS will change ----------------------------------------------
@@ -332,13 +452,13 @@ class TcpTransport:
 
     # -- tasks ---------------------------------------------------------------------------------
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    def _spawn(self, coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if task.cancelled():
             return
@@ -403,35 +523,43 @@ class TcpTransport:
                 continue
             self._sent += len(batch)
 
-    async def _connect(self, peer: _Peer) -> bool:
-        """Dial the peer and shake hands; True when connected and accepted."""
-        address = peer.address
+    async def _dial(
+        self, address: Address, channel: str = CHANNEL_MESSAGES
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Connect and shake hands; raises OSError, TimeoutError, CodecError, or _Refused."""
         writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(self._connect_timeout):
                 reader, writer = await self._open_connection(address)
-                writer.write(encode_frame(encode_handshake(self.cluster_id, self.node_id)))
+                writer.write(
+                    encode_frame(encode_handshake(self.cluster_id, self.node_id, channel=channel))
+                )
                 await writer.drain()
                 payload = await read_frame(reader, HANDSHAKE_MAX_FRAME_SIZE)
                 if payload is None:
                     raise ConnectionError("closed during the handshake")
                 reply = decode_handshake_reply(payload)
-        except (OSError, TimeoutError, CodecError) as exc:
-            if writer is not None:
-                writer.close()
-            self._problem(peer, f"cannot connect to {address[0]}:{address[1]}: {_describe(exc)}")
-            return False
+            if not reply.accepted:
+                raise _Refused(f"refused by {address[0]}:{address[1]}: {reply.reason}")
         except BaseException:
             if writer is not None:
                 writer.close()
             raise
+        return reader, writer
+
+    async def _connect(self, peer: _Peer) -> bool:
+        """Dial the peer and shake hands; True when connected and accepted."""
+        address = peer.address
+        try:
+            reader, writer = await self._dial(address)
+        except _Refused as exc:
+            self._problem(peer, str(exc), logging.WARNING)
+            return False
+        except (OSError, TimeoutError, CodecError) as exc:
+            self._problem(peer, f"cannot connect to {address[0]}:{address[1]}: {_describe(exc)}")
+            return False
         if peer.address != address:  # set_peers moved the peer while we were dialling
             writer.close()
-            return False
-        if not reply.accepted:
-            writer.close()
-            self._problem(peer, f"refused by {address[0]}:{address[1]}: {reply.reason}",
-                          logging.WARNING)
             return False
         peer.reader, peer.writer = reader, writer
         peer.failures = 0
@@ -439,6 +567,50 @@ class TcpTransport:
         self._connects += 1
         logger.info("node %d -> %d: connected to %s:%d", self.node_id, peer.node_id, *address)
         return True
+
+    async def _send_snapshot(
+        self, peer: _Peer, msg: InstallSnapshot, path: str, chunk_size: int
+    ) -> bool:
+        """The task of one outgoing transfer: open the file, dial, stream; logs its failure."""
+        loop = asyncio.get_running_loop()
+        what = f"snapshot {_show_meta(msg)}"  # then with its size, as the receiver logs it
+        # One worker thread per transfer: file reads stay off the event loop and in order.
+        executor = ThreadPoolExecutor(1, thread_name_prefix=f"raftly-snapshot-{msg.dst}")
+        file = None
+        writer: asyncio.StreamWriter | None = None
+        started = loop.time()
+        try:
+            try:
+                file = await loop.run_in_executor(executor, open, path, "rb")
+                size = os.fstat(file.fileno()).st_size
+            except OSError as exc:
+                raise TransferError(f"cannot read {path}: {_describe(exc)}") from exc
+            what = f"{what} ({size} bytes)"
+            reader, writer = await self._dial(peer.address, CHANNEL_SNAPSHOT)
+            await send_snapshot_stream(
+                reader, writer, msg, file, size, chunk_size=chunk_size, window=_SNAPSHOT_WINDOW,
+                timeout=self._snapshot_timeout, executor=executor,
+            )
+        except (TransferError, _Refused) as exc:
+            return self._snapshot_failed(msg.dst, what, str(exc))
+        except (OSError, TimeoutError, CodecError) as exc:
+            return self._snapshot_failed(msg.dst, what, _describe(exc))
+        finally:
+            if writer is not None:
+                writer.close()
+            if file is not None:
+                executor.submit(file.close)
+            executor.shutdown(wait=False)
+        elapsed = loop.time() - started
+        self._snapshots_sent += 1
+        logger.info("node %d -> %d: sent %s in %.2fs (%.0f MB/s)", self.node_id, msg.dst, what,
+                    elapsed, size / 1e6 / max(elapsed, 1e-6))
+        return True
+
+    def _snapshot_failed(self, dst: int, what: str, why: str) -> bool:
+        self._snapshots_send_failed += 1
+        logger.warning("node %d -> %d: %s failed: %s", self.node_id, dst, what, why)
+        return False
 
     # -- inbound -------------------------------------------------------------------------------
 
@@ -457,17 +629,19 @@ class TcpTransport:
         peername = writer.get_extra_info("peername")
         where = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
         try:
-            node = await self._handshake(reader, writer, where)
-            if node is not None:
-                await self._read_messages(reader, node, where)
+            hello = await self._handshake(reader, writer, where)
+            if hello is not None and hello.channel == CHANNEL_SNAPSHOT:
+                await self._receive_snapshot(reader, writer, hello.node_id)
+            elif hello is not None:
+                await self._read_messages(reader, hello.node_id, where)
         finally:
             self._inbound.pop(writer, None)
             writer.close()
 
     async def _handshake(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str
-    ) -> int | None:
-        """Read and check the handshake; the peer's node id, or None after refusing it."""
+    ) -> Handshake | None:
+        """Read and check the handshake; the peer's, or None after refusing it."""
         try:
             async with asyncio.timeout(self._handshake_timeout):
                 payload = await read_frame(reader, HANDSHAKE_MAX_FRAME_SIZE)
@@ -509,6 +683,10 @@ class TcpTransport:
             logger.info("node %d: %s went away during the handshake: %s", self.node_id, where,
                         _describe(exc))
             return None
+        if hello.channel == CHANNEL_SNAPSHOT:
+            logger.info("node %d: accepted a snapshot stream of node %d from %s", self.node_id,
+                        hello.node_id, where)
+            return hello  # stays in _inbound under None: closed by close(), not by the rule below
         # One inbound connection per node: a newer one means the old one is dead (the peer
         # restarted or redialled), so close it rather than let half-open sockets pile up.
         for other, other_node in list(self._inbound.items()):
@@ -516,7 +694,34 @@ class TcpTransport:
                 other.close()
         self._inbound[writer] = hello.node_id
         logger.info("node %d: accepted node %d from %s", self.node_id, hello.node_id, where)
-        return hello.node_id
+        return hello
+
+    async def _receive_snapshot(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, node: int
+    ) -> None:
+        """Serve one snapshot stream of ``node``; a newer stream of the same node replaces it."""
+        me = asyncio.current_task()
+        assert me is not None and self._on_message is not None
+        running = self._incoming.get(node)
+        if running is not None and not running.done():
+            logger.info("node %d: a new snapshot stream of node %d replaces the running one",
+                        self.node_id, node)
+            running.cancel()  # it aborts its sink
+        self._incoming[node] = me
+        try:
+            ok = await receive_snapshot(
+                reader, writer, node=node, me=self.node_id, sink_factory=self._snapshot_sink,
+                on_message=self._on_message, timeout=self._snapshot_timeout,
+                max_frame_size=self._max_frame_size, decode_kwargs=self._decode_kwargs,
+            )
+        finally:
+            if self._incoming.get(node) is me:
+                del self._incoming[node]
+        if ok:
+            self._snapshots_received += 1
+            self._received += 1
+        else:
+            self._snapshots_receive_failed += 1
 
     async def _read_messages(self, reader: asyncio.StreamReader, node: int, where: str) -> None:
         decoder = FrameDecoder(self._max_frame_size)
@@ -559,29 +764,6 @@ class TcpTransport:
                 return
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-async def read_frame(
-    reader: asyncio.StreamReader, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
-) -> bytes | None:
-    """Read one frame's payload; None on a clean end of stream before any byte of a frame.
-
-    Raises FrameTooLarge before reading the body of an oversized frame, and CodecError if the
-    stream ends in the middle of a frame.
-    """
-    try:
-        header = await reader.readexactly(HEADER_SIZE)
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
-            return None
-        raise CodecError("stream ended inside a frame header") from None
-    size = frame_length(header, max_frame_size)
-    try:
-        return await reader.readexactly(size)
-    except asyncio.IncompleteReadError as exc:
-        raise CodecError(
-            f"stream ended inside a frame ({len(exc.partial)} of {size} bytes)"
-        ) from None
+def _show_meta(msg: InstallSnapshot) -> str:
+    meta = msg.snapshot.meta
+    return f"{meta.term}/{meta.index}"

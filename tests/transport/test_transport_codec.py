@@ -8,7 +8,7 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from transport_helpers import MESSAGE_STRATEGIES, messages
+from transport_helpers import MESSAGE_STRATEGIES, install_snapshot, messages
 
 from raftly.core.messages import (
     ALL_MESSAGE_TYPES,
@@ -21,6 +21,8 @@ from raftly.core.messages import (
 from raftly.core.types import ConfState, Entry, EntryType, Snapshot, SnapshotMeta
 from raftly.testing import SimCluster
 from raftly.transport.codec import (
+    CHANNEL_MESSAGES,
+    CHANNEL_SNAPSHOT,
     MAX_INT,
     PROTOCOL_VERSION,
     CodecError,
@@ -28,14 +30,23 @@ from raftly.transport.codec import (
     FrameTooLarge,
     Handshake,
     HandshakeReply,
+    SnapshotReply,
     decode_handshake,
     decode_handshake_reply,
     decode_message,
+    decode_snapshot_chunk,
+    decode_snapshot_header,
+    decode_snapshot_reply,
     encode_frame,
     encode_handshake,
     encode_handshake_reply,
     encode_message,
+    encode_snapshot_ack,
+    encode_snapshot_done,
+    encode_snapshot_header,
+    encode_snapshot_refusal,
     frame_message,
+    snapshot_chunk_prefix,
 )
 
 
@@ -339,6 +350,86 @@ def test_garbage_handshakes_and_replies_are_codec_errors(data: bytes) -> None:
 def test_bad_cluster_id_is_refused_when_encoding() -> None:
     with pytest.raises(CodecError):
         encode_handshake("", 1)
+
+
+def test_a_handshake_names_its_channel_and_a_message_connection_keeps_four_items() -> None:
+    assert msgpack.unpackb(encode_handshake("c", 1)) == [b"raftly", PROTOCOL_VERSION, "c", 1]
+    snapshot = decode_handshake(encode_handshake("c", 1, channel=CHANNEL_SNAPSHOT))
+    assert snapshot == Handshake(PROTOCOL_VERSION, "c", 1, CHANNEL_SNAPSHOT)
+    assert decode_handshake(encode_handshake("c", 1)).channel == CHANNEL_MESSAGES
+    for bad in ("files", b"snapshot", 1, None):
+        with pytest.raises(CodecError, match="channel"):
+            decode_handshake(pack([b"raftly", 1, "c", 1, bad]))
+    with pytest.raises(CodecError, match="channel"):
+        encode_handshake("c", 1, channel="files")
+
+
+# -- snapshot streams ------------------------------------------------------------------------
+
+
+def _meta_only(msg: InstallSnapshot) -> InstallSnapshot:
+    return InstallSnapshot(term=msg.term, src=msg.src, dst=msg.dst,
+                           snapshot=Snapshot(msg.snapshot.meta))
+
+
+@given(install_snapshot(), st.integers(0, MAX_INT - 1))
+def test_a_snapshot_header_round_trips(msg: InstallSnapshot, size: int) -> None:
+    msg = _meta_only(msg)
+    assert decode_snapshot_header(encode_snapshot_header(msg, size)) == (msg, size)
+
+
+def test_a_snapshot_header_with_data_is_refused_both_ways() -> None:
+    msg = InstallSnapshot(term=2, src=1, dst=2, snapshot=Snapshot(SnapshotMeta(5, 1), b"x"))
+    with pytest.raises(CodecError, match="data"):
+        encode_snapshot_header(msg, 1)
+    with pytest.raises(CodecError, match="data"):
+        decode_snapshot_header(b"H" + struct.pack(">Q", 1) + encode_message(msg))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"H",
+        b"H" + struct.pack(">Q", 1),
+        b"H" + struct.pack(">Q", MAX_INT) + encode_message(
+            InstallSnapshot(term=2, src=1, dst=2, snapshot=Snapshot(SnapshotMeta(5, 1)))),
+        b"H" + struct.pack(">Q", 1) + encode_message(Heartbeat(term=1, src=1, dst=2, commit=0)),
+        b"H" + struct.pack(">Q", 1) + b"\xc1",
+        b"C" + struct.pack(">Q", 1) + encode_message(
+            InstallSnapshot(term=2, src=1, dst=2, snapshot=Snapshot(SnapshotMeta(5, 1)))),
+    ],
+)
+def test_malformed_snapshot_headers_are_codec_errors(payload: bytes) -> None:
+    with pytest.raises(CodecError):
+        decode_snapshot_header(payload)
+
+
+def test_a_snapshot_chunk_carries_at_least_one_raw_byte() -> None:
+    frame = snapshot_chunk_prefix(3) + b"abc"
+    assert FrameDecoder().feed(frame) == [b"Cabc"]
+    assert decode_snapshot_chunk(b"Cabc") == b"abc"
+    for bad in (b"", b"C", b"Habc", b"Aabc"):
+        with pytest.raises(CodecError):
+            decode_snapshot_chunk(bad)
+
+
+def test_snapshot_replies_round_trip() -> None:
+    assert decode_snapshot_reply(encode_snapshot_ack(12345)) == SnapshotReply("ack", 12345)
+    assert decode_snapshot_reply(encode_snapshot_done()) == SnapshotReply("done")
+    refusal = decode_snapshot_reply(encode_snapshot_refusal("disk full"))
+    assert refusal == SnapshotReply("refused", reason="disk full")
+    assert len(encode_snapshot_refusal("\u00e9" * 5000)) <= 1 + 2 * 1024  # bounded
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"X", b"A", b"A" + bytes(7), b"A" + bytes(9), b"A" + struct.pack(">Q", MAX_INT),
+     b"D\x00", b"F" + bytes(5000)],
+)
+def test_malformed_snapshot_replies_are_codec_errors(payload: bytes) -> None:
+    with pytest.raises(CodecError):
+        decode_snapshot_reply(payload)
 
 
 # -- framing ---------------------------------------------------------------------------------

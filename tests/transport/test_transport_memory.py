@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 
 from polling import eventually
+from transport_helpers import Sinks
 
-from raftly.core.messages import AppendEntries, Heartbeat, Message
-from raftly.core.types import Entry
+from raftly.core.messages import AppendEntries, Heartbeat, InstallSnapshot, Message
+from raftly.core.types import Entry, Snapshot, SnapshotMeta
 from raftly.transport import MemoryNetwork, Transport
 
 
@@ -86,5 +89,34 @@ def test_a_link_cut_while_a_message_is_in_flight_loses_it() -> None:
         await asyncio.sleep(0)
         assert inbox[1] == []
         assert net.delivered == 0 and net.dropped == 1
+
+    asyncio.run(body())
+
+
+def test_send_snapshot_fills_the_receivers_sink_then_delivers_and_fails_on_a_cut_link(
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(300_000)
+    path = tmp_path / "snap"
+    path.write_bytes(data)
+    msg = InstallSnapshot(term=2, src=0, dst=1, snapshot=Snapshot(SnapshotMeta(9, 2)))
+
+    async def body() -> None:
+        net = MemoryNetwork()
+        sinks = Sinks()
+        inbox: list[Message] = []
+        await net.transport(0).start(inbox.append)
+        await net.transport(1).start(inbox.append, snapshot_sink=sinks)
+        assert await net.transport(0).send_snapshot(msg, str(path), chunk_size=1 << 16)
+        assert bytes(sinks.made[0].data) == data and sinks.made[0].finished
+        assert inbox == [msg]
+        net.disconnect(1)
+        assert not await net.transport(0).send_snapshot(msg, str(path))
+        net.connect(1)
+        sinks.options["finish_error"] = "bad checksum"
+        assert not await net.transport(0).send_snapshot(msg, str(path))
+        assert sinks.made[-1].aborted and inbox == [msg]
+        back = InstallSnapshot(term=2, src=1, dst=0, snapshot=msg.snapshot)
+        assert not await net.transport(1).send_snapshot(back, str(path))  # 0 takes none
 
     asyncio.run(body())

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Awaitable, Callable
 
 import pytest
 from polling import eventually
+from transport_helpers import CLUSTER, LOCAL, Node, closed_by_peer, hb, pair, raw_client, run
 
 from raftly.core.messages import (
     AppendEntries,
-    Heartbeat,
     HeartbeatResponse,
     Message,
     ReadIndexRequest,
@@ -30,9 +29,6 @@ from raftly.transport.codec import (
     frame_message,
 )
 from raftly.transport.tcp import read_frame
-
-LOCAL = ("127.0.0.1", 0)
-CLUSTER = "test-cluster"
 
 
 def _reader(data: bytes, eof: bool = True) -> asyncio.StreamReader:
@@ -55,66 +51,6 @@ def test_read_frame() -> None:
             await asyncio.wait_for(read_frame(_reader(b"\x00\x00\x01\x00", False), 255), 1.0)
 
     asyncio.run(main())
-
-
-def run(coro: Callable[[], Awaitable[None]]) -> None:
-    """Run a test body and check it left no task behind (every transport was closed)."""
-
-    async def main() -> None:
-        await asyncio.wait_for(coro(), 10.0)
-        leftover = asyncio.all_tasks() - {asyncio.current_task()}
-        assert not leftover, leftover
-
-    asyncio.run(main())
-
-
-class Node:
-    """A started transport and the messages it received."""
-
-    def __init__(self, node_id: int, **kwargs: object) -> None:
-        self.id = node_id
-        self.inbox: list[Message] = []
-        kwargs.setdefault("cluster_id", CLUSTER)
-        self.t = TcpTransport(node_id, kwargs.pop("listen", LOCAL), {}, **kwargs)  # type: ignore[arg-type]
-
-    async def start(self) -> Node:
-        await self.t.start(self.inbox.append)
-        return self
-
-    @property
-    def addr(self) -> tuple[str, int]:
-        return self.t.listen_address
-
-
-async def pair(**kwargs: object) -> tuple[Node, Node]:
-    a, b = await Node(1, **kwargs).start(), await Node(2, **kwargs).start()
-    peers = {1: a.addr, 2: b.addr}
-    a.t.set_peers(peers)
-    b.t.set_peers(peers)
-    return a, b
-
-
-def hb(src: int, dst: int, commit: int = 0) -> Heartbeat:
-    return Heartbeat(term=1, src=src, dst=dst, commit=commit)
-
-
-async def raw_client(
-    addr: tuple[str, int], cluster_id: str = CLUSTER, node_id: int = 7
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A hand-rolled peer that has shaken hands and may now write anything."""
-    reader, writer = await asyncio.open_connection(*addr)
-    writer.write(encode_frame(encode_handshake(cluster_id, node_id)))
-    reply = await read_frame(reader)
-    assert reply is not None and decode_handshake_reply(reply).accepted
-    return reader, writer
-
-
-async def closed_by_peer(reader: asyncio.StreamReader) -> bool:
-    """True when the other end closes (EOF or reset) within the deadline."""
-    try:
-        return await asyncio.wait_for(reader.read(), 3.0) == b""
-    except ConnectionError:
-        return True
 
 
 def test_tcp_transport_satisfies_the_protocol() -> None:

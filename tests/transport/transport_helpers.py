@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+
 from hypothesis import strategies as st
 
 from raftly.core.messages import (
@@ -18,6 +22,14 @@ from raftly.core.messages import (
     TimeoutNow,
 )
 from raftly.core.types import ConfState, Entry, EntryType, Snapshot, SnapshotMeta
+from raftly.transport import SnapshotSinkFactory, TcpTransport
+from raftly.transport.codec import (
+    CHANNEL_MESSAGES,
+    decode_handshake_reply,
+    encode_frame,
+    encode_handshake,
+)
+from raftly.transport.framing import read_frame
 
 MAX = 2**63 - 1
 uints = st.one_of(st.integers(0, 1000), st.integers(0, MAX))  # small values often, edges too
@@ -90,3 +102,142 @@ MESSAGE_STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
 
 messages = st.one_of(*MESSAGE_STRATEGIES.values())
 
+# -- real transports on loopback ------------------------------------------------------------------
+
+LOCAL = ("127.0.0.1", 0)
+CLUSTER = "test-cluster"
+
+
+def run(coro: Callable[[], Awaitable[None]]) -> None:
+    """Run a test body and check it left no task behind (every transport was closed)."""
+
+    async def main() -> None:
+        await asyncio.wait_for(coro(), 10.0)
+        leftover = asyncio.all_tasks() - {asyncio.current_task()}
+        assert not leftover, leftover
+
+    asyncio.run(main())
+
+
+class Node:
+    """A started transport and the messages it received."""
+
+    def __init__(self, node_id: int, **kwargs: object) -> None:
+        self.id = node_id
+        self.inbox: list[Message] = []
+        kwargs.setdefault("cluster_id", CLUSTER)
+        self.t = TcpTransport(node_id, kwargs.pop("listen", LOCAL), {}, **kwargs)  # type: ignore[arg-type]
+
+    async def start(self, snapshot_sink: SnapshotSinkFactory | None = None) -> Node:
+        await self.t.start(self.inbox.append, snapshot_sink=snapshot_sink)
+        return self
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        return self.t.listen_address
+
+
+async def pair(
+    snapshot_sink: SnapshotSinkFactory | None = None, **kwargs: object
+) -> tuple[Node, Node]:
+    """Nodes 1 and 2, started and knowing each other; both take snapshots with ``snapshot_sink``."""
+    a = await Node(1, **kwargs).start(snapshot_sink)
+    b = await Node(2, **kwargs).start(snapshot_sink)
+    peers = {1: a.addr, 2: b.addr}
+    a.t.set_peers(peers)
+    b.t.set_peers(peers)
+    return a, b
+
+
+def hb(src: int, dst: int, commit: int = 0) -> Heartbeat:
+    return Heartbeat(term=1, src=src, dst=dst, commit=commit)
+
+
+async def raw_client(
+    addr: tuple[str, int],
+    cluster_id: str = CLUSTER,
+    node_id: int = 7,
+    channel: str = CHANNEL_MESSAGES,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A hand-rolled peer that has shaken hands and may now write anything."""
+    reader, writer = await asyncio.open_connection(*addr)
+    writer.write(encode_frame(encode_handshake(cluster_id, node_id, channel=channel)))
+    reply = await read_frame(reader)
+    assert reply is not None and decode_handshake_reply(reply).accepted
+    return reader, writer
+
+
+async def closed_by_peer(reader: asyncio.StreamReader) -> bool:
+    """True when the other end closes (EOF or reset) within the deadline."""
+    try:
+        return await asyncio.wait_for(reader.read(), 3.0) == b""
+    except ConnectionError:
+        return True
+
+
+# -- snapshot sinks ------------------------------------------------------------------------------
+
+
+class FakeSink:
+    """Records what the transport did with it; ``gate`` (when given) holds every write until set,
+    from the worker thread, so a test can keep a transfer stalled for as long as it likes."""
+
+    def __init__(self, msg: InstallSnapshot, events: list[str], *, finish_error: str = "",
+                 meta: SnapshotMeta | None = None, gate: threading.Event | None = None) -> None:
+        self.msg = msg
+        self.events = events
+        self.data = bytearray()
+        self.writes = 0
+        self.finished = False
+        self.aborted = False
+        self.finish_error = finish_error
+        self.meta = meta if meta is not None else msg.snapshot.meta
+        self.gate = gate
+
+    def write(self, data: bytes) -> int:
+        assert type(data) is bytes and not self.finished and not self.aborted
+        self.writes += 1
+        if self.gate is not None:
+            assert self.gate.wait(20.0)
+        self.data += data
+        return len(data)
+
+    def finish(self) -> SnapshotMeta:
+        assert not self.aborted
+        if self.finish_error:
+            raise ValueError(self.finish_error)
+        self.finished = True
+        self.events.append("finish")
+        return self.meta
+
+    def abort(self) -> None:
+        assert not self.aborted
+        self.aborted = True
+        self.events.append("abort")
+
+
+class Sinks:
+    """A ``snapshot_sink`` factory that hands out FakeSinks and keeps them for the test."""
+
+    def __init__(self, **options: object) -> None:
+        self.options = options
+        self.made: list[FakeSink] = []
+        self.events: list[str] = []
+        self.refuse = False
+
+    def release(self) -> None:
+        """Let the writes held by the ``gate`` option go on."""
+        gate = self.options["gate"]
+        assert isinstance(gate, threading.Event)
+        gate.set()
+
+    def writing(self) -> bool:
+        """The first sink has begun its first write."""
+        return bool(self.made) and self.made[0].writes > 0
+
+    def __call__(self, msg: InstallSnapshot) -> FakeSink | None:
+        if self.refuse:
+            return None
+        sink = FakeSink(msg, self.events, **self.options)  # type: ignore[arg-type]
+        self.made.append(sink)
+        return sink
