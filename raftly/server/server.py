@@ -332,6 +332,11 @@ class RaftServer:
     def _on_message(self, msg: Message) -> None:
         if self._fatal is not None or self._closed or self._node is None:
             return
+        if isinstance(msg, InstallSnapshot) and (self._snapshots is None
+                                                 or not self._snapshots.arrived(msg)):
+            logger.warning("node %s: dropped an InstallSnapshot from %s without its file",
+                           self.id, msg.src)
+            return
         try:
             self._node.step(msg)
         except Exception as exc:  # a bug, or a broken invariant: never go on half-working

@@ -52,29 +52,24 @@ class SnapshotSettings:
 
 
 class _Incoming:
-    """The transport's sink for one snapshot arriving from a leader: once complete and
-    verified, it waits in ``SnapshotManager`` until the core says to install it (or not)."""
+    """The transport's sink for one snapshot file arriving from a leader; remembers what the
+    file holds once ``finish`` has verified it (``finish`` runs in the transport's thread)."""
 
-    __slots__ = ("_file", "_manager", "_msg")
+    __slots__ = ("file", "meta")
 
-    def __init__(self, manager: SnapshotManager, msg: InstallSnapshot) -> None:
-        self._manager = manager
-        self._msg = msg
-        self._file: IncomingSnapshot = manager.store.receive()
+    def __init__(self, file: IncomingSnapshot) -> None:
+        self.file = file
+        self.meta: SnapshotMeta | None = None
 
-    def write(self, data: bytes) -> int:
-        return self._file.write(data)
+    def write(self, data: bytes, /) -> int:
+        return self.file.write(data)
 
-    def finish(self) -> None:
-        meta = self._file.finish()
-        expected = self._msg.snapshot.meta
-        if meta != expected:
-            self._manager.store.discard(self._file)
-            raise StorageError(f"snapshot file holds {meta}, but the leader announced {expected}")
-        self._manager.received(meta, self._file)
+    def finish(self) -> SnapshotMeta:
+        self.meta = self.file.finish()
+        return self.meta  # the transport refuses it if it is not the one the leader announced
 
     def abort(self) -> None:
-        self._file.abort()
+        self.file.abort()
 
 
 class SnapshotManager:
@@ -99,7 +94,10 @@ class SnapshotManager:
         self._next_try = settings.entries
         self._taking: asyncio.Task[None] | None = None
         self._taken: SnapshotMeta | None = None
+        self._arriving: dict[NodeId, _Incoming] = {}
+        """Per leader, the snapshot file being received from it."""
         self._incoming: dict[tuple[int, int], IncomingSnapshot] = {}
+        """Received and verified files, by (index, term), until the core installs one."""
         self._sending: dict[NodeId, asyncio.Task[None]] = {}
         self.stats = {"taken": 0, "installed": 0, "sent": 0, "send_failures": 0}
 
@@ -206,15 +204,28 @@ class SnapshotManager:
     # -- receiving --------------------------------------------------------------------------------
 
     def sink(self, msg: InstallSnapshot) -> _Incoming:
-        """Where the transport writes a snapshot arriving with ``msg``."""
-        return _Incoming(self, msg)
+        """Where the transport writes the snapshot file announced by ``msg`` (one transfer per
+        leader at a time: a newer one replaces an older, as the transport does)."""
+        incoming = _Incoming(self.store.receive())
+        self._arriving[msg.src] = incoming
+        return incoming
 
-    def received(self, meta: SnapshotMeta, incoming: IncomingSnapshot) -> None:
-        key = (meta.index, meta.term)
-        old = self._incoming.pop(key, None)
+    def arrived(self, msg: InstallSnapshot) -> bool:
+        """Whether the file of ``msg`` arrived whole and verified, so the core may be told.
+
+        The transport delivers the message only after that, but an InstallSnapshot that came
+        some other way (a confused or hostile peer) has no file behind it: it is dropped.
+        """
+        incoming = self._arriving.get(msg.src)
+        meta = msg.snapshot.meta
+        if incoming is None or incoming.meta != meta:
+            return False
+        del self._arriving[msg.src]
+        old = self._incoming.pop((meta.index, meta.term), None)
         if old is not None:
             self.store.discard(old)
-        self._incoming[key] = incoming
+        self._incoming[(meta.index, meta.term)] = incoming.file
+        return True
 
     async def install(self, meta: SnapshotMeta) -> None:
         """The core accepted the received snapshot ``meta``: make it this node's state."""
@@ -269,7 +280,8 @@ class SnapshotManager:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for incoming in self._incoming.values():
+        for incoming in [*self._incoming.values(), *(a.file for a in self._arriving.values())]:
             self.store.discard(incoming)
         self._incoming.clear()
+        self._arriving.clear()
         self._worker.shutdown(wait=True)
