@@ -450,13 +450,9 @@ class _SnapshotReader:
             if client in sessions:
                 raise _malformed(f"client {client!r} has two sessions")
             sessions[client] = state
-        try:
-            self._unpacker.unpack()
-        except msgpack.OutOfData:
-            return data, sessions, last_index
-        except (msgpack.UnpackException, ValueError):
-            pass
-        raise _malformed("data after the last session")
+        if self._unpacker.read_bytes(1):
+            raise _malformed("data after the last session")
+        return data, sessions, last_index
 
     def _next(self, what: str) -> object:
         try:
@@ -536,7 +532,7 @@ def _session_result(item: object, floor: int, last_index: int, where: str
                          f"last_index {last_index}")
     if not isinstance(ok, bool) or not isinstance(message, str):
         raise _malformed(f"{where}: seq {seq} has a non-bool ok or a non-str message")
-    if error is not None and (error not in _RESULT_ERRORS or ok):
+    if error is not None and (not isinstance(error, str) or error not in _RESULT_ERRORS or ok):
         raise _malformed(f"{where}: seq {seq} has error {error!r} (with ok={ok})")
     return seq, Result(index, ok, error, message)
 
