@@ -1,4 +1,4 @@
-"""supports_snapshots: which state machines have the snapshot hooks (raftly/core/state_machine.py)."""
+"""supports_snapshots: which state machines have the snapshot hooks (core/state_machine.py)."""
 
 from __future__ import annotations
 
