@@ -19,7 +19,10 @@ class StateMachine(Protocol):
 
 
 class SupportsWrite(Protocol):
-    """A binary sink, such as a file opened ``"wb"`` or a snapshot store's writer."""
+    """A binary sink, such as a file opened ``"wb"`` or a snapshot store's writer.
+
+    ``write`` takes all of ``data`` (as buffered files do; a raw file's short writes are not).
+    """
 
     def write(self, data: bytes, /) -> object:
         ...

@@ -435,7 +435,7 @@ class _SnapshotReader:
         if type(version) is not int or version != SNAPSHOT_VERSION:
             raise _malformed(f"version {version!r} is not supported (only {SNAPSHOT_VERSION})")
         if header.keys() != _HEADER_FIELDS:
-            raise _malformed(f"the header has fields {sorted(header)}, "
+            raise _malformed(f"the header has fields {sorted(map(str, header))}, "
                              f"not {sorted(_HEADER_FIELDS)}")
         last_index = _count(header["last_index"], "last_index")
         n_keys = _count(header["keys"], "the key count")

@@ -246,6 +246,7 @@ MALFORMED_SNAPSHOTS = {
     "newer version": (pack(header(version=2)), "version 2 is not supported"),
     "bool version": (pack(header(version=True)), "version True is not supported"),
     "extra header field": (pack(header(extra=1)), "the header has fields"),
+    "bytes header field": (pack({**header(), b"keys": 1}), "the header has fields"),
     "missing header field": (pack({"format": "raftly-kv", "version": 1}), "header has fields"),
     "negative last index": (pack(header(last_index=-1)), "last_index -1"),
     "str key count": (pack(header(keys="2")), "key count '2'"),
