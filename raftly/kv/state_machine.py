@@ -194,6 +194,16 @@ def decode(command: bytes) -> tuple[Op, Session | None]:
 class _ClientState:
     floor: int = 0  # every seq below it is forgotten: the client promised not to retry it
     results: dict[int, Result] = field(default_factory=dict)
+    # The machine's capture count when ``results`` was made: a capture taken since may share it,
+    # so it is copied before its next change (sessions can hold millions of results in all).
+    made_at: int = 0
+
+    def own_results(self, captures: int) -> dict[int, Result]:
+        """``results``, to change: copied first if a capture may share it."""
+        if self.made_at != captures:
+            self.results = dict(self.results)
+            self.made_at = captures
+        return self.results
 
 
 class KVStateMachine:
@@ -219,6 +229,7 @@ class KVStateMachine:
         self._data: dict[str, bytes] = {}
         self._sorted: list[str] | None = []  # sorted keys for prefix scans; None when stale
         self._sessions: OrderedDict[str, _ClientState] = OrderedDict()
+        self._captures = 0
         self.last_index = 0
 
     # -- apply ----------------------------------------------------------------------------------
@@ -239,15 +250,16 @@ class KVStateMachine:
                           f"client {session.client!r} is not remembered (its session was "
                           f"evicted); the outcome of retried seq {session.seq} is unknown")
         if state is None:
-            state = self._sessions[session.client] = _ClientState()
+            state = self._sessions[session.client] = _ClientState(made_at=self._captures)
             if len(self._sessions) > self.max_sessions:
                 self._sessions.popitem(last=False)
         else:
             self._sessions.move_to_end(session.client)
         if session.ack > state.floor:
             state.floor = session.ack
-            for seq in [s for s in state.results if s < state.floor]:
-                del state.results[seq]
+            results = state.own_results(self._captures)
+            for seq in [s for s in results if s < state.floor]:
+                del results[seq]
         cached = state.results.get(session.seq)
         if cached is not None:
             return cached
@@ -258,10 +270,11 @@ class KVStateMachine:
                           f"seq {session.seq} of client {session.client!r} is below its "
                           f"window (from {state.floor}); its outcome is no longer known")
         result = self._apply_op(index, op)
-        state.results[session.seq] = result
-        if len(state.results) > self.session_window:
-            oldest = min(state.results)
-            del state.results[oldest]
+        results = state.own_results(self._captures)
+        results[session.seq] = result
+        if len(results) > self.session_window:
+            oldest = min(results)
+            del results[oldest]
             state.floor = max(state.floor, oldest + 1)
         return result
 
@@ -295,11 +308,12 @@ class KVStateMachine:
     def capture(self) -> KVCapture:
         """The state as of now, set aside in a few milliseconds per million keys.
 
-        Shallow copies suffice: keys, values and results are immutable; only the containers
-        change as commands apply.
+        Keys, values and results are immutable, so only containers are copied: the key dict
+        now, and each session's results only when a later apply changes them (copy on write).
         """
+        self._captures += 1
         return KVCapture(self.last_index, self._data.copy(),
-                         [(client, state.floor, state.results.copy())
+                         [(client, state.floor, state.results)
                           for client, state in self._sessions.items()])
 
     def restore(self, source: SupportsRead) -> None:

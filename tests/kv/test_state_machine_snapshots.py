@@ -125,6 +125,20 @@ def test_applies_after_capture_do_not_leak_into_the_persisted_stream() -> None:
     assert sink.getvalue() == expected
 
 
+def test_each_of_several_outstanding_captures_holds_its_own_point_in_time() -> None:
+    a = Applier(KVStateMachine(session_window=2))
+    points = []
+    for seq in range(1, 6):  # each apply changes client c's results (and evicts from seq 3)
+        points.append((a.sm.capture(), snapshot_of(a.sm)))
+        a(Put("k", bytes([seq])), Session("c", seq))
+        if seq % 2:
+            points.append((a.sm.capture(), snapshot_of(a.sm)))  # two captures, no apply between
+    for capture, expected in points:
+        sink = io.BytesIO()
+        capture.persist(sink)
+        assert sink.getvalue() == expected
+
+
 def test_two_machines_restoring_one_snapshot_reach_the_same_state() -> None:
     snapshot = snapshot_of(populated().sm)
     limits = {"max_key_bytes": 8, "max_sessions": 3, "session_window": 4}
