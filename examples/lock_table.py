@@ -7,7 +7,8 @@ table surviving on a new leader.
 
 The state machine is the part you write: ``apply`` gets every committed command, in the same
 order on every node, and must be deterministic. ``RaftServer.propose`` returns what ``apply``
-returned on the node you proposed to.
+returned on the node you proposed to. ``capture`` and ``restore`` are optional: with them, raftly
+can snapshot the table and compact the log behind it.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from raftly.core.config import Config
+from raftly.core.state_machine import SupportsRead, SupportsWrite
 from raftly.server import RaftServer
 from raftly.storage import DiskStorage
 from raftly.transport import TcpTransport
@@ -45,6 +48,34 @@ class LockTable:
             del self.owners[lock]
             return {"ok": True}
         return {"ok": False, "holder": holder}
+
+    # Snapshots: ``capture`` runs between two applies, so it only copies; ``persist`` writes the
+    # copy later from a worker thread; ``restore`` replaces the table with a persisted one.
+
+    def capture(self) -> LockTableImage:
+        return LockTableImage(dict(self.owners))
+
+    def restore(self, source: SupportsRead) -> None:
+        try:
+            image = json.loads(source.read())
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+            raise ValueError(f"lock table snapshot is not JSON: {exc!r}") from None
+        if not isinstance(image, dict) or image.get("version") != 1:
+            raise ValueError("not a version 1 lock table snapshot")
+        owners = image.get("owners")
+        if not isinstance(owners, dict) or not all(isinstance(o, str) for o in owners.values()):
+            raise ValueError("lock table snapshot: owners must map lock names to owner names")
+        self.owners = owners  # swapped in whole, only once it is known to be valid
+
+
+@dataclass(frozen=True, slots=True)
+class LockTableImage:
+    owners: dict[str, str]
+
+    def persist(self, sink: SupportsWrite) -> None:
+        # A lock table is small enough to write as one document; a large state should stream
+        # (see raftly/kv/state_machine.py).
+        sink.write(json.dumps({"version": 1, "owners": self.owners}).encode())
 
 
 def command(op: str, lock: str, owner: str) -> bytes:

@@ -1,4 +1,5 @@
-"""Shared helpers of the KV tests: a fast-election config, running a coroutine, raw HTTP calls."""
+"""Shared helpers of the KV tests: a fast-election config, running a coroutine, raw HTTP calls,
+feeding commands to a state machine."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from yarl import URL
 
 from raftly.core.config import Config
 from raftly.kv.service import LocalCluster, RunningNode
+from raftly.kv.state_machine import Cas, Delete, KVStateMachine, Put, Result, Session, encode
 
 T = TypeVar("T")
 
@@ -40,3 +42,17 @@ async def call(session: aiohttp.ClientSession, method: str, url: str | URL, *,
 
 def followers(cluster: LocalCluster, leader: RunningNode) -> list[RunningNode]:
     return [n for n in cluster.nodes if n is not leader]
+
+
+class Applier:
+    """Feeds commands to a machine with increasing log indexes."""
+
+    def __init__(self, sm: KVStateMachine | None = None) -> None:
+        self.sm = sm if sm is not None else KVStateMachine()
+        self.index = 0
+
+    def __call__(self, command: bytes | Put | Delete | Cas, session: Session | None = None
+                 ) -> Result:
+        self.index += 1
+        raw = command if isinstance(command, bytes) else encode(command, session)
+        return self.sm.apply(self.index, raw)

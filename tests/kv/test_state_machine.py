@@ -6,6 +6,7 @@ import msgpack  # type: ignore[import-untyped]
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kv_helpers import Applier
 
 from raftly.kv.state_machine import (
     KEY_TOO_LARGE,
@@ -22,20 +23,6 @@ from raftly.kv.state_machine import (
     decode,
     encode,
 )
-
-
-class Applier:
-    """Feeds commands to a machine with increasing log indexes."""
-
-    def __init__(self, sm: KVStateMachine | None = None) -> None:
-        self.sm = sm if sm is not None else KVStateMachine()
-        self.index = 0
-
-    def __call__(self, command: bytes | Put | Delete | Cas, session: Session | None = None
-                 ) -> Result:
-        self.index += 1
-        raw = command if isinstance(command, bytes) else encode(command, session)
-        return self.sm.apply(self.index, raw)
 
 
 def test_put_get_delete() -> None:

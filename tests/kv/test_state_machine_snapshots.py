@@ -1,0 +1,373 @@
+"""KVStateMachine snapshots: round trips, exactly-once across a restore, capture isolation,
+streaming, determinism against one-by-one application, and malformed snapshots refused."""
+
+from __future__ import annotations
+
+import io
+
+import msgpack  # type: ignore[import-untyped]
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kv_helpers import Applier
+
+from raftly.core.state_machine import supports_snapshots
+from raftly.kv.state_machine import (
+    KEY_TOO_LARGE,
+    STALE_SEQ,
+    Cas,
+    Delete,
+    KVStateMachine,
+    Put,
+    Result,
+    Session,
+    encode,
+)
+
+
+def snapshot_of(sm: KVStateMachine) -> bytes:
+    sink = io.BytesIO()
+    sm.capture().persist(sink)
+    return sink.getvalue()
+
+
+def restored(snapshot: bytes, **limits: int) -> KVStateMachine:
+    sm = KVStateMachine(**limits)
+    sm.restore(io.BytesIO(snapshot))
+    return sm
+
+
+def populated() -> Applier:
+    """A machine with keys, a deleted key, a key-too-large result and sessions with acks."""
+    a = Applier(KVStateMachine(max_key_bytes=8, max_sessions=3, session_window=4))
+    a(Put("a", b"1"), Session("c1", 1))
+    a(Put("b", b"\x00" * 50), Session("c2", 1))
+    a(Put("toolong-key", b"x"), Session("c2", 2))
+    a(Put("gone", b"x"))
+    a(Delete("gone"), Session("c1", 2, ack=2))
+    a(Cas("a", b"1", b"2"), Session("ключ", 7, ack=5))
+    a(b"\xc1")  # malformed: applied as an error, still advances the index
+    return a
+
+
+def test_machine_has_the_snapshot_hooks() -> None:
+    assert supports_snapshots(KVStateMachine())
+
+
+def test_round_trip_restores_keys_sessions_and_last_index() -> None:
+    a = populated()
+    snapshot = snapshot_of(a.sm)
+    b = restored(snapshot, max_key_bytes=8, max_sessions=3, session_window=4)
+    assert b.list() == a.sm.list() == [("a", b"2"), ("b", b"\x00" * 50)]
+    assert b.last_index == a.sm.last_index == 7
+    assert b.session_count == 3
+    assert snapshot_of(b) == snapshot, "a restored machine snapshots to the same bytes"
+    # Both answer the same from here on, including the cached key-too-large result.
+    for sm in (a.sm, b):
+        assert sm.apply(8, encode(Put("toolong-key", b"x"), Session("c2", 2))) == Result(
+            3, False, KEY_TOO_LARGE, "key longer than 8 bytes")
+        sm.apply(9, encode(Put("k", b"v"), Session("new", 1)))  # evicts "c1", least recent
+        assert sm.apply(10, encode(Put("gone", b""), Session("c1", 3, retry=True))).error == (
+            STALE_SEQ)
+    assert snapshot_of(a.sm) == snapshot_of(b)
+
+
+def test_empty_machine_round_trips() -> None:
+    b = restored(snapshot_of(KVStateMachine()))
+    assert len(b) == 0 and b.last_index == 0 and b.session_count == 0
+
+
+def test_restore_replaces_the_whole_previous_state() -> None:
+    b = populated().sm
+    b.restore(io.BytesIO(snapshot_of(KVStateMachine())))
+    assert b.list() == [] and b.last_index == 0 and b.session_count == 0
+    assert b.get("a") is None
+
+
+def test_retry_after_restore_is_answered_from_the_session_table_not_reapplied() -> None:
+    a = Applier()
+    first = a(Cas("k", b"", b"x"), Session("c", 1))  # fails: k is missing
+    a(Put("k", b""))  # a re-application of seq 1 would now swap
+    put = a(Put("n", b"1"), Session("c", 2))
+    a(Put("n", b"2"))
+    b = Applier(restored(snapshot_of(a.sm)))
+    b.index = a.index
+    assert b(Cas("k", b"", b"x"), Session("c", 1, retry=True)) == first
+    assert b(Put("n", b"1"), Session("c", 2, retry=True)) == put
+    assert b.sm.get("k") == b"" and b.sm.get("n") == b"2"
+
+
+def test_session_floor_and_eviction_order_survive_a_restore() -> None:
+    a = Applier(KVStateMachine(max_sessions=2, session_window=2))
+    a(Put("k", b"1"), Session("old", 1))
+    a(Put("k", b"2"), Session("young", 1))
+    a(Put("k", b"3"), Session("old", 2))  # "young" is now the least recently applied
+    a(Put("k", b"4"), Session("old", 3))  # seq 1 leaves old's window of 2
+    b = Applier(restored(snapshot_of(a.sm), max_sessions=2, session_window=2))
+    b.index = a.index
+    b(Put("x", b""), Session("new", 1))  # evicts "young", not "old"
+    assert b(Put("k", b"2"), Session("young", 1, retry=True)).error == STALE_SEQ
+    assert b(Put("k", b"1"), Session("old", 1)).error == STALE_SEQ
+    assert b(Put("k", b"4"), Session("old", 3)).index == 4
+    assert b.sm.get("k") == b"4"
+
+
+def test_applies_after_capture_do_not_leak_into_the_persisted_stream() -> None:
+    a = populated()
+    expected = snapshot_of(a.sm)
+    capture = a.sm.capture()
+    a(Put("a", b"changed"), Session("c1", 3))  # adds to an existing session's results
+    a(Put("fresh", b"v"), Session("c3", 1))  # a new session, evicting one
+    a(Delete("b"), Session("ключ", 9, ack=9))  # raises a floor, forgets results
+    a(Put("more", b"v"))
+    sink = io.BytesIO()
+    capture.persist(sink)
+    assert sink.getvalue() == expected
+
+
+def test_each_of_several_outstanding_captures_holds_its_own_point_in_time() -> None:
+    a = Applier(KVStateMachine(session_window=2))
+    points = []
+    for seq in range(1, 6):  # each apply changes client c's results (and evicts from seq 3)
+        points.append((a.sm.capture(), snapshot_of(a.sm)))
+        a(Put("k", bytes([seq])), Session("c", seq))
+        if seq % 2:
+            points.append((a.sm.capture(), snapshot_of(a.sm)))  # two captures, no apply between
+    for capture, expected in points:
+        sink = io.BytesIO()
+        capture.persist(sink)
+        assert sink.getvalue() == expected
+
+
+def test_two_machines_restoring_one_snapshot_reach_the_same_state() -> None:
+    snapshot = snapshot_of(populated().sm)
+    limits = {"max_key_bytes": 8, "max_sessions": 3, "session_window": 4}
+    b, c = restored(snapshot, **limits), restored(snapshot, **limits)
+    assert snapshot_of(b) == snapshot_of(c) == snapshot
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.writes.append(data)
+        return len(data)
+
+
+def test_persist_streams_in_bounded_writes_and_maps() -> None:
+    a = Applier()
+    for i in range(30_000):
+        a(Put(f"key-{i:08d}", bytes(100)))
+    for i in range(3):
+        a(Put(f"big-{i}", bytes(700_000)))  # large values go in smaller maps
+    sink = RecordingSink()
+    a.sm.capture().persist(sink)
+    assert len(sink.writes) >= 3
+    assert max(map(len, sink.writes)) < 3 << 20, "writes of about 1 MiB, not the whole state"
+    objects = list(msgpack.Unpacker(io.BytesIO(b"".join(sink.writes)), raw=False))
+    maps = objects[1:]
+    assert all(len(m) <= 1024 for m in maps)
+    assert all(len(m) == 1 or sum(map(len, m.values())) <= 1 << 20 for m in maps)
+    b = restored(b"".join(sink.writes))
+    assert b.list() == a.sm.list()
+
+
+class ShortReads:
+    """A source returning at most a few bytes per read, as sockets and pipes may."""
+
+    def __init__(self, data: bytes) -> None:
+        self._buf = io.BytesIO(data)
+
+    def read(self, n: int = -1) -> bytes:
+        return self._buf.read(7 if n < 0 else min(n, 7))
+
+
+def test_restore_handles_short_reads() -> None:
+    a = populated()
+    b = KVStateMachine(max_key_bytes=8, max_sessions=3, session_window=4)
+    b.restore(ShortReads(snapshot_of(a.sm)))
+    assert snapshot_of(b) == snapshot_of(a.sm)
+
+
+# -- determinism: restore == applying the prefix one by one ------------------------------------
+
+KV_OPS = st.one_of(
+    st.builds(Put, st.sampled_from(["a", "b", "long-key"]), st.binary(max_size=2)),
+    st.builds(Delete, st.sampled_from(["a", "b"])),
+    st.builds(Cas, st.sampled_from(["a", "b"]), st.binary(max_size=1), st.binary(max_size=1)),
+)
+SESSIONS = st.builds(lambda client, seq, ack, retry: Session(client, seq, min(ack, seq), retry),
+                     st.sampled_from(["w", "x", "y", "z"]), st.integers(1, 8), st.integers(0, 8),
+                     st.sampled_from([False, False, True]))
+COMMANDS = st.one_of(
+    # Sessions twice over: their table (eviction order, floors, windows) is the intricate state.
+    st.builds(encode, KV_OPS, SESSIONS),
+    st.builds(encode, KV_OPS, SESSIONS),
+    st.builds(encode, KV_OPS),
+    st.binary(max_size=4),  # mostly malformed
+)
+LIMITS = {"max_key_bytes": 4, "max_sessions": 3, "session_window": 3}
+
+
+@given(st.lists(COMMANDS, max_size=40), st.lists(COMMANDS, max_size=20),
+       st.lists(COMMANDS, max_size=20))
+@settings(max_examples=500, deadline=None)
+def test_restored_machine_answers_like_one_that_applied_the_prefix(
+        prefix: list[bytes], after_capture: list[bytes], suffix: list[bytes]) -> None:
+    live, reference = KVStateMachine(**LIMITS), KVStateMachine(**LIMITS)
+    for index, command in enumerate(prefix, 1):
+        live.apply(index, command)
+        reference.apply(index, command)
+    capture = live.capture()
+    for index, command in enumerate(after_capture, len(prefix) + 1):
+        live.apply(index, command)  # must not leak into the capture
+    sink = io.BytesIO()
+    capture.persist(sink)
+    fresh = restored(sink.getvalue(), **LIMITS)
+    assert snapshot_of(fresh) == snapshot_of(reference) == sink.getvalue()
+    for index, command in enumerate(suffix, len(prefix) + 1):
+        assert fresh.apply(index, command) == reference.apply(index, command)
+    assert fresh.list() == reference.list()
+    assert snapshot_of(fresh) == snapshot_of(reference)
+
+
+# -- malformed snapshots -----------------------------------------------------------------------
+
+
+def pack(*objects: object) -> bytes:
+    return b"".join(msgpack.packb(o, use_bin_type=True) for o in objects)
+
+
+def header(last_index: int = 5, keys: int = 0, sessions: int = 0, **changes: object) -> dict:
+    fields: dict[str, object] = {"format": "raftly-kv", "version": 1, "last_index": last_index,
+                                 "keys": keys, "sessions": sessions}
+    fields.update(changes)
+    return fields
+
+
+def session(client: object = "c", floor: object = 0, *results: object) -> list[object]:
+    return [client, floor, list(results)]
+
+
+GOOD_RESULT = [1, 3, True, None, ""]
+
+MALFORMED_SNAPSHOTS = {
+    "empty": (b"", "truncated: the header"),
+    "garbage": (b"\xc1", "not valid msgpack"),
+    "header not a map": (pack([1]), "does not start with a 'raftly-kv' header"),
+    "other format": (pack(header(format="etcd")), "'raftly-kv' header"),
+    "newer version": (pack(header(version=2)), "version 2 is not supported"),
+    "bool version": (pack(header(version=True)), "version True is not supported"),
+    "extra header field": (pack(header(extra=1)), "the header has fields"),
+    "bytes header field": (pack({**header(), b"keys": 1}), "the header has fields"),
+    "missing header field": (pack({"format": "raftly-kv", "version": 1}), "header has fields"),
+    "negative last index": (pack(header(last_index=-1)), "last_index -1"),
+    "str key count": (pack(header(keys="2")), "key count '2'"),
+    "too many sessions": (pack(header(sessions=4)), "more than this machine's max_sessions 3"),
+    "missing keys": (pack(header(keys=2), {"a": b"1"}), "truncated: keys from #1"),
+    "more keys than said": (pack(header(keys=1), {"a": b"1", "b": b""}), "2 keys where"),
+    "duplicate key": (pack(header(keys=2), {"a": b"1"}, {"a": b"2"}), "1 keys appear twice"),
+    "keys not a map": (pack(header(keys=1), [["a", b"1"]]), "expected a non-empty map"),
+    "empty map": (pack(header(keys=1), {}), "expected a non-empty map"),
+    "bytes key": (pack(header(keys=1), {b"a": b"1"}), "a key is not a non-empty str"),
+    "empty key": (pack(header(keys=1), {"": b"1"}), "a key is not a non-empty str"),
+    "int map key": (pack(header(keys=1)) + b"\x81\x01\xc4\x00", "not valid msgpack"),
+    "bad utf-8 key": (pack(header(keys=1)) + b"\x81\xa2\xff\xfe\xc4\x00", "not valid msgpack"),
+    "str value": (pack(header(keys=1), {"a": "1"}), "a value is not bytes"),
+    "ext value": (pack(header(keys=1), {"a": msgpack.ExtType(1, b"x")}), "a value is not bytes"),
+    "key too long": (pack(header(keys=1), {"k" * 5: b""}), "max_key_bytes 4"),
+    "key too long in utf-8": (pack(header(keys=1), {"ключ": b""}), "max_key_bytes 4"),
+    "missing session": (pack(header(sessions=1)), "truncated: a session"),
+    "session not a list": (pack(header(sessions=1), {"c": 0}), "not [client, floor, results]"),
+    "short session": (pack(header(sessions=1), ["c", 0]), "not [client, floor, results]"),
+    "int client": (pack(header(sessions=1), session(7)), "client id 7"),
+    "empty client": (pack(header(sessions=1), session("")), "client id ''"),
+    "long client": (pack(header(sessions=1), session("c" * 129)), "1 to 128 characters"),
+    "negative floor": (pack(header(sessions=1), session("c", -1)), "floor -1"),
+    "bool floor": (pack(header(sessions=1), session("c", False)), "floor False"),
+    "huge floor": (pack(header(sessions=1), session("c", (1 << 63) + 1)), "0 to 2**63"),
+    "results not a list": (pack(header(sessions=1), ["c", 0, {}]), "results are not a list"),
+    "window overflow": (pack(header(sessions=1), session("c", 0, *[[s, 1, True, None, ""]
+                                                                    for s in (1, 2, 3, 4)])),
+                        "session_window 3"),
+    "short result": (pack(header(sessions=1), session("c", 0, [1, 3, True])),
+                     "a result is not [seq, index, ok, error, message]"),
+    "seq below floor": (pack(header(sessions=1), session("c", 2, GOOD_RESULT)), "seq 1 is not"),
+    "bool seq": (pack(header(sessions=1), session("c", 0, [True, 3, True, None, ""])),
+                 "seq True"),
+    "index zero": (pack(header(sessions=1), session("c", 0, [1, 0, True, None, ""])),
+                   "has index 0"),
+    "index past last": (pack(header(sessions=1), session("c", 0, [1, 6, True, None, ""])),
+                        "has index 6, not an int from 1 to last_index 5"),
+    "int ok": (pack(header(sessions=1), session("c", 0, [1, 3, 1, None, ""])), "non-bool ok"),
+    "bytes message": (pack(header(sessions=1), session("c", 0, [1, 3, True, None, b""])),
+                      "non-str message"),
+    "unknown error": (pack(header(sessions=1), session("c", 0, [1, 3, False, "boom", ""])),
+                      "error 'boom'"),
+    "error yet ok": (pack(header(sessions=1), session("c", 0, [1, 3, True, STALE_SEQ, ""])),
+                     "with ok=True"),
+    "duplicate seq": (pack(header(sessions=1), session("c", 0, GOOD_RESULT, GOOD_RESULT)),
+                      "seq 1 has two results"),
+    "duplicate client": (pack(header(sessions=2), session("c"), session("c")),
+                         "client 'c' has two sessions"),
+    "trailing object": (pack(header(), session()), "data after the last session"),
+    "trailing garbage": (pack(header()) + b"\xc1", "data after the last session"),
+    "trailing partial": (pack(header()) + b"\x92", "data after the last session"),
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED_SNAPSHOTS))
+def test_malformed_snapshot_is_refused_and_changes_nothing(name: str) -> None:
+    raw, message = MALFORMED_SNAPSHOTS[name]
+    a = Applier(KVStateMachine(**LIMITS))
+    a(Put("keep", b"me"), Session("c", 1))
+    before = snapshot_of(a.sm)
+    with pytest.raises(ValueError, match=r"^malformed KV snapshot: ") as info:
+        a.sm.restore(io.BytesIO(raw))
+    assert message in str(info.value)
+    assert snapshot_of(a.sm) == before and a.sm.get("keep") == b"me"
+
+
+def test_the_malformed_cases_differ_from_a_valid_snapshot_only_in_the_flaw() -> None:
+    """The cases above are refused for their flaw: the same shapes, made valid, restore."""
+    good = pack(header(keys=2, sessions=3), {"a": b"1"}, {"ab": b""},
+                session("c", 1, GOOD_RESULT),
+                session("d" * 128, 1 << 63),
+                session("e", 0, [(1 << 63) - 1, 5, False, KEY_TOO_LARGE, "m"]))
+    sm = restored(good, **LIMITS)
+    assert sm.list() == [("a", b"1"), ("ab", b"")] and sm.session_count == 3
+
+
+def test_every_truncation_of_a_snapshot_is_refused() -> None:
+    snapshot = snapshot_of(populated().sm)
+    for cut in range(len(snapshot)):
+        sm = KVStateMachine(max_key_bytes=8, max_sessions=3, session_window=4)
+        with pytest.raises(ValueError, match="malformed KV snapshot"):
+            sm.restore(io.BytesIO(snapshot[:cut]))
+        assert sm.last_index == 0 and len(sm) == 0
+
+
+@given(st.data())
+@settings(max_examples=500)
+def test_a_corrupted_snapshot_is_refused_or_restores_a_valid_state(data: st.DataObject) -> None:
+    snapshot = bytearray(snapshot_of(populated().sm))
+    for _ in range(data.draw(st.integers(1, 3))):
+        snapshot[data.draw(st.integers(0, len(snapshot) - 1))] = data.draw(st.integers(0, 255))
+    sm = KVStateMachine(max_key_bytes=8, max_sessions=3, session_window=4)
+    try:
+        sm.restore(io.BytesIO(bytes(snapshot)))
+    except ValueError as exc:
+        assert str(exc).startswith("malformed KV snapshot: ")
+        assert sm.last_index == 0 and len(sm) == 0
+        return
+    # Accepted (a flipped value byte is still a valid state): it round-trips like any state.
+    assert snapshot_of(restored(snapshot_of(sm), max_key_bytes=8, max_sessions=3,
+                                session_window=4)) == snapshot_of(sm)
+
+
+@given(st.binary(max_size=64))
+@settings(max_examples=300)
+def test_random_bytes_restore_raises_only_value_error(raw: bytes) -> None:
+    with pytest.raises(ValueError):
+        KVStateMachine().restore(io.BytesIO(raw))
