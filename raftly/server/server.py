@@ -388,7 +388,7 @@ class RaftServer:
             await self._wake.wait()
             self._wake.clear()
             if snapshots is not None:
-                await snapshots.finish_taken(node)
+                await snapshots.finish_taken(node, self._applied)
             while node.has_ready():
                 rd = node.ready()
                 self._send(rd.early_messages)

@@ -186,8 +186,9 @@ class SnapshotManager:
         self._taken = meta
         self._wake()
 
-    async def finish_taken(self, node: RaftNode) -> None:
-        """Once a snapshot is durable: offer it to followers and cut the log behind it."""
+    async def finish_taken(self, node: RaftNode, applied: int) -> None:
+        """Once a snapshot is durable: offer it to followers, cut the log behind it, and start
+        the next one if ``applied`` (what the state machine holds now) is far enough ahead."""
         meta, self._taken = self._taken, None
         if meta is None:
             return
@@ -200,6 +201,7 @@ class SnapshotManager:
         if start is not None:
             await asyncio.get_running_loop().run_in_executor(self._disk, self._storage.compact,
                                                              start)
+        self.maybe_take(node, applied)
 
     # -- receiving --------------------------------------------------------------------------------
 
