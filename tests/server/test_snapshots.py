@@ -182,16 +182,18 @@ def test_a_corrupt_newest_snapshot_is_reported_and_an_older_one_used_if_the_log_
         nodes = Nodes(tmp_path, n=1, snapshot_entries=10, snapshot_retain=1000)
         server = await nodes.start(1)
         await nodes.leader()
-        await propose(server, 35)
-        await eventually(lambda: server.status().snapshot_index >= 30)
+        for _ in range(4):
+            await propose(server, 10)
+            await eventually(lambda: server.status().snapshot_index == server.status().applied_index)
+        newest = server.status().snapshot_index
         await nodes.close()
         corrupt = _flip_byte_in_newest_snapshot(tmp_path / "n1")
         with caplog.at_level(logging.WARNING):
             again = await nodes.start(1)
         try:
             assert f"{corrupt}: corrupt" in caplog.text
-            assert 0 < again.status().snapshot_index < 30
-            await eventually(lambda: again.state_machine.value == 35)
+            assert 0 < again.status().snapshot_index < newest
+            await eventually(lambda: again.state_machine.value == 40)
         finally:
             await nodes.close()
 
