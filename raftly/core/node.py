@@ -303,9 +303,10 @@ class RaftNode:
     def report_snapshot(self, peer: NodeId, ok: bool) -> None:
         """The driver finished sending (``ok``) or gave up on the snapshot sent to ``peer``.
 
-        Either way the leader probes that follower again: after the snapshot on success; from
-        its match on failure, once it answers a heartbeat (so an unreachable follower is not
-        sent snapshot after snapshot).
+        Either way the leader probes that follower again: after the snapshot on success, from
+        its match on failure. The probe waits for the follower's next answer (to the snapshot,
+        or to a heartbeat), so that an unreachable follower is not sent snapshot after snapshot
+        and a reachable one is not sent the same entries twice.
         """
         pr = self._progress.get(peer) if self.role is Role.LEADER else None
         if pr is None or pr.state is not ProgressState.SNAPSHOT:
@@ -314,9 +315,7 @@ class RaftNode:
         pr.become_probe()
         if ok:
             pr.next = max(pr.next, pending + 1)
-            self._pending_append.add(peer)
-        else:
-            pr.probe_sent = True
+        pr.probe_sent = True
 
     def step(self, msg: Message) -> None:
         """Handle a message from another node."""
