@@ -7,7 +7,6 @@ crash, which is exactly what a real disk keeps across a process crash.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 from raftly.core.errors import InvariantError
 from raftly.core.log import MemoryLog
@@ -86,10 +85,6 @@ class MemoryStorage:
         held = log.term(meta.index) if meta.index <= log.last_index else None
         check_compact(meta, self._hard_state.commit, held)
         log.compact(meta)
-        if self._hard_state.commit < meta.index:
-            # A snapshot installed from a leader reaches past our commit (and perhaps our log):
-            # everything up to it is committed, and the commit must stay within the log.
-            self._hard_state = replace(self._hard_state, commit=meta.index)
 
     def close(self) -> None:
         self._durable_hard_state = self._hard_state
