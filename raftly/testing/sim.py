@@ -681,6 +681,14 @@ class SimCluster:
         those a snapshot restored, see ``snapshots_installed``)."""
         return list(self._members[i].applied_order)
 
+    def commands(self, i: int) -> list[tuple[int, bytes]]:
+        """Every command node i's ``RecordingStateMachine`` holds: restored from a snapshot or
+        applied one by one."""
+        sm = self.state_machine(i)
+        if not isinstance(sm, RecordingStateMachine):
+            raise TypeError("commands(i) needs the default RecordingStateMachine")
+        return list(sm.commands)
+
     def snapshots_installed(self, i: int) -> list[int]:
         """Indexes of the snapshots node i's current instance restored, at boot or from a
         leader's InstallSnapshot, in order."""
