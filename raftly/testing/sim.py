@@ -694,6 +694,10 @@ class SimCluster:
         leader's InstallSnapshot, in order."""
         return list(self._members[i].snapshots_installed)
 
+    def writing_snapshot(self, i: int) -> bool:
+        """Whether node i is writing a snapshot that is not yet durable (with disk latency)."""
+        return self._members[i].snapshotting
+
     def snapshot_index(self, i: int) -> int:
         """The index node i's newest durable snapshot covers (0 if none; kept across crashes)."""
         held = self._members[i].snapshot
