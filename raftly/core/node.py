@@ -10,6 +10,12 @@ inputs and the same seeded ``random.Random`` always give the same outputs.
 Beyond the Raft paper: pre-vote and check-quorum (so a node that was cut off cannot depose a
 healthy leader, and a leader cut off from the majority steps down), fast log backtracking by
 conflict term, pipelined replication with a bounded window, ReadIndex and leadership transfer.
+
+Snapshots (Raft thesis, chapter 5): the driver snapshots its state machine and tells the node
+(``snapshot_meta``, ``snapshot_saved``, ``compact``, ``RaftNode(restored=...)``); the node decides
+when a follower needs one, sends the metadata in ``InstallSnapshot`` (the driver carries the
+data and reports the transfer with ``report_snapshot``), and on a follower hands an accepted
+snapshot out in ``Ready.snapshot``.
 """
 
 from __future__ import annotations

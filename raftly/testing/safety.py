@@ -17,7 +17,8 @@ class SafetyViolation(AssertionError):
 
 class SafetyChecker:
     """Checks election safety, leader append-only, log matching, leader completeness and state
-    machine safety, plus: no node applies an index twice or out of order."""
+    machine safety, plus: no node applies an index twice or out of order, a node jumps only
+    forward by installing a snapshot, and a snapshot holds what was applied where it covers."""
 
     def __init__(self) -> None:
         self._leader_of_term: dict[int, NodeId] = {}
