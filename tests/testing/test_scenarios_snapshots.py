@@ -35,6 +35,17 @@ def _fill(c: SimCluster, count: int, prefix: str, *, check: object = None) -> li
     return sent
 
 
+def _leave_behind(c: SimCluster, count: int) -> tuple[int, list[bytes]]:
+    """Cut a follower off while ``count`` commands commit (and get compacted) without it,
+    then reconnect it with long delays on, so that what it is sent arrives out of order."""
+    behind = (c.check_one_leader() + 1) % c.n
+    c.disconnect(behind)
+    sent = _fill(c, count, "c")
+    c.set_long_delays(True)
+    c.connect(behind)
+    return behind, sent
+
+
 def _converged(c: SimCluster, nodes: range | list[int] | None = None) -> bool:
     nodes = range(c.n) if nodes is None else nodes
     return len({tuple(c.commands(i)) for i in nodes}) == 1
@@ -147,12 +158,7 @@ def test_all_nodes_crash_and_restart_from_their_snapshots(seed: int) -> None:
 @pytest.mark.parametrize("seed", SEEDS)
 def test_install_snapshot_races_with_new_appends(seed: int) -> None:
     c = SimCluster(n=3, seed=seed, snapshot_every=3)
-    leader = c.check_one_leader()
-    behind = (leader + 2) % 3
-    c.disconnect(behind)
-    sent = _fill(c, 60, "c")
-    c.set_long_delays(True)  # snapshots and appends overtake each other
-    c.connect(behind)
+    behind, sent = _leave_behind(c, 60)
     sent += _fill(c, 150, "d")  # snapshots keep being taken and sent while it catches up
     c.set_long_delays(False)
     c.run(3.0)
@@ -163,13 +169,8 @@ def test_install_snapshot_races_with_new_appends(seed: int) -> None:
 @pytest.mark.parametrize("seed", SEEDS)
 def test_install_snapshot_races_with_a_leader_change(seed: int) -> None:
     c = SimCluster(n=5, seed=seed, snapshot_every=4)
+    behind, sent = _leave_behind(c, 60)
     leader = c.check_one_leader()
-    behind = (leader + 1) % 5
-    c.disconnect(behind)
-    sent = _fill(c, 60, "c")
-    leader = c.check_one_leader()
-    c.set_long_delays(True)
-    c.connect(behind)
 
     def sending_snapshot() -> bool:
         pr = c.node(leader).progress(behind)
