@@ -63,7 +63,8 @@ class SafetyChecker:
         last = self._last_applied.get(node_id, 0)
         if index <= last:
             raise SafetyViolation(
-                f"node {node_id} installed a snapshot at {index}, but had applied {last} already"
+                f"node {node_id} applied index {index} right after {last} (by installing a "
+                "snapshot: indexes applied twice)"
             )
         self.on_snapshot_taken(node_id, index, commands)
         self._last_applied[node_id] = index
@@ -81,13 +82,14 @@ class SafetyChecker:
             if at > index or (first is not None and (first.type is not EntryType.COMMAND
                                                      or first.data != command)):
                 raise SafetyViolation(
-                    f"node {node_id}'s snapshot at {index} holds {command!r} at index {at}, "
-                    f"but {first} was applied there"
+                    f"state machine safety: node {node_id}'s snapshot at {index} holds "
+                    f"{command!r} at index {at}, but {first} was applied there"
                 )
         for at, entry in self._applied.items():
             if at <= index and entry.type is EntryType.COMMAND and held.get(at) != entry.data:
                 raise SafetyViolation(
-                    f"node {node_id}'s snapshot at {index} lacks {entry} applied at index {at}"
+                    f"state machine safety: node {node_id}'s snapshot at {index} lacks {entry} "
+                    f"applied at index {at}"
                 )
 
     def on_apply(self, node_id: NodeId, entry: Entry) -> None:
