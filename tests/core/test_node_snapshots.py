@@ -38,6 +38,7 @@ from raftly.core import (
     SnapshotMeta,
 )
 from raftly.core.progress import ProgressState
+from raftly.storage.memory import MemoryStorage
 
 
 def _conf(*voters: int) -> Entry:
@@ -299,3 +300,34 @@ def test_a_new_leader_with_a_compacted_log_sends_its_snapshot() -> None:
                                     conflict_index=1))
     out = flush(node)
     assert [m.snapshot.meta for m in out.of(InstallSnapshot, 2)] == [node.snapshot_meta(6)]
+
+
+@pytest.mark.parametrize("driver_storage", [False, True], ids=["own-log", "driver-storage"])
+def test_a_snapshot_restored_while_a_save_is_under_way_leaves_a_consistent_log(
+        driver_storage: bool) -> None:
+    storage = MemoryStorage()
+    storage.bootstrap(ConfState(frozenset({1, 2, 3})))
+    storage.save(HardState(1, None, 1), [Entry(i, 1, b"old") for i in range(1, 4)])
+    state = storage.load()
+    if driver_storage:
+        state = InitialState(state.hard_state, state.snapshot)
+    node = RaftNode(1, state, config(), random.Random(0),
+                    storage=storage if driver_storage else None)
+    node.step(AppendEntries(term=1, src=2, dst=1, prev_index=3, prev_term=1,
+                            entries=[Entry(i, 1, b"slow") for i in range(4, 7)], commit=1))
+    slow = node.ready()  # its save is under way while the snapshot arrives
+    _install(node, SnapshotMeta(10, 2), term=2)
+    node.step(AppendEntries(term=2, src=2, dst=1, prev_index=10, prev_term=2,
+                            entries=[Entry(11, 2, b"new"), Entry(12, 2, b"new")], commit=10))
+    storage.save(slow.hard_state, slow.entries)
+    node.advance(slow)
+    assert node.log.stable_index == 10  # the slow save holds nothing of the current log
+    rd = node.ready()
+    assert rd.snapshot == SnapshotMeta(10, 2) and [e.index for e in rd.entries] == [11, 12]
+    storage.compact(rd.snapshot)
+    storage.save(rd.hard_state, rd.entries)
+    node.advance(rd)
+    log = node.log
+    assert (log.stable_index, log.last_index, log.term_at(10), log.term_at(6)) == (12, 12, 2, None)
+    assert [e.data for e in log.slice(11, 12)] == [b"new", b"new"]
+    assert (storage.first_index, storage.last_index) == (11, 12)
