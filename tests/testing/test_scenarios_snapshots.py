@@ -156,6 +156,23 @@ def test_all_nodes_crash_and_restart_from_their_snapshots(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+def test_a_leader_restarted_from_its_snapshot_sends_it_to_a_follower_that_was_down(
+        seed: int) -> None:
+    c = SimCluster(n=3, seed=seed, snapshot_every=5)
+    c.one(b"first", 3, retry=True)
+    down = (c.check_one_leader() + 1) % 3
+    c.crash(down)
+    sent = _fill(c, 40, "c")
+    for i in range(3):
+        if i != down:
+            c.restart(i)  # both keep only their snapshot and the log after it
+    c.restart(down)
+    c.run_until(lambda: _holds_in_order(c.commands(down), [b"first", *sent]), 30.0)
+    assert c.snapshots_installed(down)[-1] > 40  # from a leader that booted from its own
+    _settle(c)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 def test_install_snapshot_races_with_new_appends(seed: int) -> None:
     c = SimCluster(n=3, seed=seed, snapshot_every=3)
     behind, sent = _leave_behind(c, 60)
