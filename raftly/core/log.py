@@ -306,6 +306,57 @@ class RaftLog:
         self.commit = index
         return True
 
+    # -- snapshots ---------------------------------------------------------------------------------
+
+    def compact(self, meta: SnapshotMeta) -> None:
+        """Forget the durable entries up to ``meta.index`` (the log now starts after it).
+
+        The driver compacts its storage alike right after; until then the node never reads the
+        entries it forgot, so either order of the two is safe.
+        """
+        if meta.index <= self.snapshot_index:
+            return
+        if meta.index > self.stable_index or meta.index > self.applied:
+            raise InvariantError(f"compaction to {meta.index} beyond the stable index "
+                                 f"{self.stable_index} or the applied index {self.applied}")
+        if self.term_at(meta.index) != meta.term:
+            raise InvariantError(f"compaction to {meta.term}/{meta.index}, but the log holds "
+                                 f"term {self.term_at(meta.index)} there")
+        if self._own is not None:
+            self._own.compact(meta)
+        self.snapshot_index, self.snapshot_term = meta.index, meta.term
+
+    def restore(self, meta: SnapshotMeta) -> None:
+        """Start over after a snapshot received from the leader: no entry, all of it applied.
+
+        Only for a snapshot beyond the commit index that the log does not hold. Whatever the
+        durable log still holds is of no use any more: the driver's ``storage.compact(meta)``
+        drops it before it saves anything else. Until then nothing reads it: every index after
+        ``meta.index`` counts as unstable (and there are none yet).
+        """
+        if meta.index <= self.commit:
+            raise InvariantError(f"restore to {meta.index} at or below the commit {self.commit}")
+        if self._own is not None:
+            self._own = MemoryLog(meta)
+            self._stable = self._own
+        self.snapshot_index, self.snapshot_term = meta.index, meta.term
+        self._unstable.clear()
+        self._offset = meta.index + 1
+        self.unstable_from = meta.index + 1
+        self.commit = self.applied = meta.index
+
+    def restored_at(self, meta: SnapshotMeta) -> None:
+        """The driver restored the state machine from snapshot ``meta`` before starting: it is
+        applied (hence committed) up to there."""
+        if not self.snapshot_index <= meta.index <= self.last_index:
+            raise InvariantError(f"restored snapshot at {meta.index} outside the log "
+                                 f"({self.snapshot_index}..{self.last_index})")
+        if self.term_at(meta.index) != meta.term:
+            raise InvariantError(f"restored snapshot {meta.term}/{meta.index} does not agree "
+                                 f"with the log's term {self.term_at(meta.index)} there")
+        self.commit = max(self.commit, meta.index)
+        self.applied = meta.index
+
     # -- handing out to the driver ---------------------------------------------------------------
 
     def take_unstable(self) -> list[Entry]:

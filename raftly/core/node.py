@@ -10,6 +10,12 @@ inputs and the same seeded ``random.Random`` always give the same outputs.
 Beyond the Raft paper: pre-vote and check-quorum (so a node that was cut off cannot depose a
 healthy leader, and a leader cut off from the majority steps down), fast log backtracking by
 conflict term, pipelined replication with a bounded window, ReadIndex and leadership transfer.
+
+Snapshots (Raft thesis, chapter 5): the driver snapshots its state machine and tells the node
+(``snapshot_meta``, ``snapshot_saved``, ``compact``, ``RaftNode(restored=...)``); the node decides
+when a follower needs one, sends the metadata in ``InstallSnapshot`` (the driver carries the
+data and reports the transfer with ``report_snapshot``), and on a follower hands an accepted
+snapshot out in ``Ready.snapshot``.
 """
 
 from __future__ import annotations
@@ -38,7 +44,16 @@ from raftly.core.messages import (
 )
 from raftly.core.progress import Progress, ProgressState
 from raftly.core.quorum import MajorityConfig, VoteResult
-from raftly.core.types import ConfState, Entry, EntryType, HardState, InitialState, NodeId
+from raftly.core.types import (
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    InitialState,
+    NodeId,
+    Snapshot,
+    SnapshotMeta,
+)
 
 
 class Role(Enum):
@@ -83,6 +98,11 @@ class Ready:
     must_sync: bool = False
     """Whether step 2 needs an fsync: entries, or a new term or vote. A change of the commit
     index alone may be written lazily (Raft keeps it volatile)."""
+    snapshot: SnapshotMeta | None = None
+    """A snapshot received from the leader that the node accepted. Before anything else of this
+    Ready the driver makes its data durable as the newest snapshot, calls
+    ``storage.compact(snapshot)`` (which drops every entry: the node accepts only a snapshot its
+    log does not hold) and restores the state machine from it. ``must_sync`` is then True."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -97,6 +117,10 @@ class Status:
     applied: int
     last_index: int
     voters: frozenset[NodeId]
+    snapshot_index: int = 0
+    """The index the newest snapshot the node holds covers (0 if none)."""
+    first_index: int = 1
+    """The first index the log can hold: the one after the log start."""
 
 
 @dataclass(slots=True)
@@ -111,12 +135,18 @@ class RaftNode:
     """One Raft participant. Not thread-safe: a single driver feeds it."""
 
     def __init__(self, node_id: NodeId, state: InitialState, config: Config | None = None,
-                 rng: random.Random | None = None, *, storage: LogReader | None = None) -> None:
+                 rng: random.Random | None = None, *, storage: LogReader | None = None,
+                 restored: SnapshotMeta | None = None) -> None:
         """A node recovered from ``state``.
 
         With ``storage``, the node reads its durable entries through it, and the driver saves
         every Ready's entries into it before ``advance`` (``state.entries`` is then empty).
         Without, the node keeps ``state.entries`` and what the driver makes durable in memory.
+
+        ``restored`` is the newest snapshot the driver holds, already restored into the state
+        machine: the node applies from after it, and offers it to followers that need entries
+        before the log start. It must lie within the log (from the log start to the last entry)
+        and agree with the log's term there.
         """
         self.id = node_id
         self.config = config or Config()
@@ -136,6 +166,13 @@ class RaftNode:
         self.voters: frozenset[NodeId] = self._snapshot_voters
         self._quorum = MajorityConfig(self.voters)
         self._refresh_conf()
+        self._snapshot: SnapshotMeta | None = None
+        """The newest snapshot the driver holds durably: the one sent to followers."""
+        self._received_snapshot: SnapshotMeta | None = None
+        """A snapshot from the leader accepted and not yet handed out in a Ready."""
+        if restored is not None:
+            self.log.restored_at(restored)
+            self._snapshot = restored
         self._pending_append: set[NodeId] = set()
         self._transferee: NodeId | None = None
         self._transfer_elapsed = 0
@@ -173,7 +210,9 @@ class RaftNode:
 
     def status(self) -> Status:
         return Status(self.id, self.role, self.term, self.leader, self.log.commit,
-                      self.log.applied, self.log.last_index, self.voters)
+                      self.log.applied, self.log.last_index, self.voters,
+                      self._snapshot.index if self._snapshot is not None else 0,
+                      self.log.first_index)
 
     def progress(self, peer: NodeId) -> Progress | None:
         """The leader's view of ``peer``'s replication (None on a non-leader)."""
@@ -224,6 +263,66 @@ class RaftNode:
         else:
             self._pending_append.add(target)
 
+    # -- snapshots and compaction ------------------------------------------------------------------
+
+    def snapshot_meta(self, index: int) -> SnapshotMeta:
+        """The metadata of a snapshot of the state at applied ``index``: its term, and the
+        configuration in effect there (log start <= ``index`` <= applied)."""
+        log = self.log
+        if not log.snapshot_index <= index <= log.applied:
+            raise ValueError(f"no snapshot at {index}: the log starts at {log.snapshot_index} "
+                             f"and {log.applied} is applied")
+        term = log.term_at(index)
+        assert term is not None  # held: between the log start and the applied index
+        return SnapshotMeta(index, term, ConfState(self._voters_at(index)))
+
+    def snapshot_saved(self, meta: SnapshotMeta) -> None:
+        """The driver now holds ``meta`` durably: followers that need compacted entries get it.
+
+        Ignored unless newer than the snapshot the node already offers.
+        """
+        if meta.index > self.log.applied:
+            raise ValueError(f"snapshot at {meta.index} beyond the applied index "
+                             f"{self.log.applied}")
+        if self._snapshot is None or meta.index > self._snapshot.index:
+            self._snapshot = meta
+
+    def compact(self, index: int) -> SnapshotMeta | None:
+        """Forget the log entries up to ``index``; return the new log start, or None if the
+        log already starts there or later.
+
+        ``index`` must be covered by the newest saved snapshot and durable. The driver passes
+        the returned meta to ``storage.compact`` right after.
+        """
+        log = self.log
+        if index <= log.snapshot_index:
+            return None
+        if self._snapshot is None or index > self._snapshot.index or index > log.stable_index:
+            raise ValueError(f"cannot compact to {index}: the newest snapshot covers "
+                             f"{self._snapshot.index if self._snapshot else 0}, the log is "
+                             f"durable to {log.stable_index}")
+        meta = self.snapshot_meta(index)
+        log.compact(meta)
+        self._snapshot_voters = meta.conf.voters
+        return meta
+
+    def report_snapshot(self, peer: NodeId, ok: bool) -> None:
+        """The driver finished sending (``ok``) or gave up on the snapshot sent to ``peer``.
+
+        Either way the leader probes that follower again: after the snapshot on success, from
+        its match on failure. The probe waits for the follower's next answer (to the snapshot,
+        or to a heartbeat), so that an unreachable follower is not sent snapshot after snapshot
+        and a reachable one is not sent the same entries twice.
+        """
+        pr = self._progress.get(peer) if self.role is Role.LEADER else None
+        if pr is None or pr.state is not ProgressState.SNAPSHOT:
+            return
+        pending = pr.pending_snapshot
+        pr.become_probe()
+        if ok:
+            pr.next = max(pr.next, pending + 1)
+        pr.probe_sent = True
+
     def step(self, msg: Message) -> None:
         """Handle a message from another node."""
         if msg.dst != self.id:
@@ -249,7 +348,8 @@ class RaftNode:
         if self._messages or self._early_messages or self._read_states:
             return True
         log = self.log
-        if log.unstable_from <= log.last_index or log.applied < log.commit:
+        if (log.unstable_from <= log.last_index or log.applied < log.commit
+                or self._received_snapshot is not None):
             return True
         hs = self._handed_out_hs
         return hs.term != self.term or hs.vote != self.vote or hs.commit != log.commit
@@ -272,6 +372,7 @@ class RaftNode:
         self._flush_appends()
         hs = self.hard_state
         entries = self.log.take_unstable()
+        snapshot = self._received_snapshot
         rd = Ready(
             hard_state=hs if hs != self._handed_out_hs else None,
             entries=entries,
@@ -279,8 +380,11 @@ class RaftNode:
             early_messages=self._early_messages,
             committed_entries=self.log.take_committed(),
             read_states=self._read_states,
-            must_sync=bool(entries) or not hs.same_election(self._handed_out_hs),
+            must_sync=(bool(entries) or snapshot is not None
+                       or not hs.same_election(self._handed_out_hs)),
+            snapshot=snapshot,
         )
+        self._received_snapshot = None
         self._handed_out_hs = hs
         self._messages = []
         self._early_messages = []
@@ -429,7 +533,7 @@ class RaftNode:
 
     def _answer_stale(self, msg: Message) -> None:
         """Answer a message from an older term so its sender can catch up, or drop it."""
-        from_leader = isinstance(msg, (AppendEntries, Heartbeat))
+        from_leader = isinstance(msg, (AppendEntries, Heartbeat, InstallSnapshot))
         if from_leader and (self.config.check_quorum or self.config.pre_vote):
             # A deposed or partitioned leader learns our term from this and steps down. Without
             # it a node whose term rose while cut off could never rejoin: its vote requests are
@@ -563,8 +667,9 @@ class RaftNode:
         prev_index = pr.next - 1
         prev_term = log.term_at(prev_index)
         if prev_term is None:
-            raise InvariantError(f"entries before {pr.next} were compacted, and snapshots "
-                                 "are not supported yet")
+            # The follower needs entries at or before the log start: only a snapshot helps.
+            self._send_snapshot(peer, pr)
+            return False
         entries = [] if empty else log.slice(pr.next, log.last_index,
                                              self.config.max_entries_per_message,
                                              self.config.max_bytes_per_message)
@@ -575,6 +680,17 @@ class RaftNode:
         self._send(AppendEntries(term=self.term, src=self.id, dst=peer, prev_index=prev_index,
                                  prev_term=prev_term, entries=entries, commit=commit))
         return bool(entries)
+
+    def _send_snapshot(self, peer: NodeId, pr: Progress) -> None:
+        """Send the newest snapshot (metadata only: the driver attaches the data) and stop
+        appending to ``peer`` until the driver reports the transfer done or failed."""
+        snapshot = self._snapshot
+        if snapshot is None or snapshot.index < self.log.snapshot_index:
+            raise InvariantError(f"node {peer} needs entries at or before the log start "
+                                 f"{self.log.snapshot_index}, and no snapshot covers them")
+        pr.become_snapshot(snapshot.index)
+        self._send(InstallSnapshot(term=self.term, src=self.id, dst=peer,
+                                   snapshot=Snapshot(snapshot)))
 
     def _step_leader(self, msg: Message) -> None:
         pr = self._progress.get(msg.src)
@@ -592,7 +708,8 @@ class RaftNode:
                 # A round sent after those appends came back, yet the follower never took
                 # them: on an ordered connection, they were lost. Resend from match.
                 pr.become_probe()
-            elif behind and not pr.can_send(self.config.max_inflight_messages):
+            elif (behind and pr.state is not ProgressState.SNAPSHOT
+                  and not pr.can_send(self.config.max_inflight_messages)):
                 # A full window, yet the follower answers: if the acks of what it took were
                 # lost, no other message would ever free the window. An empty append after all
                 # that is in flight makes it say how far it holds; its answer frees the window.
@@ -607,15 +724,23 @@ class RaftNode:
         if msg.index > self.log.last_index:
             return  # about entries we never sent: a confused or hostile peer, not to be trusted
         if msg.success:
-            if pr.acknowledge(msg.index):
+            moved = pr.acknowledge(msg.index)
+            if pr.state is ProgressState.SNAPSHOT and (
+                    pr.match >= pr.pending_snapshot or pr.match >= self.log.snapshot_index):
+                # It holds the snapshot, or enough of the log to go on from the log.
+                pr.become_replicate()
+            if moved:
                 self._maybe_commit()
                 if msg.src == self._transferee and pr.match == self.log.last_index:
                     self._send(TimeoutNow(term=self.term, src=self.id, dst=msg.src))
             # More entries, or the commit index, may be waiting for it: _send_append decides.
             self._pending_append.add(msg.src)
             return
-        if msg.index <= pr.match or (pr.state is ProgressState.PROBE and msg.index != pr.next - 1):
-            return  # a stale rejection: we already know better
+        if (msg.index <= pr.match or pr.state is ProgressState.SNAPSHOT
+                or (pr.state is ProgressState.PROBE and msg.index != pr.next - 1)):
+            # A stale rejection: we already know better, or it predates the snapshot on its way
+            # (which report_snapshot resolves).
+            return
         next_index = msg.conflict_index
         if msg.conflict_term:
             ours = self.log.last_index_of_term(msg.conflict_term, msg.index)
@@ -694,7 +819,9 @@ class RaftNode:
                 self._read_states.append(ReadState(msg.index, msg.context))
         elif isinstance(msg, TimeoutNow):
             self._handle_timeout_now()
-        # InstallSnapshot is ignored: no leader sends one until snapshots are supported.
+        elif isinstance(msg, InstallSnapshot):
+            self._heard_from_leader(msg.src)
+            self._handle_install_snapshot(msg)
 
     def _heard_from_leader(self, leader: NodeId) -> None:
         self.leader = leader
@@ -723,6 +850,26 @@ class RaftNode:
                                          success=True, index=last_new))
         self._accepted = max(self._accepted, last_new)
 
+    def _handle_install_snapshot(self, msg: InstallSnapshot) -> None:
+        """Take a snapshot from the leader unless the log already covers it.
+
+        A snapshot holds only committed entries, so one the log holds (same index and term) is
+        committed up to there by log matching, and one at or below the commit index is stale
+        or a duplicate: neither replaces anything.
+        """
+        meta = msg.snapshot.meta
+        log = self.log
+        if meta.index > log.commit and not log.matches(meta.index, meta.term):
+            log.restore(meta)
+            self._snapshot_voters = meta.conf.voters
+            self._refresh_conf()
+            self._received_snapshot = self._snapshot = meta
+        elif meta.index > log.commit:
+            log.commit_to(meta.index)
+        self._send(AppendEntriesResponse(term=self.term, src=self.id, dst=msg.src,
+                                         success=True, index=log.commit))
+        self._accepted = max(self._accepted, log.commit)
+
     def _reject_append(self, msg: AppendEntries) -> None:
         log = self.log
         if msg.prev_index > log.last_index:
@@ -741,6 +888,17 @@ class RaftNode:
         index = self._conf_index
         return index <= self.log.snapshot_index or (
             index <= self.log.last_index and self.log.entry(index).type is EntryType.CONFIG)
+
+    def _voters_at(self, index: int) -> frozenset[NodeId]:
+        """The configuration in effect at ``index`` (log start <= ``index`` <= last index)."""
+        if self._conf_index <= index:
+            return self.voters  # the newest configuration in the log is at or before it
+        log = self.log
+        for i in range(index, log.snapshot_index, -1):
+            entry = log.entry(i)
+            if entry.type is EntryType.CONFIG:
+                return ConfState.decode(entry.data).voters
+        return self._snapshot_voters
 
     def _refresh_conf(self) -> None:
         """Use the newest configuration in the log, or the snapshot's if the log holds none.

@@ -2,7 +2,9 @@
 
 A follower is probed (one AppendEntries at a time, backing off on rejection) until its match is
 found, then replicated to (AppendEntries pipelined, at most ``max_inflight`` in flight), the
-scheme of etcd's raft. Bounding the in-flight window bounds what a slow follower costs.
+scheme of etcd's raft. Bounding the in-flight window bounds what a slow follower costs. A follower
+that needs entries the leader compacted is sent a snapshot, and nothing else but heartbeats until
+it holds the snapshot or the driver reports the transfer over.
 ``str(progress)`` is a one-line form for logs and transcript tests.
 """
 
@@ -15,6 +17,7 @@ from enum import Enum
 class ProgressState(Enum):
     PROBE = "probe"
     REPLICATE = "replicate"
+    SNAPSHOT = "snapshot"
 
 
 class Progress:
@@ -26,6 +29,7 @@ class Progress:
         "inflight",
         "match",
         "next",
+        "pending_snapshot",
         "probe_sent",
         "recent_active",
         "sent_commit",
@@ -47,16 +51,22 @@ class Progress:
         """The newest index in flight when that heartbeat went out (0 if none)."""
         self.sent_commit = 0
         """The highest commit index sent in an AppendEntries."""
+        self.pending_snapshot = 0
+        """The index of the snapshot being sent (SNAPSHOT only)."""
 
     def __str__(self) -> str:
         flags = "".join(f" {name}" for name, on in (("probe-sent", self.probe_sent),
                                                     ("active", self.recent_active)) if on)
-        return (f"Progress(match={self.match} next={self.next} state={self.state.value} "
-                f"inflight={len(self.inflight)}{flags})")
+        pending = (f" pending={self.pending_snapshot}"
+                   if self.state is ProgressState.SNAPSHOT else "")
+        return (f"Progress(match={self.match} next={self.next} state={self.state.value}"
+                f"{pending} inflight={len(self.inflight)}{flags})")
 
     def can_send(self, max_inflight: int) -> bool:
         if self.state is ProgressState.PROBE:
             return not self.probe_sent
+        if self.state is ProgressState.SNAPSHOT:
+            return False
         return len(self.inflight) < max_inflight
 
     def sent(self, last_index: int, had_entries: bool) -> None:
@@ -84,6 +94,13 @@ class Progress:
         self.probe_sent = False
         self.inflight.clear()
         self.next = self.match + 1
+
+    def become_snapshot(self, index: int) -> None:
+        """A snapshot covering ``index`` is on its way to the follower."""
+        self.state = ProgressState.SNAPSHOT
+        self.pending_snapshot = index
+        self.probe_sent = False
+        self.inflight.clear()
 
     def become_replicate(self) -> None:
         self.state = ProgressState.REPLICATE

@@ -1,8 +1,10 @@
 """Randomized fault schedules for ``SimCluster``: partitions, crashes, restarts, drops, delays.
 
 One seed fixes everything: the cluster size, its configuration (message size limits, in-flight
-window, heartbeat and election timeouts, pre-vote and check-quorum, disk latency), the schedule of
-faults and proposals, and the network's behaviour. A run checks every safety property after
+window, heartbeat and election timeouts, pre-vote and check-quorum, disk latency, snapshots), the
+schedule of faults and proposals, and the network's behaviour. About a third of the seeds take
+snapshots every few applied entries, so that nodes compact their logs, restart from snapshots
+and bring far-behind followers up with InstallSnapshot. A run checks every safety property after
 every step (the simulator does), then heals the cluster and checks that it makes progress and
 that every node converges.
 
@@ -94,13 +96,25 @@ def draw_config(seed: int, disk: tuple[float, float] | None) -> Config:
     )
 
 
-def describe_setup(config: Config, disk: tuple[float, float] | None) -> str:
+def draw_snapshot_every(seed: int) -> int | None:
+    """How often the nodes of ``seed`` snapshot (None: never), drawn from the seed alone.
+
+    Its own stream, so seeds without snapshots run exactly as they did before snapshots.
+    Small values, so that followers fall behind the log start and need InstallSnapshot.
+    """
+    rng = random.Random(f"fuzz/{seed}/snapshots")
+    return rng.choice((2, 3, 5, 10, 25)) if rng.random() < 0.35 else None
+
+
+def describe_setup(config: Config, disk: tuple[float, float] | None,
+                   snapshot_every: int | None = None) -> str:
     """One line naming every drawn knob, for the seed's report."""
     disk_text = "instant" if disk is None else f"{disk[0]:g}-{disk[1]:g}s"
+    snapshots = "off" if snapshot_every is None else f"every-{snapshot_every}"
     return (f"entries={config.max_entries_per_message} bytes={config.max_bytes_per_message} "
             f"inflight={config.max_inflight_messages} heartbeat={config.heartbeat_ticks}t "
             f"election={config.election_ticks}t pre-vote={_on(config.pre_vote)} "
-            f"check-quorum={_on(config.check_quorum)} disk={disk_text}")
+            f"check-quorum={_on(config.check_quorum)} disk={disk_text} snapshots={snapshots}")
 
 
 def _on(flag: bool) -> str:
@@ -120,9 +134,11 @@ def run_seed(seed: int, duration: float = 30.0, fixed_config: bool = False) -> F
     # save under way), up to a disk slower than the election timeout.
     disk = rng.choice(_DISKS)
     config = _DEFAULT if fixed_config else draw_config(seed, disk)
-    setup = describe_setup(config, disk)
+    snapshot_every = None if fixed_config else draw_snapshot_every(seed)
+    setup = describe_setup(config, disk, snapshot_every)
     hint = f"{replay_command(seed, duration, fixed_config)}  ({setup})"
-    c = SimCluster(n=n, seed=seed, config=config, replay_hint=hint, disk_latency=disk)
+    c = SimCluster(n=n, seed=seed, config=config, replay_hint=hint, disk_latency=disk,
+                   snapshot_every=snapshot_every)
     schedule = _Schedule(c, rng)
     while c.now < duration:
         schedule.step()
@@ -222,7 +238,8 @@ def _check_recovered(c: SimCluster, hint: str) -> int:
         raise  # a broken property while recovering is that, not a lack of progress
     except AssertionError as e:
         raise AssertionError(f"no progress after healing: {e}\n  replay: {hint}") from e
-    logs = {tuple(c.applied(i)) for i in range(c.n)}
+    # Every command each state machine holds, whether applied one by one or restored.
+    logs = {tuple(c.commands(i)) for i in range(c.n)}
     if len(logs) != 1:
         raise AssertionError(f"nodes applied different histories after healing\n  replay: {hint}")
     return last

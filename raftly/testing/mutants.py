@@ -180,6 +180,19 @@ CATALOGUE: tuple[Mutant, ...] = (
                "if False:"),),
         tests=("tests/storage/test_storage_conformance.py",),
     ),
+    Mutant(
+        "stale-snapshot-accepted",
+        "a follower restores a snapshot older than its commit index (a late or duplicate "
+        "InstallSnapshot), rolling its state machine back",
+        "Raft paper, section 7 (InstallSnapshot receiver rules 6-8); etcd raft's restore() "
+        "guard against snapshots at or below the commit index",
+        (Patch(_NODE,
+               "if meta.index > log.commit and not log.matches(meta.index, meta.term):",
+               "if not log.matches(meta.index, meta.term):"),
+         Patch(_LOG,
+               "if meta.index <= self.commit:\n            raise InvariantError(f\"restore to",
+               "if False:\n            raise InvariantError(f\"restore to")),
+    ),
 )
 
 

@@ -8,7 +8,7 @@ time per event, and raises ``SafetyViolation`` the moment one breaks.
 from __future__ import annotations
 
 from raftly.core.node import RaftNode, Role
-from raftly.core.types import Entry, NodeId
+from raftly.core.types import Entry, EntryType, NodeId
 
 
 class SafetyViolation(AssertionError):
@@ -17,7 +17,8 @@ class SafetyViolation(AssertionError):
 
 class SafetyChecker:
     """Checks election safety, leader append-only, log matching, leader completeness and state
-    machine safety, plus: no node applies an index twice or out of order."""
+    machine safety, plus: no node applies an index twice or out of order, a node jumps only
+    forward by installing a snapshot, and a snapshot holds what was applied where it covers."""
 
     def __init__(self) -> None:
         self._leader_of_term: dict[int, NodeId] = {}
@@ -54,6 +55,42 @@ class SafetyChecker:
     def on_restart(self, node_id: NodeId, applied_from: int) -> None:
         """A new instance of a node re-applies from its snapshot."""
         self._last_applied[node_id] = applied_from
+
+    def on_snapshot_installed(self, node_id: NodeId, index: int,
+                              commands: list[tuple[int, bytes]] | None) -> None:
+        """A node jumped to ``index`` by restoring a leader's snapshot: it must be ahead of what
+        the node applied, and hold what was applied at each index it covers."""
+        last = self._last_applied.get(node_id, 0)
+        if index <= last:
+            raise SafetyViolation(
+                f"node {node_id} applied index {index} right after {last} (by installing a "
+                "snapshot: indexes applied twice)"
+            )
+        self.on_snapshot_taken(node_id, index, commands)
+        self._last_applied[node_id] = index
+        self._max_applied = max(self._max_applied, index)
+
+    def on_snapshot_taken(self, node_id: NodeId, index: int,
+                          commands: list[tuple[int, bytes]] | None) -> None:
+        """State machine safety for snapshots: the commands a snapshot at ``index`` holds (when
+        the simulator can read them) are exactly those applied at the indexes it covers."""
+        if commands is None:
+            return
+        held = dict(commands)
+        for at, command in commands:
+            first = self._applied.get(at)
+            if at > index or (first is not None and (first.type is not EntryType.COMMAND
+                                                     or first.data != command)):
+                raise SafetyViolation(
+                    f"state machine safety: node {node_id}'s snapshot at {index} holds "
+                    f"{command!r} at index {at}, but {first} was applied there"
+                )
+        for at, entry in self._applied.items():
+            if at <= index and entry.type is EntryType.COMMAND and held.get(at) != entry.data:
+                raise SafetyViolation(
+                    f"state machine safety: node {node_id}'s snapshot at {index} lacks {entry} "
+                    f"applied at index {at}"
+                )
 
     def on_apply(self, node_id: NodeId, entry: Entry) -> None:
         last = self._last_applied.get(node_id, 0)

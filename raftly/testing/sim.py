@@ -5,6 +5,11 @@ contract, with each node's durable state in a ``Storage``. It jumps from event t
 message delivery or a tick) instead of sleeping, so minutes of cluster time take moments, and all
 of its randomness comes from one seed: the same seed gives the same run, step for step.
 
+With ``snapshot_every=N`` each node snapshots its state machine every N applied entries and
+compacts its log to N entries behind the snapshot; a follower that needs compacted entries gets
+InstallSnapshot through the simulated network, and a restarted node restores its newest snapshot
+(kept across crashes like durable storage) and replays its log after it.
+
 After every event it checks Raft's safety properties (``SafetyChecker``) and raises
 ``SafetyViolation`` with the seed and the step where one broke. It also keeps the run within a
 ``SimBudget`` of work per virtual second, so a runaway core fails with ``BudgetExceeded`` and the
@@ -14,17 +19,26 @@ last few events instead of hanging.
 from __future__ import annotations
 
 import heapq
+import io
 import random
+import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from raftly.core.config import Config
 from raftly.core.errors import RaftError
-from raftly.core.messages import Message
+from raftly.core.messages import InstallSnapshot, Message
 from raftly.core.node import RaftNode, ReadState, Ready
-from raftly.core.state_machine import StateMachine
-from raftly.core.types import ConfState, EntryType, InitialState
+from raftly.core.state_machine import (
+    SnapshotCapture,
+    SnapshottingStateMachine,
+    StateMachine,
+    SupportsRead,
+    SupportsWrite,
+    supports_snapshots,
+)
+from raftly.core.types import ConfState, EntryType, InitialState, Snapshot, SnapshotMeta
 from raftly.storage.base import Storage, StorageError
 from raftly.storage.memory import MemoryStorage
 from raftly.testing.budget import BudgetExceeded, SimBudget
@@ -33,6 +47,11 @@ from raftly.testing.safety import SafetyChecker, SafetyViolation
 _TICK = 0
 _DELIVER = 1
 _SAVED = 2
+_SNAPSHOT_SAVED = 3
+_SNAPSHOT_FAILED = 4
+
+_REPORT_DELAY = (0.01, 0.1)
+"""How long a sender takes to notice that a snapshot transfer failed (a transport timeout)."""
 
 _RECENT_EVENTS = 12
 """How many of the last events a violation report lists."""
@@ -41,8 +60,16 @@ _Event = tuple[float, int, int, object]
 """(due time, sequence number, kind, payload): the simulator's event queue entries."""
 
 
+_RECORDING_MAGIC = b"RSM1"
+_RECORD = struct.Struct(">QI")
+
+
 class RecordingStateMachine:
-    """The default state machine: remembers the commands it applied, returns the index."""
+    """The default state machine: remembers the commands it applied, returns the index.
+
+    Its snapshot is every command it holds, so the safety checker can compare a snapshot with
+    what was applied at each index.
+    """
 
     def __init__(self) -> None:
         self.commands: list[tuple[int, bytes]] = []
@@ -50,6 +77,42 @@ class RecordingStateMachine:
     def apply(self, index: int, command: bytes) -> object:
         self.commands.append((index, command))
         return index
+
+    def capture(self) -> SnapshotCapture:
+        return _RecordingCapture(tuple(self.commands))
+
+    def restore(self, source: SupportsRead) -> None:
+        self.commands = decode_recording(source.read())
+
+
+@dataclass(slots=True, frozen=True)
+class _RecordingCapture:
+    commands: tuple[tuple[int, bytes], ...]
+
+    def persist(self, sink: SupportsWrite) -> None:
+        sink.write(_RECORDING_MAGIC + struct.pack(">I", len(self.commands)))
+        for index, command in self.commands:
+            sink.write(_RECORD.pack(index, len(command)) + command)
+
+
+def decode_recording(data: bytes) -> list[tuple[int, bytes]]:
+    """The commands of a ``RecordingStateMachine`` snapshot; ValueError if malformed."""
+    if data[:4] != _RECORDING_MAGIC or len(data) < 8:
+        raise ValueError("not a recording state machine snapshot")
+    (count,), pos = struct.unpack_from(">I", data, 4), 8
+    commands: list[tuple[int, bytes]] = []
+    for _ in range(count):
+        if pos + _RECORD.size > len(data):
+            raise ValueError(f"snapshot truncated at byte {pos}")
+        index, size = _RECORD.unpack_from(data, pos)
+        pos += _RECORD.size
+        if pos + size > len(data) or (commands and index <= commands[-1][0]):
+            raise ValueError(f"snapshot malformed at byte {pos}")
+        commands.append((index, data[pos:pos + size]))
+        pos += size
+    if pos != len(data):
+        raise ValueError(f"snapshot has {len(data) - pos} stray bytes at its end")
+    return commands
 
 
 @dataclass(slots=True)
@@ -66,13 +129,23 @@ class _Member:
     read_states: list[ReadState] = field(default_factory=list)
     saving: Ready | None = None
     """The Ready whose save is under way (only with disk latency)."""
+    snapshot: tuple[SnapshotMeta, bytes] | None = None
+    """The newest durable snapshot: survives crashes, like the storage."""
+    snapshotting: bool = False
+    """A snapshot is being written (only with disk latency)."""
+    incoming: dict[tuple[int, int], bytes] = field(default_factory=dict)
+    """Snapshot data received with InstallSnapshot, by (index, term), until a Ready names it."""
+    snapshots_installed: list[int] = field(default_factory=list)
+    """Indexes of the snapshots this incarnation restored at boot or installed from a leader."""
 
 
 class SimCluster:
     """A deterministic simulated cluster of ``n`` nodes with ids ``0 .. n-1``.
 
     ``state_machine`` is a factory called once per node instance (again after each restart);
-    by default each node records what it applied. ``storage_factory(i)`` gives node ``i``'s
+    by default each node records what it applied. With ``snapshot_every=N`` each node snapshots
+    its state machine (which must have the snapshot hooks) every N applied entries and keeps at
+    most N entries of log behind the snapshot. ``storage_factory(i)`` gives node ``i``'s
     storage (``MemoryStorage`` by default). ``replay_hint`` is printed with any safety
     violation: set it to the command that reruns this scenario. ``disk_latency=(lo, hi)`` makes
     every save take a uniform random virtual time in that range (default: instant).
@@ -92,8 +165,8 @@ class SimCluster:
         disk_latency: tuple[float, float] | None = None,
         budget: SimBudget | None = None,
     ) -> None:
-        if snapshot_every is not None:
-            raise NotImplementedError("snapshots are not supported yet")
+        if snapshot_every is not None and snapshot_every < 1:
+            raise ValueError("snapshot_every must be at least 1")
         if n < 1:
             raise ValueError("a cluster needs at least one node")
         self.n = n
@@ -105,6 +178,9 @@ class SimCluster:
         self.steps = 0
         self._rng = random.Random(seed)
         self._sm_factory: Callable[[], StateMachine] = state_machine or RecordingStateMachine
+        self.snapshot_every = snapshot_every
+        if snapshot_every is not None and not supports_snapshots(self._sm_factory()):
+            raise ValueError("snapshot_every needs a state machine with capture() and restore()")
         self._checker = SafetyChecker()
         self._events: list[_Event] = []
         self._seq = 0
@@ -174,9 +250,15 @@ class SimCluster:
             elif kind == _DELIVER:
                 assert isinstance(payload, tuple)
                 self._deliver(*payload)
-            else:
+            elif kind == _SAVED:
                 assert isinstance(payload, tuple)
                 self._saved(*payload)
+            elif kind == _SNAPSHOT_SAVED:
+                assert isinstance(payload, tuple)
+                self._snapshot_saved(*payload)
+            else:
+                assert isinstance(payload, tuple)
+                self._report_snapshot(*payload, ok=False)
         self.now = deadline
 
     def _open_window(self, when: float) -> None:
@@ -208,9 +290,15 @@ class SimCluster:
             elif kind == _DELIVER:
                 assert isinstance(payload, tuple)
                 what = f"deliver {payload[0]}"
-            else:
+            elif kind == _SAVED:
                 assert isinstance(payload, tuple)
                 what = f"node {payload[0]} finished a save"
+            elif kind == _SNAPSHOT_SAVED:
+                assert isinstance(payload, tuple)
+                what = f"node {payload[0]} finished writing a snapshot"
+            else:
+                assert isinstance(payload, tuple)
+                what = f"node {payload[0]} gave up sending a snapshot to node {payload[2]}"
             lines.append(f"    step {step} at {when:.6f}s: {what}")
         return "\n".join(lines)
 
@@ -234,11 +322,21 @@ class SimCluster:
     def _send(self, msg: Message) -> None:
         self._messages_sent += 1
         src, dst = msg.src, msg.dst
+        if isinstance(msg, InstallSnapshot):
+            # The core sends the metadata; the driver attaches the data it holds for it.
+            held = self._members[src].snapshot
+            if held is None or held[0] != msg.snapshot.meta:
+                self._snapshot_failed(msg)
+                return
+            msg = InstallSnapshot(term=msg.term, src=src, dst=dst,
+                                  snapshot=Snapshot(held[0], held[1]))
         if not 0 <= dst < self.n or not self._link_up(src, dst):
+            self._snapshot_failed(msg)
             return
         rng = self._rng
         if self._unreliable:
             if rng.random() < 0.1:
+                self._snapshot_failed(msg)
                 return
             delay = rng.uniform(0.0, 0.027)
         else:
@@ -249,15 +347,38 @@ class SimCluster:
             self._link_clock[link] = self.now + delay
         if self._long_delays and rng.random() < 0.3:
             delay += rng.uniform(0.2, 2.0)
-        self._schedule(delay, _DELIVER, (msg, self._members[dst].incarnation))
+        self._schedule(delay, _DELIVER, (msg, self._members[dst].incarnation,
+                                         self._members[src].incarnation))
 
-    def _deliver(self, msg: Message, incarnation: int) -> None:
+    def _deliver(self, msg: Message, incarnation: int, src_incarnation: int) -> None:
         member = self._members[msg.dst]
         node = member.node
         if node is None or member.incarnation != incarnation or not self._link_up(msg.src, msg.dst):
-            return  # the connection broke: the node restarted, crashed or was cut off
+            # The connection broke: the node restarted, crashed or was cut off.
+            self._snapshot_failed(msg, src_incarnation)
+            return
+        if isinstance(msg, InstallSnapshot):
+            meta = msg.snapshot.meta
+            member.incoming[(meta.index, meta.term)] = msg.snapshot.data
         node.step(msg)
         self._drain(msg.dst)
+        if isinstance(msg, InstallSnapshot):
+            self._report_snapshot(msg.src, src_incarnation, msg.dst, ok=True)
+
+    def _snapshot_failed(self, msg: Message, src_incarnation: int | None = None) -> None:
+        """A snapshot transfer broke: its sender notices after a while (if still running)."""
+        if isinstance(msg, InstallSnapshot):
+            if src_incarnation is None:
+                src_incarnation = self._members[msg.src].incarnation
+            self._schedule(self._rng.uniform(*_REPORT_DELAY), _SNAPSHOT_FAILED,
+                           (msg.src, src_incarnation, msg.dst))
+
+    def _report_snapshot(self, src: int, incarnation: int, dst: int, *, ok: bool) -> None:
+        member = self._members[src]
+        if member.node is None or member.incarnation != incarnation:
+            return
+        member.node.report_snapshot(dst, ok)
+        self._drain(src)
 
     def _drain(self, i: int) -> None:
         """Do node i's Ready work: send early messages, persist, send, apply, advance.
@@ -310,6 +431,8 @@ class SimCluster:
         member = self._members[i]
         node = member.node
         assert node is not None and member.state_machine is not None
+        if rd.snapshot is not None:
+            self._install_snapshot(i, rd.snapshot)
         member.storage.save(rd.hard_state, rd.entries)
         if rd.entries:
             self._checker.on_persist(i, rd.entries, prev_term)
@@ -325,6 +448,69 @@ class SimCluster:
             self._checker.on_read_state(i, rs.index, rs.context)
         member.read_states.extend(rd.read_states)
         node.advance(rd)
+        every = self.snapshot_every
+        if (every is not None and not member.snapshotting
+                and node.log.applied - node.status().snapshot_index >= every):
+            self._take_snapshot(i)
+
+    # -- snapshots ------------------------------------------------------------------------------
+
+    def _install_snapshot(self, i: int, meta: SnapshotMeta) -> None:
+        """A snapshot from the leader: durable first, then the log compacted, then restored."""
+        member = self._members[i]
+        assert member.state_machine is not None
+        data = member.incoming.get((meta.index, meta.term))
+        if data is None:
+            raise AssertionError(f"node {i} accepted snapshot {meta} whose data it never got")
+        member.incoming = {key: d for key, d in member.incoming.items() if key[0] > meta.index}
+        member.snapshot = (meta, data)
+        member.storage.compact(meta)
+        self._restore(i, meta, data)
+        self._checker.on_snapshot_installed(i, meta.index, self._contents(data))
+
+    def _restore(self, i: int, meta: SnapshotMeta, data: bytes) -> None:
+        member = self._members[i]
+        assert isinstance(member.state_machine, SnapshottingStateMachine)
+        member.state_machine.restore(io.BytesIO(data))
+        member.snapshots_installed.append(meta.index)
+
+    def _contents(self, data: bytes) -> list[tuple[int, bytes]] | None:
+        """What a snapshot holds, if the checker can read it (the default state machine)."""
+        return decode_recording(data) if self._sm_factory is RecordingStateMachine else None
+
+    def _take_snapshot(self, i: int) -> None:
+        """Capture the state machine now (between two applies); the write takes disk time."""
+        member = self._members[i]
+        node = member.node
+        assert node is not None and isinstance(member.state_machine, SnapshottingStateMachine)
+        meta = node.snapshot_meta(node.log.applied)
+        sink = io.BytesIO()
+        member.state_machine.capture().persist(sink)
+        data = sink.getvalue()
+        self._checker.on_snapshot_taken(i, meta.index, self._contents(data))
+        latency = self._disk_latency[i]
+        if latency is None:
+            self._snapshot_saved(i, member.incarnation, meta, data)
+        else:
+            member.snapshotting = True
+            self._schedule(self._rng.uniform(*latency), _SNAPSHOT_SAVED,
+                           (i, member.incarnation, meta, data))
+
+    def _snapshot_saved(self, i: int, incarnation: int, meta: SnapshotMeta, data: bytes) -> None:
+        """The snapshot is durable: offer it to followers, and compact the log behind it."""
+        member = self._members[i]
+        node = member.node
+        if node is None or member.incarnation != incarnation:
+            return  # crashed while writing it: the snapshot is lost, the log still covers it
+        member.snapshotting = False
+        if member.snapshot is None or meta.index > member.snapshot[0].index:
+            member.snapshot = (meta, data)
+            node.snapshot_saved(meta)
+        assert self.snapshot_every is not None
+        held = member.snapshot[0].index
+        start = node.compact(min(held - self.snapshot_every, node.log.stable_index))
+        if start is not None:
+            member.storage.compact(start)
 
     def _describe(self, what: str) -> str:
         hint = f"\n  replay: {self.replay_hint}" if self.replay_hint else ""
@@ -359,6 +545,8 @@ class SimCluster:
         member.node = None
         member.state_machine = None
         member.saving = None  # a save still under way never completes
+        member.snapshotting = False  # and so does a snapshot being written
+        member.incoming = {}
         member.incarnation += 1
 
     def restart(self, i: int) -> None:
@@ -370,15 +558,21 @@ class SimCluster:
         member = self._members[i]
         state = member.storage.load()
         rng = random.Random(f"{self.seed}/{i}/{member.incarnation}")
-        # The node reads its durable log through the storage, as a driver with bounded memory
-        # would: every simulated run exercises that read side.
-        member.node = RaftNode(i, InitialState(state.hard_state, state.snapshot), self.config,
-                               rng, storage=member.storage)
         member.state_machine = self._sm_factory()
         member.applied = {}
         member.applied_order = []
         member.read_states = []
-        self._checker.on_restart(i, state.snapshot.index)
+        member.snapshots_installed = []
+        restored = None
+        if member.snapshot is not None:
+            # The newest snapshot, then the log after it.
+            restored, data = member.snapshot
+            self._restore(i, restored, data)
+        # The node reads its durable log through the storage, as a driver with bounded memory
+        # would: every simulated run exercises that read side.
+        member.node = RaftNode(i, InitialState(state.hard_state, state.snapshot), self.config,
+                               rng, storage=member.storage, restored=restored)
+        self._checker.on_restart(i, state.snapshot.index if restored is None else restored.index)
 
     def set_disk_latency(self, latency: tuple[float, float] | None, i: int | None = None) -> None:
         """Saves on node i (every node if None) take (lo, hi) virtual seconds; None: instant."""
@@ -483,8 +677,31 @@ class SimCluster:
         return log.last_index - log.snapshot_index
 
     def applied(self, i: int) -> list[tuple[int, bytes]]:
-        """User commands applied by node i's current instance, in order."""
+        """User commands applied by node i's current instance, in order (one by one: not
+        those a snapshot restored, see ``snapshots_installed``)."""
         return list(self._members[i].applied_order)
+
+    def commands(self, i: int) -> list[tuple[int, bytes]]:
+        """Every command node i's ``RecordingStateMachine`` holds: restored from a snapshot or
+        applied one by one."""
+        sm = self.state_machine(i)
+        if not isinstance(sm, RecordingStateMachine):
+            raise TypeError("commands(i) needs the default RecordingStateMachine")
+        return list(sm.commands)
+
+    def snapshots_installed(self, i: int) -> list[int]:
+        """Indexes of the snapshots node i's current instance restored, at boot or from a
+        leader's InstallSnapshot, in order."""
+        return list(self._members[i].snapshots_installed)
+
+    def writing_snapshot(self, i: int) -> bool:
+        """Whether node i is writing a snapshot that is not yet durable (with disk latency)."""
+        return self._members[i].snapshotting
+
+    def snapshot_index(self, i: int) -> int:
+        """The index node i's newest durable snapshot covers (0 if none; kept across crashes)."""
+        held = self._members[i].snapshot
+        return held[0].index if held is not None else 0
 
     def read_states(self, i: int) -> list[ReadState]:
         """Read states node i's current instance has been handed so far."""
@@ -517,11 +734,13 @@ class SimCluster:
         for i, member in enumerate(self._members):
             if index in member.applied:
                 got = member.applied[index]
-                if count and got != command:
+                if command is not None and got != command:
                     raise AssertionError(
                         f"index {index}: node {i} applied {got!r}, another {command!r}"
                     )
                 count, command = count + 1, got
+            elif member.snapshots_installed and index <= max(member.snapshots_installed):
+                count += 1  # restored from a snapshot (which the checker compared)
         return count, command
 
     def one(self, command: bytes, expected_servers: int, retry: bool = False) -> int:

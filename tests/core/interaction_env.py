@@ -27,6 +27,15 @@ Commands (``ID`` a node id, ``IDS`` ids separated by spaces; options are ``key=v
     log ID                      the durable hard state and log from the node's storage (the
                                 commit index is saved lazily there, so it may lag)
     restart ID                  crash (losing a held Ready) and rebuild the node from storage
+                                and its newest snapshot
+    snapshot ID [INDEX]         the driver snapshots the state at INDEX (default: applied) and
+                                tells the node it holds it durably
+    compact ID INDEX            compact the node's log and then its storage to INDEX
+    report-snapshot ID PEER ok|fail   the driver finished or gave up sending a snapshot to PEER
+
+A Ready's snapshot (received from a leader) is kept as the node's newest snapshot and compacts
+its storage before the Ready's save, as a driver does. Status lines show ``snapshot=`` and
+``first=`` once a node holds a snapshot or a compacted log.
 
 Logs given to ``add-nodes`` are terms from index 1 (``2*3`` repeats term 2 three times).
 """
@@ -47,6 +56,7 @@ from raftly.core import (
     RaftError,
     RaftNode,
     Ready,
+    SnapshotMeta,
 )
 from raftly.core.messages import describe_entry
 from raftly.storage.memory import MemoryStorage
@@ -54,9 +64,10 @@ from raftly.storage.memory import MemoryStorage
 STABILIZE_ROUNDS = 1000
 
 
-def build_node(node_id: int, storage: MemoryStorage, config: Config) -> RaftNode:
+def build_node(node_id: int, storage: MemoryStorage, config: Config,
+               restored: SnapshotMeta | None = None) -> RaftNode:
     """The one place nodes are built (and rebuilt on restart) from their storage."""
-    return RaftNode(node_id, storage.load(), config, random.Random(node_id))
+    return RaftNode(node_id, storage.load(), config, random.Random(node_id), restored=restored)
 
 
 @dataclass(slots=True)
@@ -97,6 +108,8 @@ class InteractionEnv:
     """Held back by ``delay-msgs``: neither delivered nor dropped until released."""
     cut: set[tuple[int, int]] = field(default_factory=set)
     """(src, dst) links whose messages are dropped on delivery."""
+    snapshots: dict[int, SnapshotMeta] = field(default_factory=dict)
+    """Each node's newest durable snapshot (the data is not modelled: the core never sees it)."""
     out: list[str] = field(default_factory=list)
 
     def execute(self, line: str) -> str:
@@ -140,8 +153,34 @@ class InteractionEnv:
         for node_id in cmd.ids():
             self.held.pop(node_id, None)  # never persisted: lost in the crash
             self.nodes[node_id] = build_node(node_id, self.storages[node_id],
-                                             self.configs[node_id])
+                                             self.configs[node_id], self.snapshots.get(node_id))
             self._status_line(node_id)
+
+    # -- snapshots --------------------------------------------------------------------------------
+
+    def _cmd_snapshot(self, cmd: _Command) -> None:
+        node_id, *index = cmd.ids()
+        node = self.nodes[node_id]
+        with self._errors():
+            meta = node.snapshot_meta(index[0] if index else node.status().applied)
+            self.snapshots[node_id] = meta
+            node.snapshot_saved(meta)
+            self.out.append(f"snapshot {_meta(meta)}")
+
+    def _cmd_compact(self, cmd: _Command) -> None:
+        node_id, index = cmd.ids()
+        with self._errors():
+            meta = self.nodes[node_id].compact(index)
+            if meta is None:
+                self.out.append("nothing to compact")
+                return
+            self.storages[node_id].compact(meta)
+            self.out.append(f"log starts after {_meta(meta)}")
+
+    def _cmd_report_snapshot(self, cmd: _Command) -> None:
+        node_id, peer = int(cmd.args[0]), int(cmd.args[1])
+        self.nodes[node_id].report_snapshot(peer, cmd.args[2] == "ok")
+        self.out.append("ok")
 
     # -- inputs -----------------------------------------------------------------------------------
 
@@ -231,6 +270,9 @@ class InteractionEnv:
 
     def _persist(self, node_id: int) -> None:
         rd = self.held.pop(node_id)
+        if rd.snapshot is not None:
+            self.snapshots[node_id] = rd.snapshot
+            self.storages[node_id].compact(rd.snapshot)
         self.storages[node_id].save(rd.hard_state, rd.entries)
         self.in_flight += rd.messages
         self.nodes[node_id].advance(rd)
@@ -254,6 +296,8 @@ class InteractionEnv:
                             f"{' (must sync)' if rd.must_sync else ''}")
         elif rd.must_sync:
             self.out.append("  (must sync)")
+        if rd.snapshot is not None:
+            self.out.append(f"  Snapshot {_meta(rd.snapshot)}")
         section("Entries", [describe_entry(e) for e in rd.entries])
         section("Early messages", [str(m) for m in rd.early_messages])
         section("Messages", [str(m) for m in rd.messages])
@@ -355,8 +399,10 @@ class InteractionEnv:
         s = self.nodes[node_id].status()
         leader = "none" if s.leader is None else s.leader
         voters = ",".join(str(v) for v in sorted(s.voters))
+        snapshot = (f" snapshot={s.snapshot_index} first={s.first_index}"
+                    if s.snapshot_index or s.first_index > 1 else "")
         self.out.append(f"{node_id}: {s.role.value} term={s.term} leader={leader} "
-                        f"commit={s.commit} applied={s.applied} last={s.last_index} "
+                        f"commit={s.commit} applied={s.applied} last={s.last_index}{snapshot} "
                         f"voters={voters}")
 
     def _cmd_log(self, cmd: _Command) -> None:
@@ -364,6 +410,11 @@ class InteractionEnv:
             state = self.storages[node_id].load()
             self.out.append(f"{node_id}: durable HardState {_hard_state(state.hard_state)}")
             self.out += [f"  {describe_entry(e)}" for e in state.entries] or ["  (no entries)"]
+
+
+def _meta(meta: SnapshotMeta) -> str:
+    voters = ",".join(str(v) for v in sorted(meta.conf.voters))
+    return f"{meta.term}/{meta.index} voters={voters}"
 
 
 def _hard_state(hs: HardState) -> str:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from raftly.core.config import Config
-from raftly.testing.fuzz import describe_setup, draw_config, main, replay_command, run_seed
+from raftly.testing.fuzz import (
+    describe_setup,
+    draw_config,
+    draw_snapshot_every,
+    main,
+    replay_command,
+    run_seed,
+)
 from raftly.testing.safety import SafetyViolation
 
 DISKS = (None, (0.0001, 0.002), (0.0005, 0.05), (0.001, 0.3))
@@ -46,7 +53,7 @@ def test_seed_line_names_the_drawn_configuration(capsys: pytest.CaptureFixture[s
     line = capsys.readouterr().out.splitlines()[0]
     assert line.endswith(run_seed(3, duration=5.0).setup)
     for knob in ("entries=", "bytes=", "inflight=", "heartbeat=", "election=", "pre-vote=",
-                 "check-quorum=", "disk="):
+                 "check-quorum=", "disk=", "snapshots="):
         assert knob in line
 
 
@@ -75,6 +82,15 @@ def test_every_knob_is_drawn_both_at_its_default_and_away_from_it() -> None:
     assert any(c.max_bytes_per_message == 1 for c in configs)
     assert any(c.max_inflight_messages == 1 for c in configs)
     assert any(c.election_ticks <= 2 * c.heartbeat_ticks for c in configs)
+
+
+def test_part_of_the_seeds_take_snapshots_often_enough_to_need_install_snapshot() -> None:
+    drawn = [draw_snapshot_every(seed) for seed in range(300)]
+    on = [every for every in drawn if every is not None]
+    assert 0.2 < len(on) / len(drawn) < 0.5
+    assert min(on) <= 3 and drawn == [draw_snapshot_every(seed) for seed in range(300)]
+    seed = next(s for s, every in enumerate(drawn) if every == 2)
+    assert "snapshots=every-2" in run_seed(seed, duration=10.0).setup
 
 
 def test_drawn_timeouts_leave_room_for_the_disk() -> None:

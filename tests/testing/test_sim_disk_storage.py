@@ -71,9 +71,10 @@ class RecordingStorage:
         self.inner.close()
 
 
-def crashy_run(seed: int, storage_factory: Callable[[int], Storage]) -> SimCluster:
+def crashy_run(seed: int, storage_factory: Callable[[int], Storage],
+               snapshot_every: int | None = None) -> SimCluster:
     rng = random.Random(seed)
-    c = SimCluster(n=3, seed=seed, storage_factory=storage_factory)
+    c = SimCluster(n=3, seed=seed, storage_factory=storage_factory, snapshot_every=snapshot_every)
     for step in range(30):
         leader = c.leader()
         if leader is not None:
@@ -88,8 +89,10 @@ def crashy_run(seed: int, storage_factory: Callable[[int], Storage]) -> SimClust
     return c
 
 
+@pytest.mark.parametrize("snapshot_every", [None, 3], ids=["no-snapshots", "snapshots"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_crash_on_disk_storage_loses_what_memory_storage_loses(seed: int, tmp_path: Path) -> None:
+def test_crash_on_disk_storage_loses_what_memory_storage_loses(
+        seed: int, snapshot_every: int | None, tmp_path: Path) -> None:
     disks: list[RecordingStorage] = []
     memories: list[RecordingStorage] = []
 
@@ -102,8 +105,8 @@ def test_crash_on_disk_storage_loses_what_memory_storage_loses(seed: int, tmp_pa
         memories.append(RecordingStorage(MemoryStorage, reopen=False))
         return memories[-1]
 
-    on_disk = crashy_run(seed, disk)
-    in_memory = crashy_run(seed, memory)
+    on_disk = crashy_run(seed, disk, snapshot_every)
+    in_memory = crashy_run(seed, memory, snapshot_every)
     assert sum(len(d.loaded) for d in disks) > 3 + 3  # restarts really reopened directories
     for d, m in zip(disks, memories, strict=True):
         assert d.loaded == m.loaded  # every restart found the same durable state
@@ -111,6 +114,9 @@ def test_crash_on_disk_storage_loses_what_memory_storage_loses(seed: int, tmp_pa
     assert on_disk.steps == in_memory.steps
     for i in range(3):
         assert on_disk.applied(i) == in_memory.applied(i)
+        assert on_disk.snapshots_installed(i) == in_memory.snapshots_installed(i)
+    if snapshot_every is not None:  # logs were really compacted, on disk too
+        assert all(d.first_index > 1 for d in disks)
     for d in disks:
         d.close()
 
