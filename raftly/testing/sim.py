@@ -32,7 +32,6 @@ from raftly.core.messages import InstallSnapshot, Message
 from raftly.core.node import RaftNode, ReadState, Ready
 from raftly.core.state_machine import (
     SnapshotCapture,
-    SnapshottingStateMachine,
     StateMachine,
     SupportsRead,
     SupportsWrite,
@@ -470,7 +469,7 @@ class SimCluster:
 
     def _restore(self, i: int, meta: SnapshotMeta, data: bytes) -> None:
         member = self._members[i]
-        assert isinstance(member.state_machine, SnapshottingStateMachine)
+        assert supports_snapshots(member.state_machine)
         member.state_machine.restore(io.BytesIO(data))
         member.snapshots_installed.append(meta.index)
 
@@ -482,7 +481,7 @@ class SimCluster:
         """Capture the state machine now (between two applies); the write takes disk time."""
         member = self._members[i]
         node = member.node
-        assert node is not None and isinstance(member.state_machine, SnapshottingStateMachine)
+        assert node is not None and supports_snapshots(member.state_machine)
         meta = node.snapshot_meta(node.log.applied)
         sink = io.BytesIO()
         member.state_machine.capture().persist(sink)

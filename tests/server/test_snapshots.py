@@ -184,7 +184,8 @@ def test_a_corrupt_newest_snapshot_is_reported_and_an_older_one_used_if_the_log_
         await nodes.leader()
         for _ in range(4):
             await propose(server, 10)
-            await eventually(lambda: server.status().snapshot_index == server.status().applied_index)
+            await eventually(lambda: server.status().snapshot_index
+                             == server.status().applied_index)
         newest = server.status().snapshot_index
         await nodes.close()
         corrupt = _flip_byte_in_newest_snapshot(tmp_path / "n1")
