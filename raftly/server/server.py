@@ -156,6 +156,8 @@ class RaftServer:
         if self._snapshots is not None:
             state, restored = await self._snapshots.recover(state)
         self._node = RaftNode(self.id, state, self.config, self._rng, restored=restored)
+        if self._snapshots is not None and restored is not None:
+            await self._snapshots.compact(self._node, restored.index)
         self._applied = self._node.log.applied
         logger.info("node %s starting: term %d, snapshot %d, %d entries, commit %d, members %s",
                     self.id, state.hard_state.term, restored.index if restored else 0,

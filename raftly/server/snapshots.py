@@ -197,11 +197,19 @@ class SnapshotManager:
         self.last_index = max(self.last_index, meta.index)
         self._next_try = meta.index + self._settings.entries
         node.snapshot_saved(meta)
-        start = node.compact(max(0, meta.index - self._settings.kept))
+        await self.compact(node, meta.index)
+        self.maybe_take(node, applied)
+
+    async def compact(self, node: RaftNode, snapshot_index: int) -> None:
+        """Cut the log to ``retain`` entries behind the durable snapshot at ``snapshot_index``:
+        the core first, then the storage, so the core never reads an entry storage dropped.
+
+        Also called at start: a node stopped between a snapshot and its compaction would
+        otherwise hold (and scan) the whole log until its next snapshot."""
+        start = node.compact(max(0, snapshot_index - self._settings.kept))
         if start is not None:
             await asyncio.get_running_loop().run_in_executor(self._disk, self._storage.compact,
                                                              start)
-        self.maybe_take(node, applied)
 
     # -- receiving --------------------------------------------------------------------------------
 

@@ -234,3 +234,24 @@ def test_a_state_machine_without_snapshot_hooks_runs_with_compaction_off_and_a_w
             await nodes.close()
 
     run(body)
+
+
+def test_a_restart_cuts_a_log_left_longer_than_the_retain_setting(tmp_path: Path) -> None:
+    async def body() -> None:
+        # Stopped with its whole log still there (as when a stop comes between a snapshot and
+        # its compaction, or after lowering --snapshot-retain): the start compacts at once.
+        keep_all = Nodes(tmp_path, n=1, snapshot_entries=20, snapshot_retain=1000)
+        server = await keep_all.start(1)
+        await keep_all.leader()
+        await propose(server, 100)
+        await eventually(lambda: server.status().snapshot_index >= 100)
+        assert server.status().first_index == 1
+        await keep_all.close()
+        again = await Nodes(tmp_path, n=1, snapshot_entries=20, snapshot_retain=5).start(1)
+        try:
+            st = again.status()
+            assert st.first_index == st.snapshot_index - 5 + 1, st
+        finally:
+            await again.close()
+
+    run(body)
