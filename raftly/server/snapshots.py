@@ -208,8 +208,10 @@ class SnapshotManager:
         otherwise hold (and scan) the whole log until its next snapshot."""
         start = node.compact(max(0, snapshot_index - self._settings.kept))
         if start is not None:
-            await asyncio.get_running_loop().run_in_executor(self._disk, self._storage.compact,
-                                                             start)
+            # Shielded: a close meanwhile must not cancel the queued job and leave the storage
+            # holding the whole log that the core already let go of.
+            await asyncio.shield(asyncio.get_running_loop().run_in_executor(
+                self._disk, self._storage.compact, start))
 
     # -- receiving --------------------------------------------------------------------------------
 
