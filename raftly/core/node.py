@@ -292,9 +292,14 @@ class RaftNode:
         log already starts there or later.
 
         ``index`` must be covered by the newest saved snapshot and durable. The driver passes
-        the returned meta to ``storage.compact`` right after.
+        the returned meta to ``storage.compact`` right after. A leader keeps the entries after
+        any snapshot it is still sending: compacting past it would leave that follower needing
+        another snapshot as soon as it installed this one, forever under a steady write load.
         """
         log = self.log
+        for pr in self._progress.values():
+            if pr.state is ProgressState.SNAPSHOT:
+                index = min(index, pr.pending_snapshot)
         if index <= log.snapshot_index:
             return None
         if self._snapshot is None or index > self._snapshot.index or index > log.stable_index:

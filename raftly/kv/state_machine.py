@@ -228,6 +228,9 @@ class KVStateMachine:
         self.session_window = session_window
         self._data: dict[str, bytes] = {}
         self._sorted: list[str] | None = []  # sorted keys for prefix scans; None when stale
+        self._sorted_of: dict[str, bytes] = self._data
+        """The dict ``_sorted`` was made from: a restore (in the driver's worker thread) swaps
+        ``_data`` while the event loop may be listing, so a scan checks it has the right one."""
         self._sessions: OrderedDict[str, _ClientState] = OrderedDict()
         self._captures = 0
         self.last_index = 0
@@ -323,8 +326,8 @@ class KVStateMachine:
         machine's limits; the state is then left as it was (the new one is built aside).
         """
         data, sessions, last_index = _SnapshotReader(source, self).read()
-        self._data, self._sessions, self.last_index = data, sessions, last_index
         self._sorted = None
+        self._data, self._sessions, self.last_index = data, sessions, last_index
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -333,9 +336,10 @@ class KVStateMachine:
 
     def list(self, prefix: str = "", limit: int | None = None) -> builtins.list[tuple[str, bytes]]:
         """Keys starting with ``prefix``, in code point order, with values; at most ``limit``."""
-        if self._sorted is None:
-            self._sorted = sorted(self._data)
-        keys = self._sorted
+        data, keys = self._data, self._sorted
+        if keys is None or self._sorted_of is not data:
+            keys = sorted(data)
+            self._sorted, self._sorted_of = keys, data
         out: builtins.list[tuple[str, bytes]] = []
         for i in range(bisect.bisect_left(keys, prefix), len(keys)):
             if limit is not None and len(out) >= limit:
@@ -343,7 +347,7 @@ class KVStateMachine:
             key = keys[i]
             if not key.startswith(prefix):
                 break
-            out.append((key, self._data[key]))
+            out.append((key, data[key]))
         return out
 
     def __len__(self) -> int:

@@ -28,7 +28,7 @@ from raftly.core.node import RaftNode, Ready, Role
 from raftly.core.state_machine import StateMachine, supports_snapshots
 from raftly.core.types import ConfState, Entry, EntryType, NodeId
 from raftly.server.snapshots import DEFAULT_SNAPSHOT_ENTRIES, SnapshotManager, SnapshotSettings
-from raftly.storage.base import Storage
+from raftly.storage.base import Storage, StorageError
 from raftly.storage.snapshots import SnapshotStore
 from raftly.transport.base import Transport
 
@@ -155,6 +155,13 @@ class RaftServer:
         restored = None
         if self._snapshots is not None:
             state, restored = await self._snapshots.recover(state)
+        elif state.snapshot.index > 0:
+            # The entries up to there are only in a snapshot this server cannot restore:
+            # starting would serve an empty state as if it were the real one.
+            raise StorageError(
+                f"node {self.id}: the log was compacted up to index {state.snapshot.index}, "
+                "but this server has no snapshot store or its state machine no snapshot hooks "
+                "(capture, restore), so it cannot restore the state")
         self._node = RaftNode(self.id, state, self.config, self._rng, restored=restored)
         if self._snapshots is not None and restored is not None:
             await self._snapshots.compact(self._node, restored.index)
@@ -175,9 +182,9 @@ class RaftServer:
             task.cancel()
         # A task that died has been reported by _stop_on_fatal already.
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._transport.close()
         if self._snapshots is not None:
             await self._snapshots.close()
-        await self._transport.close()
         self._fail_waiters(ServerStopped("server closed"))
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._disk, self._storage.close)
@@ -319,7 +326,14 @@ class RaftServer:
         role = "candidate" if st.role is Role.PRE_CANDIDATE else st.role.value
         return ServerStatus(self.id, role, st.term, st.leader, st.commit, self._applied,
                             st.last_index, tuple(sorted(st.voters)), st.snapshot_index,
-                            st.first_index, self._storage.log_bytes)
+                            st.first_index, self._log_bytes())
+
+    def _log_bytes(self) -> int:
+        # A counter the disk thread keeps up to date: reading it is safe from the loop.
+        try:
+            return self._storage.log_bytes
+        except StorageError:
+            return 0  # closed or failed: the status says so elsewhere
 
     @property
     def is_leader(self) -> bool:

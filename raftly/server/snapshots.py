@@ -23,7 +23,7 @@ from raftly.core.node import RaftNode
 from raftly.core.state_machine import SnapshotCapture, SnapshottingStateMachine
 from raftly.core.types import InitialState, NodeId, SnapshotMeta
 from raftly.storage.base import Storage, StorageError
-from raftly.storage.snapshots import IncomingSnapshot, SnapshotStore
+from raftly.storage.snapshots import IncomingSnapshot, SnapshotStore, verify
 from raftly.transport.base import Transport
 
 logger = logging.getLogger("raftly.server.snapshots")
@@ -87,8 +87,12 @@ class SnapshotManager:
         self._transport = transport
         self._settings = settings
         self._wake = wake
+        # Two threads: an install (and its restore) must never wait behind the persist of a
+        # snapshot of our own that the install is about to make obsolete.
         self._worker = ThreadPoolExecutor(max_workers=1,
                                           thread_name_prefix=f"raftly-snapshot-{node_id}")
+        self._installer = ThreadPoolExecutor(max_workers=1,
+                                             thread_name_prefix=f"raftly-install-{node_id}")
         self.last_index = 0
         """The index of the newest snapshot this node holds (0: none)."""
         self._next_try = settings.entries
@@ -96,9 +100,10 @@ class SnapshotManager:
         self._taken: SnapshotMeta | None = None
         self._arriving: dict[NodeId, _Incoming] = {}
         """Per leader, the snapshot file being received from it."""
-        self._incoming: dict[tuple[int, int], IncomingSnapshot] = {}
-        """Received and verified files, by (index, term), until the core installs one."""
-        self._sending: dict[NodeId, asyncio.Task[None]] = {}
+        self._received: tuple[SnapshotMeta, IncomingSnapshot] | None = None
+        """The newest file received whole and verified, until the core installs it (or a
+        later one replaces it): one at most, so ignored ones cannot pile up on disk."""
+        self._sending: dict[NodeId, tuple[InstallSnapshot, asyncio.Task[None]]] = {}
         self.stats = {"taken": 0, "installed": 0, "sent": 0, "send_failures": 0}
 
     # -- start ------------------------------------------------------------------------------------
@@ -118,7 +123,7 @@ class SnapshotManager:
         def covered(meta: SnapshotMeta) -> bool:
             return meta.index >= start.index and log_term(meta.index) == meta.term
 
-        meta = await loop.run_in_executor(self._worker, self.store.newest, covered)
+        meta = await loop.run_in_executor(self._installer, self.store.newest, covered)
         if meta is None or meta.index < start.index:
             if start.index > 0:
                 raise StorageError(f"the log starts after index {start.index}, but no snapshot "
@@ -143,7 +148,7 @@ class SnapshotManager:
             with self.store.open(meta) as source:
                 self._sm.restore(source)
 
-        await asyncio.get_running_loop().run_in_executor(self._worker, restore)
+        await asyncio.get_running_loop().run_in_executor(self._installer, restore)
 
     # -- taking -----------------------------------------------------------------------------------
 
@@ -154,6 +159,8 @@ class SnapshotManager:
         the entries applied so far."""
         if self._taking is not None or applied < self._next_try:
             return
+        if applied < node.log.snapshot_index:
+            return  # a leader's snapshot overtook what was just applied: it installs next
         meta = node.snapshot_meta(applied)
         capture = self._sm.capture()
         self._taking = asyncio.create_task(self._take(meta, capture),
@@ -194,7 +201,9 @@ class SnapshotManager:
             return
         self._taking = None
         self.stats["taken"] += 1
-        self.last_index = max(self.last_index, meta.index)
+        if meta.index <= self.last_index:
+            return  # a leader's newer snapshot was installed meanwhile
+        self.last_index = meta.index
         self._next_try = meta.index + self._settings.entries
         node.snapshot_saved(meta)
         await self.compact(node, meta.index)
@@ -233,25 +242,26 @@ class SnapshotManager:
         if incoming is None or incoming.meta != meta:
             return False
         del self._arriving[msg.src]
-        old = self._incoming.pop((meta.index, meta.term), None)
-        if old is not None:
-            self.store.discard(old)
-        self._incoming[(meta.index, meta.term)] = incoming.file
+        self._discard_received()
+        self._received = (meta, incoming.file)
         return True
+
+    def _discard_received(self) -> None:
+        if self._received is not None:
+            self.store.discard(self._received[1])
+            self._received = None
 
     async def install(self, meta: SnapshotMeta) -> None:
         """The core accepted the received snapshot ``meta``: make it this node's state."""
-        incoming = self._incoming.pop((meta.index, meta.term), None)
-        if incoming is None:
+        if self._received is None or self._received[0] != meta:
             raise StorageError(f"the core installs snapshot {meta.term}/{meta.index}, "
                                "which was never received")
+        incoming = self._received[1]
+        self._received = None
         loop = asyncio.get_running_loop()
-        for other in self._incoming.values():
-            self.store.discard(other)
-        self._incoming.clear()
         # Durable first, then the log cut to it: a restart in between finds the snapshot
-        # newer than the log and finishes the cut (see recover).
-        await loop.run_in_executor(self._worker, self.store.install, incoming)
+        # newer than the log and finishes the cut (see recover), so neither step is shielded.
+        await loop.run_in_executor(self._installer, self.store.install, incoming)
         await loop.run_in_executor(self._disk, self._storage.compact, meta)
         await self._restore(meta)
         self.last_index = meta.index
@@ -263,37 +273,68 @@ class SnapshotManager:
     # -- sending ----------------------------------------------------------------------------------
 
     def send(self, msg: InstallSnapshot, node: RaftNode) -> None:
-        """Stream the snapshot ``msg`` names to its follower, then tell the core how it went."""
+        """Stream the snapshot ``msg`` names to its follower, then tell the core how it went.
+
+        One transfer per follower: the same snapshot asked for again while on its way is not
+        sent twice; a different one (a newer snapshot, a new term) replaces it, and only the
+        newest transfer's outcome is reported.
+        """
         peer = msg.dst
-        if peer in self._sending:
-            return  # one transfer per follower; the core asks again after the report
+        running = self._sending.get(peer)
+        if running is not None:
+            if running[0] == msg:
+                return
+            running[1].cancel()
 
         async def transfer() -> None:
+            meta = msg.snapshot.meta
+            ok = False
             try:
-                path = self.store.path(msg.snapshot.meta)
-                ok = await self._transport.send_snapshot(msg, path)
-            except StorageError as exc:
-                logger.error("node %s cannot send snapshot %d to %s: %s", self._id,
-                             msg.snapshot.meta.index, peer, exc)
-                ok = False
-            finally:
-                self._sending.pop(peer, None)
-            self.stats["sent" if ok else "send_failures"] += 1
-            node.report_snapshot(peer, ok)
-            self._wake()
+                with self.store.hold(meta) as path:
+                    ok = await self._transport.send_snapshot(msg, path)
+                if not ok:
+                    await self._check_own_file(meta)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug, or a transport without snapshots: never silent
+                logger.error("node %s could not send snapshot %d/%d to %s: %s", self._id,
+                             meta.term, meta.index, peer, exc)
+            current = self._sending.get(peer)
+            if current is not None and current[0] is msg:
+                del self._sending[peer]
+                self.stats["sent" if ok else "send_failures"] += 1
+                node.report_snapshot(peer, ok)
+                self._wake()
 
         name = f"raftly node {self._id}: snapshot to {peer}"
-        self._sending[peer] = asyncio.create_task(transfer(), name=name)
+        self._sending[peer] = (msg, asyncio.create_task(transfer(), name=name))
+
+    async def _check_own_file(self, meta: SnapshotMeta) -> None:
+        """After a failed transfer: if our own file is damaged, every retry would fail the
+        same way, so say so and take a fresh snapshot at the next apply."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._installer, verify,
+                                                             self.store.path(meta))
+        except StorageError as exc:
+            logger.error("node %s: its snapshot %d is damaged (%s); taking a new one", self._id,
+                         meta.index, exc)
+            self._next_try = 0
 
     # -- stop -------------------------------------------------------------------------------------
 
     async def close(self) -> None:
-        tasks = [t for t in (self._taking, *self._sending.values()) if t is not None]
+        """Stop transfers and snapshots. Call after the transport is closed, so that no
+        incoming file is still being written."""
+        tasks = [t for t in (self._taking, *(task for _, task in self._sending.values()))
+                 if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for incoming in [*self._incoming.values(), *(a.file for a in self._arriving.values())]:
-            self.store.discard(incoming)
-        self._incoming.clear()
+        self._discard_received()
+        for arriving in self._arriving.values():
+            self.store.discard(arriving.file)
         self._arriving.clear()
-        self._worker.shutdown(wait=True)
+        # A persist under way finishes (threads cannot be interrupted) without blocking the
+        # event loop, which other in-process nodes may share.
+        for executor in (self._worker, self._installer):
+            await asyncio.to_thread(executor.shutdown, True)

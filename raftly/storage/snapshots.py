@@ -28,6 +28,7 @@ snapshot pruned meanwhile stays readable to it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -36,7 +37,7 @@ import struct
 import tempfile
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Self
 
@@ -94,6 +95,8 @@ class SnapshotStore:
         self.keep = keep
         self._syncer = _syncer(fsync)
         self._lock = threading.Lock()
+        self._held: collections.Counter[str] = collections.Counter()
+        """Names of files in use (a transfer reading one): never pruned meanwhile."""
         try:
             if not os.path.isdir(self.directory):
                 os.makedirs(self.directory, exist_ok=True)
@@ -155,7 +158,8 @@ class SnapshotStore:
                 os.replace(tmp, self.path(meta))
                 self._syncer.directory(self.directory)
                 # Only now is the new snapshot durable, so older ones may go.
-                pruned = self._names()[self.keep :]
+                pruned = [(key, name) for key, name in self._names()[self.keep :]
+                          if not self._held[name]]
                 for _, name in pruned:
                     os.unlink(os.path.join(self.directory, name))
                 if pruned:
@@ -165,6 +169,22 @@ class SnapshotStore:
                     os.unlink(tmp)
                 raise StorageError(f"{self.path(meta)}: cannot put the snapshot in place: "
                                    f"{exc}") from exc
+
+    @contextlib.contextmanager
+    def hold(self, meta: SnapshotMeta) -> Iterator[str]:
+        """Keep snapshot ``meta``'s file from being pruned while the block runs (a transfer
+        reading it); yields its path. A file held when a newer one arrives is pruned by the
+        first commit or install after it is let go."""
+        name = snapshot_name(meta)
+        with self._lock:
+            self._held[name] += 1
+        try:
+            yield os.path.join(self.directory, name)
+        finally:
+            with self._lock:
+                self._held[name] -= 1
+                if not self._held[name]:
+                    del self._held[name]
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -247,6 +247,24 @@ def test_a_leader_sends_a_snapshot_to_a_follower_that_needs_compacted_entries() 
     assert pr is not None and pr.state is ProgressState.SNAPSHOT and pr.pending_snapshot == 7
 
 
+def test_a_leader_does_not_compact_past_a_snapshot_it_is_still_sending() -> None:
+    leader = _sending_snapshot_to_3()
+    for i in range(5):
+        leader.propose(f"more{i}".encode())
+    flush(leader)
+    leader.step(ack(leader, 2, leader.log.last_index))
+    flush(leader)
+    newest = leader.snapshot_meta(leader.status().applied)
+    leader.snapshot_saved(newest)
+    # Node 3 will need the entries after 7 once it installs the snapshot on its way.
+    start = leader.compact(newest.index)
+    assert start is not None and start.index == 7
+    leader.report_snapshot(3, True)
+    leader.step(AppendEntriesResponse(term=1, src=3, dst=1, success=True, index=7))
+    start = leader.compact(newest.index)
+    assert start is not None and start.index == newest.index
+
+
 def test_a_follower_receiving_a_snapshot_gets_heartbeats_and_no_appends() -> None:
     leader = _sending_snapshot_to_3()
     leader.propose(b"more")

@@ -10,18 +10,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from polling import eventually
 
+import raftly.transport.memory as memory_transport
 from raftly.core.config import Config
+from raftly.core.messages import InstallSnapshot
 from raftly.core.state_machine import SupportsRead, SupportsWrite
 from raftly.server import RaftServer
 from raftly.storage import DiskStorage, StorageError
 from raftly.storage.snapshots import SnapshotStore
 from raftly.transport import MemoryNetwork
+from raftly.transport.base import IncomingSnapshotSink
+from raftly.transport.memory import MemoryTransport
 
 FAST = Config(tick_interval=0.005, heartbeat_interval=0.02, election_timeout=0.15)
 
@@ -253,5 +258,101 @@ def test_a_restart_cuts_a_log_left_longer_than_the_retain_setting(tmp_path: Path
             assert st.first_index == st.snapshot_index - 5 + 1, st
         finally:
             await again.close()
+
+    run(body)
+
+
+def test_a_slow_transfer_under_steady_writes_is_installed_once_then_replicated(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A transfer that takes as long as many snapshots' worth of writes (hashicorp/raft #212):
+    # the leader must keep the entries after the snapshot on its way, or the follower needs a
+    # new snapshot as soon as it installed one, forever.
+    def slow_copy(path: str, sink: IncomingSnapshotSink, chunk_size: int) -> None:
+        with open(path, "rb") as source:
+            time.sleep(0.5)  # a large state on a real network (in the transfer's thread)
+            while chunk := source.read(chunk_size):
+                sink.write(chunk)
+        sink.finish()
+
+    monkeypatch.setattr(memory_transport, "_copy", slow_copy)
+
+    async def body() -> None:
+        nodes = Nodes(tmp_path, snapshot_entries=20)
+        await nodes.start_all()
+        stop = asyncio.Event()
+        try:
+            leader = await nodes.leader()
+            behind = next(s for s in nodes.servers.values() if s is not leader)
+            nodes.net.disconnect(behind.id)
+            for _ in range(5):
+                await propose(leader, 20)
+            nodes.net.connect(behind.id)
+
+            async def writer() -> None:  # ~100 entries per transfer: 5 snapshots' worth
+                while not stop.is_set():
+                    await leader.propose(b"1")
+                    await asyncio.sleep(0.005)
+
+            writing = asyncio.create_task(writer())
+            await eventually(lambda: behind.status().applied_index
+                             >= leader.status().commit_index - 20, timeout=20,
+                             what="the follower keeping up with the writes")
+            stop.set()
+            await writing
+            assert behind._snapshots is not None
+            assert behind._snapshots.stats["installed"] == 1
+        finally:
+            stop.set()
+            await nodes.close()
+
+    run(body)
+
+
+def test_a_transfer_that_fails_unexpectedly_is_reported_and_retried(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    failures = 0
+    real_send = MemoryTransport.send_snapshot
+
+    async def first_one_raises(self: MemoryTransport, msg: InstallSnapshot, path: str, *,
+                               chunk_size: int = 1 << 20) -> bool:
+        nonlocal failures
+        if failures == 0:
+            failures += 1
+            raise ValueError("a bug in a transport")
+        return await real_send(self, msg, path, chunk_size=chunk_size)
+
+    monkeypatch.setattr(MemoryTransport, "send_snapshot", first_one_raises)
+
+    async def body() -> None:
+        nodes = Nodes(tmp_path, snapshot_entries=20, snapshot_retain=5)
+        await nodes.start_all()
+        try:
+            leader = await nodes.leader()
+            behind = next(s for s in nodes.servers.values() if s is not leader)
+            nodes.net.disconnect(behind.id)
+            for _ in range(5):
+                await propose(leader, 20)
+            nodes.net.connect(behind.id)
+            await eventually(lambda: behind.state_machine.value == 100, timeout=20,
+                             what="the follower caught up after a failed transfer")
+            assert failures == 1 and "a bug in a transport" in caplog.text
+        finally:
+            await nodes.close()
+
+    run(body)
+
+
+def test_a_compacted_data_dir_is_refused_by_a_server_that_cannot_restore_snapshots(
+        tmp_path: Path) -> None:
+    async def body() -> None:
+        nodes = Nodes(tmp_path, n=1, snapshot_entries=10, snapshot_retain=0)
+        server = await nodes.start(1)
+        await nodes.leader()
+        await propose(server, 30)
+        await eventually(lambda: server.status().first_index > 1)
+        await nodes.close()
+        # Serving the log's tail on an empty state would be serving a wrong state.
+        with pytest.raises(StorageError, match="compacted up to index .* cannot restore"):
+            await Nodes(tmp_path, n=1, machine=Counter).start(1)
 
     run(body)

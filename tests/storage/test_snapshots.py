@@ -526,3 +526,13 @@ def test_disk_use_stays_bounded_under_steady_writes_and_compaction(tmp_path: Pat
     assert len(store.metas()) == 2
     assert len(_segments(path)) <= (every + retain) * 75 // 1024 + 2
     storage.close()
+
+
+def test_a_held_snapshot_is_not_pruned_until_let_go(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path, keep=1)
+    write(store, meta(5), payload(5))
+    with store.hold(meta(5)) as path:
+        write(store, meta(9), payload(9))
+        assert Path(path).exists()  # a transfer still reads it
+    write(store, meta(12), payload(12))
+    assert [m.index for m in store.metas()] == [12]
