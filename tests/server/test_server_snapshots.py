@@ -352,7 +352,7 @@ def test_a_compacted_data_dir_is_refused_by_a_server_that_cannot_restore_snapsho
         await eventually(lambda: server.status().first_index > 1)
         await nodes.close()
         # Serving the log's tail on an empty state would be serving a wrong state.
-        with pytest.raises(StorageError, match="compacted up to index .* cannot restore"):
+        with pytest.raises(StorageError, match=r"compacted up to index .* cannot restore"):
             await Nodes(tmp_path, n=1, machine=Counter).start(1)
 
     run(body)
