@@ -53,12 +53,13 @@ def mib(n: float) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
-def bench_state(keys: int, root: Path) -> None:
+def bench_state(keys: int, root: Path, value_size: int) -> None:
     from raftly.core.types import ConfState, SnapshotMeta
 
     sm = KVStateMachine()
+    value = b"v" * value_size
     for i in range(keys):
-        sm.apply(i + 1, encode(Put(key(i), VALUE)))
+        sm.apply(i + 1, encode(Put(key(i), value)))
     store = SnapshotStore(root / "state", fsync="always")
     meta = SnapshotMeta(keys, 1, ConfState(frozenset({1})))
     t0 = time.perf_counter()
@@ -73,7 +74,7 @@ def bench_state(keys: int, root: Path) -> None:
         fresh.restore(source)
     t3 = time.perf_counter()
     size = store.size(meta)
-    print(f"state      {keys:,} keys: capture {1000 * (t1 - t0):.0f} ms, persist "
+    print(f"state      {keys:,} keys of {value_size} B: capture {1000 * (t1 - t0):.0f} ms, persist "
           f"{t2 - t1:.2f} s ({mib(size)}, {size / (t2 - t1) / (1 << 20):.0f} MiB/s, fsync on), "
           f"restore {t3 - t2:.2f} s")
 
@@ -206,13 +207,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--writes", type=int, default=1_000_000)
+    parser.add_argument("--value-size", type=int, default=100,
+                        help="value size of the state figure (1000 makes a ~1 GB state)")
     parser.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
     parser.add_argument("--only", choices=("state", "restart", "heartbeats", "disk"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="raftly-bench-snap-") as tmp:
         root = Path(tmp)
         if args.only in (None, "state"):
-            bench_state(args.keys, root)
+            bench_state(args.keys, root, args.value_size)
         if args.only in (None, "restart"):
             asyncio.run(bench_restart(args.keys, root))
         if args.only in (None, "heartbeats"):
