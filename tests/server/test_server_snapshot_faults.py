@@ -162,8 +162,10 @@ def test_heartbeats_keep_flowing_and_no_election_happens_while_a_large_snapshot_
             for server in _others(nodes, leader):
                 await eventually(lambda s=server: s.status().snapshot_index > 0, timeout=30,
                                  what=f"node {server.id} took its snapshot")
-                await eventually(lambda s=server: clock.arrivals[s.id][-1] > ended)
+            assert {s.status().term for s in nodes.servers.values()} == {term}
             for server in _others(nodes, leader):
+                await eventually(lambda s=server: any(t > ended for t in clock.arrivals[s.id]),
+                                 what=f"a heartbeat at node {server.id} after the write")
                 seen = [t for t in clock.arrivals[server.id] if began <= t <= ended]
                 marks = [began, *seen, ended]
                 gap = max(b - a for a, b in itertools.pairwise(marks))
@@ -238,7 +240,8 @@ def test_an_install_snapshot_arriving_without_its_file_is_dropped_with_one_warni
             with caplog.at_level(logging.WARNING, logger="raftly.server"):
                 nodes.net.transport(leader.id).send(msg)
                 await eventually(lambda: nodes.net.delivered and any(
-                    "dropped an InstallSnapshot" in r.getMessage() for r in caplog.records))
+                    "dropped an InstallSnapshot" in r.getMessage() for r in caplog.records),
+                                 what="the warning about the dropped message")
                 await propose(leader, 5)  # a round trip after it: it was handled by then
                 await eventually(lambda: follower.state_machine.value == 15)
             after = follower.status()
@@ -338,6 +341,7 @@ def test_closing_a_leader_while_it_sends_a_snapshot_is_clean_and_the_cluster_res
             await eventually(lambda: behind.state_machine.value == 100, timeout=20,
                              what="the next leader brought the follower up to date")
             await nodes.close()
+            assert _temporaries(tmp_path) == []
             again = Nodes(tmp_path, snapshot_entries=20, snapshot_retain=5)
             await again.start_all()
             try:
