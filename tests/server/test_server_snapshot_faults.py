@@ -126,6 +126,11 @@ def _temporaries(root: Path) -> list[Path]:
     return sorted(root.glob("n*/snapshots/*.tmp"))
 
 
+def _assert_no_errors_logged(caplog: pytest.LogCaptureFixture) -> None:
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
+
+
 def _others(nodes: Nodes, server: RaftServer) -> list[RaftServer]:
     return [s for s in nodes.servers.values() if s is not server]
 
@@ -293,7 +298,7 @@ def test_proposals_overtaken_by_a_leaders_snapshot_end_with_outcome_unknown(
 
 
 def test_closing_a_server_while_it_writes_a_snapshot_is_clean_and_it_restarts(
-        tmp_path: Path) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async def body() -> None:
         nodes = Nodes(tmp_path, n=1, machine=BigCounter, snapshot_entries=20)
         server = await nodes.start(1)
@@ -319,10 +324,11 @@ def test_closing_a_server_while_it_writes_a_snapshot_is_clean_and_it_restarts(
             await again.close()
 
     run(body)
+    _assert_no_errors_logged(caplog)
 
 
 def test_closing_a_leader_while_it_sends_a_snapshot_is_clean_and_the_cluster_restarts(
-        tmp_path: Path) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async def body() -> None:
         nodes = Nodes(tmp_path, snapshot_entries=20, snapshot_retain=5)
         await nodes.start_all()
@@ -357,10 +363,11 @@ def test_closing_a_leader_while_it_sends_a_snapshot_is_clean_and_the_cluster_res
             await nodes.close()
 
     run(body)
+    _assert_no_errors_logged(caplog)
 
 
 def test_a_follower_gets_the_right_state_when_the_leader_changes_during_its_transfer(
-        tmp_path: Path) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async def body() -> None:
         nodes = Nodes(tmp_path, snapshot_entries=20, snapshot_retain=5)
         await nodes.start_all()
@@ -386,3 +393,4 @@ def test_a_follower_gets_the_right_state_when_the_leader_changes_during_its_tran
             await nodes.close()
 
     run(body)
+    _assert_no_errors_logged(caplog)
