@@ -5,8 +5,9 @@ cluster of ``RaftServer`` on DiskStorage + SnapshotStore in a temp dir, on a ``M
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from polling import eventually
@@ -86,6 +87,18 @@ class Nodes:
     async def close(self) -> None:
         for server in self.servers.values():
             await server.close()
+
+
+@contextlib.asynccontextmanager
+async def running(root: Path, n: int = 3, machine: type[Counter] = SnapshottingCounter,
+                  **options: object) -> AsyncIterator[Nodes]:
+    """``Nodes`` with all of them started; every one still open is closed at the end."""
+    nodes = Nodes(root, n, machine, **options)  # type: ignore[arg-type]
+    try:
+        await nodes.start_all()
+        yield nodes
+    finally:
+        await nodes.close()
 
 
 def run(test: Callable[[], Awaitable[None]], timeout: float = 60) -> None:

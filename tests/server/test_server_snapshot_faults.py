@@ -11,16 +11,18 @@ receiver's sink, so "during a transfer" is a fact, not a hope.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from polling import eventually
-from snapshot_helpers import Nodes, SnapshottingCounter, propose, run
+from snapshot_helpers import Nodes, SnapshottingCounter, propose, run, running
 
 from raftly.core.config import Config
 from raftly.core.messages import Heartbeat, InstallSnapshot, Message
@@ -135,24 +137,32 @@ def _others(nodes: Nodes, server: RaftServer) -> list[RaftServer]:
     return [s for s in nodes.servers.values() if s is not server]
 
 
-async def _cut_off_behind_a_compaction(nodes: Nodes, leader: RaftServer, count: int
-                                       ) -> RaftServer:
-    """Disconnect a follower, make the leader compact past its log, reconnect it."""
-    behind = _others(nodes, leader)[0]
-    nodes.net.disconnect(behind.id)
-    await propose(leader, count)
-    await eventually(lambda: leader.status().first_index > behind.status().last_index + 1)
-    return behind
+@contextlib.asynccontextmanager
+async def _held_transfer(root: Path) -> AsyncIterator[tuple[Nodes, RaftServer, RaftServer, Gate]]:
+    """Three nodes: the leader (second) is sending its snapshot to a follower (third) that fell
+    behind a compaction, the transfer held at its first write until the gate (fourth) opens."""
+    async with running(root, snapshot_entries=20, snapshot_retain=5) as nodes:
+        leader = await nodes.leader()
+        behind = _others(nodes, leader)[0]
+        gate = Gate(nodes.net, behind.id)
+        try:
+            nodes.net.disconnect(behind.id)
+            await propose(leader, 100)
+            await eventually(lambda: leader.status().first_index
+                             > behind.status().last_index + 1)
+            nodes.net.connect(behind.id)
+            await eventually(gate.entered.is_set, what="the transfer began")
+            yield nodes, leader, behind, gate
+        finally:
+            gate.open()  # before the close: a held copy thread would outlive it
 
 
 def test_heartbeats_keep_flowing_and_no_election_happens_while_a_large_snapshot_is_written(
         tmp_path: Path) -> None:
     async def body() -> None:
         clock = HeartbeatClock()
-        nodes = Nodes(tmp_path, machine=BigCounter, config=REALISTIC, net=clock,
-                      snapshot_entries=50)
-        await nodes.start_all()
-        try:
+        async with running(tmp_path, machine=BigCounter, config=REALISTIC, net=clock,
+                           snapshot_entries=50) as nodes:
             leader = await nodes.leader()
             term = leader.status().term
             await propose(leader, 50)
@@ -177,8 +187,6 @@ def test_heartbeats_keep_flowing_and_no_election_happens_while_a_large_snapshot_
                 assert gap < REALISTIC.election_timeout / 2, (server.id, gap, ended - began)
             assert leader.is_leader
             assert {s.status().term for s in nodes.servers.values()} == {term}
-        finally:
-            await nodes.close()
 
     run(body)
 
@@ -186,9 +194,7 @@ def test_heartbeats_keep_flowing_and_no_election_happens_while_a_large_snapshot_
 def test_a_restart_finishes_an_install_whose_snapshot_is_newer_than_the_log(
         tmp_path: Path) -> None:
     async def body() -> None:
-        nodes = Nodes(tmp_path, snapshot_entries=20, snapshot_retain=5)
-        await nodes.start_all()
-        try:
+        async with running(tmp_path, snapshot_entries=20, snapshot_retain=5) as nodes:
             leader = await nodes.leader()
             behind = _others(nodes, leader)[0]
             await propose(leader, 10)
@@ -220,8 +226,6 @@ def test_a_restart_finishes_an_install_whose_snapshot_is_newer_than_the_log(
             nodes.net.connect(behind.id)
             await eventually(lambda: again.state_machine.value == 110, timeout=20)
             assert all(i > meta.index for i in again.state_machine.applied)
-        finally:
-            await nodes.close()
 
     run(body)
 
@@ -229,9 +233,7 @@ def test_a_restart_finishes_an_install_whose_snapshot_is_newer_than_the_log(
 def test_an_install_snapshot_arriving_without_its_file_is_dropped_with_one_warning(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async def body() -> None:
-        nodes = Nodes(tmp_path, snapshot_entries=20, snapshot_retain=5)
-        await nodes.start_all()
-        try:
+        async with running(tmp_path, snapshot_entries=20, snapshot_retain=5) as nodes:
             leader = await nodes.leader()
             await propose(leader, 10)
             follower = _others(nodes, leader)[0]
@@ -244,8 +246,8 @@ def test_an_install_snapshot_arriving_without_its_file_is_dropped_with_one_warni
                                   snapshot=Snapshot(meta, b"999"))
             with caplog.at_level(logging.WARNING, logger="raftly.server"):
                 nodes.net.transport(leader.id).send(msg)
-                await eventually(lambda: nodes.net.delivered and any(
-                    "dropped an InstallSnapshot" in r.getMessage() for r in caplog.records),
+                await eventually(lambda: any("dropped an InstallSnapshot" in r.getMessage()
+                                             for r in caplog.records),
                                  what="the warning about the dropped message")
                 await propose(leader, 5)  # a round trip after it: it was handled by then
                 await eventually(lambda: follower.state_machine.value == 15)
@@ -257,8 +259,6 @@ def test_an_install_snapshot_arriving_without_its_file_is_dropped_with_one_warni
             assert follower.failure is None
             drops = [r for r in caplog.records if "dropped an InstallSnapshot" in r.getMessage()]
             assert len(drops) == 1 and drops[0].levelno == logging.WARNING
-        finally:
-            await nodes.close()
 
     run(body)
 
@@ -266,9 +266,7 @@ def test_an_install_snapshot_arriving_without_its_file_is_dropped_with_one_warni
 def test_proposals_overtaken_by_a_leaders_snapshot_end_with_outcome_unknown(
         tmp_path: Path) -> None:
     async def body() -> None:
-        nodes = Nodes(tmp_path, snapshot_entries=20, snapshot_retain=5)
-        await nodes.start_all()
-        try:
+        async with running(tmp_path, snapshot_entries=20, snapshot_retain=5) as nodes:
             old = await nodes.leader()
             await propose(old, 5)
             majority = _others(nodes, old)
@@ -291,8 +289,6 @@ def test_proposals_overtaken_by_a_leaders_snapshot_end_with_outcome_unknown(
             await eventually(lambda: old.state_machine.value == 65, timeout=20)
             assert old._snapshots is not None and old._snapshots.stats["installed"] >= 1
             assert all(s.failure is None for s in nodes.servers.values())
-        finally:
-            await nodes.close()
 
     run(body)
 
@@ -330,15 +326,7 @@ def test_closing_a_server_while_it_writes_a_snapshot_is_clean_and_it_restarts(
 def test_closing_a_leader_while_it_sends_a_snapshot_is_clean_and_the_cluster_restarts(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async def body() -> None:
-        nodes = Nodes(tmp_path, snapshot_entries=20, snapshot_retain=5)
-        await nodes.start_all()
-        gate: Gate | None = None
-        try:
-            leader = await nodes.leader()
-            behind = await _cut_off_behind_a_compaction(nodes, leader, 100)
-            gate = Gate(nodes.net, behind.id)
-            nodes.net.connect(behind.id)
-            await eventually(gate.entered.is_set, what="the transfer began")
+        async with _held_transfer(tmp_path) as (nodes, leader, behind, gate):
             began = time.monotonic()
             await leader.close()
             assert time.monotonic() - began < 5
@@ -348,19 +336,11 @@ def test_closing_a_leader_while_it_sends_a_snapshot_is_clean_and_the_cluster_res
                              what="the next leader brought the follower up to date")
             await nodes.close()
             assert _temporaries(tmp_path) == []
-            again = Nodes(tmp_path, snapshot_entries=20, snapshot_retain=5)
-            await again.start_all()
-            try:
-                assert _temporaries(tmp_path) == []
-                await propose(await again.leader(), 1)
-                for server in again.servers.values():
-                    await eventually(lambda s=server: s.state_machine.value == 101)
-            finally:
-                await again.close()
-        finally:
-            if gate is not None:
-                gate.open()
-            await nodes.close()
+        async with running(tmp_path, snapshot_entries=20, snapshot_retain=5) as again:
+            assert _temporaries(tmp_path) == []
+            await propose(await again.leader(), 1)
+            for server in again.servers.values():
+                await eventually(lambda s=server: s.state_machine.value == 101)
 
     run(body)
     _assert_no_errors_logged(caplog)
@@ -369,15 +349,7 @@ def test_closing_a_leader_while_it_sends_a_snapshot_is_clean_and_the_cluster_res
 def test_a_follower_gets_the_right_state_when_the_leader_changes_during_its_transfer(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async def body() -> None:
-        nodes = Nodes(tmp_path, snapshot_entries=20, snapshot_retain=5)
-        await nodes.start_all()
-        gate: Gate | None = None
-        try:
-            old = await nodes.leader()
-            behind = await _cut_off_behind_a_compaction(nodes, old, 100)
-            gate = Gate(nodes.net, behind.id)
-            nodes.net.connect(behind.id)
-            await eventually(gate.entered.is_set, what="the transfer began")
+        async with _held_transfer(tmp_path) as (nodes, old, behind, gate):
             successor = next(s for s in _others(nodes, old) if s is not behind)
             old.transfer_leadership(successor.id)
             await eventually(lambda: successor.is_leader and not old.is_leader)
@@ -387,10 +359,6 @@ def test_a_follower_gets_the_right_state_when_the_leader_changes_during_its_tran
                 await eventually(lambda s=server: s.state_machine.value == 110, timeout=20)
             assert behind.status().snapshot_index > 0
             assert all(s.failure is None for s in nodes.servers.values())
-        finally:
-            if gate is not None:
-                gate.open()
-            await nodes.close()
 
     run(body)
     _assert_no_errors_logged(caplog)
