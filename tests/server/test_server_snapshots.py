@@ -9,98 +9,42 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from polling import eventually
+from snapshot_helpers import Counter, Nodes, propose, run
 
 import raftly.transport.memory as memory_transport
-from raftly.core.config import Config
 from raftly.core.messages import InstallSnapshot
-from raftly.core.state_machine import SupportsRead, SupportsWrite
 from raftly.server import RaftServer
-from raftly.storage import DiskStorage, StorageError
+from raftly.storage import StorageError
 from raftly.storage.snapshots import SnapshotStore
-from raftly.transport import MemoryNetwork
 from raftly.transport.base import IncomingSnapshotSink
 from raftly.transport.memory import MemoryTransport
 
-FAST = Config(tick_interval=0.005, heartbeat_interval=0.02, election_timeout=0.15)
+
+async def leave_one_behind(nodes: Nodes, count: int) -> tuple[RaftServer, RaftServer]:
+    """Cut a follower off while the leader commits ``count`` entries, 20 at a time; return the
+    leader and that follower (still cut off)."""
+    leader = await nodes.leader()
+    behind = next(s for s in nodes.servers.values() if s is not leader)
+    nodes.net.disconnect(behind.id)
+    for _ in range(count // 20):
+        await propose(leader, 20)
+    return leader, behind
 
 
-class Counter:
-    """Adds the integer in each command; remembers which indexes it applied one by one."""
-
-    def __init__(self) -> None:
-        self.value = 0
-        self.applied: list[int] = []
-
-    def apply(self, index: int, command: bytes) -> object:
-        self.applied.append(index)
-        self.value += int(command)
-        return self.value
-
-
-class _CounterCapture:
-    def __init__(self, value: int) -> None:
-        self.value = value
-
-    def persist(self, sink: SupportsWrite) -> None:
-        sink.write(str(self.value).encode())
-
-
-class SnapshottingCounter(Counter):
-    def capture(self) -> _CounterCapture:
-        return _CounterCapture(self.value)
-
-    def restore(self, source: SupportsRead) -> None:
-        self.value = int(source.read())
-
-
-class Nodes:
-    """Servers 1..n on DiskStorage + SnapshotStore under ``root``, restartable one by one."""
-
-    def __init__(self, root: Path, n: int = 3, machine: type[Counter] = SnapshottingCounter,
-                 **options: object) -> None:
-        self.root = root
-        self.net = MemoryNetwork()
-        self.ids = list(range(1, n + 1))
-        self.machine = machine
-        self.options = options
-        self.servers: dict[int, RaftServer] = {}
-
-    async def start(self, i: int) -> RaftServer:
-        d = self.root / f"n{i}"
-        server = RaftServer(i, storage=DiskStorage(d, segment_size=1024),
-                            transport=self.net.transport(i), state_machine=self.machine(),
-                            bootstrap=frozenset(self.ids), config=FAST, rng=random.Random(i),
-                            snapshots=SnapshotStore(d), **self.options)  # type: ignore[arg-type]
-        await server.start()
-        self.servers[i] = server
-        return server
-
-    async def start_all(self) -> None:
-        for i in self.ids:
-            await self.start(i)
-
-    async def leader(self) -> RaftServer:
-        return await eventually(lambda: next((s for s in self.servers.values() if s.is_leader),
-                                             None), what="a leader")
-
-    async def close(self) -> None:
-        for server in self.servers.values():
-            await server.close()
-
-
-def run(test: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(test(), 60))
-
-
-async def propose(server: RaftServer, count: int) -> None:
-    await asyncio.gather(*(server.propose(b"1") for _ in range(count)))
+async def compacted_single_node(root: Path, count: int) -> None:
+    """Leave in ``root/n1`` a one-node cluster's data dir whose log was compacted after
+    ``count`` commands (a snapshot every 10 entries, none retained)."""
+    nodes = Nodes(root, n=1, snapshot_entries=10, snapshot_retain=0)
+    server = await nodes.start(1)
+    await nodes.leader()
+    await propose(server, count)
+    await eventually(lambda: server.status().first_index > count - 10)
+    await nodes.close()
 
 
 def test_the_log_is_compacted_behind_each_snapshot_as_entries_are_applied(tmp_path: Path) -> None:
@@ -130,11 +74,7 @@ def test_a_follower_cut_off_while_the_log_was_compacted_catches_up_by_snapshot(
         nodes = Nodes(tmp_path, snapshot_entries=20, snapshot_retain=5)
         await nodes.start_all()
         try:
-            leader = await nodes.leader()
-            behind = next(s for s in nodes.servers.values() if s is not leader)
-            nodes.net.disconnect(behind.id)
-            for _ in range(10):
-                await propose(leader, 20)
+            leader, behind = await leave_one_behind(nodes, 200)
             await eventually(lambda: leader.status().first_index > behind.status().last_index + 1)
             nodes.net.connect(behind.id)
             await eventually(lambda: behind.state_machine.value == 200, timeout=20,
@@ -209,15 +149,10 @@ def test_a_corrupt_newest_snapshot_is_reported_and_an_older_one_used_if_the_log_
 def test_a_corrupt_snapshot_the_log_does_not_cover_stops_the_start_with_the_file_named(
         tmp_path: Path) -> None:
     async def body() -> None:
-        nodes = Nodes(tmp_path, n=1, snapshot_entries=10, snapshot_retain=0)
-        server = await nodes.start(1)
-        await nodes.leader()
-        await propose(server, 35)
-        await eventually(lambda: server.status().first_index > 30)
-        await nodes.close()
+        await compacted_single_node(tmp_path, 35)
         corrupt = _flip_byte_in_newest_snapshot(tmp_path / "n1")
         with pytest.raises(StorageError, match=f"{corrupt}: corrupt"):
-            await nodes.start(1)
+            await Nodes(tmp_path, n=1).start(1)
 
     run(body)
 
@@ -281,11 +216,7 @@ def test_a_slow_transfer_under_steady_writes_is_installed_once_then_replicated(
         await nodes.start_all()
         stop = asyncio.Event()
         try:
-            leader = await nodes.leader()
-            behind = next(s for s in nodes.servers.values() if s is not leader)
-            nodes.net.disconnect(behind.id)
-            for _ in range(5):
-                await propose(leader, 20)
+            leader, behind = await leave_one_behind(nodes, 100)
             nodes.net.connect(behind.id)
 
             async def writer() -> None:  # ~100 entries per transfer: 5 snapshots' worth
@@ -327,11 +258,7 @@ def test_a_transfer_that_fails_unexpectedly_is_reported_and_retried(
         nodes = Nodes(tmp_path, snapshot_entries=20, snapshot_retain=5)
         await nodes.start_all()
         try:
-            leader = await nodes.leader()
-            behind = next(s for s in nodes.servers.values() if s is not leader)
-            nodes.net.disconnect(behind.id)
-            for _ in range(5):
-                await propose(leader, 20)
+            _, behind = await leave_one_behind(nodes, 100)
             nodes.net.connect(behind.id)
             await eventually(lambda: behind.state_machine.value == 100, timeout=20,
                              what="the follower caught up after a failed transfer")
@@ -345,12 +272,7 @@ def test_a_transfer_that_fails_unexpectedly_is_reported_and_retried(
 def test_a_compacted_data_dir_is_refused_by_a_server_that_cannot_restore_snapshots(
         tmp_path: Path) -> None:
     async def body() -> None:
-        nodes = Nodes(tmp_path, n=1, snapshot_entries=10, snapshot_retain=0)
-        server = await nodes.start(1)
-        await nodes.leader()
-        await propose(server, 30)
-        await eventually(lambda: server.status().first_index > 1)
-        await nodes.close()
+        await compacted_single_node(tmp_path, 30)
         # Serving the log's tail on an empty state would be serving a wrong state.
         with pytest.raises(StorageError, match=r"compacted up to index .* cannot restore"):
             await Nodes(tmp_path, n=1, machine=Counter).start(1)
