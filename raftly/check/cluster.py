@@ -11,6 +11,7 @@ and a node dies by SIGKILL with the runner, since a paused node would ignore a S
 from __future__ import annotations
 
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -43,7 +44,8 @@ def node_view(cluster: ClusterSpec, name: str, via: dict[tuple[str, str], tuple[
 
 def check_cluster(spec: ClusterSpec, views: dict[str, ClusterSpec], root: Path, *,
                   timing: Timing | None = None, fsync: str = "always",
-                  unsafe_stale_reads: bool = False) -> ProcessCluster:
+                  unsafe_stale_reads: bool = False,
+                  serve_options: Sequence[str] = ()) -> ProcessCluster:
     """The nodes of ``spec``, each seeing the cluster as ``views`` says, with files in ``root``.
 
     ``unsafe_stale_reads`` starts the deliberately broken test build; otherwise the variable
@@ -53,7 +55,8 @@ def check_cluster(spec: ClusterSpec, views: dict[str, ClusterSpec], root: Path, 
     cluster = ProcessCluster(
         root, spec, views=views, layout=LAYOUT, fsync=fsync, election_timeout=t.election,
         heartbeat=t.heartbeat, orphan_signal=signal.SIGKILL,
-        env={UNSAFE_STALE_READS_ENV: "1" if unsafe_stale_reads else None})
+        env={UNSAFE_STALE_READS_ENV: "1" if unsafe_stale_reads else None},
+        serve_options=serve_options)
     return cluster
 
 

@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="deadline of each operation (default 1.5)")
     p.add_argument("--fsync", choices=("always", "never"), default="always",
                    help="the nodes' fsync policy (default always)")
+    p.add_argument("--snapshot-entries", type=int, default=None, metavar="N",
+                   help="the nodes snapshot every N applied entries and keep N behind (default: "
+                        "raftly serve's 10000); a small N makes faults meet compaction and "
+                        "InstallSnapshot")
     p.add_argument("--check-budget", type=float, default=60.0, metavar="SECONDS",
                    help="time the linearizability search may take (default 60); keys left "
                         "undecided are reported unknown, which fails the run")
@@ -116,8 +120,10 @@ def _main(args: argparse.Namespace) -> int:
     try:
         if args.history is not None:
             return check_file(args.history, args.out, args.check_budget)
-        if args.nodes < 1 or args.clients < 1 or args.keys < 1 or args.time <= 0:
-            raise SetupError("--nodes, --clients, --keys and --time must be positive")
+        if (args.nodes < 1 or args.clients < 1 or args.keys < 1 or args.time <= 0
+                or (args.snapshot_entries is not None and args.snapshot_entries < 1)):
+            raise SetupError("--nodes, --clients, --keys, --time and --snapshot-entries must be "
+                             "positive")
         try:
             nemeses = parse_nemeses(args.nemesis)
         except ValueError as exc:
@@ -128,7 +134,8 @@ def _main(args: argparse.Namespace) -> int:
                                keys=args.keys, nemeses=nemeses, seed=seed, rate=args.rate,
                                op_timeout=args.op_timeout, fsync=args.fsync,
                                budget=args.check_budget,
-                               unsafe_stale_reads=args.unsafe_stale_reads))
+                               unsafe_stale_reads=args.unsafe_stale_reads,
+                               snapshot_entries=args.snapshot_entries))
     except SetupError as exc:
         print(f"raftly check: {exc}", file=sys.stderr)
         return 2
@@ -279,7 +286,7 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
               nemeses: tuple[str, ...], seed: int, rate: float = 100.0,
               op_timeout: float = 1.5, fsync: str = "always", budget: float = 60.0,
               unsafe_stale_reads: bool = False, timing: Timing | None = None,
-              recovery_timeout: float = 30.0) -> int:
+              recovery_timeout: float = 30.0, snapshot_entries: int | None = None) -> int:
     """One full run into ``out``; returns the exit status (see the module docstring)."""
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("history.jsonl", "nemesis.jsonl", "report.html", "result.json"):
@@ -298,7 +305,8 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
     try:
         await network.start()
         cluster = _start_cluster(out, spec, network, timing=timing, fsync=fsync,
-                                 unsafe_stale_reads=unsafe_stale_reads)
+                                 unsafe_stale_reads=unsafe_stale_reads,
+                                 snapshot_entries=snapshot_entries)
         if await agreed_leader(cluster, 30.0) is None:
             raise SetupError(f"no leader within 30 s (node logs in {out / 'logs'})")
         pool = ClientPool({n.name: n.api.url for n in spec.nodes}, history, workload,
@@ -319,18 +327,22 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
                   run_time=time.time() - started, unsafe_stale_reads=unsafe_stale_reads,
                   settings={"nodes": nodes, "time (s)": duration, "clients": clients,
                             "keys": keys, "nemesis": ",".join(nemeses) or "none",
-                            "seed": seed, "fsync": fsync})
+                            "seed": seed, "fsync": fsync,
+                            "snapshot entries": snapshot_entries or "default"})
 
 
 def _start_cluster(out: Path, spec: ClusterSpec, network: Network, *, timing: Timing | None,
-                   fsync: str, unsafe_stale_reads: bool) -> ProcessCluster:
+                   fsync: str, unsafe_stale_reads: bool,
+                   snapshot_entries: int | None) -> ProcessCluster:
     """Fresh node processes (no data from an earlier run), each talking through the proxies."""
     views = {n.name: node_view(spec, n.name, {link: network.address(*link)
                                               for link in network.links})
              for n in spec.nodes}
     shutil.rmtree(out / "data", ignore_errors=True)
     cluster = check_cluster(spec, views, out, timing=timing, fsync=fsync,
-                            unsafe_stale_reads=unsafe_stale_reads)
+                            unsafe_stale_reads=unsafe_stale_reads,
+                            serve_options=(["--snapshot-entries", str(snapshot_entries)]
+                                           if snapshot_entries is not None else []))
     cluster.start()
     return cluster
 
