@@ -214,6 +214,12 @@ class RaftNode:
                       self._snapshot.index if self._snapshot is not None else 0,
                       self.log.first_index)
 
+    @property
+    def snapshot_to_install(self) -> SnapshotMeta | None:
+        """A snapshot this follower accepted from a leader that the next Ready will name: the
+        driver must keep that snapshot's data until then."""
+        return self._received_snapshot
+
     def progress(self, peer: NodeId) -> Progress | None:
         """The leader's view of ``peer``'s replication (None on a non-leader)."""
         return self._progress.get(peer)
@@ -293,12 +299,14 @@ class RaftNode:
 
         ``index`` must be covered by the newest saved snapshot and durable. The driver passes
         the returned meta to ``storage.compact`` right after. A leader keeps the entries after
-        any snapshot it is still sending: compacting past it would leave that follower needing
-        another snapshot as soon as it installed this one, forever under a steady write load.
+        a snapshot on its way to a follower until that follower confirms it: compacting past
+        it would leave the follower needing another snapshot as soon as it installed this one,
+        forever under a steady write load (hashicorp/raft #212). A failed transfer, or a
+        follower silent for an election timeout (with check-quorum), releases that hold.
         """
         log = self.log
         for pr in self._progress.values():
-            if pr.state is ProgressState.SNAPSHOT:
+            if pr.pending_snapshot > pr.match:
                 index = min(index, pr.pending_snapshot)
         if index <= log.snapshot_index:
             return None
@@ -326,6 +334,8 @@ class RaftNode:
         pr.become_probe()
         if ok:
             pr.next = max(pr.next, pending + 1)
+        else:
+            pr.pending_snapshot = 0  # nothing on its way: no reason to keep its entries
         pr.probe_sent = True
 
     def step(self, msg: Message) -> None:
@@ -608,8 +618,17 @@ class RaftNode:
                 self._transferee = None  # a transfer that did not finish in time is abandoned
         if self._election_elapsed >= self.config.election_ticks:
             self._election_elapsed = 0
-            if self.config.check_quorum and not self._quorum_active():
-                self._become_follower(self.term, None)
+            if self.config.check_quorum:
+                self._release_silent_snapshot_holds()
+                if not self._quorum_active():
+                    self._become_follower(self.term, None)
+
+    def _release_silent_snapshot_holds(self) -> None:
+        """A follower that said nothing for a whole election timeout is not installing the
+        snapshot it was sent: its entries need not be kept from compaction (see compact)."""
+        for pr in self._progress.values():
+            if not pr.recent_active and pr.state is not ProgressState.SNAPSHOT:
+                pr.pending_snapshot = 0
 
     def _quorum_active(self) -> bool:
         """Whether a majority was heard from since the last check; starts the next period."""

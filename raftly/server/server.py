@@ -329,7 +329,8 @@ class RaftServer:
                             st.first_index, self._log_bytes())
 
     def _log_bytes(self) -> int:
-        # A counter the disk thread keeps up to date: reading it is safe from the loop.
+        # The disk thread changes the segment list this sums; a read from the loop may be a
+        # moment old, which a status may be.
         try:
             return self._storage.log_bytes
         except StorageError:
@@ -358,6 +359,9 @@ class RaftServer:
         except Exception as exc:  # a bug, or a broken invariant: never go on half-working
             self._stop_on_fatal(exc)
             return
+        if isinstance(msg, InstallSnapshot):
+            assert self._snapshots is not None  # checked above
+            self._snapshots.settle(self._node)
         self._send_early()
         self._wake.set()
 

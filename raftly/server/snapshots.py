@@ -13,6 +13,7 @@ storage only ever change from that one place, in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -100,10 +101,12 @@ class SnapshotManager:
         self._taken: SnapshotMeta | None = None
         self._arriving: dict[NodeId, _Incoming] = {}
         """Per leader, the snapshot file being received from it."""
-        self._received: tuple[SnapshotMeta, IncomingSnapshot] | None = None
-        """The newest file received whole and verified, until the core installs it (or a
-        later one replaces it): one at most, so ignored ones cannot pile up on disk."""
+        self._received: dict[SnapshotMeta, IncomingSnapshot] = {}
+        """Files received whole and verified, until the core installs one. ``settle`` keeps
+        only the one the core is about to install, so ignored ones cannot pile up on disk."""
         self._sending: dict[NodeId, tuple[InstallSnapshot, asyncio.Task[None]]] = {}
+        self._checked: set[SnapshotMeta] = set()
+        self._closing = False
         self.stats = {"taken": 0, "installed": 0, "sent": 0, "send_failures": 0}
 
     # -- start ------------------------------------------------------------------------------------
@@ -232,7 +235,8 @@ class SnapshotManager:
         return incoming
 
     def arrived(self, msg: InstallSnapshot) -> bool:
-        """Whether the file of ``msg`` arrived whole and verified, so the core may be told.
+        """Whether the file of ``msg`` arrived whole and verified, so the core may be told
+        (call ``settle`` once it was).
 
         The transport delivers the message only after that, but an InstallSnapshot that came
         some other way (a confused or hostile peer) has no file behind it: it is dropped.
@@ -242,22 +246,31 @@ class SnapshotManager:
         if incoming is None or incoming.meta != meta:
             return False
         del self._arriving[msg.src]
-        self._discard_received()
-        self._received = (meta, incoming.file)
+        old = self._received.pop(meta, None)
+        if old is not None:
+            self.store.discard(old)
+        self._received[meta] = incoming.file
         return True
 
+    def settle(self, node: RaftNode) -> None:
+        """After the core was told of a snapshot: keep only the file it will install (it may
+        have taken this one, kept an earlier one, or ignored both)."""
+        keep = node.snapshot_to_install
+        for meta in [m for m in self._received if m != keep]:
+            self.store.discard(self._received.pop(meta))
+
     def _discard_received(self) -> None:
-        if self._received is not None:
-            self.store.discard(self._received[1])
-            self._received = None
+        for incoming in self._received.values():
+            self.store.discard(incoming)
+        self._received.clear()
 
     async def install(self, meta: SnapshotMeta) -> None:
         """The core accepted the received snapshot ``meta``: make it this node's state."""
-        if self._received is None or self._received[0] != meta:
+        incoming = self._received.pop(meta, None)
+        if incoming is None:
             raise StorageError(f"the core installs snapshot {meta.term}/{meta.index}, "
                                "which was never received")
-        incoming = self._received[1]
-        self._received = None
+        self._discard_received()
         loop = asyncio.get_running_loop()
         # Durable first, then the log cut to it: a restart in between finds the snapshot
         # newer than the log and finishes the cut (see recover), so neither step is shielded.
@@ -281,17 +294,19 @@ class SnapshotManager:
         """
         peer = msg.dst
         running = self._sending.get(peer)
-        if running is not None:
+        if running is not None and not running[1].done():
             if running[0] == msg:
                 return
             running[1].cancel()
+        meta = msg.snapshot.meta
+        held = contextlib.ExitStack()
+        path = held.enter_context(self.store.hold(meta))  # now: a commit may prune meanwhile
 
         async def transfer() -> None:
-            meta = msg.snapshot.meta
             ok = False
             try:
-                with self.store.hold(meta) as path:
-                    ok = await self._transport.send_snapshot(msg, path)
+                ok = await self._transport.send_snapshot(msg, path)
+                held.close()
                 if not ok:
                     await self._check_own_file(meta)
             except asyncio.CancelledError:
@@ -307,24 +322,31 @@ class SnapshotManager:
                 self._wake()
 
         name = f"raftly node {self._id}: snapshot to {peer}"
-        self._sending[peer] = (msg, asyncio.create_task(transfer(), name=name))
+        task = asyncio.create_task(transfer(), name=name)
+        task.add_done_callback(lambda _: held.close())  # even if cancelled before it ran
+        self._sending[peer] = (msg, task)
 
     async def _check_own_file(self, meta: SnapshotMeta) -> None:
         """After a failed transfer: if our own file is damaged, every retry would fail the
-        same way, so say so and take a fresh snapshot at the next apply."""
+        same way, so say so and take a fresh snapshot at the next apply. Each file is read
+        through once at most, and not while closing."""
+        if self._closing or meta in self._checked:
+            return
+        self._checked.add(meta)
         try:
-            await asyncio.get_running_loop().run_in_executor(self._installer, verify,
+            await asyncio.get_running_loop().run_in_executor(self._worker, verify,
                                                              self.store.path(meta))
-        except StorageError as exc:
-            logger.error("node %s: its snapshot %d is damaged (%s); taking a new one", self._id,
-                         meta.index, exc)
+        except (StorageError, OSError) as exc:
+            logger.error("node %s: its snapshot %d is damaged or gone (%s); taking a new one",
+                         self._id, meta.index, exc)
             self._next_try = 0
 
     # -- stop -------------------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Stop transfers and snapshots. Call after the transport is closed, so that no
-        incoming file is still being written."""
+        """Stop transfers and snapshots. Call after the transport is closed (a file it still
+        writes from a thread is aborted safely: ``IncomingSnapshot`` locks its descriptor)."""
+        self._closing = True
         tasks = [t for t in (self._taking, *(task for _, task in self._sending.values()))
                  if t is not None]
         for task in tasks:

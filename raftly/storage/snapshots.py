@@ -381,7 +381,12 @@ class SnapshotWriter:
 
 
 class IncomingSnapshot:
-    """A snapshot file arriving from a leader: raw bytes, verified whole by ``finish``."""
+    """A snapshot file arriving from a leader: raw bytes, verified whole by ``finish``.
+
+    The transport writes from a worker thread while its node may abort the transfer from
+    another (closing): a lock keeps the file descriptor from being closed under a write, or a
+    reused descriptor number from being written to.
+    """
 
     def __init__(self, store: SnapshotStore, fd: int, path: str) -> None:
         self.path = path
@@ -391,8 +396,13 @@ class IncomingSnapshot:
         self._store = store
         self._fd: int | None = fd
         self._offset = 0
+        self._lock = threading.RLock()
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        with self._lock:
+            return self._write(data)
+
+    def _write(self, data: bytes | bytearray | memoryview) -> int:
         if self._fd is None:
             raise StorageError(f"{self.path}: write to a finished or aborted transfer")
         try:
@@ -406,6 +416,10 @@ class IncomingSnapshot:
     def finish(self) -> SnapshotMeta:
         """Flush the file and verify all of it; returns its metadata. Raises StorageError (and
         removes the file) if it is incomplete or damaged."""
+        with self._lock:
+            return self._finish()
+
+    def _finish(self) -> SnapshotMeta:
         if self._fd is None:
             raise StorageError(f"{self.path}: finish of a finished or aborted transfer")
         try:
@@ -422,6 +436,10 @@ class IncomingSnapshot:
 
     def abort(self) -> None:
         """Drop the transfer and its file. Harmless once installed or aborted."""
+        with self._lock:
+            self._abort()
+
+    def _abort(self) -> None:
         if self.closed:
             return
         self.closed = True

@@ -259,8 +259,40 @@ def test_a_leader_does_not_compact_past_a_snapshot_it_is_still_sending() -> None
     # Node 3 will need the entries after 7 once it installs the snapshot on its way.
     start = leader.compact(newest.index)
     assert start is not None and start.index == 7
+    # Delivered, but not yet installed (a large restore): still needed after the snapshot.
     leader.report_snapshot(3, True)
+    assert leader.compact(newest.index) is None
     leader.step(AppendEntriesResponse(term=1, src=3, dst=1, success=True, index=7))
+    start = leader.compact(newest.index)
+    assert start is not None and start.index == newest.index
+
+
+def _with_newer_snapshot(leader: RaftNode) -> SnapshotMeta:
+    leader.propose(b"more")
+    flush(leader)
+    leader.step(ack(leader, 2, leader.log.last_index))
+    flush(leader)
+    newest = leader.snapshot_meta(leader.status().applied)
+    leader.snapshot_saved(newest)
+    return newest
+
+
+def test_a_failed_snapshot_transfer_does_not_hold_compaction_back() -> None:
+    leader = _sending_snapshot_to_3()
+    newest = _with_newer_snapshot(leader)
+    leader.report_snapshot(3, False)
+    start = leader.compact(newest.index)
+    assert start is not None and start.index == newest.index
+
+
+def test_a_follower_silent_for_an_election_timeout_does_not_hold_compaction_back() -> None:
+    leader = _sending_snapshot_to_3()
+    newest = _with_newer_snapshot(leader)
+    leader.report_snapshot(3, True)  # delivered; then node 3 goes silent
+    for _ in range(2 * leader.config.election_ticks):
+        leader.tick()
+        leader.step(HeartbeatResponse(term=1, src=2, dst=1, seq=0, accepted=0))
+    assert leader.is_leader
     start = leader.compact(newest.index)
     assert start is not None and start.index == newest.index
 
