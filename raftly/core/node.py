@@ -976,7 +976,7 @@ class RaftNode:
         """Why a leader may not start a change now, if it may not."""
         if self._conf_index > self.log.commit:
             return ConfChangeRefused("in_flight", "a configuration change is not yet committed")
-        if self.log.term_at(self.log.commit) != self.term:
+        if self.term != self.log.term_at(self.log.commit):
             return ConfChangeRefused("not_ready", "no entry of this leader's term is committed "
                                                   "yet")
         return None

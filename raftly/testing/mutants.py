@@ -136,7 +136,7 @@ CATALOGUE: tuple[Mutant, ...] = (
         "read-without-quorum",
         "a leader serves a read at once, without a heartbeat round confirming it still leads",
         "Raft thesis, section 6.4 (ReadIndex step 3)",
-        (Patch(_NODE, "if len(self.voters) == 1:", "if True:"),),
+        (Patch(_NODE, "if self.voters == {self.id}:", "if True:"),),
     ),
     Mutant(
         "read-before-noop",
