@@ -200,7 +200,7 @@ class SafetyChecker:
         in its log, which is at or after the newest committed one."""
         log = node.log
         newest = None
-        for index in range(log.last_index, max(self._committed_conf, log.snapshot_index), -1):
+        for index in range(log.last_index, max(self._committed_conf - 1, log.snapshot_index), -1):
             entry = log.entry(index)
             if entry.type is EntryType.CONFIG:
                 newest = ConfState.decode(entry.data)
