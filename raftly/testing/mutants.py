@@ -181,6 +181,18 @@ CATALOGUE: tuple[Mutant, ...] = (
         tests=("tests/storage/test_storage_conformance.py",),
     ),
     Mutant(
+        "conf-change-in-flight",
+        "a leader starts a membership change while another is not yet committed",
+        "Ongaro, 'bug in single-server membership changes' (raft-dev, 2015); Raft thesis 4.1",
+        (Patch(_NODE, "if self._conf_index > self.log.commit:", "if False:"),),
+    ),
+    Mutant(
+        "learner-votes",
+        "learners count as voters: they vote, are asked for votes and count towards a commit",
+        "etcd raft learners (a learner must never count in a quorum)",
+        (Patch(_NODE, "self.voters = self.conf.voters", "self.voters = self.conf.ids"),),
+    ),
+    Mutant(
         "stale-snapshot-accepted",
         "a follower restores a snapshot older than its commit index (a late or duplicate "
         "InstallSnapshot), rolling its state machine back",

@@ -144,7 +144,7 @@ class SafetyChecker:
         ballot = (node.term, node.vote)
         if self._votes.get(node.id) != ballot:
             self._votes[node.id] = ballot
-            if node.vote is not None and node.id not in node.voters:
+            if node.vote is not None and node.id not in node.conf.voters:
                 raise SafetyViolation(
                     f"node {node.id} voted for {node.vote} in term {node.term} while not a "
                     f"voter ({_conf(node.conf)})")
@@ -171,7 +171,7 @@ class SafetyChecker:
                 raise SafetyViolation(
                     f"election safety: nodes {holder} and {node.id} both lead term {term}"
                 )
-            if node.id not in node.voters:
+            if node.id not in node.conf.voters:
                 raise SafetyViolation(
                     f"node {node.id} leads term {term} while not a voter ({_conf(node.conf)})")
             self._check_completeness(node)
