@@ -4,10 +4,10 @@ The simulator reports every durable append, every application and every node's s
 step; the checker keeps just enough global history to check each property in (amortized) constant
 time per event, and raises ``SafetyViolation`` the moment one breaks.
 
-Across membership changes: election safety stays global per term; a node votes and leads only
-as a voter of its own configuration; a leader starts a change only with an entry of its term
-committed and no other change uncommitted; and a new leader uses a configuration at least as
-new as the newest committed one.
+Across membership changes: election safety stays global per term; a leader is a voter elected
+by a majority of the voters of its configuration (learners' votes never count); a leader starts
+a change only with an entry of its term committed and no other change uncommitted; and a new
+leader uses a configuration at least as new as the newest committed one.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ class SafetyChecker:
         self._max_applied = 0
         self._read_floors: dict[tuple[NodeId, bytes], int] = {}
         """(node, read context) -> the highest index any node had applied when it was asked."""
-        self._votes: dict[NodeId, tuple[int, NodeId | None]] = {}
-        """node -> (term, vote) as last seen, across restarts (a vote is durable)."""
+        self._ballots: dict[int, dict[NodeId, NodeId]] = {}
+        """term -> node -> the candidate it voted for in that term, as seen."""
         self._committed_conf = 0
         """The index of the newest CONFIG entry applied anywhere."""
 
@@ -61,14 +61,9 @@ class SafetyChecker:
                     f"another node as {first}"
                 )
 
-    def on_restart(self, node_id: NodeId, applied_from: int,
-                   ballot: tuple[int, NodeId | None] | None = None) -> None:
-        """A new instance of a node re-applies from its snapshot, and holds the durable
-        ``ballot`` (term, vote): checked when it was cast, not again under a newer
-        configuration."""
+    def on_restart(self, node_id: NodeId, applied_from: int) -> None:
+        """A new instance of a node re-applies from its snapshot."""
         self._last_applied[node_id] = applied_from
-        if ballot is not None:
-            self._votes[node_id] = ballot
 
     def on_snapshot_installed(self, node_id: NodeId, index: int,
                               commands: list[tuple[int, bytes]] | None) -> None:
@@ -141,13 +136,8 @@ class SafetyChecker:
         """Election safety, leader append-only and leader completeness."""
         # Called after every input to every node: the common cases (a follower; a leader whose
         # log did not change) return early.
-        ballot = (node.term, node.vote)
-        if self._votes.get(node.id) != ballot:
-            self._votes[node.id] = ballot
-            if node.vote is not None and node.id not in node.conf.voters:
-                raise SafetyViolation(
-                    f"node {node.id} voted for {node.vote} in term {node.term} while not a "
-                    f"voter ({_conf(node.conf)})")
+        if node.vote is not None:
+            self._ballots.setdefault(node.term, {})[node.id] = node.vote
         if node.role is not Role.LEADER:
             self._leading.pop(node.id, None)
             return
@@ -171,12 +161,21 @@ class SafetyChecker:
                 raise SafetyViolation(
                     f"election safety: nodes {holder} and {node.id} both lead term {term}"
                 )
-            if node.id not in node.conf.voters:
-                raise SafetyViolation(
-                    f"node {node.id} leads term {term} while not a voter ({_conf(node.conf)})")
+            self._check_elected(node)
             self._check_completeness(node)
             self._check_conf_is_current(node)
         self._leading[node.id] = (term, last_index, log.last_term)
+
+    def _check_elected(self, node: RaftNode) -> None:
+        """A leader is a voter of its configuration, elected by a majority of that
+        configuration's voters: a learner's vote (or a stranger's) never counts."""
+        voters = node.conf.voters
+        ballots = self._ballots.get(node.term, {})
+        granted = sorted(v for v in voters if ballots.get(v) == node.id)
+        if node.id not in voters or 2 * len(granted) <= len(voters):
+            raise SafetyViolation(
+                f"node {node.id} leads term {node.term} with votes from {granted} only "
+                f"({_conf(node.conf)})")
 
     def _check_changes(self, node: RaftNode, checked: int) -> None:
         """A leader appended after ``checked``: each CONFIG entry it appended must follow a

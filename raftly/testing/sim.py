@@ -597,8 +597,7 @@ class SimCluster:
         # would: every simulated run exercises that read side.
         member.node = RaftNode(i, InitialState(state.hard_state, state.snapshot), self.config,
                                rng, storage=member.storage, restored=restored)
-        self._checker.on_restart(i, state.snapshot.index if restored is None else restored.index,
-                                 (state.hard_state.term, state.hard_state.vote))
+        self._checker.on_restart(i, state.snapshot.index if restored is None else restored.index)
 
     def set_disk_latency(self, latency: tuple[float, float] | None, i: int | None = None) -> None:
         """Saves on node i (every node if None) take (lo, hi) virtual seconds; None: instant."""
