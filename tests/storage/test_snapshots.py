@@ -22,6 +22,8 @@ from raftly.storage.snapshots import SNAPSHOT_DIR, SnapshotStore, verify
 CONF = ConfState(frozenset({1, 2, 3}))
 FRAME = 64
 """A small frame size, so a few hundred bytes make several frames."""
+HEADER = 16 + 20 + len(CONF.encode())
+"""A snapshot file's header: the frame, index, term, conf length and conf of ``meta``."""
 
 
 def meta(index: int, term: int = 1) -> SnapshotMeta:
@@ -93,7 +95,7 @@ def test_large_writes_are_framed_without_a_frame_larger_than_asked(store: Snapsh
     writer.commit()
     assert read_all(store, meta(9)) == b"x" + data
     # 5 full frames, 1 of 4 bytes: header + 6 * 8-byte frame heads + payload + trailer.
-    assert store.size(meta(9)) == 16 + 20 + 24 + 6 * 8 + len(data) + 1 + 28
+    assert store.size(meta(9)) == HEADER + 6 * 8 + len(data) + 1 + 28
 
 
 def test_a_writer_in_a_worker_thread_commits_while_the_store_is_read(store: SnapshotStore) -> None:
@@ -325,7 +327,7 @@ def test_a_reader_hands_out_intact_frames_and_stops_at_the_damaged_one(
     data = payload(7, 10 * FRAME)
     write(store, meta(7), data)
     path = store.path(meta(7))
-    frame_start = 16 + 20 + 24 + 4 * (FRAME + 8)  # the fifth frame
+    frame_start = HEADER + 4 * (FRAME + 8)  # the fifth frame
     flip_bit(path, frame_start + 8 + 10)
     with store.open(meta(7)) as reader:
         assert reader.read(4 * FRAME) == data[: 4 * FRAME]
