@@ -366,9 +366,12 @@ def _dec_install_snapshot(f: list[Any], term: int, src: int, dst: int, lim: _Lim
         conf = ConfState.decode(raw)
     except ValueError as exc:
         raise CodecError(f"snapshot configuration: {exc}") from None
-    if len(conf.voters) > lim.max_voters:
-        raise CodecError(f"snapshot configuration: {len(conf.voters)} voters, at most "
+    ids = conf.voters | conf.learners
+    if len(ids) > lim.max_voters:
+        raise CodecError(f"snapshot configuration: {len(ids)} nodes, at most "
                          f"{lim.max_voters} allowed")
+    if ids and max(ids) >= MAX_INT:  # as every other integer on the wire
+        raise CodecError(f"snapshot configuration: node id {max(ids)} out of range")
     data = _bytes(f[7], "snapshot data")
     snapshot = Snapshot(SnapshotMeta(index, sterm, conf), data)
     return InstallSnapshot(term=term, src=src, dst=dst, snapshot=snapshot)
@@ -495,8 +498,8 @@ def decode_message(
     """Decode one payload from ``encode_message``; raises CodecError on anything malformed.
 
     ``max_entries`` bounds the entries of one AppendEntries, ``max_conf_size`` the bytes of a
-    snapshot's configuration and ``max_voters`` its voters. The payload size itself is bounded
-    by the frame limit.
+    snapshot's configuration and ``max_voters`` its nodes (voters and learners). The payload
+    size itself is bounded by the frame limit.
     """
     obj = _unpack(data, max_array_len=max(max_entries, 16), max_str_len=0)
     if type(obj) is not list or len(obj) < 4:
