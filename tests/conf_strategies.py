@@ -7,6 +7,8 @@ carry the encoded bytes, so whatever the configuration holds must come back exac
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from hypothesis import strategies as st
 
 from raftly.core.types import ConfState, Member
@@ -33,3 +35,12 @@ def conf_states(draw: st.DrawFn) -> ConfState:
         for i in ids
     )
     return ConfState(voters, learners, members)
+
+
+def addressed(voters: Iterable[int], learners: Iterable[int] = ()) -> ConfState:
+    """A configuration recording each member's name and addresses (``n<id>``, Raft on
+    127.0.0.1:7000+id, API on 8000+id); its learners stay learners (``promote=False``)."""
+    v, lrn = frozenset(voters), frozenset(learners)
+    members = tuple(Member(i, f"n{i}", f"127.0.0.1:{7000 + i}", f"127.0.0.1:{8000 + i}",
+                           promote=i not in lrn) for i in sorted(v | lrn))
+    return ConfState(v, lrn, members)

@@ -11,20 +11,16 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conf_strategies import conf_states
+from conf_strategies import addressed, conf_states
 from hypothesis import given
 from hypothesis import strategies as st
 
-from raftly.core.types import ConfState, Member, SnapshotMeta
+from raftly.core.types import ConfState, SnapshotMeta
 from raftly.storage import DiskStorage, StorageError
 from raftly.storage.disk import state
 from raftly.storage.disk.fsio import Syncer
 
-RICH = ConfState(frozenset({1, 2}), frozenset({3}), (
-    Member(1, "n1", "127.0.0.1:7001", "127.0.0.1:8001"),
-    Member(2, "n2", "127.0.0.1:7002", "127.0.0.1:8002"),
-    Member(3, "n3", "127.0.0.1:7003", "127.0.0.1:8003", promote=False),
-))
+RICH = addressed({1, 2}, {3})
 CONF_AT = 16 + 20
 """Where the configuration starts in the ``snapshot`` state file: frame, index, term, length."""
 

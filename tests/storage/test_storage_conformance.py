@@ -7,10 +7,11 @@ means a close and a fresh open of the data directory.
 from __future__ import annotations
 
 import pytest
+from conf_strategies import addressed
 from conftest import Harness
 from storage_helpers import ents
 
-from raftly.core.types import ConfState, Entry, EntryType, HardState, Member, SnapshotMeta
+from raftly.core.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
 from raftly.storage import StorageError
 
 CONF = ConfState(frozenset({1, 2, 3}))
@@ -36,13 +37,11 @@ def test_bootstrap_is_durable(harness: Harness) -> None:
 def test_a_configuration_with_learners_and_addresses_survives_bootstrap_and_compaction(
     harness: Harness,
 ) -> None:
-    members = (Member(1, "n1", "127.0.0.1:7001", "127.0.0.1:8001"),
-               Member(4, "n4", "127.0.0.1:7004", "127.0.0.1:8004", promote=False))
-    first = ConfState(frozenset({1}), frozenset(), members[:1])
+    first = addressed({1})
     harness.storage.bootstrap(first)
     assert harness.restart().load().snapshot == SnapshotMeta(conf=first)
     harness.storage.save(HardState(1, 1, 3), ents(1, 3, 1))
-    later = SnapshotMeta(3, 1, ConfState(frozenset({1}), frozenset({4}), members))
+    later = SnapshotMeta(3, 1, addressed({1}, {4}))
     harness.storage.compact(later)
     assert harness.restart().load().snapshot == later
 

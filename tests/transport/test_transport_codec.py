@@ -6,7 +6,7 @@ import struct
 
 import msgpack
 import pytest
-from conf_strategies import conf_states
+from conf_strategies import addressed, conf_states
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transport_helpers import MESSAGE_STRATEGIES, install_snapshot, messages
@@ -19,7 +19,7 @@ from raftly.core.messages import (
     Message,
     RequestVote,
 )
-from raftly.core.types import ConfState, Entry, EntryType, Member, Snapshot, SnapshotMeta
+from raftly.core.types import ConfState, Entry, EntryType, Snapshot, SnapshotMeta
 from raftly.testing import SimCluster
 from raftly.transport.codec import (
     CHANNEL_MESSAGES,
@@ -298,9 +298,7 @@ def test_a_snapshot_configuration_travels_as_its_encoded_bytes(conf: ConfState) 
 
 
 def test_learners_and_member_addresses_survive_the_wire() -> None:
-    members = (Member(1, "n1", "10.0.0.1:7000", "10.0.0.1:8000"),
-               Member(4, "n4", "10.0.0.4:7000", "10.0.0.4:8000", promote=False))
-    conf = ConfState(frozenset({1}), frozenset({4}), members)
+    conf = addressed({1}, {4})
     meta = decode_message(encode_message(_install(conf))).snapshot.meta  # type: ignore[attr-defined]
     assert meta.conf == conf and meta.conf.member(4).promote is False
 

@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from conf_strategies import addressed
 from polling import eventually
 from transport_helpers import LOCAL, Node, Sinks, closed_by_peer, hb, pair, raw_client, run
 
 from raftly.core.messages import Heartbeat, InstallSnapshot, Message
-from raftly.core.types import ConfState, Member, Snapshot, SnapshotMeta
+from raftly.core.types import ConfState, Snapshot, SnapshotMeta
 from raftly.storage.snapshots import IncomingSnapshot, SnapshotStore
 from raftly.transport.codec import (
     CHANNEL_SNAPSHOT,
@@ -116,10 +117,7 @@ def test_a_stored_snapshot_with_learners_and_addresses_arrives_as_the_leader_hol
 ) -> None:
     # The configuration travels twice, in the header frame and in the file's own header; the
     # receiver's store checks that they agree, so both carry every field.
-    members = (Member(1, "n1", "127.0.0.1:7001", "127.0.0.1:8001"),
-               Member(2, "n2", "127.0.0.1:7002", "127.0.0.1:8002"),
-               Member(7, "n7", "127.0.0.1:7007", "127.0.0.1:8007", promote=False))
-    meta = SnapshotMeta(120, 3, ConfState(frozenset({1, 2}), frozenset({7}), members))
+    meta = SnapshotMeta(120, 3, addressed({1, 2}, {7}))
     leader, follower = SnapshotStore(tmp_path / "leader"), SnapshotStore(tmp_path / "follower")
     writer = leader.create(meta)
     writer.write(os.urandom(100_000))
