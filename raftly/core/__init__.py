@@ -5,7 +5,13 @@ Drive a ``RaftNode`` with ``tick``, ``step``, ``propose`` and ``read_index``; ta
 """
 
 from raftly.core.config import Config, ConfigError
-from raftly.core.errors import InvariantError, NotLeader, ProposalDropped, RaftError
+from raftly.core.errors import (
+    ConfChangeRefused,
+    InvariantError,
+    NotLeader,
+    ProposalDropped,
+    RaftError,
+)
 from raftly.core.log import LogReader, MemoryLog
 from raftly.core.messages import (
     AppendEntries,
@@ -22,11 +28,14 @@ from raftly.core.messages import (
 )
 from raftly.core.node import RaftNode, ReadState, Ready, Role, Status
 from raftly.core.types import (
+    ConfChange,
+    ConfChangeType,
     ConfState,
     Entry,
     EntryType,
     HardState,
     InitialState,
+    Member,
     NodeId,
     Snapshot,
     SnapshotMeta,
@@ -35,6 +44,9 @@ from raftly.core.types import (
 __all__ = [
     "AppendEntries",
     "AppendEntriesResponse",
+    "ConfChange",
+    "ConfChangeRefused",
+    "ConfChangeType",
     "ConfState",
     "Config",
     "ConfigError",
@@ -47,6 +59,7 @@ __all__ = [
     "InstallSnapshot",
     "InvariantError",
     "LogReader",
+    "Member",
     "MemoryLog",
     "Message",
     "NodeId",

@@ -6,6 +6,7 @@ behaviour beyond small helpers, so storage, transport and the simulator can shar
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -57,22 +58,111 @@ class HardState:
 
 
 @dataclass(slots=True, frozen=True)
+class Member:
+    """Who a node is, as far as the cluster's configuration records it.
+
+    The core only looks at ``id`` and ``promote``; names and addresses are carried for the
+    server (transport peers, API redirects) and are empty where unknown (the simulator).
+    """
+
+    id: NodeId
+    name: str = ""
+    """The operator's name for it ("n4"); unique in a configuration when set."""
+    raft: str = ""
+    """"host:port" its Raft transport listens on; unique in a configuration when set."""
+    api: str = ""
+    """"host:port" of its client API."""
+    promote: bool = True
+    """For a learner: the leader promotes it to voter once caught up (False: stays a learner)."""
+
+
+_CONF_VERSION = 1
+_CONF_KEYS = frozenset({"v", "voters", "learners", "members"})
+_MEMBER_KEYS = frozenset({"id", "name", "raft", "api", "promote"})
+
+
+@dataclass(slots=True, frozen=True)
 class ConfState:
-    """The voting members of the cluster."""
+    """The members of the cluster: voters, learners (replicated to, never voting) and who they are.
+
+    ``members`` is sorted by id and holds one ``Member`` per node, or is empty when addresses
+    are unknown (the simulator, data written before members were recorded).
+    """
 
     voters: frozenset[NodeId] = field(default_factory=frozenset)
+    learners: frozenset[NodeId] = field(default_factory=frozenset)
+    members: tuple[Member, ...] = ()
+
+    @property
+    def ids(self) -> frozenset[NodeId]:
+        """Every node of the configuration, voter or learner."""
+        return self.voters | self.learners
+
+    def member(self, id: NodeId) -> Member | None:
+        """The recorded member with this id, if any."""
+        return next((m for m in self.members if m.id == id), None)
+
+    def by_name(self, name: str) -> Member | None:
+        """The recorded member with this name, if any."""
+        return next((m for m in self.members if name and m.name == name), None)
+
+    def validate(self) -> None:
+        """Raise ValueError unless this is a well-formed configuration.
+
+        Voters and learners are disjoint and there is at least one voter; recorded members are
+        sorted by id, one per node, with unique names and Raft addresses (where set).
+        """
+        if not self.voters:
+            raise ValueError("a configuration needs at least one voter")
+        if self.voters & self.learners:
+            both = sorted(self.voters & self.learners)
+            raise ValueError(f"nodes {both} are both voter and learner")
+        if not self.members:
+            return
+        ids = [m.id for m in self.members]
+        if any(a >= b for a, b in pairwise(ids)):
+            raise ValueError("members not strictly increasing by id")
+        if frozenset(ids) != self.ids:
+            raise ValueError(f"members {ids} do not match voters and learners {sorted(self.ids)}")
+        for what in ("name", "raft"):
+            values = [getattr(m, what) for m in self.members if getattr(m, what)]
+            if len(values) != len(set(values)):
+                raise ValueError(f"duplicate member {what} in configuration")
 
     def encode(self) -> bytes:
-        """The payload of a CONFIG entry: voter ids as comma-separated decimal ASCII."""
-        return ",".join(str(v) for v in sorted(self.voters)).encode("ascii")
+        """The payload of a CONFIG entry (also stored in snapshot and log-start metadata).
+
+        A voters-only configuration keeps the original form, voter ids as comma-separated
+        decimal ASCII, so existing data and logs read and write unchanged; anything more is
+        canonical JSON (sorted keys, no spaces) with a version field ``v``.
+        """
+        if not self.learners and not self.members:
+            return ",".join(str(v) for v in sorted(self.voters)).encode("ascii")
+        doc = {
+            "v": _CONF_VERSION,
+            "voters": sorted(self.voters),
+            "learners": sorted(self.learners),
+            "members": [
+                {"id": m.id, "name": m.name, "raft": m.raft, "api": m.api, "promote": m.promote}
+                for m in self.members
+            ],
+        }
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("ascii")
 
     @classmethod
     def decode(cls, data: bytes) -> ConfState:
-        """Parse a CONFIG entry's payload; raises ValueError on anything malformed.
+        """Parse what ``encode`` writes (either form); raises ValueError on anything malformed.
 
-        Only what ``encode`` writes is accepted: decimal ids without sign, spaces, underscores
-        or leading zeros, strictly increasing (so no duplicates).
+        Only the canonical encoding is accepted, and the JSON form must satisfy ``validate``:
+        a corrupt payload must not silently decode to some membership.
         """
+        if data.startswith(b"{"):
+            return cls._decode_json(data)
+        return cls._decode_voter_list(data)
+
+    @classmethod
+    def _decode_voter_list(cls, data: bytes) -> ConfState:
+        # Decimal ids without sign, spaces, underscores or leading zeros, strictly increasing.
         text = data.decode("ascii")
         if not text:
             return cls(frozenset())
@@ -84,6 +174,71 @@ class ConfState:
         if any(a >= b for a, b in pairwise(ids)):
             raise ValueError(f"node ids not strictly increasing in configuration {text!r}")
         return cls(frozenset(ids))
+
+    @classmethod
+    def _decode_json(cls, data: bytes) -> ConfState:
+        try:
+            doc = json.loads(data.decode("ascii"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise ValueError(f"malformed configuration: {e}") from None
+        if not isinstance(doc, dict) or frozenset(doc) != _CONF_KEYS:
+            raise ValueError("malformed configuration: wrong fields")
+        if doc["v"] != _CONF_VERSION or type(doc["v"]) is not int:
+            raise ValueError(f"unsupported configuration version {doc['v']!r}")
+        if not isinstance(doc["members"], list):
+            raise ValueError("malformed configuration: members is not a list")
+        conf = cls(
+            frozenset(_id_list(doc["voters"])),
+            frozenset(_id_list(doc["learners"])),
+            tuple(_member(m) for m in doc["members"]),
+        )
+        conf.validate()
+        if conf.encode() != data:
+            raise ValueError("configuration is not in canonical form")
+        return conf
+
+
+def _node_id(value: object) -> NodeId:
+    if type(value) is not int or value < 0:
+        raise ValueError(f"malformed node id {value!r} in configuration")
+    return value
+
+
+def _id_list(value: object) -> list[NodeId]:
+    if not isinstance(value, list):
+        raise ValueError("malformed configuration: id list expected")
+    ids = [_node_id(v) for v in value]
+    if any(a >= b for a, b in pairwise(ids)):
+        raise ValueError("node ids not strictly increasing in configuration")
+    return ids
+
+
+def _member(value: object) -> Member:
+    if not isinstance(value, dict) or frozenset(value) != _MEMBER_KEYS:
+        raise ValueError("malformed configuration member")
+    name, raft, api, promote = value["name"], value["raft"], value["api"], value["promote"]
+    if not all(isinstance(v, str) for v in (name, raft, api)) or type(promote) is not bool:
+        raise ValueError("malformed configuration member")
+    return Member(_node_id(value["id"]), name, raft, api, promote)
+
+
+class ConfChangeType(IntEnum):
+    """The single-server changes a leader can make to the configuration."""
+
+    ADD_LEARNER = 1
+    """Add a new node as a learner (it receives the log, never votes)."""
+    PROMOTE = 2
+    """Make a learner a voter."""
+    REMOVE = 3
+    """Remove a voter or learner."""
+
+
+@dataclass(slots=True, frozen=True)
+class ConfChange:
+    """One membership change; for PROMOTE and REMOVE only ``member.id`` matters."""
+
+    type: ConfChangeType
+    member: Member
 
 
 @dataclass(slots=True, frozen=True)
