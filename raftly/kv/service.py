@@ -21,6 +21,7 @@ from aiohttp import web
 from raftly.core.config import Config
 from raftly.kv.cluster_file import Address, ClusterSpec, NodeSpec, load_cluster
 from raftly.kv.http import KVApi, Limits, make_runner
+from raftly.kv.members_http import bootstrap_conf
 from raftly.kv.identity import NodeIdentity, check_identity, claim_data_dir
 from raftly.kv.state_machine import KVStateMachine
 from raftly.kv.unsafe_reads import node_api_class
@@ -78,7 +79,7 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
     snapshot = snapshot or SnapshotSettings()
     server = RaftServer(spec.id, storage=storage, transport=transport,
                         state_machine=KVStateMachine(max_key_bytes=limits.max_key_bytes),
-                        bootstrap=cluster.ids, config=config, snapshots=snapshots,
+                        bootstrap=bootstrap_conf(cluster), config=config, snapshots=snapshots,
                         snapshot_entries=snapshot.entries, snapshot_retain=snapshot.retain)
     api = node_api_class()(server, cluster, spec, limits)
     runner = make_runner(api.app(), limits)
