@@ -27,6 +27,9 @@ class Config:
     max_bytes_per_message: int = 1 << 20
     max_inflight_messages: int = 64
     """Pipelined AppendEntries in flight to one follower; bounds a slow follower's memory."""
+    promote_lag: int = 100
+    """A learner is caught up, and may be promoted to voter, within this many entries of the
+    leader's last index."""
 
     def __post_init__(self) -> None:
         if self.tick_interval <= 0:
@@ -39,6 +42,8 @@ class Config:
             raise ConfigError("message size limits must be positive")
         if self.max_inflight_messages < 1:
             raise ConfigError("max_inflight_messages must be positive")
+        if self.promote_lag < 0:
+            raise ConfigError("promote_lag must not be negative")
 
     @property
     def heartbeat_ticks(self) -> int:

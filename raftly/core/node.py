@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from raftly.core.config import Config
-from raftly.core.errors import InvariantError, NotLeader, ProposalDropped
+from raftly.core.errors import ConfChangeRefused, InvariantError, NotLeader, ProposalDropped
 from raftly.core.log import LogReader, RaftLog
+from raftly.core.membership import apply_change
 from raftly.core.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -45,11 +46,14 @@ from raftly.core.messages import (
 from raftly.core.progress import Progress, ProgressState
 from raftly.core.quorum import MajorityConfig, VoteResult
 from raftly.core.types import (
+    ConfChange,
+    ConfChangeType,
     ConfState,
     Entry,
     EntryType,
     HardState,
     InitialState,
+    Member,
     NodeId,
     Snapshot,
     SnapshotMeta,
@@ -121,6 +125,8 @@ class Status:
     """The index the newest snapshot the node holds covers (0 if none)."""
     first_index: int = 1
     """The first index the log can hold: the one after the log start."""
+    learners: frozenset[NodeId] = frozenset()
+    """The members that receive the log but do not vote."""
 
 
 @dataclass(slots=True)
@@ -161,9 +167,11 @@ class RaftNode:
         self.leader: NodeId | None = None
         self._votes: dict[NodeId, bool] = {}
         self._progress: dict[NodeId, Progress] = {}
-        self._snapshot_voters = state.snapshot.conf.voters
+        self._snapshot_conf = state.snapshot.conf
         self._conf_index = state.snapshot.index
-        self.voters: frozenset[NodeId] = self._snapshot_voters
+        self.conf: ConfState = self._snapshot_conf
+        """The configuration in use: the newest in the log, committed or not."""
+        self.voters: frozenset[NodeId] = self.conf.voters
         self._quorum = MajorityConfig(self.voters)
         self._refresh_conf()
         self._snapshot: SnapshotMeta | None = None
@@ -212,7 +220,7 @@ class RaftNode:
         return Status(self.id, self.role, self.term, self.leader, self.log.commit,
                       self.log.applied, self.log.last_index, self.voters,
                       self._snapshot.index if self._snapshot is not None else 0,
-                      self.log.first_index)
+                      self.log.first_index, self.conf.learners)
 
     def progress(self, peer: NodeId) -> Progress | None:
         """The leader's view of ``peer``'s replication (None on a non-leader)."""
@@ -228,6 +236,30 @@ class RaftNode:
     def propose(self, data: bytes) -> int:
         """Append a command to the leader's log; return its index. Raises NotLeader elsewhere."""
         return self._propose(data, EntryType.COMMAND)
+
+    def propose_conf_change(self, change: ConfChange) -> int:
+        """Append a CONFIG entry with the configuration after ``change``; return its index.
+
+        Leader only (NotLeader elsewhere). One server changes at a time, and only once an
+        entry of this leader's term is committed and no other change is uncommitted (the fix
+        to single-server changes: a change decided under an older leader can no longer be in
+        flight). Refusals raise ConfChangeRefused and change nothing. The configuration is used
+        as soon as it is appended.
+        """
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader)
+        refusal = self._conf_change_blocked()
+        if refusal is not None:
+            raise refusal
+        new = apply_change(self.conf, change)
+        if change.type is ConfChangeType.PROMOTE:
+            lag = self._learner_lag(change.member.id)
+            if lag is None or lag > self.config.promote_lag:
+                behind = self.log.last_index - self._match_of(change.member.id)
+                raise ConfChangeRefused(
+                    "behind", f"learner {change.member.id} is behind by {behind} entries "
+                              f"(at most {self.config.promote_lag} allowed)")
+        return self._propose(new.encode(), EntryType.CONFIG)
 
     def read_index(self, context: bytes) -> None:
         """Ask for a linearizable read point; a ``ReadState`` with ``context`` comes in a Ready.
@@ -274,7 +306,7 @@ class RaftNode:
                              f"and {log.applied} is applied")
         term = log.term_at(index)
         assert term is not None  # held: between the log start and the applied index
-        return SnapshotMeta(index, term, ConfState(self._voters_at(index)))
+        return SnapshotMeta(index, term, self._conf_at(index))
 
     def snapshot_saved(self, meta: SnapshotMeta) -> None:
         """The driver now holds ``meta`` durably: followers that need compacted entries get it.
@@ -308,7 +340,7 @@ class RaftNode:
                              f"durable to {log.stable_index}")
         meta = self.snapshot_meta(index)
         log.compact(meta)
-        self._snapshot_voters = meta.conf.voters
+        self._snapshot_conf = meta.conf
         return meta
 
     def report_snapshot(self, peer: NodeId, ok: bool) -> None:
@@ -332,6 +364,12 @@ class RaftNode:
         """Handle a message from another node."""
         if msg.dst != self.id:
             raise ValueError(f"message for node {msg.dst} delivered to node {self.id}")
+        if isinstance(msg, RequestVote) and not {msg.src, self.id} <= self.voters:
+            # A removed node that never learnt it, or a learner, must not disrupt the voters
+            # (not even by raising their term), and a learner never votes.
+            self._send(RequestVoteResponse(term=self.term, src=self.id, dst=msg.src,
+                                           granted=False, pre_vote=msg.pre_vote))
+            return
         if msg.term > self.term:
             if not self._accept_higher_term(msg):
                 return
@@ -470,7 +508,7 @@ class RaftNode:
         self.leader = self.id
         self._step_role, self._tick_role = self._step_leader, self._tick_leader
         next_index = self.log.last_index + 1
-        self._progress = {peer: Progress(next_index) for peer in self.voters}
+        self._progress = {peer: Progress(next_index) for peer in self.conf.ids}
         own = self._progress[self.id]
         own.acknowledge(self.log.stable_index)
         own.recent_active = True
@@ -585,6 +623,8 @@ class RaftNode:
             raise NotLeader(self.leader)
         if self._transferee is not None:
             raise ProposalDropped(f"leadership transfer to node {self._transferee} in progress")
+        if self.id not in self.voters:
+            raise ProposalDropped("this leader is being removed from the configuration")
         return self._append(kind, data)
 
     def _append(self, kind: EntryType, data: bytes) -> int:
@@ -610,6 +650,8 @@ class RaftNode:
             self._election_elapsed = 0
             if self.config.check_quorum and not self._quorum_active():
                 self._become_follower(self.term, None)
+                return
+        self._promote_caught_up_learner()
 
     def _quorum_active(self) -> bool:
         """Whether a majority was heard from since the last check; starts the next period."""
@@ -765,6 +807,8 @@ class RaftNode:
                 waiting, self._reads_awaiting_commit = self._reads_awaiting_commit, []
                 for context, requester in waiting:
                     self._leader_read_index(context, requester)
+            if self.id not in self.voters and self.log.commit >= self._conf_index:
+                self._hand_over_and_step_down()
 
     def _match_of(self, peer: NodeId) -> int:
         pr = self._progress.get(peer)
@@ -777,7 +821,7 @@ class RaftNode:
             # Until our no-op commits we do not know the commit index of the cluster.
             self._reads_awaiting_commit.append((context, requester))
             return
-        if len(self.voters) == 1:
+        if self.voters == {self.id}:
             self._release_read(_PendingRead(0, self.log.commit, requester, context))
             return
         # The read is confirmed by the next heartbeat round: a quorum answering it proves we
@@ -866,7 +910,7 @@ class RaftNode:
         log = self.log
         if meta.index > log.commit and not log.matches(meta.index, meta.term):
             log.restore(meta)
-            self._snapshot_voters = meta.conf.voters
+            self._snapshot_conf = meta.conf
             self._refresh_conf()
             self._received_snapshot = self._snapshot = meta
         elif meta.index > log.commit:
@@ -894,16 +938,16 @@ class RaftNode:
         return index <= self.log.snapshot_index or (
             index <= self.log.last_index and self.log.entry(index).type is EntryType.CONFIG)
 
-    def _voters_at(self, index: int) -> frozenset[NodeId]:
+    def _conf_at(self, index: int) -> ConfState:
         """The configuration in effect at ``index`` (log start <= ``index`` <= last index)."""
         if self._conf_index <= index:
-            return self.voters  # the newest configuration in the log is at or before it
+            return self.conf  # the newest configuration in the log is at or before it
         log = self.log
         for i in range(index, log.snapshot_index, -1):
             entry = log.entry(i)
             if entry.type is EntryType.CONFIG:
-                return ConfState.decode(entry.data).voters
-        return self._snapshot_voters
+                return ConfState.decode(entry.data)
+        return self._snapshot_conf
 
     def _refresh_conf(self) -> None:
         """Use the newest configuration in the log, or the snapshot's if the log holds none.
@@ -912,19 +956,62 @@ class RaftNode:
         when a conflicting suffix that held it is truncated.
         """
         log = self.log
-        self.voters, self._conf_index = self._snapshot_voters, log.snapshot_index
+        self.conf, self._conf_index = self._snapshot_conf, log.snapshot_index
         for index in range(log.last_index, log.snapshot_index, -1):
             entry = log.entry(index)
             if entry.type is EntryType.CONFIG:
-                self.voters, self._conf_index = ConfState.decode(entry.data).voters, index
+                self.conf, self._conf_index = ConfState.decode(entry.data), index
                 break
+        self.voters = self.conf.voters
         if self._quorum.voters != self.voters:
             self._quorum = MajorityConfig(self.voters)
         if self.role is Role.LEADER:
-            for peer in self.voters - self._progress.keys():
+            members = self.conf.ids
+            for peer in members - self._progress.keys():
                 self._progress[peer] = Progress(log.last_index + 1)
-            for peer in self._progress.keys() - self.voters - {self.id}:
+            for peer in self._progress.keys() - members - {self.id}:
                 del self._progress[peer]
+
+    def _conf_change_blocked(self) -> ConfChangeRefused | None:
+        """Why a leader may not start a change now, if it may not."""
+        if self._conf_index > self.log.commit:
+            return ConfChangeRefused("in_flight", "a configuration change is not yet committed")
+        if self.log.term_at(self.log.commit) != self.term:
+            return ConfChangeRefused("not_ready", "no entry of this leader's term is committed "
+                                                  "yet")
+        return None
+
+    def _learner_lag(self, peer: NodeId) -> int | None:
+        """How many entries a learner the leader replicates to lacks (None: not known yet)."""
+        pr = self._progress.get(peer)
+        if pr is None or pr.state is not ProgressState.REPLICATE:
+            return None
+        return self.log.last_index - pr.match
+
+    def _promote_caught_up_learner(self) -> None:
+        """Promote the first learner that wants it and is caught up, if no change is due.
+
+        Done by whichever node leads, on its own clock, so that a promotion survives leader
+        changes and needs no operator.
+        """
+        if (not self.conf.learners or self._transferee is not None
+                or self.id not in self.voters or self._conf_change_blocked() is not None):
+            return
+        for peer in sorted(self.conf.learners):
+            member = self.conf.member(peer)
+            lag = self._learner_lag(peer)
+            if (member is None or member.promote) and lag is not None \
+                    and lag <= self.config.promote_lag:
+                self.propose_conf_change(ConfChange(ConfChangeType.PROMOTE, Member(peer)))
+                return
+
+    def _hand_over_and_step_down(self) -> None:
+        """This leader's removal committed: let the most up-to-date voter take over at once
+        (if one holds our whole log) rather than after an election timeout, and step down."""
+        best = max(sorted(self.voters), key=self._match_of)
+        if self._match_of(best) == self.log.last_index:
+            self._send(TimeoutNow(term=self.term, src=self.id, dst=best))
+        self._become_follower(self.term, None)
 
     # -- plumbing -------------------------------------------------------------------------------
 
