@@ -238,7 +238,11 @@ class MembersApi:
             return self.api._error(504, f"outcome unknown: {exc}")
         conf = self._conf
         now = conf.member(member.id) or member
-        return self.api._json(200, {"index": index, "member": member_json(now, conf)})
+        # The cluster id and the members let a joining node (``raftly serve --join``) answer
+        # its peers before the log has told it where they are.
+        return self.api._json(200, {"index": index, "member": member_json(now, conf),
+                                    "cluster_id": self.api.cluster.cluster_id,
+                                    "members": [member_json(m, conf) for m in conf.members]})
 
     @staticmethod
     async def _has_body(request: web.Request) -> bool:

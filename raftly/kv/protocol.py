@@ -48,4 +48,5 @@ def decode_list_item(item: dict[str, str]) -> tuple[str, bytes]:
 
 
 __all__ = ["ACK_HEADER", "CLIENT_HEADER", "KV_PATH", "MEMBERS_PATH", "RETRY_HEADER",
-           "SEQ_HEADER", "STALE_SEQ_CODE", "STATUS_PATH", "TRANSFER_PATH", "decode_list_item", "encode_list_item"]
+           "SEQ_HEADER", "STALE_SEQ_CODE", "STATUS_PATH", "TRANSFER_PATH", "decode_list_item",
+           "encode_list_item"]
