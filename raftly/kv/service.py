@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+import aiohttp
 from aiohttp import web
 
 from raftly.core.config import Config
@@ -31,6 +32,7 @@ from raftly.kv.identity import (
 )
 from raftly.kv.join import Joined, request_join, stored_conf
 from raftly.kv.members_http import bootstrap_conf, cluster_view
+from raftly.kv.protocol import MEMBERS_PATH, STATUS_PATH
 from raftly.kv.state_machine import KVStateMachine
 from raftly.kv.unsafe_reads import node_api_class
 from raftly.localproc import free_ports
@@ -55,6 +57,7 @@ class RunningNode:
     runner: web.AppRunner
     api_address: Address
     closed: bool = False
+    watcher: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:
@@ -70,6 +73,10 @@ class RunningNode:
 
     async def close(self) -> None:
         self.closed = True
+        if self.watcher is not None:
+            self.watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.watcher
         await self.server.close()
         await self.runner.cleanup()
 
@@ -110,7 +117,51 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
     host, port = runner.addresses[0][:2]
     actual = Address(bind.host if bind.port else str(host), int(port))
     logger.info("node %s (raft id %d) serving the KV API on %s", name, spec.id, actual.url)
-    return RunningNode(spec, server, api, runner, actual)
+    node = RunningNode(spec, server, api, runner, actual)
+    node.watcher = asyncio.create_task(_watch_removal(node), name=f"raftly {name}: removal")
+    return node
+
+
+async def _watch_removal(node: RunningNode) -> None:
+    """Ask the leader whether this node is still a member, while it hears from no leader.
+
+    The leader stops replicating to a node as soon as it appends the configuration that removes
+    it, so a removed follower may never learn of its removal from the log: it only sees the
+    leader fall silent. Then it asks the other members' APIs; a leader that lists the members
+    without it settles it.
+    """
+    server = node.server
+    interval = 2 * server.config.election_timeout
+    silent = 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=interval)) as session:
+        while not server.removed:
+            await asyncio.sleep(interval)
+            silent = silent + 1 if server.leader is None else 0
+            if silent < 2 or server.id not in server.conf.ids:
+                continue
+            for peer in node.api.cluster.nodes:
+                if peer.id != server.id and await _leader_dropped(session, peer.api.url,
+                                                                  node.api.cluster.cluster_id,
+                                                                  server.id):
+                    server.note_removed(f"leader {peer.name} lists the members without it")
+                    break
+
+
+async def _leader_dropped(session: aiohttp.ClientSession, url: str, cluster_id: str,
+                          own: int) -> bool:
+    """Whether the node at ``url`` leads ``cluster_id`` and its members leave out ``own``."""
+    try:
+        async with session.get(url + STATUS_PATH) as resp:
+            status = await resp.json(content_type=None)
+        if status.get("cluster_id") != cluster_id or status.get("role") != "leader":
+            return False
+        async with session.get(url + MEMBERS_PATH) as resp:
+            if resp.status != 200:
+                return False
+            members = (await resp.json(content_type=None))["members"]
+        return bool(members) and all(m["id"] != own for m in members)
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+        return False
 
 
 @dataclass(frozen=True, slots=True)

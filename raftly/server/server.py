@@ -166,6 +166,7 @@ class RaftServer:
         # configurations from before it was added.
         self._was_member = False
         self._removed = asyncio.Event()
+        self._peer_book: dict[NodeId, tuple[str, int]] = {}
         self.on_conf_change: list[Callable[[ConfState], None]] = []
         # fsyncs counts the saves that must reach the disk (entries, or a new term or vote).
         self.stats = {"fsyncs": 0, "entries_persisted": 0, "readies": 0}
@@ -407,6 +408,16 @@ class RaftServer:
         """Whether a committed configuration no longer holds this node."""
         return self._removed.is_set()
 
+    def note_removed(self, why: str) -> None:
+        """Another member says this node is no longer in the configuration (``why``).
+
+        A removed follower may never receive the entry that removed it: the leader stops
+        replicating to it. Its driver learns it from the cluster instead and reports it here.
+        """
+        if not self._removed.is_set():
+            logger.warning("node %s was removed from the cluster (%s)", self.id, why)
+            self._removed.set()
+
     async def wait_removed(self) -> None:
         """Return once a committed configuration no longer holds this node."""
         await self._removed.wait()
@@ -578,8 +589,11 @@ class RaftServer:
         if self.id in conf.voters or self.id in conf.learners:
             self._was_member = True
         if conf.members and isinstance(self._transport, PeerBook):
-            self._transport.set_peers({m.id: split_host_port(m.raft) for m in conf.members
-                                       if m.raft})
+            # Added, never dropped: a leader being removed still needs the followers' answers
+            # until its removal commits, and they use the new configuration already.
+            self._peer_book.update({m.id: split_host_port(m.raft) for m in conf.members
+                                    if m.raft})
+            self._transport.set_peers(self._peer_book)
         logger.info("node %s: configuration voters %s, learners %s", self.id,
                     sorted(conf.voters), sorted(conf.learners))
         for callback in self.on_conf_change:
