@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable
 
 from raftly import __version__
-from raftly.cli import cluster, demo, kv, serve
+from raftly.cli import cluster, demo, kv, member, serve
 from raftly.cli.common import EXIT_ERROR, EXIT_USAGE, CliError, UsageError, add_client_options
 
 
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parser(commands)
     cluster.add_parser(commands)
     kv.add_parsers(commands)
+    member.add_parsers(commands)
     demo.add_parser(commands)
     commands.add_parser("fuzz", help="randomized fault schedules on the simulator "
                                      "(`raftly fuzz --help`)", add_help=False)

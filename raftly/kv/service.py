@@ -173,6 +173,8 @@ class JoinSpec:
     raft: Address
     api: Address
     learner: bool = False
+    timeout: float = 30.0
+    """How long to keep asking before giving up (JoinError)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +207,7 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
     """
     if join is not None and read_identity(data_dir) is None:
         joined = await request_join(join.endpoints, join.name, join.raft, join.api,
-                                    learner=join.learner)
+                                    learner=join.learner, timeout=join.timeout)
         cluster = _joined_cluster(joined, join.name, join.raft, join.api)
         start = _Start(cluster, join.name, bootstrap=False)
         identity = NodeIdentity(joined.cluster_id, join.name, joined.raft_id, ())
@@ -265,11 +267,19 @@ def _restart(data_dir: str | Path, name: str | None, raft: Address | None,
         raise IdentityError(f"data dir {data_dir} holds no node: start a new node with "
                             "--cluster FILE --id NAME, or --join HOST:PORT --id NAME --raft "
                             "HOST:PORT --api HOST:PORT")
-    storage = DiskStorage(data_dir, fsync="never")
+    # Only a look at the stored configuration, not the node's start: the storage's opening
+    # line is logged once, by the start, and a refusal stays one line.
+    disk_log = logging.getLogger("raftly.storage.disk")
+    level = disk_log.level
+    disk_log.setLevel(logging.WARNING)
     try:
-        conf = stored_conf(storage) if storage.bootstrapped else None
+        storage = DiskStorage(data_dir, fsync="never")
+        try:
+            conf = stored_conf(storage) if storage.bootstrapped else None
+        finally:
+            storage.close()
     finally:
-        storage.close()
+        disk_log.setLevel(level)
     member = conf.member(identity.raft_id) if conf is not None else None
     if member is None:
         raise IdentityError(f"data dir {data_dir}: node {identity.name}'s addresses are not in "

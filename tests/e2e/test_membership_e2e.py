@@ -1,0 +1,143 @@
+"""Membership changes with real ``raftly serve`` processes on 127.0.0.1: a fourth node joins with
+``--join`` and is promoted, a removed node exits 0 on its own, a joined node restarts from
+``--data-dir`` alone, and the refusals (contradicting flag, unreachable cluster) are one line.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from e2e_helpers import ELECTION_TIMEOUT, HEARTBEAT, cli, dump_logs, new_cluster, request
+from polling import wait_until
+
+from raftly.kv.client import Client
+from raftly.localcluster import ProcessCluster
+from raftly.localproc import free_ports
+
+TIMINGS = ["--election-timeout", str(ELECTION_TIMEOUT), "--heartbeat", str(HEARTBEAT)]
+
+
+class Extra:
+    """A node process started outside the ProcessCluster (joined, or restarted by hand)."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        out = self.log.open("ab")
+        proc = subprocess.Popen([sys.executable, "-m", "raftly.cli", "serve", *args, *TIMINGS],
+                                stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+@pytest.fixture()
+def cluster(tmp_path: Path) -> Iterator[ProcessCluster]:
+    c = new_cluster(tmp_path / "c", nodes=3)
+    try:
+        c.start()
+        c.wait_for_leader(timeout=30.0)
+        yield c
+    finally:
+        c.stop(grace=5.0)
+        dump_logs(c)
+
+
+def members(endpoint: str) -> dict[str, str] | None:
+    try:
+        reply = request(endpoint, "GET", "/v1/members", timeout=2.0)
+    except OSError:
+        return None
+    if reply.status != 200:
+        return None
+    return {m["name"]: m["role"] for m in json.loads(reply.body)["members"]}
+
+
+def test_join_promote_remove_and_restart_from_the_data_dir_alone(
+        cluster: ProcessCluster, tmp_path: Path) -> None:
+    extra = Extra(tmp_path / "n4.log")
+    endpoints = cluster.endpoints
+    try:
+        with Client(endpoints, timeout=20.0) as client:
+            for i in range(10):
+                client.put(f"before{i}", str(i).encode())
+        raft_port, api_port = free_ports(2)
+        n4_api = f"127.0.0.1:{api_port}"
+        n4_dir = tmp_path / "n4"
+        join = extra.start("--join", ",".join(endpoints[:2]), "--id", "n4",
+                           "--raft", f"127.0.0.1:{raft_port}", "--api", n4_api,
+                           "--data-dir", str(n4_dir), "--fsync", "always")
+        wait_until("n4 promoted to voter",
+                   lambda: (members(endpoints[0]) or {}).get("n4") == "voter", timeout=30.0)
+        wait_until("n4 caught up", lambda: request(
+            n4_api, "GET", "/v1/kv/before9?consistency=stale").body == b"9", timeout=30.0)
+        listed = cli("member", "list", endpoints=[n4_api])
+        assert listed.code == 0 and "n4" in listed.out and "voter" in listed.out, listed.err
+
+        removed = cli("member", "remove", "n1", endpoints=[n4_api])
+        assert removed.code == 0, removed.err
+        n1 = cluster.nodes["n1"]
+        assert n1.proc is not None
+        wait_until("n1 exits by itself", lambda: n1.proc is not None
+                   and n1.proc.poll() is not None, timeout=30.0)
+        assert n1.proc.returncode == 0
+        assert "removed from the cluster" in n1.log_tail(20)
+        left = [endpoints[1], endpoints[2], n4_api]
+        assert set(members(left[0]) or {}) == {"n2", "n3", "n4"}
+        with Client(left, timeout=20.0) as client:
+            client.put("after", b"x")
+
+        # Restart n4 from its data dir alone; a contradicting flag is refused first.
+        join.terminate()
+        assert join.wait(20) == 0
+        refused = cli("serve", "--data-dir", str(n4_dir), "--api", "127.0.0.1:1")
+        assert refused.code == 1 and refused.err.count("\n") == 1, refused.err
+        assert "--api" in refused.err and n4_api in refused.err
+        extra.start("--data-dir", str(n4_dir))
+        with Client(left, timeout=20.0) as client:
+            client.put("later", b"y")
+        wait_until("n4 back and caught up", lambda: _stale(n4_api, "later") == b"y",
+                   timeout=30.0)
+        assert _stale(n4_api, "before3") == b"3"
+    finally:
+        extra.stop_all()
+        print((tmp_path / "n4.log").read_text(errors="replace")[-3000:])
+
+
+def test_join_to_an_unreachable_cluster_fails_with_one_line(tmp_path: Path) -> None:
+    dead, raft_port, api_port = free_ports(3)
+    run = cli("serve", "--join", f"127.0.0.1:{dead}", "--id", "n9", "--raft",
+              f"127.0.0.1:{raft_port}", "--api", f"127.0.0.1:{api_port}", "--data-dir",
+              str(tmp_path / "n9"), "--join-timeout", "1")
+    assert run.code == 1, run.err
+    assert "could not join" in run.err and f"127.0.0.1:{dead}" in run.err
+    assert not (tmp_path / "n9").exists()  # nothing claimed
+
+
+def test_join_under_a_name_the_cluster_has_is_refused(cluster: ProcessCluster,
+                                                      tmp_path: Path) -> None:
+    raft_port, api_port = free_ports(2)
+    run = cli("serve", "--join", cluster.endpoints[0], "--id", "n2", "--raft",
+              f"127.0.0.1:{raft_port}", "--api", f"127.0.0.1:{api_port}", "--data-dir",
+              str(tmp_path / "n2-again"))
+    assert run.code == 1 and "refused" in run.err and "n2" in run.err, run.err
+
+
+def _stale(endpoint: str, key: str) -> bytes | None:
+    try:
+        reply = request(endpoint, "GET", f"/v1/kv/{key}?consistency=stale", timeout=2.0)
+    except OSError:
+        return None
+    return reply.body if reply.status == 200 else None
