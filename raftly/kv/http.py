@@ -345,7 +345,8 @@ class KVApi:
     async def status(self, request: web.Request) -> web.Response:
         st = self.server.status()
         leader = self.cluster.by_id(st.leader) if st.leader is not None else None
-        members, learners = [], []
+        members: list[dict[str, object]] = []
+        learners: list[dict[str, object]] = []
         for ids, into in ((st.voters, members), (st.learners, learners)):
             for node_id in ids:
                 spec = self.cluster.by_id(node_id)

@@ -82,7 +82,7 @@ async def request_join(endpoints: Sequence[str], name: str, raft: Address, api: 
 
 
 async def _post(session: aiohttp.ClientSession, url: str, body: dict[str, object]
-                ) -> tuple[int, dict[str, object]]:
+                ) -> tuple[int, dict[str, Any]]:
     for _ in range(MAX_REDIRECTS):
         async with session.post(url, json=body, allow_redirects=False) as resp:
             answer = await resp.json(content_type=None)
