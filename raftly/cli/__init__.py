@@ -56,7 +56,7 @@ PASS_THROUGH: dict[str, Callable[[list[str]], int]] = {
     "fuzz": _fuzz, "check": _check, "bench": _bench}
 
 # The commands that talk to a cluster as a client, and so take --endpoints and --timeout.
-CLIENT_COMMANDS = ("kv", "status")
+CLIENT_COMMANDS = ("kv", "status", "member", "leader")
 
 EPILOG = """\
 examples:
@@ -105,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command not in CLIENT_COMMANDS:
             for option in ("endpoints", "timeout"):
                 if option in args:
-                    raise UsageError(f"--{option} is an option of `raftly kv` and "
-                                     f"`raftly status`, not of `raftly {args.command}`")
+                    raise UsageError(f"--{option} is an option of `raftly kv`, `raftly "
+                                     f"status`, `raftly member` and `raftly leader`, not of "
+                                     f"`raftly {args.command}`")
         code: int = args.func(args)
         return code
     except CliError as exc:

@@ -10,11 +10,9 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from e2e_helpers import ELECTION_TIMEOUT, HEARTBEAT, cli, dump_logs, new_cluster, request
+from e2e_helpers import ELECTION_TIMEOUT, HEARTBEAT, cli, request
 from polling import wait_until
 
 from raftly.kv.client import Client, ClientError
@@ -43,18 +41,6 @@ class Extra:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
-
-
-@pytest.fixture()
-def cluster(tmp_path: Path) -> Iterator[ProcessCluster]:
-    c = new_cluster(tmp_path / "c", nodes=3)
-    try:
-        c.start()
-        c.wait_for_leader(timeout=30.0)
-        yield c
-    finally:
-        c.stop(grace=5.0)
-        dump_logs(c)
 
 
 def members(endpoint: str) -> dict[str, str] | None:
