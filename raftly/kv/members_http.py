@@ -179,7 +179,7 @@ class MembersApi:
         server = self.api.server
         if not server.is_leader:
             return self.api._not_leader(request, server.leader)
-        body = await self._json_body(request) if await self._has_body(request) else {}
+        body = await self._json_body(request) if request.body_exists else {}
         unknown = set(body) - {"to"}
         if unknown:
             return self.api._error(400, f"unknown fields {sorted(unknown)}")
@@ -243,11 +243,6 @@ class MembersApi:
         return self.api._json(200, {"index": index, "member": member_json(now, conf),
                                     "cluster_id": self.api.cluster.cluster_id,
                                     "members": [member_json(m, conf) for m in conf.members]})
-
-    @staticmethod
-    async def _has_body(request: web.Request) -> bool:
-        chunked = request.headers.get("Transfer-Encoding", "").lower() == "chunked"
-        return bool(request.content_length) or chunked
 
     @staticmethod
     async def _json_body(request: web.Request) -> dict[str, object]:
