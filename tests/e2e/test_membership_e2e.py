@@ -10,8 +10,10 @@ import json
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from e2e_helpers import ELECTION_TIMEOUT, HEARTBEAT, cli, request
 from polling import wait_until
 
@@ -43,6 +45,17 @@ class Extra:
                 proc.wait(10)
 
 
+@pytest.fixture()
+def extra(tmp_path: Path) -> Iterator[Extra]:
+    """Node processes started by the test itself, killed at teardown whatever happened."""
+    procs = Extra(tmp_path / "extra.log")
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+        print(procs.log.read_text(errors="replace")[-4000:] if procs.log.exists() else "")
+
+
 def members(endpoint: str) -> dict[str, str] | None:
     try:
         reply = request(endpoint, "GET", "/v1/members", timeout=2.0)
@@ -54,54 +67,49 @@ def members(endpoint: str) -> dict[str, str] | None:
 
 
 def test_join_promote_remove_and_restart_from_the_data_dir_alone(
-        cluster: ProcessCluster, tmp_path: Path) -> None:
-    extra = Extra(tmp_path / "n4.log")
+        cluster: ProcessCluster, extra: Extra, tmp_path: Path) -> None:
     endpoints = cluster.endpoints
-    try:
-        with Client(endpoints, timeout=20.0) as client:
-            for i in range(10):
-                client.put(f"before{i}", str(i).encode())
-        raft_port, api_port = free_ports(2)
-        n4_api = f"127.0.0.1:{api_port}"
-        n4_dir = tmp_path / "n4"
-        join = extra.start("--join", ",".join(endpoints[:2]), "--id", "n4",
-                           "--raft", f"127.0.0.1:{raft_port}", "--api", n4_api,
-                           "--data-dir", str(n4_dir), "--fsync", "always")
-        wait_until("n4 promoted to voter",
-                   lambda: (members(endpoints[0]) or {}).get("n4") == "voter", timeout=30.0)
-        wait_until("n4 caught up", lambda: request(
-            n4_api, "GET", "/v1/kv/before9?consistency=stale").body == b"9", timeout=30.0)
-        listed = cli("member", "list", endpoints=[n4_api])
-        assert listed.code == 0 and "n4" in listed.out and "voter" in listed.out, listed.err
+    with Client(endpoints, timeout=20.0) as client:
+        for i in range(10):
+            client.put(f"before{i}", str(i).encode())
+    raft_port, api_port = free_ports(2)
+    n4_api = f"127.0.0.1:{api_port}"
+    n4_dir = tmp_path / "n4"
+    join = extra.start("--join", ",".join(endpoints[:2]), "--id", "n4",
+                       "--raft", f"127.0.0.1:{raft_port}", "--api", n4_api,
+                       "--data-dir", str(n4_dir), "--fsync", "always")
+    wait_until("n4 promoted to voter",
+               lambda: (members(endpoints[0]) or {}).get("n4") == "voter", timeout=30.0)
+    wait_until("n4 caught up", lambda: request(
+        n4_api, "GET", "/v1/kv/before9?consistency=stale").body == b"9", timeout=30.0)
+    listed = cli("member", "list", endpoints=[n4_api])
+    assert listed.code == 0 and "n4" in listed.out and "voter" in listed.out, listed.err
 
-        removed = cli("member", "remove", "n1", endpoints=[n4_api])
-        assert removed.code == 0, removed.err
-        n1 = cluster.nodes["n1"]
-        assert n1.proc is not None
-        wait_until("n1 exits by itself", lambda: n1.proc is not None
-                   and n1.proc.poll() is not None, timeout=30.0)
-        assert n1.proc.returncode == 0
-        assert "removed from the cluster" in n1.log_tail(20)
-        left = [endpoints[1], endpoints[2], n4_api]
-        assert set(members(left[0]) or {}) == {"n2", "n3", "n4"}
-        with Client(left, timeout=20.0) as client:
-            client.put("after", b"x")
+    removed = cli("member", "remove", "n1", endpoints=[n4_api])
+    assert removed.code == 0, removed.err
+    n1 = cluster.nodes["n1"]
+    assert n1.proc is not None
+    wait_until("n1 exits by itself", lambda: n1.proc is not None
+               and n1.proc.poll() is not None, timeout=30.0)
+    assert n1.proc.returncode == 0
+    assert "removed from the cluster" in n1.log_tail(20)
+    left = [endpoints[1], endpoints[2], n4_api]
+    assert set(members(left[0]) or {}) == {"n2", "n3", "n4"}
+    with Client(left, timeout=20.0) as client:
+        client.put("after", b"x")
 
-        # Restart n4 from its data dir alone; a contradicting flag is refused first.
-        join.terminate()
-        assert join.wait(20) == 0
-        refused = cli("serve", "--data-dir", str(n4_dir), "--api", "127.0.0.1:1")
-        assert refused.code == 1 and refused.err.count("\n") == 1, refused.err
-        assert "--api" in refused.err and n4_api in refused.err
-        extra.start("--data-dir", str(n4_dir))
-        with Client(left, timeout=20.0) as client:
-            client.put("later", b"y")
-        wait_until("n4 back and caught up", lambda: _stale(n4_api, "later") == b"y",
-                   timeout=30.0)
-        assert _stale(n4_api, "before3") == b"3"
-    finally:
-        extra.stop_all()
-        print((tmp_path / "n4.log").read_text(errors="replace")[-3000:])
+    # Restart n4 from its data dir alone; a contradicting flag is refused first.
+    join.terminate()
+    assert join.wait(20) == 0
+    refused = cli("serve", "--data-dir", str(n4_dir), "--api", "127.0.0.1:1")
+    assert refused.code == 1 and refused.err.count("\n") == 1, refused.err
+    assert "--api" in refused.err and n4_api in refused.err
+    extra.start("--data-dir", str(n4_dir))
+    with Client(left, timeout=20.0) as client:
+        client.put("later", b"y")
+    wait_until("n4 back and caught up", lambda: _stale(n4_api, "later") == b"y",
+               timeout=30.0)
+    assert _stale(n4_api, "before3") == b"3"
 
 
 def test_join_to_an_unreachable_cluster_fails_with_one_line(tmp_path: Path) -> None:
@@ -132,11 +140,10 @@ def _stale(endpoint: str, key: str) -> bytes | None:
 
 
 def test_replace_every_node_one_at_a_time_under_writes_loses_nothing(
-        cluster: ProcessCluster, tmp_path: Path) -> None:
+        cluster: ProcessCluster, extra: Extra, tmp_path: Path) -> None:
     """n1..n3 are replaced by m1..m3 (the old leader first) while a writer keeps writing; each
     new node takes the lead in turn; the acknowledged writes survive, also a SIGKILL of all and
     a restart from the data dirs alone."""
-    extra = Extra(tmp_path / "m.log")
     ports = free_ports(6)
     new = {f"m{i + 1}": (f"127.0.0.1:{ports[2 * i]}", f"127.0.0.1:{ports[2 * i + 1]}")
            for i in range(3)}
@@ -182,18 +189,14 @@ def test_replace_every_node_one_at_a_time_under_writes_loses_nothing(
     finally:
         stop.set()
         thread.join(30)
-    try:
-        endpoints = list(live.values())
-        assert set(members(endpoints[0]) or {}) == set(new)
-        with Client(endpoints, timeout=20.0) as client:
-            assert {k: client.get(k) for k in acked} == acked
-        for proc in extra.procs:
-            proc.kill()
-            proc.wait(10)
-        for name in new:
-            extra.start("--data-dir", str(tmp_path / name))
-        with Client(endpoints, timeout=30.0) as client:
-            assert {k: client.get(k) for k in acked} == acked
-    finally:
-        extra.stop_all()
-        print((tmp_path / "m.log").read_text(errors="replace")[-4000:])
+    endpoints = list(live.values())
+    assert set(members(endpoints[0]) or {}) == set(new)
+    with Client(endpoints, timeout=20.0) as client:
+        assert {k: client.get(k) for k in acked} == acked
+    for proc in extra.procs:
+        proc.kill()
+        proc.wait(10)
+    for name in new:
+        extra.start("--data-dir", str(tmp_path / name))
+    with Client(endpoints, timeout=30.0) as client:
+        assert {k: client.get(k) for k in acked} == acked
