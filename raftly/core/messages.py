@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from raftly.core.types import Entry, EntryType, NodeId, Snapshot
+from raftly.core.types import ConfState, Entry, EntryType, NodeId, Snapshot
 
 
 def describe_entry(entry: Entry) -> str:
@@ -19,7 +19,20 @@ def describe_entry(entry: Entry) -> str:
     text = f"{entry.term}/{entry.index} {entry.type.name}"
     if entry.type is EntryType.NOOP and not entry.data:
         return text
+    if entry.type is EntryType.CONFIG:
+        try:
+            return f"{text} {describe_conf(ConfState.decode(entry.data))}"
+        except ValueError:
+            pass  # shown as bytes: a printout must not fail on a corrupt entry
     return f"{text} {_quote(entry.data)}"
+
+
+def describe_conf(conf: ConfState) -> str:
+    """``voters=1,2,3 learners=4``: a configuration on one line (learners only if any)."""
+    text = "voters=" + ",".join(str(v) for v in sorted(conf.voters))
+    if conf.learners:
+        text += " learners=" + ",".join(str(v) for v in sorted(conf.learners))
+    return text
 
 
 def _quote(data: bytes) -> str:

@@ -364,9 +364,12 @@ class RaftNode:
         """Handle a message from another node."""
         if msg.dst != self.id:
             raise ValueError(f"message for node {msg.dst} delivered to node {self.id}")
-        if isinstance(msg, RequestVote) and not {msg.src, self.id} <= self.voters:
-            # A removed node that never learnt it, or a learner, must not disrupt the voters
-            # (not even by raising their term), and a learner never votes.
+        if (isinstance(msg, RequestVote) and msg.src not in self.voters
+                and not self.log.is_up_to_date(msg.last_log_index, msg.last_log_term)):
+            # A removed node that never learnt it lacks the committed entry that removed it, so
+            # it is behind us: refused without taking its term, it cannot disrupt the voters.
+            # One ahead of us may be a learner promoted by an entry we have yet to receive: it
+            # is judged as any candidate, or the election it needs us for could never end.
             self._send(RequestVoteResponse(term=self.term, src=self.id, dst=msg.src,
                                            granted=False, pre_vote=msg.pre_vote))
             return
@@ -976,7 +979,7 @@ class RaftNode:
         """Why a leader may not start a change now, if it may not."""
         if self._conf_index > self.log.commit:
             return ConfChangeRefused("in_flight", "a configuration change is not yet committed")
-        if self.log.term_at(self.log.commit) != self.term:
+        if self.term != self.log.term_at(self.log.commit):
             return ConfChangeRefused("not_ready", "no entry of this leader's term is committed "
                                                   "yet")
         return None

@@ -4,9 +4,11 @@ One seed fixes everything: the cluster size, its configuration (message size lim
 window, heartbeat and election timeouts, pre-vote and check-quorum, disk latency, snapshots), the
 schedule of faults and proposals, and the network's behaviour. About a third of the seeds take
 snapshots every few applied entries, so that nodes compact their logs, restart from snapshots
-and bring far-behind followers up with InstallSnapshot. A run checks every safety property after
-every step (the simulator does), then heals the cluster and checks that it makes progress and
-that every node converges.
+and bring far-behind followers up with InstallSnapshot. About a third change the membership as
+they go: nodes join (as learners the leader promotes once caught up, or that stay learners) and
+members are removed, the leader included, among the faults. A run checks every safety property
+after every step (the simulator does), then heals the cluster and checks that it makes progress
+and that every member converges.
 
 Varying the configuration is what exercises each guard on its own: a leader's whole log in one
 AppendEntries hides bugs that split appends expose, and a guard only one setting reaches is a
@@ -49,6 +51,8 @@ class FuzzResult:
     faults: int
     setup: str
     """The drawn configuration, as ``describe_setup`` prints it."""
+    changes: int = 0
+    """Membership changes a leader accepted."""
 
 
 def replay_command(seed: int, duration: float, fixed_config: bool = False) -> str:
@@ -106,15 +110,26 @@ def draw_snapshot_every(seed: int) -> int | None:
     return rng.choice((2, 3, 5, 10, 25)) if rng.random() < 0.35 else None
 
 
+def draw_membership(seed: int) -> random.Random | None:
+    """The stream of membership changes of ``seed``, or None if it keeps its first members.
+
+    Its own stream, drawn from the seed alone, so that seeds without changes run exactly as
+    they did before membership changes existed.
+    """
+    rng = random.Random(f"fuzz/{seed}/membership")
+    return rng if rng.random() < 0.3 else None
+
+
 def describe_setup(config: Config, disk: tuple[float, float] | None,
-                   snapshot_every: int | None = None) -> str:
+                   snapshot_every: int | None = None, membership: bool = False) -> str:
     """One line naming every drawn knob, for the seed's report."""
     disk_text = "instant" if disk is None else f"{disk[0]:g}-{disk[1]:g}s"
     snapshots = "off" if snapshot_every is None else f"every-{snapshot_every}"
     return (f"entries={config.max_entries_per_message} bytes={config.max_bytes_per_message} "
             f"inflight={config.max_inflight_messages} heartbeat={config.heartbeat_ticks}t "
             f"election={config.election_ticks}t pre-vote={_on(config.pre_vote)} "
-            f"check-quorum={_on(config.check_quorum)} disk={disk_text} snapshots={snapshots}")
+            f"check-quorum={_on(config.check_quorum)} disk={disk_text} snapshots={snapshots}"
+            + (" membership=on" if membership else ""))
 
 
 def _on(flag: bool) -> str:
@@ -135,17 +150,18 @@ def run_seed(seed: int, duration: float = 30.0, fixed_config: bool = False) -> F
     disk = rng.choice(_DISKS)
     config = _DEFAULT if fixed_config else draw_config(seed, disk)
     snapshot_every = None if fixed_config else draw_snapshot_every(seed)
-    setup = describe_setup(config, disk, snapshot_every)
+    membership = None if fixed_config else draw_membership(seed)
+    setup = describe_setup(config, disk, snapshot_every, membership is not None)
     hint = f"{replay_command(seed, duration, fixed_config)}  ({setup})"
     c = SimCluster(n=n, seed=seed, config=config, replay_hint=hint, disk_latency=disk,
                    snapshot_every=snapshot_every)
-    schedule = _Schedule(c, rng)
+    schedule = _Schedule(c, rng, membership)
     while c.now < duration:
         schedule.step()
     schedule.heal_all()
     last = _check_recovered(c, hint)
     return FuzzResult(seed, n, c.now, c.steps, c.message_count(), schedule.proposals, last,
-                      schedule.faults, setup)
+                      schedule.faults, setup, schedule.changes)
 
 
 @dataclass(slots=True)
@@ -157,7 +173,11 @@ class _Schedule:
 
     c: SimCluster
     rng: random.Random
+    membership: random.Random | None = None
+    """Draws the membership changes (None: none), apart from ``rng`` so that the rest of a
+    schedule without changes is what it always was."""
     proposals: int = 0
+    changes: int = 0
     faults: int = 0
     reads: int = 0
     crashed: set[int] = field(default_factory=set)
@@ -170,6 +190,22 @@ class _Schedule:
         else:
             self.faults += 1
             self._fault()
+        if self.membership is not None and self.membership.random() < 0.1:
+            self._change(self.membership)
+
+    def _change(self, rng: random.Random) -> None:
+        """Add a node (up to 7 members) or remove one (keeping 2 voters): whatever the leader
+        accepts; a change refused (no leader, one in flight, ...) is simply not made."""
+        c = self.c
+        conf = c.committed_conf()
+        with contextlib.suppress(RaftError):
+            if len(conf.ids) < 7 and (len(conf.voters) <= 2 or rng.random() < 0.5):
+                c.add_node(promote=rng.random() < 0.85)
+            elif len(conf.voters) > 2:
+                c.remove_node(rng.choice(sorted(conf.ids)))
+            else:
+                return
+            self.changes += 1
 
     def _load(self) -> None:
         c, rng, n = self.c, self.rng, self.c.n
@@ -232,14 +268,14 @@ class _Schedule:
 def _check_recovered(c: SimCluster, hint: str) -> int:
     """Check a healed cluster elects a leader, commits a new entry and converges; its index."""
     try:
-        c.check_one_leader(timeout=15.0)
-        last = c.one(f"{c.seed}:final".encode(), c.n, retry=True)
+        members = sorted(c.node(c.check_one_leader(timeout=15.0)).conf.ids)
+        last = c.one(f"{c.seed}:final".encode(), len(members), retry=True)
     except SafetyViolation:
         raise  # a broken property while recovering is that, not a lack of progress
     except AssertionError as e:
         raise AssertionError(f"no progress after healing: {e}\n  replay: {hint}") from e
-    # Every command each state machine holds, whether applied one by one or restored.
-    logs = {tuple(c.commands(i)) for i in range(c.n)}
+    # Every command each member's state machine holds, whether applied one by one or restored.
+    logs = {tuple(c.commands(i)) for i in members}
     if len(logs) != 1:
         raise AssertionError(f"nodes applied different histories after healing\n  replay: {hint}")
     return last
@@ -274,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         virtual += r.virtual_seconds
         print(f"seed {seed}: ok  nodes={r.nodes} virtual={r.virtual_seconds:.1f}s steps={r.steps} "
               f"messages={r.messages} proposals={r.proposals} committed={r.committed} "
-              f"faults={r.faults} {r.setup}")
+              f"faults={r.faults} changes={r.changes} {r.setup}")
     elapsed = time.perf_counter() - began
     print(f"{len(seeds) - failures} passed, {failures} failed "
           f"({virtual:.0f} virtual s in {elapsed:.1f} s real)")

@@ -136,7 +136,7 @@ CATALOGUE: tuple[Mutant, ...] = (
         "read-without-quorum",
         "a leader serves a read at once, without a heartbeat round confirming it still leads",
         "Raft thesis, section 6.4 (ReadIndex step 3)",
-        (Patch(_NODE, "if len(self.voters) == 1:", "if True:"),),
+        (Patch(_NODE, "if self.voters == {self.id}:", "if True:"),),
     ),
     Mutant(
         "read-before-noop",
@@ -179,6 +179,18 @@ CATALOGUE: tuple[Mutant, ...] = (
                "if hard_state is not None and hard_state.commit > last_index:",
                "if False:"),),
         tests=("tests/storage/test_storage_conformance.py",),
+    ),
+    Mutant(
+        "conf-change-in-flight",
+        "a leader starts a membership change while another is not yet committed",
+        "Ongaro, 'bug in single-server membership changes' (raft-dev, 2015); Raft thesis 4.1",
+        (Patch(_NODE, "if self._conf_index > self.log.commit:", "if False:"),),
+    ),
+    Mutant(
+        "learner-votes",
+        "learners count as voters: they vote, are asked for votes and count towards a commit",
+        "etcd raft learners (a learner must never count in a quorum)",
+        (Patch(_NODE, "self.voters = self.conf.voters", "self.voters = self.conf.ids"),),
     ),
     Mutant(
         "stale-snapshot-accepted",

@@ -3,12 +3,17 @@
 The simulator reports every durable append, every application and every node's state after each
 step; the checker keeps just enough global history to check each property in (amortized) constant
 time per event, and raises ``SafetyViolation`` the moment one breaks.
+
+Across membership changes: election safety stays global per term; a leader is a voter elected
+by a majority of the voters of its configuration (learners' votes never count); a leader starts
+a change only with an entry of its term committed and no other change uncommitted; and a new
+leader uses a configuration at least as new as the newest committed one.
 """
 
 from __future__ import annotations
 
 from raftly.core.node import RaftNode, Role
-from raftly.core.types import Entry, EntryType, NodeId
+from raftly.core.types import ConfState, Entry, EntryType, NodeId
 
 
 class SafetyViolation(AssertionError):
@@ -32,6 +37,10 @@ class SafetyChecker:
         self._max_applied = 0
         self._read_floors: dict[tuple[NodeId, bytes], int] = {}
         """(node, read context) -> the highest index any node had applied when it was asked."""
+        self._ballots: dict[int, dict[NodeId, NodeId]] = {}
+        """term -> node -> the candidate it voted for in that term, as seen."""
+        self._committed_conf = 0
+        """The index of the newest CONFIG entry applied anywhere."""
 
     def on_persist(self, node_id: NodeId, entries: list[Entry], prev_term: int | None) -> None:
         """Log matching: two entries with the same index and term hold the same command and
@@ -101,6 +110,8 @@ class SafetyChecker:
             )
         self._last_applied[node_id] = entry.index
         self._max_applied = max(self._max_applied, entry.index)
+        if entry.type is EntryType.CONFIG:
+            self._committed_conf = max(self._committed_conf, entry.index)
         first = self._applied.setdefault(entry.index, entry)
         if first != entry:
             raise SafetyViolation(
@@ -125,6 +136,8 @@ class SafetyChecker:
         """Election safety, leader append-only and leader completeness."""
         # Called after every input to every node: the common cases (a follower; a leader whose
         # log did not change) return early.
+        if node.vote is not None:
+            self._ballots.setdefault(node.term, {})[node.id] = node.vote
         if node.role is not Role.LEADER:
             self._leading.pop(node.id, None)
             return
@@ -141,14 +154,64 @@ class SafetyChecker:
                 )
             if last_index == prev_index:
                 return
+            self._check_changes(node, prev_index)
         else:
             holder = self._leader_of_term.setdefault(term, node.id)
             if holder != node.id:
                 raise SafetyViolation(
                     f"election safety: nodes {holder} and {node.id} both lead term {term}"
                 )
+            self._check_elected(node)
             self._check_completeness(node)
+            self._check_conf_is_current(node)
         self._leading[node.id] = (term, last_index, log.last_term)
+
+    def _check_elected(self, node: RaftNode) -> None:
+        """A leader is a voter of its configuration, elected by a majority of that
+        configuration's voters: a learner's vote (or a stranger's) never counts."""
+        voters = node.conf.voters
+        ballots = self._ballots.get(node.term, {})
+        granted = sorted(v for v in voters if ballots.get(v) == node.id)
+        if node.id not in voters or 2 * len(granted) <= len(voters):
+            raise SafetyViolation(
+                f"node {node.id} leads term {node.term} with votes from {granted} only "
+                f"({_conf(node.conf)})")
+
+    def _check_changes(self, node: RaftNode, checked: int) -> None:
+        """A leader appended after ``checked``: each CONFIG entry it appended must follow a
+        committed entry of its term, with no other configuration uncommitted before it."""
+        log = node.log
+        for index in range(checked + 1, log.last_index + 1):
+            if log.entry(index).type is not EntryType.CONFIG:
+                continue
+            if log.term_at(log.commit) != node.term:
+                raise SafetyViolation(
+                    f"leader {node.id} of term {node.term} started a membership change at "
+                    f"{index} before committing an entry of its term")
+            for earlier in range(index - 1, log.commit, -1):
+                if log.entry(earlier).type is EntryType.CONFIG:
+                    raise SafetyViolation(
+                        f"leader {node.id} of term {node.term} started a membership change at "
+                        f"{index} while the one at {earlier} is not committed")
+
+    def _check_conf_is_current(self, node: RaftNode) -> None:
+        """A committed configuration is never lost: a new leader uses the newest configuration
+        in its log, which is at or after the newest committed one."""
+        log = node.log
+        newest = None
+        for index in range(log.last_index, max(self._committed_conf - 1, log.snapshot_index), -1):
+            entry = log.entry(index)
+            if entry.type is EntryType.CONFIG:
+                newest = ConfState.decode(entry.data)
+                break
+        if newest is None and self._committed_conf > log.snapshot_index:
+            raise SafetyViolation(
+                f"leader {node.id} of term {node.term} lacks the committed configuration at "
+                f"{self._committed_conf}")
+        if newest is not None and newest != node.conf:
+            raise SafetyViolation(
+                f"leader {node.id} of term {node.term} uses {_conf(node.conf)}, but the newest "
+                f"configuration in its log is {_conf(newest)}")
 
     def _check_completeness(self, node: RaftNode) -> None:
         log = node.log
@@ -158,3 +221,7 @@ class SafetyChecker:
                     f"leader completeness: node {node.id} leads term {node.term} without "
                     f"committed entry {index} of term {entry.term}"
                 )
+
+
+def _conf(conf: ConfState) -> str:
+    return f"voters={sorted(conf.voters)} learners={sorted(conf.learners)}"

@@ -10,6 +10,12 @@ compacts its log to N entries behind the snapshot; a follower that needs compact
 InstallSnapshot through the simulated network, and a restarted node restores its newest snapshot
 (kept across crashes like durable storage) and replays its log after it.
 
+Membership changes go through the leader like any proposal: ``add_node`` opens a new slot with
+empty storage whose node joins as a learner (catching up by appends, or InstallSnapshot) and is
+promoted by the leader once caught up; ``remove_node`` removes one. A removed node keeps running
+(it may never learn it was removed) but no longer counts when the simulator looks for the leader
+or the terms of the cluster.
+
 After every event it checks Raft's safety properties (``SafetyChecker``) and raises
 ``SafetyViolation`` with the seed and the step where one broke. It also keeps the run within a
 ``SimBudget`` of work per virtual second, so a runaway core fails with ``BudgetExceeded`` and the
@@ -27,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from raftly.core.config import Config
-from raftly.core.errors import RaftError
+from raftly.core.errors import NotLeader, RaftError
 from raftly.core.messages import InstallSnapshot, Message
 from raftly.core.node import RaftNode, ReadState, Ready
 from raftly.core.state_machine import (
@@ -37,7 +43,17 @@ from raftly.core.state_machine import (
     SupportsWrite,
     supports_snapshots,
 )
-from raftly.core.types import ConfState, EntryType, InitialState, Snapshot, SnapshotMeta
+from raftly.core.types import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryType,
+    InitialState,
+    Member,
+    Snapshot,
+    SnapshotMeta,
+)
 from raftly.storage.base import Storage, StorageError
 from raftly.storage.memory import MemoryStorage
 from raftly.testing.budget import BudgetExceeded, SimBudget
@@ -196,13 +212,17 @@ class SimCluster:
         self._unreliable = False
         self._long_delays = False
         self._next_one = 0
-        make_storage = storage_factory or (lambda _i: MemoryStorage())
+        self._make_storage = storage_factory or (lambda _i: MemoryStorage())
         conf = ConfState(frozenset(range(n)))
         self._members: list[_Member] = []
         for i in range(n):
-            storage = make_storage(i)
+            storage = self._make_storage(i)
             storage.bootstrap(conf)
             self._members.append(_Member(storage))
+        self._added_at = [0] * n
+        """Per slot, the index of the CONFIG entry that added it (0: a founding member)."""
+        self._committed_conf: tuple[int, ConfState] = (0, conf)
+        """The newest configuration applied by any node (so committed), and its index."""
         for i in range(n):
             self._boot(i)
         self._schedule(self.config.tick_interval, _TICK, None)
@@ -439,6 +459,8 @@ class SimCluster:
             self._send(msg)
         for entry in rd.committed_entries:
             self._checker.on_apply(i, entry)
+            if entry.type is EntryType.CONFIG:
+                self._conf_committed(entry)
             if entry.type is EntryType.COMMAND:
                 member.state_machine.apply(entry.index, entry.data)
                 member.applied[entry.index] = entry.data
@@ -510,6 +532,10 @@ class SimCluster:
         start = node.compact(min(held - self.snapshot_every, node.log.stable_index))
         if start is not None:
             member.storage.compact(start)
+
+    def _conf_committed(self, entry: Entry) -> None:
+        if entry.index > self._committed_conf[0]:
+            self._committed_conf = (entry.index, ConfState.decode(entry.data))
 
     def _describe(self, what: str) -> str:
         hint = f"\n  replay: {self.replay_hint}" if self.replay_hint else ""
@@ -586,6 +612,51 @@ class SimCluster:
         """Delay some messages (30%) by a further 200-2000 ms."""
         self._long_delays = on
 
+    # -- membership -----------------------------------------------------------------------------
+
+    def propose_conf_change(self, change: ConfChange) -> int:
+        """Propose ``change`` on the current leader; return the CONFIG entry's index.
+
+        Raises NotLeader when no connected node leads, ConfChangeRefused as the core does.
+        """
+        leader = self.leader()
+        if leader is None:
+            raise NotLeader(None)
+        index = self.node(leader).propose_conf_change(change)
+        self._drain(leader)
+        return index
+
+    def add_node(self, promote: bool = True) -> int:
+        """Add a node through the leader: a new slot with empty storage, started as a learner
+        (promoted once caught up unless ``promote`` is False). Returns its id; raises as
+        ``propose_conf_change`` does, and then adds no slot."""
+        i = self.n
+        index = self.propose_conf_change(
+            ConfChange(ConfChangeType.ADD_LEARNER, Member(i, promote=promote)))
+        storage = self._make_storage(i)
+        storage.bootstrap(ConfState())  # it learns the configuration from the leader's log
+        self._members.append(_Member(storage))
+        self._added_at.append(index)
+        self._disk_latency.append(self._disk_latency[0])
+        self._groups.append(0)
+        self.n += 1
+        self._boot(i)
+        return i
+
+    def remove_node(self, i: int) -> int:
+        """Remove node ``i`` (voter or learner) through the leader; return the entry's index."""
+        return self.propose_conf_change(ConfChange(ConfChangeType.REMOVE, Member(i)))
+
+    def is_member(self, i: int) -> bool:
+        """Whether slot ``i`` may still be a member: no committed configuration made after it
+        was added leaves it out."""
+        index, conf = self._committed_conf
+        return i in conf.ids or index < self._added_at[i]
+
+    def committed_conf(self) -> ConfState:
+        """The newest configuration any node applied."""
+        return self._committed_conf[1]
+
     # -- observation ----------------------------------------------------------------------------
 
     def node(self, i: int) -> RaftNode:
@@ -612,7 +683,8 @@ class SimCluster:
         return node is not None and node.is_leader
 
     def _reachable(self) -> list[int]:
-        return [i for i, m in enumerate(self._members) if m.node is not None and m.connected]
+        return [i for i, m in enumerate(self._members)
+                if m.node is not None and m.connected and self.is_member(i)]
 
     def _leaders_by_term(self) -> dict[int, list[int]]:
         leaders: dict[int, list[int]] = {}

@@ -9,10 +9,12 @@ the transcripts keep holding while the core's internals change.
 Commands (``ID`` a node id, ``IDS`` ids separated by spaces; options are ``key=value``)::
 
     add-nodes N [voters=1,2,3] [log=1,2*3] [term=T] [commit=C] [election=10] [heartbeat=2]
-              [max-entries=N] [inflight=N] [prevote=true] [checkquorum=true]
+              [max-entries=N] [inflight=N] [prevote=true] [checkquorum=true] [promote-lag=N]
+              [join=true]   (join: empty storage, no configuration: a node about to be added)
     campaign ID                 tick ID until it stands for election (again, if a candidate)
     tick ID [N] | tick-heartbeat ID | tick-election ID
     propose ID DATA | read-index ID CTX | transfer-leadership FROM TO
+    conf-change ID add-learner|promote|remove NODE [promote=false]   on leader ID
     process-ready ID            hand out a Ready, persist it, send its messages, advance
     ready ID                    hand out a Ready and hold it: a slow disk. Its early messages go
                                 at once; ``persist ID`` later saves, sends and advances it
@@ -48,17 +50,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from raftly.core import (
+    ConfChange,
+    ConfChangeRefused,
+    ConfChangeType,
     Config,
     ConfState,
     Entry,
     HardState,
+    Member,
     Message,
     RaftError,
     RaftNode,
     Ready,
     SnapshotMeta,
 )
-from raftly.core.messages import describe_entry
+from raftly.core.messages import describe_conf, describe_entry
 from raftly.storage.memory import MemoryStorage
 
 STABILIZE_ROUNDS = 1000
@@ -137,11 +143,13 @@ class InteractionEnv:
             check_quorum=cmd.flag("checkquorum", True),
             max_entries_per_message=int(opts.get("max-entries", 1024)),
             max_inflight_messages=int(opts.get("inflight", 64)),
+            promote_lag=int(opts.get("promote-lag", 100)),
         )
         entries = [Entry(index, term) for index, term in enumerate(_terms(opts.get("log", "")), 1)]
         for node_id in ids:
             storage = MemoryStorage()
-            storage.bootstrap(ConfState(frozenset(voters)))
+            storage.bootstrap(ConfState() if cmd.flag("join", False)
+                              else ConfState(frozenset(voters)))
             if entries or "term" in opts:
                 term = int(opts.get("term", entries[-1].term if entries else 0))
                 storage.save(HardState(term, None, int(opts.get("commit", 0))), entries)
@@ -228,10 +236,19 @@ class InteractionEnv:
             self.nodes[source].transfer_leadership(target)
             self.out.append("ok")
 
+    def _cmd_conf_change(self, cmd: _Command) -> None:
+        node_id, kind, peer = int(cmd.args[0]), cmd.args[1], int(cmd.args[2])
+        change = ConfChange(ConfChangeType[kind.upper().replace("-", "_")],
+                            Member(peer, promote=cmd.flag("promote", True)))
+        with self._errors():
+            self.out.append(f"index={self.nodes[node_id].propose_conf_change(change)}")
+
     @contextmanager
     def _errors(self) -> Iterator[None]:
         try:
             yield
+        except ConfChangeRefused as exc:
+            self.out.append(f"error: ConfChangeRefused({exc.code}): {exc}")
         except (RaftError, ValueError) as exc:
             self.out.append(f"error: {type(exc).__name__}: {exc}")
 
@@ -390,7 +407,7 @@ class InteractionEnv:
         for node_id in cmd.ids():
             self._status_line(node_id)
             node = self.nodes[node_id]
-            for peer in sorted(node.status().voters):
+            for peer in sorted(node.conf.ids):
                 pr = node.progress(peer)
                 if pr is not None:
                     self.out.append(f"  {peer}: {pr}")
@@ -398,12 +415,12 @@ class InteractionEnv:
     def _status_line(self, node_id: int) -> None:
         s = self.nodes[node_id].status()
         leader = "none" if s.leader is None else s.leader
-        voters = ",".join(str(v) for v in sorted(s.voters))
+        conf = describe_conf(self.nodes[node_id].conf)
         snapshot = (f" snapshot={s.snapshot_index} first={s.first_index}"
                     if s.snapshot_index or s.first_index > 1 else "")
         self.out.append(f"{node_id}: {s.role.value} term={s.term} leader={leader} "
                         f"commit={s.commit} applied={s.applied} last={s.last_index}{snapshot} "
-                        f"voters={voters}")
+                        f"{conf}")
 
     def _cmd_log(self, cmd: _Command) -> None:
         for node_id in cmd.ids():
@@ -413,8 +430,7 @@ class InteractionEnv:
 
 
 def _meta(meta: SnapshotMeta) -> str:
-    voters = ",".join(str(v) for v in sorted(meta.conf.voters))
-    return f"{meta.term}/{meta.index} voters={voters}"
+    return f"{meta.term}/{meta.index} {describe_conf(meta.conf)}"
 
 
 def _hard_state(hs: HardState) -> str:
