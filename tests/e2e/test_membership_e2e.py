@@ -7,6 +7,7 @@ every node of a cluster is replaced under writes with nothing acknowledged lost.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -110,6 +111,13 @@ def test_join_promote_remove_and_restart_from_the_data_dir_alone(
     wait_until("n4 back and caught up", lambda: _stale(n4_api, "later") == b"y",
                timeout=30.0)
     assert _stale(n4_api, "before3") == b"3"
+    # A bootstrap member restarts from its data dir alone too (the cluster file is not needed).
+    assert cluster.kill("n2", signal.SIGTERM)
+    extra.start("--data-dir", str(cluster.nodes["n2"].data_dir))
+    with Client(left, timeout=20.0) as client:
+        client.put("last", b"z")
+    wait_until("n2 back and caught up", lambda: _stale(endpoints[1], "last") == b"z",
+               timeout=30.0)
 
 
 def test_join_to_an_unreachable_cluster_fails_with_one_line(tmp_path: Path) -> None:
