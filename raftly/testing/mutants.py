@@ -279,6 +279,7 @@ _PROPERTY_PREFIXES = (
     ("leader completeness", "leader completeness"),
     ("state machine safety", "state machine safety"),
     ("stale read", "linearizable reads"),
+    ("membership", "membership changes"),
     ("no progress after healing", "liveness after healing"),
     ("nodes applied different histories", "convergence after healing"),
 )

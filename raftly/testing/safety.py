@@ -174,8 +174,8 @@ class SafetyChecker:
         granted = sorted(v for v in voters if ballots.get(v) == node.id)
         if node.id not in voters or 2 * len(granted) <= len(voters):
             raise SafetyViolation(
-                f"node {node.id} leads term {node.term} with votes from {granted} only "
-                f"({_conf(node.conf)})")
+                f"election safety: node {node.id} leads term {node.term} with votes from "
+                f"{granted} only ({_conf(node.conf)})")
 
     def _check_changes(self, node: RaftNode, checked: int) -> None:
         """A leader appended after ``checked``: each CONFIG entry it appended must follow a
@@ -186,12 +186,12 @@ class SafetyChecker:
                 continue
             if log.term_at(log.commit) != node.term:
                 raise SafetyViolation(
-                    f"leader {node.id} of term {node.term} started a membership change at "
+                    f"membership: leader {node.id} of term {node.term} started a change at "
                     f"{index} before committing an entry of its term")
             for earlier in range(index - 1, log.commit, -1):
                 if log.entry(earlier).type is EntryType.CONFIG:
                     raise SafetyViolation(
-                        f"leader {node.id} of term {node.term} started a membership change at "
+                        f"membership: leader {node.id} of term {node.term} started a change at "
                         f"{index} while the one at {earlier} is not committed")
 
     def _check_conf_is_current(self, node: RaftNode) -> None:
@@ -206,12 +206,12 @@ class SafetyChecker:
                 break
         if newest is None and self._committed_conf > log.snapshot_index:
             raise SafetyViolation(
-                f"leader {node.id} of term {node.term} lacks the committed configuration at "
-                f"{self._committed_conf}")
+                f"membership: leader {node.id} of term {node.term} lacks the committed "
+                f"configuration at {self._committed_conf}")
         if newest is not None and newest != node.conf:
             raise SafetyViolation(
-                f"leader {node.id} of term {node.term} uses {_conf(node.conf)}, but the newest "
-                f"configuration in its log is {_conf(newest)}")
+                f"membership: leader {node.id} of term {node.term} uses {_conf(node.conf)}, but "
+                f"the newest configuration in its log is {_conf(newest)}")
 
     def _check_completeness(self, node: RaftNode) -> None:
         log = node.log

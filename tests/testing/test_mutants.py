@@ -25,6 +25,8 @@ FAST = {
     "vote-twice": "election safety",
     "read-without-quorum": "linearizable reads",
     "apply-skipped-on-restart": "apply order (an index applied twice or skipped)",
+    "conf-change-in-flight": "membership changes",
+    "learner-votes": "election safety",
 }
 
 
