@@ -3,8 +3,9 @@
 ``SnapshotStore`` owns ``DIR/snapshots/``. A complete snapshot is named after its index and term
 (``00000000000000000042-00000000000000000003.snap``) and holds::
 
-    header  = the state files' frame (``disk.state``): magic b"RFTLSNP1" | length | crc32 |
-              index (u64) | term (u64) | voter count (u32) | voters (u64 each)
+    header  = the state files' frame (``disk.state``): magic b"RFTLSNP2" | length | crc32 |
+              the snapshot metadata as the ``snapshot`` state file holds it: index (u64) |
+              term (u64) | conf length (u32) | ``ConfState.encode()``
     frame*  = the log's record framing (``disk.segment``): length (u32, 1..MAX_FRAME) |
               crc32 of the length field and the payload (u32) | payload
     trailer = magic b"RFTLSEND" | payload bytes (u64) | frame count (u64) |
@@ -13,7 +14,9 @@
 The payload is whatever the state machine wrote, cut into frames of ``FRAME_SIZE`` bytes so a
 flipped bit is located within one frame (reported as ``<file>: corrupt at byte offset N: ...``)
 and both writing and reading stream at disk speed: the only per-byte work is zlib's CRC-32.
-The trailer proves the file complete: a file cut short has none at its end.
+The trailer proves the file complete: a file cut short has none at its end. Files of format 1
+(magic b"RFTLSNP1", voter count (u32) | voters (u64 each) after index and term) are still read,
+whether found on disk or received from a leader that wrote them.
 
 A snapshot is written to a temporary file (``*.tmp``), flushed, renamed into place and the
 directory flushed, all per the fsync policy; only then are the oldest beyond ``keep`` deleted. A
@@ -54,10 +57,14 @@ FRAME_SIZE = 1 << 20
 """Payload bytes per frame the writer produces."""
 MAX_FRAME = 64 << 20
 """The largest frame a reader accepts: a larger length field is garbage, not an allocation."""
-MAX_HEADER = 64 << 10
-"""The header is read in one piece of at most this size (some 8,000 voters)."""
+MAX_HEADER = state.FRAME.size + state.MAX_META_SIZE
+"""The largest header a reader accepts."""
+_HEADER_READ = 64 << 10
+"""Bytes read at once to get the header: all of it but for a configuration of hundreds of
+members."""
 
-_MAGIC = b"RFTLSNP1"
+_MAGIC = b"RFTLSNP2"
+_MAGIC_V1 = b"RFTLSNP1"
 _TRAILER_MAGIC = b"RFTLSEND"
 _TRAILER = struct.Struct("<8sQQI")
 _TRAILER_FIELDS = struct.Struct("<8sQQ")
@@ -296,7 +303,11 @@ class SnapshotWriter:
         self._buf = bytearray()
         self._frames = 0
         self._payload = 0
-        header = state.frame(_MAGIC, state.encode_meta(meta))
+        try:
+            header = state.frame(_MAGIC, state.encode_meta(path, meta))
+        except StorageError:
+            self.abort()
+            raise
         self._header_crc = state.FRAME.unpack_from(header)[2]
         self._offset = 0
         self._guarded(self._put, header)
@@ -467,9 +478,16 @@ class SnapshotReader:
     def _check_ends(self) -> tuple[SnapshotMeta, int, int, tuple[int, int]]:
         assert self._fd is not None
         size = os.fstat(self._fd).st_size
-        head = read_all(self._fd, 0, min(size, MAX_HEADER))
-        payload = state.unframe(self.path, head, _MAGIC, whole=False)
-        meta = state.decode_meta(self.path, payload, state.FRAME.size)
+        head = read_all(self._fd, 0, min(size, _HEADER_READ))
+        if len(head) >= state.FRAME.size:
+            want = state.FRAME.size + state.FRAME.unpack_from(head)[1]
+            if want > MAX_HEADER:
+                raise corrupt(self.path, 8, f"header of {want} bytes exceeds the limit of "
+                              f"{MAX_HEADER}")
+            if want > len(head):
+                head = read_all(self._fd, 0, min(size, want))
+        found, payload = state.unframe(self.path, head, (_MAGIC, _MAGIC_V1), whole=False)
+        meta = state.decode_meta(self.path, payload, state.FRAME.size, legacy=found == _MAGIC_V1)
         header_crc = state.FRAME.unpack_from(head)[2]
         end = state.FRAME.size + len(payload)
         if size < end + _TRAILER.size:

@@ -9,6 +9,7 @@ Layout (compact: positional msgpack arrays, no field names on the wire)::
 
     message   [type_code, term, src, dst, *fields]           (fields per type, see _LAYOUTS)
     entry     [index, term, type, data]
+    InstallSnapshot fields  [index, term, conf, data]   conf: ``ConfState.encode()`` as bin
     frame     4-byte big-endian payload length, then the payload
     handshake [b"raftly", protocol_version, cluster_id, node_id]           (a message connection)
               [b"raftly", protocol_version, cluster_id, node_id, "snapshot"] (a snapshot stream)
@@ -35,7 +36,6 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from itertools import pairwise
 from typing import Any, Final
 
 import msgpack  # type: ignore[import-untyped]  # msgpack ships no type information
@@ -58,6 +58,7 @@ from raftly.core.types import ConfState, Entry, EntryType, Snapshot, SnapshotMet
 __all__ = [
     "CHANNEL_MESSAGES",
     "CHANNEL_SNAPSHOT",
+    "DEFAULT_MAX_CONF_SIZE",
     "DEFAULT_MAX_ENTRIES",
     "DEFAULT_MAX_FRAME_SIZE",
     "DEFAULT_MAX_VOTERS",
@@ -92,8 +93,13 @@ __all__ = [
     "snapshot_chunk_prefix",
 ]
 
-PROTOCOL_VERSION: Final = 1
-"""Bumped on any incompatible change of the layout; peers of another version are refused."""
+PROTOCOL_VERSION: Final = 2
+"""Bumped on any incompatible change of the layout; peers of another version are refused.
+
+2: an InstallSnapshot carries its configuration as ``ConfState.encode()`` bytes (learners and
+members' addresses travel with it), not as the array of voter ids of version 1. A version-1 node
+could not decode that, and a CONFIG entry of the new configuration format would stop it, so the
+two never talk: the handshake refuses, with a reason that names both versions."""
 
 HANDSHAKE_MAGIC: Final = b"raftly"
 
@@ -103,6 +109,8 @@ MAX_INT: Final = 1 << 63
 DEFAULT_MAX_FRAME_SIZE: Final = 16 << 20
 DEFAULT_MAX_ENTRIES: Final = 1 << 16
 DEFAULT_MAX_VOTERS: Final = 1 << 10
+DEFAULT_MAX_CONF_SIZE: Final = 1 << 20
+"""Bytes of a snapshot's encoded configuration (as the snapshot files bound it)."""
 MAX_CLUSTER_ID_LENGTH: Final = 256
 """Characters; a cluster id is a short name from a config file."""
 
@@ -195,6 +203,7 @@ def _make_entry(index: int, term: int, data: bytes, etype: EntryType) -> Entry:
 class _Limits:
     max_entries: int
     max_voters: int
+    max_conf_size: int
 
 
 def _enc_request_vote(m: RequestVote) -> list[Any]:
@@ -336,7 +345,12 @@ def _dec_heartbeat_response(f: list[Any], term: int, src: int, dst: int, _: _Lim
 
 def _enc_install_snapshot(m: InstallSnapshot) -> list[Any]:
     meta = m.snapshot.meta
-    return [meta.index, meta.term, sorted(meta.conf.voters), m.snapshot.data]
+    conf = meta.conf.encode()
+    # Refused here rather than by every peer, over and over (as _check_message does).
+    if len(conf) > DEFAULT_MAX_CONF_SIZE:
+        raise CodecError(f"snapshot configuration of {len(conf)} bytes exceeds the limit of "
+                         f"{DEFAULT_MAX_CONF_SIZE}")
+    return [meta.index, meta.term, conf, m.snapshot.data]
 
 
 def _dec_install_snapshot(f: list[Any], term: int, src: int, dst: int, lim: _Limits) -> Message:
@@ -344,13 +358,22 @@ def _dec_install_snapshot(f: list[Any], term: int, src: int, dst: int, lim: _Lim
     sterm = _uint(f[5], "snapshot term")
     if sterm > term:
         raise CodecError(f"snapshot term {sterm} exceeds the message's term {term}")
-    voters = _list(f[6], "voters", lim.max_voters)
-    ids = [_uint(v, "voter") for v in voters]
-    # Sorted and unique on the wire, so that a decoded snapshot is exactly what was encoded.
-    if any(a >= b for a, b in pairwise(ids)):
-        raise CodecError("voters must be strictly increasing")
+    raw = _bytes(f[6], "snapshot configuration")
+    if len(raw) > lim.max_conf_size:
+        raise CodecError(f"snapshot configuration of {len(raw)} bytes exceeds the limit of "
+                         f"{lim.max_conf_size}")
+    try:
+        conf = ConfState.decode(raw)
+    except ValueError as exc:
+        raise CodecError(f"snapshot configuration: {exc}") from None
+    ids = conf.voters | conf.learners
+    if len(ids) > lim.max_voters:
+        raise CodecError(f"snapshot configuration: {len(ids)} nodes, at most "
+                         f"{lim.max_voters} allowed")
+    if ids and max(ids) >= MAX_INT:  # as every other integer on the wire
+        raise CodecError(f"snapshot configuration: node id {max(ids)} out of range")
     data = _bytes(f[7], "snapshot data")
-    snapshot = Snapshot(SnapshotMeta(index, sterm, ConfState(frozenset(ids))), data)
+    snapshot = Snapshot(SnapshotMeta(index, sterm, conf), data)
     return InstallSnapshot(term=term, src=src, dst=dst, snapshot=snapshot)
 
 
@@ -470,13 +493,15 @@ def decode_message(
     *,
     max_entries: int = DEFAULT_MAX_ENTRIES,
     max_voters: int = DEFAULT_MAX_VOTERS,
+    max_conf_size: int = DEFAULT_MAX_CONF_SIZE,
 ) -> Message:
     """Decode one payload from ``encode_message``; raises CodecError on anything malformed.
 
-    ``max_entries`` bounds the entries of one AppendEntries and ``max_voters`` the voters of a
-    snapshot's configuration. The payload size itself is bounded by the frame limit.
+    ``max_entries`` bounds the entries of one AppendEntries, ``max_conf_size`` the bytes of a
+    snapshot's configuration and ``max_voters`` its nodes (voters and learners). The payload
+    size itself is bounded by the frame limit.
     """
-    obj = _unpack(data, max_array_len=max(max_entries, max_voters, 16), max_str_len=0)
+    obj = _unpack(data, max_array_len=max(max_entries, 16), max_str_len=0)
     if type(obj) is not list or len(obj) < 4:
         raise CodecError(f"expected a message array, got {_show(obj)}")
     code = obj[0]
@@ -489,7 +514,7 @@ def decode_message(
     term = _uint(obj[1], "term")
     src = _uint(obj[2], "src")
     dst = _uint(obj[3], "dst")
-    return dec(obj, term, src, dst, _Limits(max_entries, max_voters))
+    return dec(obj, term, src, dst, _Limits(max_entries, max_voters, max_conf_size))
 
 
 # -- handshake ------------------------------------------------------------------------------------
@@ -608,13 +633,18 @@ def encode_snapshot_header(msg: InstallSnapshot, size: int) -> bytes:
 
 
 def decode_snapshot_header(
-    payload: bytes, *, max_entries: int = DEFAULT_MAX_ENTRIES, max_voters: int = DEFAULT_MAX_VOTERS
+    payload: bytes,
+    *,
+    max_entries: int = DEFAULT_MAX_ENTRIES,
+    max_voters: int = DEFAULT_MAX_VOTERS,
+    max_conf_size: int = DEFAULT_MAX_CONF_SIZE,
 ) -> tuple[InstallSnapshot, int]:
     """The message and the size announced by a header frame; CodecError if it is not one."""
     if len(payload) <= 1 + _SIZE.size or payload[0] != _TAG_HEADER:
         raise CodecError(f"expected a snapshot header, got {_frame_kind(payload)}")
     size = _uint(_SIZE.unpack_from(payload, 1)[0], "snapshot size")
-    msg = decode_message(payload[1 + _SIZE.size :], max_entries=max_entries, max_voters=max_voters)
+    msg = decode_message(payload[1 + _SIZE.size :], max_entries=max_entries,
+                         max_voters=max_voters, max_conf_size=max_conf_size)
     if type(msg) is not InstallSnapshot:
         raise CodecError(f"a snapshot header carries an InstallSnapshot, not {type(msg).__name__}")
     if msg.snapshot.data:

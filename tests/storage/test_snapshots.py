@@ -8,20 +8,27 @@ import logging
 import os
 import re
 import shutil
+import struct
+import tempfile
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conf_strategies import conf_states
+from hypothesis import given, settings
 from storage_helpers import ents, flip_bit
 
-from raftly.core.types import ConfState, HardState, SnapshotMeta
+from raftly.core.types import ConfState, HardState, Member, SnapshotMeta
 from raftly.storage import DiskStorage, StorageError
 from raftly.storage.snapshots import SNAPSHOT_DIR, SnapshotStore, verify
 
 CONF = ConfState(frozenset({1, 2, 3}))
 FRAME = 64
 """A small frame size, so a few hundred bytes make several frames."""
+HEADER = 16 + 20 + len(CONF.encode())
+"""A snapshot file's header: the frame, index, term, conf length and conf of ``meta``."""
 
 
 def meta(index: int, term: int = 1) -> SnapshotMeta:
@@ -93,7 +100,7 @@ def test_large_writes_are_framed_without_a_frame_larger_than_asked(store: Snapsh
     writer.commit()
     assert read_all(store, meta(9)) == b"x" + data
     # 5 full frames, 1 of 4 bytes: header + 6 * 8-byte frame heads + payload + trailer.
-    assert store.size(meta(9)) == 16 + 20 + 24 + 6 * 8 + len(data) + 1 + 28
+    assert store.size(meta(9)) == HEADER + 6 * 8 + len(data) + 1 + 28
 
 
 def test_a_writer_in_a_worker_thread_commits_while_the_store_is_read(store: SnapshotStore) -> None:
@@ -325,7 +332,7 @@ def test_a_reader_hands_out_intact_frames_and_stops_at_the_damaged_one(
     data = payload(7, 10 * FRAME)
     write(store, meta(7), data)
     path = store.path(meta(7))
-    frame_start = 16 + 20 + 24 + 4 * (FRAME + 8)  # the fifth frame
+    frame_start = HEADER + 4 * (FRAME + 8)  # the fifth frame
     flip_bit(path, frame_start + 8 + 10)
     with store.open(meta(7)) as reader:
         assert reader.read(4 * FRAME) == data[: 4 * FRAME]
@@ -350,6 +357,122 @@ def test_a_header_that_disagrees_with_the_file_name_is_refused(store: SnapshotSt
     os.rename(store.path(meta(7)), store.path(meta(8)))
     with pytest.raises(StorageError, match="header says index 7 term 1, the file name index 8"):
         store.newest(covered=lambda m: False)
+
+
+# -- the header's configuration ------------------------------------------------------------
+
+
+def snapshot_file(magic: bytes, meta_payload: bytes, data: bytes) -> bytes:
+    """A snapshot file built by hand from the format description: header, frames, trailer."""
+    header_crc = zlib.crc32(meta_payload)
+    out = [magic, struct.pack("<II", len(meta_payload), header_crc), meta_payload]
+    frames = [data[lo : lo + FRAME] for lo in range(0, len(data), FRAME)]
+    for piece in frames:
+        length = struct.pack("<I", len(piece))
+        out += [length, struct.pack("<I", zlib.crc32(piece, zlib.crc32(length))), piece]
+    fields = b"RFTLSEND" + struct.pack("<QQ", len(data), len(frames))
+    out += [fields, struct.pack("<I", zlib.crc32(struct.pack("<I", header_crc),
+                                                  zlib.crc32(fields)))]
+    return b"".join(out)
+
+
+def v2_meta(index: int, term: int, conf: bytes, length: int | None = None) -> bytes:
+    return struct.pack("<QQI", index, term, len(conf) if length is None else length) + conf
+
+
+def put(store: SnapshotStore, m: SnapshotMeta, raw: bytes) -> str:
+    path = store.path(m)
+    Path(path).write_bytes(raw)
+    return path
+
+
+@given(conf_states())
+@settings(max_examples=50)
+def test_a_snapshot_carries_whatever_its_configuration_holds(conf: ConfState) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        store = SnapshotStore(directory)
+        m = SnapshotMeta(12, 3, conf)
+        write(store, m, payload(12))
+        expected = SnapshotMeta(12, 3, ConfState.decode(conf.encode()))
+        assert store.metas() == [expected] and verify(store.path(m)) == expected
+        assert Path(store.path(m)).read_bytes() == snapshot_file(
+            b"RFTLSNP2", v2_meta(12, 3, conf.encode()), payload(12))
+        with store.open(expected) as reader:
+            assert reader.meta == expected and reader.read() == payload(12)
+
+
+def test_a_configuration_beyond_the_first_read_of_the_header_round_trips(
+    store: SnapshotStore,
+) -> None:
+    ids = range(1, 1001)
+    members = tuple(Member(i, f"node-{i:04d}-" + "x" * 60, f"10.0.{i // 256}.{i % 256}:7000",
+                           f"10.0.{i // 256}.{i % 256}:8000") for i in ids)
+    conf = ConfState(frozenset(ids), frozenset(), members)
+    assert len(conf.encode()) > 64 << 10
+    m = SnapshotMeta(30, 2, conf)
+    write(store, m, payload(30))
+    assert verify(store.path(m)) == m and store.newest() == m
+    assert read_all(store, m) == payload(30)
+
+
+def test_a_snapshot_file_of_the_previous_format_is_read_listed_and_received(
+    tmp_path: Path,
+) -> None:
+    # Format 1: voter count (u32) and voters (u64 each) after index and term.
+    voters = struct.pack("<QQIQQQ", 40, 3, 3, 1, 2, 3)
+    old = snapshot_file(b"RFTLSNP1", voters, payload(40, 500))
+    m = SnapshotMeta(40, 3, ConfState(frozenset({1, 2, 3})))
+    leader = SnapshotStore(tmp_path / "leader")
+    path = put(leader, m, old)
+    assert leader.metas() == [m] and leader.newest() == m and verify(path) == m
+    assert read_all(leader, m) == payload(40, 500)
+    follower = SnapshotStore(tmp_path / "follower")
+    incoming = follower.receive()
+    _send(path, incoming.write)
+    assert incoming.finish() == m and follower.install(incoming) == m
+    assert read_all(follower, m) == payload(40, 500)
+
+
+@pytest.mark.parametrize(
+    ("meta_payload", "offset", "what"),
+    [
+        pytest.param(v2_meta(5, 1, b"2,1"), 36, "malformed configuration", id="unsorted"),
+        pytest.param(v2_meta(5, 1, b"\xff\xfe"), 36, "malformed configuration", id="not-ascii"),
+        pytest.param(v2_meta(5, 1, b'{"learners":[],"members":[],"v":1,"voters":[]}'), 36,
+                     "malformed configuration", id="no-voter"),
+        pytest.param(v2_meta(5, 1, b"1,2", length=2), 32, "does not match", id="bad-length"),
+        pytest.param(v2_meta(5, 1, b"1", length=2**32 - 1), 32, "exceeds the limit",
+                     id="oversized-conf"),
+    ],
+)
+def test_a_malformed_configuration_in_a_header_is_corruption_at_its_offset(
+    store: SnapshotStore, meta_payload: bytes, offset: int, what: str
+) -> None:
+    path = put(store, meta(5), snapshot_file(b"RFTLSNP2", meta_payload, payload(5)))
+    with pytest.raises(StorageError) as info:
+        verify(path)
+    assert corrupt_offset(str(info.value), path) == offset and what in str(info.value)
+    assert store.metas() == []  # left out of the listing, logged
+
+
+def test_a_header_longer_than_any_configuration_is_refused_before_it_is_read(
+    store: SnapshotStore,
+) -> None:
+    raw = bytearray(snapshot_file(b"RFTLSNP2", v2_meta(5, 1, b"1"), payload(5)))
+    raw[8:12] = struct.pack("<I", 2**32 - 1)
+    path = put(store, meta(5), bytes(raw))
+    with pytest.raises(StorageError, match=f"^{re.escape(path)}: corrupt at byte offset 8: "
+                       "header of \\d+ bytes exceeds the limit"):
+        verify(path)
+
+
+def test_a_configuration_too_large_to_read_back_is_never_written(
+    store: SnapshotStore, tmp_path: Path
+) -> None:
+    huge = SnapshotMeta(5, 1, ConfState(frozenset(range(200_000))))
+    with pytest.raises(StorageError, match=r"\.tmp: configuration of \d+ bytes exceeds"):
+        store.create(huge)
+    assert os.listdir(tmp_path / SNAPSHOT_DIR) == []
 
 
 # -- newest and fallback -------------------------------------------------------------------

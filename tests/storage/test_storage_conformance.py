@@ -7,6 +7,7 @@ means a close and a fresh open of the data directory.
 from __future__ import annotations
 
 import pytest
+from conf_strategies import addressed
 from conftest import Harness
 from storage_helpers import ents
 
@@ -31,6 +32,18 @@ def test_bootstrap_is_durable(harness: Harness) -> None:
     assert state.hard_state == HardState()
     assert state.snapshot == SnapshotMeta(conf=CONF)
     assert state.entries == []
+
+
+def test_a_configuration_with_learners_and_addresses_survives_bootstrap_and_compaction(
+    harness: Harness,
+) -> None:
+    first = addressed({1})
+    harness.storage.bootstrap(first)
+    assert harness.restart().load().snapshot == SnapshotMeta(conf=first)
+    harness.storage.save(HardState(1, 1, 3), ents(1, 3, 1))
+    later = SnapshotMeta(3, 1, addressed({1}, {4}))
+    harness.storage.compact(later)
+    assert harness.restart().load().snapshot == later
 
 
 def test_bootstrap_twice_raises(harness: Harness) -> None:

@@ -14,11 +14,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from conf_strategies import addressed
 from polling import eventually
 from transport_helpers import LOCAL, Node, Sinks, closed_by_peer, hb, pair, raw_client, run
 
 from raftly.core.messages import Heartbeat, InstallSnapshot, Message
 from raftly.core.types import ConfState, Snapshot, SnapshotMeta
+from raftly.storage.snapshots import IncomingSnapshot, SnapshotStore
 from raftly.transport.codec import (
     CHANNEL_SNAPSHOT,
     decode_handshake,
@@ -108,6 +110,38 @@ def test_a_multi_mib_file_arrives_byte_identical_and_is_delivered_once_after_fin
             assert a.t.stats()["snapshots_sent"] == 1 and b.t.stats()["snapshots_received"] == 1
 
     run(body)
+
+
+def test_a_stored_snapshot_with_learners_and_addresses_arrives_as_the_leader_holds_it(
+    tmp_path: Path,
+) -> None:
+    # The configuration travels twice, in the header frame and in the file's own header; the
+    # receiver's store checks that they agree, so both carry every field.
+    meta = SnapshotMeta(120, 3, addressed({1, 2}, {7}))
+    leader, follower = SnapshotStore(tmp_path / "leader"), SnapshotStore(tmp_path / "follower")
+    writer = leader.create(meta)
+    writer.write(os.urandom(100_000))
+    writer.commit()
+    received: list[IncomingSnapshot] = []
+
+    def sink(msg: InstallSnapshot) -> IncomingSnapshot:
+        received.append(follower.receive())
+        return received[-1]
+
+    async def body() -> None:
+        a, b = await pair(sink)
+        try:
+            msg = install(meta)
+            assert await a.t.send_snapshot(msg, leader.path(meta)) is True
+            assert snapshots(b) == [msg]
+        finally:
+            await a.t.close()
+            await b.t.close()
+
+    run(body)
+    [incoming] = received
+    assert incoming.meta == meta and follower.install(incoming) == meta
+    assert follower.metas() == [meta]
 
 
 def test_an_empty_file_is_delivered(tmp_path: Path) -> None:

@@ -157,11 +157,13 @@ def test_a_wrong_cluster_id_is_refused_and_logged(caplog: pytest.LogCaptureFixtu
     assert any("other-cluster" in r.message for r in refused), caplog.text
 
 
-def test_a_wrong_protocol_version_is_refused() -> None:
+# Version 1 sent a snapshot's voters as an array where version 2 sends ConfState.encode() bytes.
+@pytest.mark.parametrize("version", [1, 99])
+def test_a_wrong_protocol_version_is_refused(version: int) -> None:
     async def body() -> None:
         b = await Node(2).start()
         reader, writer = await asyncio.open_connection(*b.addr)
-        writer.write(encode_frame(encode_handshake(CLUSTER, 7, version=99)))
+        writer.write(encode_frame(encode_handshake(CLUSTER, 7, version=version)))
         reply = await read_frame(reader)
         assert reply is not None
         answer = decode_handshake_reply(reply)

@@ -6,6 +6,7 @@ import asyncio
 import threading
 from collections.abc import Awaitable, Callable
 
+from conf_strategies import conf_states
 from hypothesis import strategies as st
 
 from raftly.core.messages import (
@@ -64,8 +65,8 @@ def append_entries(draw: st.DrawFn) -> AppendEntries:
 @st.composite
 def install_snapshot(draw: st.DrawFn) -> InstallSnapshot:
     h = draw(_header())
-    voters = draw(st.frozensets(node_ids, max_size=7))
-    meta = SnapshotMeta(draw(uints), draw(st.integers(0, h["term"])), ConfState(voters))
+    conf = ConfState.decode(draw(conf_states()).encode())  # what any decoder gives back
+    meta = SnapshotMeta(draw(uints), draw(st.integers(0, h["term"])), conf)
     return InstallSnapshot(**h, snapshot=Snapshot(meta, draw(st.binary(max_size=256))))
 
 
