@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable
 
 from raftly import __version__
-from raftly.cli import cluster, demo, kv, serve
+from raftly.cli import cluster, demo, kv, member, serve
 from raftly.cli.common import EXIT_ERROR, EXIT_USAGE, CliError, UsageError, add_client_options
 
 
@@ -56,7 +56,7 @@ PASS_THROUGH: dict[str, Callable[[list[str]], int]] = {
     "fuzz": _fuzz, "check": _check, "bench": _bench}
 
 # The commands that talk to a cluster as a client, and so take --endpoints and --timeout.
-CLIENT_COMMANDS = ("kv", "status")
+CLIENT_COMMANDS = ("kv", "status", "member", "leader")
 
 EPILOG = """\
 examples:
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parser(commands)
     cluster.add_parser(commands)
     kv.add_parsers(commands)
+    member.add_parsers(commands)
     demo.add_parser(commands)
     commands.add_parser("fuzz", help="randomized fault schedules on the simulator "
                                      "(`raftly fuzz --help`)", add_help=False)
@@ -104,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command not in CLIENT_COMMANDS:
             for option in ("endpoints", "timeout"):
                 if option in args:
-                    raise UsageError(f"--{option} is an option of `raftly kv` and "
-                                     f"`raftly status`, not of `raftly {args.command}`")
+                    raise UsageError(f"--{option} is an option of `raftly kv`, `raftly "
+                                     f"status`, `raftly member` and `raftly leader`, not of "
+                                     f"`raftly {args.command}`")
         code: int = args.func(args)
         return code
     except CliError as exc:

@@ -306,8 +306,9 @@ def _membership_problems(statuses: dict[str, dict[str, Any] | None], names: dict
     leaders = [s for s in answering.values() if s["role"] == "leader"]
     if leaders:
         leader = max(leaders, key=lambda s: s["term"])
-        members = {m["raft_id"] for m in leader["members"]}
-        member_names = ", ".join(m["id"] for m in leader["members"])
+        everyone = leader["members"] + leader.get("learners", [])
+        members = {m["raft_id"] for m in everyone}
+        member_names = ", ".join(m["id"] for m in everyone)
         for endpoint, status in answering.items():
             if (status.get("cluster_id") == leader.get("cluster_id")
                     and status["raft_id"] not in members):

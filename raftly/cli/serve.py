@@ -1,7 +1,13 @@
-"""``raftly serve``: run one node of a key-value cluster described by a cluster file.
+"""``raftly serve``: run one node of a key-value cluster.
 
-The node stops cleanly on SIGINT or SIGTERM (exit 0). Role changes and connection events are
-logged at INFO, one line each, on stderr.
+Three ways to start: ``--cluster FILE --id NAME`` (a node of the cluster file's bootstrap
+members), ``--join HOST:PORT[,...] --id NAME --raft HOST:PORT --api HOST:PORT`` (a new node the
+cluster adds as a learner), or ``--data-dir DIR`` alone (whatever node DIR holds, with the
+identity and membership stored there; a flag that contradicts them is refused).
+
+The node stops cleanly on SIGINT or SIGTERM (exit 0), and on its own (exit 0, one log line)
+once the cluster removed it. Role changes and connection events are logged at INFO, one line
+each, on stderr.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from raftly.cli.common import (
     LOG_LEVELS,
@@ -27,11 +34,20 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Run node ID of the cluster described in the cluster file (TOML: one "
                     "[nodes.NAME] table per node with raft = \"host:port\" and "
                     "api = \"host:port\"). Stops cleanly on Ctrl-C or SIGTERM.")
-    p.add_argument("--cluster", required=True, metavar="FILE", help="the cluster file (TOML)")
-    p.add_argument("--id", required=True, metavar="NAME", help="this node's name in the file")
+    p.add_argument("--cluster", metavar="FILE", help="the cluster file (TOML)")
+    p.add_argument("--id", metavar="NAME", help="this node's name (in the file, or new)")
     p.add_argument("--data-dir", metavar="DIR",
-                   help="where the log and state live (default: NAME next to the cluster "
-                        "file, as `raftly cluster up` lays them out)")
+                   help="where the log and state live (default with --cluster: NAME next to "
+                        "the cluster file, as `raftly cluster up` lays them out)")
+    p.add_argument("--join", metavar="HOST:PORT[,...]",
+                   help="API addresses of members of a running cluster to join (any will do)")
+    p.add_argument("--raft", metavar="HOST:PORT", help="with --join: this node's Raft address")
+    p.add_argument("--api", metavar="HOST:PORT", help="with --join: this node's API address")
+    p.add_argument("--learner", action="store_true",
+                   help="with --join: stay a learner (never promoted to voter)")
+    p.add_argument("--join-timeout", type=positive_float, default=30.0, metavar="SECONDS",
+                   help="with --join: give up (exit 1) if the cluster has not added this node "
+                        "within this long (default 30)")
     p.add_argument("--fsync", choices=("always", "never"), default="always",
                    help="fsync the log before acknowledging (default always; 'never' is for "
                         "throwaway clusters: a power loss can then lose acknowledged writes)")
@@ -70,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from raftly.core.config import Config
     from raftly.kv.cluster_file import ClusterFileError
     from raftly.kv.identity import IdentityError
+    from raftly.kv.join import JoinError
     from raftly.kv.service import serve
     from raftly.server import ServerStopped
     from raftly.server.snapshots import SnapshotSettings
@@ -77,18 +94,54 @@ def run(args: argparse.Namespace) -> int:
 
     config = make_config(args.election_timeout, args.heartbeat)
     assert isinstance(config, Config)
-    configure_logging(args.log_level, args.id)
+    join, raft, api = _start_mode(args)
+    configure_logging(args.log_level, args.id or Path(args.data_dir).name)
     data_dir = Path(args.data_dir) if args.data_dir else _default_data_dir(args.cluster, args.id)
     try:
         snapshot = SnapshotSettings(args.snapshot_entries, args.snapshot_retain)
-        asyncio.run(serve(args.cluster, args.id, data_dir, fsync=args.fsync, config=config,
-                          snapshot=snapshot, segment_size=args.segment_size))
-    except (ClusterFileError, IdentityError, StorageError, ServerStopped) as exc:
+        asyncio.run(serve(args.cluster, args.id, data_dir, join=join, raft=raft, api=api,
+                          fsync=args.fsync, config=config, snapshot=snapshot,
+                          segment_size=args.segment_size))
+    except (ClusterFileError, IdentityError, StorageError, ServerStopped, JoinError) as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:
         # Typically a port already in use: name it rather than print a traceback.
         raise CliError(f"node {args.id}: {exc.strerror or exc}") from None
     return 0
+
+
+def _start_mode(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The join spec (or None) and the --raft/--api addresses; UsageError for a bad mix."""
+    from raftly.kv.cluster_file import ClusterFileError, parse_address
+    from raftly.kv.service import JoinSpec
+
+    try:
+        raft = parse_address(args.raft, "--raft") if args.raft else None
+        api = parse_address(args.api, "--api") if args.api else None
+    except ClusterFileError as exc:
+        raise UsageError(str(exc)) from None
+    if args.cluster is not None:
+        if args.join or raft or api or args.learner:
+            raise UsageError("--cluster starts a bootstrap member: --join, --raft, --api and "
+                             "--learner are for a node joining a running cluster")
+        if args.id is None:
+            raise UsageError("--cluster needs --id NAME")
+        return None, None, None
+    if args.join is not None:
+        if not (args.id and raft and api and args.data_dir):
+            raise UsageError("--join needs --id NAME --raft HOST:PORT --api HOST:PORT "
+                             "--data-dir DIR")
+        endpoints = tuple(e.strip() for e in args.join.split(",") if e.strip())
+        if not endpoints:
+            raise UsageError("--join needs at least one HOST:PORT")
+        return (JoinSpec(endpoints, args.id, raft, api, args.learner, args.join_timeout),
+                raft, api)
+    if args.data_dir is None:
+        raise UsageError("give --cluster FILE --id NAME, or --join ..., or --data-dir DIR of a "
+                         "node that ran before")
+    if args.learner:
+        raise UsageError("--learner only applies when joining (--join)")
+    return None, raft, api
 
 
 def _default_data_dir(cluster_file: str, name: str) -> Path:

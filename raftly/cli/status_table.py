@@ -16,7 +16,10 @@ def format_table(statuses: Mapping[str, dict[str, Any] | None]) -> Iterator[str]
         else:
             # Nodes of an older version do not report the log fields.
             log = (f"{s['first_index']}..{s['last_index']}" if "first_index" in s else "-")
-            rows.append((str(s.get("id", name)), str(s["role"]), str(s["term"]),
+            # A learner follows like any follower; the table says what it is.
+            learner = any(m.get("raft_id") == s.get("raft_id") for m in s.get("learners", []))
+            rows.append((str(s.get("id", name)), "learner" if learner else str(s["role"]),
+                         str(s["term"]),
                          str(s["commit_index"]), str(s["applied_index"]),
                          str(s.get("snapshot_index", "-")), log,
                          _size(s["log_bytes"]) if "log_bytes" in s else "-",

@@ -44,6 +44,7 @@ from raftly.kv.client_core import (
     delete_call,
     get_call,
     list_call,
+    members_call,
     put_call,
     status_call,
 )
@@ -100,6 +101,12 @@ class Client:
     def list(self, prefix: str = "", limit: int = 1000, *, stale: bool = False
              ) -> builtins.list[tuple[str, bytes]]:
         return self._run(list_call(prefix, limit, stale))
+
+    def members(self) -> builtins.list[dict[str, Any]]:
+        """The cluster's members (``/v1/members``); their API addresses become endpoints."""
+        members = self._run(members_call())
+        self._core.learn(members)
+        return members
 
     def status(self, endpoint: str | None = None) -> dict[str, Any]:
         """``/v1/status`` of ``endpoint`` (default: whichever node answers first)."""
@@ -201,6 +208,12 @@ class AsyncClient:
     async def list(self, prefix: str = "", limit: int = 1000, *, stale: bool = False
                    ) -> builtins.list[tuple[str, bytes]]:
         return await self._run(list_call(prefix, limit, stale))
+
+    async def members(self) -> builtins.list[dict[str, Any]]:
+        """The cluster's members (``/v1/members``); their API addresses become endpoints."""
+        members = await self._run(members_call())
+        self._core.learn(members)
+        return members
 
     async def status(self, endpoint: str | None = None) -> dict[str, Any]:
         call = status_call()

@@ -31,6 +31,7 @@ from raftly.kv.protocol import (
     ACK_HEADER,
     CLIENT_HEADER,
     KV_PATH,
+    MEMBERS_PATH,
     RETRY_HEADER,
     SEQ_HEADER,
     STALE_SEQ_CODE,
@@ -55,6 +56,7 @@ __all__ = [
     "delete_call",
     "get_call",
     "list_call",
+    "members_call",
     "put_call",
     "status_call",
 ]
@@ -245,6 +247,18 @@ def status_call() -> Call[dict[str, Any]]:
     return Call("GET", STATUS_PATH, None, False, _decode_status)
 
 
+def _decode_members(resp: Response) -> list[dict[str, Any]]:
+    members = _check(resp, 200).json().get("members")
+    if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
+        raise RequestError(resp.status, "malformed members answer")
+    return members
+
+
+def members_call() -> Call[list[dict[str, Any]]]:
+    """The cluster's members (``GET /v1/members``): name, id, raft, api, role each."""
+    return Call("GET", MEMBERS_PATH, None, False, _decode_members)
+
+
 # -- routing and retries ---------------------------------------------------------------------------
 
 
@@ -304,7 +318,25 @@ class ClientCore:
             self.target = base_url(location)
         except ValueError:
             return False
+        self._learn(self.target)  # a leader added after this client was made
         return True
+
+    def learn(self, members: Sequence[dict[str, Any]]) -> None:
+        """Add the API addresses of ``members`` (a ``/v1/members`` answer) to the endpoints.
+
+        The given endpoints are kept: a client never forgets where it was told to look.
+        """
+        for member in members:
+            api = member.get("api")
+            if isinstance(api, str) and api:
+                try:
+                    self._learn(base_url(api))
+                except ValueError:
+                    continue
+
+    def _learn(self, url: str) -> None:
+        if url not in self.endpoints:
+            self.endpoints.append(url)
 
     def verdict(self, req: Request, resp: Response) -> Verdict:
         """What ``resp`` means; raises OutcomeUnknownError for a write whose seq was forgotten."""

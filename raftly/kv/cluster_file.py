@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+NAME_PATTERN = _NAME
+"""What a node name may be (also for members added at run time)."""
 _MAX_ID = 0x7FFFFFFF
 
 
@@ -191,6 +193,6 @@ def _toml_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-__all__ = ["Address", "ClusterFileError", "ClusterSpec", "NodeSpec", "load_cluster",
+__all__ = ["NAME_PATTERN", "Address", "ClusterFileError", "ClusterSpec", "NodeSpec", "load_cluster",
            "name_to_id", "parse_address", "parse_cluster", "parse_cluster_text",
            "render_cluster"]

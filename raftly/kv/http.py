@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from raftly.core.errors import NotLeader, ProposalDropped
+from raftly.core.types import ConfState
 from raftly.kv.cluster_file import ClusterSpec, NodeSpec
+from raftly.kv.members_http import MembersApi, cluster_view
 from raftly.kv.protocol import (
     ACK_HEADER,
     CLIENT_HEADER,
@@ -99,6 +101,15 @@ class KVApi:
         self.cluster = cluster
         self.node = node
         self.limits = limits or Limits()
+        self.members = MembersApi(self)
+        # Names and API addresses (for redirects) follow the configuration in the log.
+        server.on_conf_change.append(self._conf_changed)
+
+    def _conf_changed(self, conf: ConfState) -> None:
+        self.cluster = cluster_view(self.cluster, conf)
+        own = self.cluster.by_id(self.server.id)
+        if own is not None:
+            self.node = own
 
     @property
     def kv(self) -> KVStateMachine:
@@ -114,6 +125,7 @@ class KVApi:
         app.router.add_get(KV_PATH + "/{key:.+}", self.get)
         app.router.add_put(KV_PATH + "/{key:.+}", self.put)
         app.router.add_delete(KV_PATH + "/{key:.+}", self.delete)
+        self.members.add_routes(app)
         return app
 
     # -- helpers --------------------------------------------------------------------------------
@@ -333,11 +345,13 @@ class KVApi:
     async def status(self, request: web.Request) -> web.Response:
         st = self.server.status()
         leader = self.cluster.by_id(st.leader) if st.leader is not None else None
-        members = []
-        for voter in st.voters:
-            spec = self.cluster.by_id(voter)
-            members.append({"id": self._name(voter), "raft_id": voter,
-                            "api": spec.api.url if spec is not None else None})
+        members: list[dict[str, object]] = []
+        learners: list[dict[str, object]] = []
+        for ids, into in ((st.voters, members), (st.learners, learners)):
+            for node_id in ids:
+                spec = self.cluster.by_id(node_id)
+                into.append({"id": self._name(node_id), "raft_id": node_id,
+                             "api": spec.api.url if spec is not None else None})
         return self._json(200, {
             # Tools compare it with the cluster they mean before reporting on this node.
             "cluster_id": self.cluster.cluster_id,
@@ -356,6 +370,7 @@ class KVApi:
             "snapshot_index": st.snapshot_index,
             "log_bytes": st.log_bytes,
             "members": members,
+            "learners": learners,
             # The driver's counters (fsyncs, entries_persisted, readies): `raftly bench` reads
             # them to show how many entries one fsync carries.
             "stats": dict(self.server.stats),

@@ -8,8 +8,9 @@ safety). So the first start records the identity in ``identity.json`` next to th
 files, and every later start compares: a mismatch is refused before anything on disk changes.
 
 The identity is the cluster id, the node's own name and raft id, and the members the cluster was
-bootstrapped with (name -> raft id). Addresses are not part of it: a node may move. Membership
-changes are not supported yet, so the members never change once recorded.
+bootstrapped with (name -> raft id; none for a node that joined a running cluster). Addresses
+are not part of it: a node may move. Later membership changes live in the Raft log, not here:
+these members only say which bootstrap the directory belongs to.
 
 The default data directory of node NAME is ``NAME`` next to its cluster file: the layout of
 ``raftly cluster up`` (``DIR/cluster.toml``, ``DIR/n1``, ...) is then also ``raftly serve``'s.

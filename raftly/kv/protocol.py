@@ -12,6 +12,9 @@ from typing import Final
 KV_PATH: Final = "/v1/kv"
 """Lists at this path; a key's value at ``KV_PATH/{percent-encoded key}``."""
 STATUS_PATH: Final = "/v1/status"
+MEMBERS_PATH: Final = "/v1/members"
+"""The configuration; ``MEMBERS_PATH/{name}`` removes, ``MEMBERS_PATH/{name}/promote`` promotes."""
+TRANSFER_PATH: Final = "/v1/leader/transfer"
 
 CLIENT_HEADER: Final = "X-Raftly-Client"
 """The client's id (1 to 128 characters); with SEQ_HEADER it makes a write exactly-once."""
@@ -44,5 +47,6 @@ def decode_list_item(item: dict[str, str]) -> tuple[str, bytes]:
     return item["key"], base64.b64decode(item["value_base64"])
 
 
-__all__ = ["ACK_HEADER", "CLIENT_HEADER", "KV_PATH", "RETRY_HEADER", "SEQ_HEADER",
-           "STALE_SEQ_CODE", "STATUS_PATH", "decode_list_item", "encode_list_item"]
+__all__ = ["ACK_HEADER", "CLIENT_HEADER", "KV_PATH", "MEMBERS_PATH", "RETRY_HEADER",
+           "SEQ_HEADER", "STALE_SEQ_CODE", "STATUS_PATH", "TRANSFER_PATH", "decode_list_item",
+           "encode_list_item"]

@@ -16,14 +16,26 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+import aiohttp
 from aiohttp import web
 
 from raftly.core.config import Config
-from raftly.kv.cluster_file import Address, ClusterSpec, NodeSpec, load_cluster
+from raftly.core.types import ConfState
+from raftly.kv.cluster_file import Address, ClusterSpec, NodeSpec, load_cluster, parse_address
 from raftly.kv.http import KVApi, Limits, make_runner
-from raftly.kv.identity import NodeIdentity, check_identity, claim_data_dir
+from raftly.kv.identity import (
+    IdentityError,
+    NodeIdentity,
+    check_identity,
+    claim_data_dir,
+    read_identity,
+)
+from raftly.kv.join import Joined, request_join, stored_conf
+from raftly.kv.members_http import bootstrap_conf, cluster_view
+from raftly.kv.protocol import MEMBERS_PATH, STATUS_PATH
 from raftly.kv.state_machine import KVStateMachine
 from raftly.kv.unsafe_reads import node_api_class
+from raftly.localproc import free_ports
 from raftly.server.server import RaftServer, ServerStopped, wait_for_agreed_leader
 from raftly.server.snapshots import SnapshotSettings
 from raftly.storage import DiskStorage, MemoryStorage, Storage
@@ -45,6 +57,7 @@ class RunningNode:
     runner: web.AppRunner
     api_address: Address
     closed: bool = False
+    watcher: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:
@@ -60,6 +73,10 @@ class RunningNode:
 
     async def close(self) -> None:
         self.closed = True
+        if self.watcher is not None:
+            self.watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.watcher
         await self.server.close()
         await self.runner.cleanup()
 
@@ -67,18 +84,23 @@ class RunningNode:
 async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, transport: Transport,
                      config: Config | None = None, limits: Limits | None = None,
                      api_address: Address | None = None, snapshots: SnapshotStore | None = None,
-                     snapshot: SnapshotSettings | None = None) -> RunningNode:
+                     snapshot: SnapshotSettings | None = None,
+                     bootstrap: bool = True) -> RunningNode:
     """Start the Raft server and the HTTP API of node ``name`` of ``cluster``.
 
     ``api_address`` overrides the cluster file's (tests bind port 0, then publish the real one).
     With ``snapshots``, the log is compacted as ``snapshot`` says (see ``RaftServer``).
+    ``bootstrap=False``: an empty storage stays empty until the leader sends the log (a node
+    that joined a running cluster).
     """
     spec = cluster.node(name)
     limits = limits or Limits()
     snapshot = snapshot or SnapshotSettings()
     server = RaftServer(spec.id, storage=storage, transport=transport,
                         state_machine=KVStateMachine(max_key_bytes=limits.max_key_bytes),
-                        bootstrap=cluster.ids, config=config, snapshots=snapshots,
+                        # A joining node starts empty: no member, so it never campaigns.
+                        bootstrap=bootstrap_conf(cluster) if bootstrap else ConfState(),
+                        config=config, snapshots=snapshots,
                         snapshot_entries=snapshot.entries, snapshot_retain=snapshot.retain)
     api = node_api_class()(server, cluster, spec, limits)
     runner = make_runner(api.app(), limits)
@@ -95,45 +117,189 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
     host, port = runner.addresses[0][:2]
     actual = Address(bind.host if bind.port else str(host), int(port))
     logger.info("node %s (raft id %d) serving the KV API on %s", name, spec.id, actual.url)
-    return RunningNode(spec, server, api, runner, actual)
+    node = RunningNode(spec, server, api, runner, actual)
+    node.watcher = asyncio.create_task(_watch_removal(node), name=f"raftly {name}: removal")
+    return node
 
 
-async def serve(cluster_file: str | Path, node_name: str, data_dir: str | Path, *,
+async def _watch_removal(node: RunningNode) -> None:
+    """Ask the leader whether this node is still a member, while it hears from no leader.
+
+    The leader stops replicating to a node as soon as it appends the configuration that removes
+    it, so a removed follower may never learn of its removal from the log: it only sees the
+    leader fall silent. Then it asks the other members' APIs; a leader that lists the members
+    without it settles it.
+    """
+    server = node.server
+    interval = 2 * server.config.election_timeout
+    silent = 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=interval)) as session:
+        while not server.removed:
+            await asyncio.sleep(interval)
+            silent = silent + 1 if server.leader is None else 0
+            if silent < 2 or server.id not in server.conf.ids:
+                continue
+            for peer in node.api.cluster.nodes:
+                if peer.id != server.id and await _leader_dropped(session, peer.api.url,
+                                                                  node.api.cluster.cluster_id,
+                                                                  server.id):
+                    server.note_removed(f"leader {peer.name} lists the members without it")
+                    break
+
+
+async def _leader_dropped(session: aiohttp.ClientSession, url: str, cluster_id: str,
+                          own: int) -> bool:
+    """Whether the node at ``url`` leads ``cluster_id`` and its members leave out ``own``."""
+    try:
+        async with session.get(url + STATUS_PATH) as resp:
+            status = await resp.json(content_type=None)
+        if status.get("cluster_id") != cluster_id or status.get("role") != "leader":
+            return False
+        async with session.get(url + MEMBERS_PATH) as resp:
+            if resp.status != 200:
+                return False
+            members = (await resp.json(content_type=None))["members"]
+        return bool(members) and all(m["id"] != own for m in members)
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class JoinSpec:
+    """``raftly serve --join``: this node's name and addresses, and where the cluster is."""
+
+    endpoints: tuple[str, ...]
+    name: str
+    raft: Address
+    api: Address
+    learner: bool = False
+    timeout: float = 30.0
+    """How long to keep asking before giving up (JoinError)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Start:
+    """What a node starts as, once its cluster file, join or data dir was read."""
+
+    cluster: ClusterSpec
+    name: str
+    bootstrap: bool
+
+
+async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir: str | Path, *,
+                join: JoinSpec | None = None, raft: Address | None = None,
+                api: Address | None = None,
                 fsync: FsyncPolicy = "always", config: Config | None = None,
                 limits: Limits | None = None, stop: asyncio.Event | None = None,
                 snapshot: SnapshotSettings | None = None,
                 segment_size: int = DEFAULT_SEGMENT_SIZE) -> None:
-    """Run node ``node_name`` of the cluster file until SIGINT or SIGTERM, then stop cleanly.
+    """Run one node until SIGINT or SIGTERM, or until a configuration without it commits.
 
-    Snapshots go to ``data_dir/snapshots`` as ``snapshot`` says; the log's segment files roll
-    at ``segment_size`` bytes (compaction deletes whole segments).
+    The node is node ``node_name`` of ``cluster_file``; or, with ``join``, a new node that
+    asks the cluster to add it; or, with neither, the node whose data ``data_dir`` holds (its
+    name, id, cluster and addresses come from there: ``node_name``, ``raft`` and ``api``, if
+    given, must agree). Snapshots go to ``data_dir/snapshots`` as ``snapshot`` says; the log's
+    segment files roll at ``segment_size`` bytes (compaction deletes whole segments).
 
     ``stop``, when given, is the event to wait for instead of signals (embedding, tests).
-    ``IdentityError`` when ``data_dir`` belongs to another node or cluster (nothing is changed).
+    ``IdentityError`` when ``data_dir`` belongs to another node or cluster, or a flag
+    contradicts it (nothing is changed); ``JoinError`` when the cluster cannot be joined.
     """
-    cluster = load_cluster(cluster_file)
-    spec = cluster.node(node_name)
-    identity, source = NodeIdentity.of(cluster, node_name), f"cluster file {cluster_file}"
+    if join is not None and read_identity(data_dir) is None:
+        joined = await request_join(join.endpoints, join.name, join.raft, join.api,
+                                    learner=join.learner, timeout=join.timeout)
+        cluster = _joined_cluster(joined, join.name, join.raft, join.api)
+        start = _Start(cluster, join.name, bootstrap=False)
+        identity = NodeIdentity(joined.cluster_id, join.name, joined.raft_id, ())
+        source = f"the cluster at {', '.join(join.endpoints)}"
+    elif cluster_file is not None and node_name is not None:
+        cluster = load_cluster(cluster_file)
+        start = _Start(cluster, node_name, bootstrap=True)
+        identity, source = NodeIdentity.of(cluster, node_name), f"cluster file {cluster_file}"
+    else:
+        if join is not None:
+            node_name, raft, api = join.name, join.raft, join.api
+        start, identity = _restart(data_dir, node_name, raft, api)
+        source = f"data dir {data_dir}"
     # Before the storage opens: a refused start must leave the directory as it was.
     check_identity(data_dir, identity, source)
     storage = DiskStorage(data_dir, fsync=fsync, segment_size=segment_size)
     try:
-        # With the storage's lock held, so that two processes cannot both claim the directory.
-        stored = storage.snapshot.conf.voters if storage.bootstrapped else None
-        claim_data_dir(data_dir, identity, source, stored_voters=stored)
+        if start.bootstrap:
+            # With the storage's lock held, so that two processes cannot both claim it.
+            stored = storage.snapshot.conf.voters if storage.bootstrapped else None
+            claim_data_dir(data_dir, identity, source, stored_voters=stored)
+        else:
+            claim_data_dir(data_dir, identity, source)
     except BaseException:
         storage.close()
         raise
-    peers = {n.id: (n.raft.host, n.raft.port) for n in cluster.nodes if n.id != spec.id}
-    transport = TcpTransport(spec.id, listen=(spec.raft.host, spec.raft.port), peers=peers,
-                             cluster_id=cluster.cluster_id)
+    spec = start.cluster.node(start.name)
+    transport = TcpTransport(spec.id, listen=(spec.raft.host, spec.raft.port),
+                             peers=_peers(start.cluster, spec.id),
+                             cluster_id=start.cluster.cluster_id)
     try:
-        node = await start_node(cluster, node_name, storage=storage, transport=transport,
-                                config=config, limits=limits,
+        node = await start_node(start.cluster, start.name, storage=storage, transport=transport,
+                                config=config, limits=limits, bootstrap=start.bootstrap,
                                 snapshots=SnapshotStore(data_dir, fsync=fsync), snapshot=snapshot)
     except BaseException:
         storage.close()
         raise
+    await _run_until_stopped(node, stop)
+
+
+def _joined_cluster(joined: Joined, name: str, raft: Address, api: Address) -> ClusterSpec:
+    """The cluster a joining node starts with: the members the leader named, and itself."""
+    own = NodeSpec(name, joined.raft_id, raft, api)
+    others = tuple(n for n in joined.peers if n.id != joined.raft_id)
+    return ClusterSpec(joined.cluster_id, (own, *others))
+
+
+def _peers(cluster: ClusterSpec, own: int) -> dict[int, tuple[str, int]]:
+    return {n.id: (n.raft.host, n.raft.port) for n in cluster.nodes if n.id != own}
+
+
+def _restart(data_dir: str | Path, name: str | None, raft: Address | None,
+             api: Address | None) -> tuple[_Start, NodeIdentity]:
+    """A node restarted from its data dir alone: who it is comes from there."""
+    identity = read_identity(data_dir)
+    if identity is None:
+        raise IdentityError(f"data dir {data_dir} holds no node: start a new node with "
+                            "--cluster FILE --id NAME, or --join HOST:PORT --id NAME --raft "
+                            "HOST:PORT --api HOST:PORT")
+    # Only a look at the stored configuration, not the node's start: the storage's opening
+    # line is logged once, by the start, and a refusal stays one line.
+    disk_log = logging.getLogger("raftly.storage.disk")
+    level = disk_log.level
+    disk_log.setLevel(logging.WARNING)
+    try:
+        storage = DiskStorage(data_dir, fsync="never")
+        try:
+            conf = stored_conf(storage) if storage.bootstrapped else None
+        finally:
+            storage.close()
+    finally:
+        disk_log.setLevel(level)
+    member = conf.member(identity.raft_id) if conf is not None else None
+    if member is None:
+        raise IdentityError(f"data dir {data_dir}: node {identity.name}'s addresses are not in "
+                            "its stored configuration; start it with its cluster file "
+                            "(--cluster FILE --id NAME)")
+    spec = NodeSpec(identity.name, identity.raft_id, parse_address(member.raft, "raft"),
+                    parse_address(member.api, "api"))
+    for flag, given, stored in (("--id", name, spec.name), ("--raft", raft, spec.raft),
+                                ("--api", api, spec.api)):
+        if given is not None and str(given) != str(stored):
+            raise IdentityError(f"data dir {data_dir} holds node {spec.name} with {flag} "
+                                f"{stored}, not {given}: drop the flag, or give this node a "
+                                "new --data-dir")
+    cluster = cluster_view(ClusterSpec(identity.cluster_id, (spec,)), conf or ConfState())
+    return _Start(cluster, spec.name, bootstrap=False), identity
+
+
+async def _run_until_stopped(node: RunningNode, stop: asyncio.Event | None) -> None:
+    """Serve until ``stop`` (or SIGINT/SIGTERM), a fatal error, or this node's removal."""
+    name = node.name
     signals = (signal.SIGINT, signal.SIGTERM) if stop is None else ()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -141,22 +307,34 @@ async def serve(cluster_file: str | Path, node_name: str, data_dir: str | Path, 
         # Not available on every platform's loop (Windows): then Ctrl-C raises as usual.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    stopping = asyncio.ensure_future(stop.wait())
-    failing = asyncio.ensure_future(node.server.wait_failed())
+    waits = {asyncio.ensure_future(stop.wait()),
+             asyncio.ensure_future(node.server.wait_failed()),
+             asyncio.ensure_future(node.server.wait_removed())}
     try:
-        await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         if node.server.failure is not None:
             # The server already logged the cause; the process must not linger half-alive.
-            raise ServerStopped(f"node {node_name} stopped: {node.server.failure}")
-        logger.info("node %s shutting down", node_name)
+            raise ServerStopped(f"node {name} stopped: {node.server.failure}")
+        if node.server.removed:
+            await _hand_over(node)
+        else:
+            logger.info("node %s shutting down", name)
     finally:
-        stopping.cancel()
-        failing.cancel()
+        for waiting in waits:
+            waiting.cancel()
         for sig in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
         await node.close()
-        logger.info("node %s stopped", node_name)
+        logger.info("node %s stopped", name)
+
+
+async def _hand_over(node: RunningNode) -> None:
+    """A removed leader hands leadership over (the core does it) before its process ends."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + node.server.config.election_timeout
+    while node.server.is_leader and loop.time() < deadline:
+        await asyncio.sleep(node.server.config.tick_interval)
 
 
 class LocalCluster:
@@ -166,13 +344,16 @@ class LocalCluster:
     of TCP. With ``data_dir`` each node keeps a DiskStorage and its snapshots in
     ``data_dir/NAME`` (compacting as ``snapshot`` says); without it, MemoryStorage and no
     snapshots. Use as ``async with LocalCluster(3) as cluster: ...``.
+
+    ``members=True`` (TCP only) chooses free ports before the nodes start, so that the bootstrap
+    configuration carries every member's addresses: membership changes (``add_node``) need them.
     """
 
     def __init__(self, size: int = 3, *, data_dir: str | Path | None = None,
                  transport: Literal["tcp", "memory"] = "tcp", config: Config | None = None,
                  limits: Limits | None = None, fsync: FsyncPolicy = "never",
                  host: str = "127.0.0.1", snapshot: SnapshotSettings | None = None,
-                 segment_size: int = DEFAULT_SEGMENT_SIZE) -> None:
+                 segment_size: int = DEFAULT_SEGMENT_SIZE, members: bool = False) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
         self.size = size
@@ -185,6 +366,9 @@ class LocalCluster:
         self.snapshot = snapshot
         self.segment_size = segment_size
         self.network = MemoryNetwork() if transport == "memory" else None
+        if members and self.network is not None:
+            raise ValueError("members=True needs the TCP transport (addresses)")
+        self.members = members
         self.nodes: list[RunningNode] = []
         self.cluster: ClusterSpec | None = None
 
@@ -198,16 +382,18 @@ class LocalCluster:
     async def start(self) -> None:
         zero = Address(self.host, 0)
         names = [f"n{i}" for i in range(1, self.size + 1)]
+        ports = free_ports(2 * self.size, self.host) if self.members else [0] * (2 * self.size)
         cluster = ClusterSpec("raftly-local-" + secrets.token_hex(4),
-                              tuple(NodeSpec(name, i, zero, zero)
+                              tuple(NodeSpec(name, i, Address(self.host, ports[2 * i - 2]),
+                                             Address(self.host, ports[2 * i - 1]))
                                     for i, name in enumerate(names, start=1)))
         transports: dict[str, Transport] = {}
         for spec in cluster.nodes:
             if self.network is not None:
                 transports[spec.name] = self.network.transport(spec.id)
             else:
-                transports[spec.name] = TcpTransport(spec.id, listen=(self.host, 0), peers={},
-                                                     cluster_id=cluster.cluster_id)
+                transports[spec.name] = TcpTransport(spec.id, listen=(self.host, spec.raft.port),
+                                                     peers={}, cluster_id=cluster.cluster_id)
             node = await self.start_node(cluster, spec.name, transports[spec.name])
             self.nodes.append(node)
         # Every port is known only now: publish the real addresses to the redirects and peers.
@@ -225,8 +411,28 @@ class LocalCluster:
             if isinstance(transport, TcpTransport):
                 transport.set_peers({n.id: (n.raft.host, n.raft.port) for n in real})
 
+    async def add_node(self, name: str, *, learner: bool = False,
+                       timeout: float = 10.0) -> RunningNode:
+        """Start a new empty node ``name`` and have the cluster add it (as ``serve --join``).
+
+        It joins as a learner; the leader promotes it once caught up unless ``learner``.
+        """
+        if not self.members:
+            raise ValueError("add_node needs LocalCluster(members=True)")
+        raft_port, api_port = free_ports(2, self.host)
+        raft, api = Address(self.host, raft_port), Address(self.host, api_port)
+        joined = await request_join([n.url for n in self.nodes if not n.closed], name, raft,
+                                    api, learner=learner, timeout=timeout)
+        cluster = _joined_cluster(joined, name, raft, api)
+        transport = TcpTransport(joined.raft_id, listen=(self.host, raft_port),
+                                 peers=_peers(cluster, joined.raft_id),
+                                 cluster_id=joined.cluster_id)
+        node = await self.start_node(cluster, name, transport, bootstrap=False)
+        self.nodes.append(node)
+        return node
+
     async def start_node(self, cluster: ClusterSpec, name: str,
-                         transport: Transport) -> RunningNode:
+                         transport: Transport, *, bootstrap: bool = True) -> RunningNode:
         """Start (or, after its ``close``, restart from its data dir) node ``name``."""
         storage: Storage = MemoryStorage()
         snapshots = None
@@ -236,7 +442,7 @@ class LocalCluster:
             snapshots = SnapshotStore(self.data_dir / name, fsync=self.fsync)
         return await start_node(cluster, name, storage=storage, transport=transport,
                                 config=self.config, limits=self.limits, snapshots=snapshots,
-                                snapshot=self.snapshot)
+                                snapshot=self.snapshot, bootstrap=bootstrap)
 
     @property
     def urls(self) -> list[str]:
@@ -259,4 +465,4 @@ class LocalCluster:
             await node.close()
 
 
-__all__ = ["LocalCluster", "RunningNode", "serve", "start_node"]
+__all__ = ["JoinSpec", "LocalCluster", "RunningNode", "serve", "start_node"]

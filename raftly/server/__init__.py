@@ -5,6 +5,7 @@
 
 from raftly.server.server import (
     Busy,
+    MembershipError,
     NotLeader,
     OutcomeUnknown,
     ProposalDropped,
@@ -12,11 +13,13 @@ from raftly.server.server import (
     ServerError,
     ServerStatus,
     ServerStopped,
+    TransferTimedOut,
     wait_for_agreed_leader,
 )
 
 __all__ = [
     "Busy",
+    "MembershipError",
     "NotLeader",
     "OutcomeUnknown",
     "ProposalDropped",
@@ -24,5 +27,6 @@ __all__ = [
     "ServerError",
     "ServerStatus",
     "ServerStopped",
+    "TransferTimedOut",
     "wait_for_agreed_leader",
 ]

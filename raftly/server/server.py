@@ -16,17 +16,17 @@ import itertools
 import logging
 import os
 import random
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from raftly.core.config import Config
-from raftly.core.errors import NotLeader, ProposalDropped
+from raftly.core.errors import ConfChangeRefused, NotLeader, ProposalDropped
 from raftly.core.messages import InstallSnapshot, Message
 from raftly.core.node import RaftNode, Ready, Role
 from raftly.core.state_machine import StateMachine, supports_snapshots
-from raftly.core.types import ConfState, Entry, EntryType, NodeId
+from raftly.core.types import ConfChange, ConfState, Entry, EntryType, NodeId
 from raftly.server.snapshots import DEFAULT_SNAPSHOT_ENTRIES, SnapshotManager, SnapshotSettings
 from raftly.storage.base import Storage, StorageError
 from raftly.storage.snapshots import SnapshotStore
@@ -51,6 +51,29 @@ class ServerStopped(ServerError):
     """The server is closed, or stopped after a fatal error (see its log)."""
 
 
+class MembershipError(ServerError):
+    """The leader refused a membership change; nothing changed.
+
+    ``code`` is the core's reason (``ConfChangeRefused.code``): "in_flight", "not_ready",
+    "exists", "unknown", "not_learner", "behind" or "last_voter".
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class TransferTimedOut(ServerError):
+    """The leadership transfer's target did not lead within the timeout."""
+
+
+@runtime_checkable
+class PeerBook(Protocol):
+    """A transport whose peer addresses can change at run time (``TcpTransport``)."""
+
+    def set_peers(self, peers: Mapping[int, tuple[str, int]]) -> None: ...
+
+
 @dataclass(slots=True, frozen=True)
 class ServerStatus:
     id: NodeId
@@ -67,6 +90,8 @@ class ServerStatus:
     """The first log entry held (entries before it are only in the snapshot)."""
     log_bytes: int = 0
     """The log's size in storage."""
+    learners: tuple[NodeId, ...] = ()
+    """The non-voting members of the configuration in use."""
 
 
 @dataclass(slots=True)
@@ -78,7 +103,8 @@ class _Proposal:
 class RaftServer:
     """Runs a ``RaftNode`` with real storage and transport, applying to ``state_machine``.
 
-    ``bootstrap`` is the initial membership, used only if the storage is empty. Call
+    ``bootstrap`` is the initial membership (voter ids, or a whole ``ConfState`` with the
+    members' names and addresses), used only if the storage is empty. Call
     ``await start()`` before anything else and ``await close()`` at the end.
 
     With a ``snapshots`` store and a state machine that has the snapshot hooks
@@ -86,6 +112,10 @@ class RaftServer:
     applied since the last snapshot and keeps ``snapshot_retain`` entries (default: as many)
     behind it; a restart restores the newest snapshot and replays the log after it. Without
     either, the log is never compacted.
+
+    The configuration in use is ``conf``; each time it changes, a transport that can
+    (``PeerBook``) gets the members' Raft addresses, and the ``on_conf_change`` callbacks run.
+    Once a configuration that no longer holds this node commits, ``removed`` is set.
     """
 
     def __init__(
@@ -95,7 +125,7 @@ class RaftServer:
         storage: Storage,
         transport: Transport,
         state_machine: StateMachine,
-        bootstrap: frozenset[NodeId] | None = None,
+        bootstrap: frozenset[NodeId] | ConfState | None = None,
         config: Config | None = None,
         max_pending: int = 50_000,
         rng: random.Random | None = None,
@@ -131,6 +161,13 @@ class RaftServer:
         self._closed = False
         self._role: Role | None = None
         self._leader: NodeId | None = None
+        self._conf = ConfState()
+        # A node only counts as removed after it was a member: a joining node's log holds the
+        # configurations from before it was added.
+        self._was_member = False
+        self._removed = asyncio.Event()
+        self._peer_book: dict[NodeId, tuple[str, int]] = {}
+        self.on_conf_change: list[Callable[[ConfState], None]] = []
         # fsyncs counts the saves that must reach the disk (entries, or a new term or vote).
         self.stats = {"fsyncs": 0, "entries_persisted": 0, "readies": 0}
         settings = SnapshotSettings(snapshot_entries, snapshot_retain)  # validated even if unused
@@ -149,8 +186,9 @@ class RaftServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         if self._bootstrap is not None and not self._storage.bootstrapped:
-            await loop.run_in_executor(self._disk, self._storage.bootstrap,
-                                       ConfState(frozenset(self._bootstrap)))
+            conf = (self._bootstrap if isinstance(self._bootstrap, ConfState)
+                    else ConfState(frozenset(self._bootstrap)))
+            await loop.run_in_executor(self._disk, self._storage.bootstrap, conf)
         state = await loop.run_in_executor(self._disk, self._storage.load)
         restored = None
         if self._snapshots is not None:
@@ -169,6 +207,7 @@ class RaftServer:
         logger.info("node %s starting: term %d, snapshot %d, %d entries, commit %d, members %s",
                     self.id, state.hard_state.term, restored.index if restored else 0,
                     len(state.entries), state.hard_state.commit, sorted(self._node.voters))
+        self._track_conf(self._node)
         sink = self._snapshots.sink if self._snapshots is not None else None
         await self._transport.start(self._on_message, snapshot_sink=sink)
         self._spawn(self._tick_loop(), "ticker")
@@ -248,6 +287,10 @@ class RaftServer:
         if len(self._proposals) >= self._max_pending:
             raise Busy(f"{len(self._proposals)} proposals already pending")
         index = node.propose(command)
+        return await self._await_entry(node, index, timeout)
+
+    async def _await_entry(self, node: RaftNode, index: int, timeout: float | None) -> object:
+        """Wait for this term's entry at ``index`` to be applied; see ``propose``."""
         loop = asyncio.get_running_loop()
         proposal = _Proposal(node.term, loop.create_future())
         earlier = self._proposals.get(index)
@@ -320,13 +363,72 @@ class RaftServer:
         self._check_running().transfer_leadership(target)
         self._wake.set()
 
+    async def transfer_leadership_and_wait(self, target: NodeId, *,
+                                           timeout: float = 10.0) -> None:
+        """Hand leadership to ``target`` and return once this node sees it lead.
+
+        Raises NotLeader (this node does not lead), ValueError (``target`` is not a voter) or
+        TransferTimedOut.
+        """
+        if self.leader == target and (target != self.id or self.is_leader):
+            return
+        self.transfer_leadership(target)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # Polled once a tick: the transfer takes at least a round trip and an election.
+        while not (self.leader == target and self._node is not None
+                   and self._node.role is not Role.LEADER):
+            if loop.time() > deadline:
+                raise TransferTimedOut(f"node {target} did not take the lead within {timeout}s")
+            self._check_running()
+            await asyncio.sleep(self.config.tick_interval)
+
+    async def change_membership(self, change: ConfChange, *, timeout: float | None = 10.0
+                                ) -> int:
+        """Propose ``change`` and return the index of its CONFIG entry once committed.
+
+        Raises NotLeader, MembershipError (refused, nothing changed), ProposalDropped, or
+        OutcomeUnknown on ``timeout`` (the change may still take effect).
+        """
+        node = self._check_running()
+        try:
+            index = node.propose_conf_change(change)
+        except ConfChangeRefused as exc:
+            raise MembershipError(exc.code, str(exc)) from None
+        await self._await_entry(node, index, timeout)
+        return index
+
+    @property
+    def conf(self) -> ConfState:
+        """The configuration in use (the newest in the log, committed or not)."""
+        return self._conf
+
+    @property
+    def removed(self) -> bool:
+        """Whether a committed configuration no longer holds this node."""
+        return self._removed.is_set()
+
+    def note_removed(self, why: str) -> None:
+        """Another member says this node is no longer in the configuration (``why``).
+
+        A removed follower may never receive the entry that removed it: the leader stops
+        replicating to it. Its driver learns it from the cluster instead and reports it here.
+        """
+        if not self._removed.is_set():
+            logger.warning("node %s was removed from the cluster (%s)", self.id, why)
+            self._removed.set()
+
+    async def wait_removed(self) -> None:
+        """Return once a committed configuration no longer holds this node."""
+        await self._removed.wait()
+
     def status(self) -> ServerStatus:
         node = self.node
         st = node.status()
         role = "candidate" if st.role is Role.PRE_CANDIDATE else st.role.value
         return ServerStatus(self.id, role, st.term, st.leader, st.commit, self._applied,
                             st.last_index, tuple(sorted(st.voters)), st.snapshot_index,
-                            st.first_index, self._log_bytes())
+                            st.first_index, self._log_bytes(), tuple(sorted(st.learners)))
 
     def _log_bytes(self) -> int:
         # The disk thread changes the segment list this sums; a read from the loop may be a
@@ -416,6 +518,7 @@ class RaftServer:
                     assert snapshots is not None  # only a leader that snapshots sends one
                     await snapshots.install(rd.snapshot)
                     self._installed(rd.snapshot.index)
+                    self._check_removed(node, rd.snapshot.conf)
                 if rd.must_sync:
                     await loop.run_in_executor(self._disk, self._storage.save, rd.hard_state,
                                                rd.entries)
@@ -427,6 +530,7 @@ class RaftServer:
                     # calls the storage meanwhile: every save is awaited here, in order.
                     self._storage.save(rd.hard_state, ())
                 self.stats["readies"] += 1
+                self._track_conf(node)
                 self._send(rd.messages)
                 if rd.committed_entries:
                     await self._apply(rd.committed_entries)
@@ -443,6 +547,8 @@ class RaftServer:
             result: object = None
             if entry.type is EntryType.COMMAND:
                 result = apply(entry.index, entry.data)
+            elif entry.type is EntryType.CONFIG:
+                self._check_removed(self.node, ConfState.decode(entry.data))
             self._applied = entry.index
             waiting = proposals.pop(entry.index, None)
             if waiting is not None and not waiting.future.done():
@@ -478,6 +584,39 @@ class RaftServer:
             if future is not None and not future.done():
                 future.set_result(rs.index)
 
+    def _track_conf(self, node: RaftNode) -> None:
+        """Follow the configuration in use: peers' addresses, listeners, was-member."""
+        conf = node.conf
+        if conf == self._conf:
+            return
+        self._conf = conf
+        if self.id in conf.voters or self.id in conf.learners:
+            self._was_member = True
+        if conf.members and isinstance(self._transport, PeerBook):
+            # Added, never dropped: a leader being removed still needs the followers' answers
+            # until its removal commits, and they use the new configuration already.
+            self._peer_book.update({m.id: split_host_port(m.raft) for m in conf.members
+                                    if m.raft})
+            self._transport.set_peers(self._peer_book)
+        logger.info("node %s: configuration voters %s, learners %s", self.id,
+                    sorted(conf.voters), sorted(conf.learners))
+        for callback in self.on_conf_change:
+            callback(conf)
+
+    def _check_removed(self, node: RaftNode, committed: ConfState) -> None:
+        """A committed configuration without this node, still the one in use: it is removed.
+
+        (A later configuration in the log may add it back; then it stays.)
+        """
+        self._track_conf(node)
+        if (self._removed.is_set() or not self._was_member or self.id in committed.voters
+                or self.id in committed.learners or self.id in self._conf.voters
+                or self.id in self._conf.learners):
+            return
+        logger.warning("node %s was removed from the cluster (voters now %s)", self.id,
+                       sorted(committed.voters))
+        self._removed.set()
+
     def _note_role_change(self, node: RaftNode) -> None:
         if node.role is not self._role or node.leader != self._leader:
             logger.info("node %s is %s in term %d (leader: %s)", self.id, node.role.value,
@@ -499,6 +638,16 @@ class RaftServer:
         self._apply_waiters.clear()
 
 
+def split_host_port(text: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6host]:port`` as a (host, port) pair; ValueError if malformed."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"not a host:port address: {text!r}")
+    return host, int(port)
+
+
 async def wait_for_agreed_leader(servers: Sequence[RaftServer], timeout: float = 10.0,
                                  poll: float = 0.01) -> RaftServer:
     """The one server of ``servers`` that leads and whose leadership all the others agree on.
@@ -518,5 +667,6 @@ async def wait_for_agreed_leader(servers: Sequence[RaftServer], timeout: float =
         await asyncio.sleep(poll)
 
 
-__all__ = ["Busy", "NotLeader", "OutcomeUnknown", "ProposalDropped", "RaftServer",
-           "ServerError", "ServerStatus", "ServerStopped", "wait_for_agreed_leader"]
+__all__ = ["Busy", "MembershipError", "NotLeader", "OutcomeUnknown", "PeerBook",
+           "ProposalDropped", "RaftServer", "ServerError", "ServerStatus", "ServerStopped",
+           "TransferTimedOut", "split_host_port", "wait_for_agreed_leader"]

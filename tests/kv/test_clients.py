@@ -286,3 +286,21 @@ def test_a_read_that_never_got_an_answer_is_unavailable() -> None:
     now[0] = 2.0
     with pytest.raises(UnavailableError):
         tries.pause()
+
+
+def test_the_client_learns_the_members_api_addresses_and_uses_them_when_its_node_dies(
+        ) -> None:
+    async def main() -> None:
+        async with LocalCluster(3, config=FAST, members=True) as cluster:
+            leader = await cluster.wait_for_leader()
+            n4 = await cluster.add_node("n4")
+            await eventually(lambda: n4.server.id in leader.server.conf.voters, 10.0)
+            async with AsyncClient([leader.url], timeout=10.0) as client:
+                members = await client.members()
+                assert {m["name"] for m in members} == {"n1", "n2", "n3", "n4"}
+                assert n4.url in client._core.endpoints
+                # The one node it was given is gone; the learned ones take the write.
+                await leader.close()
+                assert await client.put("k", b"v") > 0
+
+    run(main())

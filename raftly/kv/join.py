@@ -1,0 +1,132 @@
+"""Joining a running cluster, and where a node's own addresses are kept once it has joined.
+
+``request_join`` asks a cluster, through any member's API, to add this node as a learner
+(``POST /v1/members``, following a follower's redirect to the leader) and returns the cluster
+id and the raft id the leader gave it. ``stored_conf`` reads the configuration a data dir's
+storage holds, so that ``raftly serve --data-dir DIR`` alone can restart a node from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from raftly.core.types import ConfState, EntryType
+from raftly.kv.cluster_file import Address, ClusterFileError, NodeSpec, parse_address
+from raftly.kv.protocol import MEMBERS_PATH
+from raftly.storage.base import Storage
+
+logger = logging.getLogger("raftly.kv.join")
+
+TRANSIENT_CODES = frozenset({"in_flight", "not_ready"})
+"""Refusals that go away on their own (a change still committing, a leader just elected)."""
+MAX_REDIRECTS = 5
+
+
+class JoinError(Exception):
+    """The cluster could not be reached, or refused to add this node (the message says why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    cluster_id: str
+    raft_id: int
+    peers: tuple[NodeSpec, ...] = ()
+    """The members as the leader told them (the joining node needs their addresses to reply
+    before its log holds a configuration)."""
+
+
+async def request_join(endpoints: Sequence[str], name: str, raft: Address, api: Address, *,
+                       learner: bool = False, timeout: float = 30.0) -> Joined:
+    """Have the cluster at ``endpoints`` (``host:port`` or URLs) add this node as a learner.
+
+    Retries unreachable nodes, "no leader" and transient refusals until ``timeout``; raises
+    JoinError at once on a definite refusal (name or address in use, bad input). A learner
+    already in the configuration under this very name and both addresses is this node, added
+    before (``raftly member add``, or a join whose answer was lost): it is adopted. A learner
+    never voted, so a node that lost its disk rejoining as one forgets nothing that matters.
+    """
+    body = {"name": name, "raft": str(raft), "api": str(api), "learner": learner}
+    urls = [e if "://" in e else f"http://{e}" for e in endpoints]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last = "no answer"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10.0)) as session:
+        while True:
+            for url in urls:
+                try:
+                    status, answer = await _post(session, url.rstrip("/") + MEMBERS_PATH, body)
+                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                    last = f"{url}: {exc or type(exc).__name__}"
+                    continue
+                if status == 200:
+                    return _joined(answer, answer["member"], answer)
+                code, error = answer.get("code"), answer.get("error", f"HTTP {status}")
+                if status == 409 and code == "exists":
+                    adopted = await _adopt(session, url, name, raft, api)
+                    if adopted is not None:
+                        return adopted
+                if status >= 500 or code in TRANSIENT_CODES:
+                    last = f"{url}: {error}"
+                    continue
+                raise JoinError(f"the cluster refused to add {name}: {error}")
+            if loop.time() > deadline:
+                raise JoinError(f"could not join the cluster at {', '.join(endpoints)} within "
+                                f"{timeout:g}s (last: {last})")
+            await asyncio.sleep(0.5)
+
+
+async def _post(session: aiohttp.ClientSession, url: str, body: dict[str, object]
+                ) -> tuple[int, dict[str, Any]]:
+    for _ in range(MAX_REDIRECTS):
+        async with session.post(url, json=body, allow_redirects=False) as resp:
+            answer = await resp.json(content_type=None)
+            if resp.status == 307 and "Location" in resp.headers:
+                url = resp.headers["Location"]
+                continue
+            if not isinstance(answer, dict):
+                raise ValueError(f"unexpected answer {answer!r}")
+            return resp.status, answer
+    raise ValueError("too many redirects")
+
+
+def _joined(answer: dict[str, Any], member: dict[str, Any], status: dict[str, Any]) -> Joined:
+    """What a join answer (or a members list and a status) says; ValueError if malformed."""
+    try:
+        peers = tuple(NodeSpec(str(m["name"]), int(m["id"]), parse_address(m["raft"], "raft"),
+                               parse_address(m["api"], "api")) for m in answer["members"])
+        return Joined(str(status["cluster_id"]), int(member["id"]), peers)
+    except (KeyError, TypeError, ClusterFileError) as exc:
+        raise ValueError(f"malformed answer from the cluster: {exc}") from None
+
+
+async def _adopt(session: aiohttp.ClientSession, url: str, name: str, raft: Address,
+                 api: Address) -> Joined | None:
+    async with session.get(url.rstrip("/") + MEMBERS_PATH) as resp:
+        answer = await resp.json(content_type=None)
+    async with session.get(url.rstrip("/") + "/v1/status") as resp:
+        status = await resp.json(content_type=None)
+    for member in answer.get("members", []):
+        if (member.get("name") == name and member.get("raft") == str(raft)
+                and member.get("api") == str(api) and member.get("role") == "learner"):
+            logger.info("%s is a learner of the cluster already (raft id %s): adopting it",
+                        name, member["id"])
+            return _joined(answer, member, status)
+    return None
+
+
+def stored_conf(storage: Storage) -> ConfState:
+    """The newest configuration in ``storage`` (its log, else its log start's)."""
+    state = storage.load()
+    for entry in reversed(state.entries):
+        if entry.type is EntryType.CONFIG:
+            return ConfState.decode(entry.data)
+    return state.snapshot.conf
+
+
+__all__ = ["JoinError", "Joined", "request_join", "stored_conf"]
