@@ -213,6 +213,12 @@ class RaftNode:
         return HardState(self.term, self.vote, self.log.commit)
 
     @property
+    def conf_committed(self) -> bool:
+        """Whether the configuration in use is committed (it is used from when it is appended,
+        and an uncommitted one may still be undone by a new leader)."""
+        return self._conf_index <= self.log.commit
+
+    @property
     def is_leader(self) -> bool:
         return self.role is Role.LEADER
 

@@ -112,10 +112,11 @@ class MembersApi:
         members = [member_json(m, conf) for m in conf.members]
         if not members:  # no addresses in the log (an in-process cluster): ids and the file's
             members = [self._json_of_id(i, conf) for i in sorted(conf.ids)]
-        # The index this view is current as of (the configuration may hold a change not yet
-        # committed: Raft uses a configuration as soon as it is in the log).
+        # The index this view is current as of, and whether it is committed: Raft uses a
+        # configuration as soon as it is in the log, and a new leader may still undo it.
         index = self.api.server.status().commit_index
-        return self.api._json(200, {"members": members, "index": index})
+        return self.api._json(200, {"members": members, "index": index,
+                                    "committed": self.api.server.node.conf_committed})
 
     def _json_of_id(self, node_id: int, conf: ConfState) -> dict[str, object]:
         spec = self.api.cluster.by_id(node_id)

@@ -158,8 +158,11 @@ async def _leader_dropped(session: aiohttp.ClientSession, url: str, cluster_id: 
         async with session.get(url + MEMBERS_PATH) as resp:
             if resp.status != 200:
                 return False
-            members = (await resp.json(content_type=None))["members"]
-        return bool(members) and all(m["id"] != own for m in members)
+            body = await resp.json(content_type=None)
+        # Only a committed configuration settles it: an uncommitted removal may be undone.
+        members = body["members"]
+        return body.get("committed") is True and bool(members) and all(
+            m["id"] != own for m in members)
     except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
         return False
 

@@ -243,3 +243,13 @@ def test_removed_leader_does_not_count_its_own_entries() -> None:
     assert leader.log.commit < index  # 2 of {2, 3} is not a majority without the leader
     leader.step(ack(leader, 3, index))
     assert leader.role is Role.FOLLOWER
+
+
+def test_conf_committed_says_whether_the_configuration_in_use_is_committed() -> None:
+    leader = leader_with()
+    assert leader.conf_committed
+    index = leader.propose_conf_change(change(ADD, 4))
+    flush(leader)
+    assert not leader.conf_committed  # in use from the moment it is appended
+    leader.step(ack(leader, 2, index))
+    assert leader.conf_committed

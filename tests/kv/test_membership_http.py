@@ -53,6 +53,7 @@ def test_an_added_node_catches_up_is_promoted_and_every_node_lists_it() -> None:
                                        "n4": "voter"}
                 (entry,) = [m for m in body["members"] if m["name"] == "n4"]
                 assert entry["api"] == str(n4.api_address) and entry["id"] == n4.server.id
+                assert body["committed"] is True
             # n4 learned the others' addresses from the log: it redirects writes to the leader.
             if not n4.server.is_leader:
                 status, _, headers = await call(s, "PUT", n4.url + "/v1/kv/x", data=b"1")
