@@ -47,9 +47,10 @@ async def request_join(endpoints: Sequence[str], name: str, raft: Address, api: 
 
     Retries unreachable nodes, "no leader" and transient refusals until ``timeout``; raises
     JoinError at once on a definite refusal (name or address in use, bad input). A learner
-    already in the configuration under this very name and both addresses is this node, added
-    before (``raftly member add``, or a join whose answer was lost): it is adopted. A learner
-    never voted, so a node that lost its disk rejoining as one forgets nothing that matters.
+    already in the configuration under this very name and both addresses that never took an
+    entry is this node, added before (``raftly member add``, or a join whose answer was lost):
+    the leader answers as if it had just added it. One that took entries is refused: it may be
+    this node after a lost disk, and must be removed and join as a new member.
     """
     body = {"name": name, "raft": str(raft), "api": str(api), "learner": learner}
     urls = [e if "://" in e else f"http://{e}" for e in endpoints]
@@ -67,10 +68,6 @@ async def request_join(endpoints: Sequence[str], name: str, raft: Address, api: 
                 if status == 200:
                     return _joined(answer, answer["member"], answer)
                 code, error = answer.get("code"), answer.get("error", f"HTTP {status}")
-                if status == 409 and code == "exists":
-                    adopted = await _adopt(session, url, name, raft, api)
-                    if adopted is not None:
-                        return adopted
                 if status >= 500 or code in TRANSIENT_CODES:
                     last = f"{url}: {error}"
                     continue
@@ -103,21 +100,6 @@ def _joined(answer: dict[str, Any], member: dict[str, Any], status: dict[str, An
         return Joined(str(status["cluster_id"]), int(member["id"]), peers)
     except (KeyError, TypeError, ClusterFileError) as exc:
         raise ValueError(f"malformed answer from the cluster: {exc}") from None
-
-
-async def _adopt(session: aiohttp.ClientSession, url: str, name: str, raft: Address,
-                 api: Address) -> Joined | None:
-    async with session.get(url.rstrip("/") + MEMBERS_PATH) as resp:
-        answer = await resp.json(content_type=None)
-    async with session.get(url.rstrip("/") + "/v1/status") as resp:
-        status = await resp.json(content_type=None)
-    for member in answer.get("members", []):
-        if (member.get("name") == name and member.get("raft") == str(raft)
-                and member.get("api") == str(api) and member.get("role") == "learner"):
-            logger.info("%s is a learner of the cluster already (raft id %s): adopting it",
-                        name, member["id"])
-            return _joined(answer, member, status)
-    return None
 
 
 def stored_conf(storage: Storage) -> ConfState:

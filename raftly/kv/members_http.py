@@ -152,8 +152,24 @@ class MembersApi:
             return self.api._error(400, f"id must be an integer from 1 to {_MAX_ID}")
         member = Member(node_id, name, str(addresses["raft"]), str(addresses["api"]),
                         promote=not learner)
+        added = self._added_untouched(member)
+        if added is not None:
+            return self._changed(self.api.server.status().commit_index, added)
         return await self._change(request, ConfChange(ConfChangeType.ADD_LEARNER, member),
                                   member)
+
+    def _added_untouched(self, member: Member) -> Member | None:
+        """The learner of this name and addresses, if it was added before (``raftly member
+        add``, or a join whose answer was lost) and has never taken an entry from us: adding it
+        again is then the same request. One that took entries may have lost its disk, and the
+        leader's record of what it holds would be a lie: it must be removed and join anew."""
+        conf = self._conf
+        known = conf.by_name(member.name)
+        if (known is None or known.id not in conf.learners or known.raft != member.raft
+                or known.api != member.api):
+            return None
+        progress = self.api.server.node.progress(known.id)
+        return known if progress is not None and progress.match == 0 else None
 
     def _fresh_id(self) -> int:
         # Random rather than a hash of the name: a re-added name must be a new node to Raft,
@@ -237,6 +253,9 @@ class MembersApi:
                                    {"Retry-After": "1"})
         except (OutcomeUnknown, ServerStopped) as exc:
             return self.api._error(504, f"outcome unknown: {exc}")
+        return self._changed(index, member)
+
+    def _changed(self, index: int, member: Member) -> web.Response:
         conf = self._conf
         now = conf.member(member.id) or member
         # The cluster id and the members let a joining node (``raftly serve --join``) answer

@@ -13,6 +13,7 @@ from polling import eventually
 
 from raftly.kv.http import Limits
 from raftly.kv.service import LocalCluster, RunningNode
+from raftly.localproc import free_ports
 
 QUICK = Limits(write_timeout=2.0)
 
@@ -78,6 +79,33 @@ def test_a_learner_added_as_such_stays_a_learner_and_is_promoted_on_request() ->
             assert n4.server.id in leader.server.conf.voters
             status, body, _ = await post(s, leader.url + "/v1/members/n4/promote")
             assert status == 409 and body["code"] == "not_learner", body
+
+    run(main())
+
+
+def test_adding_a_learner_again_is_the_same_request_until_it_took_entries() -> None:
+    async def main() -> None:
+        async with LocalCluster(3, config=FAST, members=True) as cluster, \
+                aiohttp.ClientSession() as s:
+            leader = await cluster.wait_for_leader()
+            # Added ahead of its start (`raftly member add`, then `serve --join`): asking again
+            # is answered with the same member, never a second one.
+            ports = free_ports(2)
+            body = {"name": "n5", "raft": f"127.0.0.1:{ports[0]}",
+                    "api": f"127.0.0.1:{ports[1]}", "learner": True}
+            status, first, _ = await post(s, leader.url + "/v1/members", body)
+            assert status == 200, first
+            status, again, _ = await post(s, leader.url + "/v1/members", body)
+            assert status == 200 and again["member"]["id"] == first["member"]["id"], again
+            # One that took entries may since have lost its disk: the leader's record of what
+            # it holds would be wrong for a wiped node reusing the id. Refused.
+            n4 = await cluster.add_node("n4", learner=True)
+            await write_keys(s, leader, 3)
+            await eventually(lambda: n4.kv.get("k2") == b"2", 10.0, "learner caught up")
+            status, refused, _ = await post(s, leader.url + "/v1/members", {
+                "name": "n4", "raft": str(n4.spec.raft), "api": str(n4.api_address),
+                "learner": True})
+            assert status == 409 and refused["code"] == "exists", refused
 
     run(main())
 
