@@ -132,12 +132,14 @@ async def _watch_removal(node: RunningNode) -> None:
     """
     server = node.server
     interval = 2 * server.config.election_timeout
-    silent = 0
+    loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=interval)) as session:
         while not server.removed:
             await asyncio.sleep(interval)
-            silent = silent + 1 if server.leader is None else 0
-            if silent < 2 or server.id not in server.conf.ids:
+            # Silence, not "no leader": a learner never campaigns, so it keeps naming the
+            # leader that stopped talking to it.
+            silent = loop.time() - server.last_leader_contact > 2 * interval
+            if not silent or server.id not in server.conf.ids:
                 continue
             for peer in node.api.cluster.nodes:
                 if peer.id != server.id and await _leader_dropped(session, peer.api.url,

@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from raftly.core.config import Config
 from raftly.core.errors import ConfChangeRefused, NotLeader, ProposalDropped
-from raftly.core.messages import InstallSnapshot, Message
+from raftly.core.messages import AppendEntries, Heartbeat, InstallSnapshot, Message
 from raftly.core.node import RaftNode, Ready, Role
 from raftly.core.state_machine import StateMachine, supports_snapshots
 from raftly.core.types import ConfChange, ConfState, Entry, EntryType, NodeId
@@ -143,6 +143,7 @@ class RaftServer:
         self._rng = rng
         self._node: RaftNode | None = None
         self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raftly-disk-{node_id}")
+        self._last_leader_contact = 0.0
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._proposals: dict[int, _Proposal] = {}
@@ -185,6 +186,7 @@ class RaftServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self._last_leader_contact = loop.time()
         if self._bootstrap is not None and not self._storage.bootstrapped:
             conf = (self._bootstrap if isinstance(self._bootstrap, ConfState)
                     else ConfState(frozenset(self._bootstrap)))
@@ -446,6 +448,12 @@ class RaftServer:
     def leader(self) -> NodeId | None:
         return self._node.leader if self._node is not None else None
 
+    @property
+    def last_leader_contact(self) -> float:
+        """The event loop's time of the last message a leader sent this node (its start if
+        none): a learner keeps naming a leader that went silent, as it never campaigns."""
+        return self._last_leader_contact
+
     # -- the driver -----------------------------------------------------------------------------
 
     def _on_message(self, msg: Message) -> None:
@@ -464,6 +472,9 @@ class RaftServer:
         if isinstance(msg, InstallSnapshot):
             assert self._snapshots is not None  # checked above
             self._snapshots.settle(self._node)
+        if isinstance(msg, (AppendEntries, Heartbeat, InstallSnapshot)) and (
+                msg.src == self._node.leader):
+            self._last_leader_contact = asyncio.get_running_loop().time()
         self._send_early()
         self._wake.set()
 

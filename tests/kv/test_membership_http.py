@@ -128,6 +128,22 @@ def test_removing_a_follower_stops_it_and_shrinks_the_configuration() -> None:
     run(main())
 
 
+def test_a_removed_learner_learns_it_was_removed() -> None:
+    async def main() -> None:
+        async with LocalCluster(3, config=FAST, members=True) as cluster, \
+                aiohttp.ClientSession() as s:
+            leader = await cluster.wait_for_leader()
+            n4 = await cluster.add_node("n4", learner=True)
+            await write_keys(s, leader, 2)
+            await eventually(lambda: n4.kv.get("k1") == b"1", 10.0, "learner caught up")
+            status, body, _ = await post(s, f"{leader.url}/v1/members/n4", method="DELETE")
+            assert status == 200, body
+            # A learner never campaigns, so it still names the leader that fell silent.
+            await eventually(lambda: n4.server.removed, 10.0, "the removed learner knows")
+
+    run(main())
+
+
 def test_removing_the_leader_hands_over_and_the_rest_keep_serving() -> None:
     async def main() -> None:
         async with LocalCluster(3, config=FAST, members=True) as cluster, \
