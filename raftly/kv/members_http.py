@@ -112,6 +112,15 @@ class MembersApi:
         members = [member_json(m, conf) for m in conf.members]
         if not members:  # no addresses in the log (an in-process cluster): ids and the file's
             members = [self._json_of_id(i, conf) for i in sorted(conf.ids)]
+        node = self.api.server.node
+        if node.is_leader:
+            # How far the leader knows each member's log to match its own: a member it has
+            # entries from must never come back with an empty data dir (see serve).
+            for entry in members:
+                node_id = entry["id"]
+                progress = node.progress(node_id) if isinstance(node_id, int) else None
+                if progress is not None:
+                    entry["match"] = progress.match
         # The index this view is current as of, and whether it is committed: Raft uses a
         # configuration as soon as it is in the log, and a new leader may still undo it.
         index = self.api.server.status().commit_index

@@ -221,6 +221,8 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
         cluster = load_cluster(cluster_file)
         start = _Start(cluster, node_name, bootstrap=True)
         identity, source = NodeIdentity.of(cluster, node_name), f"cluster file {cluster_file}"
+        if read_identity(data_dir) is None:
+            await _refuse_a_lost_disk(cluster, node_name, data_dir)
     else:
         if join is not None:
             node_name, raft, api = join.name, join.raft, join.api
@@ -251,6 +253,36 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
         storage.close()
         raise
     await _run_until_stopped(node, stop)
+
+
+async def _refuse_a_lost_disk(cluster: ClusterSpec, name: str, data_dir: str | Path) -> None:
+    """Refuse to start ``name`` on an empty data dir if the cluster's leader holds entries
+    acknowledged by it: that node lost its disk, and with it its votes (it could vote twice in
+    a term and elect two leaders). A first start, or a cluster not running, passes."""
+    own = cluster.node(name)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0)) as session:
+        for peer in cluster.nodes:
+            if peer.name == name:
+                continue
+            try:
+                async with session.get(peer.api.url + STATUS_PATH) as resp:
+                    status = await resp.json(content_type=None)
+                leader_api = status.get("leader_api")
+                if status.get("cluster_id") != cluster.cluster_id or not leader_api:
+                    continue
+                async with session.get(leader_api + MEMBERS_PATH) as resp:
+                    members = (await resp.json(content_type=None))["members"]
+            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+                continue
+            for member in members:
+                if member.get("id") == own.id and member.get("match", 0) > 0:
+                    raise IdentityError(
+                        f"node {name} holds entries of cluster {cluster.cluster_id} (its leader "
+                        f"has them up to index {member['match']}), but its data dir {data_dir} "
+                        "is empty: a node that lost its disk forgot its votes and must not "
+                        f"come back under its old id. Remove it (raftly member remove {name}) "
+                        "and start it as a new member (raftly serve --join ...)")
+            return
 
 
 def _joined_cluster(joined: Joined, name: str, raft: Address, api: Address) -> ClusterSpec:

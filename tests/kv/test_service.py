@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,9 +12,11 @@ from pathlib import Path
 
 import pytest
 from kv_helpers import FAST, run
+from polling import eventually
 
 from raftly.kv.client import AsyncClient, Client, UnavailableError
 from raftly.kv.cluster_file import ClusterFileError
+from raftly.kv.identity import IdentityError
 from raftly.kv.service import serve
 from raftly.localproc import free_ports
 
@@ -62,6 +65,40 @@ def test_three_nodes_from_a_cluster_file_survive_a_full_restart(tmp_path: Path) 
         await asyncio.gather(*tasks)
 
     run(main())
+
+
+def test_a_node_that_lost_its_disk_is_refused_under_its_old_id(tmp_path: Path) -> None:
+    cluster_file = tmp_path / "cluster.toml"
+    names = ["n1", "n2", "n3"]
+    endpoints = write_cluster_file(cluster_file, names)
+
+    async def main() -> None:
+        stops = {name: asyncio.Event() for name in names}
+        tasks = {name: asyncio.create_task(serve(cluster_file, name, tmp_path / name,
+                                                 fsync="never", config=FAST, stop=stops[name]))
+                 for name in names}
+        try:
+            async with AsyncClient(endpoints, timeout=10) as kv:
+                await kv.put("k", b"v")
+                for endpoint in endpoints:  # every node took the write: the leader knows it
+                    await eventually(lambda e=endpoint: _applied(kv, e, 2),
+                                     what=f"{endpoint} applied the write")
+            stops["n3"].set()
+            await tasks.pop("n3")
+            shutil.rmtree(tmp_path / "n3")  # the disk is gone, and its votes with it
+            with pytest.raises(IdentityError, match=r"n3 holds entries .* lost its disk"):
+                await serve(cluster_file, "n3", tmp_path / "n3", fsync="never", config=FAST)
+            assert not (tmp_path / "n3").exists() or not any((tmp_path / "n3").iterdir())
+        finally:
+            for stop in stops.values():
+                stop.set()
+            await asyncio.gather(*tasks.values())
+
+    run(main())
+
+
+async def _applied(kv: AsyncClient, endpoint: str, index: int) -> bool:
+    return bool((await kv.status(endpoint))["applied_index"] >= index)
 
 
 def test_serve_refuses_an_unknown_node(tmp_path: Path) -> None:
