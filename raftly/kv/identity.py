@@ -42,6 +42,10 @@ class NodeIdentity:
     raft_id: int
     members: tuple[tuple[str, int], ...]
     """The bootstrap members, (name, raft id) sorted by name."""
+    joined: tuple[tuple[str, int, str, str], ...] = ()
+    """For a node that joined: the cluster as the join's answer described it, itself included,
+    (name, raft id, raft address, api address). Until its log holds the configuration that
+    added it, this is all a restart has to find itself and its peers by."""
 
     @classmethod
     def of(cls, cluster: ClusterSpec, name: str) -> NodeIdentity:
@@ -51,22 +55,26 @@ class NodeIdentity:
                    tuple(sorted((n.name, n.id) for n in cluster.nodes)))
 
     def to_json(self) -> str:
-        return json.dumps({"cluster_id": self.cluster_id, "name": self.name,
-                           "raft_id": self.raft_id, "members": dict(self.members)},
-                          indent=2) + "\n"
+        data: dict[str, object] = {"cluster_id": self.cluster_id, "name": self.name,
+                                   "raft_id": self.raft_id, "members": dict(self.members)}
+        if self.joined:
+            data["joined"] = [list(node) for node in self.joined]
+        return json.dumps(data, indent=2) + "\n"
 
     @classmethod
     def from_json(cls, text: str, source: str) -> NodeIdentity:
         try:
             data = json.loads(text)
             members = data["members"]
+            joined = tuple((str(n), i, str(r), str(a)) for n, i, r, a in data.get("joined", []))
             identity = cls(data["cluster_id"], data["name"], data["raft_id"],
-                           tuple(sorted((str(k), v) for k, v in members.items())))
+                           tuple(sorted((str(k), v) for k, v in members.items())), joined)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise IdentityError(f"{source}: not a valid identity file ({exc})") from None
         if (not isinstance(identity.cluster_id, str) or not isinstance(identity.name, str)
                 or type(identity.raft_id) is not int
-                or not all(type(i) is int for _, i in identity.members)):
+                or not all(type(i) is int for _, i in identity.members)
+                or not all(type(i) is int for _, i, _, _ in identity.joined)):
             raise IdentityError(f"{source}: not a valid identity file")
         return identity
 

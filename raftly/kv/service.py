@@ -215,7 +215,8 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
                                     learner=join.learner, timeout=join.timeout)
         cluster = _joined_cluster(joined, join.name, join.raft, join.api)
         start = _Start(cluster, join.name, bootstrap=False)
-        identity = NodeIdentity(joined.cluster_id, join.name, joined.raft_id, ())
+        identity = NodeIdentity(joined.cluster_id, join.name, joined.raft_id, (), tuple(
+            (n.name, n.id, str(n.raft), str(n.api)) for n in cluster.nodes))
         source = f"the cluster at {', '.join(join.endpoints)}"
     elif cluster_file is not None and node_name is not None:
         cluster = load_cluster(cluster_file)
@@ -318,19 +319,29 @@ def _restart(data_dir: str | Path, name: str | None, raft: Address | None,
     finally:
         disk_log.setLevel(level)
     member = conf.member(identity.raft_id) if conf is not None else None
-    if member is None:
+    joined = tuple(NodeSpec(n, i, parse_address(r, "raft"), parse_address(a, "api"))
+                   for n, i, r, a in identity.joined)
+    if member is not None:
+        spec = NodeSpec(identity.name, identity.raft_id, parse_address(member.raft, "raft"),
+                        parse_address(member.api, "api"))
+    elif any(n.id == identity.raft_id for n in joined):
+        # Joined, but stopped before its log held the configuration that added it.
+        spec = next(n for n in joined if n.id == identity.raft_id)
+    else:
         raise IdentityError(f"data dir {data_dir}: node {identity.name}'s addresses are not in "
                             "its stored configuration; start it with its cluster file "
                             "(--cluster FILE --id NAME)")
-    spec = NodeSpec(identity.name, identity.raft_id, parse_address(member.raft, "raft"),
-                    parse_address(member.api, "api"))
     for flag, given, stored in (("--id", name, spec.name), ("--raft", raft, spec.raft),
                                 ("--api", api, spec.api)):
         if given is not None and str(given) != str(stored):
             raise IdentityError(f"data dir {data_dir} holds node {spec.name} with {flag} "
                                 f"{stored}, not {given}: drop the flag, or give this node a "
                                 "new --data-dir")
-    cluster = cluster_view(ClusterSpec(identity.cluster_id, (spec,)), conf or ConfState())
+    others = tuple(n for n in joined if n.id != spec.id)
+    cluster = cluster_view(ClusterSpec(identity.cluster_id, (spec, *others)), conf or ConfState())
+    if cluster.by_id(spec.id) is None:  # a configuration from before it joined
+        cluster = replace(cluster, nodes=tuple(sorted((*cluster.nodes, spec),
+                                                      key=lambda n: n.name)))
     return _Start(cluster, spec.name, bootstrap=False), identity
 
 

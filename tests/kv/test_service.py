@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,11 +15,13 @@ import pytest
 from kv_helpers import FAST, run
 from polling import eventually
 
+from raftly.core.types import ConfState
 from raftly.kv.client import AsyncClient, Client, UnavailableError
-from raftly.kv.cluster_file import ClusterFileError
-from raftly.kv.identity import IdentityError
-from raftly.kv.service import serve
+from raftly.kv.cluster_file import Address, ClusterFileError, NodeSpec
+from raftly.kv.identity import IdentityError, NodeIdentity, claim_data_dir
+from raftly.kv.service import _restart, serve
 from raftly.localproc import free_ports
+from raftly.storage import DiskStorage
 
 
 def write_cluster_file(path: Path, names: list[str]) -> list[str]:
@@ -148,3 +151,22 @@ def test_sigterm_stops_a_node_cleanly_and_data_survives(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_joined_node_restarts_from_its_data_dir_before_its_log_names_it(
+        tmp_path: Path) -> None:
+    # It stopped after the cluster added it, but before the entry that did reached its log
+    # (a long first snapshot, say): what the join answered is all it has to go by.
+    peer = NodeSpec("n1", 1, Address("127.0.0.1", 7001), Address("127.0.0.1", 8001))
+    own = NodeSpec("n4", 12345, Address("127.0.0.1", 7004), Address("127.0.0.1", 8004))
+    identity = NodeIdentity("raftly-x", "n4", 12345, (), tuple(
+        (n.name, n.id, str(n.raft), str(n.api)) for n in (peer, own)))
+    storage = DiskStorage(tmp_path, fsync="never")
+    claim_data_dir(tmp_path, identity, "a join")
+    storage.bootstrap(ConfState())
+    storage.close()
+    start, again = _restart(tmp_path, None, None, None)
+    assert again == identity
+    assert start.cluster.node("n4") == own and start.cluster.node("n1") == peer
+    with pytest.raises(IdentityError, match=re.escape("--raft 127.0.0.1:7004, not 127.0.0.1:7999")):
+        _restart(tmp_path, None, Address("127.0.0.1", 7999), None)
