@@ -136,8 +136,9 @@ def _membership_schedule(rng: random.Random, start: int, duration: float,
             break
         op = rng.choice(ops)
         size += {"add": 1, "remove": -1}.get(op, 0)
-        faults.append(Fault(round(t, 3), round(rng.uniform(*hold), 3), "membership", op, (),
-                            0, pick=round(rng.random(), 6)))
+        settle = min(rng.uniform(*hold), duration - t)
+        faults.append(Fault(round(t, 3), round(settle, 3), "membership", op, (), 0,
+                            pick=round(rng.random(), 6)))
         t += faults[-1].duration + 2 * rng.uniform(*gap)
     return faults
 

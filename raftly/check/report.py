@@ -76,10 +76,10 @@ def describe_fault(f: str, value: object) -> str:
         how = f" ({value['cut']})" if "cut" in value else ""
         return f"partition {value.get('mode', '')}{how}: {groups}"
     if f == "membership" and "op" in value:
-        changes = " ".join([f"+{value['added']}"] if "added" in value else []) + (
-            f" -{value['removed']}" if "removed" in value else "")
-        extra = "".join(f"; {k} {value[k]}" for k in ("transfer", "problem") if k in value)
-        return f"membership {value['op']}:{' ' if changes else ''}{changes.strip()}{extra}"
+        parts = [f"+{value['added']}"] if "added" in value else []
+        parts += [f"-{value['removed']}"] if "removed" in value else []
+        parts += [f"({k} {value[k]})" for k in ("transfer", "skipped", "problem") if k in value]
+        return " ".join([f"membership {value['op']}", *parts])
     if "nodes" in value:
         aim = " (leader)" if value.get("mode") == "leader" else ""
         return f"{f} {' '.join(value['nodes'])}{aim}"
