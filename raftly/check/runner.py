@@ -394,7 +394,12 @@ async def _recover(pool: ClientPool, cluster: ProcessCluster, nlog: NemesisLog,
     nlog.note("recovered" if leader else "not recovered", {"leader": leader})
     final, problems = await final_reads(pool, cluster, leader, keys)
     if leader is None:
-        problems.insert(0, f"no agreed leader {timeout:g}s after the heal")
+        # What each node says, so that a stuck cluster shows where it is stuck.
+        statuses = await asyncio.to_thread(cluster.statuses)
+        said = ", ".join(f"{n}: " + (f"{s.get('role')} term {s.get('term')} leader "
+                                     f"{s.get('leader')}" if s else "no answer")
+                         for n, s in statuses.items())
+        problems.insert(0, f"no agreed leader {timeout:g}s after the heal ({said})")
     return final, problems
 
 
