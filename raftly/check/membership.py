@@ -95,14 +95,15 @@ class ClusterMembers(Target):
         return name
 
     async def _role(self, name: str) -> tuple[str | None, str]:
-        """``name``'s role in the configuration a member reports, and what was seen."""
+        """``name``'s role in the configuration a member reports (``absent`` when it is not a
+        member, None when no member answered), and what was seen."""
         status, answer = await self.call("GET", MEMBERS_PATH, timeout=2.0)
         if status != 200:
             return None, f"members list: {answer.get('error', status)}"
         for m in answer.get("members", []):
             if m.get("name") == name:
                 return m.get("role"), f"{name} is a {m.get('role')}"
-        return None, f"{name} not a member yet"
+        return "absent", f"{name} not a member"
 
     async def _give_up(self, name: str, why: str) -> None:
         """A node that did not join: stop it, take it out of the configuration if it got in
@@ -150,6 +151,8 @@ class ClusterMembers(Target):
             if status == 409 and answer.get("code") not in _TRANSIENT:
                 break
             await asyncio.sleep(0.3)
+        if (await self._role(name))[0] == "absent":
+            return  # an attempt whose answer was lost (504, a timeout) did commit
         raise MembershipProblem(f"node {name} could not be removed ({last})")
 
     async def transfer_leader(self, to: str) -> str | None:
@@ -166,9 +169,10 @@ class ClusterMembers(Target):
     async def call(self, method: str, path: str, body: dict[str, Any] | None = None, *,
                     exclude: str | None = None, timeout: float = 10.0
                     ) -> tuple[int, dict[str, Any]]:
-        """One request to the first member that answers, following redirects to the leader;
-        (0, {"error": ...}) when none answered."""
-        last: dict[str, Any] = {"error": "no member answered"}
+        """One request to the first member that answers, following redirects to the leader; a
+        member that knows no leader (503) passes the request on to the next one. (0,
+        {"error": ...}) when none answered."""
+        last: tuple[int, dict[str, Any]] = (0, {"error": "no member answered"})
         async with aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=timeout)) as session:
             for url in self._urls(exclude):
@@ -181,10 +185,13 @@ class ClusterMembers(Target):
                                 target = resp.headers["Location"]
                                 continue
                             answer = await resp.json(content_type=None)
-                            return resp.status, answer if isinstance(answer, dict) else {}
+                            last = resp.status, answer if isinstance(answer, dict) else {}
+                            break
+                    if last[0] not in (0, 503):
+                        return last
                 except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                    last = {"error": f"{url}: {exc or type(exc).__name__}"}
-        return 0, last
+                    last = 0, {"error": f"{url}: {exc or type(exc).__name__}"}
+        return last
 
 
 __all__ = ["ClusterMembers"]
