@@ -91,6 +91,9 @@ class NodeProcess:
     ended_by_us: bool = False
     """The running process was (or is being) stopped or killed by the cluster itself."""
     reported_exit: bool = False
+    join: str | None = None
+    """For a node added to a running cluster: the API addresses it joins through
+    (``raftly serve --join``); None for a bootstrap member of the cluster file."""
     _log: IO[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -144,6 +147,8 @@ class ProcessCluster:
         self.orphan_signal = orphan_signal
         self.serve_options = list(serve_options)
         self._files_written = False
+        self.layout = layout
+        self.log_to_files = log_to_files
         self.cluster_file = self.directory / layout.cluster_file
         self.nodes: dict[str, NodeProcess] = {}
         for s in spec.nodes:
@@ -165,16 +170,50 @@ class ProcessCluster:
             self.cluster_file.write_text(render_cluster(self.spec))
         else:
             for node in self.nodes.values():
+                if node.join is not None:
+                    continue  # a joining node has no cluster file
                 node.cluster_file.parent.mkdir(parents=True, exist_ok=True)
                 node.cluster_file.write_text(render_cluster(self.views[node.name]))
         return self.cluster_file
 
+    def add_node(self, spec: NodeSpec, join: Sequence[str]) -> NodeProcess:
+        """A node that joins the running cluster through the API addresses ``join``
+        (``raftly serve --join``), not yet started; its files go where the layout says.
+
+        The same arguments restart it: once its data dir holds its state, ``serve`` takes the
+        identity from there (and checks that the flags agree).
+        """
+        if spec.name in self.nodes:
+            raise ValueError(f"node {spec.name} exists already")
+        log = (self.directory / self.layout.log_file.format(name=spec.name)
+               if self.log_to_files else None)
+        node = NodeProcess(spec, self.cluster_file,
+                           self.directory / self.layout.data_dir.format(name=spec.name), log,
+                           join=",".join(join))
+        self.nodes[spec.name] = node
+        return node
+
+    def forget(self, name: str) -> NodeProcess:
+        """Drop node ``name`` (removed from the cluster, no longer running) from this cluster:
+        it is no longer started, polled or stopped. Returns it (its log stays on disk)."""
+        node = self.nodes[name]
+        if node.running:
+            raise ValueError(f"node {name} is still running")
+        if node._log is not None:
+            node._log.close()
+            node._log = None
+        return self.nodes.pop(name)
+
     def serve_args(self, name: str) -> list[str]:
         """The ``raftly serve`` arguments of node ``name``."""
         node = self.nodes[name]
-        args = ["--cluster", str(node.cluster_file), "--id", name,
-                "--data-dir", str(node.data_dir), "--fsync", self.fsync,
-                "--log-level", self.log_level]
+        if node.join is not None:
+            args = ["--join", node.join, "--id", name, "--raft", str(node.spec.raft),
+                    "--api", str(node.spec.api)]
+        else:
+            args = ["--cluster", str(node.cluster_file), "--id", name]
+        args += ["--data-dir", str(node.data_dir), "--fsync", self.fsync,
+                 "--log-level", self.log_level]
         if self.election_timeout is not None:
             args += ["--election-timeout", str(self.election_timeout)]
         if self.heartbeat is not None:

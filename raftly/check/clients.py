@@ -138,6 +138,14 @@ class ClientPool:
     recent: dict[str, list[str]] = field(default_factory=dict)
     """Recently seen values per key: cas expectations are drawn from them, so some succeed."""
 
+    def add_node(self, name: str, url: str) -> None:
+        """Send ops to a new member too."""
+        self.urls[name] = url
+
+    def remove_node(self, name: str) -> None:
+        """Stop sending new ops to a member about to be removed (ops under way finish)."""
+        self.urls.pop(name, None)
+
     def next_process(self) -> int:
         return next(self._processes)
 
@@ -161,7 +169,6 @@ class ClientPool:
         wl = self.workload
         process = self.next_process()
         counter = 0
-        names = sorted(self.urls)
         mean_gap = wl.clients / wl.rate if wl.rate > 0 else 0.0
         while loop.time() < deadline:
             if mean_gap:
@@ -169,7 +176,7 @@ class ClientPool:
                 if loop.time() >= deadline:
                     break
             key = rng.choice(wl.key_names)
-            node = rng.choice(names)
+            node = rng.choice(sorted(self.urls))  # the members of the moment
             roll = rng.random()
             f: Function
             value: object

@@ -123,7 +123,8 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 def fault_windows(events: list[dict[str, Any]]) -> list[tuple[int, int, str, object]]:
-    """(start, end, f, value) per fault; one never ended lasts until the last event."""
+    """(start, end, f, value) per fault; one never ended lasts until the last event. An end
+    event's value (what the fault came to: a membership change's outcome) adds to the start's."""
     starts: dict[int, dict[str, Any]] = {}
     windows = []
     last = max((e["time"] for e in events), default=0)
@@ -132,7 +133,10 @@ def fault_windows(events: list[dict[str, Any]]) -> list[tuple[int, int, str, obj
             starts[e["id"]] = e
         elif e.get("phase") == "end" and e.get("id") in starts:
             s = starts.pop(e["id"])
-            windows.append((s["time"], e["time"], s["f"], s.get("value")))
+            value, outcome = s.get("value"), e.get("value")
+            if isinstance(value, dict) and isinstance(outcome, dict):
+                value = {**value, **outcome}
+            windows.append((s["time"], e["time"], s["f"], value))
     for s in starts.values():
         windows.append((s["time"], last, s["f"], s.get("value")))
     return sorted(windows, key=lambda w: w[0])

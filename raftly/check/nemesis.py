@@ -6,7 +6,11 @@ Two independent timelines run side by side, so faults overlap the way real ones 
   majority, no two nodes see the same one) and an isolated leader; each cut is either silent
   (a black hole: dialers time out) or loud (connections reset and refused);
 - the process timeline (``kill``, ``pause``): SIGKILL then restart, or SIGSTOP then SIGCONT, of a
-  minority of nodes, aimed at the leader half of the time (leaders are where the bugs live).
+  minority of nodes, aimed at the leader half of the time (leaders are where the bugs live);
+- the membership timeline (``membership``): add a node, remove one, or replace the leader (add
+  a node, transfer the lead to it once promoted, remove the old leader), keeping the cluster
+  between 3 voters and its start size + 2. The schedule plans within those bounds; the run
+  checks them again (a change that failed leaves the size where it was).
 
 Each fault holds for a few seconds, then is undone, then a quiet gap lets the cluster recover.
 ``schedule(seed, ...)`` is a pure function: the same seed gives the same faults at the same
@@ -27,8 +31,13 @@ from raftly.check.history import NemesisLog
 
 logger = logging.getLogger("raftly.check.nemesis")
 
-NEMESES = ("partition", "kill", "pause")
+NEMESES = ("partition", "kill", "pause", "membership")
 PARTITIONS = ("halves", "ring", "isolate-leader")
+MEMBERSHIP_OPS = ("add", "remove", "replace-leader")
+MIN_VOTERS = 3
+"""The membership nemesis never removes below this many members (nor from a smaller cluster)."""
+MAX_GROWTH = 2
+"""... nor adds beyond the start size plus this many."""
 
 
 @dataclass(frozen=True)
@@ -39,14 +48,18 @@ class Fault:
     """Seconds after the start of the run."""
     duration: float
     kind: str
-    """``partition``, ``kill`` or ``pause``."""
+    """``partition``, ``kill``, ``pause`` or ``membership``."""
     mode: str
-    """For a partition one of PARTITIONS; for a process fault ``leader`` or ``random``."""
+    """For a partition one of PARTITIONS; for a process fault ``leader`` or ``random``; for a
+    membership change one of MEMBERSHIP_OPS."""
     order: tuple[str, ...]
     count: int = 1
     """How many nodes a process fault hits (always a minority)."""
     cut: str = "drop"
     """How a partition cuts a link: ``drop`` (black hole) or ``reset`` (refuse); see proxy."""
+    pick: float = 0.0
+    """For a ``remove``: which member goes, as a fraction of the sorted eligible members (the
+    members are only known at run time)."""
 
 
 def parse_nemeses(text: str) -> tuple[str, ...]:
@@ -91,7 +104,43 @@ def schedule(seed: int, nodes: Sequence[str], duration: float, nemeses: Sequence
                 count = rng.randint(1, minority)
             faults.append(Fault(round(t, 3), round(d, 3), kind, mode, order, count, cut))
             t += d + rng.uniform(*gap)
+    if "membership" in nemeses:
+        # Drawn last, so that adding it leaves the other timelines' faults as they were.
+        faults += _membership_schedule(rng, len(names), duration, hold, gap)
     return sorted(faults, key=lambda f: (f.at, f.kind))
+
+
+def allowed_changes(size: int, start: int) -> list[str]:
+    """The membership changes a cluster of ``size`` members (started with ``start``) may make."""
+    ops = []
+    grow = size < start + MAX_GROWTH
+    if grow:
+        ops.append("add")
+    if size > MIN_VOTERS:
+        ops.append("remove")
+    if grow and size >= MIN_VOTERS:
+        ops.append("replace-leader")  # one more member for a moment, then back to ``size``
+    return ops
+
+
+def _membership_schedule(rng: random.Random, start: int, duration: float,
+                         hold: tuple[float, float], gap: tuple[float, float]) -> list[Fault]:
+    """Membership changes, each followed by a settling hold and a gap; a change takes seconds
+    itself (a node starting and catching up), so they are spaced wider than other faults."""
+    faults = []
+    size = start
+    t = rng.uniform(*gap) + 1.0
+    while t < duration - 2.0:
+        ops = allowed_changes(size, start)
+        if not ops:
+            break
+        op = rng.choice(ops)
+        size += {"add": 1, "remove": -1}.get(op, 0)
+        settle = min(rng.uniform(*hold), duration - t)
+        faults.append(Fault(round(t, 3), round(settle, 3), "membership", op, (), 0,
+                            pick=round(rng.random(), 6)))
+        t += faults[-1].duration + 2 * rng.uniform(*gap)
+    return faults
 
 
 def partition_groups(mode: str, order: Sequence[str], leader: str | None
@@ -128,13 +177,21 @@ def partition_groups(mode: str, order: Sequence[str], leader: str | None
     return sees
 
 
-def process_targets(fault: Fault, leader: str | None) -> list[str]:
+def process_targets(fault: Fault, leader: str | None, eligible: Sequence[str] | None = None
+                    ) -> list[str]:
+    """The nodes a process fault hits: the seeded order (leader first in ``leader`` mode), among
+    ``eligible`` when given (members not being changed; nodes added during the run come after
+    the seeded ones), at most a minority of them."""
     order = list(fault.order)
+    count = fault.count
+    if eligible is not None:
+        order = [n for n in order if n in eligible] + sorted(set(eligible) - set(order))
+        count = min(count, max(1, (len(eligible) - 1) // 2))
     if fault.mode == "leader" and leader in order:
         assert leader is not None
         order.remove(leader)
         order.insert(0, leader)
-    return order[: fault.count]
+    return order[:count]
 
 
 class Target:
@@ -146,6 +203,28 @@ class Target:
     def restart(self, name: str) -> None: ...
     def pause(self, name: str) -> None: ...
     def resume(self, name: str) -> None: ...
+
+    # The membership nemesis: each raises MembershipProblem when a node misbehaves.
+    def members(self) -> list[str]:
+        """The current members, by name."""
+        return []
+
+    async def add_member(self) -> str:
+        """Start a new node that joins; return its name once it is a voter."""
+        raise NotImplementedError
+
+    async def remove_member(self, name: str) -> None:
+        """Remove ``name`` through the API and wait for its process to exit."""
+        raise NotImplementedError
+
+    async def transfer_leader(self, to: str) -> str | None:
+        """Move the lead to ``to``; None when done, else why not (not a problem in itself)."""
+        raise NotImplementedError
+
+
+class MembershipProblem(Exception):
+    """A node failed to join, or did not exit after its removal (the message says which, with
+    its last log lines): the run fails."""
 
 
 class Nemesis:
@@ -159,14 +238,19 @@ class Nemesis:
         self.find_leader = find_leader
         self.killed: set[str] = set()
         self.paused: set[str] = set()
+        self.changing: set[str] = set()
+        """Nodes a membership change is adding or removing: process faults leave them alone."""
+        self.start_size = len(target.members())
+        self.problems: list[str] = []
 
     async def run(self) -> None:
         """Play every fault (each timeline in its own task); returns when all have ended."""
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         by_line: dict[str, list[Fault]] = {}
+        lines = {"partition": "net", "membership": "members"}
         for f in self.faults:
-            by_line.setdefault("net" if f.kind == "partition" else "proc", []).append(f)
+            by_line.setdefault(lines.get(f.kind, "proc"), []).append(f)
         tasks = [asyncio.create_task(self._line(faults, t0)) for faults in by_line.values()]
         try:
             await asyncio.gather(*tasks)
@@ -197,7 +281,20 @@ class Nemesis:
                 self.target.heal_network()
                 self.log.end(fid, "partition")
             return
-        targets = process_targets(fault, leader)
+        if fault.kind == "membership":
+            # A change half made is left to finish (each step is bounded), so that no node is
+            # left joining or leaving when the run heals and reads.
+            change = asyncio.ensure_future(self._change(fault, leader))
+            try:
+                await asyncio.shield(change)
+            except asyncio.CancelledError:
+                await change
+                raise
+            await asyncio.sleep(fault.duration)
+            return
+        members = self.target.members()
+        eligible = [n for n in members if n not in self.changing] if members else None
+        targets = process_targets(fault, leader, eligible)
         fid = self.log.start(fault.kind, {"nodes": targets, "mode": fault.mode,
                                           "leader": leader})
         try:
@@ -219,6 +316,52 @@ class Nemesis:
                     self.paused.discard(name)
             self.log.end(fid, fault.kind)
 
+    async def _change(self, fault: Fault, leader: str | None) -> None:
+        members = self.target.members()
+        steady = [n for n in members
+                  if n not in self.killed | self.paused | self.changing]
+        op = fault.mode
+        why = None
+        if op not in allowed_changes(len(members), self.start_size):
+            why = f"{len(members)} members"
+        elif op == "replace-leader" and leader not in steady:
+            why = "no steady leader"
+        elif op == "remove" and not steady:
+            why = "no steady member"
+        if why is not None:
+            self.log.note("membership", {"op": op, "skipped": why, "members": members})
+            return
+        info: dict[str, object] = {"op": op, "leader": leader, "members": members}
+        fid = self.log.start("membership", info)
+        result: dict[str, object] = {}
+        try:
+            if op == "remove":
+                victim = sorted(steady)[int(fault.pick * len(steady))]
+                result["removed"] = victim
+                await self._remove(victim)
+            else:
+                result["added"] = await self.target.add_member()
+                if op == "replace-leader":
+                    assert leader is not None
+                    self.changing.add(leader)
+                    why = await self.target.transfer_leader(str(result["added"]))
+                    result["transfer"] = why or "done"
+                    result["removed"] = leader
+                    await self._remove(leader)
+        except MembershipProblem as exc:
+            result["problem"] = str(exc).splitlines()[0]
+            self.problems.append(str(exc))
+        finally:
+            result["members"] = self.target.members()
+            self.log.end(fid, "membership", result)
+
+    async def _remove(self, name: str) -> None:
+        self.changing.add(name)
+        try:
+            await self.target.remove_member(name)
+        finally:
+            self.changing.discard(name)
+
     def heal_all(self) -> None:
         """Undo everything (used at the end and on errors): network, pauses, kills."""
         self.target.heal_network()
@@ -230,5 +373,6 @@ class Nemesis:
         self.killed.clear()
 
 
-__all__ = ["NEMESES", "PARTITIONS", "Fault", "Nemesis", "Target", "parse_nemeses",
+__all__ = ["MAX_GROWTH", "MEMBERSHIP_OPS", "MIN_VOTERS", "NEMESES", "PARTITIONS", "Fault",
+           "MembershipProblem", "Nemesis", "Target", "allowed_changes", "parse_nemeses",
            "partition_groups", "process_targets", "schedule"]

@@ -25,7 +25,8 @@ from raftly.check.history import fault_windows
 from raftly.testing.history import Pair, load_history, pair_events
 
 _COLORS = {"ok": "#2e7d32", "fail": "#c62828", "info": "#ef6c00"}
-_FAULT_COLORS = {"partition": "#1565c0", "kill": "#6a1b9a", "pause": "#00838f"}
+_FAULT_COLORS = {"partition": "#1565c0", "kill": "#6a1b9a", "pause": "#00838f",
+                 "membership": "#ef6c00"}
 _W, _H = 960, 220
 _ML, _MR, _MT, _MB = 56, 12, 10, 28
 _MAX_DOTS = 6000
@@ -74,6 +75,11 @@ def describe_fault(f: str, value: object) -> str:
         groups = " | ".join(" ".join(g) for g in value["groups"])
         how = f" ({value['cut']})" if "cut" in value else ""
         return f"partition {value.get('mode', '')}{how}: {groups}"
+    if f == "membership" and "op" in value:
+        parts = [f"+{value['added']}"] if "added" in value else []
+        parts += [f"-{value['removed']}"] if "removed" in value else []
+        parts += [f"({k} {value[k]})" for k in ("transfer", "skipped", "problem") if k in value]
+        return " ".join([f"membership {value['op']}", *parts])
     if "nodes" in value:
         aim = " (leader)" if value.get("mode") == "leader" else ""
         return f"{f} {' '.join(value['nodes'])}{aim}"

@@ -38,10 +38,12 @@ from typing import Any
 from raftly.check.clients import ClientPool, Workload, open_session
 from raftly.check.cluster import Timing, check_cluster, node_view
 from raftly.check.history import HistoryWriter, NemesisLog
-from raftly.check.nemesis import Nemesis, Target, parse_nemeses, schedule
+from raftly.check.membership import ClusterMembers
+from raftly.check.nemesis import Nemesis, parse_nemeses, schedule
 from raftly.check.proxy import Network
 from raftly.check.report import format_reasons, reason_counts, write_report
 from raftly.kv.cluster_file import ClusterSpec
+from raftly.kv.protocol import MEMBERS_PATH
 from raftly.localcluster import ProcessCluster, plan_loopback
 from raftly.testing.history import Event, pair_events
 
@@ -65,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", type=int, default=10, help="concurrent clients (default 10)")
     p.add_argument("--keys", type=int, default=8, help="number of keys (default 8)")
     p.add_argument("--nemesis", default="partition,kill,pause",
-                   help="comma-separated faults: partition, kill, pause; 'none' for none "
-                        "(default: all)")
+                   help="comma-separated faults: partition, kill, pause, membership (add a "
+                        "node, remove one, replace the leader); 'none' for none (default: "
+                        "partition,kill,pause)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the fault schedule and the workload (default: random, printed)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
@@ -171,12 +174,13 @@ def check_file(history: Path, out: Path | None, budget: float) -> int:
 
 # -- the run --------------------------------------------------------------------------------------
 
-class _Target(Target):
-    """The nemesis acts through the proxies (network) and the processes (kill, pause)."""
+class _Target(ClusterMembers):
+    """The nemesis acts through the proxies (network), the processes (kill, pause) and the
+    membership API (``ClusterMembers``)."""
 
-    def __init__(self, network: Network, cluster: ProcessCluster) -> None:
+    def __init__(self, network: Network, cluster: ProcessCluster, pool: ClientPool) -> None:
+        super().__init__(cluster, pool)
         self.network = network
-        self.cluster = cluster
 
     def apply_view(self, sees: dict[str, set[str]], cut: str) -> None:
         self.network.apply_view(sees, "reset" if cut == "reset" else "drop")
@@ -311,10 +315,14 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
             raise SetupError(f"no leader within 30 s (node logs in {out / 'logs'})")
         pool = ClientPool({n.name: n.api.url for n in spec.nodes}, history, workload,
                           random.Random(rng.getrandbits(64)))
-        await _run_under_faults(pool, Nemesis(faults, _Target(network, cluster), nlog,
-                                              _leader_guess(cluster)), nlog, duration)
+        target = _Target(network, cluster, pool)
+        nemesis = Nemesis(faults, target, nlog, _leader_guess(cluster))
+        await _run_under_faults(pool, nemesis, nlog, duration)
         final, problems = await _recover(pool, cluster, nlog, workload.key_names,
                                          recovery_timeout)
+        problems += nemesis.problems
+        if "membership" in nemeses:
+            problems += await _membership_agrees(target)
         problems += [f"node {n} exited on its own with status {c}"
                      for n, c in cluster.exited().items()]
     finally:
@@ -366,6 +374,18 @@ async def _run_under_faults(pool: ClientPool, nemesis: Nemesis, nlog: NemesisLog
         nlog.note("heal", "network healed, nodes resumed and restarted")
 
 
+async def _membership_agrees(target: ClusterMembers) -> list[str]:
+    """The cluster's final configuration must be the members the run added and kept."""
+    status, answer = await target.call("GET", MEMBERS_PATH)
+    if status != 200:
+        return [f"final members list unavailable: {answer.get('error', status)}"]
+    listed = {m.get("name"): m.get("role") for m in answer.get("members", [])}
+    expected = {name: "voter" for name in target.members()}
+    if listed != expected:
+        return [f"final configuration {listed} is not the expected {expected}"]
+    return []
+
+
 async def _recover(pool: ClientPool, cluster: ProcessCluster, nlog: NemesisLog,
                    keys: list[str], timeout: float) -> tuple[dict[str, str | None], list[str]]:
     """Wait for the healed cluster to agree on a leader, then read every key: the final state
@@ -374,7 +394,12 @@ async def _recover(pool: ClientPool, cluster: ProcessCluster, nlog: NemesisLog,
     nlog.note("recovered" if leader else "not recovered", {"leader": leader})
     final, problems = await final_reads(pool, cluster, leader, keys)
     if leader is None:
-        problems.insert(0, f"no agreed leader {timeout:g}s after the heal")
+        # What each node says, so that a stuck cluster shows where it is stuck.
+        statuses = await asyncio.to_thread(cluster.statuses)
+        said = ", ".join(f"{n}: " + (f"{s.get('role')} term {s.get('term')} leader "
+                                     f"{s.get('leader')}" if s else "no answer")
+                         for n, s in statuses.items())
+        problems.insert(0, f"no agreed leader {timeout:g}s after the heal ({said})")
     return final, problems
 
 

@@ -84,3 +84,20 @@ def test_sixty_seconds_all_nemeses(tmp_path: Path, seed: int) -> None:
                              "--seed", str(seed))
     assert_no_node_left(out)
     assert_passed(code, result, out)
+
+
+def test_membership_changes_under_partitions(tmp_path: Path) -> None:
+    """Nodes added, removed and the leader replaced while partitions come and go: still
+    linearizable, nothing lost, the removed nodes exited on their own, and the run ends with
+    the members the changes left (checked by the run against the cluster's own list)."""
+    out = tmp_path / "members"
+    code, result = run_check(out, "--nodes", "4", "--time", "20", "--clients", "6",
+                             "--keys", "4", "--nemesis", "partition,membership", "--seed", "5")
+    assert_no_node_left(out)
+    assert_passed(code, result, out)
+    events = [json.loads(line) for line in (out / "nemesis.jsonl").read_text().splitlines()]
+    started = {e["value"]["op"] for e in events if e["f"] == "membership"
+               and e["phase"] == "start"}
+    assert started == {"add", "remove", "replace-leader"}  # seed 5 plans one of each
+    ended = [e["value"] for e in events if e["f"] == "membership" and e["phase"] == "end"]
+    assert len(ended) == 3 and all("problem" not in c for c in ended)
