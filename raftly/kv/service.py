@@ -12,7 +12,7 @@ import contextlib
 import logging
 import secrets
 import signal
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -20,7 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from raftly.core.config import Config
-from raftly.core.types import ConfState
+from raftly.core.types import ConfState, Member
 from raftly.kv.cluster_file import Address, ClusterSpec, NodeSpec, load_cluster, parse_address
 from raftly.kv.http import KVApi, Limits, make_runner
 from raftly.kv.identity import (
@@ -58,6 +58,8 @@ class RunningNode:
     api_address: Address
     closed: bool = False
     watcher: asyncio.Task[None] | None = None
+    helpers: list[asyncio.Task[None]] = field(default_factory=list)
+    """Short tasks of its own (address look-ups) that a close cancels."""
 
     @property
     def name(self) -> str:
@@ -73,10 +75,10 @@ class RunningNode:
 
     async def close(self) -> None:
         self.closed = True
-        if self.watcher is not None:
-            self.watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.watcher
+        tasks = [t for t in (self.watcher, *self.helpers) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.server.close()
         await self.runner.cleanup()
 
@@ -119,7 +121,46 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
     logger.info("node %s (raft id %d) serving the KV API on %s", name, spec.id, actual.url)
     node = RunningNode(spec, server, api, runner, actual)
     node.watcher = asyncio.create_task(_watch_removal(node), name=f"raftly {name}: removal")
+    if isinstance(transport, TcpTransport):
+        transport.on_unknown_peer = _AddressFinder(node).wanted
     return node
+
+
+class _AddressFinder:
+    """Finds the Raft address of a node this one must answer but has no address for: a node
+    whose log lags may hear from a leader added after it. Asks the other members' APIs
+    (``GET /v1/members``), at most once a second."""
+
+    def __init__(self, node: RunningNode) -> None:
+        self._node = node
+        self._next = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def wanted(self, node_id: int) -> None:
+        loop = asyncio.get_running_loop()
+        if (self._task is None or self._task.done()) and loop.time() >= self._next \
+                and not self._node.closed:
+            self._next = loop.time() + 1.0
+            self._task = asyncio.create_task(self._look_up(),
+                                             name=f"raftly {self._node.name}: addresses")
+            self._node.helpers[:] = [self._task]
+
+    async def _look_up(self) -> None:
+        node = self._node
+        timeout = aiohttp.ClientTimeout(total=2 * node.server.config.election_timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for peer in node.api.cluster.nodes:
+                if peer.id == node.server.id:
+                    continue
+                try:
+                    async with session.get(peer.api.url + MEMBERS_PATH) as resp:
+                        body = await resp.json(content_type=None)
+                    members = [Member(int(m["id"]), str(m["name"]), str(m["raft"]),
+                                      str(m["api"])) for m in body["members"]]
+                except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+                    continue
+                node.server.learn_addresses(members)
+                return
 
 
 async def _watch_removal(node: RunningNode) -> None:
@@ -138,8 +179,9 @@ async def _watch_removal(node: RunningNode) -> None:
             await asyncio.sleep(interval)
             # Silence, not "no leader": a learner never campaigns, so it keeps naming the
             # leader that stopped talking to it.
-            silent = loop.time() - server.last_leader_contact > 2 * interval
-            if not silent or server.id not in server.conf.ids:
+            # Also when its own log already drops it: the removal may be appended here and
+            # never seen to commit, as the leader stopped sending to it.
+            if loop.time() - server.last_leader_contact <= 2 * interval:
                 continue
             for peer in node.api.cluster.nodes:
                 if peer.id != server.id and await _leader_dropped(session, peer.api.url,

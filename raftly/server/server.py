@@ -16,7 +16,7 @@ import itertools
 import logging
 import os
 import random
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -26,7 +26,7 @@ from raftly.core.errors import ConfChangeRefused, NotLeader, ProposalDropped
 from raftly.core.messages import AppendEntries, Heartbeat, InstallSnapshot, Message
 from raftly.core.node import RaftNode, Ready, Role
 from raftly.core.state_machine import StateMachine, supports_snapshots
-from raftly.core.types import ConfChange, ConfState, Entry, EntryType, NodeId
+from raftly.core.types import ConfChange, ConfState, Entry, EntryType, Member, NodeId
 from raftly.server.snapshots import DEFAULT_SNAPSHOT_ENTRIES, SnapshotManager, SnapshotSettings
 from raftly.storage.base import Storage, StorageError
 from raftly.storage.snapshots import SnapshotStore
@@ -594,6 +594,16 @@ class RaftServer:
             future = self._reads.get(rs.context)
             if future is not None and not future.done():
                 future.set_result(rs.index)
+
+    def learn_addresses(self, members: Iterable[Member]) -> None:
+        """Raft addresses learned elsewhere than from this node's log (a node whose log lags
+        may hear from a leader added after it): added to the transport's peers."""
+        if not isinstance(self._transport, PeerBook):
+            return
+        found = {m.id: split_host_port(m.raft) for m in members if m.raft and m.id != self.id}
+        if any(self._peer_book.get(i) != a for i, a in found.items()):
+            self._peer_book.update(found)
+            self._transport.set_peers(self._peer_book)
 
     def _track_conf(self, node: RaftNode) -> None:
         """Follow the configuration in use: peers' addresses, listeners, was-member."""

@@ -41,7 +41,7 @@ import os
 import random
 import ssl
 from collections import deque
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -209,6 +209,9 @@ class TcpTransport:
         self._rng = random.Random()  # backoff jitter only; nothing here needs to be replayable
 
         self._on_message: MessageHandler | None = None
+        self.on_unknown_peer: Callable[[int], None] | None = None
+        """Called (on the event loop, for every message dropped) with the id of a node this
+        transport has no address for, so that its owner can go and find one."""
         self._snapshot_sink: SnapshotSinkFactory | None = None
         self._server: asyncio.Server | None = None
         self._listen_address: Address | None = None
@@ -301,6 +304,8 @@ class TcpTransport:
             if msg.dst not in self._unknown_logged:
                 self._unknown_logged.add(msg.dst)
                 logger.warning("no address for node %d: dropping messages to it", msg.dst)
+            if self.on_unknown_peer is not None:
+                self.on_unknown_peer(msg.dst)
             return
         if len(peer.queue) >= self._queue_limit:
             self._dropped += 1
