@@ -596,10 +596,14 @@ class RaftNode:
     def _answer_stale(self, msg: Message) -> None:
         """Answer a message from an older term so its sender can catch up, or drop it."""
         from_leader = isinstance(msg, (AppendEntries, Heartbeat, InstallSnapshot))
-        if from_leader and (self.config.check_quorum or self.config.pre_vote):
+        if from_leader and (self.config.check_quorum or self.config.pre_vote
+                            or not self._promotable()):
             # A deposed or partitioned leader learns our term from this and steps down. Without
             # it a node whose term rose while cut off could never rejoin: its vote requests are
-            # ignored by nodes that still hear the leader.
+            # ignored by nodes that still hear the leader. Without either option a voter's own
+            # campaign tells the leader our term instead; a node that cannot campaign (a voter
+            # whose log still lacks its promotion, after voting for a removed node ahead of it)
+            # has only this answer, or the leader would never reach it again.
             self._send(AppendEntriesResponse(term=self.term, src=self.id, dst=msg.src,
                                              success=False, index=0))
         elif isinstance(msg, RequestVote) and msg.pre_vote:

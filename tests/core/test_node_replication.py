@@ -352,6 +352,21 @@ def test_without_pre_vote_and_check_quorum_stale_appends_are_dropped_silently() 
     assert flush(node).messages == []
 
 
+@pytest.mark.parametrize("kind", ["append", "heartbeat"])
+def test_node_that_cannot_campaign_answers_a_stale_leader_even_without_those_options(
+        kind: str) -> None:
+    # Node 4, a voter in the leader's configuration, has yet to receive its promotion: having
+    # voted for a node ahead of it, its term rose. It will never campaign to tell the leader.
+    node = new_node(4, voters=(1, 2, 3), terms=(1, 1), term=5,
+                    cfg=config(pre_vote=False, check_quorum=False))
+    if kind == "append":
+        node.step(append(node, src=1, term=3, prev_index=2, prev_term=1))
+    else:
+        node.step(heartbeat(node, src=1, term=3))
+    out = flush(node)
+    assert [(m.dst, m.term, m.success) for m in out.of(AppendEntriesResponse)] == [(1, 5, False)]
+
+
 # -- Ready / advance -----------------------------------------------------------------------------
 
 
