@@ -9,7 +9,13 @@ majority of the new ones, so no joint configuration is needed.
 from __future__ import annotations
 
 from raftly.core.errors import ConfChangeRefused
-from raftly.core.types import ConfChange, ConfChangeType, ConfState, Member
+from raftly.core.types import (
+    UNIQUE_MEMBER_FIELDS,
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Member,
+)
 
 
 def apply_change(conf: ConfState, change: ConfChange) -> ConfState:
@@ -34,11 +40,11 @@ def apply_change(conf: ConfState, change: ConfChange) -> ConfState:
 
 
 def _members_with(conf: ConfState, member: Member) -> tuple[Member, ...]:
-    """The recorded members plus a new one; refused if its id, name or address is in use."""
+    """The recorded members plus a new one; refused if its id, name or an address is in use."""
     if member.id in conf.ids:
         raise ConfChangeRefused("exists", f"node {member.id} is already a member")
     for other in conf.members:
-        for what in ("name", "raft"):
+        for what in UNIQUE_MEMBER_FIELDS:
             if getattr(member, what) and getattr(member, what) == getattr(other, what):
                 raise ConfChangeRefused(
                     "exists", f"{what} {getattr(member, what)!r} is in use by node {other.id}")

@@ -596,10 +596,14 @@ class RaftNode:
     def _answer_stale(self, msg: Message) -> None:
         """Answer a message from an older term so its sender can catch up, or drop it."""
         from_leader = isinstance(msg, (AppendEntries, Heartbeat, InstallSnapshot))
-        if from_leader and (self.config.check_quorum or self.config.pre_vote):
+        if from_leader and (self.config.check_quorum or self.config.pre_vote
+                            or not self._promotable()):
             # A deposed or partitioned leader learns our term from this and steps down. Without
             # it a node whose term rose while cut off could never rejoin: its vote requests are
-            # ignored by nodes that still hear the leader.
+            # ignored by nodes that still hear the leader. Without either option a voter's own
+            # campaign tells the leader our term instead; a node that cannot campaign (a voter
+            # whose log still lacks its promotion, after voting for a removed node ahead of it)
+            # has only this answer, or the leader would never reach it again.
             self._send(AppendEntriesResponse(term=self.term, src=self.id, dst=msg.src,
                                              success=False, index=0))
         elif isinstance(msg, RequestVote) and msg.pre_vote:
@@ -789,6 +793,18 @@ class RaftNode:
                 # lost, no other message would ever free the window. An empty append after all
                 # that is in flight makes it say how far it holds; its answer frees the window.
                 self._send_one_append(msg.src, pr, empty=True)
+            elif (pr.state is ProgressState.REPLICATE and msg.seq >= pr.heartbeat_seq
+                  and pr.match < pr.heartbeat_mark <= msg.accepted):
+                # The follower took all that was in flight when the round went out, but the
+                # acks are not here: not yet durable (they follow its fsync, this answer does
+                # not), or lost. With room in the window nothing else would ask again if they
+                # were lost, and with no new entry to send (a leader being removed takes no
+                # proposals) match would never move. So if a later round finds them still
+                # missing, an empty append makes it say how far it holds: at most one per
+                # round, and none while acks are merely a round behind.
+                if pr.settle_seq >= pr.heartbeat_seq and msg.seq > pr.settle_seq:
+                    self._send_one_append(msg.src, pr, empty=True)
+                pr.settle_seq = max(pr.settle_seq, msg.seq)
             if behind:
                 self._pending_append.add(msg.src)
             self._ack_heartbeat(msg.seq, msg.src)

@@ -33,6 +33,7 @@ class Progress:
         "probe_sent",
         "recent_active",
         "sent_commit",
+        "settle_seq",
         "state",
     )
 
@@ -53,6 +54,9 @@ class Progress:
         """The highest commit index sent in an AppendEntries."""
         self.pending_snapshot = 0
         """The index of the snapshot being sent (SNAPSHOT only)."""
+        self.settle_seq = 0
+        """The newest round whose answer said the follower took what is in flight though its
+        acks are missing: a later such round sends an empty append to settle them."""
 
     def __str__(self) -> str:
         flags = "".join(f" {name}" for name, on in (("probe-sent", self.probe_sent),

@@ -71,10 +71,13 @@ class Member:
     raft: str = ""
     """"host:port" its Raft transport listens on; unique in a configuration when set."""
     api: str = ""
-    """"host:port" of its client API."""
+    """"host:port" of its client API; unique in a configuration when set."""
     promote: bool = True
     """For a learner: the leader promotes it to voter once caught up (False: stays a learner)."""
 
+
+UNIQUE_MEMBER_FIELDS = ("name", "raft", "api")
+"""The fields of ``Member`` no two members of a configuration may share (when set)."""
 
 _CONF_VERSION = 1
 _CONF_KEYS = frozenset({"v", "voters", "learners", "members"})
@@ -110,7 +113,7 @@ class ConfState:
         """Raise ValueError unless this is a well-formed configuration.
 
         Voters and learners are disjoint and there is at least one voter; recorded members are
-        sorted by id, one per node, with unique names and Raft addresses (where set).
+        sorted by id, one per node, with unique names, Raft and API addresses (where set).
         """
         if not self.voters:
             raise ValueError("a configuration needs at least one voter")
@@ -124,7 +127,7 @@ class ConfState:
             raise ValueError("members not strictly increasing by id")
         if frozenset(ids) != self.ids:
             raise ValueError(f"members {ids} do not match voters and learners {sorted(self.ids)}")
-        for what in ("name", "raft"):
+        for what in UNIQUE_MEMBER_FIELDS:
             values = [getattr(m, what) for m in self.members if getattr(m, what)]
             if len(values) != len(set(values)):
                 raise ValueError(f"duplicate member {what} in configuration")

@@ -80,7 +80,8 @@ def test_change_entry_of_a_previous_leader_counts_as_in_flight() -> None:
 
 
 def test_adding_an_existing_id_name_or_address_is_refused() -> None:
-    members = (Member(1, "n1", "h:1"), Member(2, "n2", "h:2"), Member(3, "n3", "h:3"))
+    members = (Member(1, "n1", "h:1", "h:11"), Member(2, "n2", "h:2", "h:22"),
+               Member(3, "n3", "h:3"))
     state = InitialState(HardState(), SnapshotMeta(conf=ConfState(frozenset({1, 2, 3}),
                                                                   members=members)))
     leader = RaftNode(1, state, config(), random.Random(0))
@@ -92,6 +93,7 @@ def test_adding_an_existing_id_name_or_address_is_refused() -> None:
     assert refusal(leader, change(ADD, 2, name="n9", raft="h:9")) == "exists"
     assert refusal(leader, change(ADD, 4, name="n2", raft="h:9")) == "exists"
     assert refusal(leader, change(ADD, 4, name="n4", raft="h:3")) == "exists"
+    assert refusal(leader, change(ADD, 4, name="n4", raft="h:4", api="h:22")) == "exists"
     leader.propose_conf_change(change(ADD, 4, name="n4", raft="h:4", api="h:44"))
     assert leader.conf.member(4) == Member(4, "n4", "h:4", "h:44")
     assert leader.conf.by_name("n4") == Member(4, "n4", "h:4", "h:44")

@@ -352,6 +352,21 @@ def test_without_pre_vote_and_check_quorum_stale_appends_are_dropped_silently() 
     assert flush(node).messages == []
 
 
+@pytest.mark.parametrize("kind", ["append", "heartbeat"])
+def test_node_that_cannot_campaign_answers_a_stale_leader_even_without_those_options(
+        kind: str) -> None:
+    # Node 4, a voter in the leader's configuration, has yet to receive its promotion: having
+    # voted for a node ahead of it, its term rose. It will never campaign to tell the leader.
+    node = new_node(4, voters=(1, 2, 3), terms=(1, 1), term=5,
+                    cfg=config(pre_vote=False, check_quorum=False))
+    if kind == "append":
+        node.step(append(node, src=1, term=3, prev_index=2, prev_term=1))
+    else:
+        node.step(heartbeat(node, src=1, term=3))
+    out = flush(node)
+    assert [(m.dst, m.term, m.success) for m in out.of(AppendEntriesResponse)] == [(1, 5, False)]
+
+
 # -- Ready / advance -----------------------------------------------------------------------------
 
 
@@ -563,6 +578,29 @@ def test_a_full_window_with_nothing_new_sends_an_empty_append_to_learn_how_far_i
     leader.step(HeartbeatResponse(term=leader.term, src=2, dst=1, seq=beat.seq, accepted=first))
     past = flush(leader).of(AppendEntries, dst=2)
     assert [(m.prev_index, m.entries) for m in past] == [(first, [])]
+    leader.step(ack(leader, 2, first))
+    pr = leader.progress(2)
+    assert pr is not None and pr.match == first and not pr.inflight
+
+
+def test_acks_still_missing_a_round_later_with_room_in_the_window_get_one_empty_append() -> None:
+    # A leader removing itself takes no proposals: if the ack of its last entry is lost, only
+    # this empty append ever moves the follower's match (fuzz seeds 2696, 2927, 3151).
+    leader = leader_with()
+    first = leader.log.last_index + 1
+    leader.propose(b"x")
+    flush(leader)  # 2 takes the AppendEntries; its ack is lost; the window has room
+    beats = []
+    for _ in range(3):
+        beat = tick(leader, HEARTBEAT).of(Heartbeat, dst=2)[-1]
+        answer = HeartbeatResponse(term=leader.term, src=2, dst=1, seq=beat.seq, accepted=first)
+        leader.step(answer)
+        leader.step(answer)  # a duplicate answer of a round asks nothing more
+        beats.append(flush(leader).of(AppendEntries, dst=2))
+    # The first round may just be ahead of an ack still being fsynced: nothing is sent then.
+    assert beats[0] == []
+    assert [[(m.prev_index, m.entries) for m in sent] for sent in beats[1:]] == [
+        [(first, [])], [(first, [])]]
     leader.step(ack(leader, 2, first))
     pr = leader.progress(2)
     assert pr is not None and pr.match == first and not pr.inflight

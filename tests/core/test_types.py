@@ -55,9 +55,9 @@ def _confs(draw: st.DrawFn) -> ConfState:
     voters, learners = frozenset(ids[:n_voters]), frozenset(ids[n_voters:])
     if not draw(st.booleans()):
         return ConfState(voters, learners)
-    members = tuple(
-        Member(i, f"n{i}", f"h:{i}", draw(_names), draw(st.booleans())) for i in ids
-    )
+    apis = draw(st.lists(_names, min_size=len(ids), max_size=len(ids), unique=True))
+    members = tuple(Member(i, f"n{i}", f"h:{i}", api, draw(st.booleans()))
+                    for i, api in zip(ids, apis, strict=True))
     return ConfState(voters, learners, members)
 
 
@@ -114,6 +114,7 @@ def _m(i: int, name: str = "", raft: str = "", **kw: object) -> dict[str, object
         _json(voters=[1, 2], members=[_m(2), _m(1)]),  # not sorted
         _json(voters=[1, 2], members=[_m(1, name="a"), _m(2, name="a")]),  # duplicate name
         _json(voters=[1, 2], members=[_m(1, raft="x:1"), _m(2, raft="x:1")]),  # duplicate raft
+        _json(voters=[1, 2], members=[_m(1, api="x:8"), _m(2, api="x:8")]),  # duplicate api
         _json(members=[{"id": 1}]), _json(members=[_m(1, promote=1)]),
         _json(members=[_m(1, api=3)]), _json(members=[7]),
         b'{"learners":[],"members":[],"v":1, "voters":[1]}',  # not canonical (space)
