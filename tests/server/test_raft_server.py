@@ -15,28 +15,12 @@ from typing import Any
 
 import pytest
 from polling import eventually
+from snapshot_helpers import FAST, Counter
 
-from raftly.core.config import Config
 from raftly.core.errors import NotLeader
 from raftly.server import Busy, OutcomeUnknown, RaftServer, ServerStopped
 from raftly.storage import DiskStorage, MemoryStorage, Storage
 from raftly.transport import MemoryNetwork
-
-FAST = Config(tick_interval=0.005, heartbeat_interval=0.02, election_timeout=0.15)
-
-
-class Counter:
-    """A user's state machine: adds the integer in each command."""
-
-    def __init__(self) -> None:
-        self.value = 0
-        self.applied: list[int] = []
-
-    def apply(self, index: int, command: bytes) -> object:
-        self.applied.append(index)
-        self.value += int(command)
-        return self.value
-
 
 
 class Cluster:
