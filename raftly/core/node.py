@@ -986,12 +986,17 @@ class RaftNode:
         """The configuration in effect at ``index`` (log start <= ``index`` <= last index)."""
         if self._conf_index <= index:
             return self.conf  # the newest configuration in the log is at or before it
+        return self._newest_conf(index)[0]
+
+    def _newest_conf(self, index: int) -> tuple[ConfState, int]:
+        """The newest configuration at or before ``index`` and where it is: the log start's
+        if the log holds none there."""
         log = self.log
         for i in range(index, log.snapshot_index, -1):
             entry = log.entry(i)
             if entry.type is EntryType.CONFIG:
-                return ConfState.decode(entry.data)
-        return self._snapshot_conf
+                return ConfState.decode(entry.data), i
+        return self._snapshot_conf, log.snapshot_index
 
     def _refresh_conf(self) -> None:
         """Use the newest configuration in the log, or the snapshot's if the log holds none.
@@ -1000,12 +1005,7 @@ class RaftNode:
         when a conflicting suffix that held it is truncated.
         """
         log = self.log
-        self.conf, self._conf_index = self._snapshot_conf, log.snapshot_index
-        for index in range(log.last_index, log.snapshot_index, -1):
-            entry = log.entry(index)
-            if entry.type is EntryType.CONFIG:
-                self.conf, self._conf_index = ConfState.decode(entry.data), index
-                break
+        self.conf, self._conf_index = self._newest_conf(log.last_index)
         self.voters = self.conf.voters
         if self._quorum.voters != self.voters:
             self._quorum = MajorityConfig(self.voters)

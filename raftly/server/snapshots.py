@@ -52,27 +52,6 @@ class SnapshotSettings:
         return self.entries if self.retain is None else self.retain
 
 
-class _Incoming:
-    """The transport's sink for one snapshot file arriving from a leader; remembers what the
-    file holds once ``finish`` has verified it (``finish`` runs in the transport's thread)."""
-
-    __slots__ = ("file", "meta")
-
-    def __init__(self, file: IncomingSnapshot) -> None:
-        self.file = file
-        self.meta: SnapshotMeta | None = None
-
-    def write(self, data: bytes, /) -> int:
-        return self.file.write(data)
-
-    def finish(self) -> SnapshotMeta:
-        self.meta = self.file.finish()
-        return self.meta  # the transport refuses it if it is not the one the leader announced
-
-    def abort(self) -> None:
-        self.file.abort()
-
-
 class SnapshotManager:
     """Takes, installs and sends the snapshots of one server (see the module docstring)."""
 
@@ -99,7 +78,7 @@ class SnapshotManager:
         self._next_try = settings.entries
         self._taking: asyncio.Task[None] | None = None
         self._taken: SnapshotMeta | None = None
-        self._arriving: dict[NodeId, _Incoming] = {}
+        self._arriving: dict[NodeId, IncomingSnapshot] = {}
         """Per leader, the snapshot file being received from it."""
         self._received: dict[SnapshotMeta, IncomingSnapshot] = {}
         """Files received whole and verified, until the core installs one. ``settle`` keeps
@@ -227,10 +206,10 @@ class SnapshotManager:
 
     # -- receiving --------------------------------------------------------------------------------
 
-    def sink(self, msg: InstallSnapshot) -> _Incoming:
+    def sink(self, msg: InstallSnapshot) -> IncomingSnapshot:
         """Where the transport writes the snapshot file announced by ``msg`` (one transfer per
         leader at a time: a newer one replaces an older, as the transport does)."""
-        incoming = _Incoming(self.store.receive())
+        incoming = self.store.receive()
         self._arriving[msg.src] = incoming
         return incoming
 
@@ -249,7 +228,7 @@ class SnapshotManager:
         old = self._received.pop(meta, None)
         if old is not None:
             self.store.discard(old)
-        self._received[meta] = incoming.file
+        self._received[meta] = incoming
         return True
 
     def settle(self, node: RaftNode) -> None:
@@ -354,7 +333,7 @@ class SnapshotManager:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._discard_received()
         for arriving in self._arriving.values():
-            self.store.discard(arriving.file)
+            self.store.discard(arriving)
         self._arriving.clear()
         # A persist under way finishes (threads cannot be interrupted) without blocking the
         # event loop, which other in-process nodes may share.
