@@ -24,7 +24,7 @@ from pathlib import Path
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 NAME_PATTERN = _NAME
 """What a node name may be (also for members added at run time)."""
-_MAX_ID = 0x7FFFFFFF
+MAX_NODE_ID = 0x7FFFFFFF
 
 
 class ClusterFileError(ValueError):
@@ -79,7 +79,7 @@ class ClusterSpec:
 
 def name_to_id(name: str) -> int:
     """The default Raft id of a node: a stable hash of its name (positive, 31 bits)."""
-    return zlib.crc32(name.encode("utf-8")) & _MAX_ID
+    return zlib.crc32(name.encode("utf-8")) & MAX_NODE_ID
 
 
 def parse_address(text: object, where: str) -> Address:
@@ -125,8 +125,8 @@ def parse_cluster(data: Mapping[str, object], source: str = "cluster file") -> C
         raw_id = table.get("id", None)
         if raw_id is None:
             node_id = name_to_id(name)
-        elif type(raw_id) is not int or not 1 <= raw_id <= _MAX_ID:
-            raise ClusterFileError(f"{where}: id must be an integer from 1 to {_MAX_ID}")
+        elif type(raw_id) is not int or not 1 <= raw_id <= MAX_NODE_ID:
+            raise ClusterFileError(f"{where}: id must be an integer from 1 to {MAX_NODE_ID}")
         else:
             node_id = raw_id
         nodes.append(NodeSpec(name, node_id, parse_address(table["raft"], f"{where} raft"),

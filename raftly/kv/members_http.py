@@ -21,6 +21,7 @@ from aiohttp import web
 from raftly.core.errors import NotLeader, ProposalDropped
 from raftly.core.types import ConfChange, ConfChangeType, ConfState, Member
 from raftly.kv.cluster_file import (
+    MAX_NODE_ID,
     NAME_PATTERN,
     Address,
     ClusterFileError,
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
     from raftly.kv.http import KVApi
 
 MAX_BODY = 64 * 1024
-_MAX_ID = 0x7FFFFFFF
 NOT_FOUND_CODES = frozenset({"unknown"})
 """Refusals that mean "no such member" (404); every other refusal is a conflict (409)."""
 
@@ -157,8 +157,8 @@ class MembersApi:
         node_id = body.get("id")
         if node_id is None:
             node_id = self._fresh_id()
-        elif type(node_id) is not int or not 1 <= node_id <= _MAX_ID:
-            return self.api._error(400, f"id must be an integer from 1 to {_MAX_ID}")
+        elif type(node_id) is not int or not 1 <= node_id <= MAX_NODE_ID:
+            return self.api._error(400, f"id must be an integer from 1 to {MAX_NODE_ID}")
         member = Member(node_id, name, str(addresses["raft"]), str(addresses["api"]),
                         promote=not learner)
         added = self._added_untouched(member)
@@ -185,7 +185,7 @@ class MembersApi:
         # never the old id whose votes a wiped disk forgot.
         used = self._conf.ids
         while True:
-            node_id = 1 + secrets.randbelow(_MAX_ID)
+            node_id = 1 + secrets.randbelow(MAX_NODE_ID)
             if node_id not in used:
                 return node_id
 

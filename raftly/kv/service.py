@@ -12,7 +12,7 @@ import contextlib
 import logging
 import secrets
 import signal
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -58,8 +58,8 @@ class RunningNode:
     api_address: Address
     closed: bool = False
     watcher: asyncio.Task[None] | None = None
-    helpers: list[asyncio.Task[None]] = field(default_factory=list)
-    """Short tasks of its own (address look-ups) that a close cancels."""
+    lookup: asyncio.Task[None] | None = None
+    """An address look-up under way, which a close cancels."""
 
     @property
     def name(self) -> str:
@@ -75,7 +75,7 @@ class RunningNode:
 
     async def close(self) -> None:
         self.closed = True
-        tasks = [t for t in (self.watcher, *self.helpers) if t is not None]
+        tasks = [t for t in (self.watcher, self.lookup) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -143,7 +143,7 @@ class _AddressFinder:
             self._next = loop.time() + 1.0
             self._task = asyncio.create_task(self._look_up(),
                                              name=f"raftly {self._node.name}: addresses")
-            self._node.helpers[:] = [self._task]
+            self._node.lookup = self._task
 
     async def _look_up(self) -> None:
         node = self._node

@@ -90,11 +90,10 @@ class MemoryStorage:
             return
         held = log.term(meta.index) if meta.index <= log.last_index else None
         check_compact(meta, self._hard_state.commit, held)
-        covered = log.entries(log.first_index, min(meta.index, log.last_index) + 1)
+        covered = _data_size(log.entries(log.first_index, min(meta.index, log.last_index) + 1))
         log.compact(meta)
         # Empty after meta when the log ended before it or disagreed with it.
-        self._log_bytes = 0 if log.last_index == meta.index else self._log_bytes - _data_size(
-            covered)
+        self._log_bytes = 0 if log.last_index == meta.index else self._log_bytes - covered
         self._hard_state = commit_after_compact(self._hard_state, meta)
 
     @property

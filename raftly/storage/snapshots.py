@@ -337,7 +337,7 @@ class SnapshotWriter:
 
     def _emit(self, payload: bytes | bytearray | memoryview) -> None:
         length_field = struct.pack("<I", len(payload))
-        self._put(length_field + struct.pack("<I", record_crc(length_field, payload)))
+        self._put(RECORD_HEADER.pack(len(payload), record_crc(length_field, payload)))
         self._put(payload)
         self._frames += 1
         self._payload += len(payload)

@@ -366,7 +366,7 @@ def _dec_install_snapshot(f: list[Any], term: int, src: int, dst: int, lim: _Lim
         conf = ConfState.decode(raw)
     except ValueError as exc:
         raise CodecError(f"snapshot configuration: {exc}") from None
-    ids = conf.voters | conf.learners
+    ids = conf.ids
     if len(ids) > lim.max_voters:
         raise CodecError(f"snapshot configuration: {len(ids)} nodes, at most "
                          f"{lim.max_voters} allowed")

@@ -6,20 +6,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_helpers import dump_logs, new_cluster
+from e2e_helpers import new_cluster, started
 
 from raftly.localcluster import ProcessCluster
 
 
 def _started(directory: Path) -> Iterator[ProcessCluster]:
-    cluster = new_cluster(directory)
-    try:
-        cluster.start()
-        cluster.wait_for_leader(timeout=30.0)
-        yield cluster
-    finally:
-        cluster.stop(grace=5.0)
-        dump_logs(cluster)
+    return started(new_cluster(directory))
 
 
 @pytest.fixture

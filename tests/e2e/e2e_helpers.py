@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +24,22 @@ HEARTBEAT = 0.08
 # Generous: the failover bound a test asserts (the expected time is ~0.5-1.5 s).
 FAILOVER_BOUND = 10.0
 
-def new_cluster(directory: Path, nodes: int = 3) -> ProcessCluster:
+def new_cluster(directory: Path, nodes: int = 3,
+                serve_options: Sequence[str] = ()) -> ProcessCluster:
     return ProcessCluster(directory, plan_loopback(nodes), fsync="always",
                           election_timeout=ELECTION_TIMEOUT, heartbeat=HEARTBEAT,
-                          log_level="INFO")
+                          log_level="INFO", serve_options=serve_options)
+
+
+def started(cluster: ProcessCluster) -> Iterator[ProcessCluster]:
+    """For a fixture: ``cluster`` started with a leader, then stopped and its logs printed."""
+    try:
+        cluster.start()
+        cluster.wait_for_leader(timeout=30.0)
+        yield cluster
+    finally:
+        cluster.stop(grace=5.0)
+        dump_logs(cluster)
 
 
 def dump_logs(cluster: ProcessCluster, lines: int = 40) -> None:

@@ -95,7 +95,9 @@ def test_join_promote_remove_and_restart_from_the_data_dir_alone(
     assert n1.proc.returncode == 0
     assert "removed from the cluster" in n1.log_tail(20)
     left = [endpoints[1], endpoints[2], n4_api]
-    assert set(members(left[0]) or {}) == {"n2", "n3", "n4"}
+    # The removal may have committed on n3 and n4 before n2 holds it: poll.
+    wait_until("n2 lists n2, n3 and n4",
+               lambda: set(members(left[0]) or {}) == {"n2", "n3", "n4"})
     with Client(left, timeout=20.0) as client:
         client.put("after", b"x")
 
@@ -198,7 +200,8 @@ def test_replace_every_node_one_at_a_time_under_writes_loses_nothing(
         stop.set()
         thread.join(30)
     endpoints = list(live.values())
-    assert set(members(endpoints[0]) or {}) == set(new)
+    wait_until("only the new nodes are members",
+               lambda: set(members(endpoints[0]) or {}) == set(new))
     with Client(endpoints, timeout=20.0) as client:
         assert {k: client.get(k) for k in acked} == acked
     for proc in extra.procs:

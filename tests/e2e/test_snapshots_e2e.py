@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_helpers import ELECTION_TIMEOUT, HEARTBEAT, dump_logs
+from e2e_helpers import new_cluster, started
 
 from raftly.kv.client import AsyncClient, Client
-from raftly.localcluster import ProcessCluster, plan_loopback
+from raftly.localcluster import ProcessCluster
 
 SNAPSHOT_ENTRIES = 200
 RETAIN = 50
@@ -22,18 +22,10 @@ SEGMENT_SIZE = 16 * 1024
 @pytest.fixture
 def compacting(tmp_path: Path) -> Iterator[ProcessCluster]:
     """A 3-node cluster that snapshots every 200 entries, keeps 50 behind, rolls 16 KiB segments."""
-    cluster = ProcessCluster(
-        tmp_path / "cluster", plan_loopback(3), fsync="always",
-        election_timeout=ELECTION_TIMEOUT, heartbeat=HEARTBEAT,
+    yield from started(new_cluster(
+        tmp_path / "cluster",
         serve_options=["--snapshot-entries", str(SNAPSHOT_ENTRIES),
-                       "--snapshot-retain", str(RETAIN), "--segment-size", str(SEGMENT_SIZE)])
-    try:
-        cluster.start()
-        cluster.wait_for_leader(timeout=30.0)
-        yield cluster
-    finally:
-        cluster.stop(grace=5.0)
-        dump_logs(cluster)
+                       "--snapshot-retain", str(RETAIN), "--segment-size", str(SEGMENT_SIZE)]))
 
 
 def write_keys(endpoints: list[str], count: int, *, keys: int | None = None,

@@ -178,8 +178,7 @@ def test_install_snapshot_races_with_new_appends(seed: int) -> None:
     behind, sent = _leave_behind(c, 60)
     sent += _fill(c, 150, "d")  # snapshots keep being taken and sent while it catches up
     c.set_long_delays(False)
-    c.run(3.0)
-    assert c.snapshots_installed(behind)
+    c.run_until(lambda: bool(c.snapshots_installed(behind)), 30.0)
     assert _holds_in_order(_settle(c), sent)
 
 
