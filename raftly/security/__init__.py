@@ -1,0 +1,1 @@
+"""Security: certificates (``certs``), TLS contexts (``tls``) and API authorization (``auth``)."""
