@@ -9,6 +9,15 @@ reached a leader raises ``OutcomeUnknownError`` (it may or may not be applied); 
 ``UnavailableError`` (it was not applied). With ``fail_fast=True`` they give up at once, with
 ``UnavailableError``, when every endpoint refuses the connection (a shell user's typo'd port).
 
+Both speak HTTPS when given TLS options (``cacert``: the CA that signs the nodes' certificates,
+else the system's; ``cert``/``key``: a client certificate for nodes that require one; or a ready
+``ssl_context``): endpoints written ``host:port`` then mean ``https://host:port``, and an
+explicit ``https://`` endpoint always works. A redirect never leads from https to plain http.
+``token`` is sent as ``Authorization: Bearer TOKEN`` with every request; a ``401`` (no or unknown
+token) or ``403`` (role too low) is a ``RequestError`` with the node's message. A TLS handshake
+that cannot succeed (an unverifiable certificate, a refused client certificate, a plaintext
+node) raises ``HandshakeError`` at once instead of retrying until the timeout.
+
 ``Client`` is not thread-safe (use one per thread); ``AsyncClient`` may run many requests at once.
 
 Both are thin I/O shells: building requests, reading answers and every retry decision live in
@@ -22,8 +31,10 @@ import asyncio
 import builtins
 import http.client
 import socket
+import ssl
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -33,13 +44,13 @@ from raftly.kv.client_core import (
     Call,
     ClientCore,
     ClientError,
+    HandshakeError,
     OutcomeUnknownError,
     Request,
     RequestError,
     Response,
     Step,
     UnavailableError,
-    base_url,
     cas_call,
     delete_call,
     get_call,
@@ -47,6 +58,7 @@ from raftly.kv.client_core import (
     members_call,
     put_call,
     status_call,
+    tls_failure,
 )
 
 if TYPE_CHECKING:
@@ -54,23 +66,66 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+PathLike = str | Path
 
-# -- blocking --------------------------------------------------------------------------------------
+
+def tls_context(cacert: PathLike | None = None, cert: PathLike | None = None,
+                key: PathLike | None = None, ssl_context: ssl.SSLContext | None = None
+                ) -> ssl.SSLContext | None:
+    """The client's TLS context: ``ssl_context`` as given, else one made from the files (TLS
+    1.2+, host names checked; ``TlsError`` names a missing or unusable file), else None (no
+    TLS option: plain http by default)."""
+    if ssl_context is not None:
+        if cacert is not None or cert is not None or key is not None:
+            raise ValueError("give either ssl_context or cacert/cert/key, not both")
+        return ssl_context
+    if cacert is None and cert is None and key is None:
+        return None
+    from raftly.security.tls import client_context
+
+    return client_context(cacert, cert, key)
 
 
-class Client:
-    """A blocking client: ``Client(["127.0.0.1:8001", "127.0.0.1:8002"]).put("k", b"v")``."""
+class _Shell:
+    """What both shells keep: the routing core and the TLS context for https endpoints."""
 
-    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 10.0,
-                 request_timeout: float = 6.0, client_id: str | None = None,
-                 fail_fast: bool = False) -> None:
+    def __init__(self, endpoints: str | Sequence[str], *, timeout: float,
+                 request_timeout: float, client_id: str | None, fail_fast: bool,
+                 cacert: PathLike | None, cert: PathLike | None, key: PathLike | None,
+                 token: str | None, ssl_context: ssl.SSLContext | None) -> None:
+        self._ssl = tls_context(cacert, cert, key, ssl_context)
         self._core = ClientCore(endpoints, timeout, request_timeout, client_id,
-                                fail_fast=fail_fast)
-        self._conns: dict[str, http.client.HTTPConnection] = {}
+                                fail_fast=fail_fast, tls=self._ssl is not None, token=token,
+                                client_cert=cert is not None or ssl_context is not None)
 
     @property
     def client_id(self) -> str:
         return self._core.client_id
+
+    def _context(self) -> ssl.SSLContext:
+        """For an https endpoint: the configured context, else the system's CAs."""
+        if self._ssl is None:
+            from raftly.security.tls import client_context
+
+            self._ssl = client_context()
+        return self._ssl
+
+
+# -- blocking --------------------------------------------------------------------------------------
+
+
+class Client(_Shell):
+    """A blocking client: ``Client(["127.0.0.1:8001", "127.0.0.1:8002"]).put("k", b"v")``."""
+
+    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 10.0,
+                 request_timeout: float = 6.0, client_id: str | None = None,
+                 fail_fast: bool = False, cacert: PathLike | None = None,
+                 cert: PathLike | None = None, key: PathLike | None = None,
+                 token: str | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(endpoints, timeout=timeout, request_timeout=request_timeout,
+                         client_id=client_id, fail_fast=fail_fast, cacert=cacert, cert=cert,
+                         key=key, token=token, ssl_context=ssl_context)
+        self._conns: dict[str, http.client.HTTPConnection] = {}
 
     def close(self) -> None:
         for conn in self._conns.values():
@@ -113,8 +168,12 @@ class Client:
         call = status_call()
         if endpoint is None:
             return self._run(call)
-        return call.decode(self._send(base_url(endpoint), call.request(),
-                                      self._core.request_timeout))
+        base = self._core.base(endpoint)
+        try:
+            resp = self._send(base, self._core.request(call), self._core.request_timeout)
+        except ssl.SSLError as exc:
+            raise tls_failure(base, exc) or exc from None
+        return call.decode(resp)
 
     def _run(self, call: Call[T]) -> T:
         tries = self._core.start(call, time.monotonic)
@@ -132,6 +191,8 @@ class Client:
             except ConnectionRefusedError as exc:
                 tries.failed(base, exc, maybe_sent=False)
             except (OSError, http.client.HTTPException) as exc:
+                if (error := tries.hopeless(base, exc)) is not None:
+                    raise error from None
                 tries.failed(base, exc, maybe_sent=True)
             else:
                 step = tries.answered(base, resp)
@@ -144,8 +205,13 @@ class Client:
     def _send(self, base: str, req: Request, timeout: float) -> Response:
         conn = self._conns.get(base)
         if conn is None:
-            netloc = urlsplit(base).netloc
-            conn = self._conns[base] = http.client.HTTPConnection(netloc, timeout=timeout)
+            parts = urlsplit(base)
+            if parts.scheme == "https":
+                conn = http.client.HTTPSConnection(parts.netloc, timeout=timeout,
+                                                   context=self._context())
+            else:
+                conn = http.client.HTTPConnection(parts.netloc, timeout=timeout)
+            self._conns[base] = conn
         conn.timeout = timeout
         if conn.sock is not None:
             conn.sock.settimeout(timeout)
@@ -167,19 +233,18 @@ class Client:
 # -- asyncio ---------------------------------------------------------------------------------------
 
 
-class AsyncClient:
+class AsyncClient(_Shell):
     """The asyncio client (aiohttp); ``async with AsyncClient(endpoints) as kv: ...``."""
 
     def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 10.0,
                  request_timeout: float = 6.0, client_id: str | None = None,
-                 fail_fast: bool = False) -> None:
-        self._core = ClientCore(endpoints, timeout, request_timeout, client_id,
-                                fail_fast=fail_fast)
+                 fail_fast: bool = False, cacert: PathLike | None = None,
+                 cert: PathLike | None = None, key: PathLike | None = None,
+                 token: str | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(endpoints, timeout=timeout, request_timeout=request_timeout,
+                         client_id=client_id, fail_fast=fail_fast, cacert=cacert, cert=cert,
+                         key=key, token=token, ssl_context=ssl_context)
         self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def client_id(self) -> str:
-        return self._core.client_id
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -219,8 +284,13 @@ class AsyncClient:
         call = status_call()
         if endpoint is None:
             return await self._run(call)
-        return call.decode(await self._send(base_url(endpoint), call.request(),
-                                            self._core.request_timeout))
+        base = self._core.base(endpoint)
+        try:
+            resp = await self._send(base, self._core.request(call), self._core.request_timeout)
+        except OSError as exc:
+            cause = _ssl_cause(exc)
+            raise (tls_failure(base, cause) if cause is not None else None) or exc from None
+        return call.decode(resp)
 
     async def _run(self, call: Call[T]) -> T:
         tries = self._core.start(call, asyncio.get_running_loop().time)
@@ -238,9 +308,15 @@ class AsyncClient:
             try:
                 resp = await self._send(base, tries.request, tries.request_timeout())
             except aiohttp.ClientConnectorError as exc:
+                if (error := _hopeless(tries, base, exc)) is not None:
+                    raise error from None
                 refused = isinstance(exc.os_error, ConnectionRefusedError | socket.gaierror)
-                tries.failed(base, exc, maybe_sent=not refused)
+                # A TLS handshake that failed never carried the request.
+                tries.failed(base, exc, maybe_sent=not refused
+                             and not isinstance(exc, aiohttp.ClientSSLError))
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                if (error := _hopeless(tries, base, exc)) is not None:
+                    raise error from None
                 tries.failed(base, exc, maybe_sent=True)
             else:
                 step = tries.answered(base, resp)
@@ -259,12 +335,36 @@ class AsyncClient:
         # encoded=True: the path is quoted already, and must not be normalized (a key ".."
         # would otherwise become a different path).
         url = yarl.URL(base + req.path, encoded=True)
+        tls = self._context() if url.scheme == "https" else True
         async with self._session.request(
-                req.method, url, data=req.body, headers=req.headers,
+                req.method, url, data=req.body, headers=req.headers, ssl=tls,
                 allow_redirects=False, timeout=aiohttp.ClientTimeout(total=timeout)) as raw:
             body = await raw.read()
             return Response(raw.status, {k.lower(): v for k, v in raw.headers.items()}, body)
 
 
-__all__ = ["AsyncClient", "Client", "ClientError", "OutcomeUnknownError", "RequestError",
-           "UnavailableError"]
+def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind an aiohttp error (aiohttp wraps it), if there is one."""
+    seen: BaseException | None = exc
+    for _ in range(5):  # a short chain: the wrapper, its cause, rarely one more
+        if seen is None:
+            return None
+        cert_error = getattr(seen, "certificate_error", None)
+        if isinstance(cert_error, ssl.SSLError):
+            return cert_error
+        os_error = getattr(seen, "os_error", None)
+        if isinstance(os_error, ssl.SSLError):
+            return os_error
+        if isinstance(seen, ssl.SSLError) and type(seen).__module__ == "ssl":
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _hopeless(tries: Attempt[T], base: str, exc: BaseException) -> ClientError | None:
+    cause = _ssl_cause(exc)
+    return tries.hopeless(base, cause) if cause is not None else None
+
+
+__all__ = ["AsyncClient", "Client", "ClientError", "HandshakeError", "OutcomeUnknownError",
+           "RequestError", "UnavailableError", "tls_context"]

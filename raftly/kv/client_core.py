@@ -6,8 +6,10 @@ sleep:
 
 - building each operation's request (``put_call`` ... ``status_call``: path, body, and how to
   decode the answer);
-- the routing state of one client (``ClientCore``: endpoints, the node believed to lead, the
-  session id and write sequence numbers);
+- the routing state of one client (``ClientCore``: endpoints and their scheme, the node
+  believed to lead, the session id and write sequence numbers, the bearer token);
+- where a redirect may go (``redirect_url``: a ``307`` from an https node never leads to
+  plain http);
 - the retry state of one call (``Attempt``: deadline, backoff, whether a write may have been
   applied), which turns each answer into a ``Verdict`` and then a ``Step`` for the shell.
 
@@ -21,11 +23,12 @@ import base64
 import enum
 import json
 import random
+import ssl
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from raftly.kv.protocol import (
     ACK_HEADER,
@@ -44,6 +47,7 @@ __all__ = [
     "Call",
     "ClientCore",
     "ClientError",
+    "HandshakeError",
     "OutcomeUnknownError",
     "Request",
     "RequestError",
@@ -58,7 +62,9 @@ __all__ = [
     "list_call",
     "members_call",
     "put_call",
+    "redirect_url",
     "status_call",
+    "tls_failure",
 ]
 
 T = TypeVar("T")
@@ -79,8 +85,18 @@ class OutcomeUnknownError(ClientError):
     """A write may or may not have been applied (a timeout or connection loss at the leader)."""
 
 
+class HandshakeError(UnavailableError):
+    """A TLS handshake failed for a reason that retrying cannot fix: the node's certificate
+    cannot be verified, the node refused this client's certificate, or the node speaks plain
+    HTTP. Nothing was sent, so a write was not applied."""
+
+
 class RequestError(ClientError):
-    """The cluster refused the request as invalid (4xx): ``status`` and the server's message."""
+    """The cluster refused the request (4xx): ``status`` and the server's message.
+
+    ``401`` (no token or an unknown one) and ``403`` (the token's role is too low) come here
+    too, with the server's message.
+    """
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"{status}: {message}")
@@ -154,13 +170,55 @@ class Call(Generic[T]):
         return Request(self.method, self.path, self.body, self.write, dict(headers or {}))
 
 
-def base_url(endpoint: str) -> str:
+def base_url(endpoint: str, scheme: str = "http") -> str:
+    """``scheme://host:port`` of ``endpoint``; ``scheme`` is for an endpoint that names none."""
     if "://" not in endpoint:
-        endpoint = "http://" + endpoint
+        endpoint = f"{scheme}://{endpoint}"
     parts = urlsplit(endpoint)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"not an http endpoint: {endpoint!r}")
-    return f"http://{parts.netloc}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http or https endpoint: {endpoint!r}")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def redirect_url(current: str, location: str | None) -> str | None:
+    """Where a ``307`` from ``current`` (a URL) with header ``location`` leads, or None when it
+    must not be followed: no location, not http(s), or from https down to plain http (a node
+    that serves TLS never sends that; whoever did would read the request, token included)."""
+    if not location:
+        return None
+    target = urljoin(current, location)
+    parts = urlsplit(target)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    if urlsplit(current).scheme == "https" and parts.scheme != "https":
+        return None
+    return target
+
+
+# What the TLS library says when the other end answers a handshake with plain HTTP.
+_PLAINTEXT_REASONS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE",
+                                "HTTP_REQUEST", "UNKNOWN_PROTOCOL"})
+
+
+def tls_failure(base: str, exc: BaseException) -> HandshakeError | None:
+    """A ``HandshakeError`` for ``exc`` (met while connecting to ``base``) when it is a TLS
+    failure that retrying cannot fix; None for anything else (a reset, a timeout: retried)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        why = getattr(exc, "verify_message", None) or exc
+        return HandshakeError(
+            f"{base}: TLS: cannot verify the node's certificate ({why}); is --cacert "
+            "($RAFTLY_CACERT) the cluster's CA certificate?")
+    if not isinstance(exc, ssl.SSLError):
+        return None
+    reason = str(exc.reason or "")
+    if reason in _PLAINTEXT_REASONS:
+        return HandshakeError(f"{base}: TLS: the node does not speak TLS ({reason.lower()}); "
+                              "use http:// and no TLS options for it")
+    if "ALERT" in reason:  # the node ended the handshake: it refused us or our certificate
+        return HandshakeError(
+            f"{base}: TLS: the node refused the handshake ({reason.lower()}); it may require "
+            "a client certificate of the cluster CA (--cert/--key)")
+    return None
 
 
 # -- the operations --------------------------------------------------------------------------------
@@ -267,12 +325,23 @@ class ClientCore:
 
     def __init__(self, endpoints: str | Sequence[str], timeout: float,
                  request_timeout: float, client_id: str | None, *,
-                 fail_fast: bool = False) -> None:
+                 fail_fast: bool = False, tls: bool = False, token: str | None = None,
+                 client_cert: bool = False) -> None:
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e.strip()]
         if not endpoints:
             raise ValueError("at least one endpoint is needed")
-        self.endpoints = [base_url(e.strip()) for e in endpoints]
+        self.endpoints = [base_url(e.strip(), "https" if tls else "http") for e in endpoints]
+        # A cluster is all TLS or all plain: addresses learned later (redirects, member lists
+        # give "host:port") take the scheme the cluster was reached with.
+        self.scheme = "https" if tls or any(e.startswith("https:") for e in self.endpoints) \
+            else "http"
+        if token is not None and (not token or any(c in token for c in "\r\n")):
+            raise ValueError("the token is empty or spans lines")
+        self.headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        """Sent with every request (the bearer token)."""
+        self.client_cert = client_cert
+        """Whether this client shows a certificate (for the hint when a node closes on it)."""
         self.timeout = timeout
         self.request_timeout = request_timeout
         self.client_id = client_id or uuid.uuid4().hex
@@ -290,6 +359,14 @@ class ClientCore:
     def start(self, call: Call[T], clock: Callable[[], float]) -> Attempt[T]:
         """Begin ``call``; the shell must ``finish()`` the attempt however it ends."""
         return Attempt(self, call, clock)
+
+    def request(self, call: Call[T], headers: dict[str, str] | None = None) -> Request:
+        """``call``'s request, with this client's own headers (the token) and ``headers``."""
+        return call.request({**self.headers, **(headers or {})})
+
+    def base(self, endpoint: str) -> str:
+        """``endpoint`` as a base URL, in this client's scheme when it names none."""
+        return base_url(endpoint, self.scheme)
 
     def begin_write(self) -> tuple[int, dict[str, str]]:
         """A fresh seq and the session headers that carry it (the same for every resend)."""
@@ -312,12 +389,10 @@ class ClientCore:
         return min(0.02 * (1 << min(attempt, 10)), 0.5) * (0.5 + self._rng.random())
 
     def follow(self, location: str | None) -> bool:
-        if not location:
+        target = redirect_url(self.target + "/", location)
+        if target is None:
             return False
-        try:
-            self.target = base_url(location)
-        except ValueError:
-            return False
+        self.target = base_url(target)
         self._learn(self.target)  # a leader added after this client was made
         return True
 
@@ -330,7 +405,7 @@ class ClientCore:
             api = member.get("api")
             if isinstance(api, str) and api:
                 try:
-                    self._learn(base_url(api))
+                    self._learn(self.base(api))
                 except ValueError:
                     continue
 
@@ -369,6 +444,11 @@ class ClientCore:
 
     def give_up(self, req: Request, maybe_applied: bool, last: str) -> ClientError:
         what = f"{req.method} {req.path.split('?')[0]}"
+        if self.scheme == "https" and not self.client_cert and "isconnected" in last:
+            # With TLS 1.3 a node that demands a client certificate checks it after the
+            # handshake and just closes the connection: say what that usually means.
+            last += ("; a node that requires a client certificate closes the connections of "
+                     "clients without one: --cert/--key")
         if req.write and maybe_applied:
             return OutcomeUnknownError(
                 f"{what}: no definite answer within {self.timeout}s (last: {last}); the write "
@@ -398,7 +478,7 @@ class Attempt(Generic[T]):
         headers: dict[str, str] = {}
         if call.write:
             self._seq, headers = core.begin_write()
-        self.request = call.request(headers)
+        self.request = core.request(call, headers)
         self.deadline = clock() + core.timeout
         self.maybe_applied = False
         self.attempt = 0
@@ -414,6 +494,18 @@ class Attempt(Generic[T]):
 
     def request_timeout(self) -> float:
         return max(0.05, min(self.core.request_timeout, self.deadline - self.clock()))
+
+    def hopeless(self, base: str, exc: BaseException) -> ClientError | None:
+        """The error to raise at once when ``exc`` is a TLS failure that retrying cannot fix
+        (``tls_failure``); None to go on. A write that an earlier attempt may have applied
+        is then of unknown outcome, not unavailable."""
+        error = tls_failure(base, exc)
+        if error is None:
+            return None
+        if self.request.write and self.maybe_applied:
+            return OutcomeUnknownError(f"{error} (an earlier attempt may have applied the "
+                                       "write)")
+        return error
 
     def failed(self, base: str, exc: BaseException, *, maybe_sent: bool) -> None:
         """The request got no answer; ``maybe_sent`` unless it surely never left."""
