@@ -10,8 +10,9 @@ Each subcommand lives in its own module and imports what it needs only when it r
 - ``fuzz``: the simulator's randomized fault schedules; ``check``: raftly.check's fault-injecting
   runs of a real cluster; ``bench``: raftly.bench, when installed.
 
-The client options ``--endpoints`` and ``--timeout`` may come before or after the subcommand
-(common.py). Exit status: 0 success, 1 error (one line on stderr), 2 usage, 130 interrupted.
+The client options (``--endpoints``, ``--timeout``, ``--cacert``, ``--cert``, ``--key``,
+``--token``) may come before or after the subcommand (common.py). Exit status: 0 success,
+1 error (one line on stderr), 2 usage, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from collections.abc import Callable
 
 from raftly import __version__
 from raftly.cli import cluster, demo, kv, member, serve
-from raftly.cli.common import EXIT_ERROR, EXIT_USAGE, CliError, UsageError, add_client_options
+from raftly.cli.common import (
+    CLIENT_OPTIONS,
+    EXIT_ERROR,
+    EXIT_USAGE,
+    CliError,
+    UsageError,
+    add_client_options,
+)
 
 
 def _fuzz(argv: list[str]) -> int:
@@ -55,7 +63,8 @@ def _bench(argv: list[str]) -> int:
 PASS_THROUGH: dict[str, Callable[[list[str]], int]] = {
     "fuzz": _fuzz, "check": _check, "bench": _bench}
 
-# The commands that talk to a cluster as a client, and so take --endpoints and --timeout.
+# The commands that talk to a cluster as a client, and so take the client options
+# (--endpoints, --timeout, --cacert, --cert, --key, --token).
 CLIENT_COMMANDS = ("kv", "status", "member", "leader")
 
 EPILOG = """\
@@ -68,7 +77,8 @@ examples:
   raftly --endpoints 10.0.0.1:8001,8002 kv list
 
 Run `raftly COMMAND --help` for a command's options and examples. The client options
---endpoints and --timeout (of kv and status) go before or after the command.
+--endpoints, --timeout, --cacert, --cert, --key and --token (of kv, status, member and
+leader) go before or after the command.
 Exit status: 0 success, 1 error, 2 usage.
 """
 
@@ -96,15 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _own_options(parser: argparse.ArgumentParser, command: str) -> set[str]:
+    """The destinations of the options subcommand ``command`` declares itself."""
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return {a.dest for a in action.choices[command]._actions}
+    return set()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] in PASS_THROUGH:
             return PASS_THROUGH[argv[0]](argv[1:])
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
         if args.command not in CLIENT_COMMANDS:
-            for option in ("endpoints", "timeout"):
-                if option in args:
+            own = _own_options(parser, args.command)  # `serve --token` is serve's own
+            for option in CLIENT_OPTIONS:
+                if option in args and option not in own:
                     raise UsageError(f"--{option} is an option of `raftly kv`, `raftly "
                                      f"status`, `raftly member` and `raftly leader`, not of "
                                      f"`raftly {args.command}`")

@@ -1,5 +1,6 @@
 """What every ``raftly`` subcommand shares: exit codes, expected errors, the client options
-(``--endpoints``, ``--timeout``), the cluster id they expect, logging.
+(``--endpoints``, ``--timeout``, and for secured clusters ``--cacert``, ``--cert``/``--key``,
+``--token``), the cluster id they expect, logging.
 
 Expected failures (a node unreachable, a key missing, a bad cluster file) raise ``CliError`` and
 leave as one line on stderr with exit status 1; argparse reports usage errors with status 2.
@@ -25,6 +26,10 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 
 ENDPOINTS_ENV = "RAFTLY_ENDPOINTS"
+CACERT_ENV = "RAFTLY_CACERT"
+CERT_ENV = "RAFTLY_CERT"
+KEY_ENV = "RAFTLY_KEY"
+TOKEN_ENV = "RAFTLY_TOKEN"
 DEFAULT_ENDPOINTS = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003"
 DEFAULT_TIMEOUT = 10.0
 CLUSTER_ID_ENV = "RAFTLY_CLUSTER_ID"
@@ -67,10 +72,11 @@ def parse_endpoints(text: str, source: str = "--endpoints") -> list[str]:
         else:
             scheme, sep, netloc = item.rpartition("://")
             name, colon, port = netloc.rpartition(":")
-            if (sep and scheme != "http") or not colon or not name or "/" in netloc \
+            if (sep and scheme not in ("http", "https")) or not colon or not name or "/" in netloc \
                     or not _valid_port(port):
                 raise UsageError(f"{source}: {item!r} is not an address; write HOST:PORT "
-                                 "(e.g. 127.0.0.1:8001) or a bare PORT after one")
+                                 "(e.g. 127.0.0.1:8001, or https://HOST:PORT) or a bare PORT "
+                                 "after one")
             host = name
         endpoints.append(item)
     if not endpoints:
@@ -78,8 +84,12 @@ def parse_endpoints(text: str, source: str = "--endpoints") -> list[str]:
     return endpoints
 
 
+CLIENT_OPTIONS = ("endpoints", "timeout", "cacert", "cert", "key", "token")
+"""The destinations of the client options (only client commands take them)."""
+
+
 def add_client_options(parser: argparse.ArgumentParser) -> None:
-    """``--endpoints`` and ``--timeout``, accepted at this level of the command line."""
+    """The client options, accepted at this level of the command line."""
     parser.add_argument(
         "--endpoints", default=argparse.SUPPRESS, metavar="HOST:PORT,...",
         help=f"comma-separated API addresses of the nodes (default: ${ENDPOINTS_ENV} or "
@@ -87,6 +97,18 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=positive_float, default=argparse.SUPPRESS,
                         metavar="SECONDS",
                         help=f"give up after this many seconds (default {DEFAULT_TIMEOUT:g})")
+    parser.add_argument(
+        "--cacert", default=argparse.SUPPRESS, metavar="FILE",
+        help=f"talk https, trusting the CA certificate FILE (the cluster's ca.crt; default "
+             f"${CACERT_ENV}); endpoints without a scheme then mean https://")
+    parser.add_argument("--cert", default=argparse.SUPPRESS, metavar="FILE",
+                        help=f"client certificate, for nodes that require one (default "
+                             f"${CERT_ENV})")
+    parser.add_argument("--key", default=argparse.SUPPRESS, metavar="FILE",
+                        help=f"the client certificate's private key (default ${KEY_ENV})")
+    parser.add_argument("--token", default=argparse.SUPPRESS, metavar="TOKEN",
+                        help=f"bearer token for clusters with an auth file (default "
+                             f"${TOKEN_ENV}; the environment keeps it out of `ps`)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +117,41 @@ class ClientOptions:
 
     endpoints: list[str]
     timeout: float
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    token: str | None = None
+
+    def security(self) -> dict[str, str | None]:
+        """The keyword arguments of ``Client`` that secure its connections."""
+        return {"cacert": self.cacert, "cert": self.cert, "key": self.key, "token": self.token}
+
+    def client(self, endpoints: list[str] | None = None, **kwargs: Any) -> Any:
+        """A ``raftly.Client`` with these options (``kwargs`` override); unusable TLS files
+        are a CliError naming the file."""
+        from raftly.kv.client import Client
+        from raftly.security.tls import TlsError
+
+        try:
+            return Client(endpoints if endpoints is not None else self.endpoints,
+                          **{"timeout": self.timeout, **self.security(), **kwargs})
+        except TlsError as exc:
+            raise CliError(f"TLS: {exc}") from None
+        except ValueError as exc:
+            raise CliError(str(exc), EXIT_USAGE) from None
+
+
+def _given(args: argparse.Namespace, name: str, env: str) -> str | None:
+    value: str | None = getattr(args, name, None)
+    if value is None:
+        value = os.environ.get(env) or None
+    return value
 
 
 def client_options(args: argparse.Namespace) -> ClientOptions:
-    """The endpoints (``--endpoints``, else ``$RAFTLY_ENDPOINTS``, else the local default) and
-    the timeout; raises UsageError for endpoints that are not addresses."""
+    """The endpoints (``--endpoints``, else ``$RAFTLY_ENDPOINTS``, else the local default), the
+    timeout, and the TLS files and token (each option, else its environment variable); raises
+    UsageError for endpoints that are not addresses."""
     given: str | None = getattr(args, "endpoints", None)
     if given is not None:
         endpoints = parse_endpoints(given, "--endpoints")
@@ -108,7 +160,19 @@ def client_options(args: argparse.Namespace) -> ClientOptions:
     else:
         endpoints = parse_endpoints(DEFAULT_ENDPOINTS)
     timeout: float = getattr(args, "timeout", DEFAULT_TIMEOUT)
-    return ClientOptions(endpoints, timeout)
+    return ClientOptions(endpoints, timeout, _given(args, "cacert", CACERT_ENV),
+                         _given(args, "cert", CERT_ENV), _given(args, "key", KEY_ENV),
+                         _given(args, "token", TOKEN_ENV))
+
+
+def refusal(status: int, message: str) -> str:
+    """One line for a node's 4xx answer; 401 and 403 say what to do about them."""
+    if status == 401:
+        return (f"unauthorized (401): {message}; give a token with --token or "
+                f"${TOKEN_ENV}")
+    if status == 403:
+        return f"forbidden (403): {message}; this token's role may not do that"
+    return f"refused ({status}): {message}"
 
 
 def add_cluster_id_argument(parser: argparse.ArgumentParser) -> None:

@@ -23,6 +23,7 @@ from raftly.cli.common import (
     check_cluster_id,
     client_options,
     cluster_id_mismatch,
+    refusal,
 )
 from raftly.kv.protocol import encode_list_item
 
@@ -35,6 +36,7 @@ examples:
   raftly kv list user/ --json           the keys under a prefix, as JSON
   raftly kv del greeting
   raftly --endpoints 10.0.0.1:8001,8002 kv get greeting
+  RAFTLY_CACERT=certs/ca.crt RAFTLY_TOKEN=... raftly kv get greeting    over https, with a token
 
 exit status: 0 success; 1 error (also: `get` of a missing key, a `cas` that did not swap);
 2 usage. Like etcdctl, `del` of a missing key succeeds and prints 0 (keys deleted). Unlike
@@ -116,23 +118,18 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     status.set_defaults(func=_status)
 
 
-def _client(args: argparse.Namespace) -> Any:
-    from raftly.kv.client import Client
+def run_client_command(args: argparse.Namespace) -> int:
+    """Run a kv subcommand, turning the client's errors into one-line messages."""
+    from raftly.kv.client import (
+        HandshakeError,
+        OutcomeUnknownError,
+        RequestError,
+        UnavailableError,
+    )
 
     options = client_options(args)
     try:
-        return Client(options.endpoints, timeout=options.timeout,
-                      request_timeout=min(options.timeout, 6.0), fail_fast=True)
-    except ValueError as exc:
-        raise CliError(str(exc), 2) from None
-
-
-def run_client_command(args: argparse.Namespace) -> int:
-    """Run a kv subcommand, turning the client's errors into one-line messages."""
-    from raftly.kv.client import OutcomeUnknownError, RequestError, UnavailableError
-
-    try:
-        with _client(args) as client:
+        with options.client(request_timeout=min(options.timeout, 6.0), fail_fast=True) as client:
             if args.cluster_id is not None:
                 # Whichever node answers speaks for its cluster: redirects stay inside it.
                 status = client.status()
@@ -141,10 +138,12 @@ def run_client_command(args: argparse.Namespace) -> int:
             return code
     except OutcomeUnknownError as exc:
         raise CliError(f"outcome unknown: {exc}") from None
+    except HandshakeError as exc:
+        raise CliError(str(exc)) from None
     except UnavailableError as exc:
         raise CliError(f"unavailable: {exc}") from None
     except RequestError as exc:
-        raise CliError(f"refused: {exc}") from None
+        raise CliError(refusal(exc.status, exc.message)) from None
     except ValueError as exc:  # the client's own checks, such as an empty key
         raise CliError(str(exc), 2) from None
 
@@ -234,7 +233,7 @@ def _json_item(key: str, value: bytes) -> dict[str, str]:
 
 def _status(args: argparse.Namespace) -> int:
     from raftly.cli.status_table import format_table
-    from raftly.kv.client import Client, ClientError
+    from raftly.kv.client import ClientError, RequestError
 
     options = client_options(args)
     endpoints = options.endpoints
@@ -244,13 +243,15 @@ def _status(args: argparse.Namespace) -> int:
     per_node = min(options.timeout, 2.0)
     for endpoint in endpoints:
         try:
-            with Client([endpoint], timeout=per_node, request_timeout=per_node) as client:
+            with options.client([endpoint], timeout=per_node, request_timeout=per_node
+                                ) as client:
                 statuses[endpoint] = client.status(endpoint)
+        except RequestError as exc:
+            statuses[endpoint] = None
+            errors[endpoint] = refusal(exc.status, exc.message)
         except (OSError, ClientError) as exc:
             statuses[endpoint] = None
             errors[endpoint] = str(exc)
-        except ValueError as exc:
-            raise CliError(str(exc), 2) from None
     names = _names(statuses)
     problems = [f"{names[ep]}: unreachable at {ep} ({error})" for ep, error in errors.items()]
     problems += _membership_problems(statuses, names, args.cluster_id)
@@ -271,21 +272,19 @@ def _status(args: argparse.Namespace) -> int:
 def _names(statuses: dict[str, dict[str, Any] | None]) -> dict[str, str]:
     """Each endpoint's node name: its own answer, else what the others' member lists call the
     node at that address (a down node is shown by name), else the address itself."""
-    from raftly.kv.client_core import base_url
-
     known: dict[str, str] = {}
     for status in statuses.values():
         for member in (status or {}).get("members", []):
             if member.get("api"):
-                known.setdefault(member["api"], member["id"])
-    names = {}
-    for endpoint, status in statuses.items():
-        try:
-            url = base_url(endpoint)
-        except ValueError:
-            url = endpoint
-        names[endpoint] = status["id"] if status is not None else known.get(url, endpoint)
-    return names
+                known.setdefault(_host_port(member["api"]), member["id"])
+    return {endpoint: status["id"] if status is not None
+            else known.get(_host_port(endpoint), endpoint)
+            for endpoint, status in statuses.items()}
+
+
+def _host_port(address: str) -> str:
+    """``host:port`` of an address or URL: http and https name the same node."""
+    return address.rpartition("://")[2].rstrip("/")
 
 
 def _membership_problems(statuses: dict[str, dict[str, Any] | None], names: dict[str, str],

@@ -1,5 +1,6 @@
 """``raftly member list|add|promote|remove`` and ``raftly leader transfer``: membership from the
-command line, through the HTTP API of any node (a follower's redirect to the leader is followed).
+command line, through the HTTP API of any node (a follower's redirect to the leader is followed),
+over https with ``--cacert`` and with a ``--token`` (membership changes need an admin one).
 
 Each command prints one line (or the member table) and exits 0; a refusal (unknown member, a
 change in flight, a name in use, ...) is one line on stderr and exit 1.
@@ -8,12 +9,16 @@ change in flight, a name in use, ...) is one line on stderr and exit 1.
 from __future__ import annotations
 
 import argparse
-import http.client
+import asyncio
 import json
+import ssl
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-from raftly.cli.common import CliError, add_client_options, client_options
+from raftly.cli.common import CliError, add_client_options, client_options, refusal
+from raftly.kv.client import handshake_failure, request_json, tls_context
+from raftly.kv.client_core import base_url
+from raftly.security.tls import TlsError
 
 MAX_REDIRECTS = 5
 
@@ -98,43 +103,36 @@ def request(args: argparse.Namespace, method: str, path: str,
     """Send to the first endpoint that answers, following redirects; the JSON answer, or
     CliError with the node's message."""
     options = client_options(args)
+    try:
+        context = tls_context(options.cacert, options.cert, options.key)
+    except TlsError as exc:
+        raise CliError(f"TLS: {exc}") from None
+    scheme = "https" if context is not None else "http"
+    headers = {"Authorization": f"Bearer {options.token}"} if options.token else None
+    status, answer = asyncio.run(_first_answer(
+        [base_url(e, scheme) + path for e in options.endpoints], method, body, headers,
+        context, options.timeout))
+    if 200 <= status < 300:
+        return answer
+    raise CliError(refusal(status, str(answer.get("error", answer))))
+
+
+async def _first_answer(urls: list[str], method: str, body: dict[str, Any] | None,
+                        headers: dict[str, str] | None, context: ssl.SSLContext | None,
+                        timeout: float) -> tuple[int, dict[str, Any]]:
+    import aiohttp
+
     unreachable = []
-    for endpoint in options.endpoints:
-        url = (endpoint if "://" in endpoint else f"http://{endpoint}") + path
-        try:
-            status, answer = _send(method, url, body, options.timeout)
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            unreachable.append(f"{endpoint} ({exc})")
-            continue
-        if 200 <= status < 300:
-            return answer
-        raise CliError(f"refused ({status}): {answer.get('error', answer)}")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+        for url in urls:
+            try:
+                return await request_json(session, method, url, body, headers=headers,
+                                          context=context, max_redirects=MAX_REDIRECTS)
+            except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+                if (failure := handshake_failure(url, exc)) is not None:
+                    raise CliError(str(failure)) from None
+                unreachable.append(f"{url} ({exc or type(exc).__name__})")
     raise CliError(f"unavailable: no node answered: {', '.join(unreachable)}")
-
-
-def _send(method: str, url: str, body: dict[str, Any] | None, timeout: float
-          ) -> tuple[int, dict[str, Any]]:
-    data = json.dumps(body).encode() if body is not None else None
-    for _ in range(MAX_REDIRECTS):
-        parts = urlsplit(url)
-        conn = http.client.HTTPConnection(parts.netloc, timeout=timeout)
-        try:
-            headers = {"Content-Type": "application/json"} if data is not None else {}
-            conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""),
-                         body=data, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
-            location = resp.getheader("Location")
-        finally:
-            conn.close()
-        if resp.status == 307 and location:
-            url = location
-            continue
-        answer = json.loads(raw)
-        if not isinstance(answer, dict):
-            raise ValueError(f"unexpected answer {answer!r}")
-        return resp.status, answer
-    raise ValueError("too many redirects")
 
 
 __all__ = ["add_parsers", "request"]

@@ -57,6 +57,7 @@ from raftly.kv.client_core import (
     list_call,
     members_call,
     put_call,
+    redirect_url,
     status_call,
     tls_failure,
 )
@@ -343,6 +344,47 @@ class AsyncClient(_Shell):
             return Response(raw.status, {k.lower(): v for k, v in raw.headers.items()}, body)
 
 
+# -- one request, redirects followed ----------------------------------------------------------
+
+
+async def request_json(session: aiohttp.ClientSession, method: str, url: str,
+                       body: object = None, *, headers: dict[str, str] | None = None,
+                       context: ssl.SSLContext | None = None, max_redirects: int = 5
+                       ) -> tuple[int, dict[str, Any]]:
+    """One JSON request to ``url``, following ``307`` redirects to the leader (never from
+    https down to http, see ``redirect_url``): the final status and JSON object.
+
+    For the membership calls (``raftly member``, ``raftly check``, a joining node), which are
+    not retried like the KV calls. ``context`` is used for https URLs. ValueError for an answer
+    that is not a JSON object, a redirect that may not be followed, or too many redirects;
+    aiohttp's errors and TimeoutError for a node that did not answer (``tls_failure`` tells
+    which of those retrying cannot fix).
+    """
+    for _ in range(max_redirects):
+        async with session.request(method, url, json=body, headers=headers,
+                                   allow_redirects=False,
+                                   ssl=context if url.startswith("https:") and context
+                                   else True) as resp:
+            if resp.status == 307:
+                target = redirect_url(url, resp.headers.get("Location"))
+                if target is None:
+                    raise ValueError(f"{url}: refused to follow a redirect to "
+                                     f"{resp.headers.get('Location')!r}")
+                url = target
+                continue
+            answer = await resp.json(content_type=None)
+            if not isinstance(answer, dict):
+                raise ValueError(f"{url}: unexpected answer {answer!r}")
+            return resp.status, answer
+    raise ValueError(f"{url}: too many redirects")
+
+
+def handshake_failure(url: str, exc: BaseException) -> HandshakeError | None:
+    """``tls_failure`` for an error an aiohttp request to ``url`` raised."""
+    cause = _ssl_cause(exc)
+    return tls_failure(url, cause) if cause is not None else None
+
+
 def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
     """The TLS error behind an aiohttp error (aiohttp wraps it), if there is one."""
     seen: BaseException | None = exc
@@ -362,9 +404,10 @@ def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
 
 
 def _hopeless(tries: Attempt[T], base: str, exc: BaseException) -> ClientError | None:
+    """``Attempt.hopeless`` for an aiohttp error: the TLS error behind it decides."""
     cause = _ssl_cause(exc)
     return tries.hopeless(base, cause) if cause is not None else None
 
 
 __all__ = ["AsyncClient", "Client", "ClientError", "HandshakeError", "OutcomeUnknownError",
-           "RequestError", "UnavailableError", "tls_context"]
+           "RequestError", "UnavailableError", "handshake_failure", "request_json", "tls_context"]
