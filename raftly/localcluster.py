@@ -16,6 +16,12 @@ has threads, as an asyncio runner does.)
 Children run in their own process group, so a Ctrl-C in the terminal reaches only the parent,
 which then stops them in order (SIGCONT for a paused one, SIGTERM, then SIGKILL after a grace
 period), and a signal reaches the node and anything it started.
+
+With ``tls_dir`` the cluster runs TLS on both ports of every node (``raftly serve --tls-dir``):
+the certificates are made there on the first start (``raftly.security.certs.init_certs``, one
+per node plus a client certificate), a node added later gets its own from the same CA, and an
+existing directory is reused as it is. The cluster's own status polls then speak https with
+that CA (and send ``token``, for a cluster that serves with an auth file).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import os
 import shlex
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -127,6 +134,8 @@ class ProcessCluster:
     output to its log file; otherwise children share the parent's stdout and stderr.
     ``orphan_signal`` is what a node gets if this process dies without stopping it.
     ``serve_options`` are more ``raftly serve`` options for every node (``--snapshot-entries``).
+    ``tls_dir``: TLS on every node, certificates there (made if absent; see the module
+    docstring); ``token``: for this object's own status polls.
     """
 
     def __init__(self, directory: str | Path, spec: ClusterSpec, *,
@@ -135,8 +144,13 @@ class ProcessCluster:
                  heartbeat: float | None = None, log_level: str = "INFO",
                  log_to_files: bool = True, env: Mapping[str, str | None] | None = None,
                  orphan_signal: signal.Signals = signal.SIGTERM,
-                 serve_options: Sequence[str] = ()) -> None:
+                 serve_options: Sequence[str] = (), tls_dir: str | Path | None = None,
+                 token: str | None = None) -> None:
         self.directory = Path(directory)
+        self.tls_dir = Path(tls_dir) if tls_dir is not None else None
+        self.token = token
+        """Sent with this object's own requests (status polls) to a cluster with an auth file."""
+        self._ssl: ssl.SSLContext | None = None
         self.spec = spec
         self.views = dict(views) if views is not None else None
         self.fsync = fsync
@@ -204,6 +218,52 @@ class ProcessCluster:
             node._log = None
         return self.nodes.pop(name)
 
+    def ensure_certs(self) -> list[Path]:
+        """With ``tls_dir``: make the CA and the certificates of the nodes that have none yet;
+        returns the files written (none when every node had one). Without it: nothing."""
+        if self.tls_dir is None:
+            return []
+        from raftly.security.certs import add_certs, init_certs
+
+        if not (self.tls_dir / "ca.crt").exists():
+            issued = init_certs(self.tls_dir, self.names)
+        else:
+            missing = [n for n in self.names if not (self.tls_dir / f"{n}.crt").exists()]
+            issued = add_certs(self.tls_dir, missing) if missing else []
+        return [i.cert for i in issued]
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_dir is not None else "http"
+
+    def url(self, name: str) -> str:
+        """The base URL of node ``name``'s API (https with TLS)."""
+        return f"{self.scheme}://{self.nodes[name].api}"
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.url(name) for name in self.nodes]
+
+    def client_options(self) -> dict[str, Any]:
+        """``Client``/``AsyncClient`` keyword arguments that reach these nodes (the CA, the
+        token)."""
+        options: dict[str, Any] = {}
+        if self.tls_dir is not None:
+            options["cacert"] = self.tls_dir / "ca.crt"
+        if self.token is not None:
+            options["token"] = self.token
+        return options
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The client TLS context for these nodes (their CA); None without TLS."""
+        if self.tls_dir is None:
+            return None
+        if self._ssl is None:
+            from raftly.security.tls import client_context
+
+            self._ssl = client_context(self.tls_dir / "ca.crt")
+        return self._ssl
+
     def serve_args(self, name: str) -> list[str]:
         """The ``raftly serve`` arguments of node ``name``."""
         node = self.nodes[name]
@@ -218,6 +278,8 @@ class ProcessCluster:
             args += ["--election-timeout", str(self.election_timeout)]
         if self.heartbeat is not None:
             args += ["--heartbeat", str(self.heartbeat)]
+        if self.tls_dir is not None:
+            args += ["--tls-dir", str(self.tls_dir)]
         return args + self.serve_options
 
     def command(self, name: str) -> list[str]:
@@ -256,6 +318,7 @@ class ProcessCluster:
         """Start the named nodes (default: every node not running)."""
         if not self._files_written:
             self.write_cluster_file()
+        self.ensure_certs()
         env = self._environment()
         for name in names if names is not None else list(self.nodes):
             node = self.nodes[name]
@@ -381,10 +444,11 @@ class ProcessCluster:
         """Node ``name``'s ``/v1/status``, or None if it does not answer."""
         from raftly.kv.client import Client, ClientError
 
-        node = self.nodes[name]
+        url = self.url(name)
         try:
-            with Client([node.api], timeout=timeout, request_timeout=timeout) as client:
-                return client.status(node.api)
+            with Client([url], timeout=timeout, request_timeout=timeout,
+                        ssl_context=self.ssl_context(), token=self.token) as client:
+                return client.status(url)
         except (OSError, ClientError, ValueError):
             return None
 

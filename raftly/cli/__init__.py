@@ -123,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command not in CLIENT_COMMANDS:
             own = _own_options(parser, args.command)  # `serve --token` is serve's own
-            for option in CLIENT_OPTIONS:
+            for option, flag in CLIENT_OPTIONS.items():
                 if option in args and option not in own:
-                    raise UsageError(f"--{option} is an option of `raftly kv`, `raftly "
+                    raise UsageError(f"{flag} is an option of `raftly kv`, `raftly "
                                      f"status`, `raftly member` and `raftly leader`, not of "
                                      f"`raftly {args.command}`")
         code: int = args.func(args)

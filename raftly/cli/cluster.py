@@ -6,6 +6,10 @@ file into the directory, starts one child per node, prints each node's endpoints
 it reports the leader whenever it changes and every child that dies, restarts a dead child once
 (a child that dies again soon after is left down, with the command to start it by hand), and
 Ctrl-C or SIGTERM stops every child cleanly (SIGTERM, then SIGKILL after a grace period).
+
+``--tls`` runs every node with TLS on both ports: the certificates are made in DIR/certs on the
+first ``up`` (a CA, one per node, a client certificate) and reused by the next, and the printed
+``export`` line names the CA so that ``raftly kv`` and ``raftly status`` speak https to it.
 """
 
 from __future__ import annotations
@@ -19,13 +23,22 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from raftly.cli.common import CLUSTER_ID_ENV, ENDPOINTS_ENV, LOG_LEVELS, CliError, positive_float
+from raftly.cli.common import (
+    CACERT_ENV,
+    CLUSTER_ID_ENV,
+    ENDPOINTS_ENV,
+    LOG_LEVELS,
+    CliError,
+    positive_float,
+)
 
 if TYPE_CHECKING:  # imported where they run: `raftly kv ...` must not pay for them
     from raftly.kv.cluster_file import ClusterSpec
     from raftly.localcluster import ProcessCluster
 
 DEFAULT_DIR = "raftly-cluster"
+CERTS_DIR = "certs"
+"""Under the cluster directory: the certificates of ``cluster up --tls``."""
 RESTART_WINDOW = 10.0
 """Default seconds: a node that dies again this soon after being restarted is left down."""
 
@@ -58,6 +71,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                          f"seconds of its restart (default {RESTART_WINDOW:g})")
     up.add_argument("--log-level", choices=LOG_LEVELS, default="INFO", type=str.upper,
                     help="the nodes' log level; their logs share this terminal (default INFO)")
+    up.add_argument("--tls", action="store_true",
+                    help=f"TLS between the nodes and https for clients, with certificates made "
+                         f"in DIR/{CERTS_DIR} the first time (and reused after)")
     up.set_defaults(func=run_up)
 
 
@@ -97,12 +113,16 @@ def run_up(args: argparse.Namespace) -> int:
         raise CliError(str(exc), 2) from None
     cluster = ProcessCluster(directory, spec, fsync=args.fsync,
                              election_timeout=args.election_timeout, heartbeat=args.heartbeat,
-                             log_level=args.log_level, log_to_files=False)
+                             log_level=args.log_level, log_to_files=False,
+                             tls_dir=directory / CERTS_DIR if args.tls else None)
     _check_before_starting(cluster)
     try:
         cluster.write_cluster_file()
+        made = cluster.ensure_certs()
     except OSError as exc:
-        raise CliError(f"cannot write {cluster.cluster_file}: {exc.strerror or exc}") from None
+        raise CliError(f"cannot write in {directory}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # CertError: a certificate directory that cannot be used
+        raise CliError(f"certificates: {exc}") from None
 
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -111,10 +131,15 @@ def run_up(args: argparse.Namespace) -> int:
         print(f"raftly: {args.nodes}-node cluster {cluster_id}, cluster file "
               f"{cluster.cluster_file}", file=out)
         for node in cluster.nodes.values():
-            print(f"  {node.name}  pid {node.pid}  raft {node.spec.raft}  api {node.spec.api.url}"
-                  f"  data {node.data_dir}", file=out)
-        endpoints = ",".join(cluster.endpoints)
-        print(f"try:  export {ENDPOINTS_ENV}={endpoints} {CLUSTER_ID_ENV}={cluster_id}\n"
+            print(f"  {node.name}  pid {node.pid}  raft {node.spec.raft}  api "
+                  f"{cluster.url(node.name)}  data {node.data_dir}", file=out)
+        exports = f"{ENDPOINTS_ENV}={','.join(cluster.urls)} {CLUSTER_ID_ENV}={cluster_id}"
+        if cluster.tls_dir is not None:
+            ca = (cluster.tls_dir / "ca.crt").resolve()
+            print(f"TLS on both ports of every node; certificates in {cluster.tls_dir} "
+                  f"({'made now' if made else 'reused'}); clients trust {ca}", file=out)
+            exports += f" {CACERT_ENV}={ca}"
+        print(f"try:  export {exports}\n"
               "      raftly kv put greeting hello && raftly kv get greeting && raftly status\n"
               "A node that dies is restarted; Ctrl-C stops the cluster.", file=out,
               flush=True)
@@ -171,7 +196,7 @@ def _check_before_starting(cluster: ProcessCluster) -> None:
     busy = cluster.busy_addresses()
     if busy:
         raise CliError(f"already in use: {', '.join(busy)} (another cluster? `raftly status "
-                       f"--endpoints {','.join(cluster.endpoints)}` shows it); stop it or pick "
+                       f"--endpoints {','.join(cluster.urls)}` shows it); stop it or pick "
                        "another --base-port")
 
 

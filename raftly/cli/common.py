@@ -84,8 +84,10 @@ def parse_endpoints(text: str, source: str = "--endpoints") -> list[str]:
     return endpoints
 
 
-CLIENT_OPTIONS = ("endpoints", "timeout", "cacert", "cert", "key", "token")
-"""The destinations of the client options (only client commands take them)."""
+CLIENT_OPTIONS = {"endpoints": "--endpoints", "timeout": "--timeout", "cacert": "--cacert",
+                  "client_cert": "--cert", "client_key": "--key", "token": "--token"}
+"""The client options by destination (only client commands take them). ``--key`` is not
+stored as ``key``: that is the key of ``raftly kv put KEY``."""
 
 
 def add_client_options(parser: argparse.ArgumentParser) -> None:
@@ -101,10 +103,10 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
         "--cacert", default=argparse.SUPPRESS, metavar="FILE",
         help=f"talk https, trusting the CA certificate FILE (the cluster's ca.crt; default "
              f"${CACERT_ENV}); endpoints without a scheme then mean https://")
-    parser.add_argument("--cert", default=argparse.SUPPRESS, metavar="FILE",
+    parser.add_argument("--cert", dest="client_cert", default=argparse.SUPPRESS, metavar="FILE",
                         help=f"client certificate, for nodes that require one (default "
                              f"${CERT_ENV})")
-    parser.add_argument("--key", default=argparse.SUPPRESS, metavar="FILE",
+    parser.add_argument("--key", dest="client_key", default=argparse.SUPPRESS, metavar="FILE",
                         help=f"the client certificate's private key (default ${KEY_ENV})")
     parser.add_argument("--token", default=argparse.SUPPRESS, metavar="TOKEN",
                         help=f"bearer token for clusters with an auth file (default "
@@ -161,7 +163,8 @@ def client_options(args: argparse.Namespace) -> ClientOptions:
         endpoints = parse_endpoints(DEFAULT_ENDPOINTS)
     timeout: float = getattr(args, "timeout", DEFAULT_TIMEOUT)
     return ClientOptions(endpoints, timeout, _given(args, "cacert", CACERT_ENV),
-                         _given(args, "cert", CERT_ENV), _given(args, "key", KEY_ENV),
+                         _given(args, "client_cert", CERT_ENV),
+                         _given(args, "client_key", KEY_ENV),
                          _given(args, "token", TOKEN_ENV))
 
 

@@ -45,7 +45,7 @@ def test_client_options_go_before_or_after_the_subcommand(
 
 def test_endpoints_that_are_not_addresses_are_a_usage_error_at_once() -> None:
     for args, env in ((["--endpoints", "garbage"], None), ([], ["garbage"]),
-                      (["--endpoints", "https://127.0.0.1:8001"], None),
+                      (["--endpoints", "ftp://127.0.0.1:8001"], None),
                       (["--endpoints", "127.0.0.1:99999"], None)):
         started = time.monotonic()
         run = cli("kv", "get", "k", *args, endpoints=env)
