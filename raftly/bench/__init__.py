@@ -25,8 +25,12 @@ The benchmark always ends by itself: every wait has a deadline, and the node pro
 temporary directories are removed on the way out, on error and on Ctrl-C too (the node
 processes also die with this process on Linux).
 
+``--tls`` measures the cost of TLS instead: the HTTP benchmark (default at 1 and 64 clients)
+on a plain cluster and on a TLS cluster (TLS between the nodes, https from the client) in the
+same run, then the TLS/plain ratios of throughput and p50.
+
 Usage: ``raftly bench [--clients 1,16,64,256] [--seconds 5] [--runs 1] [--fsync always|never]
-[--mode both|http|library] [--dir BASE]``
+[--mode both|http|library] [--dir BASE] [--tls]``
 """
 
 
@@ -34,7 +38,7 @@ from raftly.bench.cli import build_parser, main
 from raftly.bench.http import bench_http
 from raftly.bench.library import bench_library
 from raftly.bench.load import closed_loop
-from raftly.bench.stats import Row, Sample, format_table, summarize
+from raftly.bench.stats import Row, Sample, format_ratios, format_table, summarize
 
 __all__ = ["Row", "Sample", "bench_http", "bench_library", "build_parser", "closed_loop",
-           "format_table", "main", "summarize"]
+           "format_ratios", "format_table", "main", "summarize"]

@@ -15,9 +15,11 @@ from raftly.bench.http import bench_http
 from raftly.bench.library import bench_library
 from raftly.bench.load import VALUE, WARMUP
 from raftly.bench.places import filesystem_of
-from raftly.bench.stats import Sample, format_table, summarize
+from raftly.bench.stats import Sample, format_ratios, format_table, summarize
 
 DEFAULT_CLIENTS = (1, 16, 64, 256)
+TLS_CLIENTS = (1, 64)
+"""The levels of ``--tls`` unless --clients says otherwise."""
 
 
 def _levels(text: str) -> list[int]:
@@ -44,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="``raftly bench``: throughput and latency of a local 3-node cluster, over "
                     "HTTP and the library.",
         epilog="Quote medians of --runs 3 or more, measured side by side in one sitting.")
-    parser.add_argument("--clients", type=_levels, default=list(DEFAULT_CLIENTS),
-                        help="concurrency levels, comma-separated (default 1,16,64,256)")
+    parser.add_argument("--clients", type=_levels, default=None,
+                        help="concurrency levels, comma-separated (default 1,16,64,256; "
+                             "with --tls 1,64)")
     parser.add_argument("--seconds", type=_positive, default=5.0,
                         help="measured seconds per level (default 5)")
     parser.add_argument("--runs", type=int, default=1,
@@ -53,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fsync", choices=("always", "never"), default="always",
                         help="node storage fsync policy (default always)")
     parser.add_argument("--mode", choices=("both", "http", "library"), default="both")
+    parser.add_argument("--tls", action="store_true",
+                        help="the cost of TLS: the HTTP benchmark with and without TLS in the "
+                             "same run (plain and TLS alternate per run), and the TLS/plain "
+                             "ratios of throughput and p50")
     parser.add_argument("--dir", default=None,
                         help="where the temporary data directories go (default: the system's "
                              "temporary directory; make sure it is a real disk, not tmpfs)")
@@ -61,6 +68,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through every finally: processes, temp dirs
+
+
+def _bench_tls(args: argparse.Namespace, base: Path) -> None:
+    """Plain and TLS HTTP runs, alternating so that drift on the machine hits both alike."""
+    plain: list[Sample] = []
+    tls: list[Sample] = []
+    for _ in range(args.runs):
+        plain += bench_http(args.clients, args.seconds, fsync=args.fsync, base_dir=base)
+        tls += bench_http(args.clients, args.seconds, fsync=args.fsync, base_dir=base,
+                          tls=True)
+    plain_rows, tls_rows = summarize(plain), summarize(tls)
+    print("\nHTTP, plain: aiohttp client, one session, PUT /v1/kv/KEY to the leader")
+    print(format_table(plain_rows))
+    print("\nHTTP, TLS: the same over https, TLS between the nodes too (kept-alive "
+          "connections)")
+    print(format_table(tls_rows))
+    print("\nTLS / plain (ratio < 1 for throughput, > 1 for p50: the cost of TLS)")
+    print(format_ratios(plain_rows, tls_rows))
 
 
 def main(argv: list[str]) -> int:
@@ -73,6 +98,8 @@ def main(argv: list[str]) -> int:
         print(f"raftly bench: {base} is not a directory", file=sys.stderr)
         return 2
     fs = filesystem_of(base)
+    if args.clients is None:
+        args.clients = list(TLS_CLIENTS if args.tls else DEFAULT_CLIENTS)
     previous = signal.getsignal(signal.SIGTERM)
     with contextlib.suppress(ValueError):  # not the main thread: leave SIGTERM alone
         signal.signal(signal.SIGTERM, _terminate)
@@ -83,6 +110,9 @@ def main(argv: list[str]) -> int:
         if fs == "tmpfs" and args.fsync == "always":
             print("warning: tmpfs makes fsync free; use --dir on a real disk")
         sys.stdout.flush()
+        if args.tls:
+            _bench_tls(args, base)
+            return 0
         if args.mode in ("both", "http"):
             samples: list[Sample] = []
             for _ in range(args.runs):

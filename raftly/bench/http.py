@@ -1,4 +1,9 @@
-"""The HTTP benchmark: three real ``raftly serve`` processes, driven by one aiohttp client."""
+"""The HTTP benchmark: three real ``raftly serve`` processes, driven by one aiohttp client.
+
+With ``tls`` the nodes serve TLS on both ports (certificates made in the run's temporary
+directory) and the client speaks https with their CA, over kept-alive connections: what a
+long-lived client pays for TLS, handshakes amortized.
+"""
 
 from __future__ import annotations
 
@@ -33,8 +38,9 @@ async def _drive_http(nodes: ProcessCluster, clients: Sequence[int], seconds: fl
     samples: list[Sample] = []
     for level in clients:
         leader, _ = await asyncio.to_thread(nodes.wait_for_leader, LEADER_TIMEOUT, nodes.names)
-        target = nodes.nodes[leader].spec.api.url
-        connector = aiohttp.TCPConnector(limit=0)
+        target = nodes.url(leader)
+        context = nodes.ssl_context()
+        connector = aiohttp.TCPConnector(limit=0, ssl=context if context is not None else True)
         client_timeout = aiohttp.ClientTimeout(total=timeout)
         async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:
 
@@ -58,12 +64,14 @@ async def _drive_http(nodes: ProcessCluster, clients: Sequence[int], seconds: fl
 
 def bench_http(clients: Sequence[int], seconds: float, *, fsync: FsyncPolicy = "always",
                base_dir: str | Path | None = None, warmup: float = WARMUP,
-               timeout: float = 10.0) -> list[Sample]:
-    """One run of the HTTP benchmark: three fresh node processes, one Sample per level."""
+               timeout: float = 10.0, tls: bool = False) -> list[Sample]:
+    """One run of the HTTP benchmark: three fresh node processes, one Sample per level;
+    ``tls``: TLS on both ports of every node, https from the client."""
     with temp_dir(base_dir, "raftly-bench-http-") as root:
         # The nodes die with the benchmark, even if it is killed with SIGKILL.
         nodes = ProcessCluster(root, plan_loopback(3, cluster_id="raftly-bench"), fsync=fsync,
-                               log_level="WARNING", orphan_signal=signal.SIGKILL)
+                               log_level="WARNING", orphan_signal=signal.SIGKILL,
+                               tls_dir=root / "certs" if tls else None)
         try:
             nodes.start()
             return asyncio.run(_drive_http(nodes, clients, seconds, warmup, timeout))

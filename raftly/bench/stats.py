@@ -95,4 +95,21 @@ def format_table(rows: Sequence[Row], unit: str = "puts/s") -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Row", "Sample", "format_table", "summarize"]
+def format_ratios(plain: Sequence[Row], tls: Sequence[Row]) -> str:
+    """Throughput and p50 with and without TLS per level, and TLS / plain for each."""
+    head = (f"{'clients':>7} {'plain puts/s':>12} {'TLS puts/s':>10} {'ratio':>6} "
+            f"{'plain p50 ms':>12} {'TLS p50 ms':>10} {'ratio':>6}")
+    lines = [head]
+    by_level = {r.clients: r for r in tls}
+    for p in plain:
+        t = by_level.get(p.clients)
+        if t is None:
+            continue
+        rate = t.rate / p.rate if p.rate else float("nan")
+        p50 = t.p50 / p.p50 if p.p50 else float("nan")
+        lines.append(f"{p.clients:>7} {p.rate:>12.0f} {t.rate:>10.0f} {rate:>6.2f} "
+                     f"{p.p50:>12.2f} {t.p50:>10.2f} {p50:>6.2f}")
+    return "\n".join(lines)
+
+
+__all__ = ["Row", "Sample", "format_ratios", "format_table", "summarize"]

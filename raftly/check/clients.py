@@ -28,6 +28,10 @@ issues again: the worker continues as a new process number (the Jepsen conventio
 
 Values are unique per run (``v<process>-<n>``), so a read names exactly the write it saw.
 
+Against a TLS cluster (``raftly check --tls``) the same ops go over https with the cluster's CA.
+A TLS handshake that failed is a connection error like a refused one: the request was never
+sent, so the op is a sure ``fail``.
+
 Every ``fail`` and ``info`` also records a ``reason``: a short, fixed phrase (``REFUSED``,
 ``NO_LEADER``, ``CAS_MISS``, ``TIMEOUT``, ...) that the summary and the report count, where the
 ``error`` keeps the detail.
@@ -38,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -80,14 +85,16 @@ async def _count_connect(session: aiohttp.ClientSession, ctx: SimpleNamespace,
         attempts.connects += 1
 
 
-def open_session() -> aiohttp.ClientSession:
-    """An aiohttp session for one-attempt ops: a fresh connection per request, no resends."""
+def open_session(context: ssl.SSLContext | None = None) -> aiohttp.ClientSession:
+    """An aiohttp session for one-attempt ops: a fresh connection per request, no resends;
+    https URLs are verified with ``context`` (the cluster's CA)."""
     trace = aiohttp.TraceConfig()
     trace.on_connection_create_start.append(_count_connect)
     # A fresh connection per request: a pooled connection to a node that was since killed
     # would fail mid-request (unknown outcome), where a new one is cleanly refused.
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True),
-                                    trace_configs=[trace])
+    connector = aiohttp.TCPConnector(limit=0, force_close=True,
+                                     ssl=context if context is not None else True)
+    session = aiohttp.ClientSession(connector=connector, trace_configs=[trace])
     # No public switch exists for the resend of idempotent requests (see the module
     # docstring); the attempt count below keeps classification safe if this ever stops working.
     if hasattr(session, "_retry_connection"):
@@ -134,6 +141,8 @@ class ClientPool:
     history: HistoryWriter
     workload: Workload
     rng: random.Random
+    context: ssl.SSLContext | None = None
+    """For https nodes: the client TLS context (the cluster's CA)."""
     _processes: itertools.count[int] = field(default_factory=itertools.count)
     recent: dict[str, list[str]] = field(default_factory=dict)
     """Recently seen values per key: cas expectations are drawn from them, so some succeed."""
@@ -149,9 +158,13 @@ class ClientPool:
     def next_process(self) -> int:
         return next(self._processes)
 
+    def session(self) -> aiohttp.ClientSession:
+        """A one-attempt session (``open_session``) that reaches these nodes."""
+        return open_session(self.context)
+
     async def run(self, duration: float) -> None:
         """Run every worker for ``duration`` seconds; ops in flight then finish or time out."""
-        async with open_session() as session:
+        async with self.session() as session:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + duration
             workers = [asyncio.create_task(self._worker(session, deadline, random.Random(

@@ -45,18 +45,21 @@ def node_view(cluster: ClusterSpec, name: str, via: dict[tuple[str, str], tuple[
 def check_cluster(spec: ClusterSpec, views: dict[str, ClusterSpec], root: Path, *,
                   timing: Timing | None = None, fsync: str = "always",
                   unsafe_stale_reads: bool = False,
-                  serve_options: Sequence[str] = ()) -> ProcessCluster:
+                  serve_options: Sequence[str] = (),
+                  tls_dir: Path | None = None) -> ProcessCluster:
     """The nodes of ``spec``, each seeing the cluster as ``views`` says, with files in ``root``.
 
     ``unsafe_stale_reads`` starts the deliberately broken test build; otherwise the variable
     that switches it on is removed from the nodes' environment, wherever the runner got it.
+    ``tls_dir``: TLS on every node, certificates there (the proxies forward TLS untouched: a
+    peer checks the name in the certificate, not the address it dialled).
     """
     t = timing or Timing()
     cluster = ProcessCluster(
         root, spec, views=views, layout=LAYOUT, fsync=fsync, election_timeout=t.election,
         heartbeat=t.heartbeat, orphan_signal=signal.SIGKILL,
         env={UNSAFE_STALE_READS_ENV: "1" if unsafe_stale_reads else None},
-        serve_options=serve_options)
+        serve_options=serve_options, tls_dir=tls_dir)
     return cluster
 
 

@@ -31,6 +31,7 @@ import aiohttp
 
 from raftly.check.clients import ClientPool
 from raftly.check.nemesis import MembershipProblem, Target
+from raftly.kv.client import request_json
 from raftly.kv.cluster_file import Address, NodeSpec
 from raftly.kv.protocol import MEMBERS_PATH, TRANSFER_PATH
 from raftly.localcluster import ProcessCluster
@@ -65,7 +66,7 @@ class ClusterMembers(Target):
         return list(self.current)
 
     def _urls(self, exclude: str | None = None) -> list[str]:
-        return [self.cluster.nodes[n].spec.api.url for n in self.current
+        return [self.cluster.url(n) for n in self.current
                 if n != exclude and n in self.cluster.nodes]
 
     async def add_member(self) -> str:
@@ -90,7 +91,7 @@ class ClusterMembers(Target):
                                           f"started ({last})")
             await asyncio.sleep(0.2)
         self.current.append(name)
-        self.pool.add_node(name, spec.api.url)
+        self.pool.add_node(name, self.cluster.url(name))
         logger.info("%s joined: members %s", name, self.current)
         return name
 
@@ -123,7 +124,7 @@ class ClusterMembers(Target):
         try:
             await self._delete(name, deadline=time.monotonic() + self.change_timeout)
         except MembershipProblem:
-            self.pool.add_node(name, node.spec.api.url)  # still a member
+            self.pool.add_node(name, self.cluster.url(name))  # still a member
             raise
         self.current.remove(name)
         assert node.proc is not None
@@ -173,20 +174,15 @@ class ClusterMembers(Target):
         member that knows no leader (503) passes the request on to the next one. (0,
         {"error": ...}) when none answered."""
         last: tuple[int, dict[str, Any]] = (0, {"error": "no member answered"})
+        token = self.cluster.token
         async with aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=timeout)) as session:
             for url in self._urls(exclude):
-                target = url + path
                 try:
-                    for _ in range(_REDIRECTS):
-                        async with session.request(method, target, json=body,
-                                                   allow_redirects=False) as resp:
-                            if resp.status == 307 and "Location" in resp.headers:
-                                target = resp.headers["Location"]
-                                continue
-                            answer = await resp.json(content_type=None)
-                            last = resp.status, answer if isinstance(answer, dict) else {}
-                            break
+                    last = await request_json(
+                        session, method, url + path, body, context=self.cluster.ssl_context(),
+                        headers={"Authorization": f"Bearer {token}"} if token else None,
+                        max_redirects=_REDIRECTS)
                     if last[0] not in (0, 503):
                         return last
                 except (aiohttp.ClientError, TimeoutError, ValueError) as exc:

@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from raftly.check.clients import ClientPool, Workload, open_session
+from raftly.check.clients import ClientPool, Workload
 from raftly.check.cluster import Timing, check_cluster, node_view
 from raftly.check.history import HistoryWriter, NemesisLog
 from raftly.check.membership import ClusterMembers
@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-budget", type=float, default=60.0, metavar="SECONDS",
                    help="time the linearizability search may take (default 60); keys left "
                         "undecided are reported unknown, which fails the run")
+    p.add_argument("--tls", action="store_true",
+                   help="run the nodes with TLS on both ports (certificates made in "
+                        "OUT/certs); the clients speak https and the proxies pass TLS through")
     p.add_argument("--history", type=Path, default=None, metavar="FILE",
                    help="check this history file instead of running a cluster")
     # Test-only: nodes serve GETs from local state without ReadIndex, a deliberately broken
@@ -138,7 +141,7 @@ def _main(args: argparse.Namespace) -> int:
                                op_timeout=args.op_timeout, fsync=args.fsync,
                                budget=args.check_budget,
                                unsafe_stale_reads=args.unsafe_stale_reads,
-                               snapshot_entries=args.snapshot_entries))
+                               snapshot_entries=args.snapshot_entries, tls=args.tls))
     except SetupError as exc:
         print(f"raftly check: {exc}", file=sys.stderr)
         return 2
@@ -228,7 +231,7 @@ async def final_reads(pool: ClientPool, cluster: ProcessCluster, leader: str | N
     problems = []
     process = pool.next_process()
     names = cluster.names
-    async with open_session() as s:
+    async with pool.session() as s:
         for key in keys:
             for attempt in range(attempts):
                 node = leader if leader is not None and attempt % 2 == 0 else names[
@@ -290,8 +293,12 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
               nemeses: tuple[str, ...], seed: int, rate: float = 100.0,
               op_timeout: float = 1.5, fsync: str = "always", budget: float = 60.0,
               unsafe_stale_reads: bool = False, timing: Timing | None = None,
-              recovery_timeout: float = 30.0, snapshot_entries: int | None = None) -> int:
-    """One full run into ``out``; returns the exit status (see the module docstring)."""
+              recovery_timeout: float = 30.0, snapshot_entries: int | None = None,
+              tls: bool = False) -> int:
+    """One full run into ``out``; returns the exit status (see the module docstring).
+
+    ``tls``: the nodes serve TLS on both ports with certificates in ``out/certs``.
+    """
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("history.jsonl", "nemesis.jsonl", "report.html", "result.json"):
         (out / stale).unlink(missing_ok=True)
@@ -304,17 +311,20 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
     faults = schedule(seed, [n.name for n in spec.nodes], duration, nemeses)
     workload = Workload(clients=clients, keys=keys, rate=rate, op_timeout=op_timeout)
     print(f"raftly check: {nodes} nodes, {duration:g}s, {clients} clients, {keys} keys, "
-          f"nemesis {','.join(nemeses) or 'none'}, seed {seed}, out {out}", flush=True)
+          f"nemesis {','.join(nemeses) or 'none'}, seed {seed}, out {out}"
+          + (", TLS" if tls else ""), flush=True)
     started = time.time()
     try:
         await network.start()
         cluster = _start_cluster(out, spec, network, timing=timing, fsync=fsync,
                                  unsafe_stale_reads=unsafe_stale_reads,
-                                 snapshot_entries=snapshot_entries)
+                                 snapshot_entries=snapshot_entries,
+                                 tls_dir=out / "certs" if tls else None)
         if await agreed_leader(cluster, 30.0) is None:
             raise SetupError(f"no leader within 30 s (node logs in {out / 'logs'})")
-        pool = ClientPool({n.name: n.api.url for n in spec.nodes}, history, workload,
-                          random.Random(rng.getrandbits(64)))
+        pool = ClientPool({name: cluster.url(name) for name in cluster.names}, history,
+                          workload, random.Random(rng.getrandbits(64)),
+                          context=cluster.ssl_context())
         target = _Target(network, cluster, pool)
         nemesis = Nemesis(faults, target, nlog, _leader_guess(cluster))
         await _run_under_faults(pool, nemesis, nlog, duration)
@@ -335,13 +345,13 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
                   run_time=time.time() - started, unsafe_stale_reads=unsafe_stale_reads,
                   settings={"nodes": nodes, "time (s)": duration, "clients": clients,
                             "keys": keys, "nemesis": ",".join(nemeses) or "none",
-                            "seed": seed, "fsync": fsync,
+                            "seed": seed, "fsync": fsync, "tls": tls,
                             "snapshot entries": snapshot_entries or "default"})
 
 
 def _start_cluster(out: Path, spec: ClusterSpec, network: Network, *, timing: Timing | None,
                    fsync: str, unsafe_stale_reads: bool,
-                   snapshot_entries: int | None) -> ProcessCluster:
+                   snapshot_entries: int | None, tls_dir: Path | None) -> ProcessCluster:
     """Fresh node processes (no data from an earlier run), each talking through the proxies."""
     views = {n.name: node_view(spec, n.name, {link: network.address(*link)
                                               for link in network.links})
@@ -350,7 +360,8 @@ def _start_cluster(out: Path, spec: ClusterSpec, network: Network, *, timing: Ti
     cluster = check_cluster(spec, views, out, timing=timing, fsync=fsync,
                             unsafe_stale_reads=unsafe_stale_reads,
                             serve_options=(["--snapshot-entries", str(snapshot_entries)]
-                                           if snapshot_entries is not None else []))
+                                           if snapshot_entries is not None else []),
+                            tls_dir=tls_dir)
     cluster.start()
     return cluster
 
