@@ -76,9 +76,11 @@ class Run:
 
 
 def cli(*args: str, endpoints: list[str] | None = None, stdin: bytes | None = None,
-        timeout: float = 60.0, cwd: Path | None = None) -> Run:
-    """Run ``python -m raftly.cli ARGS`` as a separate process, as a user would (in ``cwd``)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        timeout: float = 60.0, cwd: Path | None = None, env: dict[str, str] | None = None
+        ) -> Run:
+    """Run ``python -m raftly.cli ARGS`` as a separate process, as a user would (in ``cwd``,
+    with ``env`` added to the environment)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     if endpoints is not None:
         env["RAFTLY_ENDPOINTS"] = ",".join(endpoints)
     proc = subprocess.run([sys.executable, "-m", "raftly.cli", *args], input=stdin,
