@@ -24,3 +24,33 @@ def test_summarize_takes_medians() -> None:
     (row,) = summarize(runs)
     assert row.clients == 8 and row.rate == 20 and row.runs == 3
     assert row.p50 == 20.0
+
+
+def test_tls_ratios_divide_tls_by_plain_per_level() -> None:
+    from raftly.bench import Row, format_ratios
+
+    plain = [Row(1, 500.0, 2.0, 3.0, 0, 1, 1), Row(64, 4000.0, 10.0, 20.0, 0, 1, 1)]
+    tls = [Row(1, 400.0, 2.5, 4.0, 0, 1, 1), Row(64, 3000.0, 15.0, 30.0, 0, 1, 1)]
+    lines = format_ratios(plain, tls).splitlines()
+    assert lines[1].split() == ["1", "500", "400", "0.80", "2.00", "2.50", "1.25"]
+    assert lines[2].split() == ["64", "4000", "3000", "0.75", "10.00", "15.00", "1.50"]
+
+
+def test_tls_bench_defaults_to_1_and_64_clients_unless_told() -> None:
+    from raftly.bench.cli import build_parser, chosen_levels
+
+    def levels(*argv: str) -> list[int]:
+        args = build_parser().parse_args(list(argv))
+        return chosen_levels(args.clients, tls=args.tls)
+
+    assert levels("--tls") == [1, 64]
+    assert levels() == [1, 16, 64, 256]
+    assert levels("--tls", "--clients", "8") == [8]
+
+
+def test_http_bench_runs_over_tls(tmp_path: Path) -> None:
+    from raftly.bench import bench_http
+
+    (sample,) = bench_http([2], 0.5, fsync="never", base_dir=tmp_path, warmup=0.2, tls=True)
+    assert sample.ops > 0 and sample.errors == 0, sample
+    assert not list(tmp_path.iterdir()), "the temporary directory (certificates too) is removed"

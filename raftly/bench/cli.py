@@ -33,6 +33,13 @@ def _levels(text: str) -> list[int]:
     return levels
 
 
+def chosen_levels(given: list[int] | None, *, tls: bool) -> list[int]:
+    """The concurrency levels to measure: those given, else the defaults of the mode."""
+    if given is not None:
+        return given
+    return list(TLS_CLIENTS if tls else DEFAULT_CLIENTS)
+
+
 def _positive(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -98,8 +105,7 @@ def main(argv: list[str]) -> int:
         print(f"raftly bench: {base} is not a directory", file=sys.stderr)
         return 2
     fs = filesystem_of(base)
-    if args.clients is None:
-        args.clients = list(TLS_CLIENTS if args.tls else DEFAULT_CLIENTS)
+    args.clients = chosen_levels(args.clients, tls=args.tls)
     previous = signal.getsignal(signal.SIGTERM)
     with contextlib.suppress(ValueError):  # not the main thread: leave SIGTERM alone
         signal.signal(signal.SIGTERM, _terminate)
@@ -140,4 +146,4 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "chosen_levels", "main"]
