@@ -90,14 +90,19 @@ def tls_context(cacert: PathLike | None = None, cert: PathLike | None = None,
 class _Shell:
     """What both shells keep: the routing core and the TLS context for https endpoints."""
 
-    def __init__(self, endpoints: str | Sequence[str], *, timeout: float,
-                 request_timeout: float, client_id: str | None, fail_fast: bool,
-                 cacert: PathLike | None, cert: PathLike | None, key: PathLike | None,
-                 token: str | None, ssl_context: ssl.SSLContext | None) -> None:
+    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 10.0,
+                 request_timeout: float = 6.0, client_id: str | None = None,
+                 fail_fast: bool = False, cacert: PathLike | None = None,
+                 cert: PathLike | None = None, key: PathLike | None = None,
+                 token: str | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
         self._ssl = tls_context(cacert, cert, key, ssl_context)
         self._core = ClientCore(endpoints, timeout, request_timeout, client_id,
                                 fail_fast=fail_fast, tls=self._ssl is not None, token=token,
                                 client_cert=cert is not None or ssl_context is not None)
+        self._connections_closed()
+
+    def _connections_closed(self) -> None:
+        """Start with (or go back to) no open connection."""
 
     @property
     def client_id(self) -> str:
@@ -116,17 +121,16 @@ class _Shell:
 
 
 class Client(_Shell):
-    """A blocking client: ``Client(["127.0.0.1:8001", "127.0.0.1:8002"]).put("k", b"v")``."""
+    """A blocking client: ``Client(["127.0.0.1:8001", "127.0.0.1:8002"]).put("k", b"v")``.
 
-    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 10.0,
-                 request_timeout: float = 6.0, client_id: str | None = None,
-                 fail_fast: bool = False, cacert: PathLike | None = None,
-                 cert: PathLike | None = None, key: PathLike | None = None,
-                 token: str | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
-        super().__init__(endpoints, timeout=timeout, request_timeout=request_timeout,
-                         client_id=client_id, fail_fast=fail_fast, cacert=cacert, cert=cert,
-                         key=key, token=token, ssl_context=ssl_context)
-        self._conns: dict[str, http.client.HTTPConnection] = {}
+    Keyword arguments: ``timeout``, ``request_timeout``, ``client_id``, ``fail_fast``,
+    ``cacert``, ``cert``, ``key``, ``token``, ``ssl_context`` (see the module docstring).
+    """
+
+    _conns: dict[str, http.client.HTTPConnection]
+
+    def _connections_closed(self) -> None:
+        self._conns = {}
 
     def close(self) -> None:
         for conn in self._conns.values():
@@ -235,17 +239,13 @@ class Client(_Shell):
 
 
 class AsyncClient(_Shell):
-    """The asyncio client (aiohttp); ``async with AsyncClient(endpoints) as kv: ...``."""
+    """The asyncio client (aiohttp); ``async with AsyncClient(endpoints) as kv: ...``; the same
+    keyword arguments as ``Client``."""
 
-    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 10.0,
-                 request_timeout: float = 6.0, client_id: str | None = None,
-                 fail_fast: bool = False, cacert: PathLike | None = None,
-                 cert: PathLike | None = None, key: PathLike | None = None,
-                 token: str | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
-        super().__init__(endpoints, timeout=timeout, request_timeout=request_timeout,
-                         client_id=client_id, fail_fast=fail_fast, cacert=cacert, cert=cert,
-                         key=key, token=token, ssl_context=ssl_context)
-        self._session: aiohttp.ClientSession | None = None
+    _session: aiohttp.ClientSession | None
+
+    def _connections_closed(self) -> None:
+        self._session = None
 
     async def __aenter__(self) -> AsyncClient:
         return self

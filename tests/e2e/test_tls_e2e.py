@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_helpers import ELECTION_TIMEOUT, HEARTBEAT, cli, dump_logs, free_base_port
+from e2e_helpers import ELECTION_TIMEOUT, HEARTBEAT, cli, free_base_port, started
 from polling import wait_until
 
 from raftly.localcluster import ProcessCluster, plan_loopback
@@ -122,13 +122,7 @@ def auth_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCl
                              heartbeat=HEARTBEAT, tls_dir=root / "certs", token=ADMIN,
                              env={"RAFTLY_TOKEN": ADMIN},
                              serve_options=["--auth-file", str(auth)])
-    try:
-        cluster.start()
-        cluster.wait_for_leader(timeout=30.0)
-        yield cluster
-    finally:
-        cluster.stop(grace=5.0)
-        dump_logs(cluster)
+    yield from started(cluster)
 
 
 def _env(cluster: ProcessCluster, token: str | None) -> dict[str, str]:
