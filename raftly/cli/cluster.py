@@ -10,12 +10,15 @@ Ctrl-C or SIGTERM stops every child cleanly (SIGTERM, then SIGKILL after a grace
 ``--tls`` runs every node with TLS on both ports: the certificates are made in DIR/certs on the
 first ``up`` (a CA, one per node, a client certificate) and reused by the next, and the printed
 ``export`` line names the CA so that ``raftly kv`` and ``raftly status`` speak https to it.
+``--auth-file FILE`` makes every node ask for tokens; the command itself then watches its nodes
+with the token in ``$RAFTLY_TOKEN`` (at least a read one), which the nodes get too.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import signal
 import sys
 import time
@@ -28,6 +31,7 @@ from raftly.cli.common import (
     CLUSTER_ID_ENV,
     ENDPOINTS_ENV,
     LOG_LEVELS,
+    TOKEN_ENV,
     CliError,
     positive_float,
 )
@@ -74,6 +78,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     up.add_argument("--tls", action="store_true",
                     help=f"TLS between the nodes and https for clients, with certificates made "
                          f"in DIR/{CERTS_DIR} the first time (and reused after)")
+    up.add_argument("--auth-file", metavar="FILE",
+                    help=f"every node wants tokens from this auth file (`raftly serve "
+                         f"--auth-file`); ${TOKEN_ENV} must hold one (read at least) for this "
+                         f"command's own status polls")
     up.set_defaults(func=run_up)
 
 
@@ -111,10 +119,13 @@ def run_up(args: argparse.Namespace) -> int:
         spec = plan_loopback(args.nodes, base_port=args.base_port, cluster_id=cluster_id)
     except ValueError as exc:
         raise CliError(str(exc), 2) from None
+    token = _auth_token(args.auth_file)
     cluster = ProcessCluster(directory, spec, fsync=args.fsync,
                              election_timeout=args.election_timeout, heartbeat=args.heartbeat,
                              log_level=args.log_level, log_to_files=False,
-                             tls_dir=directory / CERTS_DIR if args.tls else None)
+                             tls_dir=directory / CERTS_DIR if args.tls else None, token=token,
+                             serve_options=(["--auth-file", str(Path(args.auth_file).resolve())]
+                                            if args.auth_file else []))
     _check_before_starting(cluster)
     try:
         cluster.write_cluster_file()
@@ -139,6 +150,9 @@ def run_up(args: argparse.Namespace) -> int:
             print(f"TLS on both ports of every node; certificates in {cluster.tls_dir} "
                   f"({'made now' if made else 'reused'}); clients trust {ca}", file=out)
             exports += f" {CACERT_ENV}={ca}"
+        if cluster.token is not None:
+            print(f"tokens: every node wants one of {args.auth_file} (Authorization: Bearer); "
+                  f"the client commands send ${TOKEN_ENV}", file=out)
         print(f"try:  export {exports}\n"
               "      raftly kv put greeting hello && raftly kv get greeting && raftly status\n"
               "A node that dies is restarted; Ctrl-C stops the cluster.", file=out,
@@ -159,6 +173,26 @@ def run_up(args: argparse.Namespace) -> int:
         cluster.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _auth_token(auth_file: str | None) -> str | None:
+    """With ``--auth-file``: check the file now, and return the token of ``$RAFTLY_TOKEN``
+    (which must be one of its tokens) for this command's own status polls."""
+    if auth_file is None:
+        return None
+    from raftly.security.auth import AuthFileError, Authorizer, Unauthorized
+
+    try:
+        authorizer = Authorizer.from_file(auth_file)
+    except AuthFileError as exc:
+        raise CliError(str(exc)) from None
+    token = os.environ.get(TOKEN_ENV) or None
+    try:
+        authorizer.identify(f"Bearer {token}" if token else None)
+    except Unauthorized:
+        raise CliError(f"--auth-file: put one of its tokens (read at least) in ${TOKEN_ENV}: "
+                       "this command polls its nodes with it") from None
+    return token
 
 
 def _existing_cluster(cluster_file: Path, nodes: int) -> ClusterSpec | None:
