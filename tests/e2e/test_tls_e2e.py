@@ -42,14 +42,14 @@ def _one_line_error(run_err: str) -> str:
 
 
 @contextlib.contextmanager
-def _cluster_up(directory: Path, base: int, out_path: Path, err_path: Path
-                ) -> Iterator[subprocess.Popen[bytes]]:
+def _cluster_up(directory: Path, base: int, out_path: Path, err_path: Path, *extra: str,
+                env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     with out_path.open("wb") as out, err_path.open("wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "raftly.cli", "cluster", "up", "--tls", "--nodes", "3",
              "--dir", str(directory), "--base-port", str(base),
-             "--election-timeout", str(ELECTION_TIMEOUT), "--heartbeat", str(HEARTBEAT)],
-            stdout=out, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+             "--election-timeout", str(ELECTION_TIMEOUT), "--heartbeat", str(HEARTBEAT), *extra],
+            stdout=out, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     try:
         yield proc
     finally:
@@ -96,6 +96,36 @@ def test_cluster_up_tls_serves_https_with_the_printed_environment_and_reuses_its
                      "n2.crt", "n2.key", "n3.crt", "n3.key"]
 
 
+def _auth_file(folder: Path) -> Path:
+    auth = folder / "auth.toml"
+    auth.write_text("".join(f'[[tokens]]\ntoken = "{token}"\nrole = "{role}"\nname = "{role}er"\n'
+                            for token, role in ((READ, "read"), (WRITE, "write"),
+                                                (ADMIN, "admin"))))
+    return auth
+
+
+@posix_only
+def test_cluster_up_with_an_auth_file_wants_tokens_and_watches_with_its_own(
+        tmp_path: Path) -> None:
+    auth = _auth_file(tmp_path)
+    base = free_base_port()
+    refused = cli("cluster", "up", "--tls", "--auth-file", str(auth), "--dir",
+                  str(tmp_path / "c"), "--base-port", str(base), env={"RAFTLY_TOKEN": ""})
+    assert refused.code == 1 and "RAFTLY_TOKEN" in _one_line_error(refused.err)
+    out_path, err_path = tmp_path / "out", tmp_path / "err"
+    with _cluster_up(tmp_path / "c", base, out_path, err_path, "--auth-file", str(auth),
+                     env={"RAFTLY_TOKEN": READ}) as proc:
+        wait_until("the leader report", lambda: "leader is" in out_path.read_text(),
+                   timeout=60)
+        env = _exports(out_path.read_text())
+        anonymous = cli("kv", "put", "k", "v", env={**env, "RAFTLY_TOKEN": ""})
+        assert anonymous.code == 1 and "unauthorized (401)" in _one_line_error(anonymous.err)
+        writer = cli("kv", "put", "k", "v", env={**env, "RAFTLY_TOKEN": WRITE})
+        assert writer.code == 0, writer.err
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, err_path.read_text()[-2000:]
+
+
 def test_a_short_check_run_against_a_tls_cluster_passes(tmp_path: Path) -> None:
     out = tmp_path / "check"
     run = cli("check", "--tls", "--nodes", "3", "--time", "8", "--clients", "4", "--keys", "3",
@@ -114,10 +144,7 @@ def test_a_short_check_run_against_a_tls_cluster_passes(tmp_path: Path) -> None:
 def auth_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
     """A 3-node TLS cluster whose API wants tokens (read, write and admin ones)."""
     root = tmp_path_factory.mktemp("auth")
-    auth = root / "auth.toml"
-    auth.write_text("".join(f'[[tokens]]\ntoken = "{token}"\nrole = "{role}"\nname = "{role}er"\n'
-                            for token, role in ((READ, "read"), (WRITE, "write"),
-                                                (ADMIN, "admin"))))
+    auth = _auth_file(root)
     cluster = ProcessCluster(root / "cluster", plan_loopback(3), election_timeout=ELECTION_TIMEOUT,
                              heartbeat=HEARTBEAT, tls_dir=root / "certs", token=ADMIN,
                              env={"RAFTLY_TOKEN": ADMIN},
