@@ -27,13 +27,13 @@ from raftly.kv.state_machine import (
 
 def test_put_get_delete() -> None:
     a = Applier()
-    assert a(Put("k", b"v")) == Result(1, True)
+    assert a(Put("k", b"v")) == Result(1, True, revision=1)
     assert a.sm.get("k") == b"v"
     assert a(Put("k", b"w")).ok
     assert a.sm.get("k") == b"w"
-    assert a(Delete("k")) == Result(3, True)
+    assert a(Delete("k")) == Result(3, True, revision=3)
     assert a.sm.get("k") is None
-    assert a(Delete("k")) == Result(4, False)
+    assert a(Delete("k")) == Result(4, False, revision=3), "no change, no new revision"
     assert len(a.sm) == 0
 
 

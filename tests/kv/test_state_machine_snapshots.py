@@ -65,7 +65,7 @@ def test_round_trip_restores_keys_sessions_and_last_index() -> None:
     # Both answer the same from here on, including the cached key-too-large result.
     for sm in (a.sm, b):
         assert sm.apply(8, encode(Put("toolong-key", b"x"), Session("c2", 2))) == Result(
-            3, False, KEY_TOO_LARGE, "key longer than 8 bytes")
+            3, False, KEY_TOO_LARGE, "key longer than 8 bytes", revision=2)
         sm.apply(9, encode(Put("k", b"v"), Session("new", 1)))  # evicts "c1", least recent
         assert sm.apply(10, encode(Put("gone", b""), Session("c1", 3, retry=True))).error == (
             STALE_SEQ)
@@ -257,7 +257,7 @@ MALFORMED_SNAPSHOTS = {
     "garbage": (b"\xc1", "not valid msgpack"),
     "header not a map": (pack([1]), "does not start with a 'raftly-kv' header"),
     "other format": (pack(header(format="etcd")), "'raftly-kv' header"),
-    "newer version": (pack(header(version=2)), "version 2 is not supported"),
+    "newer version": (pack(header(version=3)), "version 3 is not supported"),
     "bool version": (pack(header(version=True)), "version True is not supported"),
     "extra header field": (pack(header(extra=1)), "the header has fields"),
     "bytes header field": (pack({**header(), b"keys": 1}), "the header has fields"),
