@@ -16,6 +16,8 @@ from raftly.kv.state_machine import (
     Cas,
     CommandError,
     Delete,
+    DeleteRange,
+    KeyValue,
     KVStateMachine,
     Put,
     Result,
@@ -231,3 +233,57 @@ def test_random_ops_match_dict_model_and_replay_identically(
     for prefix in ("", "a", "a/"):
         assert a.sm.list(prefix) == sorted((k, v) for k, v in model.items()
                                            if k.startswith(prefix))
+
+
+# -- revisions, key metadata, prefix reads and deletes -----------------------------------------
+
+
+def test_revision_is_the_index_of_the_last_change_and_keys_carry_their_metadata() -> None:
+    a = Applier()
+    assert a(Put("k", b"1")).revision == 1
+    assert a.sm.get_entry("k") == KeyValue("k", b"1", 1, 1, 1)
+    assert not a(Cas("k", b"nope", b"x")).ok
+    assert a.sm.revision == 1, "a command that changes nothing keeps the revision"
+    assert a(Cas("k", b"1", b"2")).revision == 3
+    assert a(Put("k", b"3")).revision == 4
+    assert a.sm.get_entry("k") == KeyValue("k", b"3", 1, 4, 3)
+    a(Delete("k"))
+    assert a.sm.get_entry("k") is None and a.sm.revision == 5
+    a(b"\xc1")  # malformed
+    assert a(Put("k", b"again")).revision == 7
+    assert a.sm.get_entry("k") == KeyValue("k", b"again", 7, 7, 1), "recreated at version 1"
+
+
+def test_delete_range_removes_every_key_under_the_prefix_in_one_revision() -> None:
+    a = Applier()
+    for key in ["a", "a/1", "a/2", "a/2/x", "b"]:
+        a(Put(key, b""))
+    result = a(DeleteRange("a/"))
+    assert result == Result(6, True, revision=6, count=3)
+    assert [k for k, _ in a.sm.list()] == ["a", "b"]
+    assert [(e.revision, e.type, e.key) for e in a.sm.events_since(6)] == [
+        (6, "delete", "a/1"), (6, "delete", "a/2"), (6, "delete", "a/2/x")]
+    assert a(DeleteRange("zz")) == Result(7, False, revision=6, count=0)
+    assert a(DeleteRange("")).count == 2 and len(a.sm) == 0
+
+
+def test_delete_range_prefix_is_held_to_the_key_size_limit() -> None:
+    a = Applier(KVStateMachine(max_key_bytes=4))
+    a(Put("abcd", b""))
+    assert a(DeleteRange("abcde")).error == KEY_TOO_LARGE
+    assert a.sm.get("abcd") == b""
+
+
+def test_range_pages_through_a_prefix() -> None:
+    a = Applier()
+    for key in ["p/1", "p/2", "p/3", "p/4", "q", "o"]:
+        a(Put(key, key.encode()))
+    page, more = a.sm.range("p/", limit=2)
+    assert [kv.key for kv in page] == ["p/1", "p/2"] and more
+    page, more = a.sm.range("p/", start_after=page[-1].key, limit=2)
+    assert [kv.key for kv in page] == ["p/3", "p/4"] and not more, "exactly the last page"
+    assert a.sm.range("p/", start_after="p/4", limit=2) == ([], False)
+    page, more = a.sm.range("", start_after="a", limit=10)
+    assert [kv.key for kv in page] == ["o", "p/1", "p/2", "p/3", "p/4", "q"] and not more
+    assert a.sm.range("p/", start_after="0", limit=1)[0][0].key == "p/1"
+    assert page[1] == KeyValue("p/1", b"p/1", 1, 1, 1)
