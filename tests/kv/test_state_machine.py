@@ -287,3 +287,38 @@ def test_range_pages_through_a_prefix() -> None:
     assert [kv.key for kv in page] == ["o", "p/1", "p/2", "p/3", "p/4", "q"] and not more
     assert a.sm.range("p/", start_after="0", limit=1)[0][0].key == "p/1"
     assert page[1] == KeyValue("p/1", b"p/1", 1, 1, 1)
+
+
+MODEL_OPS = st.one_of(
+    st.builds(Put, KEYS, VALUES),
+    st.builds(Delete, KEYS),
+    st.builds(Cas, KEYS, st.sampled_from([b"", b"x"]), VALUES),
+    st.builds(DeleteRange, st.sampled_from(["", "a", "a/", "c"])),
+)
+
+
+@given(st.lists(MODEL_OPS, max_size=60))
+@settings(max_examples=200)
+def test_revisions_and_metadata_match_a_model(ops: list[Put | Delete | Cas | DeleteRange]
+                                              ) -> None:
+    """A model of (value, create, mod, version) per key, and the revision of the last change."""
+    model: dict[str, tuple[bytes, int, int, int]] = {}
+    revision = 0
+    a = Applier()
+    for index, op in enumerate(ops, 1):
+        before = dict(model)
+        if isinstance(op, Put) or (isinstance(op, Cas) and op.key in model
+                                   and model[op.key][0] == op.expected):
+            value = op.value if isinstance(op, Put) else op.new
+            old = model.get(op.key)
+            model[op.key] = (value, index, index, 1) if old is None else (
+                value, old[1], index, old[3] + 1)
+        elif isinstance(op, Delete):
+            model.pop(op.key, None)
+        elif isinstance(op, DeleteRange):
+            model = {k: v for k, v in model.items() if not k.startswith(op.prefix)}
+        # Every write changes the key's mod revision, so a change always shows in the model.
+        revision = index if model != before else revision
+        assert a(op).revision == revision == a.sm.revision
+        assert {kv.key: (kv.value, kv.create_revision, kv.mod_revision, kv.version)
+                for kv in a.sm.range()[0]} == model
