@@ -250,19 +250,21 @@ class KVStateMachine:
 
     def _key_too_large(self, op: Op) -> str | None:
         """The first key (or prefix) of ``op`` longer than ``max_key_bytes``, if any."""
-        if isinstance(op, DeleteRange):
-            keys: builtins.list[str] = [op.prefix]
+        limit = self.max_key_bytes
+        if isinstance(op, Put | Delete | Cas):  # the common case, without building a list
+            keys: tuple[str, ...] | builtins.list[str] = (op.key,)
+        elif isinstance(op, DeleteRange):
+            keys = (op.prefix,)
         elif isinstance(op, Txn):
             keys = [c.key for c in op.compare]
             keys += [o.key for o in op.success] + [o.key for o in op.failure]
-        elif isinstance(op, Put | Delete | Cas):
-            keys = [op.key]
         else:
             return None
-        limit = self.max_key_bytes
-        # A code point is at most 4 bytes of UTF-8: encode only when that could matter.
-        return next((k for k in keys if len(k) * 4 > limit and len(k.encode("utf-8")) > limit),
-                    None)
+        for key in keys:
+            # A code point is at most 4 bytes of UTF-8: encode only when that could matter.
+            if len(key) * 4 > limit and len(key.encode("utf-8")) > limit:
+                return key
+        return None
 
     def _txn(self, index: int, txn: Txn) -> Result:
         succeeded = all(compare_holds(c, self._data.get(c.key)) for c in txn.compare)
