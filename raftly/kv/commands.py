@@ -125,16 +125,9 @@ class Compare:
     value: bytes | int | bool
 
 
-@dataclass(frozen=True, slots=True)
-class TxnPut:
-    key: str
-    value: bytes
-    lease: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class TxnDelete:
-    key: str
+# A transaction's writes are the plain commands, applied as one branch.
+TxnPut = Put
+TxnDelete = Delete
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +135,7 @@ class TxnGet:
     key: str
 
 
-TxnOp = TxnPut | TxnDelete | TxnGet
+TxnOp = Put | Delete | TxnGet
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,9 +238,15 @@ def _key(value: object, what: str = "key") -> str:
     return value
 
 
+def int_in(value: object, low: int, high: int) -> bool:
+    """Whether ``value`` is an int (not a bool) from ``low`` to ``high``."""
+    return type(value) is int and low <= value <= high
+
+
 def _int(value: object, low: int, high: int, what: str) -> int:
-    if type(value) is not int or not low <= value <= high:
+    if not int_in(value, low, high):
         raise CommandError(f"{what} must be an int from {low} to {high}")
+    assert isinstance(value, int)
     return value
 
 
@@ -403,4 +402,5 @@ __all__ = [
     "TxnPut",
     "decode",
     "encode",
+    "int_in",
 ]

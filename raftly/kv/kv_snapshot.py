@@ -35,7 +35,7 @@ from typing import Final
 import msgpack  # type: ignore[import-untyped]
 
 from raftly.core.state_machine import SupportsRead, SupportsWrite
-from raftly.kv.commands import MAX_CLIENT_ID_LEN, MAX_INT, MAX_LEASE_TTL
+from raftly.kv.commands import MAX_CLIENT_ID_LEN, MAX_INT, MAX_LEASE_TTL, int_in
 from raftly.kv.leases import LeaseTable
 from raftly.kv.records import (
     ERROR_CODES,
@@ -259,17 +259,15 @@ class SnapshotReader:
         data: dict[str, KeyValue] = {}
         for chunk in self._read_chunks(n_keys):
             for key, entry in chunk.items():
-                # The checks of _key_value inline, which then only names what is wrong: a
-                # million keys must restore in a few seconds.
+                # The checks of _key_value inline (it then names what is wrong): a million
+                # keys must restore in a few seconds.
                 if type(entry) is list and len(entry) == 5:
                     value, create, mod, version, lease = entry
-                    if (type(value) is bytes and type(create) is int and type(mod) is int
-                            and type(version) is int and type(lease) is int
-                            and 1 <= create <= mod <= revision and 1 <= version <= MAX_INT
-                            and 0 <= lease <= MAX_INT):
-                        kv = KeyValue(key, value, create, mod, version, lease)
-                    else:
-                        kv = _key_value(key, entry, revision, f"key {key[:40]!r}")
+                if (type(entry) is list and len(entry) == 5 and type(value) is bytes
+                        and type(create) is int and type(mod) is int and type(version) is int
+                        and type(lease) is int and 1 <= create <= mod <= revision
+                        and 1 <= version <= MAX_INT and 0 <= lease <= MAX_INT):
+                    kv = KeyValue(key, value, create, mod, version, lease)
                 else:
                     kv = _key_value(key, entry, revision, f"key {key[:40]!r}")
                 if kv.lease:
@@ -317,8 +315,9 @@ def _count(value: object, what: str) -> int:
 
 
 def _int(value: object, low: int, high: int, what: str) -> int:
-    if type(value) is not int or not low <= value <= high:
+    if not int_in(value, low, high):
         raise _malformed(f"{what} {value!r} is not an int from {low} to {high}")
+    assert isinstance(value, int)
     return value
 
 

@@ -9,10 +9,12 @@ from kv_helpers import Applier
 from raftly.kv.records import KEY_TOO_LARGE, LEASE_NOT_FOUND
 from raftly.kv.state_machine import (
     Compare,
+    DeleteRange,
     KeyValue,
     KVStateMachine,
     LeaseGrant,
     Put,
+    Session,
     Txn,
     TxnDelete,
     TxnGet,
@@ -145,3 +147,17 @@ def test_counter_by_compare_on_mod_revision_counts_only_successful_increments() 
                         (TxnPut("n", str(int(seen.value) + 1).encode()),)) for _ in range(2)]
         successes += sum(a(t).succeeded for t in attempts)
     assert successes == 5 and a.sm.get("n") == b"5"
+
+
+def test_a_retried_txn_or_prefix_delete_gets_its_first_result_and_applies_once() -> None:
+    a = Applier()
+    a(Put("n", b"0"))
+    bump = Txn((Compare("n", "value", "=", b"0"),), (TxnPut("n", b"1"),), (TxnPut("n", b"0"),))
+    first = a(bump, Session("c", 1))
+    a(Put("p/1", b""))
+    wipe = a(DeleteRange("p/"), Session("c", 2))
+    a(Put("p/2", b""))
+    assert a(bump, Session("c", 1, retry=True)) is first and first.succeeded
+    assert a(DeleteRange("p/"), Session("c", 2, retry=True)) is wipe and wipe.count == 1
+    assert a.sm.get("n") == b"1" and a.sm.get("p/2") == b""
+    assert a.sm.get_entry("n").version == 2  # type: ignore[union-attr]
