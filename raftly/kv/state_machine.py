@@ -131,8 +131,10 @@ class KVStateMachine:
         self.last_index = 0
         self.on_events: list[EventListener] = []
         """Called with the events of each apply that changed keys, after it (on the applying
-        thread): the watch hub subscribes here. A listener must not block; one that raises is
-        logged and does not stop the others."""
+        thread), when ``revision`` and the keys already show them: the watch hub subscribes
+        here. A listener must not block; one that raises is logged and does not stop the
+        others. A restore replaces the state without events: a subscriber that got events up
+        to revision L has missed some when ``oldest_available_revision`` exceeds L + 1."""
 
     # -- apply ----------------------------------------------------------------------------------
 

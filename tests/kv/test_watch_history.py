@@ -131,3 +131,38 @@ def test_after_a_restore_the_history_starts_at_the_snapshot_revision() -> None:
     assert b.sm.events_since(3) == []
     b(Put("c", b""))
     assert [e.key for e in b.sm.events_since(3)] == ["c"]
+
+
+def test_listeners_see_the_state_the_events_describe() -> None:
+    a = Applier()
+    checked: list[int] = []
+
+    def check(events: list[Event]) -> None:
+        assert a.sm.revision == events[0].revision
+        assert a.sm.events_since(events[0].revision) == events
+        for event in events:
+            kv = a.sm.get_entry(event.key)
+            assert (kv is None) == (event.type == "delete")
+        checked.append(events[0].revision)
+
+    a.sm.on_events.append(check)
+    a(Put("a", b""))
+    a(Put("b", b""))
+    a(DeleteRange(""))
+    assert checked == [1, 2, 3]
+
+
+def test_a_subscriber_can_tell_a_restore_skipped_changes() -> None:
+    a = Applier()
+    a(Put("a", b""))
+    seen: list[int] = []
+    a.sm.on_events.append(lambda events: seen.append(events[-1].revision))
+    a(Put("b", b""))
+    assert a.sm.oldest_available_revision <= seen[-1] + 1, "nothing missed"
+    other = Applier()
+    for _ in range(5):
+        other(Put("c", b""))
+    sink = io.BytesIO()
+    other.sm.capture().persist(sink)
+    a.sm.restore(io.BytesIO(sink.getvalue()))
+    assert a.sm.oldest_available_revision > seen[-1] + 1, "revisions 3 to 5 were never seen"
