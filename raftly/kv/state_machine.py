@@ -338,10 +338,12 @@ class KVStateMachine:
                                max_sessions=self.max_sessions,
                                session_window=self.session_window,
                                max_leases=self.max_leases).read()
-        self._sorted = None
-        self._data, self._leases, self._sessions = state.data, state.leases, state.sessions
-        self.last_index, self._revision = state.last_index, state.revision
-        self._history = History(self.history_limit, floor=state.revision)
+        history = History(self.history_limit, floor=state.revision)
+        # One statement, with no call in it: the event loop, reading meanwhile, sees the old
+        # state or the new one (CPython switches threads only at calls and backward jumps).
+        (self._sorted, self._data, self._leases, self._sessions, self.last_index, self._revision,
+         self._history) = (None, state.data, state.leases, state.sessions, state.last_index,
+                           state.revision, history)
 
     # -- queries --------------------------------------------------------------------------------
 
