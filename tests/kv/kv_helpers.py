@@ -13,7 +13,7 @@ from yarl import URL
 
 from raftly.core.config import Config
 from raftly.kv.service import LocalCluster, RunningNode
-from raftly.kv.state_machine import Cas, Delete, KVStateMachine, Put, Result, Session, encode
+from raftly.kv.state_machine import KVStateMachine, Op, Result, Session, encode
 
 T = TypeVar("T")
 
@@ -51,7 +51,7 @@ class Applier:
         self.sm = sm if sm is not None else KVStateMachine()
         self.index = 0
 
-    def __call__(self, command: bytes | Put | Delete | Cas, session: Session | None = None
+    def __call__(self, command: bytes | Op, session: Session | None = None
                  ) -> Result:
         self.index += 1
         raw = command if isinstance(command, bytes) else encode(command, session)
