@@ -15,8 +15,11 @@ else the system's; ``cert``/``key``: a client certificate for nodes that require
 explicit ``https://`` endpoint always works. A redirect never leads from https to plain http.
 ``token`` is sent as ``Authorization: Bearer TOKEN`` with every request; a ``401`` (no or unknown
 token) or ``403`` (role too low) is a ``RequestError`` with the node's message. A TLS handshake
-that cannot succeed (an unverifiable certificate, a refused client certificate, a plaintext
-node) raises ``HandshakeError`` at once instead of retrying until the timeout.
+that cannot succeed (an unverifiable certificate, a plaintext node, a node that ends the
+handshake with an alert) raises ``HandshakeError`` at once instead of retrying until the
+timeout. (With TLS 1.3 a node that requires a client certificate checks it only after the
+handshake and closes the connection: that looks like a node going down, so it is retried, and
+the final error says what it usually means.)
 
 ``Client`` is not thread-safe (use one per thread); ``AsyncClient`` may run many requests at once.
 
