@@ -51,6 +51,7 @@ from urllib.parse import quote
 import aiohttp
 
 from raftly.check.history import HistoryWriter
+from raftly.kv.client_core import redirect_url
 from raftly.testing.history import Function, Status
 
 # Why an op failed or has an unknown outcome, in words a reader of the summary knows.
@@ -64,6 +65,8 @@ UNAVAILABLE = "503 unavailable"
 CAS_MISS = "412 cas miss"
 OUTCOME_UNKNOWN = "504 outcome unknown"
 REDIRECTS = "too many redirects"
+BAD_REDIRECT = "redirect refused"
+"""A 307 to where a client must not go (from https down to http)."""
 
 
 def _status_reason(status: int, text: str) -> str:
@@ -271,7 +274,11 @@ class ClientPool:
                 status = resp.status
                 if status == 307 and "Location" in resp.headers:
                     # Not the leader: nothing was proposed; the Location keeps the query string.
-                    url = resp.headers["Location"]
+                    target = redirect_url(url, resp.headers["Location"])
+                    if target is None:  # e.g. from https down to http: never followed
+                        return Outcome("fail", node=at, error=f"307 to {resp.headers['Location']}",
+                                       reason=BAD_REDIRECT)
+                    url = target
                     at = self._name_of(url)
                     continue
                 return self._classify(f, status, body, at)
