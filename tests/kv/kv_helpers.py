@@ -17,7 +17,7 @@ from raftly.core.config import Config
 from raftly.kv.cluster_file import ClusterSpec
 from raftly.kv.service import LocalCluster, RunningNode, start_node
 from raftly.kv.state_machine import Cas, Delete, KVStateMachine, Put, Result, Session, encode
-from raftly.security.auth import Authorizer
+from raftly.security.auth import Authorizer, parse_tokens
 from raftly.security.tls import TlsFiles
 from raftly.storage import MemoryStorage
 from raftly.transport import Transport
@@ -25,6 +25,16 @@ from raftly.transport import Transport
 T = TypeVar("T")
 
 FAST = Config(tick_interval=0.01, heartbeat_interval=0.05, election_timeout=0.3)
+
+READ, WRITE, ADMIN = "read-token-0123456789", "write-token-0123456789", "admin-token-0123456789"
+AUTH = Authorizer(parse_tokens({"tokens": [{"token": READ, "role": "read", "name": "reader"},
+                                           {"token": WRITE, "role": "write", "name": "writer"},
+                                           {"token": ADMIN, "role": "admin", "name": "ops"}]}))
+"""An auth file's tokens, one of each role."""
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:

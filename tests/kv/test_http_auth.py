@@ -11,20 +11,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from kv_helpers import FAST, SecureCluster, call, followers, run
+from kv_helpers import ADMIN, AUTH, FAST, READ, WRITE, SecureCluster, bearer, call, followers, run
 
 from raftly.kv.http import required_role
 from raftly.kv.service import LocalCluster, RunningNode
-from raftly.security.auth import Authorizer, Role, TokenEntry, _digest
-
-READ, WRITE, ADMIN = "read-token-0123456789", "write-token-0123456789", "admin-token-0123456789"
-AUTH = Authorizer([TokenEntry(_digest(READ), Role.READ, "reader"),
-                   TokenEntry(_digest(WRITE), Role.WRITE, "writer"),
-                   TokenEntry(_digest(ADMIN), Role.ADMIN, "ops")])
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+from raftly.security.auth import Role
 
 
 async def as_(s: aiohttp.ClientSession, token: str | None, method: str, url: str,
