@@ -534,7 +534,10 @@ def make_runner(app: web.Application, limits: Limits | None = None) -> web.AppRu
     # period for open requests would only delay the exit.
     return _CappedRunner(ConnectionCap(limits.max_connections), app, access_log=None,
                          max_line_size=max_line, max_field_size=16 * 1024, shutdown_timeout=2.0,
-                         keepalive_timeout=limits.idle_timeout)
+                         keepalive_timeout=limits.idle_timeout,
+                         # How long the rest of a body no handler read (a redirected PUT) is
+                         # drained before the connection closes: no longer than any body.
+                         lingering_time=limits.body_timeout)
 
 
 class _CappedRunner(web.AppRunner):
