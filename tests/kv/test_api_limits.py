@@ -39,8 +39,19 @@ def cap_of(node: RunningNode) -> ConnectionCap:
 
 
 async def closed_by_server(reader: asyncio.StreamReader, timeout: float = 10.0) -> bytes:
-    """Everything the server sends until it closes the connection (fails if it never does)."""
-    return await asyncio.wait_for(reader.read(), timeout)
+    """Everything the server sends until it closes the connection (fails if it never does).
+
+    A reset counts as closed: a server that closes while a client still sends resets it.
+    """
+    received = bytearray()
+
+    async def until_closed() -> None:
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := await reader.read(65536):
+                received.extend(chunk)
+
+    await asyncio.wait_for(until_closed(), timeout)
+    return bytes(received)
 
 
 async def status_ok(node: RunningNode) -> bool:
