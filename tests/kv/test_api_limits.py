@@ -8,16 +8,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
-from kv_helpers import FAST, call, run
+from kv_helpers import FAST, SecureCluster, call, run
 from polling import eventually
 
 from raftly.kv.connections import ConnectionCap
 from raftly.kv.http import Limits
 from raftly.kv.service import LocalCluster, RunningNode
+from raftly.security.certs import init_certs
+from raftly.security.tls import client_context
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -54,9 +58,9 @@ async def closed_by_server(reader: asyncio.StreamReader, timeout: float = 10.0) 
     return bytes(received)
 
 
-async def status_ok(node: RunningNode) -> bool:
+async def status_ok(node: RunningNode, tls: ssl.SSLContext | None = None) -> bool:
     """Whether a fresh connection gets ``GET /v1/status`` answered 200 (within 2 s)."""
-    connector = aiohttp.TCPConnector(force_close=True)
+    connector = aiohttp.TCPConnector(force_close=True, ssl=tls if tls is not None else True)
     timeout = aiohttp.ClientTimeout(total=2.0)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as s:
         try:
@@ -169,5 +173,40 @@ def test_slowloris_clients_cannot_hold_the_node() -> None:
                 assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer
             for sender in senders:
                 sender.cancel()
+
+    run(main())
+
+
+def test_a_stalled_tls_handshake_holds_a_counted_slot_until_the_handshake_timeout(
+        tmp_path: Path) -> None:
+    init_certs(tmp_path, ["n1"])
+    trust = client_context(tmp_path / "ca.crt")
+
+    async def main() -> None:
+        limits = Limits(max_connections=3, handshake_timeout=0.5)
+        async with SecureCluster(1, config=FAST, limits=limits, tls_dir=tmp_path) as cluster:
+            node = await cluster.wait_for_leader()
+            assert await status_ok(node, trust)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            # Connected, never a ClientHello: each one is counted while it stalls.
+            stalled = [await connect(node) for _ in range(3)]
+            await eventually(lambda: cap_of(node).open == 3, what="stalled handshakes counted")
+            assert not await status_ok(node, trust), "the cap holds while they stall"
+            for reader, _ in stalled:
+                assert await closed_by_server(reader) == b""
+            assert loop.time() - started < 5.0
+            await eventually(lambda: status_ok(node, trust), what="served again")
+            await eventually(lambda: cap_of(node).open == 0, what="every slot released")
+            # A handshake that fails (plaintext), or that the client drops halfway, frees its
+            # slot too.
+            plain = await connect(node)
+            plain[1].write(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert not (await closed_by_server(plain[0])).startswith(b"HTTP")
+            dropped = await connect(node)
+            dropped[1].write(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello
+            await eventually(lambda: cap_of(node).open == 1, what="the dropped one counted")
+            dropped[1].transport.abort()
+            await eventually(lambda: cap_of(node).open == 0, what="every slot released")
 
     run(main())
