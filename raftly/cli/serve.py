@@ -89,7 +89,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                                "is open")
     security.add_argument("--token", default=os.environ.get("RAFTLY_TOKEN"),
                           help="this node's token for other members' APIs (joining a cluster "
-                               "with an auth file needs an admin token; default $RAFTLY_TOKEN)")
+                               "with an auth file needs an admin token; default $RAFTLY_TOKEN, "
+                               "better than this flag: a command line is visible to others)")
     security.add_argument("--max-connections", type=positive_int, default=1024, metavar="N",
                           help="API connections open at once; more are closed at once "
                                "(default 1024)")

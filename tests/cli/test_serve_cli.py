@@ -113,3 +113,14 @@ def test_without_security_flags_serve_runs_open_and_plain(served: dict[str, Any]
     assert code == 0, err
     assert served["tls"] is None and served["auth"] is None and served["token"] is None
     assert served["client_cert_auth"] is False and served["max_connections"] == 1024
+
+
+def test_missing_tls_files_are_one_clear_error(tmp_path: Path) -> None:
+    cluster = tmp_path / "cluster.toml"
+    cluster.write_text('[nodes.n1]\nraft = "127.0.0.1:0"\napi = "127.0.0.1:0"\n')
+    code, err = raftly("serve", "--cluster", str(cluster), "--id", "n1", "--data-dir",
+                       str(tmp_path / "n1"), "--fsync", "never", "--tls-dir",
+                       str(tmp_path / "none"))
+    last = err.splitlines()[-1]
+    assert code == 1 and last.startswith("raftly: ") and "no such CA certificate file" in last
+    assert "Traceback" not in err
