@@ -16,7 +16,7 @@ from yarl import URL
 from raftly.core.config import Config
 from raftly.kv.cluster_file import ClusterSpec
 from raftly.kv.service import LocalCluster, RunningNode, start_node
-from raftly.kv.state_machine import Cas, Delete, KVStateMachine, Put, Result, Session, encode
+from raftly.kv.state_machine import KVStateMachine, Op, Result, Session, encode
 from raftly.security.auth import Authorizer, parse_tokens
 from raftly.security.tls import TlsFiles
 from raftly.storage import MemoryStorage
@@ -88,7 +88,7 @@ class Applier:
         self.sm = sm if sm is not None else KVStateMachine()
         self.index = 0
 
-    def __call__(self, command: bytes | Put | Delete | Cas, session: Session | None = None
+    def __call__(self, command: bytes | Op, session: Session | None = None
                  ) -> Result:
         self.index += 1
         raw = command if isinstance(command, bytes) else encode(command, session)

@@ -16,6 +16,8 @@ from raftly.kv.state_machine import (
     Cas,
     CommandError,
     Delete,
+    DeleteRange,
+    KeyValue,
     KVStateMachine,
     Put,
     Result,
@@ -27,13 +29,13 @@ from raftly.kv.state_machine import (
 
 def test_put_get_delete() -> None:
     a = Applier()
-    assert a(Put("k", b"v")) == Result(1, True)
+    assert a(Put("k", b"v")) == Result(1, True, revision=1)
     assert a.sm.get("k") == b"v"
     assert a(Put("k", b"w")).ok
     assert a.sm.get("k") == b"w"
-    assert a(Delete("k")) == Result(3, True)
+    assert a(Delete("k")) == Result(3, True, revision=3)
     assert a.sm.get("k") is None
-    assert a(Delete("k")) == Result(4, False)
+    assert a(Delete("k")) == Result(4, False, revision=3), "no change, no new revision"
     assert len(a.sm) == 0
 
 
@@ -231,3 +233,92 @@ def test_random_ops_match_dict_model_and_replay_identically(
     for prefix in ("", "a", "a/"):
         assert a.sm.list(prefix) == sorted((k, v) for k, v in model.items()
                                            if k.startswith(prefix))
+
+
+# -- revisions, key metadata, prefix reads and deletes -----------------------------------------
+
+
+def test_revision_is_the_index_of_the_last_change_and_keys_carry_their_metadata() -> None:
+    a = Applier()
+    assert a(Put("k", b"1")).revision == 1
+    assert a.sm.get_entry("k") == KeyValue("k", b"1", 1, 1, 1)
+    assert not a(Cas("k", b"nope", b"x")).ok
+    assert a.sm.revision == 1, "a command that changes nothing keeps the revision"
+    assert a(Cas("k", b"1", b"2")).revision == 3
+    assert a(Put("k", b"3")).revision == 4
+    assert a.sm.get_entry("k") == KeyValue("k", b"3", 1, 4, 3)
+    a(Delete("k"))
+    assert a.sm.get_entry("k") is None and a.sm.revision == 5
+    a(b"\xc1")  # malformed
+    assert a(Put("k", b"again")).revision == 7
+    assert a.sm.get_entry("k") == KeyValue("k", b"again", 7, 7, 1), "recreated at version 1"
+
+
+def test_delete_range_removes_every_key_under_the_prefix_in_one_revision() -> None:
+    a = Applier()
+    for key in ["a", "a/1", "a/2", "a/2/x", "b"]:
+        a(Put(key, b""))
+    result = a(DeleteRange("a/"))
+    assert result == Result(6, True, revision=6, count=3)
+    assert [k for k, _ in a.sm.list()] == ["a", "b"]
+    assert [(e.revision, e.type, e.key) for e in a.sm.events_since(6)] == [
+        (6, "delete", "a/1"), (6, "delete", "a/2"), (6, "delete", "a/2/x")]
+    assert a(DeleteRange("zz")) == Result(7, False, revision=6, count=0)
+    assert a(DeleteRange("")).count == 2 and len(a.sm) == 0
+
+
+def test_delete_range_prefix_is_held_to_the_key_size_limit() -> None:
+    a = Applier(KVStateMachine(max_key_bytes=4))
+    a(Put("abcd", b""))
+    assert a(DeleteRange("abcde")).error == KEY_TOO_LARGE
+    assert a.sm.get("abcd") == b""
+
+
+def test_range_pages_through_a_prefix() -> None:
+    a = Applier()
+    for key in ["p/1", "p/2", "p/3", "p/4", "q", "o"]:
+        a(Put(key, key.encode()))
+    page, more = a.sm.range("p/", limit=2)
+    assert [kv.key for kv in page] == ["p/1", "p/2"] and more
+    page, more = a.sm.range("p/", start_after=page[-1].key, limit=2)
+    assert [kv.key for kv in page] == ["p/3", "p/4"] and not more, "exactly the last page"
+    assert a.sm.range("p/", start_after="p/4", limit=2) == ([], False)
+    page, more = a.sm.range("", start_after="a", limit=10)
+    assert [kv.key for kv in page] == ["o", "p/1", "p/2", "p/3", "p/4", "q"] and not more
+    assert a.sm.range("p/", start_after="0", limit=1)[0][0].key == "p/1"
+    assert page[1] == KeyValue("p/1", b"p/1", 1, 1, 1)
+
+
+MODEL_OPS = st.one_of(
+    st.builds(Put, KEYS, VALUES),
+    st.builds(Delete, KEYS),
+    st.builds(Cas, KEYS, st.sampled_from([b"", b"x"]), VALUES),
+    st.builds(DeleteRange, st.sampled_from(["", "a", "a/", "c"])),
+)
+
+
+@given(st.lists(MODEL_OPS, max_size=60))
+@settings(max_examples=200)
+def test_revisions_and_metadata_match_a_model(ops: list[Put | Delete | Cas | DeleteRange]
+                                              ) -> None:
+    """A model of (value, create, mod, version) per key, and the revision of the last change."""
+    model: dict[str, tuple[bytes, int, int, int]] = {}
+    revision = 0
+    a = Applier()
+    for index, op in enumerate(ops, 1):
+        before = dict(model)
+        if isinstance(op, Put) or (isinstance(op, Cas) and op.key in model
+                                   and model[op.key][0] == op.expected):
+            value = op.value if isinstance(op, Put) else op.new
+            old = model.get(op.key)
+            model[op.key] = (value, index, index, 1) if old is None else (
+                value, old[1], index, old[3] + 1)
+        elif isinstance(op, Delete):
+            model.pop(op.key, None)
+        elif isinstance(op, DeleteRange):
+            model = {k: v for k, v in model.items() if not k.startswith(op.prefix)}
+        # Every write changes the key's mod revision, so a change always shows in the model.
+        revision = index if model != before else revision
+        assert a(op).revision == revision == a.sm.revision
+        assert {kv.key: (kv.value, kv.create_revision, kv.mod_revision, kv.version)
+                for kv in a.sm.range()[0]} == model
