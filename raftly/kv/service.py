@@ -22,6 +22,7 @@ from aiohttp import web
 from raftly.core.config import Config
 from raftly.core.types import ConfState, Member
 from raftly.kv.cluster_file import Address, ClusterSpec, NodeSpec, load_cluster, parse_address
+from raftly.kv.exposure import exposure_warning
 from raftly.kv.http import KVApi, Limits, make_runner
 from raftly.kv.identity import (
     IdentityError,
@@ -36,6 +37,8 @@ from raftly.kv.protocol import MEMBERS_PATH, STATUS_PATH
 from raftly.kv.state_machine import KVStateMachine
 from raftly.kv.unsafe_reads import node_api_class
 from raftly.localproc import free_ports
+from raftly.security.auth import Authorizer
+from raftly.security.tls import TlsFiles, api_server_context
 from raftly.server.server import RaftServer, ServerStopped, wait_for_agreed_leader
 from raftly.server.snapshots import SnapshotSettings
 from raftly.storage import DiskStorage, MemoryStorage, Storage
@@ -67,7 +70,7 @@ class RunningNode:
 
     @property
     def url(self) -> str:
-        return self.api_address.url
+        return self.api_address.base_url(self.api.tls)
 
     @property
     def kv(self) -> KVStateMachine:
@@ -87,15 +90,21 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
                      config: Config | None = None, limits: Limits | None = None,
                      api_address: Address | None = None, snapshots: SnapshotStore | None = None,
                      snapshot: SnapshotSettings | None = None,
-                     bootstrap: bool = True) -> RunningNode:
+                     bootstrap: bool = True, tls: TlsFiles | None = None,
+                     client_cert_auth: bool = False,
+                     auth: Authorizer | None = None) -> RunningNode:
     """Start the Raft server and the HTTP API of node ``name`` of ``cluster``.
 
     ``api_address`` overrides the cluster file's (tests bind port 0, then publish the real one).
     With ``snapshots``, the log is compacted as ``snapshot`` says (see ``RaftServer``).
     ``bootstrap=False``: an empty storage stays empty until the leader sends the log (a node
-    that joined a running cluster).
+    that joined a running cluster). With ``tls`` the API is HTTPS (``client_cert_auth``: only
+    clients with a certificate of the cluster CA get through the handshake); with ``auth`` it
+    wants bearer tokens.
     """
     spec = cluster.node(name)
+    ssl_context = (api_server_context(tls, require_client_cert=client_cert_auth)
+                   if tls is not None else None)
     limits = limits or Limits()
     snapshot = snapshot or SnapshotSettings()
     server = RaftServer(spec.id, storage=storage, transport=transport,
@@ -104,12 +113,12 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
                         bootstrap=bootstrap_conf(cluster) if bootstrap else ConfState(),
                         config=config, snapshots=snapshots,
                         snapshot_entries=snapshot.entries, snapshot_retain=snapshot.retain)
-    api = node_api_class()(server, cluster, spec, limits)
+    api = node_api_class()(server, cluster, spec, limits, auth=auth, tls=tls is not None)
     runner = make_runner(api.app(), limits)
     await runner.setup()
     bind = api_address or spec.api
     try:
-        site = web.TCPSite(runner, bind.host, bind.port)
+        site = web.TCPSite(runner, bind.host, bind.port, ssl_context=ssl_context)
         await site.start()
         await server.start()
     except BaseException:
@@ -118,7 +127,8 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
         raise
     host, port = runner.addresses[0][:2]
     actual = Address(bind.host if bind.port else str(host), int(port))
-    logger.info("node %s (raft id %d) serving the KV API on %s", name, spec.id, actual.url)
+    logger.info("node %s (raft id %d) serving the KV API on %s", name, spec.id,
+                actual.base_url(tls is not None))
     node = RunningNode(spec, server, api, runner, actual)
     node.watcher = asyncio.create_task(_watch_removal(node), name=f"raftly {name}: removal")
     if isinstance(transport, TcpTransport):
@@ -239,7 +249,9 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
                 fsync: FsyncPolicy = "always", config: Config | None = None,
                 limits: Limits | None = None, stop: asyncio.Event | None = None,
                 snapshot: SnapshotSettings | None = None,
-                segment_size: int = DEFAULT_SEGMENT_SIZE) -> None:
+                segment_size: int = DEFAULT_SEGMENT_SIZE, tls: TlsFiles | None = None,
+                client_cert_auth: bool = False, auth: Authorizer | None = None,
+                token: str | None = None, max_connections: int = 1024) -> None:
     """Run one node until SIGINT or SIGTERM, or until a configuration without it commits.
 
     The node is node ``node_name`` of ``cluster_file``; or, with ``join``, a new node that
@@ -251,7 +263,12 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
     ``stop``, when given, is the event to wait for instead of signals (embedding, tests).
     ``IdentityError`` when ``data_dir`` belongs to another node or cluster, or a flag
     contradicts it (nothing is changed); ``JoinError`` when the cluster cannot be joined.
+
+    ``tls``, ``client_cert_auth`` and ``auth`` are as for ``start_node``; ``max_connections``
+    caps the API's open connections. ``token`` is this node's bearer token for other members'
+    APIs.
     """
+    limits = replace(limits or Limits(), max_connections=max_connections)
     if join is not None and read_identity(data_dir) is None:
         joined = await request_join(join.endpoints, join.name, join.raft, join.api,
                                     learner=join.learner, timeout=join.timeout)
@@ -285,13 +302,17 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
         storage.close()
         raise
     spec = start.cluster.node(start.name)
+    warning = exposure_warning(spec, tls=tls is not None, auth=auth is not None)
+    if warning is not None:
+        logger.warning("%s", warning)
     transport = TcpTransport(spec.id, listen=(spec.raft.host, spec.raft.port),
                              peers=_peers(start.cluster, spec.id),
                              cluster_id=start.cluster.cluster_id)
     try:
         node = await start_node(start.cluster, start.name, storage=storage, transport=transport,
                                 config=config, limits=limits, bootstrap=start.bootstrap,
-                                snapshots=SnapshotStore(data_dir, fsync=fsync), snapshot=snapshot)
+                                snapshots=SnapshotStore(data_dir, fsync=fsync), snapshot=snapshot,
+                                tls=tls, client_cert_auth=client_cert_auth, auth=auth)
     except BaseException:
         storage.close()
         raise
