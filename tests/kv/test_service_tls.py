@@ -6,18 +6,23 @@ finder."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Awaitable
 from pathlib import Path
 
 import aiohttp
 import pytest
 from kv_helpers import ADMIN, AUTH, FAST, READ, call, followers, run
 from polling import eventually
+from test_service import write_cluster_file
 
 from raftly.kv import service
-from raftly.kv.cluster_file import ClusterSpec
+from raftly.kv.cluster_file import Address, ClusterSpec
 from raftly.kv.join import JoinError, request_join
-from raftly.kv.node_calls import NodeCalls
-from raftly.kv.service import LocalCluster, RunningNode
+from raftly.kv.node_calls import NodeCalls, PeerNames
+from raftly.kv.service import JoinSpec, LocalCluster, RunningNode, serve
+from raftly.localproc import free_ports
+from raftly.security.certs import init_certs
 from raftly.security.tls import TlsFiles, client_context, common_name
 from raftly.transport import TcpTransport
 
@@ -106,7 +111,7 @@ def test_a_node_missing_its_peers_names_learns_them_from_the_members_list(
     real = service.peer_transport
 
     def forgetful(cluster: ClusterSpec, node_id: int, *args: object, **kwargs: object
-                  ) -> tuple[TcpTransport, service.PeerNames]:
+                  ) -> tuple[TcpTransport, PeerNames]:
         if node_id == 3:  # n3 starts knowing only itself
             cluster = ClusterSpec(cluster.cluster_id, (cluster.by_id(3),))  # type: ignore[arg-type]
         return real(cluster, node_id, *args, **kwargs)  # type: ignore[arg-type]
@@ -122,3 +127,50 @@ def test_a_node_missing_its_peers_names_learns_them_from_the_members_list(
             await cluster.wait_for_leader(timeout=15.0)  # n3 hears the leader: accepted
 
     run(main())
+
+
+def test_serve_runs_a_tls_cluster_with_tokens_that_a_new_node_joins(tmp_path: Path) -> None:
+    certs = tmp_path / "tls"
+    init_certs(certs, ["n1", "n2", "n3", "n4"])
+    cluster_file = tmp_path / "cluster.toml"
+    names = ["n1", "n2", "n3"]
+    endpoints = write_cluster_file(cluster_file, names)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(serve(cluster_file, name, tmp_path / name, config=FAST,
+                                           stop=stop, tls=TlsFiles.from_dir(certs, name),
+                                           auth=AUTH, token=ADMIN))
+                 for name in names]
+        raft_port, api_port = free_ports(2)
+        join = JoinSpec(tuple(endpoints), "n4", Address("127.0.0.1", raft_port),
+                        Address("127.0.0.1", api_port), timeout=20.0)
+        tasks.append(asyncio.create_task(serve(None, None, tmp_path / "n4", join=join,
+                                               config=FAST, stop=stop,
+                                               tls=TlsFiles.from_dir(certs, "n4"),
+                                               auth=AUTH, token=ADMIN)))
+        token = {"Authorization": f"Bearer {ADMIN}"}
+        async with https(certs) as s:
+            async def members() -> dict[str, str] | None:
+                with contextlib.suppress(aiohttp.ClientError):
+                    status, body, _ = await call(s, "GET", f"https://{endpoints[0]}/v1/members",
+                                                 headers=token)
+                    if status == 200:
+                        return {m["name"]: m["role"] for m in body["members"]}
+                return None
+
+            await eventually(lambda: _has_voter(members(), "n4"), 20.0, what="n4 a voter")
+            async with s.put(f"https://{endpoints[0]}/v1/kv/k", data=b"v", headers=token) as r:
+                assert r.status == 200 and r.url.scheme == "https"
+            # Without a token the cluster answers nothing.
+            status, body, _ = await call(s, "GET", f"https://127.0.0.1:{api_port}/v1/kv/k")
+            assert status == 401 and body["code"] == "unauthorized"
+        stop.set()
+        await asyncio.gather(*tasks)
+
+    run(main(), 60.0)
+
+
+async def _has_voter(members: Awaitable[dict[str, str] | None], name: str) -> bool:
+    found = await members
+    return found is not None and found.get(name) == "voter"
