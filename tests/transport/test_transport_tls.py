@@ -276,3 +276,31 @@ def test_tls_needs_both_contexts_and_peer_names(pki: Pki) -> None:
         Node(1, server_ssl=kwargs["server_ssl"], client_ssl=kwargs["client_ssl"])
     with pytest.raises(ValueError, match="both"):
         Node(1, server_ssl=kwargs["server_ssl"], peer_name=NAMES.get)
+
+
+def test_snapshot_connections_are_checked_both_ways(pki: Pki, tmp_path: Path) -> None:
+    path = tmp_path / "snap"
+    path.write_bytes(b"x" * 1000)
+    meta = SnapshotMeta(index=7, term=2, conf=ConfState(frozenset({1, 2, 3})))
+
+    async def body() -> None:
+        sinks = Sinks()
+        a = await Node(1, **pki.tls("n1")).start(sinks)
+        # Node 3 showing n2's certificate is refused by the listener...
+        thief = await Node(3, **{**pki.tls("n3", pki.files("n2")),
+                                 "server_ssl": peer_server_context(pki.files("n3"))}).start()
+        thief.t.set_peers({1: a.addr})
+        msg = InstallSnapshot(term=2, src=3, dst=1, snapshot=Snapshot(meta))
+        assert await thief.t.send_snapshot(msg, str(path)) is False
+        assert a.t.stats()["refused"] == 1
+        # ...and a listener that is not the node dialled is refused by the sender.
+        c = await Node(3, **pki.tls("n3")).start(sinks)
+        a.t.set_peers({2: c.addr})
+        msg = InstallSnapshot(term=2, src=1, dst=2, snapshot=Snapshot(meta))
+        assert await a.t.send_snapshot(msg, str(path)) is False
+        assert a.t.stats()["refused"] == 2 and c.t.stats()["refused"] == 0
+        assert sinks.made == [] and a.inbox == [] and c.inbox == []
+        for node in (a, thief, c):
+            await node.t.close()
+
+    run(body)
