@@ -22,10 +22,11 @@ not even the leader's name), 403 ``code: "forbidden"`` for a role too low. With 
 this API hands out (redirects, member addresses in the status) are https.
 
 Resource limits (``Limits``, applied by ``make_runner``): at most ``max_connections`` open
-connections (more are closed at once, see raftly.kv.connections), an idle keep-alive connection
-or one whose request headers never finish is closed after ``idle_timeout``, and a request body
-that has not arrived whole within ``body_timeout`` is answered 408 and its connection closed (a
-slowloris client holds a connection for a bounded time only).
+connections, TLS handshakes included (more are closed at once, see raftly.kv.connections, which
+also does the TLS under ``handshake_timeout``), an idle keep-alive connection or one whose
+request headers never finish is closed after ``idle_timeout``, and a request body that has not
+arrived whole within ``body_timeout`` is answered 408 and its connection closed (a slowloris
+client holds a connection for a bounded time only).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import base64
 import binascii
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -109,9 +111,9 @@ def required_role(method: str, route: str | None) -> Role:
 class Limits:
     """Bounds on requests; ``max_key_bytes`` should match the state machine's.
 
-    ``max_connections``, ``idle_timeout`` and ``body_timeout`` bound what one client can hold:
-    open connections, how long an idle (or never finished) request may keep one, and how long a
-    request body may take to arrive (then 408).
+    ``max_connections``, ``idle_timeout``, ``body_timeout`` and ``handshake_timeout`` bound what
+    one client can hold: open connections, how long an idle (or never finished) request may keep
+    one, how long a request body may take to arrive (then 408), and a TLS handshake.
     """
 
     max_key_bytes: int = 4096
@@ -123,6 +125,7 @@ class Limits:
     max_connections: int = 1024
     idle_timeout: float = 60.0
     body_timeout: float = 10.0
+    handshake_timeout: float = 10.0
 
 
 class _Reply(Exception):
@@ -524,31 +527,44 @@ def _parse_int(text: str) -> int:
     return int(text)
 
 
-def make_runner(app: web.Application, limits: Limits | None = None) -> web.AppRunner:
+def make_runner(app: web.Application, limits: Limits | None = None,
+                tls: ssl.SSLContext | None = None) -> web.AppRunner:
     """An AppRunner whose request-line limit admits the longest key (percent-encoded, 3x), which
-    closes idle connections after ``idle_timeout`` and keeps at most ``max_connections`` open
-    (on every site it runs, TLS or not)."""
+    closes idle connections after ``idle_timeout`` and keeps at most ``max_connections`` open.
+
+    With ``tls`` the runner's connections speak HTTPS: its site must listen without an SSL
+    context of its own (the handshake is done per connection, counted and under
+    ``handshake_timeout``, see raftly.kv.connections).
+    """
     limits = limits or Limits()
     max_line = max(8190, 3 * limits.max_key_bytes + 64 * 1024)
     # shutdown_timeout: the Raft server closes first and answers its waiters, so a long grace
     # period for open requests would only delay the exit.
-    return _CappedRunner(ConnectionCap(limits.max_connections), app, access_log=None,
+    cap = ConnectionCap(limits.max_connections, limits.handshake_timeout)
+    return _CappedRunner(cap, tls, app, access_log=None,
                          max_line_size=max_line, max_field_size=16 * 1024, shutdown_timeout=2.0,
-                         keepalive_timeout=limits.idle_timeout)
+                         keepalive_timeout=limits.idle_timeout,
+                         # How long the rest of a body no handler read (a redirected PUT) is
+                         # drained before the connection closes: no longer than any body.
+                         lingering_time=limits.body_timeout)
 
 
 class _CappedRunner(web.AppRunner):
-    """An AppRunner whose sites accept connections through a ``ConnectionCap``."""
+    """An AppRunner whose sites accept connections through a ``ConnectionCap`` (and its TLS)."""
 
-    def __init__(self, cap: ConnectionCap, app: web.Application, **kwargs: object) -> None:
+    def __init__(self, cap: ConnectionCap, tls: ssl.SSLContext | None, app: web.Application,
+                 **kwargs: object) -> None:
         super().__init__(app, **kwargs)  # type: ignore[arg-type]
         self.cap = cap
+        self.tls = tls
 
     @property
     def server(self) -> web.Server | None:
         # What a site hands the event loop as its protocol factory.
         server = super().server
-        return None if server is None else self.cap.factory(server)  # type: ignore[return-value]
+        if server is None:
+            return None
+        return self.cap.factory(server, self.tls)  # type: ignore[return-value]
 
 
 __all__ = ["KVApi", "Limits", "make_runner", "required_role"]

@@ -130,11 +130,12 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
                         config=config, snapshots=snapshots,
                         snapshot_entries=snapshot.entries, snapshot_retain=snapshot.retain)
     api = node_api_class()(server, cluster, spec, limits, auth=auth, tls=tls is not None)
-    runner = make_runner(api.app(), limits)
+    runner = make_runner(api.app(), limits, ssl_context)
     await runner.setup()
     bind = api_address or spec.api
     try:
-        site = web.TCPSite(runner, bind.host, bind.port, ssl_context=ssl_context)
+        # Without its own ssl_context: the runner does TLS per connection (make_runner).
+        site = web.TCPSite(runner, bind.host, bind.port)
         await site.start()
         await server.start()
     except BaseException:
