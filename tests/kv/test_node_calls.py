@@ -17,17 +17,22 @@ from raftly.security.tls import TlsFiles
 API = Address("10.0.0.1", 8001)
 
 
+def authorization(calls: NodeCalls) -> str | None:
+    """The Authorization header every call of a session of ``calls`` carries."""
+
+    async def header() -> str | None:
+        async with calls.session(1.0) as session:
+            return session.headers.get("Authorization")
+
+    return asyncio.run(header())
+
+
 def test_plain_calls_use_http_and_no_token() -> None:
     calls = NodeCalls()
     assert not calls.tls and calls.url(API) == "http://10.0.0.1:8001"
     assert calls.endpoint_url("h:1") == "http://h:1"
     assert calls.endpoint_url("https://h:1") == "https://h:1"  # an explicit scheme stays
-
-    async def headers() -> object:
-        async with calls.session(1.0) as session:
-            return session.headers.get("Authorization")
-
-    assert asyncio.run(headers()) is None
+    assert authorization(calls) is None
 
 
 def test_tls_calls_use_https_the_nodes_certificate_and_the_token(tmp_path: Path) -> None:
@@ -37,12 +42,7 @@ def test_tls_calls_use_https_the_nodes_certificate_and_the_token(tmp_path: Path)
     assert calls.ssl.verify_mode == ssl.CERT_REQUIRED and calls.ssl.check_hostname
     assert calls.url(API) == "https://10.0.0.1:8001"
     assert calls.endpoint_url("h:1") == "https://h:1"
-
-    async def headers() -> object:
-        async with calls.session(1.0) as session:
-            return session.headers.get("Authorization")
-
-    assert asyncio.run(headers()) == "Bearer secret-token"
+    assert authorization(calls) == "Bearer secret-token"
     assert NodeCalls.of(None, "").token is None  # an empty $RAFTLY_TOKEN is no token
 
 
