@@ -7,6 +7,7 @@ Each subcommand lives in its own module and imports what it needs only when it r
 - ``cluster up`` (cluster.py): a local cluster of real processes in the foreground;
 - ``kv put|get|del|cas|list``, ``status`` (kv.py): the service from a shell;
 - ``demo`` (demo.py, sim_demo.py): a failover with real processes, or on the simulator;
+- ``certs init|add`` (certs.py): a cluster's TLS certificates;
 - ``fuzz``: the simulator's randomized fault schedules; ``check``: raftly.check's fault-injecting
   runs of a real cluster; ``bench``: raftly.bench, when installed.
 
@@ -22,7 +23,7 @@ import sys
 from collections.abc import Callable
 
 from raftly import __version__
-from raftly.cli import cluster, demo, kv, member, serve
+from raftly.cli import certs, cluster, demo, kv, member, serve
 from raftly.cli.common import (
     CLIENT_OPTIONS,
     EXIT_ERROR,
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     kv.add_parsers(commands)
     member.add_parsers(commands)
     demo.add_parser(commands)
+    certs.add_parser(commands)
     commands.add_parser("fuzz", help="randomized fault schedules on the simulator "
                                      "(`raftly fuzz --help`)", add_help=False)
     commands.add_parser("check", help="a real cluster under faults, its history checked for "

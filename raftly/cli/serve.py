@@ -8,12 +8,18 @@ identity and membership stored there; a flag that contradicts them is refused).
 The node stops cleanly on SIGINT or SIGTERM (exit 0), and on its own (exit 0, one log line)
 once the cluster removed it. Role changes and connection events are logged at INFO, one line
 each, on stderr.
+
+Security: ``--tls-dir DIR`` (or ``--tls-cert/--tls-key/--tls-ca``) puts both ports on TLS,
+``--client-cert-auth`` also demands a client certificate on the API, ``--auth-file FILE`` wants
+bearer tokens with roles, ``--token`` (``$RAFTLY_TOKEN``) is what this node shows other members'
+APIs, and ``--max-connections`` caps the API's open connections.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +72,28 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--segment-size", type=positive_int, default=64 << 20, metavar="BYTES",
                    help="size at which a log segment file is closed and a new one begun; "
                         "compaction deletes whole segments (default 67108864)")
+    security = p.add_argument_group(
+        "security", "TLS for both ports, and tokens for the API (see `raftly certs init`)")
+    security.add_argument("--tls-dir", metavar="DIR",
+                          help="serve TLS with DIR/<name>.crt, DIR/<name>.key and DIR/ca.crt "
+                               "(as `raftly certs init` lays them out)")
+    security.add_argument("--tls-cert", metavar="FILE", help="this node's certificate (with "
+                          "--tls-key and --tls-ca; instead of --tls-dir)")
+    security.add_argument("--tls-key", metavar="FILE", help="this node's private key")
+    security.add_argument("--tls-ca", metavar="FILE", help="the cluster CA's certificate")
+    security.add_argument("--client-cert-auth", action="store_true",
+                          help="API clients must show a certificate of the cluster CA (needs TLS)")
+    security.add_argument("--auth-file", metavar="FILE",
+                          help="API tokens and their roles (TOML: [[tokens]] token = \"...\" "
+                               "role = \"read\" | \"write\" | \"admin\"); without it the API "
+                               "is open")
+    security.add_argument("--token", default=os.environ.get("RAFTLY_TOKEN"),
+                          help="this node's token for other members' APIs (joining a cluster "
+                               "with an auth file needs an admin token; default $RAFTLY_TOKEN, "
+                               "better than this flag: a command line is visible to others)")
+    security.add_argument("--max-connections", type=positive_int, default=1024, metavar="N",
+                          help="API connections open at once; more are closed at once "
+                               "(default 1024)")
     p.set_defaults(func=run)
 
 
@@ -88,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     from raftly.kv.identity import IdentityError
     from raftly.kv.join import JoinError
     from raftly.kv.service import serve
+    from raftly.security.tls import TlsError
     from raftly.server import ServerStopped
     from raftly.server.snapshots import SnapshotSettings
     from raftly.storage import StorageError
@@ -95,19 +124,58 @@ def run(args: argparse.Namespace) -> int:
     config = make_config(args.election_timeout, args.heartbeat)
     assert isinstance(config, Config)
     join, raft, api = _start_mode(args)
+    tls = _tls_files(args)
+    auth = _authorizer(args.auth_file)
     configure_logging(args.log_level, args.id or Path(args.data_dir).name)
     data_dir = Path(args.data_dir) if args.data_dir else _default_data_dir(args.cluster, args.id)
     try:
         snapshot = SnapshotSettings(args.snapshot_entries, args.snapshot_retain)
         asyncio.run(serve(args.cluster, args.id, data_dir, join=join, raft=raft, api=api,
                           fsync=args.fsync, config=config, snapshot=snapshot,
-                          segment_size=args.segment_size))
-    except (ClusterFileError, IdentityError, StorageError, ServerStopped, JoinError) as exc:
+                          segment_size=args.segment_size, tls=tls,
+                          client_cert_auth=args.client_cert_auth, auth=auth,
+                          token=args.token or None, max_connections=args.max_connections))
+    except (ClusterFileError, IdentityError, StorageError, ServerStopped, JoinError,
+            TlsError) as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:
         # Typically a port already in use: name it rather than print a traceback.
         raise CliError(f"node {args.id}: {exc.strerror or exc}") from None
     return 0
+
+
+def _tls_files(args: argparse.Namespace) -> Any:
+    """The node's TLS files (a ``TlsFiles``), or None without TLS; UsageError for a bad mix."""
+    from raftly.security.tls import TlsFiles
+
+    pem = (args.tls_cert, args.tls_key, args.tls_ca)
+    if args.tls_dir is not None:
+        if any(f is not None for f in pem):
+            raise UsageError("give --tls-dir, or --tls-cert --tls-key --tls-ca, not both")
+        if args.id is None:
+            raise UsageError("--tls-dir needs --id NAME (it picks DIR/NAME.crt and "
+                             "DIR/NAME.key); or give --tls-cert --tls-key --tls-ca")
+        return TlsFiles.from_dir(args.tls_dir, args.id)
+    if any(f is not None for f in pem):
+        if not all(f is not None for f in pem):
+            raise UsageError("--tls-cert, --tls-key and --tls-ca go together")
+        return TlsFiles(Path(args.tls_cert), Path(args.tls_key), Path(args.tls_ca))
+    if args.client_cert_auth:
+        raise UsageError("--client-cert-auth needs TLS (--tls-dir, or --tls-cert --tls-key "
+                         "--tls-ca)")
+    return None
+
+
+def _authorizer(path: str | None) -> Any:
+    """The ``Authorizer`` of ``--auth-file``, or None; CliError naming what is wrong in it."""
+    from raftly.security.auth import AuthFileError, Authorizer
+
+    if path is None:
+        return None
+    try:
+        return Authorizer.from_file(path)
+    except AuthFileError as exc:
+        raise CliError(f"--auth-file: {exc}") from None
 
 
 def _start_mode(args: argparse.Namespace) -> tuple[Any, Any, Any]:

@@ -41,8 +41,13 @@ class Address:
 
     @property
     def url(self) -> str:
-        """The HTTP base URL of an API address."""
-        return f"http://{self}"
+        """The HTTP base URL of an API address (``base_url(tls=False)``)."""
+        return self.base_url(tls=False)
+
+    def base_url(self, tls: bool) -> str:
+        """The base URL of an API address: https when the cluster serves TLS (a cluster is all
+        TLS or all plain, so one node's setting says how to reach every member)."""
+        return f"{'https' if tls else 'http'}://{self}"
 
 
 @dataclass(frozen=True, slots=True)

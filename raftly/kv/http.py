@@ -13,22 +13,39 @@ Linearizable reads are served by any node: a follower asks the leader for a read
 JSON ``{"error": ..., "leader": name-or-null}`` through one middleware. Exactly-once: a write may
 carry the session headers of raftly.kv.protocol; the state machine answers a retried seq with
 its first result.
+
+With an ``Authorizer`` (``serve --auth-file``) every request needs a bearer token whose role
+covers its route (``required_role``), checked right after the error middleware, before the
+handler runs or the body is read: 401 ``{"error", "code": "unauthorized"}`` with
+``WWW-Authenticate: Bearer`` for a missing or unknown token (nothing else is told to a stranger,
+not even the leader's name), 403 ``code: "forbidden"`` for a role too low. With ``tls`` the URLs
+this API hands out (redirects, member addresses in the status) are https.
+
+Resource limits (``Limits``, applied by ``make_runner``): at most ``max_connections`` open
+connections, TLS handshakes included (more are closed at once, see raftly.kv.connections, which
+also does the TLS under ``handshake_timeout``), an idle keep-alive connection or one whose
+request headers never finish is closed after ``idle_timeout``, and a request body that has not
+arrived whole within ``body_timeout`` is answered 408 and its connection closed (a slowloris
+client holds a connection for a bounded time only).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from raftly.core.errors import NotLeader, ProposalDropped
 from raftly.core.types import ConfState
 from raftly.kv.cluster_file import ClusterSpec, NodeSpec
+from raftly.kv.connections import ConnectionCap
 from raftly.kv.members_http import MembersApi, cluster_view
 from raftly.kv.protocol import (
     ACK_HEADER,
@@ -55,6 +72,7 @@ from raftly.kv.state_machine import (
     Session,
     encode,
 )
+from raftly.security.auth import Authorizer, Forbidden, Role, Unauthorized
 from raftly.server.server import Busy, OutcomeUnknown, RaftServer, ServerStopped
 
 logger = logging.getLogger("raftly.kv.http")
@@ -70,9 +88,33 @@ QUERY_PARAMS: dict[tuple[str, str], frozenset[str]] = {
 }
 """The query parameters each route (method, canonical path) takes; any other route takes none."""
 
+WRITE_ROUTES = frozenset({("PUT", KV_PATH + "/{key}"), ("DELETE", KV_PATH + "/{key}")})
+"""The routes a write token may use beyond reads; every other change needs admin."""
+
+
+def required_role(method: str, route: str | None) -> Role:
+    """The role a request needs: ``route`` is the canonical path of the route it matched, None
+    when it matched none (a 404 or 405, which runs no handler: read).
+
+    Reads (GET/HEAD) need read, key writes (PUT/DELETE incl. compare-and-set) write, and any
+    other method on a route admin: membership changes and leadership transfer, and whatever
+    changing route is added later until it is listed here (the safe default).
+    """
+    if route is None or method in (hdrs.METH_GET, hdrs.METH_HEAD):
+        return Role.READ
+    if (method, route) in WRITE_ROUTES:
+        return Role.WRITE
+    return Role.ADMIN
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Bounds on requests; ``max_key_bytes`` should match the state machine's."""
+    """Bounds on requests; ``max_key_bytes`` should match the state machine's.
+
+    ``max_connections``, ``idle_timeout``, ``body_timeout`` and ``handshake_timeout`` bound what
+    one client can hold: open connections, how long an idle (or never finished) request may keep
+    one, how long a request body may take to arrive (then 408), and a TLS handshake.
+    """
 
     max_key_bytes: int = 4096
     max_value_bytes: int = 1 << 20
@@ -80,6 +122,10 @@ class Limits:
     default_list_limit: int = 1000
     write_timeout: float = 5.0
     read_timeout: float = 5.0
+    max_connections: int = 1024
+    idle_timeout: float = 60.0
+    body_timeout: float = 10.0
+    handshake_timeout: float = 10.0
 
 
 class _Reply(Exception):
@@ -90,17 +136,23 @@ class _Reply(Exception):
         self.status = status
         self.extra = extra
         self.headers: dict[str, str] = {}
+        self.close = False
+        """Close the connection once answered (a request body that never arrived)."""
 
 
 class KVApi:
     """The request handlers of one node; ``app()`` builds the aiohttp application."""
 
     def __init__(self, server: RaftServer, cluster: ClusterSpec, node: NodeSpec,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, *, auth: Authorizer | None = None,
+                 tls: bool = False) -> None:
         self.server = server
         self.cluster = cluster
         self.node = node
         self.limits = limits or Limits()
+        self.auth = auth
+        self.tls = tls
+        """Whether this node serves HTTPS, and so every member does: URLs handed out are https."""
         self.members = MembersApi(self)
         # Names and API addresses (for redirects) follow the configuration in the log.
         server.on_conf_change.append(self._conf_changed)
@@ -118,8 +170,10 @@ class KVApi:
         return sm
 
     def app(self) -> web.Application:
-        # The query check runs inside the error middleware, so its refusals leave as JSON too.
-        app = web.Application(middlewares=[self._errors_middleware, self._query_middleware])
+        # The token and query checks run inside the error middleware, so their refusals leave
+        # as JSON too; the token check comes first, so a stranger learns nothing from a 400.
+        app = web.Application(middlewares=[self._errors_middleware, self._auth_middleware,
+                                           self._query_middleware])
         app.router.add_get(STATUS_PATH, self.status)
         app.router.add_get(KV_PATH, self.list)
         app.router.add_get(KV_PATH + "/{key:.+}", self.get)
@@ -135,6 +189,10 @@ class KVApi:
             return None
         spec = self.cluster.by_id(node_id)
         return spec.name if spec is not None else str(node_id)
+
+    def url_of(self, spec: NodeSpec) -> str:
+        """The base URL of a member's API, in this node's scheme."""
+        return spec.api.base_url(self.tls)
 
     def _leader_spec(self, leader: int | None) -> NodeSpec | None:
         if leader is None or leader == self.server.id:
@@ -159,7 +217,7 @@ class KVApi:
             return self._error(503, "no leader known; retry shortly",
                                {"Retry-After": RETRY_AFTER})
         # raw_path keeps the percent-encoding and the query string exactly as the client sent.
-        location = spec.api.url + request.raw_path
+        location = self.url_of(spec) + request.raw_path
         return self._error(307, f"not the leader; the leader is {spec.name}",
                            {"Location": location}, leader=spec.name)
 
@@ -190,22 +248,30 @@ class KVApi:
         except (ValueError, CommandError) as exc:
             raise _Reply(400, f"bad session headers: {exc}") from None
 
-    async def _body(self, request: web.Request) -> bytes:
-        limit = self.limits.max_value_bytes
+    async def read_body(self, request: web.Request, limit: int, what: str = "value") -> bytes:
+        """The request body: 413 beyond ``limit`` bytes, 408 (and the connection closed) if it
+        has not arrived whole within ``Limits.body_timeout``."""
         if request.content_length is not None and request.content_length > limit:
-            raise _Reply(413, f"value larger than {limit} bytes")
+            raise _Reply(413, f"{what} larger than {limit} bytes")
         # Read in chunks so an oversized body without Content-Length is cut off early rather
         # than buffered whole.
         chunks: list[bytes] = []
         size = 0
-        while True:
-            chunk = await request.content.readany()
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > limit:
-                raise _Reply(413, f"value larger than {limit} bytes")
-            chunks.append(chunk)
+        timeout = self.limits.body_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    chunk = await request.content.readany()
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > limit:
+                        raise _Reply(413, f"{what} larger than {limit} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            reply = _Reply(408, f"the request body did not arrive within {timeout:g}s")
+            reply.close = True
+            raise reply from None
         return b"".join(chunks)
 
     def _consistency_stale(self, request: web.Request) -> bool:
@@ -291,7 +357,7 @@ class KVApi:
         if not self.server.is_leader:
             # Answer before reading the body: the client sends it again to the leader anyway.
             return self._not_leader(request, self.server.leader)
-        value = await self._body(request)
+        value = await self.read_body(request, self.limits.max_value_bytes)
         op: Op = Put(key, value) if expect is None else Cas(key, expect, value)
         result = await self._propose(request, op, session)
         if isinstance(result, web.Response):
@@ -351,7 +417,7 @@ class KVApi:
             for node_id in ids:
                 spec = self.cluster.by_id(node_id)
                 into.append({"id": self._name(node_id), "raft_id": node_id,
-                             "api": spec.api.url if spec is not None else None})
+                             "api": self.url_of(spec) if spec is not None else None})
         return self._json(200, {
             # Tools compare it with the cluster they mean before reporting on this node.
             "cluster_id": self.cluster.cluster_id,
@@ -360,7 +426,7 @@ class KVApi:
             "role": st.role,
             "term": st.term,
             "leader": self._name(st.leader),
-            "leader_api": leader.api.url if leader is not None else None,
+            "leader_api": self.url_of(leader) if leader is not None else None,
             "commit_index": st.commit_index,
             "applied_index": st.applied_index,
             "last_index": st.last_index,
@@ -387,13 +453,41 @@ class KVApi:
         return await handler(request)
 
     @web.middleware
+    async def _auth_middleware(self, request: web.Request, handler: Handler
+                               ) -> web.StreamResponse:
+        """Refuse a request whose token does not cover its route (see ``required_role``)."""
+        if self.auth is not None:
+            match = request.match_info
+            resource = match.route.resource if match.http_exception is None else None
+            needed = required_role(request.method,
+                                   resource.canonical if resource is not None else None)
+            try:
+                self.auth.check(request.headers.get(hdrs.AUTHORIZATION), needed)
+            except Unauthorized as exc:
+                # No leader name: a stranger is told nothing about the cluster.
+                return self._json(401, {"error": str(exc), "code": "unauthorized"},
+                                  {hdrs.WWW_AUTHENTICATE: "Bearer"})
+            except Forbidden as exc:
+                return self._error(403, str(exc), code="forbidden")
+        return await handler(request)
+
+    @web.middleware
     async def _errors_middleware(self, request: web.Request, handler: Handler
                                  ) -> web.StreamResponse:
         """Every error leaves as JSON; an unexpected exception is a logged 500, never a crash."""
         try:
             return await handler(request)
         except _Reply as reply:
-            return self._error(reply.status, str(reply), reply.headers, **reply.extra)
+            response = self._error(reply.status, str(reply), reply.headers, **reply.extra)
+            if reply.close:
+                # Answer, then drop the connection rather than wait (aiohttp would linger to
+                # drain the rest of the body) for a client that sends too slowly.
+                response.force_close()
+                await response.prepare(request)
+                await response.write_eof()
+                if request.protocol is not None:
+                    request.protocol.force_close()
+            return response
         except web.HTTPException as exc:
             headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow",)}
             return self._error(exc.status, exc.reason, headers)
@@ -433,14 +527,44 @@ def _parse_int(text: str) -> int:
     return int(text)
 
 
-def make_runner(app: web.Application, limits: Limits | None = None) -> web.AppRunner:
-    """An AppRunner whose request-line limit admits the longest key (percent-encoded, 3x)."""
+def make_runner(app: web.Application, limits: Limits | None = None,
+                tls: ssl.SSLContext | None = None) -> web.AppRunner:
+    """An AppRunner whose request-line limit admits the longest key (percent-encoded, 3x), which
+    closes idle connections after ``idle_timeout`` and keeps at most ``max_connections`` open.
+
+    With ``tls`` the runner's connections speak HTTPS: its site must listen without an SSL
+    context of its own (the handshake is done per connection, counted and under
+    ``handshake_timeout``, see raftly.kv.connections).
+    """
     limits = limits or Limits()
     max_line = max(8190, 3 * limits.max_key_bytes + 64 * 1024)
     # shutdown_timeout: the Raft server closes first and answers its waiters, so a long grace
     # period for open requests would only delay the exit.
-    return web.AppRunner(app, access_log=None, max_line_size=max_line,
-                         max_field_size=16 * 1024, shutdown_timeout=2.0)
+    cap = ConnectionCap(limits.max_connections, limits.handshake_timeout)
+    return _CappedRunner(cap, tls, app, access_log=None,
+                         max_line_size=max_line, max_field_size=16 * 1024, shutdown_timeout=2.0,
+                         keepalive_timeout=limits.idle_timeout,
+                         # How long the rest of a body no handler read (a redirected PUT) is
+                         # drained before the connection closes: no longer than any body.
+                         lingering_time=limits.body_timeout)
 
 
-__all__ = ["KVApi", "Limits", "make_runner"]
+class _CappedRunner(web.AppRunner):
+    """An AppRunner whose sites accept connections through a ``ConnectionCap`` (and its TLS)."""
+
+    def __init__(self, cap: ConnectionCap, tls: ssl.SSLContext | None, app: web.Application,
+                 **kwargs: object) -> None:
+        super().__init__(app, **kwargs)  # type: ignore[arg-type]
+        self.cap = cap
+        self.tls = tls
+
+    @property
+    def server(self) -> web.Server | None:
+        # What a site hands the event loop as its protocol factory.
+        server = super().server
+        if server is None:
+            return None
+        return self.cap.factory(server, self.tls)  # type: ignore[return-value]
+
+
+__all__ = ["KVApi", "Limits", "make_runner", "required_role"]

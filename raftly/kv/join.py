@@ -2,7 +2,8 @@
 
 ``request_join`` asks a cluster, through any member's API, to add this node as a learner
 (``POST /v1/members``, following a follower's redirect to the leader) and returns the cluster
-id and the raft id the leader gave it. ``stored_conf`` reads the configuration a data dir's
+id and the raft id the leader gave it (over https with the node's certificate, and with its token,
+as ``NodeCalls`` says). ``stored_conf`` reads the configuration a data dir's
 storage holds, so that ``raftly serve --data-dir DIR`` alone can restart a node from it.
 """
 
@@ -18,6 +19,7 @@ import aiohttp
 
 from raftly.core.types import ConfState, EntryType
 from raftly.kv.cluster_file import Address, ClusterFileError, NodeSpec, parse_address
+from raftly.kv.node_calls import NodeCalls
 from raftly.kv.protocol import MEMBERS_PATH
 from raftly.storage.base import Storage
 
@@ -42,7 +44,8 @@ class Joined:
 
 
 async def request_join(endpoints: Sequence[str], name: str, raft: Address, api: Address, *,
-                       learner: bool = False, timeout: float = 30.0) -> Joined:
+                       learner: bool = False, timeout: float = 30.0,
+                       calls: NodeCalls | None = None) -> Joined:
     """Have the cluster at ``endpoints`` (``host:port`` or URLs) add this node as a learner.
 
     Retries unreachable nodes, "no leader" and transient refusals until ``timeout``; raises
@@ -51,13 +54,18 @@ async def request_join(endpoints: Sequence[str], name: str, raft: Address, api: 
     entry is this node, added before (``raftly member add``, or a join whose answer was lost):
     the leader answers as if it had just added it. One that took entries is refused: it may be
     this node after a lost disk, and must be removed and join as a new member.
+
+    ``calls`` (default: plain http, no token) says the scheme of endpoints given without one,
+    and the certificate and token to show; a cluster that wants an admin token and gets none,
+    an unknown one or a lower one refuses at once, with the message naming ``--token``.
     """
+    calls = calls or NodeCalls()
     body = {"name": name, "raft": str(raft), "api": str(api), "learner": learner}
-    urls = [e if "://" in e else f"http://{e}" for e in endpoints]
+    urls = [calls.endpoint_url(e) for e in endpoints]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     last = "no answer"
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10.0)) as session:
+    async with calls.session(10.0) as session:
         while True:
             for url in urls:
                 try:
@@ -67,6 +75,8 @@ async def request_join(endpoints: Sequence[str], name: str, raft: Address, api: 
                     continue
                 if status == 200:
                     return _joined(answer, answer["member"], answer)
+                if status in (401, 403):
+                    raise JoinError(_token_problem(status, calls.token, url))
                 code, error = answer.get("code"), answer.get("error", f"HTTP {status}")
                 if status >= 500 or code in TRANSIENT_CODES:
                     last = f"{url}: {error}"
@@ -90,6 +100,15 @@ async def _post(session: aiohttp.ClientSession, url: str, body: dict[str, object
                 raise ValueError(f"unexpected answer {answer!r}")
             return resp.status, answer
     raise ValueError("too many redirects")
+
+
+def _token_problem(status: int, token: str | None, url: str) -> str:
+    if token is None:
+        return (f"{url} wants a token: joining needs an admin token (--token or "
+                "$RAFTLY_TOKEN)")
+    if status == 401:
+        return f"{url} does not know the token given (--token or $RAFTLY_TOKEN)"
+    return f"the token given may not add members at {url}: joining needs an admin token"
 
 
 def _joined(answer: dict[str, Any], member: dict[str, Any], status: dict[str, Any]) -> Joined:

@@ -273,15 +273,10 @@ class MembersApi:
                                     "cluster_id": self.api.cluster.cluster_id,
                                     "members": [member_json(m, conf) for m in conf.members]})
 
-    @staticmethod
-    async def _json_body(request: web.Request) -> dict[str, object]:
+    async def _json_body(self, request: web.Request) -> dict[str, object]:
         from raftly.kv.http import _Reply
 
-        if request.content_length is not None and request.content_length > MAX_BODY:
-            raise _Reply(413, f"body larger than {MAX_BODY} bytes")
-        raw = await request.content.read(MAX_BODY + 1)
-        if len(raw) > MAX_BODY:
-            raise _Reply(413, f"body larger than {MAX_BODY} bytes")
+        raw = await self.api.read_body(request, MAX_BODY, "body")
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):

@@ -1,7 +1,11 @@
 """Running key-value nodes: ``serve`` for one real node, ``LocalCluster`` for N in one process.
 
-A node is DiskStorage (or MemoryStorage) + a transport + ``RaftServer`` + the HTTP API. On
-shutdown the Raft server closes first, so requests still waiting on it are answered at once
+A node is DiskStorage (or MemoryStorage) + a transport + ``RaftServer`` + the HTTP API. With
+TLS both ports use the node's certificate: mutual TLS on the peer port (``peer_transport``), HTTPS
+on the API, and https with that certificate (and the node's token) for its own calls to the other
+members' APIs (``NodeCalls``).
+
+On shutdown the Raft server closes first, so requests still waiting on it are answered at once
 (504/503) instead of holding the HTTP shutdown up, then the HTTP site closes.
 """
 
@@ -22,6 +26,7 @@ from aiohttp import web
 from raftly.core.config import Config
 from raftly.core.types import ConfState, Member
 from raftly.kv.cluster_file import Address, ClusterSpec, NodeSpec, load_cluster, parse_address
+from raftly.kv.exposure import exposure_warning
 from raftly.kv.http import KVApi, Limits, make_runner
 from raftly.kv.identity import (
     IdentityError,
@@ -32,10 +37,19 @@ from raftly.kv.identity import (
 )
 from raftly.kv.join import Joined, request_join, stored_conf
 from raftly.kv.members_http import bootstrap_conf, cluster_view
+from raftly.kv.node_calls import NodeCalls, PeerNames
 from raftly.kv.protocol import MEMBERS_PATH, STATUS_PATH
 from raftly.kv.state_machine import KVStateMachine
 from raftly.kv.unsafe_reads import node_api_class
 from raftly.localproc import free_ports
+from raftly.security.auth import Authorizer
+from raftly.security.certs import add_certs, init_certs
+from raftly.security.tls import (
+    TlsFiles,
+    api_server_context,
+    peer_client_context,
+    peer_server_context,
+)
 from raftly.server.server import RaftServer, ServerStopped, wait_for_agreed_leader
 from raftly.server.snapshots import SnapshotSettings
 from raftly.storage import DiskStorage, MemoryStorage, Storage
@@ -56,6 +70,8 @@ class RunningNode:
     api: KVApi
     runner: web.AppRunner
     api_address: Address
+    calls: NodeCalls
+    """How it calls the other members' APIs."""
     closed: bool = False
     watcher: asyncio.Task[None] | None = None
     lookup: asyncio.Task[None] | None = None
@@ -67,7 +83,7 @@ class RunningNode:
 
     @property
     def url(self) -> str:
-        return self.api_address.url
+        return self.api_address.base_url(self.api.tls)
 
     @property
     def kv(self) -> KVStateMachine:
@@ -87,15 +103,24 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
                      config: Config | None = None, limits: Limits | None = None,
                      api_address: Address | None = None, snapshots: SnapshotStore | None = None,
                      snapshot: SnapshotSettings | None = None,
-                     bootstrap: bool = True) -> RunningNode:
+                     bootstrap: bool = True, tls: TlsFiles | None = None,
+                     client_cert_auth: bool = False,
+                     auth: Authorizer | None = None, token: str | None = None,
+                     peer_names: PeerNames | None = None) -> RunningNode:
     """Start the Raft server and the HTTP API of node ``name`` of ``cluster``.
 
     ``api_address`` overrides the cluster file's (tests bind port 0, then publish the real one).
     With ``snapshots``, the log is compacted as ``snapshot`` says (see ``RaftServer``).
     ``bootstrap=False``: an empty storage stays empty until the leader sends the log (a node
-    that joined a running cluster).
+    that joined a running cluster). With ``tls`` the API is HTTPS (``client_cert_auth``: only
+    clients with a certificate of the cluster CA get through the handshake); with ``auth`` it
+    wants bearer tokens. ``token`` is what the node shows other members' APIs (see
+    ``NodeCalls``). ``peer_names``, the transport's ``peer_name`` (see ``peer_transport``), is
+    kept up to date with the configurations the node uses and the members it looks up.
     """
     spec = cluster.node(name)
+    ssl_context = (api_server_context(tls, require_client_cert=client_cert_auth)
+                   if tls is not None else None)
     limits = limits or Limits()
     snapshot = snapshot or SnapshotSettings()
     server = RaftServer(spec.id, storage=storage, transport=transport,
@@ -104,11 +129,12 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
                         bootstrap=bootstrap_conf(cluster) if bootstrap else ConfState(),
                         config=config, snapshots=snapshots,
                         snapshot_entries=snapshot.entries, snapshot_retain=snapshot.retain)
-    api = node_api_class()(server, cluster, spec, limits)
-    runner = make_runner(api.app(), limits)
+    api = node_api_class()(server, cluster, spec, limits, auth=auth, tls=tls is not None)
+    runner = make_runner(api.app(), limits, ssl_context)
     await runner.setup()
     bind = api_address or spec.api
     try:
+        # Without its own ssl_context: the runner does TLS per connection (make_runner).
         site = web.TCPSite(runner, bind.host, bind.port)
         await site.start()
         await server.start()
@@ -118,21 +144,42 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
         raise
     host, port = runner.addresses[0][:2]
     actual = Address(bind.host if bind.port else str(host), int(port))
-    logger.info("node %s (raft id %d) serving the KV API on %s", name, spec.id, actual.url)
-    node = RunningNode(spec, server, api, runner, actual)
+    logger.info("node %s (raft id %d) serving the KV API on %s", name, spec.id,
+                actual.base_url(tls is not None))
+    node = RunningNode(spec, server, api, runner, actual, NodeCalls.of(tls, token))
     node.watcher = asyncio.create_task(_watch_removal(node), name=f"raftly {name}: removal")
+    if peer_names is not None:
+        server.on_conf_change.append(peer_names.learn_conf)
     if isinstance(transport, TcpTransport):
-        transport.on_unknown_peer = _AddressFinder(node).wanted
+        transport.on_unknown_peer = _AddressFinder(node, peer_names).wanted
     return node
+
+
+def peer_transport(cluster: ClusterSpec, node_id: int, listen: tuple[str, int],
+                   tls: TlsFiles | None = None, *, peers: bool = True
+                   ) -> tuple[TcpTransport, PeerNames]:
+    """The TCP transport of node ``node_id`` of ``cluster`` (mutual TLS with ``tls``), and the
+    names its peers' certificates must show, for ``start_node``. ``peers=False``: no addresses
+    yet (they are published once every node has bound its port)."""
+    names = PeerNames(cluster)
+    server_ssl = peer_server_context(tls) if tls is not None else None
+    client_ssl = peer_client_context(tls) if tls is not None else None
+    transport = TcpTransport(node_id, listen=listen,
+                             peers=_peers(cluster, node_id) if peers else {},
+                             cluster_id=cluster.cluster_id, server_ssl=server_ssl,
+                             client_ssl=client_ssl, peer_name=names)
+    return transport, names
 
 
 class _AddressFinder:
     """Finds the Raft address of a node this one must answer but has no address for: a node
     whose log lags may hear from a leader added after it. Asks the other members' APIs
-    (``GET /v1/members``), at most once a second."""
+    (``GET /v1/members``), at most once a second. With TLS it also learns the members' names: a
+    peer whose id this node has no name for is refused until then."""
 
-    def __init__(self, node: RunningNode) -> None:
+    def __init__(self, node: RunningNode, names: PeerNames | None) -> None:
         self._node = node
+        self._names = names
         self._next = 0.0
         self._task: asyncio.Task[None] | None = None
 
@@ -147,18 +194,19 @@ class _AddressFinder:
 
     async def _look_up(self) -> None:
         node = self._node
-        timeout = aiohttp.ClientTimeout(total=2 * node.server.config.election_timeout)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with node.calls.session(2 * node.server.config.election_timeout) as session:
             for peer in node.api.cluster.nodes:
                 if peer.id == node.server.id:
                     continue
                 try:
-                    async with session.get(peer.api.url + MEMBERS_PATH) as resp:
+                    async with session.get(node.calls.url(peer.api) + MEMBERS_PATH) as resp:
                         body = await resp.json(content_type=None)
                     members = [Member(int(m["id"]), str(m["name"]), str(m["raft"]),
                                       str(m["api"])) for m in body["members"]]
                 except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
                     continue
+                if self._names is not None:  # before the addresses: a dial checks the name
+                    self._names.learn(members)
                 node.server.learn_addresses(members)
                 return
 
@@ -174,7 +222,7 @@ async def _watch_removal(node: RunningNode) -> None:
     server = node.server
     interval = 2 * server.config.election_timeout
     loop = asyncio.get_running_loop()
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=interval)) as session:
+    async with node.calls.session(interval) as session:
         while not server.removed:
             await asyncio.sleep(interval)
             # Silence, not "no leader": a learner never campaigns, so it keeps naming the
@@ -184,7 +232,8 @@ async def _watch_removal(node: RunningNode) -> None:
             if loop.time() - server.last_leader_contact <= 2 * interval:
                 continue
             for peer in node.api.cluster.nodes:
-                if peer.id != server.id and await _leader_dropped(session, peer.api.url,
+                if peer.id != server.id and await _leader_dropped(session,
+                                                                  node.calls.url(peer.api),
                                                                   node.api.cluster.cluster_id,
                                                                   server.id):
                     server.note_removed(f"leader {peer.name} lists the members without it")
@@ -239,7 +288,9 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
                 fsync: FsyncPolicy = "always", config: Config | None = None,
                 limits: Limits | None = None, stop: asyncio.Event | None = None,
                 snapshot: SnapshotSettings | None = None,
-                segment_size: int = DEFAULT_SEGMENT_SIZE) -> None:
+                segment_size: int = DEFAULT_SEGMENT_SIZE, tls: TlsFiles | None = None,
+                client_cert_auth: bool = False, auth: Authorizer | None = None,
+                token: str | None = None, max_connections: int = 1024) -> None:
     """Run one node until SIGINT or SIGTERM, or until a configuration without it commits.
 
     The node is node ``node_name`` of ``cluster_file``; or, with ``join``, a new node that
@@ -251,10 +302,16 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
     ``stop``, when given, is the event to wait for instead of signals (embedding, tests).
     ``IdentityError`` when ``data_dir`` belongs to another node or cluster, or a flag
     contradicts it (nothing is changed); ``JoinError`` when the cluster cannot be joined.
+
+    ``tls``, ``client_cert_auth`` and ``auth`` are as for ``start_node``; ``max_connections``
+    caps the API's open connections. ``token`` is this node's bearer token for other members'
+    APIs.
     """
+    limits = replace(limits or Limits(), max_connections=max_connections)
+    calls = NodeCalls.of(tls, token)
     if join is not None and read_identity(data_dir) is None:
         joined = await request_join(join.endpoints, join.name, join.raft, join.api,
-                                    learner=join.learner, timeout=join.timeout)
+                                    learner=join.learner, timeout=join.timeout, calls=calls)
         cluster = _joined_cluster(joined, join.name, join.raft, join.api)
         start = _Start(cluster, join.name, bootstrap=False)
         identity = NodeIdentity(joined.cluster_id, join.name, joined.raft_id, (), tuple(
@@ -265,7 +322,7 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
         start = _Start(cluster, node_name, bootstrap=True)
         identity, source = NodeIdentity.of(cluster, node_name), f"cluster file {cluster_file}"
         if read_identity(data_dir) is None:
-            await _refuse_a_lost_disk(cluster, node_name, data_dir)
+            await _refuse_a_lost_disk(cluster, node_name, data_dir, calls)
     else:
         if join is not None:
             node_name, raft, api = join.name, join.raft, join.api
@@ -285,30 +342,35 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
         storage.close()
         raise
     spec = start.cluster.node(start.name)
-    transport = TcpTransport(spec.id, listen=(spec.raft.host, spec.raft.port),
-                             peers=_peers(start.cluster, spec.id),
-                             cluster_id=start.cluster.cluster_id)
+    warning = exposure_warning(spec, tls=tls is not None, auth=auth is not None)
+    if warning is not None:
+        logger.warning("%s", warning)
+    transport, names = peer_transport(start.cluster, spec.id, (spec.raft.host, spec.raft.port),
+                                      tls)
     try:
         node = await start_node(start.cluster, start.name, storage=storage, transport=transport,
                                 config=config, limits=limits, bootstrap=start.bootstrap,
-                                snapshots=SnapshotStore(data_dir, fsync=fsync), snapshot=snapshot)
+                                snapshots=SnapshotStore(data_dir, fsync=fsync), snapshot=snapshot,
+                                tls=tls, client_cert_auth=client_cert_auth, auth=auth,
+                                token=token, peer_names=names)
     except BaseException:
         storage.close()
         raise
     await _run_until_stopped(node, stop)
 
 
-async def _refuse_a_lost_disk(cluster: ClusterSpec, name: str, data_dir: str | Path) -> None:
+async def _refuse_a_lost_disk(cluster: ClusterSpec, name: str, data_dir: str | Path,
+                              calls: NodeCalls) -> None:
     """Refuse to start ``name`` on an empty data dir if the cluster's leader holds entries
     acknowledged by it: that node lost its disk, and with it its votes (it could vote twice in
     a term and elect two leaders). A first start, or a cluster not running, passes."""
     own = cluster.node(name)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0)) as session:
+    async with calls.session(2.0) as session:
         for peer in cluster.nodes:
             if peer.name == name:
                 continue
             try:
-                async with session.get(peer.api.url + STATUS_PATH) as resp:
+                async with session.get(calls.url(peer.api) + STATUS_PATH) as resp:
                     status = await resp.json(content_type=None)
                 leader_api = status.get("leader_api")
                 if status.get("cluster_id") != cluster.cluster_id or not leader_api:
@@ -437,15 +499,24 @@ class LocalCluster:
 
     ``members=True`` (TCP only) chooses free ports before the nodes start, so that the bootstrap
     configuration carries every member's addresses: membership changes (``add_node``) need them.
+
+    ``tls_dir`` (TCP only) turns TLS on for both ports, with the certificates of a ``raftly certs``
+    directory: those of nodes it lacks are issued there (the CA too, if it has none). ``auth``
+    makes the APIs want tokens (``token`` is what the nodes show each other's APIs), and
+    ``client_cert_auth`` client certificates.
     """
 
     def __init__(self, size: int = 3, *, data_dir: str | Path | None = None,
                  transport: Literal["tcp", "memory"] = "tcp", config: Config | None = None,
                  limits: Limits | None = None, fsync: FsyncPolicy = "never",
                  host: str = "127.0.0.1", snapshot: SnapshotSettings | None = None,
-                 segment_size: int = DEFAULT_SEGMENT_SIZE, members: bool = False) -> None:
+                 segment_size: int = DEFAULT_SEGMENT_SIZE, members: bool = False,
+                 tls_dir: str | Path | None = None, auth: Authorizer | None = None,
+                 token: str | None = None, client_cert_auth: bool = False) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
+        if tls_dir is not None and transport == "memory":
+            raise ValueError("tls_dir needs the TCP transport")
         self.size = size
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.transport_kind = transport
@@ -459,8 +530,13 @@ class LocalCluster:
         if members and self.network is not None:
             raise ValueError("members=True needs the TCP transport (addresses)")
         self.members = members
+        self.tls_dir = Path(tls_dir) if tls_dir is not None else None
+        self.auth = auth
+        self.token = token
+        self.client_cert_auth = client_cert_auth
         self.nodes: list[RunningNode] = []
         self.cluster: ClusterSpec | None = None
+        self._names: dict[str, PeerNames] = {}
 
     async def __aenter__(self) -> LocalCluster:
         await self.start()
@@ -482,8 +558,9 @@ class LocalCluster:
             if self.network is not None:
                 transports[spec.name] = self.network.transport(spec.id)
             else:
-                transports[spec.name] = TcpTransport(spec.id, listen=(self.host, spec.raft.port),
-                                                     peers={}, cluster_id=cluster.cluster_id)
+                transports[spec.name], self._names[spec.name] = peer_transport(
+                    cluster, spec.id, (self.host, spec.raft.port), self.tls(spec.name),
+                    peers=False)
             node = await self.start_node(cluster, spec.name, transports[spec.name])
             self.nodes.append(node)
         # Every port is known only now: publish the real addresses to the redirects and peers.
@@ -511,12 +588,13 @@ class LocalCluster:
             raise ValueError("add_node needs LocalCluster(members=True)")
         raft_port, api_port = free_ports(2, self.host)
         raft, api = Address(self.host, raft_port), Address(self.host, api_port)
+        tls = self.tls(name)
         joined = await request_join([n.url for n in self.nodes if not n.closed], name, raft,
-                                    api, learner=learner, timeout=timeout)
+                                    api, learner=learner, timeout=timeout,
+                                    calls=NodeCalls.of(tls, self.token))
         cluster = _joined_cluster(joined, name, raft, api)
-        transport = TcpTransport(joined.raft_id, listen=(self.host, raft_port),
-                                 peers=_peers(cluster, joined.raft_id),
-                                 cluster_id=joined.cluster_id)
+        transport, self._names[name] = peer_transport(cluster, joined.raft_id,
+                                                      (self.host, raft_port), tls)
         node = await self.start_node(cluster, name, transport, bootstrap=False)
         self.nodes.append(node)
         return node
@@ -532,7 +610,20 @@ class LocalCluster:
             snapshots = SnapshotStore(self.data_dir / name, fsync=self.fsync)
         return await start_node(cluster, name, storage=storage, transport=transport,
                                 config=self.config, limits=self.limits, snapshots=snapshots,
-                                snapshot=self.snapshot, bootstrap=bootstrap)
+                                snapshot=self.snapshot, bootstrap=bootstrap, tls=self.tls(name),
+                                client_cert_auth=self.client_cert_auth, auth=self.auth,
+                                token=self.token, peer_names=self._names.get(name))
+
+    def tls(self, name: str) -> TlsFiles | None:
+        """Node ``name``'s TLS files (issued if ``tls_dir`` lacks them), or None without TLS."""
+        folder = self.tls_dir
+        if folder is None:
+            return None
+        if not (folder / "ca.crt").exists():
+            init_certs(folder, [name])
+        elif not (folder / f"{name}.crt").exists():
+            add_certs(folder, [name])
+        return TlsFiles.from_dir(folder, name)
 
     @property
     def urls(self) -> list[str]:

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from raftly.kv.cluster_file import ClusterSpec, NodeSpec
 from raftly.kv.http import KVApi, Limits
+from raftly.security.auth import Authorizer
 from raftly.server.server import RaftServer
 
 __all__ = ["UNSAFE_STALE_READS_ENV", "StaleReadsKVApi", "node_api_class"]
@@ -32,8 +33,9 @@ class StaleReadsKVApi(KVApi):
     """``KVApi`` whose linearizable GETs skip ReadIndex: wrong on purpose."""
 
     def __init__(self, server: RaftServer, cluster: ClusterSpec, node: NodeSpec,
-                 limits: Limits | None = None) -> None:
-        super().__init__(server, cluster, node, limits)
+                 limits: Limits | None = None, *, auth: Authorizer | None = None,
+                 tls: bool = False) -> None:
+        super().__init__(server, cluster, node, limits, auth=auth, tls=tls)
         logger.warning("%s=1: serving reads WITHOUT ReadIndex (test-only broken build)",
                        UNSAFE_STALE_READS_ENV)
 

@@ -4,7 +4,8 @@
   strict validation of everything decoded (``CodecError`` on any malformed input).
 - ``base``: the ``Transport`` protocol the server drives (``start``, ``send``, ``send_snapshot``,
   ``close``) and ``IncomingSnapshotSink``, where a received snapshot file is written.
-- ``tcp``: ``TcpTransport``, asyncio TCP with handshake, bounded queues and reconnection.
+- ``tcp``: ``TcpTransport``, asyncio TCP (optionally mutual TLS) with handshake, bounded queues
+  and reconnection.
 - ``snapshot_stream``: one snapshot file in chunks over its own connection, with flow control.
 - ``framing``: reading one frame off an asyncio stream.
 - ``memory``: ``MemoryNetwork`` of in-process transports with partitions, for server tests.

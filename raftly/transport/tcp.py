@@ -17,7 +17,8 @@ Inbound: an asyncio server. A connection must send a valid handshake within the 
 naming our cluster id and protocol version, or it is refused with a logged reason. Then frames are
 read in large chunks, split, decoded, checked (``src`` must be the node that shook hands, ``dst``
 must be us) and handed to ``on_message``. A malformed or oversized frame closes only that
-connection, with one log line.
+connection, with one log line. A connection that sends nothing for ``idle_timeout`` is closed
+(the leader's heartbeats keep live ones busy; a peer with something to say redials).
 
 Snapshot files (``send_snapshot``) travel on a connection of their own per transfer, opened with
 the same handshake naming the snapshot channel, so a long transfer never delays heartbeats on the
@@ -25,8 +26,16 @@ message connection; the stream itself (chunks, acks, flow control, timeouts) is
 ``raftly.transport.snapshot_stream``. One transfer per peer at a time, on each side: a newer one
 replaces the running one (see ``send_snapshot``).
 
-All socket setup goes through ``_open_connection`` and ``_start_server`` so that TLS (a later
-issue) is a change in one place; ``server_ssl`` and ``client_ssl`` are already passed through.
+Mutual TLS (``server_ssl`` and ``client_ssl``, from ``raftly.security.tls``): both contexts demand
+a certificate of the cluster CA, and a node's identity is its certificate's common name, which
+must be the name ``peer_name`` gives for the node's id. The dialler checks the listener's name
+against the node it dialled before it shakes hands; the listener checks the dialler's against the
+id its handshake claims, and refuses an id it has no name for (``on_unknown_peer`` is told, so
+that its owner can look the member up; the peer redials). The listener accepts plain TCP and
+upgrades it with ``start_tls`` inside the connection's supervised task, under the handshake
+timeout, so that a failed TLS handshake (a plaintext peer, a certificate of another CA, none, an
+expired one) is one WARNING line saying who and why, like every other refusal, and counted in
+``stats()["refused"]``. Snapshot connections are checked the same way.
 
 Every task is started by ``_spawn``: an unexpected exception is logged with its traceback (and a
 dead peer writer is replaced on the next send), and ``close()`` cancels and awaits all of them.
@@ -39,6 +48,7 @@ import contextlib
 import logging
 import os
 import random
+import re
 import ssl
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
@@ -47,6 +57,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from raftly.core.messages import InstallSnapshot, Message
+from raftly.security.tls import common_name
 from raftly.transport.base import MessageHandler, SnapshotSinkFactory
 from raftly.transport.codec import (
     CHANNEL_MESSAGES,
@@ -97,6 +108,10 @@ and LAN links busy, little enough that a slow receiver's disk throttles the send
 
 class _Refused(Exception):
     """The listener answered our handshake with a refusal; the text is its reason."""
+
+
+class _Untrusted(Exception):
+    """This node refuses the peer it dialled (its certificate); the text is the reason."""
 
 
 @dataclass(slots=True)
@@ -183,6 +198,8 @@ class TcpTransport:
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
         snapshot_timeout: float = 30.0,
+        peer_name: Callable[[int], str | None] | None = None,
+        idle_timeout: float = 60.0,
     ) -> None:
         if type(node_id) is not int or node_id < 0:
             raise ValueError(f"node_id must be a non-negative int, got {node_id!r}")
@@ -192,6 +209,12 @@ class TcpTransport:
             raise ValueError("queue limits must be positive")
         if not snapshot_timeout > 0:
             raise ValueError(f"snapshot_timeout must be positive, got {snapshot_timeout!r}")
+        if not idle_timeout > 0:
+            raise ValueError(f"idle_timeout must be positive, got {idle_timeout!r}")
+        if (server_ssl is None) != (client_ssl is None):
+            raise ValueError("give both server_ssl and client_ssl (mutual TLS), or neither")
+        if server_ssl is not None and peer_name is None:
+            raise ValueError("TLS needs peer_name: the certificate name each node id must show")
         self.node_id = node_id
         self.cluster_id = cluster_id
         self._listen = listen
@@ -201,17 +224,20 @@ class TcpTransport:
         self._connect_timeout = connect_timeout
         self._handshake_timeout = handshake_timeout
         self._snapshot_timeout = snapshot_timeout
+        self._idle_timeout = idle_timeout
         self._decode_kwargs: dict[str, int] = {}
         if max_entries is not None:
             self._decode_kwargs["max_entries"] = max_entries
         self._server_ssl = server_ssl
         self._client_ssl = client_ssl
+        self._peer_name = peer_name
         self._rng = random.Random()  # backoff jitter only; nothing here needs to be replayable
 
         self._on_message: MessageHandler | None = None
         self.on_unknown_peer: Callable[[int], None] | None = None
-        """Called (on the event loop, for every message dropped) with the id of a node this
-        transport has no address for, so that its owner can go and find one."""
+        """Called (on the event loop) with the id of a node this transport has no address for
+        (for every message dropped), or no name for (a TLS peer refused), so that its owner
+        can go and find the member."""
         self._snapshot_sink: SnapshotSinkFactory | None = None
         self._server: asyncio.Server | None = None
         self._listen_address: Address | None = None
@@ -439,7 +465,7 @@ class TcpTransport:
             "snapshots_receive_failed": self._snapshots_receive_failed,
         }
 
-    # -- socket setup: the one place TLS will change ----------------------------------------------
+    # -- socket setup --------------------------------------------------------------------------
 
     async def _open_connection(
         self, address: Address
@@ -450,10 +476,9 @@ class TcpTransport:
         )
 
     async def _start_server(self, address: Address) -> asyncio.Server:
+        # Plain TCP even with TLS: _serve_inbound upgrades each connection (see _start_tls).
         host, port = address
-        return await asyncio.start_server(
-            self._accept, host, port, ssl=self._server_ssl, limit=_STREAM_LIMIT
-        )
+        return await asyncio.start_server(self._accept, host, port, limit=_STREAM_LIMIT)
 
     # -- tasks ---------------------------------------------------------------------------------
 
@@ -529,13 +554,24 @@ class TcpTransport:
             self._sent += len(batch)
 
     async def _dial(
-        self, address: Address, channel: str = CHANNEL_MESSAGES
+        self, node_id: int, address: Address, channel: str = CHANNEL_MESSAGES
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Connect and shake hands; raises OSError, TimeoutError, CodecError, or _Refused."""
+        """Connect to node ``node_id``, check its certificate (with TLS) and shake hands.
+
+        Raises OSError (ssl.SSLError included), TimeoutError, CodecError, _Refused (by the
+        listener) or _Untrusted (by us: the listener's certificate is not the node's).
+        """
         writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(self._connect_timeout):
-                reader, writer = await self._open_connection(address)
+                try:
+                    reader, writer = await self._open_connection(address)
+                except ssl.SSLCertVerificationError as exc:
+                    raise _Untrusted(_describe_tls(exc)) from None
+                if self._client_ssl is not None:
+                    reason = self._wrong_name(node_id, writer)
+                    if reason:
+                        raise _Untrusted(reason)
                 writer.write(
                     encode_frame(encode_handshake(self.cluster_id, self.node_id, channel=channel))
                 )
@@ -556,9 +592,17 @@ class TcpTransport:
         """Dial the peer and shake hands; True when connected and accepted."""
         address = peer.address
         try:
-            reader, writer = await self._dial(address)
+            reader, writer = await self._dial(peer.node_id, address)
+        except _Untrusted as exc:
+            self._refused += 1
+            self._problem(peer, f"refused {address[0]}:{address[1]}: {exc}", logging.WARNING)
+            return False
         except _Refused as exc:
             self._problem(peer, str(exc), logging.WARNING)
+            return False
+        except ssl.SSLError as exc:  # the listener refused our certificate, or speaks no TLS
+            self._problem(peer, f"TLS with {address[0]}:{address[1]} failed: "
+                          f"{_describe_tls(exc)}", logging.WARNING)
             return False
         except (OSError, TimeoutError, CodecError) as exc:
             self._problem(peer, f"cannot connect to {address[0]}:{address[1]}: {_describe(exc)}")
@@ -591,13 +635,21 @@ class TcpTransport:
             except OSError as exc:
                 raise TransferError(f"cannot read {path}: {_describe(exc)}") from exc
             what = f"{what} ({size} bytes)"
-            reader, writer = await self._dial(peer.address, CHANNEL_SNAPSHOT)
+            reader, writer = await self._dial(peer.node_id, peer.address, CHANNEL_SNAPSHOT)
             await send_snapshot_stream(
                 reader, writer, msg, file, size, chunk_size=chunk_size, window=_SNAPSHOT_WINDOW,
                 timeout=self._snapshot_timeout, executor=executor,
             )
-        except (TransferError, _Refused) as exc:
+        except _Untrusted as exc:
+            self._refused += 1
+            return self._snapshot_failed(msg.dst, what, f"refused {peer.address[0]}:"
+                                         f"{peer.address[1]}: {exc}")
+        except _Refused as exc:
             return self._snapshot_failed(msg.dst, what, str(exc))
+        except TransferError as exc:
+            return self._snapshot_failed(msg.dst, what, str(exc))
+        except ssl.SSLError as exc:
+            return self._snapshot_failed(msg.dst, what, f"TLS failed: {_describe_tls(exc)}")
         except (OSError, TimeoutError, CodecError) as exc:
             return self._snapshot_failed(msg.dst, what, _describe(exc))
         finally:
@@ -625,6 +677,12 @@ class TcpTransport:
         if self._closing:
             writer.close()
             return
+        if self._server_ssl is not None:
+            # Nothing may be read as plaintext before start_tls takes the socket over: the
+            # peer's first TLS bytes would be lost to the stream reader.
+            transport = writer.transport
+            assert isinstance(transport, asyncio.Transport)  # a socket's: it reads too
+            transport.pause_reading()
         self._inbound[writer] = None
         self._spawn(self._serve_inbound(reader, writer), f"raftly-recv-{self.node_id}")
 
@@ -634,6 +692,8 @@ class TcpTransport:
         peername = writer.get_extra_info("peername")
         where = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
         try:
+            if self._server_ssl is not None and not await self._start_tls(writer, where):
+                return
             hello = await self._handshake(reader, writer, where)
             if hello is not None and hello.channel == CHANNEL_SNAPSHOT:
                 await self._receive_snapshot(reader, writer, hello.node_id)
@@ -642,6 +702,45 @@ class TcpTransport:
         finally:
             self._inbound.pop(writer, None)
             writer.close()
+
+    async def _start_tls(self, writer: asyncio.StreamWriter, where: str) -> bool:
+        """Upgrade an accepted connection to TLS; False (logged, counted) if it fails."""
+        assert self._server_ssl is not None
+        try:
+            async with asyncio.timeout(self._handshake_timeout):
+                await writer.start_tls(self._server_ssl)
+        except TimeoutError:
+            self._refuse(where, None, f"no TLS handshake within {self._handshake_timeout:.1f}s")
+            return False
+        except ssl.SSLError as exc:
+            self._refuse(where, None, f"TLS handshake failed: {_describe_tls(exc)}")
+            return False
+        except OSError as exc:
+            logger.info("node %d: %s went away during the TLS handshake: %s", self.node_id,
+                        where, _describe(exc))
+            return False
+        return True
+
+    def _wrong_name(self, node_id: int, writer: asyncio.StreamWriter) -> str:
+        """Why the TLS peer on ``writer`` is not node ``node_id``; "" when it is."""
+        assert self._peer_name is not None
+        name = self._peer_name(node_id)
+        if name is None:
+            if self.on_unknown_peer is not None:
+                self.on_unknown_peer(node_id)
+            return f"node {node_id} is not a member this node knows"
+        shown = common_name(writer.get_extra_info("peercert"))
+        if shown is None:
+            return "no certificate"
+        if shown != name:
+            return f"certificate names {shown!r}, not {name!r}"
+        return ""
+
+    def _refuse(self, where: str, node_id: int | None, reason: str) -> None:
+        """Count and log (one line) a refused inbound connection."""
+        self._refused += 1
+        who = where if node_id is None else f"node {node_id} from {where}"
+        logger.warning("node %d: refused %s: %s", self.node_id, who, reason)
 
     async def _handshake(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str
@@ -672,10 +771,10 @@ class TcpTransport:
             reason = f"cluster id {hello.cluster_id!r} is not this cluster's {self.cluster_id!r}"
         elif hello.node_id == self.node_id:
             reason = f"node id {hello.node_id} is this node's own id"
+        elif self._server_ssl is not None:
+            reason = self._wrong_name(hello.node_id, writer)
         if reason:
-            self._refused += 1
-            logger.warning("node %d: refused node %d from %s: %s", self.node_id, hello.node_id,
-                           where, reason)
+            self._refuse(where, hello.node_id, reason)
             with contextlib.suppress(OSError, TimeoutError):
                 writer.write(encode_frame(encode_handshake_reply(False, reason)))
                 async with asyncio.timeout(self._handshake_timeout):
@@ -734,9 +833,15 @@ class TcpTransport:
         assert on_message is not None
         me = self.node_id
         kwargs = self._decode_kwargs
+        idle = self._idle_timeout
         while True:
             try:
-                data = await reader.read(_READ_CHUNK)
+                async with asyncio.timeout(idle):
+                    data = await reader.read(_READ_CHUNK)
+            except TimeoutError:
+                logger.info("node %d: closing the connection of node %d: idle for %gs", me, node,
+                            idle)
+                return
             except OSError as exc:
                 logger.info("node %d: connection from node %d lost: %s", me, node, _describe(exc))
                 return
@@ -767,6 +872,24 @@ class TcpTransport:
                 logger.warning("node %d: closing connection from node %d (%s): %s", me, node,
                                where, exc)
                 return
+
+
+_PLAINTEXT = frozenset({"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL",
+                        "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"})
+"""OpenSSL's reasons for a first record that is no TLS at all."""
+
+
+def _describe_tls(exc: ssl.SSLError) -> str:
+    """A failed TLS handshake in a few words: "certificate verify failed: certificate has
+    expired", "no certificate", "plaintext on a TLS port"."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {exc.verify_message}"
+    if exc.reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+        return "no certificate"
+    if exc.reason in _PLAINTEXT:
+        return f"plaintext on a TLS port ({exc.reason.lower().replace('_', ' ')})"
+    text = re.sub(r"^\[[^]]*\]\s*|\s*\(_ssl\.c:\d+\)$", "", str(exc.strerror or exc))
+    return text or type(exc).__name__
 
 
 def _show_meta(msg: InstallSnapshot) -> str:

@@ -1,23 +1,40 @@
 """Shared helpers of the KV tests: a fast-election config, running a coroutine, raw HTTP calls,
-feeding commands to a state machine."""
+feeding commands to a state machine, an in-process cluster whose APIs want tokens or serve
+HTTPS."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
 from yarl import URL
 
 from raftly.core.config import Config
-from raftly.kv.service import LocalCluster, RunningNode
+from raftly.kv.cluster_file import ClusterSpec
+from raftly.kv.service import LocalCluster, RunningNode, start_node
 from raftly.kv.state_machine import KVStateMachine, Op, Result, Session, encode
+from raftly.security.auth import Authorizer, parse_tokens
+from raftly.security.tls import TlsFiles
+from raftly.storage import MemoryStorage
+from raftly.transport import Transport
 
 T = TypeVar("T")
 
 FAST = Config(tick_interval=0.01, heartbeat_interval=0.05, election_timeout=0.3)
+
+READ, WRITE, ADMIN = "read-token-0123456789", "write-token-0123456789", "admin-token-0123456789"
+AUTH = Authorizer(parse_tokens({"tokens": [{"token": READ, "role": "read", "name": "reader"},
+                                           {"token": WRITE, "role": "write", "name": "writer"},
+                                           {"token": ADMIN, "role": "admin", "name": "ops"}]}))
+"""An auth file's tokens, one of each role."""
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
@@ -38,6 +55,26 @@ async def call(session: aiohttp.ClientSession, method: str, url: str | URL, *,
         raw = await resp.read()
         body: Any = json.loads(raw) if resp.content_type == "application/json" else raw
         return resp.status, body, resp.headers
+
+
+class SecureCluster(LocalCluster):
+    """A ``LocalCluster`` (TCP, in memory) whose APIs check tokens with ``auth`` and, with
+    ``tls_dir`` (``raftly certs init`` layout), serve HTTPS; the peer port stays as it is."""
+
+    def __init__(self, size: int = 3, *, auth: Authorizer | None = None,
+                 tls_dir: Path | None = None, client_cert_auth: bool = False,
+                 **options: Any) -> None:
+        super().__init__(size, **options)
+        self.auth = auth
+        self.tls_dir = tls_dir
+        self.client_cert_auth = client_cert_auth
+
+    async def start_node(self, cluster: ClusterSpec, name: str, transport: Transport, *,
+                         bootstrap: bool = True) -> RunningNode:
+        tls = TlsFiles.from_dir(self.tls_dir, name) if self.tls_dir is not None else None
+        return await start_node(cluster, name, storage=MemoryStorage(), transport=transport,
+                                config=self.config, limits=self.limits, bootstrap=bootstrap,
+                                tls=tls, client_cert_auth=self.client_cert_auth, auth=self.auth)
 
 
 def followers(cluster: LocalCluster, leader: RunningNode) -> list[RunningNode]:

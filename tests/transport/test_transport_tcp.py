@@ -265,6 +265,19 @@ def test_a_silent_client_is_dropped_after_the_handshake_timeout() -> None:
     run(body)
 
 
+def test_a_peer_connection_that_sends_nothing_is_closed_after_the_idle_timeout() -> None:
+    async def body() -> None:
+        b = await Node(2, idle_timeout=0.3).start()
+        r, w = await raw_client(b.addr)
+        assert b.t.stats()["inbound_connections"] == 1
+        assert await closed_by_peer(r)
+        await eventually(lambda: b.t.stats()["inbound_connections"] == 0, what="forgotten")
+        w.close()
+        await b.t.close()
+
+    run(body)
+
+
 def test_the_queue_is_bounded_and_drops_instead_of_growing() -> None:
     async def body() -> None:
         a = await Node(1, queue_limit=10).start()

@@ -1,0 +1,176 @@
+"""LocalCluster and start_node with TLS: mutual TLS between the peers and HTTPS on the API with
+the certificates of a ``raftly certs`` directory (issued where missing); a node joining a TLS
+cluster with an auth file over https with its token; names of peers learned by the address
+finder."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from kv_helpers import ADMIN, AUTH, FAST, READ, call, followers, run
+from polling import eventually
+from test_service import write_cluster_file
+
+from raftly.kv import service
+from raftly.kv.cluster_file import Address, ClusterSpec
+from raftly.kv.join import JoinError, request_join
+from raftly.kv.node_calls import NodeCalls, PeerNames
+from raftly.kv.service import JoinSpec, LocalCluster, RunningNode, serve
+from raftly.localproc import free_ports
+from raftly.security.certs import init_certs
+from raftly.security.tls import TlsFiles, client_context, common_name
+from raftly.transport import TcpTransport
+
+
+def https(certs: Path) -> aiohttp.ClientSession:
+    context = client_context(certs / "ca.crt", certs / "client.crt", certs / "client.key")
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
+
+
+def transport(node: RunningNode) -> TcpTransport:
+    t = node.server._transport
+    assert isinstance(t, TcpTransport)
+    return t
+
+
+async def peer_port_name(certs: Path, node: RunningNode) -> str | None:
+    """The name on the certificate a node's peer port shows (after a mutual TLS handshake)."""
+    files = TlsFiles.from_dir(certs, "n1")
+    context = client_context(files.ca, files.cert, files.key)
+    context.check_hostname = False
+    host, port = transport(node).listen_address
+    _, writer = await asyncio.open_connection(host, port, ssl=context)
+    try:
+        return common_name(writer.get_extra_info("peercert"))
+    finally:
+        writer.close()
+
+
+def test_a_tls_cluster_elects_and_serves_writes_over_https(tmp_path: Path) -> None:
+    certs = tmp_path / "tls"
+
+    async def main() -> None:
+        async with LocalCluster(3, config=FAST, tls_dir=certs) as cluster, https(certs) as s:
+            assert sorted(p.name for p in certs.iterdir()) == [
+                "ca.crt", "ca.key", "client.crt", "client.key", "n1.crt", "n1.key", "n2.crt",
+                "n2.key", "n3.crt", "n3.key"]
+            leader = await cluster.wait_for_leader()
+            assert all(url.startswith("https://127.0.0.1:") for url in cluster.urls)
+            assert (await call(s, "PUT", leader.url + "/v1/kv/k", data=b"v"))[0] == 200
+            for follower in followers(cluster, leader):  # a ReadIndex round over mutual TLS
+                assert (await call(s, "GET", follower.url + "/v1/kv/k"))[:2] == (200, b"v")
+            for node in cluster.nodes:
+                assert await peer_port_name(certs, node) == node.name
+                assert transport(node).stats()["refused"] == 0
+            # Plain HTTP gets no data from the HTTPS port.
+            async with aiohttp.ClientSession() as plain:
+                with pytest.raises(aiohttp.ClientError):
+                    await call(plain, "GET", leader.url.replace("https", "http") + "/v1/kv/k")
+
+    run(main())
+
+
+def test_a_node_joins_a_tls_cluster_with_tokens_using_its_admin_token(tmp_path: Path) -> None:
+    certs = tmp_path / "tls"
+
+    async def main() -> None:
+        async with LocalCluster(3, config=FAST, members=True, tls_dir=certs, auth=AUTH,
+                                token=ADMIN) as cluster:
+            leader = await cluster.wait_for_leader()
+            tls = TlsFiles.from_dir(certs, "n1")
+            # Without a token, or with one that may not add members: refused at once, saying so.
+            for calls, why in ((NodeCalls.of(tls), "--token"),
+                               (NodeCalls.of(tls, READ), "needs an admin token")):
+                with pytest.raises(JoinError, match=why):
+                    await request_join([str(leader.api_address)], "n9",
+                                       cluster.nodes[0].spec.raft, cluster.nodes[0].spec.api,
+                                       timeout=5.0, calls=calls)
+            n4 = await cluster.add_node("n4")
+            assert (certs / "n4.crt").exists()  # issued with the cluster's CA
+            await eventually(lambda: n4.server.id in leader.server.conf.voters, 10.0,
+                             what="n4 promoted")
+            async with https(certs) as s:
+                status, _, _ = await call(s, "PUT", leader.url + "/v1/kv/k", data=b"v",
+                                          headers={"Authorization": f"Bearer {ADMIN}"})
+                assert status == 200
+            await eventually(lambda: n4.kv.get("k") == b"v", 10.0, what="n4 caught up")
+            assert transport(n4).stats()["refused"] == 0
+
+    run(main())
+
+
+def test_a_node_missing_its_peers_names_learns_them_from_the_members_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    certs = tmp_path / "tls"
+    real = service.peer_transport
+
+    def forgetful(cluster: ClusterSpec, node_id: int, *args: object, **kwargs: object
+                  ) -> tuple[TcpTransport, PeerNames]:
+        if node_id == 3:  # n3 starts knowing only itself
+            cluster = ClusterSpec(cluster.cluster_id, (cluster.by_id(3),))  # type: ignore[arg-type]
+        return real(cluster, node_id, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service, "peer_transport", forgetful)
+
+    async def main() -> None:
+        async with LocalCluster(3, config=FAST, tls_dir=certs) as cluster:
+            n3 = cluster.node("n3")
+            # n1 and n2 are refused by n3 (and n3 refuses to dial them) until its address
+            # finder read their names off a members list; then all three agree on a leader.
+            await eventually(lambda: transport(n3).stats()["refused"] > 0, what="a refusal")
+            await cluster.wait_for_leader(timeout=15.0)  # n3 hears the leader: accepted
+
+    run(main())
+
+
+def test_serve_runs_a_tls_cluster_with_tokens_that_a_new_node_joins(tmp_path: Path) -> None:
+    certs = tmp_path / "tls"
+    init_certs(certs, ["n1", "n2", "n3", "n4"])
+    cluster_file = tmp_path / "cluster.toml"
+    names = ["n1", "n2", "n3"]
+    endpoints = write_cluster_file(cluster_file, names)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(serve(cluster_file, name, tmp_path / name, config=FAST,
+                                           stop=stop, tls=TlsFiles.from_dir(certs, name),
+                                           auth=AUTH, token=ADMIN))
+                 for name in names]
+        raft_port, api_port = free_ports(2)
+        join = JoinSpec(tuple(endpoints), "n4", Address("127.0.0.1", raft_port),
+                        Address("127.0.0.1", api_port), timeout=20.0)
+        tasks.append(asyncio.create_task(serve(None, None, tmp_path / "n4", join=join,
+                                               config=FAST, stop=stop,
+                                               tls=TlsFiles.from_dir(certs, "n4"),
+                                               auth=AUTH, token=ADMIN)))
+        token = {"Authorization": f"Bearer {ADMIN}"}
+        async with https(certs) as s:
+            async def members() -> dict[str, str] | None:
+                with contextlib.suppress(aiohttp.ClientError):
+                    status, body, _ = await call(s, "GET", f"https://{endpoints[0]}/v1/members",
+                                                 headers=token)
+                    if status == 200:
+                        return {m["name"]: m["role"] for m in body["members"]}
+                return None
+
+            await eventually(lambda: _has_voter(members(), "n4"), 20.0, what="n4 a voter")
+            async with s.put(f"https://{endpoints[0]}/v1/kv/k", data=b"v", headers=token) as r:
+                assert r.status == 200 and r.url.scheme == "https"
+            # Without a token the cluster answers nothing.
+            status, body, _ = await call(s, "GET", f"https://127.0.0.1:{api_port}/v1/kv/k")
+            assert status == 401 and body["code"] == "unauthorized"
+        stop.set()
+        await asyncio.gather(*tasks)
+
+    run(main(), 60.0)
+
+
+async def _has_voter(members: Awaitable[dict[str, str] | None], name: str) -> bool:
+    found = await members
+    return found is not None and found.get(name) == "voter"
