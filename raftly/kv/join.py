@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 
 from raftly.core.types import ConfState, EntryType
+from raftly.kv.client import request_json
 from raftly.kv.cluster_file import Address, ClusterFileError, NodeSpec, parse_address
 from raftly.kv.node_calls import NodeCalls
 from raftly.kv.protocol import MEMBERS_PATH
@@ -69,7 +70,9 @@ async def request_join(endpoints: Sequence[str], name: str, raft: Address, api: 
         while True:
             for url in urls:
                 try:
-                    status, answer = await _post(session, url.rstrip("/") + MEMBERS_PATH, body)
+                    status, answer = await request_json(
+                        session, "POST", url.rstrip("/") + MEMBERS_PATH, body,
+                        max_redirects=MAX_REDIRECTS)
                 except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                     last = f"{url}: {exc or type(exc).__name__}"
                     continue
@@ -86,20 +89,6 @@ async def request_join(endpoints: Sequence[str], name: str, raft: Address, api: 
                 raise JoinError(f"could not join the cluster at {', '.join(endpoints)} within "
                                 f"{timeout:g}s (last: {last})")
             await asyncio.sleep(0.5)
-
-
-async def _post(session: aiohttp.ClientSession, url: str, body: dict[str, object]
-                ) -> tuple[int, dict[str, Any]]:
-    for _ in range(MAX_REDIRECTS):
-        async with session.post(url, json=body, allow_redirects=False) as resp:
-            answer = await resp.json(content_type=None)
-            if resp.status == 307 and "Location" in resp.headers:
-                url = resp.headers["Location"]
-                continue
-            if not isinstance(answer, dict):
-                raise ValueError(f"unexpected answer {answer!r}")
-            return resp.status, answer
-    raise ValueError("too many redirects")
 
 
 def _token_problem(status: int, token: str | None, url: str) -> str:
