@@ -95,6 +95,7 @@ class RunningNode:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.api.close()  # watch streams end with a line saying where to resume
         await self.server.close()
         await self.runner.cleanup()
 
@@ -138,6 +139,7 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
         site = web.TCPSite(runner, bind.host, bind.port)
         await site.start()
         await server.start()
+        api.start()
     except BaseException:
         await runner.cleanup()
         await server.close()
