@@ -292,7 +292,8 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
                 snapshot: SnapshotSettings | None = None,
                 segment_size: int = DEFAULT_SEGMENT_SIZE, tls: TlsFiles | None = None,
                 client_cert_auth: bool = False, auth: Authorizer | None = None,
-                token: str | None = None, max_connections: int = 1024) -> None:
+                token: str | None = None, max_connections: int = 1024,
+                max_watches: int = 1000) -> None:
     """Run one node until SIGINT or SIGTERM, or until a configuration without it commits.
 
     The node is node ``node_name`` of ``cluster_file``; or, with ``join``, a new node that
@@ -306,10 +307,11 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
     contradicts it (nothing is changed); ``JoinError`` when the cluster cannot be joined.
 
     ``tls``, ``client_cert_auth`` and ``auth`` are as for ``start_node``; ``max_connections``
-    caps the API's open connections. ``token`` is this node's bearer token for other members'
-    APIs.
+    caps the API's open connections, ``max_watches`` its watch streams. ``token`` is this
+    node's bearer token for other members' APIs.
     """
-    limits = replace(limits or Limits(), max_connections=max_connections)
+    limits = replace(limits or Limits(), max_connections=max_connections,
+                     max_watches=max_watches)
     calls = NodeCalls.of(tls, token)
     if join is not None and read_identity(data_dir) is None:
         joined = await request_join(join.endpoints, join.name, join.raft, join.api,
