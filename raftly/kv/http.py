@@ -78,6 +78,7 @@ from raftly.kv.records import (
     TXN_TOO_LARGE,
 )
 from raftly.kv.state_machine import (
+    DEFAULT_HISTORY_LIMIT,
     KEY_TOO_LARGE,
     MALFORMED,
     STALE_SEQ,
@@ -176,6 +177,9 @@ class Limits:
     """A watcher whose unsent events pass either bound is cancelled (a slow watcher)."""
     watch_progress_interval: float = 2.0
     """How often an idle watch stream gets a progress line."""
+    watch_history: int = DEFAULT_HISTORY_LIMIT
+    """Events kept for watchers (the state machine's ``history_limit``): how far back a watch
+    may start."""
 
 
 class KVApi:
