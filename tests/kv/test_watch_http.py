@@ -240,3 +240,37 @@ def test_a_watch_continues_without_gap_or_duplicate_across_the_leaders_death() -
             assert len(want) >= 80
 
     run(main(), timeout=90)
+
+
+def test_a_watcher_that_reads_nothing_is_cut_off_with_where_to_resume() -> None:
+    async def main() -> None:
+        limits = Limits(watch_max_bytes=1 << 20)
+        async with LocalCluster(1, config=FAST, limits=limits) as cluster, \
+                aiohttp.ClientSession() as s:
+            node = await cluster.wait_for_leader()
+            stream = await open_watch(s, node, "prefix=big/")
+            value = b"x" * (400 * 1024)  # a line under the client's 512 KiB line limit
+            # Far more than the socket buffers hold: the stream's queue must pass its bound.
+            for i in range(64):
+                await call(s, "PUT", node.url + f"/v1/kv/big/{i}", data=value)
+            revisions: list[int] = []
+            while True:
+                line = await stream.line(timeout=30)
+                assert line is not None, "the stream ended without a cancelled line"
+                if line["type"] == "cancelled":
+                    break
+                if line["type"] != "progress":
+                    revisions.append(line["revision"])
+            assert "slow watcher" in line["reason"]
+            resume = line["next_revision"]
+            assert revisions and revisions == list(range(revisions[0], resume))
+            assert await stream.line() is None, "the stream ends after the cancelled line"
+            rest = await open_watch(s, node, f"prefix=big/&from_revision={resume}")
+            last = node.kv.revision
+            while resume <= last:
+                line = await rest.event()
+                assert line is not None and line["revision"] == resume
+                resume += 1
+            rest.resp.close()
+
+    run(main(), timeout=60)
