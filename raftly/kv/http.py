@@ -2,8 +2,12 @@
 
 The reference, every route, parameter and status code with examples, is docs/http-api.md; in
 short: ``PUT``/``GET``/``DELETE /v1/kv/{key}`` (values are raw bytes; ``?expect=`` or
-``?expect_base64=`` makes a PUT a compare-and-set), ``GET /v1/kv?prefix=&limit=`` (JSON), and
-``GET /v1/status``.
+``?expect_base64=`` makes a PUT a compare-and-set, ``?lease=`` attaches a lease; answers carry
+revisions, a GET the key's metadata), ``GET /v1/kv?prefix=&limit=`` (JSON, paged with
+``start_after``), ``DELETE /v1/kv?prefix=``, and ``GET /v1/status``; here too the app takes the
+routes of the other modules: membership (raftly.kv.members_http), ``POST /v1/txn``
+(raftly.kv.txn_http), ``/v1/leases`` (raftly.kv.leases_http, with the leader's countdowns in
+raftly.kv.lease_manager) and ``GET /v1/watch`` (raftly.kv.watch_http on raftly.kv.watch_hub).
 
 How this module behaves, in the terms of that reference: every query string is checked against
 the route's ``QUERY_PARAMS`` (raftly.kv.query) before the handler runs, so a refused request never

@@ -38,6 +38,8 @@ class LeaseManager:
         self._deadlines: dict[int, float] = {}
         self._term: int | None = None
         """The term these deadlines were counted in; None while not leading."""
+        self._synced_index = -1
+        """The machine's last applied index when the deadlines last followed its leases."""
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -68,6 +70,11 @@ class LeaseManager:
             # Leading in a new term: every countdown starts afresh (from the sync below).
             self._term = term
             self._deadlines = {}
+            self._synced_index = -1
+        # The lease table changes only when the machine applies (or restores) an entry.
+        if self._kv.last_index == self._synced_index:
+            return True
+        self._synced_index = self._kv.last_index
         now = asyncio.get_running_loop().time()
         old = self._deadlines
         # A lease not counted yet (granted, or first seen in this term) starts now.
@@ -75,12 +82,14 @@ class LeaseManager:
                            for lease_id, ttl in self._kv.lease_ttls()}
         return True
 
-    def remaining(self, lease_id: int) -> float | None:
-        """Seconds left before ``lease_id`` expires as this leader counts; None on a follower
-        (or for a lease it does not know)."""
-        if not self._sync() or lease_id not in self._deadlines:
-            return None
-        return max(0.0, self._deadlines[lease_id] - asyncio.get_running_loop().time())
+    def remaining(self) -> dict[int, float]:
+        """Seconds left before each lease expires, as this leader counts; empty on a
+        follower."""
+        if not self._sync():
+            return {}
+        now = asyncio.get_running_loop().time()
+        return {lease_id: max(0.0, deadline - now)
+                for lease_id, deadline in self._deadlines.items()}
 
     def renew(self, lease_id: int, ttl: int, since: float) -> float | None:
         """Restart ``lease_id``'s countdown of ``ttl`` seconds from ``since`` (the loop time when

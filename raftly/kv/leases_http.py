@@ -61,11 +61,11 @@ class LeasesApi:
     def _not_found(self, lease_id: int) -> Reply:
         return Reply(404, f"lease {lease_id} does not exist", code=LEASE_NOT_FOUND)
 
-    def _info(self, lease: LeaseInfo) -> dict[str, object]:
-        remaining = self.manager.remaining(lease.id)
-        return {"id": lease.id, "ttl": lease.ttl,
-                "remaining": round(remaining, 3) if remaining is not None else None,
-                "keys": list(lease.keys)}
+    def _infos(self, leases: list[LeaseInfo]) -> list[dict[str, object]]:
+        remaining = self.manager.remaining()
+        return [{"id": lease.id, "ttl": lease.ttl,
+                 "remaining": round(remaining[lease.id], 3) if lease.id in remaining else None,
+                 "keys": list(lease.keys)} for lease in leases]
 
     async def grant(self, request: web.Request) -> web.Response:
         self.api._session(request)  # a malformed session is a 400 wherever the request goes
@@ -128,7 +128,7 @@ class LeasesApi:
         failed = await self.api._linearizable(request)
         if failed is not None:
             return failed
-        return self.api._json(200, [self._info(lease) for lease in self.api.kv.leases()])
+        return self.api._json(200, self._infos(self.api.kv.leases()))
 
     async def get(self, request: web.Request) -> web.Response:
         lease_id = self._lease_id(request)
@@ -138,7 +138,7 @@ class LeasesApi:
         lease = self.api.kv.lease(lease_id)
         if lease is None:
             raise self._not_found(lease_id)
-        return self.api._json(200, self._info(lease))
+        return self.api._json(200, self._infos([lease])[0])
 
 
 __all__ = ["MAX_TTL", "MIN_TTL", "LeasesApi"]
