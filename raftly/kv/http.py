@@ -394,6 +394,14 @@ class KVApi:
             return self._error(status, message)
         return self._error(status, message, code=code)
 
+    async def write(self, request: web.Request, op: Op) -> Result | web.Response:
+        """A write without a body: its session headers checked, then ``307`` on a follower, else
+        ``op`` proposed (``propose``)."""
+        session = self._session(request)
+        if not self.server.is_leader:
+            return self._not_leader(request, self.server.leader)
+        return await self._propose(request, op, session)
+
     async def propose(self, request: web.Request, op: Op) -> Result | web.Response:
         """Propose ``op`` with the request's session headers (exactly-once); the ``Result``, or
         the error answer. For the route modules: the leader check comes first, in each."""
@@ -459,11 +467,7 @@ class KVApi:
         return self._json(200, {"index": result.index, "revision": result.revision})
 
     async def delete(self, request: web.Request) -> web.Response:
-        key = self._key(request)
-        session = self._session(request)
-        if not self.server.is_leader:
-            return self._not_leader(request, self.server.leader)
-        result = await self._propose(request, Delete(key), session)
+        result = await self.write(request, Delete(self._key(request)))
         if isinstance(result, web.Response):
             return result
         return self._json(200, {"index": result.index, "revision": result.revision,
@@ -483,10 +487,7 @@ class KVApi:
                               "every key)", parameter="prefix")
         if len(prefix.encode("utf-8", "surrogatepass")) > self.limits.max_key_bytes:
             raise _Reply(413, f"prefix longer than {self.limits.max_key_bytes} bytes")
-        session = self._session(request)
-        if not self.server.is_leader:
-            return self._not_leader(request, self.server.leader)
-        result = await self._propose(request, DeleteRange(prefix), session)
+        result = await self.write(request, DeleteRange(prefix))
         if isinstance(result, web.Response):
             return result
         return self._json(200, {"index": result.index, "revision": result.revision,

@@ -58,9 +58,6 @@ class LeasesApi:
         api = self.api
         return None if api.server.is_leader else api._not_leader(request, api.server.leader)
 
-    def _not_found(self, lease_id: int) -> Reply:
-        return Reply(404, f"lease {lease_id} does not exist", code=LEASE_NOT_FOUND)
-
     def _infos(self, leases: list[LeaseInfo]) -> list[dict[str, object]]:
         remaining = self.manager.remaining()
         return [{"id": lease.id, "ttl": lease.ttl,
@@ -93,12 +90,7 @@ class LeasesApi:
                                     "index": result.index, "revision": result.revision})
 
     async def revoke(self, request: web.Request) -> web.Response:
-        lease_id = self._lease_id(request)
-        self.api._session(request)
-        redirect = self._leader_check(request)
-        if redirect is not None:
-            return redirect
-        result = await self.api.propose(request, LeaseRevoke(lease_id))
+        result = await self.api.write(request, LeaseRevoke(self._lease_id(request)))
         if isinstance(result, web.Response):
             return result
         return self.api._json(200, {"index": result.index, "revision": result.revision,
@@ -112,12 +104,9 @@ class LeasesApi:
         # The renewal counts from its arrival, before the check: not earlier than the client
         # sent it, so the lease never ends here before the client's own count says it may.
         since = asyncio.get_running_loop().time()
-        failed = await self.api._linearizable(request)
-        if failed is not None:
-            return failed
-        lease = self.api.kv.lease(lease_id)
-        if lease is None:
-            raise self._not_found(lease_id)
+        lease = await self._read_lease(request, lease_id)
+        if isinstance(lease, web.Response):
+            return lease
         remaining = self.manager.renew(lease_id, lease.ttl, since)
         if remaining is None:
             # Leadership moved during the check: the new leader counts this lease afresh.
@@ -131,14 +120,21 @@ class LeasesApi:
         return self.api._json(200, self._infos(self.api.kv.leases()))
 
     async def get(self, request: web.Request) -> web.Response:
-        lease_id = self._lease_id(request)
+        lease = await self._read_lease(request, self._lease_id(request))
+        if isinstance(lease, web.Response):
+            return lease
+        return self.api._json(200, self._infos([lease])[0])
+
+    async def _read_lease(self, request: web.Request, lease_id: int
+                          ) -> LeaseInfo | web.Response:
+        """The lease as of a ReadIndex (a linearizable read); 404 if it does not exist."""
         failed = await self.api._linearizable(request)
         if failed is not None:
             return failed
         lease = self.api.kv.lease(lease_id)
         if lease is None:
-            raise self._not_found(lease_id)
-        return self.api._json(200, self._infos([lease])[0])
+            raise Reply(404, f"lease {lease_id} does not exist", code=LEASE_NOT_FOUND)
+        return lease
 
 
 __all__ = ["MAX_TTL", "MIN_TTL", "LeasesApi"]

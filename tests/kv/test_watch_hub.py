@@ -100,20 +100,25 @@ def test_a_byte_bound_cuts_off_a_watcher_too() -> None:
     run(main())
 
 
+def restore_to(a: Applier, revision: int) -> None:
+    """Restore ``a``'s machine from the snapshot of another one at ``revision``."""
+    source = Applier()
+    for i in range(revision):
+        source(Put(f"k{i}", b"v"))
+    sink = io.BytesIO()
+    source.sm.capture().persist(sink)
+    a.sm.restore(io.BytesIO(sink.getvalue()))
+    a.index = revision
+
+
 def test_a_restore_that_skipped_revisions_cancels_the_watchers_that_needed_them() -> None:
     async def main() -> None:
-        source = Applier()
-        for i in range(6):
-            source(Put(f"k{i}", b"v"))
-        sink = io.BytesIO()
-        source.sm.capture().persist(sink)
         a = Applier()
         hub = WatchHub(a.sm)
         a(Put("k0", b"v"))
         behind = hub.watch("", 2)  # needs revisions 2.. which the restore skips
         ahead = hub.watch("", 9)  # starts after the snapshot's revision: unaffected
-        a.sm.restore(io.BytesIO(sink.getvalue()))
-        a.index = 6
+        restore_to(a, 6)
         hub.check_restore()
         end = await drain(behind)
         assert len(end) == 1 and isinstance(end[0], Cancelled)
@@ -128,16 +133,10 @@ def test_a_restore_that_skipped_revisions_cancels_the_watchers_that_needed_them(
 
 def test_a_restore_is_noticed_at_the_next_apply_too() -> None:
     async def main() -> None:
-        source = Applier()
-        for i in range(4):
-            source(Put(f"k{i}", b"v"))
-        sink = io.BytesIO()
-        source.sm.capture().persist(sink)
         a = Applier()
         hub = WatchHub(a.sm)
         watcher = hub.watch("", None)
-        a.sm.restore(io.BytesIO(sink.getvalue()))
-        a.index = 4
+        restore_to(a, 4)
         a(Put("late", b"v"))  # revision 5: the hub sees the floor moved to 4 first
         end = await drain(watcher)
         assert len(end) == 1 and isinstance(end[0], Cancelled) and end[0].next_revision == 1
