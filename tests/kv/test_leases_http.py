@@ -9,6 +9,7 @@ deletion is checked against the earliest moment it may happen, measured on this 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -162,16 +163,20 @@ def test_keepalives_through_leader_changes_keep_the_lease() -> None:
         async with LocalCluster(3, config=FAST) as cluster, aiohttp.ClientSession() as s:
             leader = await cluster.wait_for_leader()
             loop = asyncio.get_running_loop()
-            _, lease = await grant(s, leader, 1)
+            _, lease = await grant(s, leader, 2)
             await call(s, "PUT", leader.url + f"/v1/kv/k?lease={lease['id']}", data=b"x")
             stop = False
 
             async def keep_alive() -> None:
+                # As a real client does: each attempt bounded well below the TTL, so that one
+                # stuck on a deposed leader (its ReadIndex waits) does not starve the next.
                 while not stop:
                     current = leader_of(cluster)
                     if current is not None:
-                        await call(s, "POST",
-                                   current.url + f"/v1/leases/{lease['id']}/keepalive")
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(call(
+                                s, "POST", current.url + f"/v1/leases/{lease['id']}/keepalive"),
+                                0.4)
                     await asyncio.sleep(0.2)
 
             task = asyncio.create_task(keep_alive())
