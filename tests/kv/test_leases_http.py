@@ -195,3 +195,17 @@ def test_keepalives_through_leader_changes_keep_the_lease() -> None:
                 await task
 
     run(main(), timeout=60)
+
+
+def test_a_grant_past_the_lease_cap_is_429_too_many_leases() -> None:
+    async def main() -> None:
+        async with LocalCluster(3, config=FAST) as cluster, aiohttp.ClientSession() as s:
+            leader = await cluster.wait_for_leader()
+            for node in cluster.nodes:  # the cap is the state machine's, equal on every node
+                node.kv.max_leases = 1
+            assert (await grant(s, leader, 60))[0] == 200
+            status, body = await grant(s, leader, 60)
+            assert status == 429 and body["code"] == "too_many_leases", body
+            assert len(leader.kv.leases()) == 1
+
+    run(main())
