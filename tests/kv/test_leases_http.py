@@ -73,7 +73,8 @@ def test_grant_read_keepalive_and_revoke_a_lease() -> None:
                                  ("GET", f"/v1/leases/{lease['id']}")):
                 status, body, _ = await call(s, method, leader.url + path)
                 assert status == 404 and body["code"] == "lease_not_found", path
-            assert (await call(s, "GET", leader.url + "/v1/leases/abc"))[0] == 400
+            for bad in ("abc", "0", "9" * 5000, str(1 << 63)):
+                assert (await call(s, "GET", leader.url + f"/v1/leases/{bad}"))[0] == 400, bad
 
     run(main())
 
