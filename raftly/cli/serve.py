@@ -12,7 +12,8 @@ each, on stderr.
 Security: ``--tls-dir DIR`` (or ``--tls-cert/--tls-key/--tls-ca``) puts both ports on TLS,
 ``--client-cert-auth`` also demands a client certificate on the API, ``--auth-file FILE`` wants
 bearer tokens with roles, ``--token`` (``$RAFTLY_TOKEN``) is what this node shows other members'
-APIs, and ``--max-connections`` caps the API's open connections.
+APIs, ``--max-connections`` caps the API's open connections and ``--max-watches`` its watch
+streams.
 """
 
 from __future__ import annotations
@@ -94,6 +95,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     security.add_argument("--max-connections", type=positive_int, default=1024, metavar="N",
                           help="API connections open at once; more are closed at once "
                                "(default 1024)")
+    security.add_argument("--max-watches", type=positive_int, default=1000, metavar="N",
+                          help="watch streams open at once; more are answered 503 "
+                               "(default 1000)")
     p.set_defaults(func=run)
 
 
@@ -134,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
                           fsync=args.fsync, config=config, snapshot=snapshot,
                           segment_size=args.segment_size, tls=tls,
                           client_cert_auth=args.client_cert_auth, auth=auth,
-                          token=args.token or None, max_connections=args.max_connections))
+                          token=args.token or None, max_connections=args.max_connections,
+                          max_watches=args.max_watches))
     except (ClusterFileError, IdentityError, StorageError, ServerStopped, JoinError,
             TlsError) as exc:
         raise CliError(str(exc)) from None

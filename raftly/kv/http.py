@@ -2,8 +2,12 @@
 
 The reference, every route, parameter and status code with examples, is docs/http-api.md; in
 short: ``PUT``/``GET``/``DELETE /v1/kv/{key}`` (values are raw bytes; ``?expect=`` or
-``?expect_base64=`` makes a PUT a compare-and-set), ``GET /v1/kv?prefix=&limit=`` (JSON), and
-``GET /v1/status``.
+``?expect_base64=`` makes a PUT a compare-and-set, ``?lease=`` attaches a lease; answers carry
+revisions, a GET the key's metadata), ``GET /v1/kv?prefix=&limit=`` (JSON, paged with
+``start_after``), ``DELETE /v1/kv?prefix=``, and ``GET /v1/status``; here too the app takes the
+routes of the other modules: membership (raftly.kv.members_http), ``POST /v1/txn``
+(raftly.kv.txn_http), ``/v1/leases`` (raftly.kv.leases_http, with the leader's countdowns in
+raftly.kv.lease_manager) and ``GET /v1/watch`` (raftly.kv.watch_http on raftly.kv.watch_hub).
 
 How this module behaves, in the terms of that reference: every query string is checked against
 the route's ``QUERY_PARAMS`` (raftly.kv.query) before the handler runs, so a refused request never
@@ -45,26 +49,47 @@ from aiohttp import hdrs, web
 from raftly.core.errors import NotLeader, ProposalDropped
 from raftly.core.types import ConfState
 from raftly.kv.cluster_file import ClusterSpec, NodeSpec
+from raftly.kv.commands import MAX_INT
 from raftly.kv.connections import ConnectionCap
+from raftly.kv.http_common import PARAMS as _PARAMS
+from raftly.kv.http_common import Reply as _Reply
+from raftly.kv.http_common import int_param
+from raftly.kv.http_common import params as _params
+from raftly.kv.http_common import parse_int as _parse_int
+from raftly.kv.kv_json import kv_object
+from raftly.kv.lease_manager import LeaseManager
+from raftly.kv.leases_http import LeasesApi
 from raftly.kv.members_http import MembersApi, cluster_view
 from raftly.kv.protocol import (
     ACK_HEADER,
     CLIENT_HEADER,
     KV_PATH,
+    LEASES_PATH,
     RETRY_HEADER,
     SEQ_HEADER,
     STALE_SEQ_CODE,
     STATUS_PATH,
+    TXN_PATH,
+    WATCH_PATH,
     encode_list_item,
 )
 from raftly.kv.query import QueryError, parse_query
+from raftly.kv.records import (
+    DUPLICATE_KEY,
+    LEASE_EXISTS,
+    LEASE_NOT_FOUND,
+    TOO_MANY_LEASES,
+    TXN_TOO_LARGE,
+)
 from raftly.kv.state_machine import (
+    DEFAULT_HISTORY_LIMIT,
     KEY_TOO_LARGE,
     MALFORMED,
     STALE_SEQ,
     Cas,
     CommandError,
     Delete,
+    DeleteRange,
     KVStateMachine,
     Op,
     Put,
@@ -72,6 +97,9 @@ from raftly.kv.state_machine import (
     Session,
     encode,
 )
+from raftly.kv.txn_http import TxnApi
+from raftly.kv.watch_http import WatchApi
+from raftly.kv.watch_hub import WatchHub
 from raftly.security.auth import Authorizer, Forbidden, Role, Unauthorized
 from raftly.server.server import Busy, OutcomeUnknown, RaftServer, ServerStopped
 
@@ -82,14 +110,33 @@ RETRY_AFTER = "1"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 QUERY_PARAMS: dict[tuple[str, str], frozenset[str]] = {
-    ("GET", KV_PATH): frozenset({"prefix", "limit", "consistency"}),
-    ("GET", KV_PATH + "/{key}"): frozenset({"consistency"}),
-    ("PUT", KV_PATH + "/{key}"): frozenset({"expect", "expect_base64"}),
+    ("GET", KV_PATH): frozenset({"prefix", "limit", "consistency", "start_after", "page",
+                                 "format"}),
+    ("DELETE", KV_PATH): frozenset({"prefix", "all"}),
+    ("GET", KV_PATH + "/{key}"): frozenset({"consistency", "format"}),
+    ("PUT", KV_PATH + "/{key}"): frozenset({"expect", "expect_base64", "lease"}),
+    ("GET", WATCH_PATH): frozenset({"prefix", "from_revision"}),
 }
 """The query parameters each route (method, canonical path) takes; any other route takes none."""
 
-WRITE_ROUTES = frozenset({("PUT", KV_PATH + "/{key}"), ("DELETE", KV_PATH + "/{key}")})
+WRITE_ROUTES = frozenset({
+    ("PUT", KV_PATH + "/{key}"), ("DELETE", KV_PATH + "/{key}"), ("DELETE", KV_PATH),
+    ("POST", TXN_PATH), ("POST", LEASES_PATH), ("POST", LEASES_PATH + "/{id}/keepalive"),
+    ("DELETE", LEASES_PATH + "/{id}"),
+})
 """The routes a write token may use beyond reads; every other change needs admin."""
+
+RESULT_ERRORS: dict[str, tuple[int, str | None]] = {
+    MALFORMED: (400, None),
+    KEY_TOO_LARGE: (413, None),
+    STALE_SEQ: (409, STALE_SEQ_CODE),
+    LEASE_NOT_FOUND: (404, LEASE_NOT_FOUND),
+    LEASE_EXISTS: (409, LEASE_EXISTS),
+    TOO_MANY_LEASES: (429, TOO_MANY_LEASES),
+    TXN_TOO_LARGE: (413, TXN_TOO_LARGE),
+    DUPLICATE_KEY: (400, DUPLICATE_KEY),
+}
+"""The status (and ``code``) a command's error result is answered with."""
 
 
 def required_role(method: str, route: str | None) -> Role:
@@ -126,18 +173,17 @@ class Limits:
     idle_timeout: float = 60.0
     body_timeout: float = 10.0
     handshake_timeout: float = 10.0
-
-
-class _Reply(Exception):
-    """Raised inside a handler to answer with a JSON error at once."""
-
-    def __init__(self, status: int, message: str, **extra: object) -> None:
-        super().__init__(message)
-        self.status = status
-        self.extra = extra
-        self.headers: dict[str, str] = {}
-        self.close = False
-        """Close the connection once answered (a request body that never arrived)."""
+    max_txn_bytes: int = 4 << 20
+    """A transaction's JSON body."""
+    max_watches: int = 1000
+    watch_max_events: int = 10_000
+    watch_max_bytes: int = 16 << 20
+    """A watcher whose unsent events pass either bound is cancelled (a slow watcher)."""
+    watch_progress_interval: float = 2.0
+    """How often an idle watch stream gets a progress line."""
+    watch_history: int = DEFAULT_HISTORY_LIMIT
+    """Events kept for watchers (the state machine's ``history_limit``): how far back a watch
+    may start."""
 
 
 class KVApi:
@@ -154,6 +200,10 @@ class KVApi:
         self.tls = tls
         """Whether this node serves HTTPS, and so every member does: URLs handed out are https."""
         self.members = MembersApi(self)
+        self.leases = LeaseManager(server)
+        self.watches = WatchHub(self.kv, max_watches=self.limits.max_watches,
+                                max_events=self.limits.watch_max_events,
+                                max_bytes=self.limits.watch_max_bytes)
         # Names and API addresses (for redirects) follow the configuration in the log.
         server.on_conf_change.append(self._conf_changed)
 
@@ -179,8 +229,21 @@ class KVApi:
         app.router.add_get(KV_PATH + "/{key:.+}", self.get)
         app.router.add_put(KV_PATH + "/{key:.+}", self.put)
         app.router.add_delete(KV_PATH + "/{key:.+}", self.delete)
+        app.router.add_delete(KV_PATH, self.delete_prefix)
         self.members.add_routes(app)
+        TxnApi(self).add_routes(app)
+        LeasesApi(self, self.leases).add_routes(app)
+        WatchApi(self, self.watches).add_routes(app)
         return app
+
+    def start(self) -> None:
+        """Start the background work: the lease countdowns (which act on the leader only)."""
+        self.leases.start()
+
+    async def close(self) -> None:
+        """End the watch streams and stop the lease countdowns."""
+        self.watches.close()
+        await self.leases.close()
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -318,15 +381,42 @@ class KVApi:
             # Raised for a proposal still open when the node stops: it may yet commit elsewhere.
             return self._error(504, f"outcome unknown: {exc}")
         except CommandError as exc:
-            return self._error(400, str(exc))
+            return self._refused(exc.code, str(exc))
         assert isinstance(result, Result)
-        if result.error == MALFORMED:
-            return self._error(400, result.message)
-        if result.error == KEY_TOO_LARGE:
-            return self._error(413, result.message)
-        if result.error == STALE_SEQ:
-            return self._error(409, result.message, code=STALE_SEQ_CODE)
+        if result.error is not None:
+            return self._refused(result.error, result.message)
         return result
+
+    def _refused(self, error: str, message: str) -> web.Response:
+        """The answer to a command refused with ``error`` (see ``RESULT_ERRORS``)."""
+        status, code = RESULT_ERRORS.get(error, (400, error))
+        if code is None:
+            return self._error(status, message)
+        return self._error(status, message, code=code)
+
+    async def write(self, request: web.Request, op: Op) -> Result | web.Response:
+        """A write without a body: its session headers checked, then ``307`` on a follower, else
+        ``op`` proposed (``propose``)."""
+        session = self._session(request)
+        if not self.server.is_leader:
+            return self._not_leader(request, self.server.leader)
+        return await self._propose(request, op, session)
+
+    async def propose(self, request: web.Request, op: Op) -> Result | web.Response:
+        """Propose ``op`` with the request's session headers (exactly-once); the ``Result``, or
+        the error answer. For the route modules: the leader check comes first, in each."""
+        return await self._propose(request, op, self._session(request))
+
+    async def json_body(self, request: web.Request, limit: int) -> dict[str, object]:
+        """The request body as a JSON object (400 otherwise; 413 beyond ``limit`` bytes)."""
+        raw = await self.read_body(request, limit, "body")
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise _Reply(400, "body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise _Reply(400, "body must be a JSON object")
+        return body
 
     async def _linearizable(self, request: web.Request) -> web.Response | None:
         """Wait until a linearizable read may be served here, or return the error response."""
@@ -354,59 +444,101 @@ class KVApi:
         key = self._key(request)
         session = self._session(request)
         expect = self._expect(request)
+        lease = int_param(request, "lease", 1, MAX_INT, 0)
+        assert lease is not None
+        if expect is not None and lease:
+            # A compare-and-set keeps the key's lease; a txn can compare and attach at once.
+            raise _Reply(400, "lease cannot go with expect (use POST /v1/txn)",
+                         parameter="lease")
         if not self.server.is_leader:
             # Answer before reading the body: the client sends it again to the leader anyway.
             return self._not_leader(request, self.server.leader)
         value = await self.read_body(request, self.limits.max_value_bytes)
-        op: Op = Put(key, value) if expect is None else Cas(key, expect, value)
+        op: Op = Put(key, value, lease) if expect is None else Cas(key, expect, value)
         result = await self._propose(request, op, session)
         if isinstance(result, web.Response):
             return result
         if isinstance(op, Cas):
             if not result.ok:
                 return self._error(412, "current value does not match expect (or no such key)",
-                                   index=result.index)
-            return self._json(200, {"index": result.index, "swapped": True})
-        return self._json(200, {"index": result.index})
+                                   index=result.index, revision=result.revision)
+            return self._json(200, {"index": result.index, "revision": result.revision,
+                                    "swapped": True})
+        return self._json(200, {"index": result.index, "revision": result.revision})
 
     async def delete(self, request: web.Request) -> web.Response:
-        key = self._key(request)
-        session = self._session(request)
-        if not self.server.is_leader:
-            return self._not_leader(request, self.server.leader)
-        result = await self._propose(request, Delete(key), session)
+        result = await self.write(request, Delete(self._key(request)))
         if isinstance(result, web.Response):
             return result
-        return self._json(200, {"index": result.index, "deleted": result.ok})
+        return self._json(200, {"index": result.index, "revision": result.revision,
+                                "deleted": result.ok})
+
+    async def delete_prefix(self, request: web.Request) -> web.Response:
+        params = _params(request)
+        prefix = params.get("prefix", "")
+        every = params.get("all")
+        if every not in (None, "true"):
+            raise _Reply(400, "all must be 'true'", parameter="all")
+        if every is not None and prefix:
+            raise _Reply(400, "give a prefix or all=true, not both", parameter="all")
+        if every is None and not prefix:
+            # An empty prefix is every key: say so explicitly, never by a missing variable.
+            raise _Reply(400, "prefix is required and must not be empty (all=true deletes "
+                              "every key)", parameter="prefix")
+        if len(prefix.encode("utf-8", "surrogatepass")) > self.limits.max_key_bytes:
+            raise _Reply(413, f"prefix longer than {self.limits.max_key_bytes} bytes")
+        result = await self.write(request, DeleteRange(prefix))
+        if isinstance(result, web.Response):
+            return result
+        return self._json(200, {"index": result.index, "revision": result.revision,
+                                "deleted": result.count})
 
     async def get(self, request: web.Request) -> web.Response:
         key = self._key(request)
+        as_json = self._format_json(request)
         if not self._consistency_stale(request):
             failed = await self._key_read_barrier(request)
             if failed is not None:
                 return failed
-        value = self.kv.get(key)
-        if value is None:
-            return self._error(404, "key not found")
-        return web.Response(body=value, content_type="application/octet-stream")
+        # Both read at once (no await between): the revision is that of the state shown.
+        kv, revision = self.kv.get_entry(key), self.kv.revision
+        if kv is None:
+            return self._error(404, "key not found", revision=revision)
+        if as_json:
+            return self._json(200, {**kv_object(kv), "revision": revision})
+        return web.Response(body=kv.value, content_type="application/octet-stream", headers={
+            "X-Raftly-Revision": str(revision),
+            "X-Raftly-Mod-Revision": str(kv.mod_revision),
+            "X-Raftly-Create-Revision": str(kv.create_revision),
+            "X-Raftly-Version": str(kv.version),
+            "X-Raftly-Lease": str(kv.lease),
+        })
+
+    def _format_json(self, request: web.Request) -> bool:
+        fmt = _params(request).get("format")
+        if fmt not in (None, "json"):
+            raise _Reply(400, "format must be 'json'", parameter="format")
+        return fmt is not None
 
     async def list(self, request: web.Request) -> web.Response:
         params = _params(request)
         prefix = params.get("prefix", "")
-        try:
-            default = min(self.limits.default_list_limit, self.limits.max_list_limit)
-            limit = _parse_int(params.get("limit", str(default)))
-        except ValueError:
-            raise _Reply(400, "limit must be an integer", parameter="limit") from None
-        if not 1 <= limit <= self.limits.max_list_limit:
-            raise _Reply(400, f"limit must be from 1 to {self.limits.max_list_limit}",
-                         parameter="limit")
+        default = min(self.limits.default_list_limit, self.limits.max_list_limit)
+        limit = int_param(request, "limit", 1, self.limits.max_list_limit, default)
+        start_after = params.get("start_after")
+        if params.get("page") not in (None, "1"):
+            raise _Reply(400, "page must be 1", parameter="page")
+        # Any of these asks for the paged object; without them, the list of before.
+        paged = self._format_json(request) or "page" in params or start_after is not None
         if not self._consistency_stale(request):
             failed = await self._linearizable(request)
             if failed is not None:
                 return failed
-        items = [encode_list_item(key, value) for key, value in self.kv.list(prefix, limit)]
-        return self._json(200, items)
+        kvs, more = self.kv.range(prefix, start_after=start_after or "", limit=limit)
+        if paged:
+            return self._json(200, {"kvs": [kv_object(kv) for kv in kvs], "more": more,
+                                    "revision": self.kv.revision})
+        return self._json(200, [encode_list_item(kv.key, kv.value) for kv in kvs])
 
     async def status(self, request: web.Request) -> web.Response:
         st = self.server.status()
@@ -498,15 +630,6 @@ class KVApi:
             return self._error(500, "internal error (logged on the server)")
 
 
-_PARAMS = web.RequestKey("raftly.query", dict[str, str])
-"""Where the query middleware leaves a request's checked parameters."""
-
-
-def _params(request: web.Request) -> dict[str, str]:
-    """The request's query parameters, as the query middleware checked them."""
-    return request[_PARAMS]
-
-
 def _parse_params(request: web.Request) -> dict[str, str]:
     """The request's query parameters, checked against what its route takes (else a 400)."""
     resource = request.match_info.route.resource
@@ -518,13 +641,6 @@ def _parse_params(request: web.Request) -> dict[str, str]:
         return parse_query(query_string, allowed)
     except QueryError as exc:
         raise _Reply(400, str(exc), parameter=exc.parameter) from None
-
-
-def _parse_int(text: str) -> int:
-    # int() accepts " 7", "+7" and "7_0"; only plain digits are a number here.
-    if not text.isascii() or not text.isdigit():
-        raise ValueError(f"not a non-negative integer: {text!r}")
-    return int(text)
 
 
 def make_runner(app: web.Application, limits: Limits | None = None,

@@ -11,7 +11,6 @@ file, says who the members are and where they listen.
 
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -29,6 +28,7 @@ from raftly.kv.cluster_file import (
     NodeSpec,
     parse_address,
 )
+from raftly.kv.http_common import Reply as _Reply
 from raftly.kv.protocol import MEMBERS_PATH, TRANSFER_PATH
 from raftly.server.server import (
     MembershipError,
@@ -136,7 +136,7 @@ class MembersApi:
     async def add(self, request: web.Request) -> web.Response:
         if not self.api.server.is_leader:
             return self.api._not_leader(request, self.api.server.leader)
-        body = await self._json_body(request)
+        body = await self.api.json_body(request, MAX_BODY)
         unknown = set(body) - {"name", "raft", "api", "learner", "id"}
         if unknown:
             return self.api._error(400, f"unknown fields {sorted(unknown)}")
@@ -205,7 +205,7 @@ class MembersApi:
         server = self.api.server
         if not server.is_leader:
             return self.api._not_leader(request, server.leader)
-        body = await self._json_body(request) if request.body_exists else {}
+        body = await self.api.json_body(request, MAX_BODY) if request.body_exists else {}
         unknown = set(body) - {"to"}
         if unknown:
             return self.api._error(400, f"unknown fields {sorted(unknown)}")
@@ -235,8 +235,6 @@ class MembersApi:
     # -- helpers --------------------------------------------------------------------------------
 
     def _member(self, name: str) -> Member:
-        from raftly.kv.http import _Reply
-
         conf = self._conf
         member = conf.by_name(name)
         if member is None and not conf.members:
@@ -272,18 +270,6 @@ class MembersApi:
         return self.api._json(200, {"index": index, "member": member_json(now, conf),
                                     "cluster_id": self.api.cluster.cluster_id,
                                     "members": [member_json(m, conf) for m in conf.members]})
-
-    async def _json_body(self, request: web.Request) -> dict[str, object]:
-        from raftly.kv.http import _Reply
-
-        raw = await self.api.read_body(request, MAX_BODY, "body")
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise _Reply(400, "body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise _Reply(400, "body must be a JSON object")
-        return body
 
 
 __all__ = ["MembersApi", "bootstrap_conf", "cluster_view", "member_json", "member_of"]

@@ -15,6 +15,10 @@ STATUS_PATH: Final = "/v1/status"
 MEMBERS_PATH: Final = "/v1/members"
 """The configuration; ``MEMBERS_PATH/{name}`` removes, ``MEMBERS_PATH/{name}/promote`` promotes."""
 TRANSFER_PATH: Final = "/v1/leader/transfer"
+TXN_PATH: Final = "/v1/txn"
+LEASES_PATH: Final = "/v1/leases"
+"""Grant (POST) and list; ``LEASES_PATH/{id}`` reads or revokes, ``.../{id}/keepalive`` renews."""
+WATCH_PATH: Final = "/v1/watch"
 
 CLIENT_HEADER: Final = "X-Raftly-Client"
 """The client's id (1 to 128 characters); with SEQ_HEADER it makes a write exactly-once."""
@@ -47,6 +51,6 @@ def decode_list_item(item: dict[str, str]) -> tuple[str, bytes]:
     return item["key"], base64.b64decode(item["value_base64"])
 
 
-__all__ = ["ACK_HEADER", "CLIENT_HEADER", "KV_PATH", "MEMBERS_PATH", "RETRY_HEADER",
-           "SEQ_HEADER", "STALE_SEQ_CODE", "STATUS_PATH", "TRANSFER_PATH", "decode_list_item",
-           "encode_list_item"]
+__all__ = ["ACK_HEADER", "CLIENT_HEADER", "KV_PATH", "LEASES_PATH", "MEMBERS_PATH",
+           "RETRY_HEADER", "SEQ_HEADER", "STALE_SEQ_CODE", "STATUS_PATH", "TRANSFER_PATH",
+           "TXN_PATH", "WATCH_PATH", "decode_list_item", "encode_list_item"]

@@ -95,6 +95,7 @@ class RunningNode:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.api.close()  # watch streams end with a line saying where to resume
         await self.server.close()
         await self.runner.cleanup()
 
@@ -124,7 +125,8 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
     limits = limits or Limits()
     snapshot = snapshot or SnapshotSettings()
     server = RaftServer(spec.id, storage=storage, transport=transport,
-                        state_machine=KVStateMachine(max_key_bytes=limits.max_key_bytes),
+                        state_machine=KVStateMachine(max_key_bytes=limits.max_key_bytes,
+                                                    history_limit=limits.watch_history),
                         # A joining node starts empty: no member, so it never campaigns.
                         bootstrap=bootstrap_conf(cluster) if bootstrap else ConfState(),
                         config=config, snapshots=snapshots,
@@ -138,6 +140,7 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
         site = web.TCPSite(runner, bind.host, bind.port)
         await site.start()
         await server.start()
+        api.start()
     except BaseException:
         await runner.cleanup()
         await server.close()
@@ -290,7 +293,8 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
                 snapshot: SnapshotSettings | None = None,
                 segment_size: int = DEFAULT_SEGMENT_SIZE, tls: TlsFiles | None = None,
                 client_cert_auth: bool = False, auth: Authorizer | None = None,
-                token: str | None = None, max_connections: int = 1024) -> None:
+                token: str | None = None, max_connections: int = 1024,
+                max_watches: int = 1000) -> None:
     """Run one node until SIGINT or SIGTERM, or until a configuration without it commits.
 
     The node is node ``node_name`` of ``cluster_file``; or, with ``join``, a new node that
@@ -304,10 +308,11 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
     contradicts it (nothing is changed); ``JoinError`` when the cluster cannot be joined.
 
     ``tls``, ``client_cert_auth`` and ``auth`` are as for ``start_node``; ``max_connections``
-    caps the API's open connections. ``token`` is this node's bearer token for other members'
-    APIs.
+    caps the API's open connections, ``max_watches`` its watch streams. ``token`` is this
+    node's bearer token for other members' APIs.
     """
-    limits = replace(limits or Limits(), max_connections=max_connections)
+    limits = replace(limits or Limits(), max_connections=max_connections,
+                     max_watches=max_watches)
     calls = NodeCalls.of(tls, token)
     if join is not None and read_identity(data_dir) is None:
         joined = await request_join(join.endpoints, join.name, join.raft, join.api,

@@ -397,6 +397,10 @@ class KVStateMachine:
         """Every lease, in grant order."""
         return self._leases.infos()
 
+    def lease_ttls(self) -> builtins.list[tuple[int, int]]:
+        """(id, granted TTL) of every lease, in grant order: ``leases`` without the keys."""
+        return self._leases.ttls()
+
     def events_since(self, revision: int, prefix: str = "") -> builtins.list[Event]:
         """Every change from ``revision`` on to a key under ``prefix``, in revision order.
 

@@ -113,6 +113,16 @@ def test_without_security_flags_serve_runs_open_and_plain(served: dict[str, Any]
     assert code == 0, err
     assert served["tls"] is None and served["auth"] is None and served["token"] is None
     assert served["client_cert_auth"] is False and served["max_connections"] == 1024
+    assert served["max_watches"] == 1000
+
+
+def test_max_watches_reaches_serve_and_must_be_positive(served: dict[str, Any],
+                                                         tmp_path: Path) -> None:
+    code, err = raftly(*base(tmp_path), "--max-watches", "3")
+    assert code == 0 and served["max_watches"] == 3, err
+    with pytest.raises(SystemExit) as exited, contextlib.redirect_stderr(io.StringIO()):
+        main([*base(tmp_path), "--max-watches", "0"])
+    assert exited.value.code == 2
 
 
 def test_missing_tls_files_are_one_clear_error(tmp_path: Path) -> None:

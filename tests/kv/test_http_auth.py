@@ -39,6 +39,11 @@ def assert_forbidden(status: int, body: Any, needed: str) -> None:
     ("PUT", "/v1/kv/{key}", Role.WRITE), ("DELETE", "/v1/kv/{key}", Role.WRITE),
     ("POST", "/v1/members", Role.ADMIN), ("POST", "/v1/members/{name}/promote", Role.ADMIN),
     ("DELETE", "/v1/members/{name}", Role.ADMIN), ("POST", "/v1/leader/transfer", Role.ADMIN),
+    ("GET", "/v1/watch", Role.READ), ("GET", "/v1/leases", Role.READ),
+    ("GET", "/v1/leases/{id}", Role.READ),
+    ("DELETE", "/v1/kv", Role.WRITE), ("POST", "/v1/txn", Role.WRITE),
+    ("POST", "/v1/leases", Role.WRITE), ("POST", "/v1/leases/{id}/keepalive", Role.WRITE),
+    ("DELETE", "/v1/leases/{id}", Role.WRITE),
     # A changing route nobody listed needs admin; no route at all (404/405) runs no handler.
     ("PATCH", "/v1/members/{name}", Role.ADMIN), ("POST", None, Role.READ),
 ])
@@ -63,6 +68,37 @@ def test_read_token_reads_but_cannot_write_or_administer() -> None:
                 assert_forbidden(*await as_(s, READ, method, leader.url + path, b"x"), "write")
             await _assert_no_admin(s, READ, leader)
             assert leader.kv.get("k") == b"v", "nothing refused was applied"
+
+    run(main())
+
+
+def test_the_coordination_routes_read_with_a_read_token_and_change_with_a_write_token(
+        ) -> None:
+    async def main() -> None:
+        async with SecureCluster(3, config=FAST, members=True, auth=AUTH) as cluster, \
+                aiohttp.ClientSession() as s:
+            leader = await cluster.wait_for_leader()
+            txn = {"success": [{"put": {"key": "t", "value": "1"}}]}
+            changes = [("POST", "/v1/leases", {"ttl": 60}), ("POST", "/v1/txn", txn),
+                       ("DELETE", "/v1/kv?prefix=t", None)]
+            for method, path, body in changes:
+                assert_forbidden(*await as_(s, READ, method, leader.url + path, body), "write")
+            status, lease = await as_(s, WRITE, "POST", leader.url + "/v1/leases", {"ttl": 60})
+            assert status == 200, lease
+            for method, path in (("POST", f"/v1/leases/{lease['id']}/keepalive"),
+                                 ("DELETE", f"/v1/leases/{lease['id']}")):
+                assert_forbidden(*await as_(s, READ, method, leader.url + path), "write")
+            assert len(leader.kv.leases()) == 1, "nothing refused was applied"
+            for method, path in (("GET", "/v1/leases"), ("GET", f"/v1/leases/{lease['id']}")):
+                assert (await as_(s, READ, method, leader.url + path))[0] == 200, path
+            async with s.get(leader.url + "/v1/watch", headers=bearer(READ)) as resp:
+                assert resp.status == 200
+            assert (await as_(s, None, "GET", leader.url + "/v1/watch"))[0] == 401
+            for method, path, body in changes:
+                assert (await as_(s, WRITE, method, leader.url + path, body))[0] == 200, path
+            for method, path in (("POST", f"/v1/leases/{lease['id']}/keepalive"),
+                                 ("DELETE", f"/v1/leases/{lease['id']}")):
+                assert (await as_(s, WRITE, method, leader.url + path))[0] == 200, path
 
     run(main())
 

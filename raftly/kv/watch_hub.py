@@ -1,0 +1,209 @@
+"""The watch hub of one node: every open watch, fed the events its state machine applies.
+
+A ``Watcher`` is registered and handed its backlog (``events_since``) in one synchronous step
+on the event loop, where applies also run, so no revision falls between the two: it then gets
+every applied revision from its ``from_revision`` on, each exactly once (a revision below its
+next one is skipped), in order. Its events wait in a queue until the stream sends them; a
+watcher whose queue passes ``max_events`` or ``max_bytes`` is cut off (a slow watcher: its
+queue is dropped and it ends with a ``Cancelled`` saying where to resume), never buffered
+without bound.
+
+A snapshot restore replaces the state without events. The hub notices (the store's revision or
+history moved past the last revision it saw) and cancels every watcher that needed a revision
+the restore skipped: it ends, after the events it had, with the revision to resume from (which
+a reconnect will find compacted, or served by a node that has it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+from raftly.kv.history import Event
+from raftly.kv.state_machine import KVStateMachine
+
+logger = logging.getLogger("raftly.kv.watch_hub")
+
+EVENT_OVERHEAD = 128
+"""Bytes counted per queued event beyond its key and value (its JSON line's other fields)."""
+
+
+class TooManyWatches(Exception):
+    """The node serves its ``max_watches`` already."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """A watch's end: why, and the first revision the watcher has not been sent."""
+
+    reason: str
+    next_revision: int
+
+
+class Watcher:
+    """One watch: the events under ``prefix`` from ``next_revision`` on, queued until sent."""
+
+    __slots__ = ("_backlog", "_bytes", "_events", "_hub", "_queue", "_wake", "cancelled",
+                 "next_revision", "prefix")
+
+    def __init__(self, hub: WatchHub, prefix: str, start: int, backlog: list[Event]) -> None:
+        self._hub = hub
+        self.prefix = prefix
+        self.next_revision = start
+        """The first revision not yet offered to this watcher."""
+        self._queue: deque[list[Event]] = deque()
+        """Unsent events, one list per revision (a revision is sent whole or not at all)."""
+        self._events = 0
+        self._bytes = 0
+        self._wake = asyncio.Event()
+        self.cancelled: Cancelled | None = None
+        # The backlog comes from the history, which holds it anyway: it is not counted against
+        # the queue's bounds (a watch starting far back is not a slow watcher).
+        self._backlog: deque[list[Event]] = deque(_by_revision(backlog))
+        if backlog:
+            self.next_revision = max(start, backlog[-1].revision + 1)
+
+    def offer(self, revision: int, events: list[Event]) -> None:
+        """The events of applied revision ``revision`` (all keys; those under the prefix are
+        queued)."""
+        if self.cancelled is not None or revision < self.next_revision:
+            return
+        self.next_revision = revision + 1
+        mine = [e for e in events if e.key.startswith(self.prefix)]
+        if not mine:
+            return
+        self._queue.append(mine)
+        self._events += len(mine)
+        self._bytes += sum(len(e.key) + len(e.value) + EVENT_OVERHEAD for e in mine)
+        hub = self._hub
+        if self._events > hub.max_events or self._bytes > hub.max_bytes:
+            resume = self._queue[0][0].revision
+            self._queue.clear()
+            self._events = self._bytes = 0
+            self.cancel(f"slow watcher: more than {hub.max_events} events or {hub.max_bytes} "
+                        "bytes waited to be sent; reconnect with from_revision = next_revision",
+                        resume)
+        self._wake.set()
+
+    def cancel(self, reason: str, next_revision: int | None = None) -> None:
+        """End the watch once its queued events are sent (``next_revision``: where the client
+        resumes; default the first revision not offered)."""
+        if self.cancelled is None:
+            self.cancelled = Cancelled(reason, next_revision if next_revision is not None
+                                       else self.next_revision)
+            self._wake.set()
+
+    async def next(self, timeout: float) -> list[Event] | Cancelled | None:
+        """The next revision's events, the end of the watch, or None after ``timeout`` seconds
+        with nothing to send (time for a progress line)."""
+        while True:
+            if self._backlog:
+                return self._backlog.popleft()
+            if self._queue:
+                batch = self._queue.popleft()
+                self._events -= len(batch)
+                self._bytes -= sum(len(e.key) + len(e.value) + EVENT_OVERHEAD for e in batch)
+                return batch
+            if self.cancelled is not None:
+                return self.cancelled
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            except TimeoutError:
+                return None
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waits to be sent: it has everything up to the store's revision."""
+        return not self._backlog and not self._queue and self.cancelled is None
+
+    def close(self) -> None:
+        """Unregister (the stream ended)."""
+        self._hub._watchers.discard(self)
+
+
+class WatchHub:
+    """Registers watchers and hands them each applied revision (``kv.on_events``)."""
+
+    def __init__(self, kv: KVStateMachine, *, max_watches: int = 1000,
+                 max_events: int = 10_000, max_bytes: int = 16 << 20) -> None:
+        self.kv = kv
+        self.max_watches = max_watches
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._watchers: set[Watcher] = set()
+        self._seen = kv.revision
+        """The last revision the hub has handed out (or the store had when it started)."""
+        kv.on_events.append(self._on_events)
+
+    def __len__(self) -> int:
+        return len(self._watchers)
+
+    def watch(self, prefix: str, from_revision: int | None) -> Watcher:
+        """A new watcher of ``prefix`` from ``from_revision`` (default: the next revision).
+
+        Raises Compacted when the history no longer reaches back to ``from_revision``, and
+        TooManyWatches at the cap.
+        """
+        if len(self._watchers) >= self.max_watches:
+            raise TooManyWatches(f"this node serves {self.max_watches} watches, the most "
+                                 "allowed (--max-watches)")
+        self.check_restore()
+        kv = self.kv
+        start = kv.revision + 1 if from_revision is None else from_revision
+        # Raises Compacted when the history starts after ``start``.
+        backlog = kv.events_since(start, prefix) if start <= kv.revision else []
+        watcher = Watcher(self, prefix, start, backlog)
+        # Revisions up to the store's are in the backlog (or had nothing under the prefix).
+        watcher.next_revision = max(watcher.next_revision, kv.revision + 1)
+        self._watchers.add(watcher)
+        return watcher
+
+    def _on_events(self, events: list[Event]) -> None:
+        revision = events[0].revision
+        # A restore before this apply moved the history's floor past what was handed out.
+        self._skipped(self.kv.oldest_available_revision - 1, below=revision)
+        self._seen = revision
+        for watcher in list(self._watchers):
+            watcher.offer(revision, events)
+
+    def check_restore(self) -> None:
+        """Cancel the watchers a snapshot restore skipped revisions for, if one happened since
+        the last apply (the store's revision moved without events)."""
+        self._skipped(self.kv.revision, below=self.kv.revision + 1)
+
+    def _skipped(self, floor: int, *, below: int) -> None:
+        if self._seen < floor < below:
+            # Revisions self._seen+1 .. floor were applied by a restore, without events.
+            logger.info("a snapshot restore skipped revisions %d..%d; cancelling the watchers "
+                        "that needed them", self._seen + 1, floor)
+            for watcher in list(self._watchers):
+                if watcher.next_revision <= floor:
+                    watcher.cancel(f"a snapshot restore on this node skipped revisions "
+                                   f"{self._seen + 1} to {floor}; reconnect (to this or "
+                                   "another node) with from_revision = next_revision")
+            self._seen = floor
+
+    def close(self) -> None:
+        """End every watch (the node stops)."""
+        for watcher in list(self._watchers):
+            watcher.cancel("the node is shutting down; reconnect (to another node) with "
+                           "from_revision = next_revision")
+        if self._on_events in self.kv.on_events:
+            self.kv.on_events.remove(self._on_events)
+
+
+def _by_revision(events: list[Event]) -> list[list[Event]]:
+    out: list[list[Event]] = []
+    for event in events:
+        if out and out[-1][0].revision == event.revision:
+            out[-1].append(event)
+        else:
+            out.append([event])
+    return out
+
+
+__all__ = ["Cancelled", "TooManyWatches", "WatchHub", "Watcher"]
