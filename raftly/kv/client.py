@@ -36,7 +36,7 @@ import http.client
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -243,7 +243,7 @@ class Client(_Shell):
         return self._run(leases_call())
 
     def watch(self, prefix: str = "", *, from_revision: int | None = None,
-              progress: bool = False) -> Iterator[WatchEvent]:
+              progress: bool = False) -> Generator[WatchEvent, None, None]:
         """Every change under ``prefix`` from ``from_revision`` (default: from now) on, in
         revision order, for ever: a stream that breaks or goes quiet for ``request_timeout``
         (a node sends progress every 2 s) is resumed on the next endpoint where it stopped,
@@ -440,7 +440,7 @@ class AsyncClient(_Shell):
         return await self._run(leases_call())
 
     async def watch(self, prefix: str = "", *, from_revision: int | None = None,
-                    progress: bool = False) -> AsyncIterator[WatchEvent]:
+                    progress: bool = False) -> AsyncGenerator[WatchEvent, None]:
         """As ``Client.watch``, as an async iterator."""
         import aiohttp
 
