@@ -260,6 +260,7 @@ class Client(_Shell):
                     if event is not None and (progress or event.type != "progress"):
                         yield event
                 last = f"{base}: the stream ended"
+                self._core.rotate()  # ended by the node (shutting down, or cut us off)
             except ConnectionRefusedError as exc:
                 last = f"{base}: {exc}"
                 self._core.rotate()
@@ -274,7 +275,7 @@ class Client(_Shell):
 
     def _stream(self, base: str, cursor: WatchCursor) -> Iterator[WatchEvent | None]:
         """One watch connection to ``base``: its events (None: a line with none) until it
-        ends. A refusal worth retrying elsewhere rotates the endpoint and returns."""
+        ends. A refusal worth retrying elsewhere just returns (the caller moves on)."""
         parts = urlsplit(base)
         timeout = self._core.request_timeout
         conn = (http.client.HTTPSConnection(parts.netloc, timeout=timeout,
@@ -286,7 +287,6 @@ class Client(_Shell):
             raw = conn.getresponse()
             if raw.status != 200:
                 cursor.refused(Response(raw.status, {}, raw.read()))
-                self._core.rotate()
                 return
             yield None  # connected: the retry clock starts again
             while line := raw.readline():
@@ -455,6 +455,7 @@ class AsyncClient(_Shell):
                     if event is not None and (progress or event.type != "progress"):
                         yield event
                 last = f"{base}: the stream ended"
+                self._core.rotate()
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                 cause = _ssl_cause(exc)
                 if cause is not None and (error := tls_failure(base, cause)) is not None:
@@ -480,7 +481,6 @@ class AsyncClient(_Shell):
                                      allow_redirects=False, timeout=timeout) as raw:
             if raw.status != 200:
                 cursor.refused(Response(raw.status, {}, await raw.read()))
-                self._core.rotate()
                 return
             yield None
             async for line in raw.content:
