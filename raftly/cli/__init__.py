@@ -77,10 +77,12 @@ examples:
   raftly kv get greeting
   raftly status                         id, role, term, commit, applied, leader per node
   raftly --endpoints 10.0.0.1:8001,8002 kv list
+  raftly kv watch config/               every change under config/, as it happens
+  raftly lock backup -- ./backup.sh     run a command while holding a distributed lock
 
 Run `raftly COMMAND --help` for a command's options and examples. The client options
---endpoints, --timeout, --cacert, --cert, --key and --token (of kv, status, member and
-leader) go before or after the command.
+--endpoints, --timeout, --cacert, --cert, --key and --token (of kv, status, member, leader,
+lease, lock and election) go before or after the command.
 Exit status: 0 success, 1 error, 2 usage.
 """
 
@@ -132,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
             own = _own_options(parser, args.command)  # `serve --token` is serve's own
             for option, flag in CLIENT_OPTIONS.items():
                 if option in args and option not in own:
-                    raise UsageError(f"{flag} is an option of `raftly kv`, `raftly "
-                                     f"status`, `raftly member` and `raftly leader`, not of "
-                                     f"`raftly {args.command}`")
+                    names = [f"`raftly {name}`" for name in CLIENT_COMMANDS]
+                    raise UsageError(f"{flag} is an option of {', '.join(names[:-1])} and "
+                                     f"{names[-1]}, not of `raftly {args.command}`")
         code: int = args.func(args)
         return code
     except CliError as exc:

@@ -69,7 +69,11 @@ def split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
     if "--" not in argv:
         return argv, None
     cut = argv.index("--")
-    if not any(word in RUNS_COMMAND for word in argv[:cut]):
+    # The command is the first word that is neither an option nor an option's value (the
+    # options before a command all take one: --endpoints, --timeout, --token, ...).
+    words = [word for i, word in enumerate(argv[:cut]) if not word.startswith("-")
+             and not (i and argv[i - 1].startswith("--") and "=" not in argv[i - 1])]
+    if not words or words[0] not in RUNS_COMMAND:
         return argv, None
     return argv[:cut], argv[cut + 1:]
 
