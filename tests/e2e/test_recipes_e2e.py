@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 from e2e_helpers import cli
-from polling import wait_until
+from polling import eventually, wait_until
 
 from raftly.kv.client import AsyncClient, Client, Compare
 from raftly.kv.client_coord import Put
-from raftly.kv.recipes import AsyncLock, Election, Lock
+from raftly.kv.recipes import AsyncElection, AsyncLock, Election, Lock
 from raftly.localcluster import ProcessCluster
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -228,3 +228,55 @@ def test_async_locks_exclude_each_other_within_one_loop(shared_cluster: ProcessC
     assert len(trace) == 8
     for enter, leave in zip(trace[::2], trace[1::2], strict=True):
         assert leave == "exit " + enter.split()[1], trace
+
+
+def test_a_lock_wait_times_out_cleanly_and_a_holder_learns_when_its_lease_is_revoked(
+        shared_cluster: ProcessCluster) -> None:
+    eps = shared_cluster.endpoints
+    with Client(eps, timeout=30) as kv, Client(eps, timeout=30) as other:
+        holder = Lock(kv, "lost", ttl=3)
+        assert holder.acquire()
+        waiter = Lock(other, "lost", ttl=3)
+        assert not waiter.acquire(timeout=1)  # held: gives up, and leaves no key behind
+        assert [e.key for e in other.range("locks/lost/").kvs] == [holder.key]
+        assert holder.lease_id is not None
+        other.lease_revoke(holder.lease_id)  # as if it had expired
+        wait_until("the holder's keepalive noticed", lambda: holder.lost, timeout=15)
+        assert waiter.acquire(timeout=10)
+        waiter.release()
+        holder.release()  # its lease is gone already: nothing to undo, no error
+
+
+def test_an_async_election_hands_over_and_its_observer_follows(
+        shared_cluster: ProcessCluster) -> None:
+    async def scenario() -> list[bytes | None]:
+        async with AsyncClient(shared_cluster.endpoints, timeout=30) as kv:
+            seen: list[bytes | None] = []
+
+            async def observe() -> None:
+                async for value in AsyncElection(kv, "async").observe():
+                    seen.append(value)
+                    if value == b"b":
+                        return
+
+            observer = asyncio.create_task(observe())
+            await eventually(lambda: seen == [None], timeout=15)
+            first, second = AsyncElection(kv, "async", ttl=5), AsyncElection(kv, "async", ttl=5)
+            assert await first.campaign(b"a")
+            contender = asyncio.create_task(second.campaign(b"b"))
+            await eventually(lambda: seen == [None, b"a"], timeout=15)
+
+            async def queued() -> bool:
+                return len((await kv.range("elections/async/")).kvs) == 2
+
+            await eventually(queued, timeout=15)  # else the resign leaves no leader a while
+            assert not contender.done()
+            await first.resign()
+            assert await asyncio.wait_for(contender, 30)
+            leader = await second.leader()
+            assert leader is not None and leader.value == b"b"
+            await asyncio.wait_for(observer, 30)
+            await second.resign()
+            return seen
+
+    assert asyncio.run(scenario()) == [None, b"a", b"b"]
