@@ -203,18 +203,32 @@ class _Observer:
         return True
 
 
-class Election:
+class _Candidacy:
+    """What both elections keep: the name, the TTL, the queue's prefix, the lock that leads."""
+
+    _lock: _Queue | None
+
+    def __init__(self, name: str, ttl: int, prefix: str) -> None:
+        self.name = name
+        self.ttl = ttl
+        self.prefix = _queue_prefix(prefix, name)
+        self._base = prefix
+
+    @property
+    def lost(self) -> bool:
+        """Whether this leader's lease ended (someone else may lead now)."""
+        return self._lock is not None and self._lock.lost
+
+
+class Election(_Candidacy):
     """Leader election among workers: ``campaign(value)`` blocks until this one leads,
     ``resign()`` steps down, ``leader()`` is the current leader's key and value, and
     ``observe()`` yields the leader's value (None: no leader) each time it changes."""
 
     def __init__(self, client: Client, name: str, *, ttl: int = DEFAULT_TTL,
                  prefix: str = "elections/") -> None:
+        super().__init__(name, ttl, prefix)
         self.client = client
-        self.name = name
-        self.ttl = ttl
-        self.prefix = _queue_prefix(prefix, name)
-        self._base = prefix
         self._lock: Lock | None = None
 
     def campaign(self, value: bytes, timeout: float | None = None) -> bool:
@@ -223,11 +237,6 @@ class Election:
             return False
         self._lock = lock
         return True
-
-    @property
-    def lost(self) -> bool:
-        """Whether this leader's lease ended (someone else may lead now)."""
-        return self._lock is not None and self._lock.lost
 
     def resign(self) -> None:
         if self._lock is not None:
@@ -326,16 +335,13 @@ class AsyncLock(_Queue):
         await self.release()
 
 
-class AsyncElection:
+class AsyncElection(_Candidacy):
     """``Election`` for asyncio; ``observe()`` is an async iterator."""
 
     def __init__(self, client: AsyncClient, name: str, *, ttl: int = DEFAULT_TTL,
                  prefix: str = "elections/") -> None:
+        super().__init__(name, ttl, prefix)
         self.client = client
-        self.name = name
-        self.ttl = ttl
-        self.prefix = _queue_prefix(prefix, name)
-        self._base = prefix
         self._lock: AsyncLock | None = None
 
     async def campaign(self, value: bytes, timeout: float | None = None) -> bool:
@@ -344,10 +350,6 @@ class AsyncElection:
             return False
         self._lock = lock
         return True
-
-    @property
-    def lost(self) -> bool:
-        return self._lock is not None and self._lock.lost
 
     async def resign(self) -> None:
         if self._lock is not None:
