@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from raftly.kv.client_coord import (
+    WATCH_SILENCE,
     CompactedError,
     Compare,
     Entry,
@@ -245,8 +246,9 @@ class Client(_Shell):
     def watch(self, prefix: str = "", *, from_revision: int | None = None,
               progress: bool = False) -> Generator[WatchEvent, None, None]:
         """Every change under ``prefix`` from ``from_revision`` (default: from now) on, in
-        revision order, for ever: a stream that breaks or goes quiet for ``request_timeout``
-        (a node sends progress every 2 s) is resumed on the next endpoint where it stopped,
+        revision order, for ever: a stream that breaks, ends, or stays silent for
+        ``WATCH_SILENCE`` seconds (or ``request_timeout`` if longer; a node sends a progress
+        line every 2 s when idle) is resumed on the next endpoint where it stopped,
         with no gap and no duplicate. ``progress=True`` also yields the progress events.
         ``CompactedError`` if the cluster no longer keeps ``from_revision``;
         ``UnavailableError`` if no node serves the watch for ``timeout`` seconds."""
@@ -277,7 +279,7 @@ class Client(_Shell):
         """One watch connection to ``base``: its events (None: a line with none) until it
         ends. A refusal worth retrying elsewhere just returns (the caller moves on)."""
         parts = urlsplit(base)
-        timeout = self._core.request_timeout
+        timeout = max(self._core.request_timeout, WATCH_SILENCE)
         conn = (http.client.HTTPSConnection(parts.netloc, timeout=timeout,
                                             context=self._context())
                 if parts.scheme == "https" else
@@ -476,7 +478,8 @@ class AsyncClient(_Shell):
         url = yarl.URL(base + cursor.path(), encoded=True)
         tls = self._context() if url.scheme == "https" else True
         timeout = aiohttp.ClientTimeout(total=None, connect=self._core.request_timeout,
-                                        sock_read=self._core.request_timeout)
+                                        sock_read=max(self._core.request_timeout,
+                                                      WATCH_SILENCE))
         async with self._session.get(url, headers=self._core.headers, ssl=tls,
                                      allow_redirects=False, timeout=timeout) as raw:
             if raw.status != 200:

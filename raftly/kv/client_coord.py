@@ -20,6 +20,7 @@ from raftly.kv.client_core import Call, ClientError, RequestError, Response, _ch
 from raftly.kv.protocol import KV_PATH, LEASES_PATH, TXN_PATH, WATCH_PATH, encode_list_item
 
 __all__ = [
+    "WATCH_SILENCE",
     "CompactedError",
     "Compare",
     "Delete",
@@ -43,6 +44,11 @@ __all__ = [
     "range_call",
     "txn_call",
 ]
+
+
+WATCH_SILENCE = 10.0
+"""Seconds without a line after which a watch stream counts as dead: a node sends a progress
+line every 2 s when it has nothing else to send."""
 
 
 class CompactedError(ClientError):
