@@ -303,7 +303,8 @@ def _decode_txn(resp: Response) -> TxnResult:
 
 def _json_items(items: Sequence[Any]) -> list[Any]:
     # An item is one of the dataclasses above, or already in the API's JSON form.
-    return [item.to_json() if hasattr(item, "to_json") else dict(item) for item in items]
+    return [item.to_json() if isinstance(item, Compare | Put | Delete | Get) else dict(item)
+            for item in items]
 
 
 def txn_call(compare: Sequence[Compare | Mapping[str, Any]],
