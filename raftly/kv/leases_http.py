@@ -50,7 +50,9 @@ class LeasesApi:
 
     def _lease_id(self, request: web.Request) -> int:
         text = request.match_info["id"]
-        if not text.isascii() or not text.isdigit() or not _int_in(int(text), 1, MAX_INT):
+        # The length first: int() of thousands of digits is refused (or slow).
+        if (not text.isascii() or not text.isdigit() or len(text) > len(str(MAX_INT))
+                or not _int_in(int(text), 1, MAX_INT)):
             raise Reply(400, f"a lease id is an integer from 1 to {MAX_INT}")
         return int(text)
 

@@ -68,6 +68,12 @@ class WatchApi:
             # the watch ends here (a live client reconnects from its last revision + 1).
             if request.transport is not None:
                 request.transport.abort()
+        except Exception:
+            # Past the headers no error answer can be sent: log it and break the stream, which
+            # the client sees as a lost connection and resumes from.
+            logger.exception("watch stream of %s failed", request.remote)
+            if request.transport is not None:
+                request.transport.abort()
         finally:
             watcher.close()
         return response

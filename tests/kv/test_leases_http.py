@@ -27,6 +27,16 @@ async def grant(s: aiohttp.ClientSession, node: RunningNode, ttl: int, **extra: 
     return status, body
 
 
+async def leased_key(s: aiohttp.ClientSession, node: RunningNode, ttl: int, key: str) -> int:
+    """A new lease of ``ttl`` seconds with ``key`` (value ``x``) attached; its id."""
+    status, lease = await grant(s, node, ttl)
+    assert status == 200, lease
+    status, body, _ = await call(s, "PUT", node.url + f"/v1/kv/{key}?lease={lease['id']}",
+                                 data=b"x")
+    assert status == 200, body
+    return int(lease["id"])
+
+
 def leader_of(cluster: LocalCluster) -> RunningNode | None:
     leaders = [n for n in cluster.nodes if not n.closed and n.server.is_leader]
     return leaders[0] if len(leaders) == 1 else None
@@ -36,8 +46,9 @@ def test_grant_read_keepalive_and_revoke_a_lease() -> None:
     async def main() -> None:
         async with LocalCluster(3, config=FAST) as cluster, aiohttp.ClientSession() as s:
             leader = await cluster.wait_for_leader()
-            status, lease = await grant(s, leader, 60)
-            assert status == 200 and lease["ttl"] == 60 and lease["id"] == lease["index"]
+            status, granted = await grant(s, leader, 60)
+            assert status == 200 and granted["ttl"] == 60 and granted["id"] == granted["index"]
+            lease = granted["id"]
             status, other = await grant(s, leader, 30, id=12345)
             assert status == 200 and other["id"] == 12345
             status, body = await grant(s, leader, 30, id=12345)
@@ -47,33 +58,34 @@ def test_grant_read_keepalive_and_revoke_a_lease() -> None:
                 status, body, _ = await call(s, "POST", leader.url + "/v1/leases",
                                              data=json.dumps(bad).encode())
                 assert status == 400 and "field" in body, bad
-            await call(s, "PUT", leader.url + f"/v1/kv/a?lease={lease['id']}", data=b"1")
-            await call(s, "PUT", leader.url + f"/v1/kv/b?lease={lease['id']}", data=b"2")
+            await call(s, "PUT", leader.url + f"/v1/kv/a?lease={lease}", data=b"1")
+            await call(s, "PUT", leader.url + f"/v1/kv/b?lease={lease}", data=b"2")
             status, body, _ = await call(s, "POST",
-                                         leader.url + f"/v1/leases/{lease['id']}/keepalive")
-            assert status == 200 and body == {"id": lease["id"], "ttl": 60}
+                                         leader.url + f"/v1/leases/{lease}/keepalive")
+            assert status == 200 and body == {"id": lease, "ttl": 60}
             status, listed, _ = await call(s, "GET", leader.url + "/v1/leases")
-            assert status == 200 and [x["id"] for x in listed] == [lease["id"], 12345]
+            assert status == 200 and [x["id"] for x in listed] == [lease, 12345]
             assert listed[0]["keys"] == ["a", "b"] and 59 < listed[0]["remaining"] <= 60
             follower = followers(cluster, leader)[0]
-            await eventually(lambda: follower.kv.lease(lease["id"]) is not None)
-            status, one, _ = await call(s, "GET", follower.url + f"/v1/leases/{lease['id']}")
+            await eventually(lambda: follower.kv.lease(lease) is not None)
+            status, one, _ = await call(s, "GET", follower.url + f"/v1/leases/{lease}")
             # A follower counts nothing down: it does not know the remaining time.
             assert status == 200 and one["remaining"] is None and one["keys"] == ["a", "b"]
-            for method, path in (("POST", f"/v1/leases/{lease['id']}/keepalive"),
-                                 ("DELETE", f"/v1/leases/{lease['id']}"),
+            for method, path in (("POST", f"/v1/leases/{lease}/keepalive"),
+                                 ("DELETE", f"/v1/leases/{lease}"),
                                  ("POST", "/v1/leases")):
                 status, _, headers = await call(s, method, follower.url + path, data=b"{}")
                 assert status == 307 and headers["Location"].endswith(path), path
-            status, body, _ = await call(s, "DELETE", leader.url + f"/v1/leases/{lease['id']}")
+            status, body, _ = await call(s, "DELETE", leader.url + f"/v1/leases/{lease}")
             assert status == 200 and body["deleted"] == 2 and body["revision"] == body["index"]
             assert leader.kv.get("a") is None and leader.kv.get("b") is None
-            for method, path in (("DELETE", f"/v1/leases/{lease['id']}"),
-                                 ("POST", f"/v1/leases/{lease['id']}/keepalive"),
-                                 ("GET", f"/v1/leases/{lease['id']}")):
+            for method, path in (("DELETE", f"/v1/leases/{lease}"),
+                                 ("POST", f"/v1/leases/{lease}/keepalive"),
+                                 ("GET", f"/v1/leases/{lease}")):
                 status, body, _ = await call(s, method, leader.url + path)
                 assert status == 404 and body["code"] == "lease_not_found", path
-            assert (await call(s, "GET", leader.url + "/v1/leases/abc"))[0] == 400
+            for bad in ("abc", "0", "9" * 5000, str(1 << 63)):
+                assert (await call(s, "GET", leader.url + f"/v1/leases/{bad}"))[0] == 400, bad
 
     run(main())
 
@@ -98,11 +110,10 @@ def test_an_expired_lease_deletes_its_keys_only_after_the_ttl() -> None:
             leader = await cluster.wait_for_leader()
             loop = asyncio.get_running_loop()
             sent = loop.time()
-            _, lease = await grant(s, leader, 1)
-            await call(s, "PUT", leader.url + f"/v1/kv/ephemeral?lease={lease['id']}", data=b"x")
+            lease = await leased_key(s, leader, 1, "ephemeral")
             gone = await wait_deleted(leader, "ephemeral", earliest=sent + 1)
             assert gone < sent + 5, "expired within a few seconds of its TTL"
-            assert leader.kv.lease(lease["id"]) is None
+            assert leader.kv.lease(lease) is None
             for node in cluster.nodes:  # replicated: every node deleted it
                 await eventually(lambda n=node: n.kv.get("ephemeral") is None)  # type: ignore[misc]
 
@@ -114,14 +125,13 @@ def test_a_lease_kept_alive_never_expires_and_expires_once_the_keepalives_stop()
         async with LocalCluster(3, config=FAST) as cluster, aiohttp.ClientSession() as s:
             leader = await cluster.wait_for_leader()
             loop = asyncio.get_running_loop()
-            _, lease = await grant(s, leader, 1)
-            await call(s, "PUT", leader.url + f"/v1/kv/held?lease={lease['id']}", data=b"x")
+            lease = await leased_key(s, leader, 1, "held")
             end = loop.time() + 3.0  # three TTLs
             last = loop.time()
             while loop.time() < end:
                 sent = loop.time()
                 status, body, _ = await call(
-                    s, "POST", leader.url + f"/v1/leases/{lease['id']}/keepalive")
+                    s, "POST", leader.url + f"/v1/leases/{lease}/keepalive")
                 assert status == 200 and body["ttl"] == 1, body
                 last = sent
                 while loop.time() < sent + 0.3:
@@ -137,11 +147,10 @@ def test_a_leader_change_restarts_every_countdown_instead_of_expiring_early() ->
         async with LocalCluster(3, config=FAST) as cluster, aiohttp.ClientSession() as s:
             leader = await cluster.wait_for_leader()
             loop = asyncio.get_running_loop()
-            _, lease = await grant(s, leader, 2)
-            await call(s, "PUT", leader.url + f"/v1/kv/k?lease={lease['id']}", data=b"x")
+            lease = await leased_key(s, leader, 2, "k")
             kept = loop.time()
             status, _, _ = await call(s, "POST",
-                                      leader.url + f"/v1/leases/{lease['id']}/keepalive")
+                                      leader.url + f"/v1/leases/{lease}/keepalive")
             assert status == 200
             # Most of the TTL passes, then the lead moves: the new leader counts the whole TTL
             # from its election, so the key outlives the old deadline (kept + 2).
@@ -163,8 +172,7 @@ def test_keepalives_through_leader_changes_keep_the_lease() -> None:
         async with LocalCluster(3, config=FAST) as cluster, aiohttp.ClientSession() as s:
             leader = await cluster.wait_for_leader()
             loop = asyncio.get_running_loop()
-            _, lease = await grant(s, leader, 2)
-            await call(s, "PUT", leader.url + f"/v1/kv/k?lease={lease['id']}", data=b"x")
+            lease = await leased_key(s, leader, 2, "k")
             stop = False
 
             async def keep_alive() -> None:
@@ -175,7 +183,7 @@ def test_keepalives_through_leader_changes_keep_the_lease() -> None:
                     if current is not None:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(call(
-                                s, "POST", current.url + f"/v1/leases/{lease['id']}/keepalive"),
+                                s, "POST", current.url + f"/v1/leases/{lease}/keepalive"),
                                 0.4)
                     await asyncio.sleep(0.2)
 
@@ -195,3 +203,17 @@ def test_keepalives_through_leader_changes_keep_the_lease() -> None:
                 await task
 
     run(main(), timeout=60)
+
+
+def test_a_grant_past_the_lease_cap_is_429_too_many_leases() -> None:
+    async def main() -> None:
+        async with LocalCluster(3, config=FAST) as cluster, aiohttp.ClientSession() as s:
+            leader = await cluster.wait_for_leader()
+            for node in cluster.nodes:  # the cap is the state machine's, equal on every node
+                node.kv.max_leases = 1
+            assert (await grant(s, leader, 60))[0] == 200
+            status, body = await grant(s, leader, 60)
+            assert status == 429 and body["code"] == "too_many_leases", body
+            assert len(leader.kv.leases()) == 1
+
+    run(main())
