@@ -48,12 +48,18 @@ def _queue_prefix(prefix: str, name: str) -> str:
     return f"{prefix}{name}/"
 
 
-def _predecessor(kvs: Sequence[Entry], key: str) -> str | None:
-    """The key just before ``key`` in the queue (None: ``key`` is first, it holds).
-    LockLostError if ``key`` is not in the queue any more."""
+def _mine(kvs: Sequence[Entry], key: str) -> Entry:
+    """``key``'s entry in the queue; LockLostError if it is not there any more."""
     mine = next((entry for entry in kvs if entry.key == key), None)
     if mine is None:
         raise LockLostError(f"{key} is gone: its lease expired or was revoked")
+    return mine
+
+
+def _predecessor(kvs: Sequence[Entry], key: str) -> str | None:
+    """The key just before ``key`` in the queue (None: ``key`` is first, it holds).
+    LockLostError if ``key`` is not in the queue any more."""
+    mine = _mine(kvs, key)
     earlier = [entry for entry in kvs if entry.create_revision < mine.create_revision]
     return max(earlier, key=lambda e: e.create_revision).key if earlier else None
 
@@ -73,11 +79,16 @@ class _Queue:
         self.key: str | None = None
         self.lost = False
         """Set when a keepalive found the lease gone: the lock may be someone else's now."""
+        self.revision: int | None = None
+        """Once held: the create revision of ``key``. Fence a write on it with a txn whose
+        compare is ``Compare(key, "create_revision", "=", revision)``: it fails once the lock
+        is lost, even if this holder has not noticed yet."""
 
     def _enter(self, lease_id: int) -> str:
         self.lease_id = lease_id
         self.key = f"{self.prefix}{lease_id:x}"
         self.lost = False
+        self.revision = None
         return self.key
 
     def _period(self) -> float:
@@ -122,6 +133,7 @@ class Lock(_Queue):
                 page = self.client.range(self.prefix, limit=10000)
                 before = _predecessor(page.kvs, key)
                 if before is None:
+                    self.revision = _mine(page.kvs, key).create_revision
                     return True
                 if not self._wait_deleted(before, page.revision + 1, deadline):
                     self.release()
@@ -152,7 +164,9 @@ class Lock(_Queue):
                 except LeaseNotFoundError:
                     self._lease_gone()
                     return
-                except ClientError as exc:  # the next round tries again, within the TTL
+                except Exception as exc:
+                    # The next round tries again, within the TTL: a keepalive thread that
+                    # died on an unexpected error would lose the lock silently.
                     log.warning("keepalive of lease %s failed: %s", self.lease_id, exc)
 
     def release(self) -> None:
@@ -164,7 +178,7 @@ class Lock(_Queue):
         if self.lease_id is not None:
             with contextlib.suppress(LeaseNotFoundError):
                 self.client.lease_revoke(self.lease_id)  # deletes the key with it
-        self.lease_id = self.key = None
+        self.lease_id = self.key = self.revision = None
 
     def __enter__(self) -> Lock:
         self.acquire()
@@ -283,6 +297,7 @@ class AsyncLock(_Queue):
                     page = await self.client.range(self.prefix, limit=10000)
                     before = _predecessor(page.kvs, key)
                     if before is None:
+                        self.revision = _mine(page.kvs, key).create_revision
                         return True
                     await self._wait_deleted(before, page.revision + 1)
         except TimeoutError:
@@ -312,7 +327,7 @@ class AsyncLock(_Queue):
             except LeaseNotFoundError:
                 self._lease_gone()
                 return
-            except ClientError as exc:
+            except Exception as exc:  # as in Lock._keep_alive: the next round tries again
                 log.warning("keepalive of lease %s failed: %s", self.lease_id, exc)
 
     async def release(self) -> None:
@@ -324,7 +339,7 @@ class AsyncLock(_Queue):
         if self.lease_id is not None:
             with contextlib.suppress(LeaseNotFoundError):
                 await self.client.lease_revoke(self.lease_id)
-        self.lease_id = self.key = None
+        self.lease_id = self.key = self.revision = None
 
     async def __aenter__(self) -> AsyncLock:
         await self.acquire()

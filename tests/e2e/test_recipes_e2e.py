@@ -236,11 +236,18 @@ def test_a_lock_wait_times_out_cleanly_and_a_holder_learns_when_its_lease_is_rev
     with Client(eps, timeout=30) as kv, Client(eps, timeout=30) as other:
         holder = Lock(kv, "lost", ttl=3)
         assert holder.acquire()
+        assert holder.key is not None and holder.revision is not None
+        entry = kv.get_entry(holder.key)
+        assert entry is not None and entry.create_revision == holder.revision
+        fence = [Compare(holder.key, "create_revision", "=", holder.revision)]
+        assert kv.txn(fence, [Put("fenced", b"by the holder")]).succeeded
         waiter = Lock(other, "lost", ttl=3)
         assert not waiter.acquire(timeout=1)  # held: gives up, and leaves no key behind
         assert [e.key for e in other.range("locks/lost/").kvs] == [holder.key]
         assert holder.lease_id is not None
         other.lease_revoke(holder.lease_id)  # as if it had expired
+        # A holder that has not noticed yet is fenced off all the same.
+        assert not kv.txn(fence, [Put("fenced", b"too late")]).succeeded
         wait_until("the holder's keepalive noticed", lambda: holder.lost, timeout=15)
         assert waiter.acquire(timeout=10)
         waiter.release()
