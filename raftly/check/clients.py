@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import random
 import ssl
 from collections.abc import Sequence
@@ -52,6 +53,7 @@ import aiohttp
 
 from raftly.check.history import HistoryWriter
 from raftly.kv.client_core import redirect_url
+from raftly.kv.protocol import TXN_PATH
 from raftly.testing.history import Function, Status
 
 # Why an op failed or has an unknown outcome, in words a reader of the summary knows.
@@ -119,6 +121,10 @@ class Workload:
     read_ratio: float = 0.5
     write_ratio: float = 0.3
     """The rest are compare-and-sets."""
+    txn: bool = False
+    """Every op as a ``POST /v1/txn`` (``--workload txn``): a read is a txn get, a write a put
+    attached to the run's lease, a cas a compare on the value with a put in its success
+    branch; the same register model is checked."""
 
     @property
     def key_names(self) -> list[str]:
@@ -146,6 +152,8 @@ class ClientPool:
     rng: random.Random
     context: ssl.SSLContext | None = None
     """For https nodes: the client TLS context (the cluster's CA)."""
+    lease: int = 0
+    """The lease the txn workload's puts attach to (granted for longer than the run)."""
     _processes: itertools.count[int] = field(default_factory=itertools.count)
     recent: dict[str, list[str]] = field(default_factory=dict)
     """Recently seen values per key: cas expectations are drawn from them, so some succeed."""
@@ -251,7 +259,10 @@ class ClientPool:
         method = "GET" if f == "read" else "PUT"
         params: dict[str, str] = {}
         data: bytes | None = None
-        if f == "write":
+        if self.workload.txn:
+            url, method, data = f"{self.urls[node]}{TXN_PATH}", "POST", txn_body(
+                f, key, value, self.lease)
+        elif f == "write":
             assert isinstance(value, str)
             data = value.encode()
         elif f == "cas":
@@ -281,6 +292,8 @@ class ClientPool:
                     url = target
                     at = self._name_of(url)
                     continue
+                if self.workload.txn:
+                    return self._classify_txn(f, status, body, at)
                 return self._classify(f, status, body, at)
         # Every hop answered 307: nothing was proposed anywhere.
         return Outcome("fail", node=at, error="too many redirects", reason=REDIRECTS)
@@ -311,4 +324,39 @@ class ClientPool:
         return Outcome("info", node=node, error=f"{status} {text[:200]}", reason=reason)
 
 
-__all__ = ["ClientPool", "Outcome", "Workload"]
+    @classmethod
+    def _classify_txn(cls, f: Function, status: int, body: bytes, node: str) -> Outcome:
+        """A txn's answer: 200 with the branch taken and the get's value; anything else as
+        the plain ops' (``_classify``)."""
+        if status != 200:
+            return cls._classify(f, status, body, node)
+        try:
+            answer = json.loads(body)
+            succeeded, results = bool(answer["succeeded"]), answer["results"]
+            if f == "read":
+                kv = results[0]["kv"]
+                return Outcome("ok", None if kv is None else str(kv["value"]), node)
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            # Applied or not, nobody can tell from this: unknown for a write, a fail for a read.
+            return Outcome("fail" if f == "read" else "info", node=node,
+                           error=f"malformed txn answer: {exc}", reason="malformed answer")
+        if f == "cas" and not succeeded:
+            return Outcome("fail", node=node, error="compare failed", reason=CAS_MISS)
+        return Outcome("ok", node=node)
+
+
+def txn_body(f: Function, key: str, value: object, lease: int) -> bytes:
+    """The ``POST /v1/txn`` body of one op of the txn workload."""
+    if f == "read":
+        return json.dumps({"success": [{"get": {"key": key}}]}).encode()
+    attach = {"lease": lease} if lease else {}
+    if f == "write":
+        return json.dumps({"success": [{"put": {"key": key, "value": str(value),
+                                                **attach}}]}).encode()
+    assert isinstance(value, Sequence) and len(value) == 2
+    return json.dumps({
+        "compare": [{"key": key, "target": "value", "op": "=", "value": str(value[0])}],
+        "success": [{"put": {"key": key, "value": str(value[1]), **attach}}]}).encode()
+
+
+__all__ = ["ClientPool", "Outcome", "Workload", "txn_body"]

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long clients and faults run (default 60)")
     p.add_argument("--clients", type=int, default=10, help="concurrent clients (default 10)")
     p.add_argument("--keys", type=int, default=8, help="number of keys (default 8)")
+    p.add_argument("--workload", choices=("kv", "txn"), default="kv",
+                   help="kv: reads, writes and compare-and-sets of /v1/kv (default); txn: the "
+                        "same ops as POST /v1/txn, the writes attached to a lease")
     p.add_argument("--nemesis", default="partition,kill,pause",
                    help="comma-separated faults: partition, kill, pause, membership (add a "
                         "node, remove one, replace the leader); 'none' for none (default: "
@@ -141,7 +144,8 @@ def _main(args: argparse.Namespace) -> int:
                                op_timeout=args.op_timeout, fsync=args.fsync,
                                budget=args.check_budget,
                                unsafe_stale_reads=args.unsafe_stale_reads,
-                               snapshot_entries=args.snapshot_entries, tls=args.tls))
+                               snapshot_entries=args.snapshot_entries, tls=args.tls,
+                               txn=args.workload == "txn"))
     except SetupError as exc:
         print(f"raftly check: {exc}", file=sys.stderr)
         return 2
@@ -294,10 +298,11 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
               op_timeout: float = 1.5, fsync: str = "always", budget: float = 60.0,
               unsafe_stale_reads: bool = False, timing: Timing | None = None,
               recovery_timeout: float = 30.0, snapshot_entries: int | None = None,
-              tls: bool = False) -> int:
+              tls: bool = False, txn: bool = False) -> int:
     """One full run into ``out``; returns the exit status (see the module docstring).
 
-    ``tls``: the nodes serve TLS on both ports with certificates in ``out/certs``.
+    ``tls``: the nodes serve TLS on both ports with certificates in ``out/certs``. ``txn``:
+    the txn workload (``Workload.txn``).
     """
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("history.jsonl", "nemesis.jsonl", "report.html", "result.json"):
@@ -309,10 +314,10 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
     nlog = NemesisLog(out / "nemesis.jsonl")
     cluster: ProcessCluster | None = None
     faults = schedule(seed, [n.name for n in spec.nodes], duration, nemeses)
-    workload = Workload(clients=clients, keys=keys, rate=rate, op_timeout=op_timeout)
+    workload = Workload(clients=clients, keys=keys, rate=rate, op_timeout=op_timeout, txn=txn)
     print(f"raftly check: {nodes} nodes, {duration:g}s, {clients} clients, {keys} keys, "
           f"nemesis {','.join(nemeses) or 'none'}, seed {seed}, out {out}"
-          + (", TLS" if tls else ""), flush=True)
+          + (", TLS" if tls else "") + (", txn workload" if txn else ""), flush=True)
     started = time.time()
     try:
         await network.start()
@@ -325,6 +330,8 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
         pool = ClientPool({name: cluster.url(name) for name in cluster.names}, history,
                           workload, random.Random(rng.getrandbits(64)),
                           context=cluster.ssl_context())
+        if txn:
+            pool.lease = await _run_lease(cluster)
         target = _Target(network, cluster, pool)
         nemesis = Nemesis(faults, target, nlog, _leader_guess(cluster))
         await _run_under_faults(pool, nemesis, nlog, duration)
@@ -346,7 +353,8 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
                   settings={"nodes": nodes, "time (s)": duration, "clients": clients,
                             "keys": keys, "nemesis": ",".join(nemeses) or "none",
                             "seed": seed, "fsync": fsync, "tls": tls,
-                            "snapshot entries": snapshot_entries or "default"})
+                            "snapshot entries": snapshot_entries or "default",
+                            "workload": "txn" if txn else "kv"})
 
 
 def _start_cluster(out: Path, spec: ClusterSpec, network: Network, *, timing: Timing | None,
@@ -364,6 +372,16 @@ def _start_cluster(out: Path, spec: ClusterSpec, network: Network, *, timing: Ti
                             tls_dir=tls_dir)
     cluster.start()
     return cluster
+
+
+async def _run_lease(cluster: ProcessCluster) -> int:
+    """A lease for the txn workload's puts, longer than any run: it never expires meanwhile
+    (a leader change restarts its countdown), so the keys behave as registers."""
+    from raftly.kv.client import AsyncClient
+
+    async with AsyncClient(cluster.urls, timeout=30,
+                           ssl_context=cluster.ssl_context()) as client:
+        return (await client.lease_grant(86400)).id
 
 
 def _leader_guess(cluster: ProcessCluster) -> Callable[[], Awaitable[str | None]]:

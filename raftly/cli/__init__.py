@@ -6,6 +6,7 @@ Each subcommand lives in its own module and imports what it needs only when it r
 - ``serve`` (serve.py): one node of a key-value cluster;
 - ``cluster up`` (cluster.py): a local cluster of real processes in the foreground;
 - ``kv put|get|del|cas|list``, ``status`` (kv.py): the service from a shell;
+- ``kv watch|txn``, ``lease``, ``lock``, ``election`` (coord.py): coordination from a shell;
 - ``demo`` (demo.py, sim_demo.py): a failover with real processes, or on the simulator;
 - ``certs init|add`` (certs.py): a cluster's TLS certificates;
 - ``fuzz``: the simulator's randomized fault schedules; ``check``: raftly.check's fault-injecting
@@ -23,7 +24,7 @@ import sys
 from collections.abc import Callable
 
 from raftly import __version__
-from raftly.cli import certs, cluster, demo, kv, member, serve
+from raftly.cli import certs, cluster, coord, demo, kv, member, serve
 from raftly.cli.common import (
     CLIENT_OPTIONS,
     EXIT_ERROR,
@@ -66,7 +67,7 @@ PASS_THROUGH: dict[str, Callable[[list[str]], int]] = {
 
 # The commands that talk to a cluster as a client, and so take the client options
 # (--endpoints, --timeout, --cacert, --cert, --key, --token).
-CLIENT_COMMANDS = ("kv", "status", "member", "leader")
+CLIENT_COMMANDS = ("kv", "status", "member", "leader", "lease", "lock", "election")
 
 EPILOG = """\
 examples:
@@ -76,10 +77,12 @@ examples:
   raftly kv get greeting
   raftly status                         id, role, term, commit, applied, leader per node
   raftly --endpoints 10.0.0.1:8001,8002 kv list
+  raftly kv watch config/               every change under config/, as it happens
+  raftly lock backup -- ./backup.sh     run a command while holding a distributed lock
 
 Run `raftly COMMAND --help` for a command's options and examples. The client options
---endpoints, --timeout, --cacert, --cert, --key and --token (of kv, status, member and
-leader) go before or after the command.
+--endpoints, --timeout, --cacert, --cert, --key and --token (of kv, status, member, leader,
+lease, lock and election) go before or after the command.
 Exit status: 0 success, 1 error, 2 usage.
 """
 
@@ -96,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parser(commands)
     cluster.add_parser(commands)
     kv.add_parsers(commands)
+    coord.add_parsers(commands, kv.run_client_command)
     member.add_parsers(commands)
     demo.add_parser(commands)
     certs.add_parser(commands)
@@ -122,14 +126,17 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] in PASS_THROUGH:
             return PASS_THROUGH[argv[0]](argv[1:])
         parser = build_parser()
+        argv, command = coord.split_command(argv)
         args = parser.parse_args(argv)
+        if command is not None:
+            args.command_argv = command
         if args.command not in CLIENT_COMMANDS:
             own = _own_options(parser, args.command)  # `serve --token` is serve's own
             for option, flag in CLIENT_OPTIONS.items():
                 if option in args and option not in own:
-                    raise UsageError(f"{flag} is an option of `raftly kv`, `raftly "
-                                     f"status`, `raftly member` and `raftly leader`, not of "
-                                     f"`raftly {args.command}`")
+                    names = [f"`raftly {name}`" for name in CLIENT_COMMANDS]
+                    raise UsageError(f"{flag} is an option of {', '.join(names[:-1])} and "
+                                     f"{names[-1]}, not of `raftly {args.command}`")
         code: int = args.func(args)
         return code
     except CliError as exc:

@@ -16,6 +16,7 @@ import json
 import sys
 from typing import Any
 
+from raftly.cli import coord
 from raftly.cli.common import (
     CliError,
     add_client_options,
@@ -23,6 +24,7 @@ from raftly.cli.common import (
     check_cluster_id,
     client_options,
     cluster_id_mismatch,
+    positive_int,
     refusal,
 )
 from raftly.kv.protocol import encode_list_item
@@ -66,6 +68,9 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     put.add_argument("key")
     put.add_argument("value", nargs="?", help="the value (default: read all of stdin)")
+    put.add_argument("--lease", type=positive_int, default=None, metavar="ID",
+                     help="attach the key to lease ID (`raftly lease grant`): it is deleted "
+                          "when the lease ends")
     put.set_defaults(func=run_client_command, kv_func=_do_put)
 
     get = sub.add_parser("get", help="print KEY's value (exit 1 if there is none)",
@@ -101,9 +106,10 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     lst.add_argument("--stale", action="store_true", help="read one node's own copy")
     lst.set_defaults(func=run_client_command, kv_func=_do_list)
 
-    for p in (kv, put, get, delete, cas, lst):
+    coordination = coord.add_kv_parsers(sub, run_client_command)
+    for p in (kv, put, get, delete, cas, lst, *coordination):
         add_client_options(p)
-    for p in (put, get, delete, cas, lst):
+    for p in (put, get, delete, cas, lst, *coordination):
         add_cluster_id_argument(p)
 
     status = commands.add_parser(
@@ -176,7 +182,7 @@ def _arg_bytes(text: str) -> bytes:
 
 def _do_put(client: Any, args: argparse.Namespace) -> int:
     value = sys.stdin.buffer.read() if args.value is None else _arg_bytes(args.value)
-    index = client.put(args.key, value)
+    index = client.put(args.key, value, lease=args.lease)
     print(f"OK (index {index})")
     return 0
 

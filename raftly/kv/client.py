@@ -36,12 +36,35 @@ import http.client
 import socket
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
+from raftly.kv.client_coord import (
+    WATCH_SILENCE,
+    CompactedError,
+    Compare,
+    Entry,
+    Lease,
+    LeaseInfo,
+    LeaseNotFoundError,
+    Op,
+    Page,
+    TxnResult,
+    WatchCursor,
+    WatchEvent,
+    delete_prefix_call,
+    get_entry_call,
+    lease_grant_call,
+    lease_keepalive_call,
+    lease_revoke_call,
+    leases_call,
+    put_lease_call,
+    range_call,
+    txn_call,
+)
 from raftly.kv.client_core import (
     Attempt,
     Call,
@@ -98,14 +121,27 @@ class _Shell:
                  fail_fast: bool = False, cacert: PathLike | None = None,
                  cert: PathLike | None = None, key: PathLike | None = None,
                  token: str | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
+        self._options: dict[str, Any] = dict(
+            timeout=timeout, request_timeout=request_timeout, fail_fast=fail_fast, token=token)
         self._ssl = tls_context(cacert, cert, key, ssl_context)
+        self._client_cert = cert is not None or ssl_context is not None
         self._core = ClientCore(endpoints, timeout, request_timeout, client_id,
                                 fail_fast=fail_fast, tls=self._ssl is not None, token=token,
-                                client_cert=cert is not None or ssl_context is not None)
+                                client_cert=self._client_cert)
         self._connections_closed()
 
     def _connections_closed(self) -> None:
         """Start with (or go back to) no open connection."""
+
+    def _fork_options(self) -> dict[str, Any]:
+        """What a new client needs to reach the same cluster the same way (its own session)."""
+        return {**self._options, "ssl_context": self._ssl}
+
+    def _watch_deadline_passed(self, since: float, now: float, last: str) -> None:
+        """A watch found no node to stream from since ``since``: give up after ``timeout``."""
+        if now - since >= self._core.timeout:
+            raise UnavailableError(f"watch: no node served the watch within "
+                                   f"{self._core.timeout}s (last: {last})")
 
     @property
     def client_id(self) -> str:
@@ -146,9 +182,11 @@ class Client(_Shell):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def put(self, key: str, value: bytes) -> int:
-        """Store ``value``; return the log index at which it was applied."""
-        return self._run(put_call(key, value))
+    def put(self, key: str, value: bytes, *, lease: int | None = None) -> int:
+        """Store ``value``; return the log index (= revision) at which it was applied. With
+        ``lease`` the key is deleted when that lease ends (``LeaseNotFoundError`` if it has)."""
+        return self._run(put_call(key, value) if lease is None
+                         else put_lease_call(key, value, lease))
 
     def get(self, key: str, *, stale: bool = False) -> bytes | None:
         return self._run(get_call(key, stale))
@@ -161,9 +199,102 @@ class Client(_Shell):
         """Set ``key`` to ``new`` if it is ``old`` now; return whether it was swapped."""
         return self._run(cas_call(key, old, new))
 
+    def fork(self) -> Client:
+        """A new client for the same endpoints, TLS and token, with its own session: for
+        another thread (a ``Client`` is not thread-safe)."""
+        return Client(list(self._core.endpoints), **self._fork_options())
+
     def list(self, prefix: str = "", limit: int = 1000, *, stale: bool = False
              ) -> builtins.list[tuple[str, bytes]]:
         return self._run(list_call(prefix, limit, stale))
+
+    def get_entry(self, key: str, *, stale: bool = False) -> Entry | None:
+        """``key`` with its metadata (revisions, version, lease), or None."""
+        return self._run(get_entry_call(key, stale))
+
+    def range(self, prefix: str = "", *, limit: int = 1000, start_after: str | None = None,
+              stale: bool = False) -> Page:
+        """One page of the keys under ``prefix`` with their metadata, and the store's revision."""
+        return self._run(range_call(prefix, limit, start_after, stale))
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every key under ``prefix`` (non-empty) in one revision; return how many."""
+        return self._run(delete_prefix_call(prefix))
+
+    def txn(self, compare: Sequence[Compare | Mapping[str, Any]] = (),
+            success: Sequence[Op | Mapping[str, Any]] = (),
+            failure: Sequence[Op | Mapping[str, Any]] = ()) -> TxnResult:
+        """If every compare holds run ``success``, else ``failure``, atomically in one
+        revision. Items are ``Compare``/``Put``/``Delete``/``Get`` or the API's JSON objects."""
+        return self._run(txn_call(compare, success, failure))
+
+    def lease_grant(self, ttl: int, *, id: int | None = None) -> Lease:
+        """A new lease of ``ttl`` seconds (1 to 86400)."""
+        return self._run(lease_grant_call(ttl, id))
+
+    def lease_keepalive(self, lease_id: int) -> int:
+        """Restart the lease's countdown; return its TTL. ``LeaseNotFoundError`` if it ended."""
+        return self._run(lease_keepalive_call(lease_id))
+
+    def lease_revoke(self, lease_id: int) -> int:
+        """End the lease now; return how many keys were deleted with it."""
+        return self._run(lease_revoke_call(lease_id))
+
+    def leases(self) -> builtins.list[LeaseInfo]:
+        return self._run(leases_call())
+
+    def watch(self, prefix: str = "", *, from_revision: int | None = None,
+              progress: bool = False) -> Generator[WatchEvent, None, None]:
+        """Every change under ``prefix`` from ``from_revision`` (default: from now) on, in
+        revision order, for ever: a stream that breaks, ends, or stays silent for
+        ``WATCH_SILENCE`` seconds (or ``request_timeout`` if longer; a node sends a progress
+        line every 2 s when idle) is resumed on the next endpoint where it stopped,
+        with no gap and no duplicate. ``progress=True`` also yields the progress events.
+        ``CompactedError`` if the cluster no longer keeps ``from_revision``;
+        ``UnavailableError`` if no node serves the watch for ``timeout`` seconds."""
+        cursor = WatchCursor(prefix, from_revision)
+        since, attempt, last = time.monotonic(), 0, "nothing tried"
+        while True:
+            base = self._core.target
+            try:
+                for event in self._stream(base, cursor):
+                    since, attempt = time.monotonic(), 0
+                    if event is not None and (progress or event.type != "progress"):
+                        yield event
+                last = f"{base}: the stream ended"
+                self._core.rotate()  # ended by the node (shutting down, or cut us off)
+            except ConnectionRefusedError as exc:
+                last = f"{base}: {exc}"
+                self._core.rotate()
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                if (error := tls_failure(base, exc)) is not None:
+                    raise error from None
+                last = f"{base}: {type(exc).__name__}: {exc}"
+                self._core.rotate()
+            self._watch_deadline_passed(since, time.monotonic(), last)
+            time.sleep(self._core.backoff(attempt))
+            attempt += 1
+
+    def _stream(self, base: str, cursor: WatchCursor) -> Iterator[WatchEvent | None]:
+        """One watch connection to ``base``: its events (None: a line with none) until it
+        ends. A refusal worth retrying elsewhere just returns (the caller moves on)."""
+        parts = urlsplit(base)
+        timeout = max(self._core.request_timeout, WATCH_SILENCE)
+        conn = (http.client.HTTPSConnection(parts.netloc, timeout=timeout,
+                                            context=self._context())
+                if parts.scheme == "https" else
+                http.client.HTTPConnection(parts.netloc, timeout=timeout))
+        try:
+            conn.request("GET", cursor.path(), headers=self._core.headers)
+            raw = conn.getresponse()
+            if raw.status != 200:
+                cursor.refused(Response(raw.status, {}, raw.read()))
+                return
+            yield None  # connected: the retry clock starts again
+            while line := raw.readline():
+                yield cursor.line(line)
+        finally:
+            conn.close()
 
     def members(self) -> builtins.list[dict[str, Any]]:
         """The cluster's members (``/v1/members``); their API addresses become endpoints."""
@@ -262,8 +393,9 @@ class AsyncClient(_Shell):
             await self._session.close()
             self._session = None
 
-    async def put(self, key: str, value: bytes) -> int:
-        return await self._run(put_call(key, value))
+    async def put(self, key: str, value: bytes, *, lease: int | None = None) -> int:
+        return await self._run(put_call(key, value) if lease is None
+                               else put_lease_call(key, value, lease))
 
     async def get(self, key: str, *, stale: bool = False) -> bytes | None:
         return await self._run(get_call(key, stale))
@@ -277,6 +409,85 @@ class AsyncClient(_Shell):
     async def list(self, prefix: str = "", limit: int = 1000, *, stale: bool = False
                    ) -> builtins.list[tuple[str, bytes]]:
         return await self._run(list_call(prefix, limit, stale))
+
+    def fork(self) -> AsyncClient:
+        """A new client for the same endpoints, TLS and token, with its own session."""
+        return AsyncClient(list(self._core.endpoints), **self._fork_options())
+
+    async def get_entry(self, key: str, *, stale: bool = False) -> Entry | None:
+        return await self._run(get_entry_call(key, stale))
+
+    async def range(self, prefix: str = "", *, limit: int = 1000,
+                    start_after: str | None = None, stale: bool = False) -> Page:
+        return await self._run(range_call(prefix, limit, start_after, stale))
+
+    async def delete_prefix(self, prefix: str) -> int:
+        return await self._run(delete_prefix_call(prefix))
+
+    async def txn(self, compare: Sequence[Compare | Mapping[str, Any]] = (),
+                  success: Sequence[Op | Mapping[str, Any]] = (),
+                  failure: Sequence[Op | Mapping[str, Any]] = ()) -> TxnResult:
+        return await self._run(txn_call(compare, success, failure))
+
+    async def lease_grant(self, ttl: int, *, id: int | None = None) -> Lease:
+        return await self._run(lease_grant_call(ttl, id))
+
+    async def lease_keepalive(self, lease_id: int) -> int:
+        return await self._run(lease_keepalive_call(lease_id))
+
+    async def lease_revoke(self, lease_id: int) -> int:
+        return await self._run(lease_revoke_call(lease_id))
+
+    async def leases(self) -> builtins.list[LeaseInfo]:
+        return await self._run(leases_call())
+
+    async def watch(self, prefix: str = "", *, from_revision: int | None = None,
+                    progress: bool = False) -> AsyncGenerator[WatchEvent, None]:
+        """As ``Client.watch``, as an async iterator."""
+        import aiohttp
+
+        loop = asyncio.get_running_loop()
+        cursor = WatchCursor(prefix, from_revision)
+        since, attempt, last = loop.time(), 0, "nothing tried"
+        while True:
+            base = self._core.target
+            try:
+                async for event in self._stream(base, cursor):
+                    since, attempt = loop.time(), 0
+                    if event is not None and (progress or event.type != "progress"):
+                        yield event
+                last = f"{base}: the stream ended"
+                self._core.rotate()
+            except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+                cause = _ssl_cause(exc)
+                if cause is not None and (error := tls_failure(base, cause)) is not None:
+                    raise error from None
+                last = f"{base}: {type(exc).__name__}: {exc}"
+                self._core.rotate()
+            self._watch_deadline_passed(since, loop.time(), last)
+            await asyncio.sleep(self._core.backoff(attempt))
+            attempt += 1
+
+    async def _stream(self, base: str, cursor: WatchCursor
+                      ) -> AsyncIterator[WatchEvent | None]:
+        import aiohttp
+        import yarl
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        url = yarl.URL(base + cursor.path(), encoded=True)
+        tls = self._context() if url.scheme == "https" else True
+        timeout = aiohttp.ClientTimeout(total=None, connect=self._core.request_timeout,
+                                        sock_read=max(self._core.request_timeout,
+                                                      WATCH_SILENCE))
+        async with self._session.get(url, headers=self._core.headers, ssl=tls,
+                                     allow_redirects=False, timeout=timeout) as raw:
+            if raw.status != 200:
+                cursor.refused(Response(raw.status, {}, await raw.read()))
+                return
+            yield None
+            async for line in raw.content:
+                yield cursor.line(line)
 
     async def members(self) -> builtins.list[dict[str, Any]]:
         """The cluster's members (``/v1/members``); their API addresses become endpoints."""
@@ -412,5 +623,7 @@ def _hopeless(tries: Attempt[T], base: str, exc: BaseException) -> ClientError |
     return tries.hopeless(base, cause) if cause is not None else None
 
 
-__all__ = ["AsyncClient", "Client", "ClientError", "HandshakeError", "OutcomeUnknownError",
-           "RequestError", "UnavailableError", "handshake_failure", "request_json", "tls_context"]
+__all__ = ["AsyncClient", "Client", "ClientError", "CompactedError", "Compare", "Entry",
+           "HandshakeError", "Lease", "LeaseInfo", "LeaseNotFoundError", "OutcomeUnknownError",
+           "Page", "RequestError", "TxnResult", "UnavailableError", "WatchEvent",
+           "handshake_failure", "request_json", "tls_context"]

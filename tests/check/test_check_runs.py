@@ -61,6 +61,19 @@ def test_pause_and_kill_five_nodes(tmp_path: Path) -> None:
     assert_passed(code, result, out)
 
 
+def test_the_txn_workload_with_a_lease_is_linearizable_under_partitions_and_kills(
+        tmp_path: Path) -> None:
+    out = tmp_path / "txn"
+    code, result = run_check(out, "--nodes", "3", "--time", "15", "--clients", "6",
+                             "--keys", "4", "--nemesis", "partition,kill", "--seed", "13",
+                             "--workload", "txn")
+    assert_no_node_left(out)
+    assert_passed(code, result, out)
+    ops = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    # Compares that found another value are recorded as failed cas, as the kv workload's 412s.
+    assert any(op["type"] == "fail" and op.get("reason") == "412 cas miss" for op in ops)
+
+
 def test_the_harness_catches_stale_reads(tmp_path: Path) -> None:
     """A build whose GETs skip ReadIndex, partitioned: a node cut off from the majority keeps
     answering reads from its old state while the majority moves on."""

@@ -80,3 +80,19 @@ def test_401_and_403_say_what_to_do() -> None:
     assert "--token or $RAFTLY_TOKEN" in refusal(401, "no token")
     assert refusal(403, "too low").startswith("forbidden (403): too low")
     assert refusal(409, "in flight") == "refused (409): in flight"
+
+
+def test_the_command_after_a_double_dash_is_split_off_only_for_lock_and_election() -> None:
+    from raftly.cli.coord import split_command
+
+    assert split_command(["lock", "--ttl", "5", "x", "--", "sh", "-c", "exit 3"]) == (
+        ["lock", "--ttl", "5", "x"], ["sh", "-c", "exit 3"])
+    assert split_command(["election", "campaign", "e", "v", "--", "a", "--", "b"]) == (
+        ["election", "campaign", "e", "v"], ["a", "--", "b"])
+    assert split_command(["kv", "put", "--", "-k", "v"]) == (["kv", "put", "--", "-k", "v"],
+                                                              None)
+    assert split_command(["lock", "x"]) == (["lock", "x"], None)
+    assert split_command(["kv", "put", "lock", "--", "v"]) == (["kv", "put", "lock", "--", "v"],
+                                                               None)
+    assert split_command(["--endpoints", "h:1", "lock", "x", "--", "c"]) == (
+        ["--endpoints", "h:1", "lock", "x"], ["c"])
