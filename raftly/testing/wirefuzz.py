@@ -659,11 +659,11 @@ class _Records(logging.Handler):
 
 
 def _hostile_stream(rng: random.Random, corpus: dict[str, list[bytes]], cluster_id: str,
-                    me: int) -> tuple[str, bytes]:
-    """(scenario, bytes) for one hostile connection; every scenario ends in something bad."""
+                    me: int, node: int) -> tuple[str, bytes]:
+    """(scenario, bytes) for one hostile connection claiming to be ``node`` (when it gets that
+    far); every scenario ends in something the transport must refuse."""
     frame = codec.encode_frame
     kind = rng.randrange(7)
-    node = rng.choice((3, 4, 99, MAX_INT - 1))
     hello = frame(codec.encode_handshake(cluster_id, node))
     if kind == 0:
         return "random bytes", rng.randbytes(rng.randrange(1, 200))
@@ -694,9 +694,13 @@ def _hostile_stream(rng: random.Random, corpus: dict[str, list[bytes]], cluster_
     return "mutated messages", hello + body + b"\xff\xff\xff\xff"
 
 
-async def _hostile_connection(address: tuple[str, int], data: bytes, timeout: float) -> bool:
-    """Send ``data``, then read until the transport closes; False if it did not in time."""
+async def _hostile_connection(address: tuple[str, int], data: bytes, timeout: float,
+                              opened: asyncio.Future[int]) -> bool:
+    """Send ``data``, then read until the transport closes; False if it did not in time.
+
+    ``opened`` gets the local port (the transport's log lines name it)."""
     reader, writer = await asyncio.open_connection(*address)
+    opened.set_result(writer.get_extra_info("sockname")[1])
     try:
         writer.write(data)
         with contextlib.suppress(OSError):
@@ -726,13 +730,17 @@ async def _legit_round(sender: Any, received: list[Message], seq: int, deadline:
     return False
 
 
-async def run_sockets(connections: int, seed: int = 0, *, legit_every: int = 100,
-                      timeout: float = 10.0) -> SocketReport:
-    """Hostile connections to a live TcpTransport on 127.0.0.1, one after another.
+_FIRST_HOSTILE_ID = 1000
+"""Hostile connections claim ids from here, one each, so log lines can be told apart."""
 
-    Each must be closed by the transport with exactly one WARNING line about it and no
-    traceback; every ``legit_every`` connections (and at the end) a legitimate peer's heartbeat
-    must still be delivered.
+
+async def run_sockets(connections: int, seed: int = 0, *, concurrency: int = 100,
+                      timeout: float = 10.0) -> SocketReport:
+    """Hostile connections to a live TcpTransport on 127.0.0.1, ``concurrency`` at a time.
+
+    Each must be closed by the transport with exactly one WARNING line about it (found by its
+    port or its claimed node id) and nothing logged at ERROR or with a traceback; after every
+    batch a legitimate peer's heartbeat must still be delivered.
     """
     from raftly.transport.tcp import TcpTransport  # the socket part alone needs it
 
@@ -746,49 +754,57 @@ async def run_sockets(connections: int, seed: int = 0, *, legit_every: int = 100
     received: list[Message] = []
     handler = _Records()
     log = logging.getLogger("raftly.transport")
+    saved = log.level, log.propagate
     log.addHandler(handler)
-    old_level = log.level
     log.setLevel(logging.DEBUG)
+    log.propagate = False  # counted here, not printed
     report = SocketReport()
     started = time.perf_counter()
     try:
         await target.start(received.append)
         await peer.start(lambda m: None)
         peer.set_peers({1: target.listen_address})
-        for i in range(connections):
-            scenario, data = _hostile_stream(rng, corpus, cluster_id, 1)
-            # The peer's transport logs to the same logger: count the listener's lines only.
+        for first in range(0, connections, concurrency):
+            ids = range(_FIRST_HOSTILE_ID + first,
+                        _FIRST_HOSTILE_ID + min(first + concurrency, connections))
+            streams = [_hostile_stream(rng, corpus, cluster_id, 1, node) for node in ids]
             before = len(handler.records)
-            closed = await _hostile_connection(target.listen_address, data, timeout)
-            report.connections += 1
-            await asyncio.sleep(0)
-            lines = [r for r in handler.records[before:] if r.levelno >= logging.WARNING
-                     and r.getMessage().startswith("node 1: ")]
-            tracebacks = [r for r in handler.records[before:] if r.exc_info is not None
-                          or r.levelno >= logging.ERROR]
-            outcome = "closed" if closed else "left open"
-            report.outcomes[f"{scenario}: {outcome}, {len(lines)} warning line(s)"] += 1
-            if not closed:
-                report.findings.append(f"{scenario}: not closed within {timeout}s: {data.hex()}")
-            if tracebacks:
-                report.findings.append(f"{scenario}: error logged: {tracebacks[0].getMessage()}")
-            if len(lines) != 1:
-                shown = "; ".join(r.getMessage() for r in lines)
-                report.findings.append(f"{scenario}: {len(lines)} warning lines ({shown}) for "
-                                       f"{data[:64].hex()}")
-            if (i + 1) % legit_every == 0 or i + 1 == connections:
-                if await _legit_round(peer, received, i, timeout):
-                    report.legit_rounds += 1
-                else:
-                    report.findings.append(f"legitimate peer not served after {i + 1} "
-                                           "hostile connections")
-                received.clear()
+            ports = [asyncio.get_running_loop().create_future() for _ in streams]
+            closed = await asyncio.gather(*(
+                _hostile_connection(target.listen_address, data, timeout, port)
+                for (_, data), port in zip(streams, ports, strict=True)))
+            await asyncio.sleep(0.01)  # the transport's last lines, after its close
+            records = handler.records[before:]
+            for record in records:
+                if record.exc_info is not None or record.levelno >= logging.ERROR:
+                    report.findings.append(f"logged at {record.levelname}: {record.getMessage()}")
+            for node, (scenario, data), port, ok in zip(ids, streams, ports, closed,
+                                                           strict=True):
+                report.connections += 1
+                mine = re.compile(rf"127\.0\.0\.1:{port.result()}\b|\bnode {node}\b")
+                lines = [r for r in records if r.levelno >= logging.WARNING
+                         and mine.search(r.getMessage())]
+                outcome = "closed" if ok else "left open"
+                report.outcomes[f"{scenario}: {outcome}, {len(lines)} warning line(s)"] += 1
+                if not ok:
+                    report.findings.append(f"{scenario}: not closed within {timeout}s: "
+                                           f"{data[:64].hex()}")
+                if len(lines) != 1:
+                    shown = "; ".join(r.getMessage() for r in lines)
+                    report.findings.append(f"{scenario}: {len(lines)} warning lines ({shown}) "
+                                           f"for {data[:64].hex()}")
+            if await _legit_round(peer, received, first, timeout):
+                report.legit_rounds += 1
+            else:
+                report.findings.append(f"legitimate peer not served after {first} hostile "
+                                       "connections")
+            received.clear()
     finally:
         report.seconds = time.perf_counter() - started
         await peer.close()
         await target.close()
         log.removeHandler(handler)
-        log.setLevel(old_level)
+        log.level, log.propagate = saved
     return report
 
 
@@ -848,7 +864,6 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(report.lines()))
         findings += len(report.findings)
     if args.connections:
-        logging.basicConfig(level=logging.CRITICAL)  # the counts say it; the lines are noise
         sockets = asyncio.run(run_sockets(args.connections, args.seed))
         print("\n".join(sockets.lines()))
         findings += len(sockets.findings)
