@@ -29,6 +29,7 @@ from aiohttp import web
 from raftly.core.errors import NotLeader, ProposalDropped
 from raftly.core.types import ConfState
 from raftly.kv.cluster_file import ClusterSpec, NodeSpec
+from raftly.kv.http_errors import JsonErrorRunner
 from raftly.kv.members_http import MembersApi, cluster_view
 from raftly.kv.protocol import (
     ACK_HEADER,
@@ -434,12 +435,13 @@ def _parse_int(text: str) -> int:
 
 
 def make_runner(app: web.Application, limits: Limits | None = None) -> web.AppRunner:
-    """An AppRunner whose request-line limit admits the longest key (percent-encoded, 3x)."""
+    """An AppRunner whose request-line limit admits the longest key (percent-encoded, 3x), and
+    that answers malformed HTTP with a JSON error (``http_errors``)."""
     limits = limits or Limits()
     max_line = max(8190, 3 * limits.max_key_bytes + 64 * 1024)
     # shutdown_timeout: the Raft server closes first and answers its waiters, so a long grace
     # period for open requests would only delay the exit.
-    return web.AppRunner(app, access_log=None, max_line_size=max_line,
+    return JsonErrorRunner(app, access_log=None, max_line_size=max_line,
                          max_field_size=16 * 1024, shutdown_timeout=2.0)
 
 
