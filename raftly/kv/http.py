@@ -24,7 +24,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from raftly.core.errors import NotLeader, ProposalDropped
 from raftly.core.types import ConfState
@@ -193,6 +193,11 @@ class KVApi:
 
     async def _body(self, request: web.Request) -> bytes:
         limit = self.limits.max_value_bytes
+        coding = request.headers.get(hdrs.TRANSFER_ENCODING)
+        if coding is not None and coding.rsplit(",", 1)[-1].strip().lower() != "chunked":
+            # aiohttp reads such a body as empty (the bytes become the "next request"); RFC 9112
+            # says the length cannot be known, so refuse rather than store an empty value.
+            raise _Reply(400, f"unsupported Transfer-Encoding {coding!r}")
         if request.content_length is not None and request.content_length > limit:
             raise _Reply(413, f"value larger than {limit} bytes")
         # Read in chunks so an oversized body without Content-Length is cut off early rather
@@ -200,7 +205,12 @@ class KVApi:
         chunks: list[bytes] = []
         size = 0
         while True:
-            chunk = await request.content.readany()
+            try:
+                chunk = await request.content.readany()
+            except ConnectionResetError:
+                # The client went away mid-body: nothing to store, nobody to answer, and no
+                # traceback to log (it is the client's doing, and any client can do it).
+                raise _Reply(400, "connection lost inside the request body") from None
             if not chunk:
                 break
             size += len(chunk)

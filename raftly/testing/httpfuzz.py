@@ -235,14 +235,19 @@ def generate(rng: random.Random) -> Request:
             headers.append(b"Content-Length: %d" % len(encoded))  # request smuggling shape
         body, value, complete = encoded, (value if ok else None), False
     elif framing < 0.85:  # odd framing headers
-        headers += rng.sample([b"Content-Length: 3", b"Content-Length: 4", b"Content-Length: -1",
-                               b"Content-Length: abc", b"Content-Length: 0x10",
-                               b"Content-Length: 99999999999999999999999",
-                               b"Content-Length:  3 ", b"Transfer-Encoding: chunked",
-                               b"Transfer-Encoding: chunked"], rng.randrange(1, 4))
+        odd = rng.sample([b"Content-Length: 3", b"Content-Length: 4", b"Content-Length: -1",
+                          b"Content-Length: abc", b"Content-Length: 0x10",
+                          b"Content-Length: 99999999999999999999999",
+                          b"Content-Length:  3 ", b"Transfer-Encoding: chunked",
+                          b"Transfer-Encoding: chunked"], rng.randrange(1, 4))
+        headers += odd
         value, complete = None, False
+        plain = re.fullmatch(rb"Content-Length: *(\d{1,6}) *", odd[0]) if len(odd) == 1 else None
+        if plain is not None:  # one plain Content-Length after all (spaces allowed): it holds
+            told = int(plain.group(1))
+            value = body[:told] if told <= len(body) else None
     else:
-        value = None if body else b""  # no framing: the body (if any) is the next "request"
+        value = b""  # no framing: an empty body, and what follows is the next "request"
     for _ in range(rng.choice((0, 0, 1, 3))):
         headers.append(rng.choice((
             b"X-Big: " + b"a" * rng.choice((100, 20_000, 100_000)),
