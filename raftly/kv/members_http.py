@@ -284,7 +284,7 @@ class MembersApi:
             raise _Reply(413, f"body larger than {MAX_BODY} bytes")
         try:
             body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # nesting past the stack
             raise _Reply(400, "body is not valid JSON") from None
         if not isinstance(body, dict):
             raise _Reply(400, "body must be a JSON object")

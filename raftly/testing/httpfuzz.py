@@ -133,6 +133,15 @@ _QUERIES = ("", "?", "?prefix=", "?prefix=f&limit=3", "?limit=-1", "?limit=99999
 _WRITING = re.compile(rb"^(POST|DELETE|PATCH) +(/v1/members|/v1/leader)")
 
 
+def _spoil_changes(data: bytes) -> bytes:
+    """Never a valid membership change or leadership transfer: it would change the cluster
+    under test (a JSON object body becomes invalid JSON; deep arrays stay)."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if _WRITING.match(head) and body.lstrip()[:1] == b"{":
+        body = body.replace(b"{", b"!", 1)
+    return head + sep + body
+
+
 def _key(rng: random.Random) -> str:
     return _FUZZ_PREFIX + "".join(rng.choice(_KEY_PIECES) for _ in range(rng.randrange(0, 5)))
 
@@ -155,6 +164,13 @@ def _encode_line(text: str, rng: random.Random) -> bytes:
     return text.encode("utf-8" if rng.random() < 0.7 else "latin-1", "replace")
 
 
+def _nested_json(rng: random.Random) -> bytes:
+    """JSON, most of it nested deeper than the interpreter's stack (json.loads recurses)."""
+    depth = rng.choice((1, 10, 2000, 5000, 100_000))
+    opener, closer = rng.choice(((b"[", b"]"), (b'{"a":', b"}")))
+    return opener * depth + b"1" + closer * depth
+
+
 def _body(rng: random.Random) -> bytes:
     roll = rng.random()
     if roll < 0.4:
@@ -163,10 +179,8 @@ def _body(rng: random.Random) -> bytes:
         return b""
     if roll < 0.65:
         return b"x" * rng.choice((1 << 20, (1 << 20) + 1, 2 << 20))  # at and beyond the limit
-    if roll < 0.8:  # JSON, some of it deeply nested (json.loads recurses)
-        depth = rng.choice((1, 10, 5000, 100_000))
-        opener, closer = rng.choice(((b"[", b"]"), (b'{"a":', b"}")))
-        return opener * depth + b"1" + closer * depth
+    if roll < 0.8:
+        return _nested_json(rng)
     return json.dumps({"name": "zz", "raft": "127.0.0.1:1", "api": rng.choice(("x", 1, None))}
                       ).encode()
 
@@ -210,6 +224,12 @@ def generate(rng: random.Random) -> Request:
         return _well_formed(rng)
     if roll < 0.15:
         return Request("garbage", rng.randbytes(rng.randrange(1, 400)), complete=False)
+    if roll < 0.18:  # the JSON routes: never a valid change (an object body is spoilt below)
+        body = _nested_json(rng) if rng.random() < 0.5 else _body(rng)
+        path = rng.choice((MEMBERS_PATH, TRANSFER_PATH, MEMBERS_PATH + "/zz/promote"))
+        data = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n").encode() + body
+        return Request("json route", _spoil_changes(data), complete=True)
     method = rng.choice(_METHODS) if rng.random() < 0.3 else rng.choice(("PUT", "GET", "DELETE"))
     version = rng.choice(("HTTP/1.1",) * 8 + ("HTTP/1.0", "HTTP/2.0", "HTTP/9.9", "HTTP/1.1x",
                                               "", "http/1.1"))
@@ -264,9 +284,7 @@ def generate(rng: random.Random) -> Request:
     if rng.random() < 0.02:
         headers += [b"X-Many-%d: y" % i for i in range(rng.choice((200, 5000)))]
     head = line + b"\r\n" + b"\r\n".join(headers) + b"\r\n\r\n"
-    data = head + body
-    if _WRITING.match(data) and (body.lstrip()[:1] == b"{"):
-        data = data.replace(b"{", b"!", 1)  # never a valid membership change or transfer
+    data = _spoil_changes(head + body)
     if not line.startswith(b"PUT "):
         value = None
     kind = ("chunked" if framing >= 0.6 and framing < 0.75 else "content-length lie"
@@ -434,8 +452,11 @@ async def run(inputs: int, seed: int = 0, *, nodes: int = 1, concurrency: int = 
     report.memory_peak = report.memory_start
     handler = _Records()
     watched = [logging.getLogger(name) for name in ("raftly", "aiohttp")]
+    levels = [log.level for log in watched]
     for log in watched:
         log.addHandler(handler)
+        if log.getEffectiveLevel() > logging.ERROR:  # seen here even when the root is quieter
+            log.setLevel(logging.ERROR)
     applied: list[tuple[int, bytes, Any]] = []
     acks: dict[int, _Ack] = {}
     started = time.perf_counter()
@@ -496,8 +517,9 @@ async def run(inputs: int, seed: int = 0, *, nodes: int = 1, concurrency: int = 
             report.memory_peak = max(report.memory_peak, _rss())
             await _check_state(report, address, machine, applied, acks)
     finally:
-        for log in watched:
+        for log, level in zip(watched, levels, strict=True):
             log.removeHandler(handler)
+            log.setLevel(level)
     for record in handler.records:
         report.add("logged", f"{record.levelname} {record.name}: {record.getMessage()[:150]}",
                    b"")

@@ -90,3 +90,22 @@ def test_a_client_that_leaves_inside_its_body_stores_nothing_and_logs_no_traceba
     with caplog.at_level(logging.DEBUG):
         run(go())
     assert not _errors(caplog)
+
+
+@pytest.mark.parametrize("path", ["/v1/members", "/v1/leader/transfer"])
+def test_json_nested_past_the_stack_is_a_400_not_a_logged_500(
+    path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = b"[" * 5000 + b"]" * 5000  # json.loads raises RecursionError, not ValueError
+
+    async def go() -> None:
+        async with LocalCluster(1, config=FAST) as cluster:
+            node = await cluster.wait_for_leader()
+            request = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+                       "Connection: close\r\n\r\n").encode() + body
+            assert _json_error(await _exchange(node, request), 400)["error"] == (
+                "body is not valid JSON")
+
+    with caplog.at_level(logging.DEBUG):
+        run(go())
+    assert not _errors(caplog)

@@ -29,8 +29,8 @@ def test_a_short_fixed_seed_run_finds_nothing() -> None:
 def test_every_generated_kind_of_request_occurs() -> None:
     rng = random.Random(0)
     kinds = {httpfuzz.generate(rng).kind for _ in range(500)}
-    assert kinds == {"well-formed", "garbage", "hostile", "chunked", "content-length lie",
-                     "odd framing"}
+    assert kinds == {"well-formed", "garbage", "json route", "hostile", "chunked",
+                     "content-length lie", "odd framing"}
 
 
 def test_the_harness_reports_a_stalled_request_the_node_keeps_open() -> None:
