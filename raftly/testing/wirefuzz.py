@@ -73,14 +73,18 @@ from raftly.transport.framing import read_frame
 
 __all__ = [
     "SLOW_INPUT",
+    "TARGETS",
     "Finding",
     "Invalid",
     "Report",
     "SocketReport",
+    "Target",
+    "check_input",
     "check_message",
     "main",
     "mutate",
     "run",
+    "run_atheris",
     "run_sockets",
     "seed_corpus",
 ]
@@ -166,10 +170,8 @@ def _check_conf(conf: ConfState, what: str) -> None:
         raise Invalid(f"{what}: a node is both voter and learner")
 
 
-_FIELD_CHECKS: dict[str, Callable[[object, str], None]] = {
-    "int": _uint,
-    "NodeId": _uint,
-}
+_INT_FIELDS = ("int", "NodeId")
+"""Field annotations (strings: the dataclasses use postponed annotations) of integers."""
 
 
 def check_message(msg: object, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
@@ -180,8 +182,8 @@ def check_message(msg: object, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
     for f in fields(msg):
         value = getattr(msg, f.name)
         kind = str(f.type)
-        if kind in _FIELD_CHECKS:
-            _FIELD_CHECKS[kind](value, f"{name}.{f.name}")
+        if kind in _INT_FIELDS:
+            _uint(value, f"{name}.{f.name}")
         elif kind == "bool" and type(value) is not bool:
             raise Invalid(f"{name}.{f.name} = {value!r}: not a bool")
         elif kind == "bytes" and type(value) is not bytes:
