@@ -47,6 +47,7 @@ from raftly.kv.protocol import (
     STATUS_PATH,
     TRANSFER_PATH,
 )
+from raftly.testing.wirefuzz import Records
 
 __all__ = ["HttpReport", "Request", "Response", "check_response", "generate", "main",
            "parse_response", "run"]
@@ -420,15 +421,6 @@ def _rss() -> int:
     return 0
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 async def _put(address: tuple[str, int], key: str, value: bytes) -> Response | None:
     data = (f"PUT {KV_PATH}/{key} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(value)}\r\n"
             "Connection: close\r\n\r\n").encode() + value
@@ -450,7 +442,7 @@ async def run(inputs: int, seed: int = 0, *, nodes: int = 1, concurrency: int = 
     rng = random.Random(seed)
     report = HttpReport(memory_start=_rss())
     report.memory_peak = report.memory_start
-    handler = _Records()
+    handler = Records(logging.ERROR)
     watched = [logging.getLogger(name) for name in ("raftly", "aiohttp")]
     levels = [log.level for log in watched]
     for log in watched:

@@ -76,6 +76,7 @@ __all__ = [
     "TARGETS",
     "Finding",
     "Invalid",
+    "Records",
     "Report",
     "SocketReport",
     "Target",
@@ -654,9 +655,11 @@ class SocketReport:
         return out
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
+class Records(logging.Handler):
+    """Keeps every record it is handed (at ``level`` and above), for the fuzzers to inspect."""
+
+    def __init__(self, level: int = logging.DEBUG) -> None:
+        super().__init__(level)
         self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -774,7 +777,7 @@ async def run_sockets(connections: int, seed: int = 0, *, concurrency: int = 100
                           max_frame_size=64 << 10)
     peer = TcpTransport(2, ("127.0.0.1", 0), {}, cluster_id=cluster_id)
     received: list[Message] = []
-    handler = _Records()
+    handler = Records()
     log = logging.getLogger("raftly.transport")
     saved = log.level, log.propagate
     log.addHandler(handler)
