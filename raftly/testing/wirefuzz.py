@@ -482,7 +482,7 @@ def _tweak(rng: random.Random, obj: object) -> object:
         return rng.choice((obj + 1, obj - 1, -obj - 1, obj ^ (1 << rng.randrange(64)), obj << 8,
                            float(obj), str(obj), bool(obj & 1)))
     if isinstance(obj, bytes) and rng.random() < 0.5:
-        return rng.choice((obj.decode("latin-1"), list(obj), obj * 1000, b""))
+        return rng.choice((obj.decode("latin-1"), list(obj[:1000]), obj[:1000] * 1000, b""))
     return rng.choice(_HOSTILE_VALUES)
 
 
@@ -507,6 +507,7 @@ def _structural(rng: random.Random, data: bytes, payload_at: int) -> bytes:
 def mutate(rng: random.Random, data: bytes, others: list[bytes], framed: bool) -> bytes:
     """One hostile variant of ``data``: one to four byte- or value-level mutations."""
     for _ in range(rng.choice((1, 1, 1, 2, 3, 4))):
+        data = data[:_MAX_INPUT]
         n = len(data)
         op = rng.randrange(13)
         pos = rng.randrange(n + 1)
