@@ -56,6 +56,7 @@ from raftly.kv.http_common import Reply as _Reply
 from raftly.kv.http_common import int_param
 from raftly.kv.http_common import params as _params
 from raftly.kv.http_common import parse_int as _parse_int
+from raftly.kv.http_errors import JsonErrorRunner
 from raftly.kv.kv_json import kv_object
 from raftly.kv.lease_manager import LeaseManager
 from raftly.kv.leases_http import LeasesApi
@@ -314,6 +315,11 @@ class KVApi:
     async def read_body(self, request: web.Request, limit: int, what: str = "value") -> bytes:
         """The request body: 413 beyond ``limit`` bytes, 408 (and the connection closed) if it
         has not arrived whole within ``Limits.body_timeout``."""
+        coding = request.headers.get(hdrs.TRANSFER_ENCODING)
+        if coding is not None and coding.rsplit(",", 1)[-1].strip().lower() != "chunked":
+            # aiohttp reads such a body as empty (the bytes become the "next request"); RFC 9112
+            # says the length cannot be known, so refuse rather than store an empty value.
+            raise _Reply(400, f"unsupported Transfer-Encoding {coding!r}")
         if request.content_length is not None and request.content_length > limit:
             raise _Reply(413, f"{what} larger than {limit} bytes")
         # Read in chunks so an oversized body without Content-Length is cut off early rather
@@ -324,7 +330,12 @@ class KVApi:
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    chunk = await request.content.readany()
+                    try:
+                        chunk = await request.content.readany()
+                    except ConnectionResetError:
+                        # The client went away mid-body: nothing to store, nobody to answer, and
+                        # no traceback to log (any client can do it).
+                        raise _Reply(400, "connection lost inside the request body") from None
                     if not chunk:
                         break
                     size += len(chunk)
@@ -412,7 +423,7 @@ class KVApi:
         raw = await self.read_body(request, limit, "body")
         try:
             body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # nesting past the stack
             raise _Reply(400, "body is not valid JSON") from None
         if not isinstance(body, dict):
             raise _Reply(400, "body must be a JSON object")
@@ -650,7 +661,8 @@ def make_runner(app: web.Application, limits: Limits | None = None,
 
     With ``tls`` the runner's connections speak HTTPS: its site must listen without an SSL
     context of its own (the handshake is done per connection, counted and under
-    ``handshake_timeout``, see raftly.kv.connections).
+    ``handshake_timeout``, see raftly.kv.connections). Malformed HTTP is answered with a JSON
+    error (``http_errors``).
     """
     limits = limits or Limits()
     max_line = max(8190, 3 * limits.max_key_bytes + 64 * 1024)
@@ -665,7 +677,7 @@ def make_runner(app: web.Application, limits: Limits | None = None,
                          lingering_time=limits.body_timeout)
 
 
-class _CappedRunner(web.AppRunner):
+class _CappedRunner(JsonErrorRunner):
     """An AppRunner whose sites accept connections through a ``ConnectionCap`` (and its TLS)."""
 
     def __init__(self, cap: ConnectionCap, tls: ssl.SSLContext | None, app: web.Application,

@@ -33,6 +33,7 @@ transport's job (``raftly.transport.tcp.read_frame``).
 
 from __future__ import annotations
 
+import reprlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -166,9 +167,15 @@ def _list(value: object, name: str, max_len: int) -> list[Any]:
     return value
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 4, 30, 30, 30
+"""Bounded in depth as well as length: ``repr`` of a value nested a thousand levels deep (which
+msgpack decodes) would raise RecursionError, and of a long one would cost its whole size."""
+
+
 def _show(value: object) -> str:
     """A short description of a bad value for error messages (never the whole payload)."""
-    text = repr(value)
+    text = _REPR.repr(value)
     if len(text) > 40:
         text = text[:37] + "..."
     return f"{type(value).__name__} {text}"
@@ -265,6 +272,8 @@ def _enc_append_entries(m: AppendEntries) -> list[Any]:
 def _dec_append_entries(f: list[Any], term: int, src: int, dst: int, lim: _Limits) -> Message:
     prev_index = _uint(f[4], "prev_index")
     prev_term = _uint(f[5], "prev_term")
+    if prev_term > term:  # the leader's log holds no term above its own (checked for entries too)
+        raise CodecError(f"prev_term {prev_term} exceeds the message's term {term}")
     commit = _uint(f[6], "commit")
     raw = _list(f[7], "entries", lim.max_entries)
     entries: list[Entry] = []
@@ -442,6 +451,10 @@ def _pack(obj: object) -> bytes:
 def _unpack(data: bytes | bytearray | memoryview, *, max_array_len: int, max_str_len: int) -> Any:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise CodecError(f"expected bytes, got {type(data).__name__}")
+    # Every item and every character takes at least a byte of the input, so nothing may claim
+    # more than the input holds: msgpack allocates an array's slots from its header alone, so
+    # without this a 5-byte header makes it allocate for max_array_len items.
+    size = len(data) if not isinstance(data, memoryview) else data.nbytes
     try:
         # The limits make msgpack refuse, before allocating, any container larger than we would
         # accept anyway (a 5-byte array32 header can otherwise claim 4 billion items). Maps and
@@ -451,11 +464,11 @@ def _unpack(data: bytes | bytearray | memoryview, *, max_array_len: int, max_str
             raw=False,
             use_list=True,
             strict_map_key=True,
-            max_array_len=max_array_len,
-            max_str_len=max_str_len,
+            max_array_len=min(max_array_len, size),
+            max_str_len=min(max_str_len, size),
             max_map_len=0,
             max_ext_len=0,
-            max_bin_len=len(data),
+            max_bin_len=size,
         )
     except Exception as exc:  # msgpack raises several unrelated types; all mean "malformed"
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -528,3 +528,42 @@ def test_max_frame_size_must_be_sane() -> None:
     for bad in (0, -1, 2**32):
         with pytest.raises(ValueError):
             FrameDecoder(bad)
+
+
+# -- findings of the wire fuzzer (raftly.testing.wirefuzz), kept as regressions ----------------
+
+
+@pytest.mark.parametrize("depth", [100, 1000, 5000])
+def test_a_deeply_nested_field_is_a_codec_error_not_a_recursion_error(depth: int) -> None:
+    # The error message's repr of the bad field used to recurse through every level.
+    nested = b"\x91" * depth + b"\xc0"
+    data = b"\x98\x01\x07" + nested + b"\x00\x00\x00\xc2\xc2"  # RequestVote, src nested
+    with pytest.raises(CodecError):
+        decode_message(data)
+
+
+@pytest.mark.parametrize("header", [b"\xdd\x00\x01\x00\x00", b"\xdc\xff\xff",
+                                    b"\xdb\x00\x00\x10\x00"])
+def test_a_container_header_claiming_more_than_the_input_holds_allocates_nothing_for_it(
+    header: bytes,
+) -> None:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(CodecError):
+            decode_message(header)
+        with pytest.raises(CodecError):
+            decode_handshake(header)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 10  # msgpack used to allocate the claimed slots: 80 KB for 5 bytes
+
+
+def test_append_entries_with_prev_term_above_its_term_is_refused() -> None:
+    # [type, term, src, dst, prev_index, prev_term, commit, entries]: no entries to catch it.
+    with pytest.raises(CodecError, match="prev_term 4 exceeds"):
+        decode_message(msgpack.packb([3, 3, 1, 2, 5, 4, 0, []]))
+    assert decode_message(msgpack.packb([3, 4, 1, 2, 5, 4, 0, []])) == AppendEntries(
+        term=4, src=1, dst=2, prev_index=5, prev_term=4, entries=[], commit=0)
