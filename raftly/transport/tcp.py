@@ -470,10 +470,9 @@ class TcpTransport:
     async def _open_connection(
         self, address: Address
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        # Plain TCP even with TLS: _dial upgrades it under its own timeout.
         host, port = address
-        return await asyncio.open_connection(
-            host, port, ssl=self._client_ssl, limit=_STREAM_LIMIT
-        )
+        return await asyncio.open_connection(host, port, limit=_STREAM_LIMIT)
 
     async def _start_server(self, address: Address) -> asyncio.Server:
         # Plain TCP even with TLS: _serve_inbound upgrades each connection (see _start_tls).
@@ -563,12 +562,17 @@ class TcpTransport:
         """
         writer: asyncio.StreamWriter | None = None
         try:
+            # Two budgets: connect_timeout for the TCP connect alone, handshake_timeout for
+            # what follows (TLS and the handshake frame take two or three round trips more,
+            # which a short connect timeout would not leave room for on a slow link).
             async with asyncio.timeout(self._connect_timeout):
-                try:
-                    reader, writer = await self._open_connection(address)
-                except ssl.SSLCertVerificationError as exc:
-                    raise _Untrusted(_describe_tls(exc)) from None
+                reader, writer = await self._open_connection(address)
+            async with asyncio.timeout(self._handshake_timeout):
                 if self._client_ssl is not None:
+                    try:
+                        await writer.start_tls(self._client_ssl, server_hostname=address[0])
+                    except ssl.SSLCertVerificationError as exc:
+                        raise _Untrusted(_describe_tls(exc)) from None
                     reason = self._wrong_name(node_id, writer)
                     if reason:
                         raise _Untrusted(reason)

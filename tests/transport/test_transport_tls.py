@@ -304,3 +304,53 @@ def test_snapshot_connections_are_checked_both_ways(pki: Pki, tmp_path: Path) ->
             await node.t.close()
 
     run(body)
+
+
+async def _slow_link(target: tuple[str, int], delay: float) -> asyncio.Server:
+    """A loopback proxy to ``target`` that holds every chunk ``delay`` seconds each way: a link
+    with a round trip of 2 * ``delay``."""
+
+    async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(1 << 16):
+                await asyncio.sleep(delay)
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*target)
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+def test_a_tls_dial_over_a_slow_link_gets_the_handshake_timeout_not_the_connect_timeout(
+    pki: Pki,
+) -> None:
+    """A 0.4 s round trip: TCP connects at once (loopback to the proxy), but TLS and the
+    handshake frame take >= 0.8 s, far beyond the 0.3 s connect timeout."""
+
+    async def body() -> None:
+        a = await Node(1, connect_timeout=0.3, **pki.tls("n1")).start()
+        b = await Node(2, **pki.tls("n2")).start()
+        link = await _slow_link(b.addr, 0.2)
+        a.t.set_peers({2: link.sockets[0].getsockname()[:2]})
+        for commit in range(1, 100):  # one every 0.1 s until one gets through
+            a.t.send(hb(1, 2, commit))
+            if heartbeats_from(b, 1):
+                break
+            await asyncio.sleep(0.1)
+        assert heartbeats_from(b, 1), "no heartbeat arrived over the slow link"
+        assert b.t.stats()["refused"] == 0
+        link.close()
+        await a.t.close()
+        await b.t.close()  # both ends closed: the proxy's pumps see EOF and end
+        await eventually(lambda: not any(t.get_coro().__name__ in ("pump", "serve")
+                                         for t in asyncio.all_tasks()),
+                         what="the proxy's tasks end")
+
+    run(body)
