@@ -6,6 +6,7 @@ the dialler checks the listener's name too; an id with no known name is refused 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import ssl
@@ -318,15 +319,11 @@ async def _slow_link(target: tuple[str, int], delay: float) -> asyncio.Server:
     with a round trip of 2 * ``delay``."""
 
     async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
+        with contextlib.closing(writer), contextlib.suppress(OSError):
             while data := await reader.read(1 << 16):
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay)  # the latency of the link, each way
                 writer.write(data)
                 await writer.drain()
-        except OSError:
-            pass
-        finally:
-            writer.close()
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection(*target)
