@@ -16,8 +16,10 @@ explicit ``https://`` endpoint always works. A redirect never leads from https t
 ``token`` is sent as ``Authorization: Bearer TOKEN`` with every request; a ``401`` (no or unknown
 token) or ``403`` (role too low) is a ``RequestError`` with the node's message. A TLS handshake
 that cannot succeed (an unverifiable certificate, a plaintext node, a node that ends the
-handshake with an alert) raises ``HandshakeError`` at once instead of retrying until the
-timeout. (With TLS 1.3 a node that requires a client certificate checks it only after the
+handshake with an alert) rules that endpoint out for the call, and the others are tried; once
+every endpoint is ruled out so, ``HandshakeError`` is raised at once instead of retrying until
+the timeout. A token about to go over plain http to another machine is warned about (once per
+host). (With TLS 1.3 a node that requires a client certificate checks it only after the
 handshake and closes the connection: that looks like a node going down, so it is retried, and
 the final error says what it usually means.)
 

@@ -11,7 +11,11 @@ sleep:
 - where a redirect may go (``redirect_url``: a ``307`` from an https node never leads to
   plain http);
 - the retry state of one call (``Attempt``: deadline, backoff, whether a write may have been
-  applied), which turns each answer into a ``Verdict`` and then a ``Step`` for the shell.
+  applied, which endpoints failed TLS), which turns each answer into a ``Verdict`` and then a
+  ``Step`` for the shell.
+
+A bearer token sent over plain http to a host other than this one can be read on the way: the
+first time a client would, it logs a WARNING naming the host (once per host per process).
 
 No socket, no clock of its own (the shell passes one in), no sleeping: all of it can be driven
 and tested without a network.
@@ -21,7 +25,9 @@ from __future__ import annotations
 
 import base64
 import enum
+import ipaddress
 import json
+import logging
 import random
 import ssl
 import uuid
@@ -65,7 +71,10 @@ __all__ = [
     "redirect_url",
     "status_call",
     "tls_failure",
+    "warn_plaintext_token",
 ]
+
+logger = logging.getLogger("raftly.kv.client")
 
 T = TypeVar("T")
 
@@ -193,6 +202,32 @@ def redirect_url(current: str, location: str | None) -> str | None:
     if urlsplit(current).scheme == "https" and parts.scheme != "https":
         return None
     return target
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, IPv6 with or without brackets) is this machine."""
+    host = host.strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_warned_plaintext: set[str] = set()
+"""Hosts already warned about (a token sent to them over plain http)."""
+
+
+def warn_plaintext_token(url: str) -> None:
+    """Log once per host when a token would go to ``url`` over plain http off this machine."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme != "http" or is_loopback(host) or host in _warned_plaintext:
+        return
+    _warned_plaintext.add(host)
+    logger.warning("sending the token to %s over plain http: anyone on the way can read it; "
+                   "use https (--cacert / $RAFTLY_CACERT) for a TLS cluster", parts.netloc)
 
 
 # What the TLS library says when the other end answers a handshake with plain HTTP.
@@ -340,6 +375,9 @@ class ClientCore:
             raise ValueError("the token is empty or spans lines")
         self.headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         """Sent with every request (the bearer token)."""
+        self._has_token = token is not None
+        for endpoint in self.endpoints:
+            self._check_token_scheme(endpoint)
         self.client_cert = client_cert
         """Whether this client shows a certificate (for the hint when a node closes on it)."""
         self.timeout = timeout
@@ -412,6 +450,11 @@ class ClientCore:
     def _learn(self, url: str) -> None:
         if url not in self.endpoints:
             self.endpoints.append(url)
+            self._check_token_scheme(url)
+
+    def _check_token_scheme(self, url: str) -> None:
+        if self._has_token:
+            warn_plaintext_token(url)
 
     def verdict(self, req: Request, resp: Response) -> Verdict:
         """What ``resp`` means; raises OutcomeUnknownError for a write whose seq was forgotten."""
@@ -485,6 +528,9 @@ class Attempt(Generic[T]):
         self.last = "nothing tried"
         self.refused: set[str] = set()
         """The nodes that refused the connection since the last answer from any node."""
+        self.untrusted: dict[str, ClientError] = {}
+        """The nodes whose TLS handshake failed for good (``tls_failure``), with the error."""
+        self._tls_failed_now = False  # the failure hopeless() just saw was such a handshake
 
     def finish(self) -> None:
         """The call is over (answered or given up): its seq is no longer awaited."""
@@ -496,23 +542,37 @@ class Attempt(Generic[T]):
         return max(0.05, min(self.core.request_timeout, self.deadline - self.clock()))
 
     def hopeless(self, base: str, exc: BaseException) -> ClientError | None:
-        """The error to raise at once when ``exc`` is a TLS failure that retrying cannot fix
-        (``tls_failure``); None to go on. A write that an earlier attempt may have applied
-        is then of unknown outcome, not unavailable."""
+        """Called first for every failed request (then ``failed``): the error to raise at
+        once, or None to go on. A TLS failure that retrying cannot fix (``tls_failure``) rules
+        ``base`` out, and the error is raised once every endpoint is ruled out so: one
+        plaintext or expired node listed first must not fail every call. A write that an
+        earlier attempt may have applied is then of unknown outcome, not unavailable."""
         error = tls_failure(base, exc)
+        self._tls_failed_now = error is not None
         if error is None:
             return None
+        self.untrusted[base] = error
+        if not self.untrusted.keys() >= set(self.core.endpoints):
+            return None
+        return self._unusable(error)
+
+    def _unusable(self, error: ClientError) -> ClientError:
         if self.request.write and self.maybe_applied:
             return OutcomeUnknownError(f"{error} (an earlier attempt may have applied the "
                                        "write)")
         return error
 
     def failed(self, base: str, exc: BaseException, *, maybe_sent: bool) -> None:
-        """The request got no answer; ``maybe_sent`` unless it surely never left."""
+        """The request got no answer; ``maybe_sent`` unless it surely never left (a failed
+        TLS handshake, which ``hopeless`` saw, never carries the request)."""
+        tls_failed, self._tls_failed_now = self._tls_failed_now, False
         self.last = f"{base}: {type(exc).__name__}: {exc}"
-        self.maybe_applied = self.maybe_applied or (maybe_sent and self.request.write)
-        if not maybe_sent:
-            self.refused.add(base)
+        if tls_failed:
+            self.last = str(self.untrusted[base])
+        else:
+            self.maybe_applied = self.maybe_applied or (maybe_sent and self.request.write)
+            if not maybe_sent:
+                self.refused.add(base)
         self.core.rotate()
 
     def answered(self, base: str, resp: Response) -> Step:
@@ -537,7 +597,9 @@ class Attempt(Generic[T]):
         if now >= self.deadline:
             raise self.core.give_up(self.request, self.maybe_applied, self.last)
         if self.core.fail_fast and not self.maybe_applied \
-                and self.refused.issuperset(self.core.endpoints):
+                and (self.refused | self.untrusted.keys()).issuperset(self.core.endpoints):
+            if self.untrusted:  # some refused, the others failed TLS: say why those did
+                raise next(iter(self.untrusted.values()))
             raise self.core.refused_everywhere(self.request)
         pause = min(self.core.backoff(self.attempt), self.deadline - now)
         self.attempt += 1

@@ -8,6 +8,13 @@ connection from accept to close and refuses (closes at once, reading nothing) on
 bounded time, like any other slow client; aiohttp's handler only sees the decrypted stream.
 Refusals are logged at most once per ``LOG_INTERVAL`` seconds, with how many there were, so a
 flood cannot flood the log too; a failed handshake (a scanner, an untrusted client) at DEBUG.
+
+The cap must engage before the process runs out of file descriptors (then accept() fails with
+EMFILE, and so would opening a WAL segment or a snapshot): ``raise_fd_limit`` lifts the soft
+RLIMIT_NOFILE to the hard limit at node start, and ``connection_cap`` clamps the cap to the
+limit less a reserve for everything else the node opens. Should accept() still fail for want of
+descriptors, asyncio logs an error with a traceback for every try (about a hundred per loop
+turn); ``limit_accept_errors`` lets one through per ``LOG_INTERVAL`` with the count of the rest.
 """
 
 from __future__ import annotations
@@ -15,11 +22,98 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Callable
+
+try:
+    import resource
+except ImportError:  # not on Windows: no limit to raise or to read
+    resource = None  # type: ignore[assignment]
 
 logger = logging.getLogger("raftly.kv.connections")
 
 LOG_INTERVAL = 10.0
+
+FD_RESERVE = 256
+"""File descriptors kept for what is not an API connection (WAL, snapshots, peers, the node's
+own HTTP calls) when the cap is clamped to the limit; a quarter of a smaller limit."""
+
+_UNLIMITED_TARGET = 1 << 16
+"""The soft limit asked for when the hard one is unlimited."""
+
+
+def open_file_limit() -> int | None:
+    """The soft RLIMIT_NOFILE of this process; None when unknown or unlimited."""
+    if resource is None:
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def raise_fd_limit() -> int | None:
+    """Raise the soft RLIMIT_NOFILE toward the hard limit (the default soft limit, often 1024,
+    is below a node's connection cap); the soft limit now in force (None: unlimited or
+    unknown). Never lowers it; a refusal by the system is logged and leaves it as it was."""
+    if resource is None:
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = _UNLIMITED_TARGET if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:  # macOS caps it below an "unlimited" hard limit
+            logger.info("cannot raise the open file limit from %d to %d: %s", soft, target, exc)
+        else:
+            logger.debug("raised the open file limit from %d to %d", soft, target)
+    return open_file_limit()
+
+
+def connection_cap(wanted: int, fd_limit: int | None) -> int:
+    """``wanted`` connections, or fewer when the file descriptor limit cannot hold them and
+    the node's other files too (``FD_RESERVE``); at least 1."""
+    if fd_limit is None:
+        return wanted
+    reserve = min(FD_RESERVE, fd_limit // 4)
+    return max(1, min(wanted, fd_limit - reserve))
+
+
+_ACCEPT_ERROR = "socket.accept() out of system resource"
+
+
+class _AcceptErrorLimit(logging.Filter):
+    """On the "asyncio" logger: one accept() resource error per ``LOG_INTERVAL``, with the
+    count of those not logged; every other record passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._next = 0.0
+        self._unlogged = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(_ACCEPT_ERROR):
+            return True
+        now = time.monotonic()
+        if now < self._next:
+            self._unlogged += 1
+            return False
+        self._next = now + LOG_INTERVAL
+        if self._unlogged:
+            record.msg = f"{record.msg}\n({self._unlogged} more not logged in the last " \
+                         f"{LOG_INTERVAL:g}s; raise the open file limit or lower " \
+                         "serve --max-connections)"
+            record.args = None
+            self._unlogged = 0
+        return True
+
+
+_accept_error_limit = _AcceptErrorLimit()
+
+
+def limit_accept_errors() -> None:
+    """Rate-limit asyncio's accept() resource errors (idempotent: one filter per process)."""
+    asyncio_logger = logging.getLogger("asyncio")
+    if _accept_error_limit not in asyncio_logger.filters:
+        asyncio_logger.addFilter(_accept_error_limit)
 
 
 class ConnectionCap:
@@ -150,4 +244,5 @@ class _Counted(asyncio.Protocol):
             self._inner.resume_writing()
 
 
-__all__ = ["ConnectionCap"]
+__all__ = ["FD_RESERVE", "ConnectionCap", "connection_cap", "limit_accept_errors",
+           "open_file_limit", "raise_fd_limit"]

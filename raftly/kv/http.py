@@ -48,9 +48,10 @@ from aiohttp import hdrs, web
 
 from raftly.core.errors import NotLeader, ProposalDropped
 from raftly.core.types import ConfState
+from raftly.kv import connections
 from raftly.kv.cluster_file import ClusterSpec, NodeSpec
 from raftly.kv.commands import MAX_INT
-from raftly.kv.connections import ConnectionCap
+from raftly.kv.connections import ConnectionCap, connection_cap
 from raftly.kv.http_common import PARAMS as _PARAMS
 from raftly.kv.http_common import Reply as _Reply
 from raftly.kv.http_common import int_param
@@ -657,7 +658,8 @@ def _parse_params(request: web.Request) -> dict[str, str]:
 def make_runner(app: web.Application, limits: Limits | None = None,
                 tls: ssl.SSLContext | None = None) -> web.AppRunner:
     """An AppRunner whose request-line limit admits the longest key (percent-encoded, 3x), which
-    closes idle connections after ``idle_timeout`` and keeps at most ``max_connections`` open.
+    closes idle connections after ``idle_timeout`` and keeps at most ``max_connections`` open
+    (fewer when the open file limit cannot hold that many: logged, see ``connection_cap``).
 
     With ``tls`` the runner's connections speak HTTPS: its site must listen without an SSL
     context of its own (the handshake is done per connection, counted and under
@@ -666,9 +668,18 @@ def make_runner(app: web.Application, limits: Limits | None = None,
     """
     limits = limits or Limits()
     max_line = max(8190, 3 * limits.max_key_bytes + 64 * 1024)
+    # A cap above the file descriptor limit never engages: accept() fails with EMFILE first.
+    fd_limit = connections.open_file_limit()
+    effective = connection_cap(limits.max_connections, fd_limit)
+    if effective < limits.max_connections:
+        logger.warning("API: at most %d open connections, not %d: the open file limit is %s "
+                       "(raise it with ulimit -n)", effective, limits.max_connections, fd_limit)
+    else:
+        logger.info("API: at most %d open connections", effective)
+    connections.limit_accept_errors()
+    cap = ConnectionCap(effective, limits.handshake_timeout)
     # shutdown_timeout: the Raft server closes first and answers its waiters, so a long grace
     # period for open requests would only delay the exit.
-    cap = ConnectionCap(limits.max_connections, limits.handshake_timeout)
     return _CappedRunner(cap, tls, app, access_log=None,
                          max_line_size=max_line, max_field_size=16 * 1024, shutdown_timeout=2.0,
                          keepalive_timeout=limits.idle_timeout,

@@ -26,6 +26,7 @@ from aiohttp import web
 from raftly.core.config import Config
 from raftly.core.types import ConfState, Member
 from raftly.kv.cluster_file import Address, ClusterSpec, NodeSpec, load_cluster, parse_address
+from raftly.kv.connections import raise_fd_limit
 from raftly.kv.exposure import exposure_warning
 from raftly.kv.http import KVApi, Limits, make_runner
 from raftly.kv.identity import (
@@ -311,6 +312,7 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
     caps the API's open connections, ``max_watches`` its watch streams. ``token`` is this
     node's bearer token for other members' APIs.
     """
+    raise_fd_limit()  # before make_runner reads it to clamp the connection cap
     limits = replace(limits or Limits(), max_connections=max_connections,
                      max_watches=max_watches)
     calls = NodeCalls.of(tls, token)

@@ -17,8 +17,16 @@ Inbound: an asyncio server. A connection must send a valid handshake within the 
 naming our cluster id and protocol version, or it is refused with a logged reason. Then frames are
 read in large chunks, split, decoded, checked (``src`` must be the node that shook hands, ``dst``
 must be us) and handed to ``on_message``. A malformed or oversized frame closes only that
-connection, with one log line. A connection that sends nothing for ``idle_timeout`` is closed
-(the leader's heartbeats keep live ones busy; a peer with something to say redials).
+connection, with one log line. A connection that has shaken hands and then sends nothing for
+``idle_timeout`` (10 minutes by default: far longer than any election timeout, because a
+follower's connection to another follower is silent for a whole term, and redialling it costs a
+TLS handshake when the next election needs it) is closed; a peer with something to say redials.
+
+Connections that have not shaken hands yet are what a stranger can open: each is bounded by the
+handshake timeout (once for TLS, once for the handshake frame), at most ``max_pending`` of them
+are open at once (more are closed at accept), and their refusals are logged at most once per
+``_REFUSAL_LOG_INTERVAL`` per source address, the next line saying how many were not logged, so
+that a port scanner cannot flood the log.
 
 Snapshot files (``send_snapshot``) travel on a connection of their own per transfer, opened with
 the same handshake naming the snapshot channel, so a long transfer never delays heartbeats on the
@@ -101,9 +109,40 @@ _READ_CHUNK = 256 << 10
 _STREAM_LIMIT = 1 << 20
 _WRITE_TIMEOUT = 10.0
 """A peer that accepts nothing for this long (no TCP progress) is disconnected and redialled."""
+_REFUSAL_LOG_INTERVAL = 10.0
+"""Seconds between two WARNING lines about refused connections from one source address."""
+_REFUSAL_SOURCES = 1024
+"""Source addresses remembered for that rate limit; beyond it the quiet ones are forgotten."""
 _SNAPSHOT_WINDOW = 4
 """Chunks of a snapshot in flight before the sender waits for an ack: enough to keep loopback
 and LAN links busy, little enough that a slow receiver's disk throttles the sender."""
+
+
+class _RefusalLog:
+    """Rate limit of the WARNING lines about refused inbound connections, per source address:
+    the first line of a source is logged, then at most one per ``_REFUSAL_LOG_INTERVAL``,
+    saying how many refusals of that source were not logged (those go to DEBUG)."""
+
+    __slots__ = ("_sources",)
+
+    def __init__(self) -> None:
+        self._sources: dict[str, tuple[float, int]] = {}  # source -> (next line due, not logged)
+
+    def log(self, source: str, text: str) -> None:
+        now = asyncio.get_running_loop().time()
+        due, unlogged = self._sources.get(source, (now, 0))
+        if now < due:
+            self._sources[source] = (due, unlogged + 1)
+            logger.debug("%s", text)
+            return
+        if unlogged:
+            text = f"{text} ({unlogged} more refusals of {source} not logged since the last)"
+        logger.warning("%s", text)
+        if len(self._sources) >= _REFUSAL_SOURCES and source not in self._sources:
+            # Forget the sources whose window has passed: a scan of many addresses must not
+            # grow this without bound (their unlogged counts are lost, which is fine).
+            self._sources = {k: v for k, v in self._sources.items() if v[0] > now}
+        self._sources[source] = (now + _REFUSAL_LOG_INTERVAL, 0)
 
 
 class _Refused(Exception):
@@ -180,6 +219,10 @@ class TcpTransport:
     ``peers`` maps node ids to the addresses their transports listen on (this node's own id, if
     present, is ignored). ``queue_limit`` bounds the messages and ``queue_bytes_limit`` the bytes
     waiting for one peer; beyond either, messages are dropped and counted in ``stats()``.
+    ``connect_timeout`` bounds a dial's TCP connect, ``handshake_timeout`` its TLS and
+    handshake (and, inbound, each of those of a connection accepted). ``idle_timeout`` closes
+    a peer's connection silent that long after its handshake; ``max_pending`` caps the inbound
+    connections that have not shaken hands yet.
     """
 
     def __init__(
@@ -199,7 +242,8 @@ class TcpTransport:
         client_ssl: ssl.SSLContext | None = None,
         snapshot_timeout: float = 30.0,
         peer_name: Callable[[int], str | None] | None = None,
-        idle_timeout: float = 60.0,
+        idle_timeout: float = 600.0,
+        max_pending: int = 64,
     ) -> None:
         if type(node_id) is not int or node_id < 0:
             raise ValueError(f"node_id must be a non-negative int, got {node_id!r}")
@@ -211,6 +255,8 @@ class TcpTransport:
             raise ValueError(f"snapshot_timeout must be positive, got {snapshot_timeout!r}")
         if not idle_timeout > 0:
             raise ValueError(f"idle_timeout must be positive, got {idle_timeout!r}")
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1, got {max_pending!r}")
         if (server_ssl is None) != (client_ssl is None):
             raise ValueError("give both server_ssl and client_ssl (mutual TLS), or neither")
         if server_ssl is not None and peer_name is None:
@@ -225,6 +271,9 @@ class TcpTransport:
         self._handshake_timeout = handshake_timeout
         self._snapshot_timeout = snapshot_timeout
         self._idle_timeout = idle_timeout
+        self._max_pending = max_pending
+        self._pending = 0  # accepted connections that have not finished their handshake
+        self._refusal_log = _RefusalLog()
         self._decode_kwargs: dict[str, int] = {}
         if max_entries is not None:
             self._decode_kwargs["max_entries"] = max_entries
@@ -455,6 +504,7 @@ class TcpTransport:
             "connections": outbound + len(self._inbound),
             "outbound_connections": outbound,
             "inbound_connections": len(self._inbound),
+            "pending_connections": self._pending,
             "queued": sum(len(p.queue) for p in self._peers.values()),
             "connects": self._connects,
             "connect_failures": self._connect_failures,
@@ -470,10 +520,9 @@ class TcpTransport:
     async def _open_connection(
         self, address: Address
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        # Plain TCP even with TLS: _dial upgrades it under its own timeout.
         host, port = address
-        return await asyncio.open_connection(
-            host, port, ssl=self._client_ssl, limit=_STREAM_LIMIT
-        )
+        return await asyncio.open_connection(host, port, limit=_STREAM_LIMIT)
 
     async def _start_server(self, address: Address) -> asyncio.Server:
         # Plain TCP even with TLS: _serve_inbound upgrades each connection (see _start_tls).
@@ -563,12 +612,17 @@ class TcpTransport:
         """
         writer: asyncio.StreamWriter | None = None
         try:
+            # Two budgets: connect_timeout for the TCP connect alone, handshake_timeout for
+            # what follows (TLS and the handshake frame take two or three round trips more,
+            # which a short connect timeout would not leave room for on a slow link).
             async with asyncio.timeout(self._connect_timeout):
-                try:
-                    reader, writer = await self._open_connection(address)
-                except ssl.SSLCertVerificationError as exc:
-                    raise _Untrusted(_describe_tls(exc)) from None
+                reader, writer = await self._open_connection(address)
+            async with asyncio.timeout(self._handshake_timeout):
                 if self._client_ssl is not None:
+                    try:
+                        await writer.start_tls(self._client_ssl, server_hostname=address[0])
+                    except ssl.SSLCertVerificationError as exc:
+                        raise _Untrusted(_describe_tls(exc)) from None
                     reason = self._wrong_name(node_id, writer)
                     if reason:
                         raise _Untrusted(reason)
@@ -677,6 +731,14 @@ class TcpTransport:
         if self._closing:
             writer.close()
             return
+        if self._pending >= self._max_pending:
+            # Strangers (or a stuck peer) hold that many unfinished handshakes: refuse at once
+            # rather than hold a socket and a task for each up to the handshake timeout.
+            self._refuse(_where(writer), None, f"{self._pending} connections are still "
+                         "shaking hands (max_pending)")
+            writer.close()
+            return
+        self._pending += 1
         if self._server_ssl is not None:
             # Nothing may be read as plaintext before start_tls takes the socket over: the
             # peer's first TLS bytes would be lost to the stream reader.
@@ -689,17 +751,21 @@ class TcpTransport:
     async def _serve_inbound(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        peername = writer.get_extra_info("peername")
-        where = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
+        where = _where(writer)
+        pending = True
         try:
             if self._server_ssl is not None and not await self._start_tls(writer, where):
                 return
             hello = await self._handshake(reader, writer, where)
+            self._pending -= 1
+            pending = False
             if hello is not None and hello.channel == CHANNEL_SNAPSHOT:
                 await self._receive_snapshot(reader, writer, hello.node_id)
             elif hello is not None:
                 await self._read_messages(reader, hello.node_id, where)
         finally:
+            if pending:
+                self._pending -= 1
             self._inbound.pop(writer, None)
             writer.close()
 
@@ -740,7 +806,11 @@ class TcpTransport:
         """Count and log (one line) a refused inbound connection."""
         self._refused += 1
         who = where if node_id is None else f"node {node_id} from {where}"
-        logger.warning("node %d: refused %s: %s", self.node_id, who, reason)
+        self._warn(where, f"node {self.node_id}: refused {who}: {reason}")
+
+    def _warn(self, where: str, text: str) -> None:
+        """A WARNING about the inbound connection from ``where``, rate-limited per source."""
+        self._refusal_log.log(where.rpartition(":")[0] or where, text)
 
     async def _handshake(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str
@@ -754,12 +824,12 @@ class TcpTransport:
                 return None
             hello = decode_handshake(payload)
         except TimeoutError:
-            logger.warning("node %d: no handshake from %s within %.1fs, closing",
-                           self.node_id, where, self._handshake_timeout)
+            self._warn(where, f"node {self.node_id}: no handshake from {where} within "
+                       f"{self._handshake_timeout:.1f}s, closing")
             return None
         except (CodecError, OSError) as exc:
             self._decode_errors += 1
-            logger.warning("node %d: bad handshake from %s, closing: %s", self.node_id, where, exc)
+            self._warn(where, f"node {self.node_id}: bad handshake from {where}, closing: {exc}")
             return None
         reason = ""
         if hello.version != PROTOCOL_VERSION:
@@ -877,6 +947,12 @@ class TcpTransport:
 _PLAINTEXT = frozenset({"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL",
                         "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"})
 """OpenSSL's reasons for a first record that is no TLS at all."""
+
+
+def _where(writer: asyncio.StreamWriter) -> str:
+    """``host:port`` of the other end of ``writer``, for log lines."""
+    peername = writer.get_extra_info("peername")
+    return f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
 
 
 def _describe_tls(exc: ssl.SSLError) -> str:

@@ -6,6 +6,7 @@ at once instead of being retried until the timeout."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import threading
 import time
@@ -343,11 +344,78 @@ def test_a_write_that_may_have_been_applied_stays_unknown_after_a_handshake_fail
 
     core = ClientCore(["127.0.0.1:1", "127.0.0.1:2"], 5, 1, None, tls=True)
     tries = core.start(put_call("k", b"v"), time.monotonic)
+    assert tries.hopeless("https://127.0.0.1:1", TimeoutError("lost")) is None
     tries.failed("https://127.0.0.1:1", TimeoutError("lost"), maybe_sent=True)
-    error = tries.hopeless("https://127.0.0.1:2", ssl.SSLCertVerificationError(1, "bad"))
+    bad = ssl.SSLCertVerificationError(1, "bad")
+    assert tries.hopeless("https://127.0.0.1:2", bad) is None, "node 1 may still answer"
+    tries.failed("https://127.0.0.1:2", bad, maybe_sent=True)
+    # Now every endpoint failed TLS: give up, and the write stays of unknown outcome.
+    error = tries.hopeless("https://127.0.0.1:1", ssl.SSLCertVerificationError(1, "bad"))
     assert isinstance(error, OutcomeUnknownError)
     assert tries.hopeless("https://127.0.0.1:2", ConnectionResetError()) is None
     tries.finish()
+
+
+def test_a_handshake_failure_never_makes_a_write_of_unknown_outcome() -> None:
+    """A failed TLS handshake carried nothing: after one, the write is still "unavailable"."""
+    from raftly.kv.client_core import put_call
+
+    core = ClientCore(["127.0.0.1:1", "127.0.0.1:2"], 5, 1, None, tls=True)
+    tries = core.start(put_call("k", b"v"), time.monotonic)
+    bad = ssl.SSLCertVerificationError(1, "bad")
+    assert tries.hopeless("https://127.0.0.1:1", bad) is None
+    tries.failed("https://127.0.0.1:1", bad, maybe_sent=True)
+    assert not tries.maybe_applied
+    assert isinstance(tries.hopeless("https://127.0.0.1:2", bad), HandshakeError)
+    tries.finish()
+
+
+def test_one_node_with_a_tls_problem_listed_first_does_not_fail_every_call(
+        tmp_path: Path, certs: Path, serve: Callable[..., Server]) -> None:
+    plain = serve(FakeNode(token=None), tls=False)  # a node left on plain http
+    good = serve(FakeNode(token=None))
+    endpoints = [f"127.0.0.1:{plain.port}", f"127.0.0.1:{good.port}"]
+    with Client(endpoints, cacert=certs / "ca.crt", timeout=30) as kv:
+        assert kv.put("k", b"v") == 1
+        assert kv.get("k") == b"v"
+
+    async def via_async() -> bytes | None:
+        async with AsyncClient(endpoints, cacert=certs / "ca.crt", timeout=30) as kv:
+            await kv.put("k", b"w")
+            return await kv.get("k")
+
+    assert asyncio.run(via_async()) == b"w"
+    assert plain.node.seen == []
+    # Every endpoint failing TLS is still an error at once, not after the timeout.
+    both = [f"127.0.0.1:{plain.port}", f"127.0.0.1:{good.port}"]
+    start = time.monotonic()
+    with Client(both, cacert=_other_ca(tmp_path), timeout=30) as kv, \
+            pytest.raises(HandshakeError):
+        kv.get("k")
+    assert time.monotonic() - start < 20
+
+
+def test_a_token_for_plain_http_off_this_machine_is_warned_about_once_per_host(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    import raftly.kv.client_core as core_module
+
+    monkeypatch.setattr(core_module, "_warned_plaintext", set())
+    caplog.set_level(logging.WARNING, "raftly.kv.client")
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "over plain http" in r.getMessage()]
+
+    ClientCore(["127.0.0.1:1", "localhost:2", "[::1]:3"], 5, 1, None, token="t")
+    ClientCore(["10.9.8.7:1"], 5, 1, None)  # no token: nothing to leak
+    ClientCore(["https://10.9.8.7:1"], 5, 1, None, token="t")
+    assert warnings() == []
+    core = ClientCore(["10.9.8.7:1", "http://db.example:2"], 5, 1, None, token=TOKEN)
+    ClientCore(["10.9.8.7:1"], 5, 1, None, token=TOKEN)
+    assert len(warnings()) == 2
+    assert "10.9.8.7:1" in warnings()[0] and "db.example:2" in warnings()[1]
+    assert TOKEN not in caplog.text
+    core.learn([{"api": "10.9.8.6:1"}])  # a member learned later counts too
+    assert len(warnings()) == 3
 
 
 def test_expired_node_certificates_fail_verification(

@@ -336,7 +336,8 @@ def test_a_receiver_that_does_not_answer_fails_the_transfer_after_the_timeout(
 
     async def body() -> None:
         server, received = await silent_server(answers_handshake)
-        a = await Node(1, connect_timeout=0.3, snapshot_timeout=0.3).start()
+        a = await Node(1, connect_timeout=0.3, handshake_timeout=0.3,
+                       snapshot_timeout=0.3).start()
         a.t.set_peers({2: server.sockets[0].getsockname()[:2]})
         loop = asyncio.get_running_loop()
         started = loop.time()

@@ -408,3 +408,76 @@ def test_invalid_arguments_are_refused() -> None:
         TcpTransport(-1, LOCAL, {}, cluster_id=CLUSTER)
     with pytest.raises(ValueError):
         TcpTransport(1, LOCAL, {}, cluster_id=CLUSTER, max_frame_size=0)
+
+
+def test_connections_beyond_max_pending_unfinished_handshakes_are_closed_at_accept() -> None:
+    async def body() -> None:
+        b = await Node(2, handshake_timeout=30.0, max_pending=3).start()
+        silent = [await asyncio.open_connection(*b.addr) for _ in range(3)]
+        await eventually(lambda: b.t.stats()["pending_connections"] == 3, what="3 pending")
+        r, w = await asyncio.open_connection(*b.addr)
+        assert await closed_by_peer(r)  # long before the 30 s handshake timeout
+        assert b.t.stats()["refused"] == 1
+        assert b.t.stats()["pending_connections"] == 3  # the others still wait
+        w.close()
+        for _, writer in silent:
+            writer.close()
+        await eventually(lambda: b.t.stats()["pending_connections"] == 0, what="released")
+        # Slots are free again: a real peer shakes hands.
+        r, w = await raw_client(b.addr)
+        w.close()
+        await b.t.close()
+
+    run(body)
+
+
+def test_refusals_are_logged_once_per_source_then_with_the_count_not_logged(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import raftly.transport.tcp as tcp
+
+    monkeypatch.setattr(tcp, "_REFUSAL_LOG_INTERVAL", 3600.0)
+    caplog.set_level(logging.DEBUG, "raftly.transport.tcp")
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING and "node 2: refused" in r.getMessage()]
+
+    async def refused_once(b: Node, refused: int) -> None:
+        _, w = await raw_client_refused(b.addr)
+        w.close()
+        await eventually(lambda: b.t.stats()["refused"] == refused, what=f"{refused} refused")
+
+    async def body() -> None:
+        b = await Node(2).start()
+        for n in range(1, 21):  # a scanner speaking the protocol with a foreign cluster id
+            await refused_once(b, n)
+        assert len(warnings()) == 1
+        sources = b.t._refusal_log._sources
+        sources["127.0.0.1"] = (0.0, sources["127.0.0.1"][1])  # as if the interval had passed
+        await refused_once(b, 21)
+        assert len(warnings()) == 2
+        assert "19 more refusals of 127.0.0.1 not logged" in warnings()[-1]
+        await b.t.close()
+
+    run(body)
+
+
+async def raw_client_refused(
+    addr: tuple[str, int]
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection whose handshake names another cluster: refused."""
+    reader, writer = await asyncio.open_connection(*addr)
+    writer.write(encode_frame(encode_handshake("another-cluster", 7)))
+    reply = await read_frame(reader)
+    assert reply is not None and not decode_handshake_reply(reply).accepted
+    return reader, writer
+
+
+def test_the_default_idle_timeout_of_authenticated_peers_outlasts_long_quiet_terms() -> None:
+    """A follower's connection to another follower is silent for a whole term: closing it
+    after a minute would make the next election pay a TLS dial."""
+    import inspect
+
+    default = inspect.signature(TcpTransport).parameters["idle_timeout"].default
+    assert default >= 600.0
