@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from raftly.kv.cluster_file import NAME_PATTERN
+from raftly.kv.cluster_file import usable_name
 
 CA_NAME = "ca"
 CLIENT_NAME = "client"
@@ -70,8 +70,11 @@ def init_certs(directory: str | Path, nodes: Sequence[str], hosts: Sequence[str]
         raise CertError(f"{folder} already has a CA (ca.crt); use `raftly certs add` to issue "
                         "certificates for new nodes")
     _check_names(nodes)
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(folder, 0o700)
+    if not folder.exists():
+        # Owner-only, but only a directory made here: an existing one (`--dir .`, a home
+        # directory) keeps its mode; the files in it are owner-only anyway.
+        folder.mkdir(parents=True, mode=0o700)
+        os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask
     ca = new_authority()
     not_after = ca.cert.not_valid_after_utc
     _write(folder / "ca.crt", ca.cert.public_bytes(serialization.Encoding.PEM))
@@ -199,7 +202,7 @@ def _check_names(nodes: Sequence[str]) -> None:
     if not nodes:
         raise CertError("give at least one node name (--nodes n1,n2,n3)")
     for name in nodes:
-        if not NAME_PATTERN.match(name) or name in (CA_NAME, CLIENT_NAME):
+        if not usable_name(name) or name == CA_NAME:
             raise CertError(f"{name!r} is not a usable node name (letters, digits, '_', '.', "
                             f"'-'; not {CA_NAME!r} or {CLIENT_NAME!r})")
     if len(set(nodes)) != len(nodes):
