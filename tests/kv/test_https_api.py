@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from kv_helpers import ADMIN, AUTH, FAST, READ, SecureCluster, bearer, call, followers, run
 
-from raftly.security.certs import init_certs, issue, new_authority, write_pair
+from raftly.security.certs import init_certs, issue, load_authority, new_authority, write_pair
 from raftly.security.tls import client_context
 
 NAMES = ["n1", "n2", "n3"]
@@ -113,5 +113,42 @@ def test_tokens_over_https(certs: Path) -> None:
             status, _, headers = await call(s, "PUT", follower.url + "/v1/kv/k", data=b"v",
                                             headers=bearer(ADMIN))
             assert status == 307 and headers["Location"] == leader.url + "/v1/kv/k"
+
+    run(main())
+
+
+def test_a_members_certificate_gets_the_read_role_without_a_token_and_never_more(
+        certs: Path, tmp_path: Path) -> None:
+    # A certificate of the cluster CA for a name that is no member's: no role at all.
+    cert, key = issue(load_authority(certs), "n7", server=True)
+    write_pair(tmp_path, "n7", cert, key)
+
+    def session(name: str, folder: Path = certs) -> aiohttp.ClientSession:
+        context = client_context(certs / "ca.crt", folder / f"{name}.crt", folder / f"{name}.key")
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
+
+    async def main() -> None:
+        async with SecureCluster(3, config=FAST, tls_dir=certs, auth=AUTH,
+                                 members=True) as cluster:
+            leader = await cluster.wait_for_leader()
+            url = leader.url
+            async with session("n2") as s:
+                for path in ("/v1/status", "/v1/members", "/v1/kv/k"):
+                    assert (await call(s, "GET", url + path))[0] in (200, 404), path
+                status, body, _ = await call(s, "PUT", url + "/v1/kv/k", data=b"v")
+                assert status == 401 and body["code"] == "unauthorized"
+                status, _, _ = await call(s, "POST", url + "/v1/leader/transfer")
+                assert status == 401
+                # A token, when sent, is what counts: the certificate adds nothing to it.
+                status, body, _ = await call(s, "PUT", url + "/v1/kv/k", data=b"v",
+                                             headers=bearer(READ))
+                assert status == 403 and body["code"] == "forbidden"
+                status, _, _ = await call(s, "GET", url + "/v1/status",
+                                          headers=bearer("not-a-token-0123456789"))
+                assert status == 401
+            for name, folder in (("client", certs), ("n7", tmp_path)):
+                async with session(name, folder) as s:
+                    status, body, _ = await call(s, "GET", url + "/v1/status")
+                    assert status == 401 and body["code"] == "unauthorized", name
 
     run(main())
