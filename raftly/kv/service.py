@@ -18,7 +18,7 @@ import secrets
 import signal
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import aiohttp
 from aiohttp import web
@@ -244,19 +244,15 @@ async def _leader_dropped(session: aiohttp.ClientSession, url: str, cluster_id: 
                           own: int) -> bool:
     """Whether the node at ``url`` leads ``cluster_id`` and its members leave out ``own``."""
     try:
-        async with session.get(url + STATUS_PATH) as resp:
-            status = await resp.json(content_type=None)
+        status = await _get_json(session, url + STATUS_PATH)
         if status.get("cluster_id") != cluster_id or status.get("role") != "leader":
             return False
-        async with session.get(url + MEMBERS_PATH) as resp:
-            if resp.status != 200:
-                return False
-            body = await resp.json(content_type=None)
+        body = await _get_json(session, url + MEMBERS_PATH)
         # Only a committed configuration settles it: an uncommitted removal may be undone.
         members = body["members"]
         return body.get("committed") is True and bool(members) and all(
             m["id"] != own for m in members)
-    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+    except (_Refused, aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
         return False
 
 
@@ -345,6 +341,12 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
     warning = exposure_warning(spec, tls=tls is not None, auth=auth is not None)
     if warning is not None:
         logger.warning("%s", warning)
+    if auth is not None and tls is None and not token:
+        # With TLS a node's certificate is its read pass to the others' APIs; without, only a
+        # token is: address look-ups and the removal check would be refused, silently.
+        logger.warning("node %s: --auth-file without TLS and without --token: the other "
+                       "members' APIs will refuse this node's look-ups (give it a read token)",
+                       start.name)
     transport, names = peer_transport(start.cluster, spec.id, (spec.raft.host, spec.raft.port),
                                       tls)
     try:
@@ -363,20 +365,24 @@ async def _refuse_a_lost_disk(cluster: ClusterSpec, name: str, data_dir: str | P
                               calls: NodeCalls) -> None:
     """Refuse to start ``name`` on an empty data dir if the cluster's leader holds entries
     acknowledged by it: that node lost its disk, and with it its votes (it could vote twice in
-    a term and elect two leaders). A first start, or a cluster not running, passes."""
+    a term and elect two leaders). A first start, or a cluster not running, passes; a cluster
+    that runs but refuses to answer (401/403, a certificate it does not trust or one this node
+    does not trust) is refused too: the check cannot be made, so the start is not safe."""
     own = cluster.node(name)
+    refusals: list[str] = []
     async with calls.session(2.0) as session:
         for peer in cluster.nodes:
             if peer.name == name:
                 continue
             try:
-                async with session.get(calls.url(peer.api) + STATUS_PATH) as resp:
-                    status = await resp.json(content_type=None)
+                status = await _get_json(session, calls.url(peer.api) + STATUS_PATH)
                 leader_api = status.get("leader_api")
                 if status.get("cluster_id") != cluster.cluster_id or not leader_api:
                     continue
-                async with session.get(leader_api + MEMBERS_PATH) as resp:
-                    members = (await resp.json(content_type=None))["members"]
+                members = (await _get_json(session, leader_api + MEMBERS_PATH))["members"]
+            except _Refused as exc:
+                refusals.append(f"{peer.name}: {exc}")
+                continue
             except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
                 continue
             for member in members:
@@ -388,6 +394,30 @@ async def _refuse_a_lost_disk(cluster: ClusterSpec, name: str, data_dir: str | P
                         f"come back under its old id. Remove it (raftly member remove {name}) "
                         "and start it as a new member (raftly serve --join ...)")
             return
+    if refusals:
+        raise IdentityError(
+            f"node {name} starts with an empty data dir {data_dir} and cannot check with the "
+            f"running cluster that it did not lose its disk ({'; '.join(refusals)}): give it a "
+            "token with read role (--token or $RAFTLY_TOKEN), or its certificate of the "
+            "cluster CA (--tls-dir)")
+
+
+class _Refused(Exception):
+    """A member's API would not answer this node: 401/403, or TLS verification failed."""
+
+
+async def _get_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    """The JSON object at ``url``; ``_Refused`` when the API will not tell this node."""
+    try:
+        async with session.get(url) as resp:
+            if resp.status in (401, 403):
+                raise _Refused(f"{resp.status} {resp.reason}")
+            body = await resp.json(content_type=None)
+    except aiohttp.ClientSSLError as exc:
+        raise _Refused(f"TLS: {exc}") from None
+    if not isinstance(body, dict):
+        raise ValueError(f"{url}: not a JSON object")
+    return body
 
 
 def _joined_cluster(joined: Joined, name: str, raft: Address, api: Address) -> ClusterSpec:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 from collections.abc import Awaitable
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from test_service import write_cluster_file
 
 from raftly.kv import service
 from raftly.kv.cluster_file import Address, ClusterSpec
+from raftly.kv.identity import IdentityError
 from raftly.kv.join import JoinError, request_join
 from raftly.kv.node_calls import NodeCalls, PeerNames
 from raftly.kv.service import JoinSpec, LocalCluster, RunningNode, serve
@@ -174,3 +176,58 @@ def test_serve_runs_a_tls_cluster_with_tokens_that_a_new_node_joins(tmp_path: Pa
 async def _has_voter(members: Awaitable[dict[str, str] | None], name: str) -> bool:
     found = await members
     return found is not None and found.get(name) == "voter"
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["tls", "plain"])
+def test_a_node_that_lost_its_disk_in_an_auth_cluster_is_refused_without_any_token(
+        tmp_path: Path, tls: bool) -> None:
+    """No node has a token. With TLS a node's certificate is its read pass to the others' APIs,
+    so the lost disk is found; without TLS the check cannot be made, and a start that cannot
+    be checked is refused too, naming --token (never taken for "no cluster running")."""
+    certs = tmp_path / "tls"
+    names = ["n1", "n2", "n3"]
+    init_certs(certs, names)
+    cluster_file = tmp_path / "cluster.toml"
+    endpoints = write_cluster_file(cluster_file, names)
+    scheme = "https" if tls else "http"
+
+    def start(name: str, stop: asyncio.Event) -> Awaitable[None]:
+        return serve(cluster_file, name, tmp_path / name, fsync="never", config=FAST, stop=stop,
+                     tls=TlsFiles.from_dir(certs, name) if tls else None, auth=AUTH)
+
+    async def main() -> None:
+        stops = {name: asyncio.Event() for name in names}
+        tasks = {name: asyncio.create_task(start(name, stops[name])) for name in names}
+        try:
+            async with https(certs) as s:
+                async def put() -> bool:
+                    with contextlib.suppress(aiohttp.ClientError):
+                        for endpoint in endpoints:
+                            status, _, _ = await call(
+                                s, "PUT", f"{scheme}://{endpoint}/v1/kv/k", data=b"v",
+                                headers={"Authorization": f"Bearer {ADMIN}"})
+                            if status == 200:
+                                return True
+                    return False
+
+                async def applied(endpoint: str) -> bool:
+                    status, body, _ = await call(s, "GET", f"{scheme}://{endpoint}/v1/status",
+                                                 headers={"Authorization": f"Bearer {READ}"})
+                    return status == 200 and body["applied_index"] >= 2
+
+                await eventually(put, 20.0, what="a write")
+                for endpoint in endpoints:  # every node took it: the leader knows
+                    await eventually(lambda e=endpoint: applied(e), 20.0,
+                                     what=f"{endpoint} applied the write")
+            stops["n3"].set()
+            await tasks.pop("n3")
+            shutil.rmtree(tmp_path / "n3")  # the disk is gone, and its votes with it
+            message = r"n3 holds entries .* lost its disk" if tls else r"401 .*--token"
+            with pytest.raises(IdentityError, match=message):
+                await start("n3", asyncio.Event())
+        finally:
+            for stop in stops.values():
+                stop.set()
+            await asyncio.gather(*tasks.values())
+
+    run(main(), 60.0)
