@@ -129,6 +129,10 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
                         bootstrap=bootstrap_conf(cluster) if bootstrap else ConfState(),
                         config=config, snapshots=snapshots,
                         snapshot_entries=snapshot.entries, snapshot_retain=snapshot.retain)
+    if peer_names is not None:
+        # Before the server starts: starting applies the stored configuration, whose members
+        # (some perhaps added after the cluster file was written) must be named at once.
+        server.on_conf_change.append(peer_names.learn_conf)
     api = node_api_class()(server, cluster, spec, limits, auth=auth, tls=tls is not None)
     runner = make_runner(api.app(), limits, ssl_context)
     await runner.setup()
@@ -148,8 +152,6 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
                 actual.base_url(tls is not None))
     node = RunningNode(spec, server, api, runner, actual, NodeCalls.of(tls, token))
     node.watcher = asyncio.create_task(_watch_removal(node), name=f"raftly {name}: removal")
-    if peer_names is not None:
-        server.on_conf_change.append(peer_names.learn_conf)
     if isinstance(transport, TcpTransport):
         transport.on_unknown_peer = _AddressFinder(node, peer_names).wanted
     return node

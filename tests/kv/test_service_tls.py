@@ -26,6 +26,7 @@ from raftly.kv.service import JoinSpec, LocalCluster, RunningNode, serve
 from raftly.localproc import free_ports
 from raftly.security.certs import init_certs
 from raftly.security.tls import TlsFiles, client_context, common_name
+from raftly.storage import DiskStorage
 from raftly.transport import TcpTransport
 
 
@@ -231,3 +232,30 @@ def test_a_node_that_lost_its_disk_in_an_auth_cluster_is_refused_without_any_tok
             await asyncio.gather(*tasks.values())
 
     run(main(), 60.0)
+
+
+def test_a_restarted_node_names_members_added_after_its_cluster_file_at_once(
+        tmp_path: Path) -> None:
+    async def main() -> None:
+        async with LocalCluster(3, config=FAST, members=True, data_dir=tmp_path) as cluster:
+            await cluster.wait_for_leader()
+            n4 = await cluster.add_node("n4")
+            await eventually(lambda: _conf_has(cluster.node("n1"), n4.server.id), 10.0,
+                             what="n1 applied the configuration with n4")
+            assert cluster.cluster is not None
+            spec = cluster.cluster
+        n4_id = n4.server.id
+        transport, names = service.peer_transport(spec, 1, ("127.0.0.1", 0), peers=False)
+        assert names(n4_id) is None  # the cluster file does not list n4
+        node = await service.start_node(spec, "n1", storage=DiskStorage(tmp_path / "n1"),
+                                        transport=transport, config=FAST, peer_names=names)
+        try:
+            assert names(n4_id) == "n4"  # from the stored configuration, before any change
+        finally:
+            await node.close()
+
+    run(main())
+
+
+async def _conf_has(node: RunningNode, node_id: int) -> bool:
+    return node_id in {m.id for m in node.server.conf.members}
