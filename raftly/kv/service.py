@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import secrets
 import signal
@@ -43,8 +44,9 @@ from raftly.kv.state_machine import KVStateMachine
 from raftly.kv.unsafe_reads import node_api_class
 from raftly.localproc import free_ports
 from raftly.security.auth import Authorizer
-from raftly.security.certs import add_certs, init_certs
+from raftly.security.certs import CertError, add_certs, init_certs, read_certificate
 from raftly.security.tls import (
+    TlsError,
     TlsFiles,
     api_server_context,
     peer_client_context,
@@ -306,6 +308,9 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
     APIs.
     """
     limits = replace(limits or Limits(), max_connections=max_connections)
+    own_name = join.name if join is not None else node_name
+    if tls is not None and own_name is not None:
+        check_own_certificate(tls, own_name)
     calls = NodeCalls.of(tls, token)
     if join is not None and read_identity(data_dir) is None:
         joined = await request_join(join.endpoints, join.name, join.raft, join.api,
@@ -326,6 +331,8 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
             node_name, raft, api = join.name, join.raft, join.api
         start, identity = _restart(data_dir, node_name, raft, api)
         source = f"data dir {data_dir}"
+    if tls is not None and own_name is None:  # named by its data dir
+        check_own_certificate(tls, start.name)
     # Before the storage opens: a refused start must leave the directory as it was.
     check_identity(data_dir, identity, source)
     storage = DiskStorage(data_dir, fsync=fsync, segment_size=segment_size)
@@ -361,6 +368,39 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
         storage.close()
         raise
     await _run_until_stopped(node, stop)
+
+
+EXPIRY_WARNING = datetime.timedelta(days=30)
+"""A node whose certificate expires sooner warns at start (`raftly certs renew`)."""
+
+
+def check_own_certificate(tls: TlsFiles, name: str,
+                          now: datetime.datetime | None = None) -> None:
+    """Refuse to start node ``name`` with a certificate every peer would refuse: one naming
+    another node, or expired. Log its expiry; warn when it is near or not yet valid."""
+    try:
+        facts = read_certificate(tls.cert)
+    except CertError as exc:
+        raise TlsError(str(exc)) from None
+    now = now or datetime.datetime.now(datetime.UTC)
+    if facts.name != name:
+        raise TlsError(f"{tls.cert} names {facts.name!r}, not this node {name!r}: every peer "
+                       f"would refuse it (give node {name} its own certificate)")
+    if facts.not_after <= now:
+        raise TlsError(f"{tls.cert} expired on {facts.not_after:%Y-%m-%d %H:%M} UTC: every "
+                       "peer would refuse it (raftly certs renew)")
+    left = facts.not_after - now
+    if facts.not_before > now:
+        logger.warning("node %s: certificate %s is not valid before %s UTC (is the clock "
+                       "right?): peers refuse it until then", name, tls.cert,
+                       f"{facts.not_before:%Y-%m-%d %H:%M}")
+    elif left < EXPIRY_WARNING:
+        logger.warning("node %s: certificate %s expires in %d days, on %s UTC: renew it "
+                       "(raftly certs renew) and restart the node", name, tls.cert, left.days,
+                       f"{facts.not_after:%Y-%m-%d %H:%M}")
+    else:
+        logger.info("node %s: certificate %s expires on %s UTC (in %d days)", name, tls.cert,
+                    f"{facts.not_after:%Y-%m-%d %H:%M}", left.days)
 
 
 async def _refuse_a_lost_disk(cluster: ClusterSpec, name: str, data_dir: str | Path,
@@ -678,4 +718,5 @@ class LocalCluster:
             await node.close()
 
 
-__all__ = ["JoinSpec", "LocalCluster", "RunningNode", "serve", "start_node"]
+__all__ = ["JoinSpec", "LocalCluster", "RunningNode", "check_own_certificate", "serve",
+           "start_node"]

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import logging
+import re
 import shutil
 from collections.abc import Awaitable
 from pathlib import Path
@@ -24,8 +27,8 @@ from raftly.kv.join import JoinError, request_join
 from raftly.kv.node_calls import NodeCalls, PeerNames
 from raftly.kv.service import JoinSpec, LocalCluster, RunningNode, serve
 from raftly.localproc import free_ports
-from raftly.security.certs import init_certs
-from raftly.security.tls import TlsFiles, client_context, common_name
+from raftly.security.certs import init_certs, issue, load_authority, write_pair
+from raftly.security.tls import TlsError, TlsFiles, client_context, common_name
 from raftly.storage import DiskStorage
 from raftly.transport import TcpTransport
 
@@ -259,3 +262,45 @@ def test_a_restarted_node_names_members_added_after_its_cluster_file_at_once(
 
 async def _conf_has(node: RunningNode, node_id: int) -> bool:
     return node_id in {m.id for m in node.server.conf.members}
+
+
+def test_serve_refuses_to_start_with_a_certificate_naming_another_node(tmp_path: Path) -> None:
+    certs = tmp_path / "tls"
+    init_certs(certs, ["n1", "n2"])
+    cluster_file = tmp_path / "cluster.toml"
+    write_cluster_file(cluster_file, ["n1", "n2"])
+    wrong = TlsFiles(certs / "n2.crt", certs / "n2.key", certs / "ca.crt")
+    with pytest.raises(TlsError, match=r"n2\.crt names 'n2', not this node 'n1'"):
+        run(serve(cluster_file, "n1", tmp_path / "n1", config=FAST, tls=wrong))
+    assert not (tmp_path / "n1").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize(("validity", "level", "message"), [
+    ((-1, 400), logging.INFO, r"expires on \S+ \S+ UTC \(in 400 days\)"),
+    ((-1, 10), logging.WARNING, r"expires in 10 days, on .*raftly certs renew"),
+    ((1, 400), logging.WARNING, r"not valid before .*is the clock right"),
+])
+def test_a_node_logs_its_certificates_expiry_and_warns_when_it_is_near(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, validity: tuple[int, int], level: int,
+        message: str) -> None:
+    files = _certificate_valid(tmp_path, *validity)
+    with caplog.at_level(logging.INFO, logger="raftly.kv"):
+        service.check_own_certificate(files, "n1")
+    [record] = [r for r in caplog.records if "certificate" in r.getMessage()]
+    assert record.levelno == level and re.search(message, record.getMessage()), record
+
+
+def test_a_node_refuses_to_start_with_an_expired_certificate(tmp_path: Path) -> None:
+    files = _certificate_valid(tmp_path, -30, -1)
+    with pytest.raises(TlsError, match=r"n1\.crt expired on .*raftly certs renew"):
+        service.check_own_certificate(files, "n1")
+
+
+def _certificate_valid(tmp_path: Path, from_days: int, to_days: int) -> TlsFiles:
+    """n1's certificate, valid from ``from_days`` to ``to_days`` from now (+ 1 hour)."""
+    init_certs(tmp_path, ["n9"])
+    now = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+    cert, key = issue(load_authority(tmp_path), "n1", not_before=now + datetime.timedelta(
+        days=from_days), not_after=now + datetime.timedelta(days=to_days))
+    write_pair(tmp_path, "n1", cert, key)
+    return TlsFiles.from_dir(tmp_path, "n1")
