@@ -1,9 +1,11 @@
 """The KV API over HTTPS (certificates from ``raftly.security.certs`` in tmp_path): it serves,
 plain HTTP gets no data, redirects and member URLs keep https, a client certificate can be made
-mandatory, and tokens work over it."""
+mandatory, tokens work over it, a member's certificate is a read pass (never more), and expired
+or not-yet-valid certificates are refused at either end."""
 
 from __future__ import annotations
 
+import datetime
 import ssl
 from pathlib import Path
 
@@ -150,5 +152,60 @@ def test_a_members_certificate_gets_the_read_role_without_a_token_and_never_more
                 async with session(name, folder) as s:
                     status, body, _ = await call(s, "GET", url + "/v1/status")
                     assert status == 401 and body["code"] == "unauthorized", name
+
+    run(main())
+
+
+def _dated(ca_dir: Path, folder: Path, name: str, when: str, *, server: bool) -> None:
+    """Write ``name``.crt/.key into ``folder``: expired ("expired") or not yet valid ("future")."""
+    now = datetime.datetime.now(datetime.UTC)
+    day = datetime.timedelta(days=1)
+    start, end = (now - 30 * day, now - day) if when == "expired" else (now + day, now + 30 * day)
+    cert, key = issue(load_authority(ca_dir), name, server=server, not_before=start,
+                      not_after=end)
+    write_pair(folder, name, cert, key)
+
+
+@pytest.mark.parametrize("when", ["expired", "future"])
+def test_clients_refuse_an_api_whose_certificate_is_expired_or_not_yet_valid(
+        certs: Path, when: str) -> None:
+    for old in ("n1.crt", "n1.key"):
+        (certs / old).unlink()
+    _dated(certs, certs, "n1", when, server=True)  # the cluster's n1 takes this one
+
+    async def main() -> None:
+        async with SecureCluster(1, config=FAST, tls_dir=certs) as cluster, \
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+                    ssl=trusting(certs))) as s:
+            leader = await cluster.wait_for_leader()
+            with pytest.raises(aiohttp.ClientConnectorCertificateError,
+                               match="certificate has expired" if when == "expired"
+                               else "certificate is not yet valid"):
+                await call(s, "GET", leader.url + "/v1/status")
+
+    run(main())
+
+
+def test_client_certificate_auth_refuses_expired_and_not_yet_valid_client_certificates(
+        certs: Path, tmp_path: Path) -> None:
+    for when in ("expired", "future"):
+        _dated(certs, tmp_path, when, when, server=False)
+
+    async def main() -> None:
+        async with SecureCluster(1, config=FAST, tls_dir=certs,
+                                 client_cert_auth=True) as cluster:
+            leader = await cluster.wait_for_leader()
+            url = leader.url + "/v1/status"
+            for when in ("expired", "future"):
+                context = client_context(certs / "ca.crt", tmp_path / f"{when}.crt",
+                                         tmp_path / f"{when}.key")
+                async with aiohttp.ClientSession(
+                        connector=aiohttp.TCPConnector(ssl=context)) as s:
+                    with pytest.raises(aiohttp.ClientError):
+                        await call(s, "GET", url)
+                        pytest.fail(f"a client with an {when} certificate was served")
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+                    ssl=trusting(certs, client_cert=True))) as s:
+                assert (await call(s, "GET", url))[0] == 200  # the cluster's own is fine
 
     run(main())
