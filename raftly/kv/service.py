@@ -378,6 +378,7 @@ def check_own_certificate(tls: TlsFiles, name: str,
                           now: datetime.datetime | None = None) -> None:
     """Refuse to start node ``name`` with a certificate every peer would refuse: one naming
     another node, or expired. Log its expiry; warn when it is near or not yet valid."""
+    peer_server_context(tls)  # every file there and usable, or a TlsError naming the file
     try:
         facts = read_certificate(tls.cert)
     except CertError as exc:
