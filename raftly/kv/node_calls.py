@@ -35,6 +35,13 @@ class NodeCalls:
         context = client_context(tls.ca, tls.cert, tls.key) if tls is not None else None
         return cls(context, token or None)
 
+    @classmethod
+    def routine(cls, tls: TlsFiles | None, token: str | None = None) -> NodeCalls:
+        """For a running node's own look-ups: with TLS its certificate is its (read) pass, so
+        its token, which may be an admin one kept for joining, is never sent with them (they
+        go to addresses other nodes hand out)."""
+        return cls.of(tls, token if tls is None else None)
+
     @property
     def tls(self) -> bool:
         return self.ssl is not None

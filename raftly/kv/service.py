@@ -152,7 +152,7 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
     actual = Address(bind.host if bind.port else str(host), int(port))
     logger.info("node %s (raft id %d) serving the KV API on %s", name, spec.id,
                 actual.base_url(tls is not None))
-    node = RunningNode(spec, server, api, runner, actual, NodeCalls.of(tls, token))
+    node = RunningNode(spec, server, api, runner, actual, NodeCalls.routine(tls, token))
     node.watcher = asyncio.create_task(_watch_removal(node), name=f"raftly {name}: removal")
     if isinstance(transport, TcpTransport):
         transport.on_unknown_peer = _AddressFinder(node, peer_names).wanted
@@ -311,10 +311,10 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
     own_name = join.name if join is not None else node_name
     if tls is not None and own_name is not None:
         check_own_certificate(tls, own_name)
-    calls = NodeCalls.of(tls, token)
     if join is not None and read_identity(data_dir) is None:
         joined = await request_join(join.endpoints, join.name, join.raft, join.api,
-                                    learner=join.learner, timeout=join.timeout, calls=calls)
+                                    learner=join.learner, timeout=join.timeout,
+                                    calls=NodeCalls.of(tls, token))
         cluster = _joined_cluster(joined, join.name, join.raft, join.api)
         start = _Start(cluster, join.name, bootstrap=False)
         identity = NodeIdentity(joined.cluster_id, join.name, joined.raft_id, (), tuple(
@@ -325,7 +325,8 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
         start = _Start(cluster, node_name, bootstrap=True)
         identity, source = NodeIdentity.of(cluster, node_name), f"cluster file {cluster_file}"
         if read_identity(data_dir) is None:
-            await _refuse_a_lost_disk(cluster, node_name, data_dir, calls)
+            await _refuse_a_lost_disk(cluster, node_name, data_dir,
+                                      NodeCalls.routine(tls, token))
     else:
         if join is not None:
             node_name, raft, api = join.name, join.raft, join.api

@@ -106,6 +106,9 @@ def test_a_node_joins_a_tls_cluster_with_tokens_using_its_admin_token(tmp_path: 
                 assert status == 200
             await eventually(lambda: n4.kv.get("k") == b"v", 10.0, what="n4 caught up")
             assert transport(n4).stats()["refused"] == 0
+            # The admin token was for joining: the nodes' routine look-ups go to addresses
+            # other nodes hand out and show the certificate only.
+            assert all(node.calls.token is None and node.calls.tls for node in cluster.nodes)
 
     run(main())
 
