@@ -3,8 +3,10 @@
 A node calls other nodes' APIs itself: to join, to look up a member's addresses, to ask whether it
 was removed, to check for a lost disk. ``NodeCalls`` says how: https with the node's own
 certificate when it serves TLS (a cluster is all TLS or all plain), and ``Authorization: Bearer``
-with the node's token when it has one (``serve --token``). ``PeerNames`` is the transport's
-``peer_name``: the name each node id goes by, which its certificate must show.
+with the node's token when it has one (``serve --token``): for joining always, for its routine
+look-ups only without TLS (with TLS its certificate gets it the read role, see raftly.kv.http).
+``PeerNames`` is the transport's ``peer_name``: the name each node id goes by, which its
+certificate must show.
 """
 
 from __future__ import annotations
