@@ -1,8 +1,10 @@
-"""``raftly certs init|add``: a cluster's certificates, made with ``raftly.security.certs``.
+"""``raftly certs init|add|renew``: a cluster's certificates, made with ``raftly.security.certs``.
 
 ``init`` creates a CA, a certificate and key for every node named, and a client certificate;
-``add`` issues certificates for new nodes with the existing CA. Each file is printed with its
-expiry; a refusal (an existing CA, a bad name, a missing CA) is one line and exit 1.
+``add`` issues certificates for new nodes with the existing CA; ``renew`` re-issues existing
+ones (nodes, or ``client``) with the same CA before they expire, replacing the files. Each
+file is printed with its expiry; a refusal (an existing CA, a bad name, a missing CA) is one
+line and exit 1.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ examples:
   raftly certs init --dir certs --nodes n1,n2,n3 --hosts 10.0.0.5,db1.example.com
   raftly serve --cluster cluster.toml --id n1 --data-dir data/n1 --tls-dir certs
   raftly certs add --dir certs --nodes n4       a certificate for a new member
+  raftly certs renew --dir certs --nodes n1,n2,n3,client
+                                               new certificates before the old expire
+                                               (each node uses its new one when restarted)
 """
 
 
@@ -35,16 +40,20 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sub = certs.add_subparsers(dest="certs_command", required=True, metavar="COMMAND")
     init = sub.add_parser("init", help="a new CA, node certificates and a client certificate")
     add = sub.add_parser("add", help="certificates for new nodes, with the existing CA")
-    for p in (init, add):
+    renew = sub.add_parser("renew", help="re-issue certificates (nodes or client) with the "
+                                         "existing CA, replacing the files")
+    for p in (init, add, renew):
         p.add_argument("--dir", required=True, metavar="DIR", help="the certificate directory")
         p.add_argument("--nodes", required=True, type=_names, metavar="N1,N2,...",
                        help="node names (as in the cluster file or --join --id)")
         p.add_argument("--hosts", type=_names, default=[], metavar="H1,H2,...",
-                       help="more host names or IP addresses the nodes are reached at")
+                       help="more host names or IP addresses the nodes are reached at "
+                            "(renew: default those of the old certificate)")
         p.add_argument("--days", type=_days, default=None, metavar="N",
                        help="validity of the certificates in days (default 825)")
     init.set_defaults(func=_init)
     add.set_defaults(func=_add)
+    renew.set_defaults(func=_renew)
 
 
 def _names(text: str) -> list[str]:
@@ -67,6 +76,12 @@ def _add(args: argparse.Namespace) -> int:
     from raftly.security.certs import add_certs
 
     return _make(add_certs, args)
+
+
+def _renew(args: argparse.Namespace) -> int:
+    from raftly.security.certs import renew_certs
+
+    return _make(renew_certs, args)
 
 
 def _make(make: Callable[..., list[Issued]], args: argparse.Namespace) -> int:

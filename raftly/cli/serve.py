@@ -89,9 +89,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                                "role = \"read\" | \"write\" | \"admin\"); without it the API "
                                "is open")
     security.add_argument("--token", default=os.environ.get("RAFTLY_TOKEN"),
-                          help="this node's token for other members' APIs (joining a cluster "
-                               "with an auth file needs an admin token; default $RAFTLY_TOKEN, "
-                               "better than this flag: a command line is visible to others)")
+                          help="this node's token for other members' APIs: joining a cluster "
+                               "with an auth file needs an admin one; with TLS the node's "
+                               "certificate does for its other calls, without TLS give a read "
+                               "one (default $RAFTLY_TOKEN, better than this flag: a command "
+                               "line is visible to others)")
     security.add_argument("--max-connections", type=positive_int, default=1024, metavar="N",
                           help="API connections open at once; more are closed at once "
                                "(default 1024)")

@@ -24,6 +24,15 @@ from pathlib import Path
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 NAME_PATTERN = _NAME
 """What a node name may be (also for members added at run time)."""
+RESERVED_NAMES = frozenset({"client"})
+"""Names no node may take: ``raftly certs`` issues the client certificate with CN "client", and
+a peer's identity is its certificate's CN, so a member named "client" could be impersonated by
+anyone holding the client certificate."""
+
+
+def usable_name(name: object) -> bool:
+    """Whether ``name`` may name a node (in a cluster file or a join request)."""
+    return isinstance(name, str) and bool(_NAME.match(name)) and name not in RESERVED_NAMES
 MAX_NODE_ID = 0x7FFFFFFF
 
 
@@ -116,9 +125,10 @@ def parse_cluster(data: Mapping[str, object], source: str = "cluster file") -> C
     nodes: list[NodeSpec] = []
     for name, table in nodes_table.items():
         where = f"{source}: [nodes.{name}]"
-        if not _NAME.match(name):
+        if not usable_name(name):
             raise ClusterFileError(
-                f"{where}: a node name is 1-63 letters, digits, '_', '.', '-', not {name!r}")
+                f"{where}: a node name is 1-63 letters, digits, '_', '.', '-' (not 'client'),"
+                f" not {name!r}")
         if not isinstance(table, dict):
             raise ClusterFileError(f"{where}: must be a table with raft and api addresses")
         extra = set(table) - {"raft", "api", "id"}
@@ -198,6 +208,6 @@ def _toml_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-__all__ = ["NAME_PATTERN", "Address", "ClusterFileError", "ClusterSpec", "NodeSpec", "load_cluster",
-           "name_to_id", "parse_address", "parse_cluster", "parse_cluster_text",
-           "render_cluster"]
+__all__ = ["NAME_PATTERN", "RESERVED_NAMES", "Address", "ClusterFileError", "ClusterSpec",
+           "NodeSpec", "load_cluster", "name_to_id", "parse_address", "parse_cluster",
+           "parse_cluster_text", "render_cluster", "usable_name"]

@@ -22,8 +22,11 @@ With an ``Authorizer`` (``serve --auth-file``) every request needs a bearer toke
 covers its route (``required_role``), checked right after the error middleware, before the
 handler runs or the body is read: 401 ``{"error", "code": "unauthorized"}`` with
 ``WWW-Authenticate: Bearer`` for a missing or unknown token (nothing else is told to a stranger,
-not even the leader's name), 403 ``code: "forbidden"`` for a role too low. With ``tls`` the URLs
-this API hands out (redirects, member addresses in the status) are https.
+not even the leader's name), 403 ``code: "forbidden"`` for a role too low. A request that comes
+over TLS with a verified certificate of the cluster CA whose name (CN) is a member's, now or
+earlier, gets the read role without a token, never more: the nodes' own look-ups (addresses,
+removal, lost disk) need no token, and a removed node can still learn it was removed. With
+``tls`` the URLs this API hands out (redirects, member addresses in the status) are https.
 
 Resource limits (``Limits``, applied by ``make_runner``): at most ``max_connections`` open
 connections, TLS handshakes included (more are closed at once, see raftly.kv.connections, which
@@ -103,6 +106,7 @@ from raftly.kv.txn_http import TxnApi
 from raftly.kv.watch_http import WatchApi
 from raftly.kv.watch_hub import WatchHub
 from raftly.security.auth import Authorizer, Forbidden, Role, Unauthorized
+from raftly.security.tls import common_name
 from raftly.server.server import Busy, OutcomeUnknown, RaftServer, ServerStopped
 
 logger = logging.getLogger("raftly.kv.http")
@@ -206,11 +210,15 @@ class KVApi:
         self.watches = WatchHub(self.kv, max_watches=self.limits.max_watches,
                                 max_events=self.limits.watch_max_events,
                                 max_bytes=self.limits.watch_max_bytes)
+        self._node_names = {n.name for n in cluster.nodes}
+        """Names whose certificates get the read role (see the module docstring): added, never
+        dropped, like the transport's peer names."""
         # Names and API addresses (for redirects) follow the configuration in the log.
         server.on_conf_change.append(self._conf_changed)
 
     def _conf_changed(self, conf: ConfState) -> None:
         self.cluster = cluster_view(self.cluster, conf)
+        self._node_names.update(n.name for n in self.cluster.nodes)
         own = self.cluster.by_id(self.server.id)
         if own is not None:
             self.node = own
@@ -605,6 +613,8 @@ class KVApi:
             resource = match.route.resource if match.http_exception is None else None
             needed = required_role(request.method,
                                    resource.canonical if resource is not None else None)
+            if needed is Role.READ and self._from_a_node(request):
+                return await handler(request)
             try:
                 self.auth.check(request.headers.get(hdrs.AUTHORIZATION), needed)
             except Unauthorized as exc:
@@ -614,6 +624,15 @@ class KVApi:
             except Forbidden as exc:
                 return self._error(403, str(exc), code="forbidden")
         return await handler(request)
+
+    def _from_a_node(self, request: web.Request) -> bool:
+        """Whether the request came with a verified certificate naming a member (no token)."""
+        if not self.tls or hdrs.AUTHORIZATION in request.headers:
+            return False  # a token, when sent, is what is checked
+        transport = request.transport
+        # Only the TLS layer verified it against the cluster CA (peercert is empty otherwise).
+        name = common_name(transport.get_extra_info("peercert")) if transport else None
+        return name is not None and name in self._node_names
 
     @web.middleware
     async def _errors_middleware(self, request: web.Request, handler: Handler

@@ -21,12 +21,12 @@ from raftly.core.errors import NotLeader, ProposalDropped
 from raftly.core.types import ConfChange, ConfChangeType, ConfState, Member
 from raftly.kv.cluster_file import (
     MAX_NODE_ID,
-    NAME_PATTERN,
     Address,
     ClusterFileError,
     ClusterSpec,
     NodeSpec,
     parse_address,
+    usable_name,
 )
 from raftly.kv.http_common import Reply as _Reply
 from raftly.kv.protocol import MEMBERS_PATH, TRANSFER_PATH
@@ -141,8 +141,9 @@ class MembersApi:
         if unknown:
             return self.api._error(400, f"unknown fields {sorted(unknown)}")
         name = body.get("name")
-        if not isinstance(name, str) or not NAME_PATTERN.match(name):
-            return self.api._error(400, "name: 1-63 letters, digits, '_', '.', '-'")
+        if not isinstance(name, str) or not usable_name(name):
+            return self.api._error(400, "name: 1-63 letters, digits, '_', '.', '-' (not 'client',"
+                                        " the name of the client certificate)")
         addresses: dict[str, Address] = {}
         for field in ("raft", "api"):
             try:

@@ -3,8 +3,10 @@
 A node calls other nodes' APIs itself: to join, to look up a member's addresses, to ask whether it
 was removed, to check for a lost disk. ``NodeCalls`` says how: https with the node's own
 certificate when it serves TLS (a cluster is all TLS or all plain), and ``Authorization: Bearer``
-with the node's token when it has one (``serve --token``). ``PeerNames`` is the transport's
-``peer_name``: the name each node id goes by, which its certificate must show.
+with the node's token when it has one (``serve --token``): for joining always, for its routine
+look-ups only without TLS (with TLS its certificate gets it the read role, see raftly.kv.http).
+``PeerNames`` is the transport's ``peer_name``: the name each node id goes by, which its
+certificate must show.
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ class NodeCalls:
         """A node with ``tls`` shows its certificate and trusts only the cluster CA."""
         context = client_context(tls.ca, tls.cert, tls.key) if tls is not None else None
         return cls(context, token or None)
+
+    @classmethod
+    def routine(cls, tls: TlsFiles | None, token: str | None = None) -> NodeCalls:
+        """For a running node's own look-ups: with TLS its certificate is its (read) pass, so
+        its token, which may be an admin one kept for joining, is never sent with them (they
+        go to addresses other nodes hand out)."""
+        return cls.of(tls, token if tls is None else None)
 
     @property
     def tls(self) -> bool:

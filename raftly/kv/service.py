@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import secrets
 import signal
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import aiohttp
 from aiohttp import web
@@ -44,8 +45,9 @@ from raftly.kv.state_machine import KVStateMachine
 from raftly.kv.unsafe_reads import node_api_class
 from raftly.localproc import free_ports
 from raftly.security.auth import Authorizer
-from raftly.security.certs import add_certs, init_certs
+from raftly.security.certs import CertError, add_certs, init_certs, read_certificate
 from raftly.security.tls import (
+    TlsError,
     TlsFiles,
     api_server_context,
     peer_client_context,
@@ -132,6 +134,10 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
                         bootstrap=bootstrap_conf(cluster) if bootstrap else ConfState(),
                         config=config, snapshots=snapshots,
                         snapshot_entries=snapshot.entries, snapshot_retain=snapshot.retain)
+    if peer_names is not None:
+        # Before the server starts: starting applies the stored configuration, whose members
+        # (some perhaps added after the cluster file was written) must be named at once.
+        server.on_conf_change.append(peer_names.learn_conf)
     api = node_api_class()(server, cluster, spec, limits, auth=auth, tls=tls is not None)
     runner = make_runner(api.app(), limits, ssl_context)
     await runner.setup()
@@ -150,10 +156,8 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
     actual = Address(bind.host if bind.port else str(host), int(port))
     logger.info("node %s (raft id %d) serving the KV API on %s", name, spec.id,
                 actual.base_url(tls is not None))
-    node = RunningNode(spec, server, api, runner, actual, NodeCalls.of(tls, token))
+    node = RunningNode(spec, server, api, runner, actual, NodeCalls.routine(tls, token))
     node.watcher = asyncio.create_task(_watch_removal(node), name=f"raftly {name}: removal")
-    if peer_names is not None:
-        server.on_conf_change.append(peer_names.learn_conf)
     if isinstance(transport, TcpTransport):
         transport.on_unknown_peer = _AddressFinder(node, peer_names).wanted
     return node
@@ -248,19 +252,15 @@ async def _leader_dropped(session: aiohttp.ClientSession, url: str, cluster_id: 
                           own: int) -> bool:
     """Whether the node at ``url`` leads ``cluster_id`` and its members leave out ``own``."""
     try:
-        async with session.get(url + STATUS_PATH) as resp:
-            status = await resp.json(content_type=None)
+        status = await _get_json(session, url + STATUS_PATH)
         if status.get("cluster_id") != cluster_id or status.get("role") != "leader":
             return False
-        async with session.get(url + MEMBERS_PATH) as resp:
-            if resp.status != 200:
-                return False
-            body = await resp.json(content_type=None)
+        body = await _get_json(session, url + MEMBERS_PATH)
         # Only a committed configuration settles it: an uncommitted removal may be undone.
         members = body["members"]
         return body.get("committed") is True and bool(members) and all(
             m["id"] != own for m in members)
-    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+    except (_Refused, aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
         return False
 
 
@@ -315,10 +315,13 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
     raise_fd_limit()  # before make_runner reads it to clamp the connection cap
     limits = replace(limits or Limits(), max_connections=max_connections,
                      max_watches=max_watches)
-    calls = NodeCalls.of(tls, token)
+    own_name = join.name if join is not None else node_name
+    if tls is not None and own_name is not None:
+        check_own_certificate(tls, own_name)
     if join is not None and read_identity(data_dir) is None:
         joined = await request_join(join.endpoints, join.name, join.raft, join.api,
-                                    learner=join.learner, timeout=join.timeout, calls=calls)
+                                    learner=join.learner, timeout=join.timeout,
+                                    calls=NodeCalls.of(tls, token))
         cluster = _joined_cluster(joined, join.name, join.raft, join.api)
         start = _Start(cluster, join.name, bootstrap=False)
         identity = NodeIdentity(joined.cluster_id, join.name, joined.raft_id, (), tuple(
@@ -329,12 +332,15 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
         start = _Start(cluster, node_name, bootstrap=True)
         identity, source = NodeIdentity.of(cluster, node_name), f"cluster file {cluster_file}"
         if read_identity(data_dir) is None:
-            await _refuse_a_lost_disk(cluster, node_name, data_dir, calls)
+            await _refuse_a_lost_disk(cluster, node_name, data_dir,
+                                      NodeCalls.routine(tls, token))
     else:
         if join is not None:
             node_name, raft, api = join.name, join.raft, join.api
         start, identity = _restart(data_dir, node_name, raft, api)
         source = f"data dir {data_dir}"
+    if tls is not None and own_name is None:  # named by its data dir
+        check_own_certificate(tls, start.name)
     # Before the storage opens: a refused start must leave the directory as it was.
     check_identity(data_dir, identity, source)
     storage = DiskStorage(data_dir, fsync=fsync, segment_size=segment_size)
@@ -352,6 +358,12 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
     warning = exposure_warning(spec, tls=tls is not None, auth=auth is not None)
     if warning is not None:
         logger.warning("%s", warning)
+    if auth is not None and tls is None and not token:
+        # With TLS a node's certificate is its read pass to the others' APIs; without, only a
+        # token is: address look-ups and the removal check would be refused, silently.
+        logger.warning("node %s: --auth-file without TLS and without --token: the other "
+                       "members' APIs will refuse this node's look-ups (give it a read token)",
+                       start.name)
     transport, names = peer_transport(start.cluster, spec.id, (spec.raft.host, spec.raft.port),
                                       tls)
     try:
@@ -366,24 +378,62 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
     await _run_until_stopped(node, stop)
 
 
+EXPIRY_WARNING = datetime.timedelta(days=30)
+"""A node whose certificate expires sooner warns at start (`raftly certs renew`)."""
+
+
+def check_own_certificate(tls: TlsFiles, name: str,
+                          now: datetime.datetime | None = None) -> None:
+    """Refuse to start node ``name`` with a certificate every peer would refuse: one naming
+    another node, or expired. Log its expiry; warn when it is near or not yet valid."""
+    peer_server_context(tls)  # every file there and usable, or a TlsError naming the file
+    try:
+        facts = read_certificate(tls.cert)
+    except CertError as exc:
+        raise TlsError(str(exc)) from None
+    now = now or datetime.datetime.now(datetime.UTC)
+    if facts.name != name:
+        raise TlsError(f"{tls.cert} names {facts.name!r}, not this node {name!r}: every peer "
+                       f"would refuse it (give node {name} its own certificate)")
+    if facts.not_after <= now:
+        raise TlsError(f"{tls.cert} expired on {facts.not_after:%Y-%m-%d %H:%M} UTC: every "
+                       "peer would refuse it (raftly certs renew)")
+    left = facts.not_after - now
+    if facts.not_before > now:
+        logger.warning("node %s: certificate %s is not valid before %s UTC (is the clock "
+                       "right?): peers refuse it until then", name, tls.cert,
+                       f"{facts.not_before:%Y-%m-%d %H:%M}")
+    elif left < EXPIRY_WARNING:
+        logger.warning("node %s: certificate %s expires in %d days, on %s UTC: renew it "
+                       "(raftly certs renew) and restart the node", name, tls.cert, left.days,
+                       f"{facts.not_after:%Y-%m-%d %H:%M}")
+    else:
+        logger.info("node %s: certificate %s expires on %s UTC (in %d days)", name, tls.cert,
+                    f"{facts.not_after:%Y-%m-%d %H:%M}", left.days)
+
+
 async def _refuse_a_lost_disk(cluster: ClusterSpec, name: str, data_dir: str | Path,
                               calls: NodeCalls) -> None:
     """Refuse to start ``name`` on an empty data dir if the cluster's leader holds entries
     acknowledged by it: that node lost its disk, and with it its votes (it could vote twice in
-    a term and elect two leaders). A first start, or a cluster not running, passes."""
+    a term and elect two leaders). A first start, or a cluster not running, passes; a cluster
+    that runs but refuses to answer (401/403, a certificate it does not trust or one this node
+    does not trust) is refused too: the check cannot be made, so the start is not safe."""
     own = cluster.node(name)
+    refusals: list[str] = []
     async with calls.session(2.0) as session:
         for peer in cluster.nodes:
             if peer.name == name:
                 continue
             try:
-                async with session.get(calls.url(peer.api) + STATUS_PATH) as resp:
-                    status = await resp.json(content_type=None)
+                status = await _get_json(session, calls.url(peer.api) + STATUS_PATH)
                 leader_api = status.get("leader_api")
                 if status.get("cluster_id") != cluster.cluster_id or not leader_api:
                     continue
-                async with session.get(leader_api + MEMBERS_PATH) as resp:
-                    members = (await resp.json(content_type=None))["members"]
+                members = (await _get_json(session, leader_api + MEMBERS_PATH))["members"]
+            except _Refused as exc:
+                refusals.append(f"{peer.name}: {exc}")
+                continue
             except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
                 continue
             for member in members:
@@ -395,6 +445,30 @@ async def _refuse_a_lost_disk(cluster: ClusterSpec, name: str, data_dir: str | P
                         f"come back under its old id. Remove it (raftly member remove {name}) "
                         "and start it as a new member (raftly serve --join ...)")
             return
+    if refusals:
+        raise IdentityError(
+            f"node {name} starts with an empty data dir {data_dir} and cannot check with the "
+            f"running cluster that it did not lose its disk ({'; '.join(refusals)}): give it a "
+            "token with read role (--token or $RAFTLY_TOKEN), or its certificate of the "
+            "cluster CA (--tls-dir)")
+
+
+class _Refused(Exception):
+    """A member's API would not answer this node: 401/403, or TLS verification failed."""
+
+
+async def _get_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    """The JSON object at ``url``; ``_Refused`` when the API will not tell this node."""
+    try:
+        async with session.get(url) as resp:
+            if resp.status in (401, 403):
+                raise _Refused(f"{resp.status} {resp.reason}")
+            body = await resp.json(content_type=None)
+    except aiohttp.ClientSSLError as exc:
+        raise _Refused(f"TLS: {exc}") from None
+    if not isinstance(body, dict):
+        raise ValueError(f"{url}: not a JSON object")
+    return body
 
 
 def _joined_cluster(joined: Joined, name: str, raft: Address, api: Address) -> ClusterSpec:
@@ -653,4 +727,5 @@ class LocalCluster:
             await node.close()
 
 
-__all__ = ["JoinSpec", "LocalCluster", "RunningNode", "serve", "start_node"]
+__all__ = ["JoinSpec", "LocalCluster", "RunningNode", "check_own_certificate", "serve",
+           "start_node"]

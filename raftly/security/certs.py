@@ -1,6 +1,7 @@
 """A cluster's certificates: one CA, a key and certificate per node, and a client certificate.
 
-``raftly certs init`` and ``raftly certs add`` call this module. Layout of a certificate
+``raftly certs init``, ``add`` and ``renew`` call this module; ``serve`` reads its own
+certificate's name and expiry with ``read_certificate``. Layout of a certificate
 directory (every file readable by its owner only, the directory too)::
 
     ca.crt  ca.key          the cluster CA (keep ca.key off the nodes once the cluster runs)
@@ -17,6 +18,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from raftly.kv.cluster_file import NAME_PATTERN
+from raftly.kv.cluster_file import usable_name
 
 CA_NAME = "ca"
 CLIENT_NAME = "client"
@@ -70,8 +72,11 @@ def init_certs(directory: str | Path, nodes: Sequence[str], hosts: Sequence[str]
         raise CertError(f"{folder} already has a CA (ca.crt); use `raftly certs add` to issue "
                         "certificates for new nodes")
     _check_names(nodes)
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(folder, 0o700)
+    if not folder.exists():
+        # Owner-only, but only a directory made here: an existing one (`--dir .`, a home
+        # directory) keeps its mode; the files in it are owner-only anyway.
+        folder.mkdir(parents=True, mode=0o700)
+        os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask
     ca = new_authority()
     not_after = ca.cert.not_valid_after_utc
     _write(folder / "ca.crt", ca.cert.public_bytes(serialization.Encoding.PEM))
@@ -93,6 +98,57 @@ def add_certs(directory: str | Path, nodes: Sequence[str], hosts: Sequence[str] 
             raise CertError(f"{folder / (name + '.crt')} already exists: remove it first to "
                             "issue a new one")
     return [_issue_to(folder, ca, name, hosts, days=days, server=True) for name in nodes]
+
+
+def renew_certs(directory: str | Path, names: Sequence[str], hosts: Sequence[str] = (),
+                *, days: int = DEFAULT_DAYS) -> list[Issued]:
+    """Re-issue the certificates of ``names`` (nodes, or "client") with the CA in ``directory``,
+    each with a new key, replacing the old files atomically (a node reading them mid-way sees
+    the old pair or the new one). Without ``hosts`` a node keeps the hosts its old certificate
+    named. The nodes use the new files when they restart."""
+    folder = Path(directory)
+    if not names:
+        raise CertError("give at least one name to renew (--nodes n1,n2 or client)")
+    _check_names([n for n in names if n != CLIENT_NAME], allow_empty=True)
+    ca = load_authority(folder)
+    renewed: list[Issued] = []
+    for name in names:
+        old = folder / f"{name}.crt"
+        if not old.exists():
+            raise CertError(f"{old}: no such certificate to renew (issue one with "
+                            "`raftly certs add`)")
+        kept = hosts or _extra_hosts(x509.load_pem_x509_certificate(old.read_bytes()), name)
+        cert, key = issue(ca, name, kept, server=name != CLIENT_NAME, days=days)
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".renew-") as scratch:
+            new_cert, new_key = write_pair(Path(scratch), name, cert, key)
+            # Key first: a reader between the two renames pairs the old certificate with the
+            # new key and fails to load, it never runs with a mismatched pair unnoticed.
+            os.replace(new_key, folder / f"{name}.key")
+            os.replace(new_cert, old)
+        _fsync_dir(folder)
+        renewed.append(Issued(name, old, folder / f"{name}.key", cert.not_valid_after_utc))
+    return renewed
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateFacts:
+    """What ``serve`` checks of its own certificate at start."""
+
+    name: str | None
+    """The subject CN: a node's identity (None if the certificate has not exactly one)."""
+    not_before: datetime.datetime
+    not_after: datetime.datetime
+
+
+def read_certificate(path: str | Path) -> CertificateFacts:
+    """The name and validity of the PEM certificate at ``path``; ``CertError`` if unreadable."""
+    try:
+        cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CertError(f"{path}: not a readable certificate: {exc}") from None
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    name = str(names[0].value) if len(names) == 1 else None
+    return CertificateFacts(name, cert.not_valid_before_utc, cert.not_valid_after_utc)
 
 
 def new_authority(*, days: int = CA_DAYS, common_name: str = "raftly cluster CA") -> Authority:
@@ -195,11 +251,30 @@ def _general_name(host: str) -> x509.GeneralName:
         return x509.DNSName(host)
 
 
-def _check_names(nodes: Sequence[str]) -> None:
-    if not nodes:
+def _extra_hosts(cert: x509.Certificate, name: str) -> list[str]:
+    """The hosts a certificate names beyond its node name and the loopback ones."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    found = [*san.get_values_for_type(x509.DNSName),
+             *(str(ip) for ip in san.get_values_for_type(x509.IPAddress))]
+    return [h for h in found if h != name and h not in _LOOPBACK]
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_names(nodes: Sequence[str], *, allow_empty: bool = False) -> None:
+    if not nodes and not allow_empty:
         raise CertError("give at least one node name (--nodes n1,n2,n3)")
     for name in nodes:
-        if not NAME_PATTERN.match(name) or name in (CA_NAME, CLIENT_NAME):
+        if not usable_name(name) or name == CA_NAME:
             raise CertError(f"{name!r} is not a usable node name (letters, digits, '_', '.', "
                             f"'-'; not {CA_NAME!r} or {CLIENT_NAME!r})")
     if len(set(nodes)) != len(nodes):

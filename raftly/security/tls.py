@@ -38,14 +38,21 @@ class TlsFiles:
 
 
 def _base(purpose: ssl.Purpose, ca: Path | None) -> ssl.SSLContext:
-    context = ssl.create_default_context(purpose)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if ca is not None:
+    if ca is None:
+        # No CA of our own: a public HTTPS server, trusted through the system's CAs.
+        context = ssl.create_default_context(purpose)
+    else:
+        # Only the given CA, never the system store as well: a certificate that any public CA
+        # issued for a host, or with a CN equal to a node's name, must not pass.
+        protocol = (ssl.PROTOCOL_TLS_CLIENT if purpose == ssl.Purpose.SERVER_AUTH
+                    else ssl.PROTOCOL_TLS_SERVER)
+        context = ssl.SSLContext(protocol)
         _must_exist(ca, "CA certificate")
         try:
             context.load_verify_locations(cafile=str(ca))
         except (ssl.SSLError, OSError) as exc:
             raise TlsError(f"{ca}: not a usable CA certificate: {exc}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
 
 

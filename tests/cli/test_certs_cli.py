@@ -1,4 +1,4 @@
-"""``raftly certs init|add``: every file printed with its expiry, owner-only files, and a
+"""``raftly certs init|add|renew``: every file printed with its expiry, owner-only files, and a
 refusal (an existing CA, no CA, a bad name, bad days) as one line with a non-zero exit."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pytest
 from cryptography import x509
 
 from raftly.cli import main
+from raftly.security.tls import TlsFiles, peer_server_context
 
 
 def raftly(*argv: str) -> tuple[int, str, str]:
@@ -77,3 +78,33 @@ def test_add_without_a_ca_and_bad_days_are_refused(tmp_path: Path) -> None:
                           "--days", "0")
     assert code == 2 and "positive number of days" in err
     assert not (tmp_path / "ca.crt").exists()
+
+
+def test_renew_reissues_with_the_same_ca_keeping_the_hosts_and_replacing_the_files(
+        tmp_path: Path) -> None:
+    assert raftly("certs", "init", "--dir", str(tmp_path), "--nodes", "n1,n2", "--hosts",
+                  "db1.example.com,10.0.0.5", "--days", "10")[0] == 0
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca.crt").read_bytes())
+    old = {n: (tmp_path / f"{n}.crt").read_bytes() for n in ("n1", "n2", "client")}
+    old_key = (tmp_path / "n1.key").read_bytes()
+    code, out, err = raftly("certs", "renew", "--dir", str(tmp_path), "--nodes", "n1,client",
+                            "--days", "400")
+    assert code == 0, err
+    for name in ("n1", "client"):
+        expiry(out, tmp_path / f"{name}.crt")
+        cert = x509.load_pem_x509_certificate((tmp_path / f"{name}.crt").read_bytes())
+        assert (tmp_path / f"{name}.crt").read_bytes() != old[name]
+        cert.verify_directly_issued_by(ca)
+        assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days == 400
+        assert stat.S_IMODE((tmp_path / f"{name}.key").stat().st_mode) == 0o600
+    assert (tmp_path / "n1.key").read_bytes() != old_key
+    peer_server_context(TlsFiles.from_dir(tmp_path, "n1"))  # the new key fits the new cert
+    assert (tmp_path / "n2.crt").read_bytes() == old["n2"]  # not named: left alone
+    n1 = x509.load_pem_x509_certificate((tmp_path / "n1.crt").read_bytes())
+    san = n1.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(san.get_values_for_type(x509.DNSName)) == {"n1", "localhost", "db1.example.com"}
+    assert {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} == {
+        "127.0.0.1", "::1", "10.0.0.5"}
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    code, _, err = raftly("certs", "renew", "--dir", str(tmp_path), "--nodes", "n9")
+    assert code == 1 and "no such certificate to renew" in err

@@ -76,6 +76,8 @@ api = "localhost:8001"
     ("[nodes.n1]\nraft = 'h:1'\napi = 'h:2'\nid = '3'", "id must be"),
     ("[nodes.n1]\nraft = 'h:1'\napi = 'h:2'\nid = true", "id must be"),
     ("[nodes.'n 1']\nraft = 'h:1'\napi = 'h:2'", "node name"),
+    # The client certificate's CN: a member of that name could be impersonated with it.
+    ("[nodes.client]\nraft = 'h:1'\napi = 'h:2'", "node name"),
     ("[nodes.n1]\nraft = 'h:1'\napi = 'h:2'\nid = 5\n[nodes.n2]\nraft = 'h:3'\napi = 'h:4'\nid = 5",
      "same raft id"),
     ("[nodes.n1]\nraft = 'h:1'\napi = 'h:2'\n[nodes.n2]\nraft = 'h:1'\napi = 'h:4'",

@@ -182,6 +182,7 @@ def test_refusals_404_409_307_400() -> None:
             status, body, _ = await post(s, base + f"/{other.name}/promote")
             assert status == 409 and body["code"] == "not_learner", body
             for bad in ({"name": "n9"}, {"name": "bad name", "raft": "h:1", "api": "h:2"},
+                        {"name": "client", "raft": "h:1", "api": "h:2"},
                         {"name": "n9", "raft": "h:1", "api": "h:2", "extra": 1}):
                 assert (await post(s, base, bad))[0] == 400, bad
             assert (await call(s, "POST", base, data=b"{nope"))[0] == 400

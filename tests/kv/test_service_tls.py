@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import logging
+import re
+import shutil
 from collections.abc import Awaitable
 from pathlib import Path
 
@@ -18,12 +22,14 @@ from test_service import write_cluster_file
 
 from raftly.kv import service
 from raftly.kv.cluster_file import Address, ClusterSpec
+from raftly.kv.identity import IdentityError
 from raftly.kv.join import JoinError, request_join
 from raftly.kv.node_calls import NodeCalls, PeerNames
 from raftly.kv.service import JoinSpec, LocalCluster, RunningNode, serve
 from raftly.localproc import free_ports
-from raftly.security.certs import init_certs
-from raftly.security.tls import TlsFiles, client_context, common_name
+from raftly.security.certs import init_certs, issue, load_authority, write_pair
+from raftly.security.tls import TlsError, TlsFiles, client_context, common_name
+from raftly.storage import DiskStorage
 from raftly.transport import TcpTransport
 
 
@@ -100,6 +106,9 @@ def test_a_node_joins_a_tls_cluster_with_tokens_using_its_admin_token(tmp_path: 
                 assert status == 200
             await eventually(lambda: n4.kv.get("k") == b"v", 10.0, what="n4 caught up")
             assert transport(n4).stats()["refused"] == 0
+            # The admin token was for joining: the nodes' routine look-ups go to addresses
+            # other nodes hand out and show the certificate only.
+            assert all(node.calls.token is None and node.calls.tls for node in cluster.nodes)
 
     run(main())
 
@@ -174,3 +183,127 @@ def test_serve_runs_a_tls_cluster_with_tokens_that_a_new_node_joins(tmp_path: Pa
 async def _has_voter(members: Awaitable[dict[str, str] | None], name: str) -> bool:
     found = await members
     return found is not None and found.get(name) == "voter"
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["tls", "plain"])
+def test_a_node_that_lost_its_disk_in_an_auth_cluster_is_refused_without_any_token(
+        tmp_path: Path, tls: bool) -> None:
+    """No node has a token. With TLS a node's certificate is its read pass to the others' APIs,
+    so the lost disk is found; without TLS the check cannot be made, and a start that cannot
+    be checked is refused too, naming --token (never taken for "no cluster running")."""
+    certs = tmp_path / "tls"
+    names = ["n1", "n2", "n3"]
+    init_certs(certs, names)
+    cluster_file = tmp_path / "cluster.toml"
+    endpoints = write_cluster_file(cluster_file, names)
+    scheme = "https" if tls else "http"
+
+    def start(name: str, stop: asyncio.Event) -> Awaitable[None]:
+        return serve(cluster_file, name, tmp_path / name, fsync="never", config=FAST, stop=stop,
+                     tls=TlsFiles.from_dir(certs, name) if tls else None, auth=AUTH)
+
+    async def main() -> None:
+        stops = {name: asyncio.Event() for name in names}
+        tasks = {name: asyncio.create_task(start(name, stops[name])) for name in names}
+        try:
+            async with https(certs) as s:
+                async def put() -> bool:
+                    with contextlib.suppress(aiohttp.ClientError):
+                        for endpoint in endpoints:
+                            status, _, _ = await call(
+                                s, "PUT", f"{scheme}://{endpoint}/v1/kv/k", data=b"v",
+                                headers={"Authorization": f"Bearer {ADMIN}"})
+                            if status == 200:
+                                return True
+                    return False
+
+                async def applied(endpoint: str) -> bool:
+                    status, body, _ = await call(s, "GET", f"{scheme}://{endpoint}/v1/status",
+                                                 headers={"Authorization": f"Bearer {READ}"})
+                    return status == 200 and body["applied_index"] >= 2
+
+                await eventually(put, 20.0, what="a write")
+                for endpoint in endpoints:  # every node took it: the leader knows
+                    await eventually(lambda e=endpoint: applied(e), 20.0,
+                                     what=f"{endpoint} applied the write")
+            stops["n3"].set()
+            await tasks.pop("n3")
+            shutil.rmtree(tmp_path / "n3")  # the disk is gone, and its votes with it
+            message = r"n3 holds entries .* lost its disk" if tls else r"401 .*--token"
+            with pytest.raises(IdentityError, match=message):
+                await start("n3", asyncio.Event())
+        finally:
+            for stop in stops.values():
+                stop.set()
+            await asyncio.gather(*tasks.values())
+
+    run(main(), 60.0)
+
+
+def test_a_restarted_node_names_members_added_after_its_cluster_file_at_once(
+        tmp_path: Path) -> None:
+    async def main() -> None:
+        async with LocalCluster(3, config=FAST, members=True, data_dir=tmp_path) as cluster:
+            await cluster.wait_for_leader()
+            n4 = await cluster.add_node("n4")
+            await eventually(lambda: _conf_has(cluster.node("n1"), n4.server.id), 10.0,
+                             what="n1 applied the configuration with n4")
+            assert cluster.cluster is not None
+            spec = cluster.cluster
+        n4_id = n4.server.id
+        transport, names = service.peer_transport(spec, 1, ("127.0.0.1", 0), peers=False)
+        assert names(n4_id) is None  # the cluster file does not list n4
+        node = await service.start_node(spec, "n1", storage=DiskStorage(tmp_path / "n1"),
+                                        transport=transport, config=FAST, peer_names=names)
+        try:
+            assert names(n4_id) == "n4"  # from the stored configuration, before any change
+        finally:
+            await node.close()
+
+    run(main())
+
+
+async def _conf_has(node: RunningNode, node_id: int) -> bool:
+    return node_id in {m.id for m in node.server.conf.members}
+
+
+def test_serve_refuses_to_start_with_a_certificate_naming_another_node(tmp_path: Path) -> None:
+    certs = tmp_path / "tls"
+    init_certs(certs, ["n1", "n2"])
+    cluster_file = tmp_path / "cluster.toml"
+    write_cluster_file(cluster_file, ["n1", "n2"])
+    wrong = TlsFiles(certs / "n2.crt", certs / "n2.key", certs / "ca.crt")
+    with pytest.raises(TlsError, match=r"n2\.crt names 'n2', not this node 'n1'"):
+        run(serve(cluster_file, "n1", tmp_path / "n1", config=FAST, tls=wrong))
+    assert not (tmp_path / "n1").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize(("validity", "level", "message"), [
+    ((-1, 400), logging.INFO, r"expires on \S+ \S+ UTC \(in 400 days\)"),
+    ((-1, 10), logging.WARNING, r"expires in 10 days, on .*raftly certs renew"),
+    ((1, 400), logging.WARNING, r"not valid before .*is the clock right"),
+])
+def test_a_node_logs_its_certificates_expiry_and_warns_when_it_is_near(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, validity: tuple[int, int], level: int,
+        message: str) -> None:
+    files = _certificate_valid(tmp_path, *validity)
+    with caplog.at_level(logging.INFO, logger="raftly.kv"):
+        service.check_own_certificate(files, "n1")
+    [record] = [r for r in caplog.records if "certificate" in r.getMessage()]
+    assert record.levelno == level and re.search(message, record.getMessage()), record
+
+
+def test_a_node_refuses_to_start_with_an_expired_certificate(tmp_path: Path) -> None:
+    files = _certificate_valid(tmp_path, -30, -1)
+    with pytest.raises(TlsError, match=r"n1\.crt expired on .*raftly certs renew"):
+        service.check_own_certificate(files, "n1")
+
+
+def _certificate_valid(tmp_path: Path, from_days: int, to_days: int) -> TlsFiles:
+    """n1's certificate, valid from ``from_days`` to ``to_days`` from now (+ 1 hour)."""
+    init_certs(tmp_path, ["n9"])
+    now = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+    cert, key = issue(load_authority(tmp_path), "n1", not_before=now + datetime.timedelta(
+        days=from_days), not_after=now + datetime.timedelta(days=to_days))
+    write_pair(tmp_path, "n1", cert, key)
+    return TlsFiles.from_dir(tmp_path, "n1")

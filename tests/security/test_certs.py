@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import stat
 from pathlib import Path
 
@@ -68,6 +69,15 @@ def test_init_writes_a_ca_node_and_client_certificates_readable_by_the_owner_onl
     assert usages(n1) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
     client = load(folder / "client.crt")
     assert cn(client) == "client" and usages(client) == {ExtendedKeyUsageOID.CLIENT_AUTH}
+
+
+def test_init_leaves_the_mode_of_an_existing_directory_alone(tmp_path: Path) -> None:
+    folder = tmp_path / "home"
+    folder.mkdir()
+    os.chmod(folder, 0o755)
+    init_certs(folder, ["n1"])
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in folder.iterdir())
 
 
 def test_init_refuses_a_directory_that_already_has_a_ca(tmp_path: Path) -> None:

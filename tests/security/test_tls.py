@@ -111,3 +111,12 @@ def test_an_https_client_checks_the_host_name_and_the_ca(certs: Path, tmp_path: 
             await server.wait_closed()
 
     asyncio.run(main())
+
+
+def test_contexts_given_a_ca_trust_that_ca_only_never_the_system_store(certs: Path) -> None:
+    files = TlsFiles.from_dir(certs, "n1")
+    for context in (peer_server_context(files), peer_client_context(files),
+                    api_server_context(files), api_server_context(files, require_client_cert=True),
+                    client_context(certs / "ca.crt"),
+                    client_context(certs / "ca.crt", certs / "client.crt", certs / "client.key")):
+        assert context.cert_store_stats()["x509_ca"] == 1
