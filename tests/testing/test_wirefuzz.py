@@ -116,12 +116,12 @@ def test_hypothesis_random_bytes_give_codec_error_or_a_valid_value(data: bytes, 
     assert not report.findings, "\n".join(report.lines())
 
 
-def test_hostile_connections_are_each_closed_with_one_warning_and_a_peer_still_served() -> None:
+def test_hostile_connections_are_each_closed_with_one_refusal_line_and_a_peer_still_served() -> None:
     report = asyncio.run(asyncio.wait_for(run_sockets(70, seed=0, concurrency=35), 60))
     assert not report.findings, "\n".join(report.lines())
     assert report.connections == 70
     assert report.legit_rounds == 2
-    assert all(", 1 warning line(s)" in outcome and "closed" in outcome
+    assert all(", 1 refusal line(s)" in outcome and "closed" in outcome
                for outcome in report.outcomes)
 
 
