@@ -17,7 +17,8 @@ and checks for each input that
 
 ``run_sockets`` then opens real connections to a ``TcpTransport`` on 127.0.0.1 and sends hostile
 handshakes and frames: each must end in a disconnect by the transport with exactly one refusal
-line (WARNING, or DEBUG under the per-source rate limit) and no traceback, and a legitimate peer's messages must still arrive afterwards.
+line (WARNING, or DEBUG under the per-source rate limit) and no traceback, and a legitimate
+peer's messages must still arrive afterwards.
 
 One seed fixes every input: ``python -m raftly.testing.wirefuzz --inputs 1000000 --seed 1``.
 ``--atheris`` runs the same targets under atheris (coverage-guided) when it is installed
