@@ -64,16 +64,31 @@ def test_progress_and_cancelled_lines_move_the_resume_point() -> None:
         WatchCursor("", 0)
 
 
-def test_a_compacted_answer_raises_and_a_busy_one_is_retried_elsewhere() -> None:
+GONE = Response(410, {}, b'{"error": "compacted", "code": "compacted", '
+                         b'"oldest_available": 50, "current": 90}')
+
+
+def test_a_compacted_answer_raises_once_every_node_said_so_and_a_busy_one_is_retried(
+        ) -> None:
     cursor = WatchCursor("", 3)
-    gone = Response(410, {}, b'{"error": "compacted", "code": "compacted", '
-                             b'"oldest_available": 50, "current": 90}')
+    cursor.refused(GONE, "http://a", 2)  # another node may still have revision 3
+    cursor.refused(GONE, "http://a", 2)  # the same node again proves nothing new
     with pytest.raises(CompactedError) as caught:
-        cursor.refused(gone)
+        cursor.refused(GONE, "http://b", 2)
     assert (caught.value.from_revision, caught.value.oldest, caught.value.current) == (3, 50, 90)
     with pytest.raises(RequestError):
-        cursor.refused(Response(400, {}, b'{"error": "bad prefix"}'))
-    cursor.refused(Response(503, {}, b'{"error": "too many", "code": "too_many_watches"}'))
+        cursor.refused(Response(400, {}, b'{"error": "bad prefix"}'), "http://a", 2)
+    cursor.refused(Response(503, {}, b'{"error": "too many", "code": "too_many_watches"}'),
+                   "http://a", 2)
+
+
+def test_a_line_received_forgets_the_nodes_that_answered_410() -> None:
+    cursor = WatchCursor("", 3)
+    cursor.refused(GONE, "http://a", 2)
+    assert cursor.line(_line(3, "k")) is not None
+    cursor.refused(GONE, "http://b", 2)  # a has not refused since that line: not all said 410
+    with pytest.raises(CompactedError):
+        cursor.refused(GONE, "http://a", 2)
 
 
 def test_the_answers_of_lease_and_txn_calls_are_decoded() -> None:
@@ -206,6 +221,74 @@ def test_both_watches_raise_compacted_on_a_410() -> None:
         async for urls in _serve([compacted]):
             def blocking(urls: list[str] = urls) -> None:
                 with Client(urls) as kv, pytest.raises(CompactedError, match="40"):
+                    next(kv.watch(from_revision=2))
+            await asyncio.to_thread(blocking)
+            async with AsyncClient(urls) as kv:
+                with pytest.raises(CompactedError):
+                    async for _ in kv.watch(from_revision=2):
+                        pass
+
+    asyncio.run(main())
+
+
+async def _compacted(request: web.Request) -> web.Response:
+    return web.json_response({"error": "compacted", "code": "compacted",
+                              "oldest_available": 6, "current": 7}, status=410)
+
+
+def _restarted_then_full(asked: list[str | None]) -> list[Handler]:
+    """Node 1 (restarted: its history starts at 6) answers 410; node 2 has every revision."""
+    async def compacted(request: web.Request) -> web.Response:
+        asked.append(request.query.get("from_revision"))
+        return await _compacted(request)
+
+    return [compacted, _nodes(asked)[1]]
+
+
+def test_the_blocking_watch_continues_on_another_node_after_a_410_from_one() -> None:
+    asked: list[str | None] = []
+
+    async def main() -> list[tuple[int, str, str]]:
+        async for urls in _serve(_restarted_then_full(asked)):
+            def follow(urls: list[str] = urls) -> list[tuple[int, str, str]]:
+                with Client(urls, timeout=10) as kv:
+                    watch = kv.watch("p/", from_revision=5)
+                    seen = [(e.revision, e.type, e.key) for _, e in zip(range(4), watch,
+                                                                          strict=False)]
+                    watch.close()
+                    return seen
+            return await asyncio.to_thread(follow)
+        raise AssertionError("not served")
+
+    assert asyncio.run(main()) == EXPECTED
+    assert asked == ["5", "5"]
+
+
+def test_the_async_watch_continues_on_another_node_after_a_410_from_one() -> None:
+    asked: list[str | None] = []
+
+    async def main() -> list[tuple[int, str, str]]:
+        async for urls in _serve(_restarted_then_full(asked)):
+            async with AsyncClient(urls, timeout=10) as kv:
+                seen = []
+                watch = kv.watch("p/", from_revision=5)
+                async for event in watch:
+                    seen.append((event.revision, event.type, event.key))
+                    if len(seen) == 4:
+                        break
+                await watch.aclose()
+                return seen
+        raise AssertionError("not served")
+
+    assert asyncio.run(main()) == EXPECTED
+    assert asked == ["5", "5"]
+
+
+def test_both_watches_raise_compacted_when_every_node_answers_410() -> None:
+    async def main() -> None:
+        async for urls in _serve([_compacted, _compacted]):
+            def blocking(urls: list[str] = urls) -> None:
+                with Client(urls) as kv, pytest.raises(CompactedError, match="6"):
                     next(kv.watch(from_revision=2))
             await asyncio.to_thread(blocking)
             async with AsyncClient(urls) as kv:
