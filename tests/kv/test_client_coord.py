@@ -1,6 +1,7 @@
 """The coordination calls of the clients without a cluster: the watch cursor's resume rules, the
 answers' decoding, and both clients' watch against fake nodes (a stream broken in the middle of
-a revision resumes on the next node without gap or duplicate; 410 is ``CompactedError``)."""
+a revision resumes on the next node without gap or duplicate, as does one refused 410 by a
+node whose history starts later; ``CompactedError`` once every node answers 410)."""
 
 from __future__ import annotations
 
@@ -173,11 +174,10 @@ def _nodes(asked: list[str | None]) -> list[Handler]:
 EXPECTED = [(5, "put", "p/a"), (6, "put", "p/b"), (6, "put", "p/c"), (7, "delete", "p/a")]
 
 
-def test_the_blocking_watch_resumes_on_the_next_node_without_gap_or_duplicate() -> None:
-    asked: list[str | None] = []
-
+def _follow_blocking(handlers: list[Handler]) -> list[tuple[int, str, str]]:
+    """The first four changes ``Client.watch`` yields from revision 5 against ``handlers``."""
     async def main() -> list[tuple[int, str, str]]:
-        async for urls in _serve(_nodes(asked)):
+        async for urls in _serve(handlers):
             def follow(urls: list[str] = urls) -> list[tuple[int, str, str]]:
                 with Client(urls, timeout=10) as kv:
                     watch = kv.watch("p/", from_revision=5)
@@ -188,15 +188,13 @@ def test_the_blocking_watch_resumes_on_the_next_node_without_gap_or_duplicate() 
             return await asyncio.to_thread(follow)
         raise AssertionError("not served")
 
-    assert asyncio.run(main()) == EXPECTED
-    assert asked == ["5", "6"]
+    return asyncio.run(main())
 
 
-def test_the_async_watch_resumes_on_the_next_node_without_gap_or_duplicate() -> None:
-    asked: list[str | None] = []
-
+def _follow_async(handlers: list[Handler]) -> list[tuple[int, str, str]]:
+    """As ``_follow_blocking``, with ``AsyncClient.watch``."""
     async def main() -> list[tuple[int, str, str]]:
-        async for urls in _serve(_nodes(asked)):
+        async for urls in _serve(handlers):
             async with AsyncClient(urls, timeout=10) as kv:
                 seen = []
                 watch = kv.watch("p/", from_revision=5)
@@ -208,36 +206,29 @@ def test_the_async_watch_resumes_on_the_next_node_without_gap_or_duplicate() -> 
                 return seen
         raise AssertionError("not served")
 
-    assert asyncio.run(main()) == EXPECTED
+    return asyncio.run(main())
+
+
+FOLLOW = pytest.mark.parametrize("follow", [_follow_blocking, _follow_async],
+                                 ids=["blocking", "async"])
+
+
+@FOLLOW
+def test_a_watch_resumes_on_the_next_node_without_gap_or_duplicate(
+        follow: Callable[[list[Handler]], list[tuple[int, str, str]]]) -> None:
+    asked: list[str | None] = []
+    assert follow(_nodes(asked)) == EXPECTED
     assert asked == ["5", "6"]
-
-
-def test_both_watches_raise_compacted_on_a_410() -> None:
-    async def compacted(request: web.Request) -> web.Response:
-        return web.json_response({"error": "compacted", "code": "compacted",
-                                  "oldest_available": 40, "current": 77}, status=410)
-
-    async def main() -> None:
-        async for urls in _serve([compacted]):
-            def blocking(urls: list[str] = urls) -> None:
-                with Client(urls) as kv, pytest.raises(CompactedError, match="40"):
-                    next(kv.watch(from_revision=2))
-            await asyncio.to_thread(blocking)
-            async with AsyncClient(urls) as kv:
-                with pytest.raises(CompactedError):
-                    async for _ in kv.watch(from_revision=2):
-                        pass
-
-    asyncio.run(main())
 
 
 async def _compacted(request: web.Request) -> web.Response:
     return web.json_response({"error": "compacted", "code": "compacted",
-                              "oldest_available": 6, "current": 7}, status=410)
+                              "oldest_available": 40, "current": 77}, status=410)
 
 
 def _restarted_then_full(asked: list[str | None]) -> list[Handler]:
-    """Node 1 (restarted: its history starts at 6) answers 410; node 2 has every revision."""
+    """Node 1 (restarted: its history starts after revision 5) answers 410; node 2 has every
+    revision."""
     async def compacted(request: web.Request) -> web.Response:
         asked.append(request.query.get("from_revision"))
         return await _compacted(request)
@@ -245,50 +236,20 @@ def _restarted_then_full(asked: list[str | None]) -> list[Handler]:
     return [compacted, _nodes(asked)[1]]
 
 
-def test_the_blocking_watch_continues_on_another_node_after_a_410_from_one() -> None:
+@FOLLOW
+def test_a_watch_continues_on_another_node_after_a_410_from_one(
+        follow: Callable[[list[Handler]], list[tuple[int, str, str]]]) -> None:
     asked: list[str | None] = []
-
-    async def main() -> list[tuple[int, str, str]]:
-        async for urls in _serve(_restarted_then_full(asked)):
-            def follow(urls: list[str] = urls) -> list[tuple[int, str, str]]:
-                with Client(urls, timeout=10) as kv:
-                    watch = kv.watch("p/", from_revision=5)
-                    seen = [(e.revision, e.type, e.key) for _, e in zip(range(4), watch,
-                                                                          strict=False)]
-                    watch.close()
-                    return seen
-            return await asyncio.to_thread(follow)
-        raise AssertionError("not served")
-
-    assert asyncio.run(main()) == EXPECTED
+    assert follow(_restarted_then_full(asked)) == EXPECTED
     assert asked == ["5", "5"]
 
 
-def test_the_async_watch_continues_on_another_node_after_a_410_from_one() -> None:
-    asked: list[str | None] = []
-
-    async def main() -> list[tuple[int, str, str]]:
-        async for urls in _serve(_restarted_then_full(asked)):
-            async with AsyncClient(urls, timeout=10) as kv:
-                seen = []
-                watch = kv.watch("p/", from_revision=5)
-                async for event in watch:
-                    seen.append((event.revision, event.type, event.key))
-                    if len(seen) == 4:
-                        break
-                await watch.aclose()
-                return seen
-        raise AssertionError("not served")
-
-    assert asyncio.run(main()) == EXPECTED
-    assert asked == ["5", "5"]
-
-
-def test_both_watches_raise_compacted_when_every_node_answers_410() -> None:
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_both_watches_raise_compacted_when_every_node_answers_410(nodes: int) -> None:
     async def main() -> None:
-        async for urls in _serve([_compacted, _compacted]):
+        async for urls in _serve([_compacted] * nodes):
             def blocking(urls: list[str] = urls) -> None:
-                with Client(urls) as kv, pytest.raises(CompactedError, match="6"):
+                with Client(urls) as kv, pytest.raises(CompactedError, match="40"):
                     next(kv.watch(from_revision=2))
             await asyncio.to_thread(blocking)
             async with AsyncClient(urls) as kv:
