@@ -264,6 +264,8 @@ def _forwarding(child: subprocess.Popen[bytes]) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    # As etcdctl: a Ctrl-C at a terminal reaches the command directly too (same process
+    # group), so it may see that SIGINT twice; a `kill -INT` of raftly alone reaches it once.
     sigs = (signal.SIGTERM, signal.SIGINT)
     previous = {sig: signal.signal(sig, lambda sig, _frame: child.send_signal(sig))
                 for sig in sigs}
