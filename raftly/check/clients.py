@@ -28,6 +28,10 @@ issues again: the worker continues as a new process number (the Jepsen conventio
 
 Values are unique per run (``v<process>-<n>``), so a read names exactly the write it saw.
 
+The txn workload also grants short leases nobody keeps alive, on keys of their own
+(``raftly.check.leased`` says how their expiry is modelled); a write on a lease that has
+ended is refused by the state machine (``404 lease_not_found``): a sure ``fail``.
+
 Against a TLS cluster (``raftly check --tls``) the same ops go over https with the cluster's CA.
 A TLS handshake that failed is a connection error like a refused one: the request was never
 sent, so the op is a sure ``fail``.
@@ -51,9 +55,10 @@ from urllib.parse import quote
 
 import aiohttp
 
-from raftly.check.history import HistoryWriter
+from raftly.check.history import HistoryWriter, now
+from raftly.check.leased import LeaseRounds
 from raftly.kv.client_core import redirect_url
-from raftly.kv.protocol import TXN_PATH
+from raftly.kv.protocol import LEASES_PATH, TXN_PATH
 from raftly.testing.history import Function, Status
 
 # Why an op failed or has an unknown outcome, in words a reader of the summary knows.
@@ -69,6 +74,7 @@ OUTCOME_UNKNOWN = "504 outcome unknown"
 REDIRECTS = "too many redirects"
 BAD_REDIRECT = "redirect refused"
 """A 307 to where a client must not go (from https down to http)."""
+LEASE_GONE = "404 lease ended"
 
 
 def _status_reason(status: int, text: str) -> str:
@@ -124,7 +130,13 @@ class Workload:
     txn: bool = False
     """Every op as a ``POST /v1/txn`` (``--workload txn``): a read is a txn get, a write a put
     attached to the run's lease, a cas a compare on the value with a put in its success
-    branch; the same register model is checked."""
+    branch; the same register model is checked. Besides, short leases that do expire
+    (``raftly.check.leased``): ``lease_ratio`` of the ops go to their keys."""
+    lease_ttl: int = 1
+    lease_round: float = 2.0
+    """Seconds between two short-lease grants (each on new keys)."""
+    lease_keys: int = 2
+    lease_ratio: float = 0.3
 
     @property
     def key_names(self) -> list[str]:
@@ -154,6 +166,8 @@ class ClientPool:
     """For https nodes: the client TLS context (the cluster's CA)."""
     lease: int = 0
     """The lease the txn workload's puts attach to (granted for longer than the run)."""
+    leases: LeaseRounds | None = None
+    """The txn workload's short leases (set by ``run``)."""
     _processes: itertools.count[int] = field(default_factory=itertools.count)
     recent: dict[str, list[str]] = field(default_factory=dict)
     """Recently seen values per key: cas expectations are drawn from them, so some succeed."""
@@ -180,6 +194,12 @@ class ClientPool:
             deadline = loop.time() + duration
             workers = [asyncio.create_task(self._worker(session, deadline, random.Random(
                 self.rng.getrandbits(64)))) for _ in range(self.workload.clients)]
+            if self.workload.txn:
+                wl = self.workload
+                self.leases = LeaseRounds(self.history, wl.lease_ttl, wl.lease_keys,
+                                          self.next_process)
+                workers.append(asyncio.create_task(self._lease_rounds(
+                    session, deadline, self.leases)))
             try:
                 await asyncio.gather(*workers)
             finally:
@@ -199,7 +219,7 @@ class ClientPool:
                 await asyncio.sleep(min(rng.expovariate(1 / mean_gap), 5 * mean_gap))
                 if loop.time() >= deadline:
                     break
-            key = rng.choice(wl.key_names)
+            key = self._pick_key(rng)
             node = rng.choice(sorted(self.urls))  # the members of the moment
             roll = rng.random()
             f: Function
@@ -216,6 +236,46 @@ class ClientPool:
             outcome = await self.invoke(session, process, f, key, value, node)
             if outcome.type == "info":
                 process = self.next_process()
+
+    def _pick_key(self, rng: random.Random) -> str:
+        leased = self.leases.live_keys() if self.leases is not None else []
+        if leased and rng.random() < self.workload.lease_ratio:
+            return rng.choice(leased)
+        return rng.choice(self.workload.key_names)
+
+    async def _lease_rounds(self, session: aiohttp.ClientSession, deadline: float,
+                            rounds: LeaseRounds) -> None:
+        """Grant a short lease every ``lease_round`` s; a grant whose outcome is unknown is
+        simply not used (no key ever attaches to it)."""
+        loop = asyncio.get_running_loop()
+        rng = random.Random(self.rng.getrandbits(64))
+        while loop.time() < deadline:
+            invoked = now()
+            lease = await self._grant(session, rng.choice(sorted(self.urls)))
+            if lease is not None:
+                rounds.granted(lease, invoked)
+            await asyncio.sleep(self.workload.lease_round)
+
+    async def _grant(self, session: aiohttp.ClientSession, node: str) -> int | None:
+        """One grant, following 307s to the leader; its id, or None if not known granted."""
+        url = f"{self.urls[node]}{LEASES_PATH}"
+        body = json.dumps({"ttl": self.workload.lease_ttl}).encode()
+        try:
+            async with asyncio.timeout(self.workload.op_timeout):
+                for _hop in range(3):
+                    async with session.post(url, data=body, allow_redirects=False) as resp:
+                        if resp.status == 307 and "Location" in resp.headers:
+                            url = redirect_url(url, resp.headers["Location"]) or ""
+                            if not url:
+                                return None
+                            continue
+                        if resp.status != 200:
+                            return None
+                        return int(json.loads(await resp.read())["id"])
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError,
+                TypeError):
+            pass
+        return None
 
     def _remember(self, key: str, value: object) -> None:
         if isinstance(value, str):
@@ -260,8 +320,9 @@ class ClientPool:
         params: dict[str, str] = {}
         data: bytes | None = None
         if self.workload.txn:
+            lease = self.leases.lease_of(key) if self.leases is not None else None
             url, method, data = f"{self.urls[node]}{TXN_PATH}", "POST", txn_body(
-                f, key, value, self.lease)
+                f, key, value, self.lease if lease is None else lease)
         elif f == "write":
             assert isinstance(value, str)
             data = value.encode()
@@ -328,6 +389,9 @@ class ClientPool:
     def _classify_txn(cls, f: Function, status: int, body: bytes, node: str) -> Outcome:
         """A txn's answer: 200 with the branch taken and the get's value; anything else as
         the plain ops' (``_classify``)."""
+        if status == 404 and f != "read" and _code(body) == "lease_not_found":
+            # The state machine refused the whole txn: nothing of it was applied.
+            return Outcome("fail", node=node, error="404 lease not found", reason=LEASE_GONE)
         if status != 200:
             return cls._classify(f, status, body, node)
         try:
@@ -343,6 +407,14 @@ class ClientPool:
         if f == "cas" and not succeeded:
             return Outcome("fail", node=node, error="compare failed", reason=CAS_MISS)
         return Outcome("ok", node=node)
+
+
+def _code(body: bytes) -> object:
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return None
+    return answer.get("code") if isinstance(answer, dict) else None
 
 
 def txn_body(f: Function, key: str, value: object, lease: int) -> bytes:

@@ -45,8 +45,10 @@ class HistoryWriter:
             self._file = self.path.open("w", encoding="utf-8")
 
     def record(self, process: int, type: EventType, f: Function, key: str, value: object,
-               **extra: object) -> dict[str, Any]:
-        event = Event(process, type, f, key, value, now(),
+               *, at: int | None = None, **extra: object) -> dict[str, Any]:
+        """Append one event, timed now, or ``at`` (``now``'s clock) for an event whose time
+        is known otherwise (a lease expiry's earliest moment, which lies ahead)."""
+        event = Event(process, type, f, key, value, now() if at is None else at,
                       {k: v for k, v in extra.items() if v is not None})
         op = event.to_dict()
         self.ops.append(op)

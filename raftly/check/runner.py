@@ -38,6 +38,7 @@ from typing import Any
 from raftly.check.clients import ClientPool, Workload
 from raftly.check.cluster import Timing, check_cluster, node_view
 from raftly.check.history import HistoryWriter, NemesisLog
+from raftly.check.leased import LeaseRounds, check_gone
 from raftly.check.membership import ClusterMembers
 from raftly.check.nemesis import Nemesis, parse_nemeses, schedule
 from raftly.check.proxy import Network
@@ -68,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", type=int, default=8, help="number of keys (default 8)")
     p.add_argument("--workload", choices=("kv", "txn"), default="kv",
                    help="kv: reads, writes and compare-and-sets of /v1/kv (default); txn: the "
-                        "same ops as POST /v1/txn, the writes attached to a lease")
+                        "same ops as POST /v1/txn, the writes attached to a lease, plus short "
+                        "leases (1 s, never kept alive) whose keys must vanish at expiry: each "
+                        "expiry is checked as a delete at an unknown time between grant + TTL "
+                        "and the moment the lease is seen gone")
     p.add_argument("--nemesis", default="partition,kill,pause",
                    help="comma-separated faults: partition, kill, pause, membership (add a "
                         "node, remove one, replace the leader); 'none' for none (default: "
@@ -337,6 +341,8 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
         await _run_under_faults(pool, nemesis, nlog, duration)
         final, problems = await _recover(pool, cluster, nlog, workload.key_names,
                                          recovery_timeout)
+        if pool.leases is not None:
+            problems += await _settle_leases(pool, pool.leases, cluster, recovery_timeout)
         problems += nemesis.problems
         if "membership" in nemeses:
             problems += await _membership_agrees(target)
@@ -382,6 +388,34 @@ async def _run_lease(cluster: ProcessCluster) -> int:
     async with AsyncClient(cluster.urls, timeout=30,
                            ssl_context=cluster.ssl_context()) as client:
         return (await client.lease_grant(86400)).id
+
+
+async def _settle_leases(pool: ClientPool, rounds: LeaseRounds, cluster: ProcessCluster,
+                         timeout: float) -> list[str]:
+    """After the heal: wait until every short lease has ended (a linearizable lease list
+    without it), completing its keys' deletes; then read every leased key (recorded ops) and
+    check each is gone (``raftly.check.leased``)."""
+    from raftly.kv.client import AsyncClient, ClientError
+
+    problems: list[str] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with AsyncClient(cluster.urls, timeout=10,
+                           ssl_context=cluster.ssl_context()) as client:
+        while rounds.pending() and loop.time() < deadline:
+            try:
+                problems += rounds.settle(info.id for info in await client.leases())
+            except ClientError as exc:
+                logger.info("lease list failed: %s", exc)
+            if rounds.pending():
+                await asyncio.sleep(0.25)
+    problems += [f"lease {r.lease} (round {r.number}) never expired within {timeout:g}s of "
+                 "the heal" for r in rounds.pending()]
+    if rounds.pending():
+        return problems  # a key of a lease still alive may rightly have a value
+    final, read_problems = await final_reads(pool, cluster, await agreed_leader(cluster, 5.0),
+                                             rounds.keys())
+    return problems + read_problems + check_gone(final)
 
 
 def _leader_guess(cluster: ProcessCluster) -> Callable[[], Awaitable[str | None]]:

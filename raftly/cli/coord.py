@@ -4,16 +4,23 @@ campaign|observe``.
 
 They run through ``kv.run_client_command`` (client options, one-line errors). ``lock`` and
 ``election campaign`` run a command while holding the lock or the leadership and pass its
-exit status through (127 when it cannot be started), as etcdctl's ``lock`` does.
+exit status through (127 when it cannot be started), as etcdctl's ``lock`` does. The command
+gets SIGTERM and SIGINT sent to this process, and SIGTERM (with one line on stderr) when the
+lock or leadership is lost: a TTL has passed without a successful keepalive.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from raftly.cli.common import (
@@ -48,8 +55,12 @@ examples:
   raftly lock --ttl 30 deploy -- make deploy
 
 The lock is held through a lease of --ttl seconds kept alive while COMMAND runs; if this
-process dies (even kill -9) the lock is released once the TTL has passed. Exit status: the
-command's (127 if it could not be started); 1 if the lock could not be had.
+process dies (even kill -9) the lock is released once the TTL has passed. COMMAND gets
+RAFTLY_LOCK_KEY (the lock's key) and RAFTLY_LOCK_REV (its create revision: fence writes on it
+with a txn) in its environment. SIGTERM and SIGINT sent to raftly are passed on to COMMAND.
+If no keepalive succeeds for a whole TTL (cut off from the cluster), the lock may be someone
+else's: raftly says so on stderr and sends COMMAND SIGTERM. Exit status: the command's (127
+if it could not be started); 1 if the lock could not be had.
 """
 
 ELECTION_EPILOG = """\
@@ -242,20 +253,58 @@ def _command(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def _run_holding(argv: list[str]) -> int:
+LOST_POLL = 0.1
+"""Seconds between two looks at whether the lock is lost while the command runs."""
+
+
+@contextmanager
+def _forwarding(child: subprocess.Popen[bytes]) -> Iterator[None]:
+    """Pass SIGTERM and SIGINT on to ``child`` while it runs (only the main thread can set
+    handlers; elsewhere, as when the CLI runs in a test's thread, nothing is forwarded)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    # As etcdctl: a Ctrl-C at a terminal reaches the command directly too (same process
+    # group), so it may see that SIGINT twice; a `kill -INT` of raftly alone reaches it once.
+    sigs = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, lambda sig, _frame: child.send_signal(sig))
+                for sig in sigs}
     try:
-        return subprocess.call(argv)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_holding(argv: list[str], what: str, lost: Callable[[], bool],
+                 env: dict[str, str] | None = None) -> int:
+    """Run ``argv`` to its end and return its exit status; SIGTERM it once ``lost()``."""
+    try:
+        child = subprocess.Popen(argv, env=env)
     except OSError as exc:
         print(f"raftly: {argv[0]}: {exc.strerror}", file=sys.stderr)
         return 127
+    told = False
+    with _forwarding(child):
+        while True:
+            try:
+                return child.wait(LOST_POLL)
+            except subprocess.TimeoutExpired:
+                if not told and lost():
+                    print(f"raftly: {what} lost (no keepalive succeeded for a whole TTL): "
+                          f"sending SIGTERM to {argv[0]}", file=sys.stderr, flush=True)
+                    child.terminate()
+                    told = True
 
 
 def _do_lock(client: Any, args: argparse.Namespace) -> int:
     from raftly.kv.recipes import Lock
 
     argv = _command(args)
-    with Lock(client, args.name, ttl=args.ttl):
-        return _run_holding(argv)
+    with Lock(client, args.name, ttl=args.ttl) as lock:
+        env = {**os.environ, "RAFTLY_LOCK_KEY": str(lock.key),
+               "RAFTLY_LOCK_REV": str(lock.revision)}
+        return _run_holding(argv, f"lock {args.name}", lambda: lock.lost, env)
 
 
 def _do_campaign(client: Any, args: argparse.Namespace) -> int:
@@ -266,7 +315,7 @@ def _do_campaign(client: Any, args: argparse.Namespace) -> int:
     election = Election(client, args.name, ttl=args.ttl)
     election.campaign(_arg_bytes(args.value))
     try:
-        return _run_holding(argv)
+        return _run_holding(argv, f"leadership of {args.name}", lambda: election.lost)
     finally:
         election.resign()
 

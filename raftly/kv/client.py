@@ -252,7 +252,8 @@ class Client(_Shell):
         ``WATCH_SILENCE`` seconds (or ``request_timeout`` if longer; a node sends a progress
         line every 2 s when idle) is resumed on the next endpoint where it stopped,
         with no gap and no duplicate. ``progress=True`` also yields the progress events.
-        ``CompactedError`` if the cluster no longer keeps ``from_revision``;
+        ``CompactedError`` if no node keeps ``from_revision`` any more (a 410 from one node
+        is retried on the others: each keeps its own history);
         ``UnavailableError`` if no node serves the watch for ``timeout`` seconds."""
         cursor = WatchCursor(prefix, from_revision)
         since, attempt, last = time.monotonic(), 0, "nothing tried"
@@ -290,7 +291,8 @@ class Client(_Shell):
             conn.request("GET", cursor.path(), headers=self._core.headers)
             raw = conn.getresponse()
             if raw.status != 200:
-                cursor.refused(Response(raw.status, {}, raw.read()))
+                cursor.refused(Response(raw.status, {}, raw.read()), base,
+                               len(self._core.endpoints))
                 return
             yield None  # connected: the retry clock starts again
             while line := raw.readline():
@@ -485,7 +487,8 @@ class AsyncClient(_Shell):
         async with self._session.get(url, headers=self._core.headers, ssl=tls,
                                      allow_redirects=False, timeout=timeout) as raw:
             if raw.status != 200:
-                cursor.refused(Response(raw.status, {}, await raw.read()))
+                cursor.refused(Response(raw.status, {}, await raw.read()), base,
+                               len(self._core.endpoints))
                 return
             yield None
             async for line in raw.content:

@@ -386,6 +386,8 @@ class WatchCursor:
         """The revision whose lines may not all have arrived yet."""
         self._delivered: set[str] = set()
         """The keys of ``_open`` already delivered."""
+        self._compacted: dict[str, CompactedError] = {}
+        """The nodes that answered 410 since the last line received."""
 
     def path(self) -> str:
         query = {"prefix": self.prefix}
@@ -393,16 +395,21 @@ class WatchCursor:
             query["from_revision"] = str(self.next_revision)
         return WATCH_PATH + "?" + urlencode(query, quote_via=quote)
 
-    def refused(self, resp: Response) -> None:
-        """A non-200 answer to the watch request: raises for one that retrying cannot fix
-        (410 compacted, other 4xx); returns for one worth retrying elsewhere (5xx)."""
+    def refused(self, resp: Response, base: str, endpoints: int) -> None:
+        """A non-200 answer of ``base`` (one of ``endpoints`` nodes) to the watch request:
+        raises for one that retrying cannot fix (other 4xx; 410 compacted once every node has
+        said so since the last line: each node keeps its own history, and a restarted one only
+        has what it applied since its snapshot); returns for one worth retrying elsewhere."""
         if resp.status == 410:
             try:
                 body = resp.json()
                 oldest, current = int(body["oldest_available"]), int(body["current"])
             except (ValueError, KeyError, TypeError, AttributeError):
                 raise RequestError(410, resp.error_message()) from None
-            raise CompactedError(self.next_revision or 0, oldest, current)
+            self._compacted[base] = CompactedError(self.next_revision or 0, oldest, current)
+            if len(self._compacted) >= endpoints:
+                raise self._compacted[base]
+            return
         if 400 <= resp.status < 500:
             raise RequestError(resp.status, resp.error_message())
 
@@ -410,6 +417,7 @@ class WatchCursor:
         """The event of one line, or None for one with nothing to deliver: a cancelled line
         (the stream ends; the next connection resumes at its ``next_revision``) or a change
         delivered before a reconnect. ValueError for a malformed or out-of-order line."""
+        self._compacted.clear()
         try:
             obj = json.loads(raw)
             kind = obj["type"]

@@ -13,9 +13,12 @@ An election is the same queue: the holder is the leader, its key's value is the 
 proclamation; observers follow the lowest key under the election's prefix.
 
 What a holder must know: the lock is only as good as its lease. If keepalives fail for a whole
-TTL (a partition), the lease expires and another contender gets the lock: ``lost`` says so,
-and a holder that cannot tolerate that must check it (or fence its writes with a txn comparing
-its key's create revision).
+TTL (a partition), the lease expires and another contender gets the lock. ``lost`` says so by
+the holder's own clock, even when it cannot reach any node: it turns true once a TTL has passed
+since the SEND time of the last keepalive that succeeded (or of the grant). The leader restarts
+the countdown when the keepalive ARRIVES, later, so the lease cannot have ended before that
+(clock rates assumed equal). A holder that cannot tolerate overlap must check ``lost`` (or
+fence its writes with a txn comparing its key's create revision).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from types import TracebackType
 
 from raftly.kv.client import AsyncClient, Client, ClientError
-from raftly.kv.client_coord import Entry, LeaseNotFoundError, WatchEvent
+from raftly.kv.client_coord import Entry, LeaseNotFoundError, Page, WatchEvent
 
 __all__ = ["AsyncElection", "AsyncLock", "Election", "Lock", "LockLostError"]
 
@@ -68,6 +71,49 @@ def _holder(kvs: Sequence[Entry]) -> Entry | None:
     return min(kvs, key=lambda e: e.create_revision) if kvs else None
 
 
+QUEUE_PAGE = 1000
+"""Keys per read of a queue: a queue longer than that is read page after page (its keys are
+ordered by lease id, not by creation, so the holder may be on any page)."""
+
+
+class _Pages:
+    """A whole queue read page by page: ``kvs``, and ``revision``, the LOWEST revision of the
+    pages, so that a watch from ``revision + 1`` misses no change made between them."""
+
+    def __init__(self) -> None:
+        self.kvs: list[Entry] = []
+        self.revision: int | None = None
+        self.after: str | None = None
+
+    def add(self, page: Page) -> bool:
+        """Take one page in; whether another follows (then read from ``after``)."""
+        self.kvs += page.kvs
+        self.revision = page.revision if self.revision is None else min(self.revision,
+                                                                        page.revision)
+        if not page.more or not page.kvs:
+            return False
+        self.after = page.kvs[-1].key
+        return True
+
+    def done(self) -> tuple[list[Entry], int]:
+        assert self.revision is not None
+        return self.kvs, self.revision
+
+
+def _read_queue(client: Client, prefix: str) -> tuple[list[Entry], int]:
+    pages = _Pages()
+    while pages.add(client.range(prefix, limit=QUEUE_PAGE, start_after=pages.after)):
+        pass
+    return pages.done()
+
+
+async def _aread_queue(client: AsyncClient, prefix: str) -> tuple[list[Entry], int]:
+    pages = _Pages()
+    while pages.add(await client.range(prefix, limit=QUEUE_PAGE, start_after=pages.after)):
+        pass
+    return pages.done()
+
+
 class _Queue:
     """What a lock and an election contender share: names, the lease, the keepalive verdict."""
 
@@ -77,26 +123,56 @@ class _Queue:
         self.value = value
         self.lease_id: int | None = None
         self.key: str | None = None
-        self.lost = False
-        """Set when a keepalive found the lease gone: the lock may be someone else's now."""
+        self._lost = False
+        self._renewed_at: float | None = None
+        """``time.monotonic()`` when the last successful keepalive (or the grant) was sent."""
+        self._lease_ttl = ttl
         self.revision: int | None = None
         """Once held: the create revision of ``key``. Fence a write on it with a txn whose
         compare is ``Compare(key, "create_revision", "=", revision)``: it fails once the lock
         is lost, even if this holder has not noticed yet."""
 
-    def _enter(self, lease_id: int) -> str:
+    @property
+    def lost(self) -> bool:
+        """Whether the lease has ended or must have by this process's clock (a keepalive found
+        it gone, or a TTL passed since the send time of the last successful keepalive): the
+        lock may be someone else's now. Once true it stays true until the next acquire."""
+        if (not self._lost and self._renewed_at is not None
+                and time.monotonic() >= self._renewed_at + self._lease_ttl):
+            self._lease_gone("no keepalive succeeded for a whole TTL")
+        return self._lost
+
+    def _enter(self, lease_id: int, ttl: int, sent: float) -> str:
         self.lease_id = lease_id
         self.key = f"{self.prefix}{lease_id:x}"
-        self.lost = False
+        self._lost = False
+        self._lease_ttl = ttl
+        self._renewed_at = sent
         self.revision = None
         return self.key
+
+    def _renewed(self, sent: float) -> None:
+        """A keepalive sent at ``sent`` succeeded: the lease lasts at least until sent + TTL."""
+        if not self.lost and self._renewed_at is not None:
+            self._renewed_at = max(self._renewed_at, sent)
+
+    def _revoke_errors(self) -> tuple[type[Exception], ...]:
+        """What a release may ignore: a lease already gone; and once lost, any client error
+        (a holder cut off from the cluster cannot revoke, and need not: the lease ends by
+        itself)."""
+        return (ClientError,) if self.lost else (LeaseNotFoundError,)
+
+    def _left(self) -> None:
+        self.lease_id = self.key = self.revision = self._renewed_at = None
 
     def _period(self) -> float:
         return max(self.ttl / 3, 0.2)
 
-    def _lease_gone(self) -> None:
-        log.warning("lease %s of %s ended: the lock is lost", self.lease_id, self.key)
-        self.lost = True
+    def _lease_gone(self, why: str = "a keepalive found it gone") -> None:
+        if not self._lost:
+            log.warning("lease %s of %s ended (%s): the lock is lost", self.lease_id, self.key,
+                        why)
+        self._lost = True
 
 
 # -- blocking --------------------------------------------------------------------------------
@@ -121,8 +197,9 @@ class Lock(_Queue):
         if self.key is not None:
             raise RuntimeError(f"{self.key} is already acquired or being acquired")
         deadline = None if timeout is None else time.monotonic() + timeout
+        sent = time.monotonic()
         lease = self.client.lease_grant(self.ttl)
-        key = self._enter(lease.id)
+        key = self._enter(lease.id, lease.ttl, sent)
         self._stop.clear()
         self._keeper = threading.Thread(target=self._keep_alive, args=(self.client.fork(),),
                                         name=f"keepalive {key}", daemon=True)
@@ -130,12 +207,12 @@ class Lock(_Queue):
         try:
             self.client.put(key, self.value, lease=lease.id)
             while True:
-                page = self.client.range(self.prefix, limit=10000)
-                before = _predecessor(page.kvs, key)
+                kvs, revision = _read_queue(self.client, self.prefix)
+                before = _predecessor(kvs, key)
                 if before is None:
-                    self.revision = _mine(page.kvs, key).create_revision
+                    self.revision = _mine(kvs, key).create_revision
                     return True
-                if not self._wait_deleted(before, page.revision + 1, deadline):
+                if not self._wait_deleted(before, revision + 1, deadline):
                     self.release()
                     return False
         except BaseException:
@@ -157,7 +234,10 @@ class Lock(_Queue):
 
     def _keep_alive(self, client: Client) -> None:
         with client:
-            while not self._stop.wait(self._period()):
+            # Once lost, stop: renewing a lease this holder has given up would keep the
+            # others waiting for nothing.
+            while not self._stop.wait(self._period()) and not self.lost:
+                sent = time.monotonic()
                 try:
                     assert self.lease_id is not None
                     client.lease_keepalive(self.lease_id)
@@ -168,6 +248,8 @@ class Lock(_Queue):
                     # The next round tries again, within the TTL: a keepalive thread that
                     # died on an unexpected error would lose the lock silently.
                     log.warning("keepalive of lease %s failed: %s", self.lease_id, exc)
+                else:
+                    self._renewed(sent)
 
     def release(self) -> None:
         """Give the lock up (or stop waiting): delete the key, revoke the lease."""
@@ -176,9 +258,9 @@ class Lock(_Queue):
             self._keeper.join()
             self._keeper = None
         if self.lease_id is not None:
-            with contextlib.suppress(LeaseNotFoundError):
+            with contextlib.suppress(*self._revoke_errors()):
                 self.client.lease_revoke(self.lease_id)  # deletes the key with it
-        self.lease_id = self.key = self.revision = None
+        self._left()
 
     def __enter__(self) -> Lock:
         self.acquire()
@@ -258,14 +340,14 @@ class Election(_Candidacy):
             self._lock = None
 
     def leader(self) -> Entry | None:
-        return _holder(self.client.range(self.prefix, limit=10000).kvs)
+        return _holder(_read_queue(self.client, self.prefix)[0])
 
     def observe(self) -> Iterator[bytes | None]:
-        page = self.client.range(self.prefix, limit=10000)
-        observer = _Observer(page.kvs)
+        kvs, revision = _read_queue(self.client, self.prefix)
+        observer = _Observer(kvs)
         yield observer.value()
         with contextlib.closing(self.client.watch(self.prefix,
-                                                  from_revision=page.revision + 1)) as events:
+                                                  from_revision=revision + 1)) as events:
             for event in events:
                 if observer.changed(event):
                     yield observer.value()
@@ -287,19 +369,20 @@ class AsyncLock(_Queue):
     async def acquire(self, timeout: float | None = None) -> bool:
         if self.key is not None:
             raise RuntimeError(f"{self.key} is already acquired or being acquired")
+        sent = time.monotonic()
         lease = await self.client.lease_grant(self.ttl)
-        key = self._enter(lease.id)
+        key = self._enter(lease.id, lease.ttl, sent)
         self._keeper = asyncio.create_task(self._keep_alive())
         try:
             async with asyncio.timeout(timeout):
                 await self.client.put(key, self.value, lease=lease.id)
                 while True:
-                    page = await self.client.range(self.prefix, limit=10000)
-                    before = _predecessor(page.kvs, key)
+                    kvs, revision = await _aread_queue(self.client, self.prefix)
+                    before = _predecessor(kvs, key)
                     if before is None:
-                        self.revision = _mine(page.kvs, key).create_revision
+                        self.revision = _mine(kvs, key).create_revision
                         return True
-                    await self._wait_deleted(before, page.revision + 1)
+                    await self._wait_deleted(before, revision + 1)
         except TimeoutError:
             await self.release()
             return False
@@ -321,6 +404,9 @@ class AsyncLock(_Queue):
     async def _keep_alive(self) -> None:
         while True:
             await asyncio.sleep(self._period())
+            if self.lost:
+                return  # as in Lock._keep_alive
+            sent = time.monotonic()
             try:
                 assert self.lease_id is not None
                 await self.client.lease_keepalive(self.lease_id)
@@ -329,6 +415,8 @@ class AsyncLock(_Queue):
                 return
             except Exception as exc:  # as in Lock._keep_alive: the next round tries again
                 log.warning("keepalive of lease %s failed: %s", self.lease_id, exc)
+            else:
+                self._renewed(sent)
 
     async def release(self) -> None:
         if self._keeper is not None:
@@ -337,9 +425,9 @@ class AsyncLock(_Queue):
                 await self._keeper
             self._keeper = None
         if self.lease_id is not None:
-            with contextlib.suppress(LeaseNotFoundError):
+            with contextlib.suppress(*self._revoke_errors()):
                 await self.client.lease_revoke(self.lease_id)
-        self.lease_id = self.key = self.revision = None
+        self._left()
 
     async def __aenter__(self) -> AsyncLock:
         await self.acquire()
@@ -372,13 +460,13 @@ class AsyncElection(_Candidacy):
             self._lock = None
 
     async def leader(self) -> Entry | None:
-        return _holder((await self.client.range(self.prefix, limit=10000)).kvs)
+        return _holder((await _aread_queue(self.client, self.prefix))[0])
 
     async def observe(self) -> AsyncIterator[bytes | None]:
-        page = await self.client.range(self.prefix, limit=10000)
-        observer = _Observer(page.kvs)
+        kvs, revision = await _aread_queue(self.client, self.prefix)
+        observer = _Observer(kvs)
         yield observer.value()
-        events = self.client.watch(self.prefix, from_revision=page.revision + 1)
+        events = self.client.watch(self.prefix, from_revision=revision + 1)
         try:
             async for event in events:
                 if observer.changed(event):

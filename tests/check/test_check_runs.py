@@ -61,7 +61,7 @@ def test_pause_and_kill_five_nodes(tmp_path: Path) -> None:
     assert_passed(code, result, out)
 
 
-def test_the_txn_workload_with_a_lease_is_linearizable_under_partitions_and_kills(
+def test_the_txn_workload_with_short_leases_is_linearizable_under_partitions_and_kills(
         tmp_path: Path) -> None:
     out = tmp_path / "txn"
     code, result = run_check(out, "--nodes", "3", "--time", "15", "--clients", "6",
@@ -72,6 +72,17 @@ def test_the_txn_workload_with_a_lease_is_linearizable_under_partitions_and_kill
     ops = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     # Compares that found another value are recorded as failed cas, as the kv workload's 412s.
     assert any(op["type"] == "fail" and op.get("reason") == "412 cas miss" for op in ops)
+    # Short leases expired during the run, their keys with them; all of it was checked: the
+    # deletes completed, reads saw leased values and then saw them gone, and writes on
+    # ended leases were refused.
+    expiries = [op for op in ops if op.get("reason") == "lease expiry"]
+    assert expiries and {op["type"] for op in expiries} == {"invoke", "ok"}
+    assert len([op for op in expiries if op["type"] == "ok"]) * 2 == len(expiries)
+    leased_reads = [op for op in ops if op["key"].startswith("lease") and op["f"] == "read"
+                    and op["type"] == "ok"]
+    assert any(op["value"] is not None for op in leased_reads)
+    assert any(op["value"] is None for op in leased_reads)
+    assert any(op.get("reason") == "404 lease ended" for op in ops)
 
 
 def test_the_harness_catches_stale_reads(tmp_path: Path) -> None:

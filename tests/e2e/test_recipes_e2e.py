@@ -1,7 +1,9 @@
 """The coordination recipes and commands with real processes: ``raftly lock`` gives N processes
-mutual exclusion and is released after a SIGKILL of its holder once the TTL has passed; an
-election hands over; a txn counter under concurrent clients equals its successes; ``raftly kv
-watch`` prints the changes."""
+mutual exclusion and is released after a SIGKILL of its holder once the TTL has passed; it
+hands its command the lock's key and revision and passes SIGTERM on to it; a holder cut off
+from the cluster learns it lost the lock once the TTL has passed (and ``raftly lock`` then
+stops its command); an election hands over; a txn counter under concurrent clients equals its
+successes; ``raftly kv watch`` prints the changes."""
 
 from __future__ import annotations
 
@@ -287,3 +289,82 @@ def test_an_async_election_hands_over_and_its_observer_follows(
             return seen
 
     assert asyncio.run(scenario()) == [None, b"a", b"b"]
+
+
+# A command that notes its lock environment, says it runs, and on SIGTERM notes it and exits 3.
+TRAPS_TERM = """
+import os, pathlib, signal, sys, time
+notes = pathlib.Path(sys.argv[1])
+def term(*_):
+    notes.with_suffix(".term").write_text("SIGTERM")
+    sys.exit(3)
+signal.signal(signal.SIGTERM, term)
+notes.write_text(os.environ["RAFTLY_LOCK_KEY"] + " " + os.environ["RAFTLY_LOCK_REV"])
+time.sleep(120)
+"""
+
+
+@posix_only
+def test_raftly_lock_exports_key_and_revision_and_passes_sigterm_on_to_its_command(
+        shared_cluster: ProcessCluster, tmp_path: Path) -> None:
+    notes = tmp_path / "notes"
+    holder = subprocess.Popen(_lock_command("termed", sys.executable, "-c", TRAPS_TERM,
+                                            str(notes)),
+                              env=_env(shared_cluster.endpoints), stderr=subprocess.PIPE)
+    try:
+        wait_until("the command runs", notes.exists, timeout=30)
+        wait_until("the command wrote its environment", notes.read_text)
+        key, revision = notes.read_text().split()
+        with Client(shared_cluster.endpoints) as kv:
+            entry = kv.get_entry(key)
+            assert key.startswith("locks/termed/")
+            assert entry is not None and entry.create_revision == int(revision)
+            holder.send_signal(signal.SIGTERM)
+            assert holder.wait(30) == 3  # the command's own exit status: it got the SIGTERM
+            assert notes.with_suffix(".term").read_text() == "SIGTERM"
+            assert kv.range("locks/termed/").kvs == []  # released on the way out
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(10)
+
+
+@posix_only
+def test_a_holder_cut_off_from_the_cluster_learns_the_lock_is_lost_once_the_ttl_has_passed(
+        cluster: ProcessCluster, tmp_path: Path) -> None:
+    ttl = 3
+    notes = tmp_path / "notes"
+    command = [sys.executable, "-m", "raftly.cli", "lock", "--timeout", "2", "--ttl", str(ttl),
+               "cutoff-cli", "--", sys.executable, "-c", TRAPS_TERM, str(notes)]
+    shell = subprocess.Popen(command, env=_env(cluster.endpoints), stderr=subprocess.PIPE,
+                             text=True)
+    with Client(cluster.endpoints, timeout=2, request_timeout=1) as kv:
+        holder = Lock(kv, "cutoff", ttl=ttl)
+        try:
+            assert holder.acquire()
+            wait_until("the command of raftly lock runs", notes.exists, timeout=30)
+            wait_until("a keepalive succeeded", lambda: holder._renewed_at is not None
+                       and holder._renewed_at > time.monotonic() - ttl / 2, timeout=10)
+            for name in cluster.names:
+                cluster.pause(name)  # every node freezes: no answer, no error, like a partition
+            cut = time.monotonic()
+            assert not holder.lost
+            lost_at = wait_until("the holder noticed", lambda: holder.lost and time.monotonic(),
+                                 timeout=ttl + 10)
+            # Not before the lease could have expired, and about when it could.
+            assert holder._renewed_at is not None
+            assert lost_at >= holder._renewed_at + ttl
+            assert lost_at - cut <= ttl + 1.0, lost_at - cut
+            # raftly lock noticed too: it stopped its command and said why.
+            assert shell.wait(ttl + 30) == 3
+            assert notes.with_suffix(".term").read_text() == "SIGTERM"
+            assert shell.stderr is not None
+            assert "lock cutoff-cli lost" in shell.stderr.read()
+        finally:
+            for name in cluster.names:
+                cluster.resume(name)
+            if shell.poll() is None:
+                shell.kill()
+                shell.wait(10)
+        holder.release()  # lost, and the cluster is back: the lease is gone or revoked now
+        assert holder.key is None

@@ -1,6 +1,7 @@
 """The coordination calls of the clients without a cluster: the watch cursor's resume rules, the
 answers' decoding, and both clients' watch against fake nodes (a stream broken in the middle of
-a revision resumes on the next node without gap or duplicate; 410 is ``CompactedError``)."""
+a revision resumes on the next node without gap or duplicate, as does one refused 410 by a
+node whose history starts later; ``CompactedError`` once every node answers 410)."""
 
 from __future__ import annotations
 
@@ -64,16 +65,31 @@ def test_progress_and_cancelled_lines_move_the_resume_point() -> None:
         WatchCursor("", 0)
 
 
-def test_a_compacted_answer_raises_and_a_busy_one_is_retried_elsewhere() -> None:
+GONE = Response(410, {}, b'{"error": "compacted", "code": "compacted", '
+                         b'"oldest_available": 50, "current": 90}')
+
+
+def test_a_compacted_answer_raises_once_every_node_said_so_and_a_busy_one_is_retried(
+        ) -> None:
     cursor = WatchCursor("", 3)
-    gone = Response(410, {}, b'{"error": "compacted", "code": "compacted", '
-                             b'"oldest_available": 50, "current": 90}')
+    cursor.refused(GONE, "http://a", 2)  # another node may still have revision 3
+    cursor.refused(GONE, "http://a", 2)  # the same node again proves nothing new
     with pytest.raises(CompactedError) as caught:
-        cursor.refused(gone)
+        cursor.refused(GONE, "http://b", 2)
     assert (caught.value.from_revision, caught.value.oldest, caught.value.current) == (3, 50, 90)
     with pytest.raises(RequestError):
-        cursor.refused(Response(400, {}, b'{"error": "bad prefix"}'))
-    cursor.refused(Response(503, {}, b'{"error": "too many", "code": "too_many_watches"}'))
+        cursor.refused(Response(400, {}, b'{"error": "bad prefix"}'), "http://a", 2)
+    cursor.refused(Response(503, {}, b'{"error": "too many", "code": "too_many_watches"}'),
+                   "http://a", 2)
+
+
+def test_a_line_received_forgets_the_nodes_that_answered_410() -> None:
+    cursor = WatchCursor("", 3)
+    cursor.refused(GONE, "http://a", 2)
+    assert cursor.line(_line(3, "k")) is not None
+    cursor.refused(GONE, "http://b", 2)  # a has not refused since that line: not all said 410
+    with pytest.raises(CompactedError):
+        cursor.refused(GONE, "http://a", 2)
 
 
 def test_the_answers_of_lease_and_txn_calls_are_decoded() -> None:
@@ -158,11 +174,10 @@ def _nodes(asked: list[str | None]) -> list[Handler]:
 EXPECTED = [(5, "put", "p/a"), (6, "put", "p/b"), (6, "put", "p/c"), (7, "delete", "p/a")]
 
 
-def test_the_blocking_watch_resumes_on_the_next_node_without_gap_or_duplicate() -> None:
-    asked: list[str | None] = []
-
+def _follow_blocking(handlers: list[Handler]) -> list[tuple[int, str, str]]:
+    """The first four changes ``Client.watch`` yields from revision 5 against ``handlers``."""
     async def main() -> list[tuple[int, str, str]]:
-        async for urls in _serve(_nodes(asked)):
+        async for urls in _serve(handlers):
             def follow(urls: list[str] = urls) -> list[tuple[int, str, str]]:
                 with Client(urls, timeout=10) as kv:
                     watch = kv.watch("p/", from_revision=5)
@@ -173,15 +188,13 @@ def test_the_blocking_watch_resumes_on_the_next_node_without_gap_or_duplicate() 
             return await asyncio.to_thread(follow)
         raise AssertionError("not served")
 
-    assert asyncio.run(main()) == EXPECTED
-    assert asked == ["5", "6"]
+    return asyncio.run(main())
 
 
-def test_the_async_watch_resumes_on_the_next_node_without_gap_or_duplicate() -> None:
-    asked: list[str | None] = []
-
+def _follow_async(handlers: list[Handler]) -> list[tuple[int, str, str]]:
+    """As ``_follow_blocking``, with ``AsyncClient.watch``."""
     async def main() -> list[tuple[int, str, str]]:
-        async for urls in _serve(_nodes(asked)):
+        async for urls in _serve(handlers):
             async with AsyncClient(urls, timeout=10) as kv:
                 seen = []
                 watch = kv.watch("p/", from_revision=5)
@@ -193,17 +206,48 @@ def test_the_async_watch_resumes_on_the_next_node_without_gap_or_duplicate() -> 
                 return seen
         raise AssertionError("not served")
 
-    assert asyncio.run(main()) == EXPECTED
+    return asyncio.run(main())
+
+
+FOLLOW = pytest.mark.parametrize("follow", [_follow_blocking, _follow_async],
+                                 ids=["blocking", "async"])
+
+
+@FOLLOW
+def test_a_watch_resumes_on_the_next_node_without_gap_or_duplicate(
+        follow: Callable[[list[Handler]], list[tuple[int, str, str]]]) -> None:
+    asked: list[str | None] = []
+    assert follow(_nodes(asked)) == EXPECTED
     assert asked == ["5", "6"]
 
 
-def test_both_watches_raise_compacted_on_a_410() -> None:
-    async def compacted(request: web.Request) -> web.Response:
-        return web.json_response({"error": "compacted", "code": "compacted",
-                                  "oldest_available": 40, "current": 77}, status=410)
+async def _compacted(request: web.Request) -> web.Response:
+    return web.json_response({"error": "compacted", "code": "compacted",
+                              "oldest_available": 40, "current": 77}, status=410)
 
+
+def _restarted_then_full(asked: list[str | None]) -> list[Handler]:
+    """Node 1 (restarted: its history starts after revision 5) answers 410; node 2 has every
+    revision."""
+    async def compacted(request: web.Request) -> web.Response:
+        asked.append(request.query.get("from_revision"))
+        return await _compacted(request)
+
+    return [compacted, _nodes(asked)[1]]
+
+
+@FOLLOW
+def test_a_watch_continues_on_another_node_after_a_410_from_one(
+        follow: Callable[[list[Handler]], list[tuple[int, str, str]]]) -> None:
+    asked: list[str | None] = []
+    assert follow(_restarted_then_full(asked)) == EXPECTED
+    assert asked == ["5", "5"]
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_both_watches_raise_compacted_when_every_node_answers_410(nodes: int) -> None:
     async def main() -> None:
-        async for urls in _serve([compacted]):
+        async for urls in _serve([_compacted] * nodes):
             def blocking(urls: list[str] = urls) -> None:
                 with Client(urls) as kv, pytest.raises(CompactedError, match="40"):
                     next(kv.watch(from_revision=2))
