@@ -85,6 +85,7 @@ DEFAULT_MAX_SESSIONS: Final = 10_000
 DEFAULT_SESSION_WINDOW: Final = 256
 DEFAULT_MAX_LEASES: Final = 10_000
 DEFAULT_HISTORY_LIMIT: Final = 100_000
+DEFAULT_HISTORY_BYTES: Final = 64 << 20
 
 logger = logging.getLogger("raftly.kv.state_machine")
 
@@ -97,8 +98,9 @@ class KVStateMachine:
     ``max_sessions`` bounds the clients remembered for exactly-once (the least recently applied
     one is forgotten first); ``session_window`` bounds the results kept per client (the lowest
     seq is forgotten first); ``max_leases`` bounds the lease table. These must be equal on every
-    node. ``history_limit`` bounds the events kept for watchers (it may differ between nodes: it
-    only decides how far back a watch may start).
+    node. ``history_limit`` and ``history_bytes`` bound the events (and their keys' and values'
+    bytes) kept for watchers (they may differ between nodes: they only decide how far back a
+    watch may start).
     """
 
     def __init__(
@@ -109,14 +111,17 @@ class KVStateMachine:
         session_window: int = DEFAULT_SESSION_WINDOW,
         max_leases: int = DEFAULT_MAX_LEASES,
         history_limit: int = DEFAULT_HISTORY_LIMIT,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
     ) -> None:
-        if min(max_key_bytes, max_sessions, session_window, max_leases, history_limit) < 1:
+        if min(max_key_bytes, max_sessions, session_window, max_leases, history_limit,
+               history_bytes) < 1:
             raise ValueError("limits must be positive")
         self.max_key_bytes = max_key_bytes
         self.max_sessions = max_sessions
         self.session_window = session_window
         self.max_leases = max_leases
         self.history_limit = history_limit
+        self.history_bytes = history_bytes
         self._data: dict[str, KeyValue] = {}
         self._sorted: list[str] | None = []  # sorted keys for prefix scans; None when stale
         self._sorted_of: dict[str, KeyValue] = self._data
@@ -126,7 +131,7 @@ class KVStateMachine:
         self._sessions: OrderedDict[str, ClientState] = OrderedDict()
         self._captures = 0
         self._revision = 0
-        self._history = History(history_limit)
+        self._history = History(history_limit, max_bytes=history_bytes)
         self._events: list[Event] = []  # the events of the command being applied
         self.last_index = 0
         self.on_events: list[EventListener] = []
@@ -135,6 +140,10 @@ class KVStateMachine:
         here. A listener must not block; one that raises is logged and does not stop the
         others. A restore replaces the state without events: a subscriber that got events up
         to revision L has missed some when ``oldest_available_revision`` exceeds L + 1."""
+        self.on_restore: list[Callable[[], None]] = []
+        """Called right after a restore replaced the state (where its swap runs: the server
+        runs it on the event loop), so a subscriber learns of the skipped revisions at once
+        rather than by polling. Same rules as ``on_events``."""
 
     # -- apply ----------------------------------------------------------------------------------
 
@@ -334,16 +343,35 @@ class KVStateMachine:
         machine's limits; the state is then left as it was (the new one is built aside). The
         watch history then starts at the snapshot's revision.
         """
+        self.prepare_restore(source)()
+
+    def prepare_restore(self, source: SupportsRead) -> Callable[[], None]:
+        """``restore`` in two steps: read and check the snapshot now (slow: any thread), and
+        return the swap that installs it (instant). The server runs the swap on the event
+        loop, where applies, reads and the watch hub run, so none of them sees the state
+        change in the middle of a step. Raises ValueError as ``restore`` does."""
         state = SnapshotReader(source, max_key_bytes=self.max_key_bytes,
                                max_sessions=self.max_sessions,
                                session_window=self.session_window,
                                max_leases=self.max_leases).read()
-        history = History(self.history_limit, floor=state.revision)
-        # One statement, with no call in it: the event loop, reading meanwhile, sees the old
-        # state or the new one (CPython switches threads only at calls and backward jumps).
-        (self._sorted, self._data, self._leases, self._sessions, self.last_index, self._revision,
-         self._history) = (None, state.data, state.leases, state.sessions, state.last_index,
-                           state.revision, history)
+
+        def swap() -> None:
+            history = History(self.history_limit, floor=state.revision,
+                              max_bytes=self.history_bytes)
+            # One statement, with no call in it: even a caller off the event loop leaves
+            # readers seeing the old state or the new one (CPython switches threads only at
+            # calls and backward jumps).
+            (self._sorted, self._data, self._leases, self._sessions, self.last_index,
+             self._revision, self._history) = (None, state.data, state.leases, state.sessions,
+                                               state.last_index, state.revision, history)
+            for listener in list(self.on_restore):
+                try:
+                    listener()
+                except Exception:
+                    logger.exception("a KV restore listener failed at revision %d",
+                                     state.revision)
+
+        return swap
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -422,6 +450,7 @@ class KVStateMachine:
 
 
 __all__ = [
+    "DEFAULT_HISTORY_BYTES",
     "DEFAULT_HISTORY_LIMIT",
     "DEFAULT_MAX_KEY_BYTES",
     "DEFAULT_MAX_LEASES",

@@ -8,10 +8,10 @@ watcher whose queue passes ``max_events`` or ``max_bytes`` is cut off (a slow wa
 queue is dropped and it ends with a ``Cancelled`` saying where to resume), never buffered
 without bound.
 
-A snapshot restore replaces the state without events. The hub notices (the store's revision or
-history moved past the last revision it saw) and cancels every watcher that needed a revision
-the restore skipped: it ends, after the events it had, with the revision to resume from (which
-a reconnect will find compacted, or served by a node that has it).
+A snapshot restore replaces the state without events. The machine tells the hub right after
+its swap (``on_restore``, on the event loop), and the hub cancels every watcher that needed a
+revision the restore skipped: it ends, after the events it had, with the revision to resume
+from (which a reconnect will find compacted, or served by a node that has it).
 """
 
 from __future__ import annotations
@@ -138,6 +138,7 @@ class WatchHub:
         self._seen = kv.revision
         """The last revision the hub has handed out (or the store had when it started)."""
         kv.on_events.append(self._on_events)
+        kv.on_restore.append(self._on_restore)
 
     def __len__(self) -> int:
         return len(self._watchers)
@@ -151,41 +152,37 @@ class WatchHub:
         if len(self._watchers) >= self.max_watches:
             raise TooManyWatches(f"this node serves {self.max_watches} watches, the most "
                                  "allowed (--max-watches)")
-        self.check_restore()
         kv = self.kv
-        start = kv.revision + 1 if from_revision is None else from_revision
+        current = kv.revision  # read once: every step below agrees on it
+        start = current + 1 if from_revision is None else from_revision
         # Raises Compacted when the history starts after ``start``.
-        backlog = kv.events_since(start, prefix) if start <= kv.revision else []
+        backlog = kv.events_since(start, prefix) if start <= current else []
         watcher = Watcher(self, prefix, start, backlog)
         # Revisions up to the store's are in the backlog (or had nothing under the prefix).
-        watcher.next_revision = max(watcher.next_revision, kv.revision + 1)
+        watcher.next_revision = max(watcher.next_revision, current + 1)
         self._watchers.add(watcher)
         return watcher
 
     def _on_events(self, events: list[Event]) -> None:
         revision = events[0].revision
-        # A restore before this apply moved the history's floor past what was handed out.
-        self._skipped(self.kv.oldest_available_revision - 1, below=revision)
         self._seen = revision
         for watcher in list(self._watchers):
             watcher.offer(revision, events)
 
-    def check_restore(self) -> None:
-        """Cancel the watchers a snapshot restore skipped revisions for, if one happened since
-        the last apply (the store's revision moved without events)."""
-        self._skipped(self.kv.revision, below=self.kv.revision + 1)
-
-    def _skipped(self, floor: int, *, below: int) -> None:
-        if self._seen < floor < below:
-            # Revisions self._seen+1 .. floor were applied by a restore, without events.
-            logger.info("a snapshot restore skipped revisions %d..%d; cancelling the watchers "
-                        "that needed them", self._seen + 1, floor)
-            for watcher in list(self._watchers):
-                if watcher.next_revision <= floor:
-                    watcher.cancel(f"a snapshot restore on this node skipped revisions "
-                                   f"{self._seen + 1} to {floor}; reconnect (to this or "
-                                   "another node) with from_revision = next_revision")
-            self._seen = floor
+    def _on_restore(self) -> None:
+        """Cancel the watchers that needed a revision the restore just skipped."""
+        floor = self.kv.revision
+        if floor <= self._seen:
+            return
+        # Revisions self._seen+1 .. floor were applied by the restore, without events.
+        logger.info("a snapshot restore skipped revisions %d..%d; cancelling the watchers "
+                    "that needed them", self._seen + 1, floor)
+        for watcher in list(self._watchers):
+            if watcher.next_revision <= floor:
+                watcher.cancel(f"a snapshot restore on this node skipped revisions "
+                               f"{self._seen + 1} to {floor}; reconnect (to this or "
+                               "another node) with from_revision = next_revision")
+        self._seen = floor
 
     def close(self) -> None:
         """End every watch (the node stops)."""
@@ -194,6 +191,8 @@ class WatchHub:
                            "from_revision = next_revision")
         if self._on_events in self.kv.on_events:
             self.kv.on_events.remove(self._on_events)
+        if self._on_restore in self.kv.on_restore:
+            self.kv.on_restore.remove(self._on_restore)
 
 
 def _by_revision(events: list[Event]) -> list[list[Event]]:
