@@ -48,6 +48,10 @@ COMPARE_OPS: Final = frozenset({"=", "!=", "<", ">"})
 MAX_CLIENT_ID_LEN: Final = 128
 MAX_TXN_COMPARES: Final = 128
 MAX_TXN_OPS: Final = 128  # per branch
+MAX_TXN_GET_BYTES: Final = 4 << 20
+"""The values a txn's gets may return, together: the answer (and the copy exactly-once keeps
+of it, in the session table and snapshots) stays bounded. Part of the replicated behaviour:
+equal on every node."""
 MAX_LEASE_TTL: Final = 9_000_000_000  # seconds, as etcd's
 MAX_INT: Final = (1 << 63) - 1  # seqs, lease ids and revisions fit a signed 64-bit int
 
@@ -374,6 +378,7 @@ __all__ = [
     "MAX_INT",
     "MAX_LEASE_TTL",
     "MAX_TXN_COMPARES",
+    "MAX_TXN_GET_BYTES",
     "MAX_TXN_OPS",
     "OP_CAS",
     "OP_DELETE",

@@ -38,6 +38,7 @@ from typing import Final
 from raftly.core.state_machine import SupportsRead
 from raftly.kv.commands import (
     MAX_CLIENT_ID_LEN,
+    MAX_TXN_GET_BYTES,
     OP_CAS,
     OP_DELETE,
     OP_PUT,
@@ -54,6 +55,7 @@ from raftly.kv.commands import (
     Txn,
     TxnDelete,
     TxnGet,
+    TxnOp,
     TxnPut,
     decode,
     encode,
@@ -284,6 +286,11 @@ class KVStateMachine:
         for op in branch:
             if isinstance(op, TxnPut) and op.lease and op.lease not in self._leases:
                 return self._no_lease(index, op.lease)
+        get_bytes = self._get_bytes(branch)
+        if get_bytes > MAX_TXN_GET_BYTES:
+            return self._result(index, False, TXN_TOO_LARGE,
+                                f"the txn's gets would return {get_bytes} bytes of values, more "
+                                f"than {MAX_TXN_GET_BYTES}")
         responses: builtins.list[TxnResponse] = []
         for op in branch:
             if isinstance(op, TxnPut):
@@ -296,6 +303,23 @@ class KVStateMachine:
                 kv = self._data.get(op.key)
                 responses.append(TxnResponse(TXN_GET_KIND, kv is not None, kv))
         return self._result(index, succeeded, responses=tuple(responses))
+
+    def _get_bytes(self, branch: tuple[TxnOp, ...]) -> int:
+        """The bytes of the values ``branch``'s gets would return, counting the branch's own
+        earlier writes (a branch writes a key at most once)."""
+        total = 0
+        written: dict[str, int] = {}
+        for op in branch:
+            if isinstance(op, TxnPut):
+                written[op.key] = len(op.value)
+            elif isinstance(op, TxnDelete):
+                written[op.key] = 0
+            elif op.key in written:
+                total += written[op.key]
+            else:
+                kv = self._data.get(op.key)
+                total += 0 if kv is None else len(kv.value)
+        return total
 
     def _put(self, index: int, key: str, value: bytes, lease: int) -> None:
         old = self._data.get(key)
