@@ -242,16 +242,24 @@ class KVStateMachine:
         if isinstance(op, Txn):
             return self._txn(index, op)
         if isinstance(op, LeaseGrant):
-            lease_id = op.id or index
-            if lease_id in self._leases:
-                return self._result(index, False, LEASE_EXISTS, f"lease {lease_id} exists")
+            if op.id and op.id in self._leases:
+                return self._result(index, False, LEASE_EXISTS, f"lease {op.id} exists")
             if len(self._leases) >= self.max_leases:
                 return self._result(index, False, TOO_MANY_LEASES,
                                     f"{self.max_leases} leases exist, the most allowed")
-            self._leases.grant(lease_id, op.ttl)
+            # No id given: the entry's index, or the next free id above it (a client may
+            # have picked that id itself; an innocent grant must not fail for it).
+            lease_id = op.id or index
+            while lease_id in self._leases:
+                lease_id += 1
+            self._leases.grant(lease_id, op.ttl, index)
             return self._result(index, True, lease=lease_id, ttl=op.ttl)
         assert isinstance(op, LeaseRevoke)
-        if op.id not in self._leases:
+        granted = self._leases.granted(op.id) if op.id in self._leases else None
+        # A revoke meant for an earlier grant of this id (an expiry revoke that committed
+        # after the lease was revoked and granted again) does not touch the new lease. A grant
+        # index of 0 is unknown (restored from a version 2 snapshot): matched as before.
+        if granted is None or (op.grant and granted and op.grant != granted):
             return self._no_lease(index, op.id)
         keys = self._leases.revoke(op.id)
         for key in keys:
@@ -356,7 +364,8 @@ class KVStateMachine:
         later apply changes them (copy on write).
         """
         self._captures += 1
-        return KVCapture(self.last_index, self._revision, self._data.copy(), self._leases.ttls(),
+        return KVCapture(self.last_index, self._revision, self._data.copy(),
+                         self._leases.entries(),
                          [(client, state.floor, state.results)
                           for client, state in self._sessions.items()])
 
@@ -449,9 +458,10 @@ class KVStateMachine:
         """Every lease, in grant order."""
         return self._leases.infos()
 
-    def lease_ttls(self) -> builtins.list[tuple[int, int]]:
-        """(id, granted TTL) of every lease, in grant order: ``leases`` without the keys."""
-        return self._leases.ttls()
+    def lease_entries(self) -> builtins.list[tuple[int, int, int]]:
+        """(id, granted TTL, grant index) of every lease, in grant order: ``leases`` without
+        the keys (a grant index of 0: unknown, restored from an older snapshot)."""
+        return self._leases.entries()
 
     def events_since(self, revision: int, prefix: str = "") -> builtins.list[Event]:
         """Every change from ``revision`` on to a key under ``prefix``, in revision order.

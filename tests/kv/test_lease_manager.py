@@ -54,7 +54,7 @@ def test_a_keepalive_racing_an_in_flight_expiry_revoke_is_refused() -> None:
         manager.start()
         try:
             await eventually(lambda: bool(server.proposed), what="the expiry revoke")
-            assert server.proposed == [LeaseRevoke(7, expired=True)]
+            assert server.proposed == [LeaseRevoke(7, expired=True, grant=1)]  # the grant it means
             # The lease is still in the table (the revoke has not committed), yet renewing it
             # now would tell the holder it is kept while its keys are about to go.
             assert server.state_machine.lease(7) is not None
@@ -88,5 +88,27 @@ def test_a_keepalive_before_the_deadline_restarts_the_countdown() -> None:
         loop = asyncio.get_running_loop()
         remaining = manager.renew(7, 5, loop.time() + 2)
         assert remaining is not None and 6 < remaining <= 7
+
+    asyncio.run(main())
+
+
+def test_an_id_granted_again_is_counted_afresh_and_not_refused_for_the_old_revoke() -> None:
+    async def main() -> None:
+        server, manager = manager_with_lease(1)
+        manager.start()
+        try:
+            await eventually(lambda: bool(server.proposed), what="the expiry revoke")
+            # Before the expiry revoke commits, the client revokes lease 7 and grants it again.
+            server.apply(encode(LeaseRevoke(7)))
+            server.apply(encode(LeaseGrant(30, 7)))  # index 3
+            loop = asyncio.get_running_loop()
+            remaining = manager.renew(7, 30, loop.time())  # a new lease: not "expired"
+            assert remaining is not None and 29 < remaining <= 30
+            server.commit.set()  # the stale revoke (grant 1) commits now: it misses
+            await eventually(lambda: server.index == 4)
+            assert server.state_machine.lease(7) is not None
+            assert 29 < manager.remaining()[7] <= 30
+        finally:
+            await manager.close()
 
     asyncio.run(main())
