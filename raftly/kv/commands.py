@@ -48,6 +48,10 @@ COMPARE_OPS: Final = frozenset({"=", "!=", "<", ">"})
 MAX_CLIENT_ID_LEN: Final = 128
 MAX_TXN_COMPARES: Final = 128
 MAX_TXN_OPS: Final = 128  # per branch
+MAX_TXN_GET_BYTES: Final = 4 << 20
+"""The values a txn's gets may return, together: the answer (and the copy exactly-once keeps
+of it, in the session table and snapshots) stays bounded. Part of the replicated behaviour:
+equal on every node."""
 MAX_LEASE_TTL: Final = 9_000_000_000  # seconds, as etcd's
 MAX_INT: Final = (1 << 63) - 1  # seqs, lease ids and revisions fit a signed 64-bit int
 
@@ -163,10 +167,15 @@ class LeaseGrant:
 
 @dataclass(frozen=True, slots=True)
 class LeaseRevoke:
-    """Delete lease ``id`` and every key attached to it; ``expired`` when its TTL ran out."""
+    """Delete lease ``id`` and every key attached to it; ``expired`` when its TTL ran out.
+
+    ``grant`` (the leader's expiry revokes set it): the log index of the grant this revoke
+    means; a lease of the same id granted again since is not revoked. 0: whatever lease has
+    the id (a client's revoke)."""
 
     id: int
     expired: bool = False
+    grant: int = 0
 
 
 Op = Put | Delete | Cas | DeleteRange | Txn | LeaseGrant | LeaseRevoke
@@ -197,7 +206,8 @@ def encode(op: Op, session: Session | None = None) -> bytes:
     elif isinstance(op, LeaseGrant):
         body = [OP_LEASE_GRANT, *head, op.ttl, op.id]
     elif isinstance(op, LeaseRevoke):
-        body = [OP_LEASE_REVOKE, *head, op.id, op.expired]
+        # Without a grant, the first layout: old and new nodes read it alike.
+        body = [OP_LEASE_REVOKE, *head, op.id, op.expired] + ([op.grant] if op.grant else [])
     else:  # pragma: no cover - guarded by the type checker
         raise CommandError(f"not a KV operation: {op!r}")
     try:
@@ -305,9 +315,10 @@ def _decode_op(op: int, rest: list[object]) -> Op:
             raise CommandError("lease grant takes a ttl and an id")
         return LeaseGrant(_int(rest[0], 1, MAX_LEASE_TTL, "ttl"), _lease_id(rest[1]))
     if op == OP_LEASE_REVOKE:
-        if len(rest) != 2 or not isinstance(rest[1], bool):
-            raise CommandError("lease revoke takes an id and a bool expired")
-        return LeaseRevoke(_int(rest[0], 1, MAX_INT, "lease id"), rest[1])
+        if len(rest) not in (2, 3) or not isinstance(rest[1], bool):
+            raise CommandError("lease revoke takes an id, a bool expired and an optional grant")
+        return LeaseRevoke(_int(rest[0], 1, MAX_INT, "lease id"), rest[1],
+                           _int(rest[2], 1, MAX_INT, "grant index") if len(rest) == 3 else 0)
     raise CommandError(f"unknown op {op}")
 
 
@@ -374,6 +385,7 @@ __all__ = [
     "MAX_INT",
     "MAX_LEASE_TTL",
     "MAX_TXN_COMPARES",
+    "MAX_TXN_GET_BYTES",
     "MAX_TXN_OPS",
     "OP_CAS",
     "OP_DELETE",

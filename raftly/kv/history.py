@@ -30,6 +30,11 @@ class Event:
     lease: int = 0
 
 
+def event_bytes(event: Event) -> int:
+    """What an event weighs against byte bounds: its key and value."""
+    return len(event.key) + len(event.value)
+
+
 class Compacted(Exception):
     """Events from the asked revision are gone: only ``oldest_available`` on are kept."""
 
@@ -41,30 +46,39 @@ class Compacted(Exception):
 
 
 class History:
-    """The events of every revision after ``floor``, at most ``limit`` of them.
+    """The events of every revision after ``floor``: at most ``limit`` of them and
+    ``max_bytes`` of their keys and values, except that the newest revision always stays.
 
-    When it grows past ``limit``, the oldest revisions leave whole (the floor rises to the
-    newest revision dropped), so a revision in the window always has all of its events.
+    When it grows past a bound, the oldest revisions leave whole (the floor rises to the
+    newest revision dropped), so a revision in the window always has all of its events; the
+    newest one is kept even alone past a bound, or a watcher resuming at it would be told
+    "compacted" every time.
     """
 
-    __slots__ = ("_events", "floor", "limit")
+    __slots__ = ("_bytes", "_events", "floor", "limit", "max_bytes")
 
-    def __init__(self, limit: int, floor: int = 0) -> None:
-        if limit < 1:
-            raise ValueError("the history limit must be positive")
+    def __init__(self, limit: int, floor: int = 0, max_bytes: int = 64 << 20) -> None:
+        if limit < 1 or max_bytes < 1:
+            raise ValueError("the history bounds must be positive")
         self.limit = limit
+        self.max_bytes = max_bytes
         self.floor = floor
         self._events: deque[Event] = deque()
+        self._bytes = 0
 
     def add(self, events: list[Event]) -> None:
         """Append the events of one revision (newer than any before)."""
-        self._events.extend(events)
-        if len(self._events) > self.limit:
-            events_ = self._events
-            while len(events_) > self.limit:
-                self.floor = events_.popleft().revision
-            while events_ and events_[0].revision == self.floor:
-                events_.popleft()
+        if not events:
+            return
+        events_ = self._events
+        events_.extend(events)
+        self._bytes += sum(event_bytes(e) for e in events)
+        newest = events[-1].revision
+        while ((len(events_) > self.limit or self._bytes > self.max_bytes)
+               and events_[0].revision != newest):
+            self.floor = events_[0].revision
+            while events_[0].revision == self.floor:
+                self._bytes -= event_bytes(events_.popleft())
 
     @property
     def oldest_available(self) -> int:
@@ -92,4 +106,4 @@ class History:
         return len(self._events)
 
 
-__all__ = ["DELETE", "PUT", "Compacted", "Event", "History"]
+__all__ = ["DELETE", "PUT", "Compacted", "Event", "History", "event_bytes"]

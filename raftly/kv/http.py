@@ -87,6 +87,7 @@ from raftly.kv.records import (
     TXN_TOO_LARGE,
 )
 from raftly.kv.state_machine import (
+    DEFAULT_HISTORY_BYTES,
     DEFAULT_HISTORY_LIMIT,
     KEY_TOO_LARGE,
     MALFORMED,
@@ -184,12 +185,17 @@ class Limits:
     max_watches: int = 1000
     watch_max_events: int = 10_000
     watch_max_bytes: int = 16 << 20
-    """A watcher whose unsent events pass either bound is cancelled (a slow watcher)."""
+    """A watcher whose unsent events (of more than one revision) pass either bound is cancelled
+    (a slow watcher)."""
+    watch_total_bytes: int = 256 << 20
+    """All the watchers' unsent events together: past it, the biggest backlogs are cut off."""
     watch_progress_interval: float = 2.0
     """How often an idle watch stream gets a progress line."""
     watch_history: int = DEFAULT_HISTORY_LIMIT
     """Events kept for watchers (the state machine's ``history_limit``): how far back a watch
     may start."""
+    watch_history_bytes: int = DEFAULT_HISTORY_BYTES
+    """Bytes of keys and values kept for watchers (the state machine's ``history_bytes``)."""
 
 
 class KVApi:
@@ -209,7 +215,8 @@ class KVApi:
         self.leases = LeaseManager(server)
         self.watches = WatchHub(self.kv, max_watches=self.limits.max_watches,
                                 max_events=self.limits.watch_max_events,
-                                max_bytes=self.limits.watch_max_bytes)
+                                max_bytes=self.limits.watch_max_bytes,
+                                max_total_bytes=self.limits.watch_total_bytes)
         self._node_names = {n.name for n in cluster.nodes}
         """Names whose certificates get the read role (see the module docstring): added, never
         dropped, like the transport's peer names."""

@@ -1,12 +1,12 @@
 """The KV state machine's snapshot format: ``KVCapture`` streams a captured state as msgpack,
-``SnapshotReader`` decodes and validates one (version 2, or the older version 1) into a new
-state without touching the machine's.
+``SnapshotReader`` decodes and validates one (version 3, or the older versions 2 and 1) into
+a new state without touching the machine's.
 
-Version 2 is a sequence of msgpack objects, never one blob, so a large state streams::
+Version 3 is a sequence of msgpack objects, never one blob, so a large state streams::
 
-    {"format": "raftly-kv", "version": 2, "last_index": int, "revision": int,
+    {"format": "raftly-kv", "version": 3, "last_index": int, "revision": int,
      "keys": n, "leases": l, "sessions": m}
-    [id, ttl]                                         l times, in grant order
+    [id, ttl, grant_index]                            l times, in grant order
     {key: [value, create_revision, mod_revision, version, lease], ...}
                                    maps of at most 1024 keys or about 1 MiB: n keys in all
     [client, floor, [result, ...]]                    m times, least recent first
@@ -14,6 +14,9 @@ Version 2 is a sequence of msgpack objects, never one blob, so a large state str
 where a result is ``[seq, index, ok, error, message, revision, count, lease, ttl, responses]``
 and a txn response ``[kind, ok, kv]``, ``kv`` nil or ``[key, value, create_revision,
 mod_revision, version, lease]``. A lease's keys are the keys naming it.
+
+Version 2 is version 3 with leases of ``[id, ttl]``: restored, their grant index is 0
+(unknown; an expiry revoke naming a grant index then matches them whatever it names).
 
 Version 1 (before revisions and leases) has no "revision" or "leases" in its header, maps of
 ``{key: value}`` and results of ``[seq, index, ok, error, message]``. Restored, its keys get
@@ -49,11 +52,12 @@ from raftly.kv.records import (
 from raftly.kv.sessions import ClientState
 
 SNAPSHOT_FORMAT: Final = "raftly-kv"
-SNAPSHOT_VERSION: Final = 2
+SNAPSHOT_VERSION: Final = 3
 _HEADER_FIELDS: Final = {
     1: frozenset({"format", "version", "last_index", "keys", "sessions"}),
     2: frozenset({"format", "version", "last_index", "revision", "keys", "leases", "sessions"}),
 }
+_HEADER_FIELDS[3] = _HEADER_FIELDS[2]
 _CHUNK_KEYS: Final = 1024
 _CHUNK_BYTES: Final = 1 << 20
 # Values have no size limit in the machine, so neither can one decoded object; the unpacker only
@@ -64,12 +68,13 @@ _TXN_KINDS: Final = frozenset({TXN_PUT_KIND, TXN_DELETE_KIND, TXN_GET_KIND})
 
 @dataclass(frozen=True, slots=True)
 class KVCapture:
-    """A KVStateMachine's state set aside by ``capture``; ``persist`` streams it (version 2)."""
+    """A KVStateMachine's state set aside by ``capture``; ``persist`` streams it (version 3)."""
 
     last_index: int
     revision: int
     data: dict[str, KeyValue]
-    leases: list[tuple[int, int]]
+    leases: list[tuple[int, int, int]]
+    """(id, ttl, grant index) in grant order."""
     sessions: list[tuple[str, int, dict[int, Result]]]
 
     def persist(self, sink: SupportsWrite) -> None:
@@ -90,8 +95,8 @@ class KVCapture:
                "last_index": self.last_index, "revision": self.revision,
                "keys": len(self.data), "leases": len(self.leases),
                "sessions": len(self.sessions)}
-        for lease_id, ttl in self.leases:
-            yield [lease_id, ttl]
+        for lease_id, ttl, granted in self.leases:
+            yield [lease_id, ttl, granted]
         for chunk in _chunks(self.data):
             yield {kv.key: [kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease]
                    for kv in chunk}
@@ -161,7 +166,7 @@ class SnapshotReader:
             raise _malformed(f"it does not start with a {SNAPSHOT_FORMAT!r} header")
         version = header.get("version")
         if type(version) is not int or version not in _HEADER_FIELDS:
-            raise _malformed(f"version {version!r} is not supported (only 1 and 2)")
+            raise _malformed(f"version {version!r} is not supported (only 1 to 3)")
         fields = _HEADER_FIELDS[version]
         if header.keys() != fields:
             raise _malformed(f"the header has fields {sorted(map(str, header))}, "
@@ -187,7 +192,7 @@ class SnapshotReader:
                 raise _malformed(f"{n_leases} leases, more than this machine's max_leases "
                                  f"{self._max_leases} (limits must be equal on every node)")
             for _ in range(n_leases):
-                self._read_lease(leases)
+                self._read_lease(leases, last_index, with_grant=version >= 3)
             data = self._read_data_v2(n_keys, revision, leases)
         sessions: OrderedDict[str, ClientState] = OrderedDict()
         for _ in range(n_sessions):
@@ -209,19 +214,22 @@ class SnapshotReader:
             raise _malformed(f"{what} is not valid msgpack ({type(exc).__name__}: {exc})"
                              ) from None
 
-    def _read_lease(self, leases: LeaseTable) -> None:
+    def _read_lease(self, leases: LeaseTable, last_index: int, *, with_grant: bool) -> None:
         entry = self._next("a lease")
-        if not isinstance(entry, list) or len(entry) != 2:
-            raise _malformed("a lease is not [id, ttl]")
-        lease_id, ttl = entry
+        if not isinstance(entry, list) or len(entry) != (3 if with_grant else 2):
+            raise _malformed("a lease is not " + ("[id, ttl, grant_index]" if with_grant
+                                                  else "[id, ttl]"))
+        lease_id, ttl = entry[:2]
         if type(lease_id) is not int or not 1 <= lease_id <= MAX_INT:
             raise _malformed(f"lease id {lease_id!r} is not an int from 1 to 2**63-1")
         if type(ttl) is not int or not 1 <= ttl <= MAX_LEASE_TTL:
             raise _malformed(f"lease {lease_id}: ttl {ttl!r} is not an int from 1 to "
                              f"{MAX_LEASE_TTL}")
+        granted = _int(entry[2], 0, last_index, f"lease {lease_id}: grant index") \
+            if with_grant else 0
         if lease_id in leases:
             raise _malformed(f"lease {lease_id} appears twice")
-        leases.grant(lease_id, ttl)
+        leases.grant(lease_id, ttl, granted)
 
     def _read_chunks(self, n_keys: int) -> Iterator[dict[str, object]]:
         """The key maps up to ``n_keys`` keys, each with valid keys (values unchecked)."""

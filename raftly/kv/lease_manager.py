@@ -9,7 +9,9 @@ leader (a new term): as etcd does, a new leader restarts each countdown, so a le
 may only make a lease live longer, never expire it early. Every ``interval`` it proposes
 ``LeaseRevoke(id, expired=True)`` for each lease past its deadline, one at a time; a revoke
 that fails (lost leadership, busy) is simply tried again on the next round while the lease
-still exists and this node still leads.
+still exists and this node still leads. Once a lease's deadline has passed, or while its
+revoke is in flight, a keepalive no longer renews it (``LeaseExpired``, as etcd's Renew): the
+revoke may already be in the log, so telling the holder "renewed" would be a lie.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ CHECK_INTERVAL = 0.1
 REVOKE_TIMEOUT = 5.0
 
 
+class LeaseExpired(Exception):
+    """The lease ran out (or its revoke is under way) before a keepalive could renew it."""
+
+
 class LeaseManager:
     """The countdowns of one node's leases, kept while (and only while) it leads."""
 
@@ -36,11 +42,16 @@ class LeaseManager:
         self._server = server
         self._interval = interval
         self._deadlines: dict[int, float] = {}
+        self._grants: dict[int, int] = {}
+        """Each counted lease's grant index: an id granted again is a new lease, counted
+        afresh, and the revoke of the old one must not match it."""
         self._term: int | None = None
         """The term these deadlines were counted in; None while not leading."""
         self._synced_index = -1
         """The machine's last applied index when the deadlines last followed its leases."""
         self._task: asyncio.Task[None] | None = None
+        self._revoking: set[tuple[int, int]] = set()
+        """(id, grant index) of the leases whose expiry revoke is proposed, not yet answered."""
 
     @property
     def _kv(self) -> KVStateMachine:
@@ -64,22 +75,26 @@ class LeaseManager:
         if not server.is_leader:
             self._term = None
             self._deadlines.clear()
+            self._grants.clear()
             return False
         term = server.node.term
         if term != self._term:
             # Leading in a new term: every countdown starts afresh (from the sync below).
             self._term = term
-            self._deadlines = {}
+            self._deadlines, self._grants = {}, {}
             self._synced_index = -1
         # The lease table changes only when the machine applies (or restores) an entry.
         if self._kv.last_index == self._synced_index:
             return True
         self._synced_index = self._kv.last_index
         now = asyncio.get_running_loop().time()
-        old = self._deadlines
-        # A lease not counted yet (granted, or first seen in this term) starts now.
-        self._deadlines = {lease_id: old.get(lease_id, now + ttl)
-                           for lease_id, ttl in self._kv.lease_ttls()}
+        old, old_grants = self._deadlines, self._grants
+        entries = self._kv.lease_entries()
+        # A lease not counted yet (granted, granted again, or first seen in this term) starts
+        # now.
+        self._deadlines = {lease_id: old[lease_id] if old_grants.get(lease_id) == granted
+                           else now + ttl for lease_id, ttl, granted in entries}
+        self._grants = {lease_id: granted for lease_id, _, granted in entries}
         return True
 
     def remaining(self) -> dict[int, float]:
@@ -94,12 +109,17 @@ class LeaseManager:
     def renew(self, lease_id: int, ttl: int, since: float) -> float | None:
         """Restart ``lease_id``'s countdown of ``ttl`` seconds from ``since`` (the loop time when
         the renewal arrived, before its leadership check); the seconds left, or None when this
-        node does not lead (or the lease is gone)."""
+        node does not lead (or the lease is gone). Raises LeaseExpired when the deadline has
+        already passed or the lease's revoke is in flight: it is not renewed then."""
         if not self._sync() or lease_id not in self._deadlines:
             return None
+        now = asyncio.get_running_loop().time()
+        if ((lease_id, self._grants[lease_id]) in self._revoking
+                or self._deadlines[lease_id] <= now):
+            raise LeaseExpired(f"lease {lease_id} expired")
         deadline = max(self._deadlines[lease_id], since + ttl)
         self._deadlines[lease_id] = deadline
-        return max(0.0, deadline - asyncio.get_running_loop().time())
+        return max(0.0, deadline - now)
 
     def expired(self) -> list[int]:
         """The leases past their deadline, in grant order (none on a follower)."""
@@ -128,15 +148,25 @@ class LeaseManager:
                 logger.exception("node %s: checking lease expiry failed", self._server.id)
 
     async def _revoke(self, lease_id: int) -> None:
+        # The revoke names the grant it means: if it commits late, after the lease was revoked
+        # and its id granted again, the machine leaves the new lease alone.
+        lease = (lease_id, self._grants[lease_id])
+        # Until the answer, the revoke may be in the log: no keepalive renews the lease (its
+        # deadline has passed, and a failed revoke is retried: it stays past).
+        self._revoking.add(lease)
         try:
-            await self._server.propose(encode(LeaseRevoke(lease_id, expired=True)),
+            await self._server.propose(encode(LeaseRevoke(lease_id, expired=True,
+                                                          grant=lease[1])),
                                        timeout=REVOKE_TIMEOUT)
         except (NotLeader, Busy, ProposalDropped, OutcomeUnknown, ServerStopped) as exc:
             logger.info("node %s: revoking expired lease %d failed (%s); retrying while it "
                         "leads", self._server.id, lease_id, exc)
             return
+        finally:
+            self._revoking.discard(lease)
         logger.info("node %s: lease %d expired and was revoked", self._server.id, lease_id)
-        self._deadlines.pop(lease_id, None)
+        if self._grants.get(lease_id) == lease[1]:
+            self._deadlines.pop(lease_id, None)
 
 
-__all__ = ["CHECK_INTERVAL", "LeaseManager"]
+__all__ = ["CHECK_INTERVAL", "LeaseExpired", "LeaseManager"]

@@ -21,6 +21,8 @@ class LeaseInfo:
 @dataclass(slots=True)
 class _Lease:
     ttl: int
+    granted: int
+    """The log index of its grant (0: unknown, restored from a snapshot older than that)."""
     keys: set[str] = field(default_factory=set)
 
 
@@ -32,9 +34,13 @@ class LeaseTable:
     def __init__(self) -> None:
         self._leases: dict[int, _Lease] = {}
 
-    def grant(self, lease_id: int, ttl: int) -> None:
+    def grant(self, lease_id: int, ttl: int, granted: int) -> None:
         assert lease_id not in self._leases
-        self._leases[lease_id] = _Lease(ttl)
+        self._leases[lease_id] = _Lease(ttl, granted)
+
+    def granted(self, lease_id: int) -> int:
+        """The index of ``lease_id``'s grant (0: unknown)."""
+        return self._leases[lease_id].granted
 
     def revoke(self, lease_id: int) -> list[str]:
         """Forget the lease; return its keys, sorted (the order they are deleted in)."""
@@ -60,10 +66,10 @@ class LeaseTable:
         return [LeaseInfo(i, lease.ttl, tuple(sorted(lease.keys)))
                 for i, lease in self._leases.items()]
 
-    def ttls(self) -> list[tuple[int, int]]:
-        """(id, ttl) of every lease in grant order: what a snapshot records (the keys record
-        their own lease)."""
-        return [(i, lease.ttl) for i, lease in self._leases.items()]
+    def entries(self) -> list[tuple[int, int, int]]:
+        """(id, ttl, grant index) of every lease in grant order: what a snapshot records (the
+        keys record their own lease)."""
+        return [(i, lease.ttl, lease.granted) for i, lease in self._leases.items()]
 
 
 __all__ = ["LeaseInfo", "LeaseTable"]

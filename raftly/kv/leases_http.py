@@ -13,6 +13,7 @@ is docs/http-api.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -20,7 +21,7 @@ from aiohttp import web
 from raftly.kv.commands import MAX_INT, LeaseGrant, LeaseRevoke
 from raftly.kv.commands import int_in as _int_in
 from raftly.kv.http_common import Reply
-from raftly.kv.lease_manager import LeaseManager
+from raftly.kv.lease_manager import LeaseExpired, LeaseManager
 from raftly.kv.leases import LeaseInfo
 from raftly.kv.protocol import LEASES_PATH
 from raftly.kv.records import LEASE_NOT_FOUND
@@ -87,7 +88,8 @@ class LeasesApi:
         if isinstance(result, web.Response):
             return result
         # Counted from the answer on (the manager would start it on its next round anyway).
-        self.manager.renew(result.lease, result.ttl, asyncio.get_running_loop().time())
+        with contextlib.suppress(LeaseExpired):  # an id re-granted while its old revoke runs
+            self.manager.renew(result.lease, result.ttl, asyncio.get_running_loop().time())
         return self.api._json(200, {"id": result.lease, "ttl": result.ttl,
                                     "index": result.index, "revision": result.revision})
 
@@ -109,7 +111,11 @@ class LeasesApi:
         lease = await self._read_lease(request, lease_id)
         if isinstance(lease, web.Response):
             return lease
-        remaining = self.manager.renew(lease_id, lease.ttl, since)
+        try:
+            remaining = self.manager.renew(lease_id, lease.ttl, since)
+        except LeaseExpired:
+            # Its revoke may be in the log already: the holder must not think it renewed.
+            raise Reply(404, f"lease {lease_id} expired", code=LEASE_NOT_FOUND) from None
         if remaining is None:
             # Leadership moved during the check: the new leader counts this lease afresh.
             return self.api._not_leader(request, self.api.server.leader)

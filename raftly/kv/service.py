@@ -129,7 +129,8 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
     snapshot = snapshot or SnapshotSettings()
     server = RaftServer(spec.id, storage=storage, transport=transport,
                         state_machine=KVStateMachine(max_key_bytes=limits.max_key_bytes,
-                                                    history_limit=limits.watch_history),
+                                                    history_limit=limits.watch_history,
+                                                    history_bytes=limits.watch_history_bytes),
                         # A joining node starts empty: no member, so it never campaigns.
                         bootstrap=bootstrap_conf(cluster) if bootstrap else ConfState(),
                         config=config, snapshots=snapshots,

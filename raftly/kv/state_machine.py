@@ -38,6 +38,7 @@ from typing import Final
 from raftly.core.state_machine import SupportsRead
 from raftly.kv.commands import (
     MAX_CLIENT_ID_LEN,
+    MAX_TXN_GET_BYTES,
     OP_CAS,
     OP_DELETE,
     OP_PUT,
@@ -54,6 +55,7 @@ from raftly.kv.commands import (
     Txn,
     TxnDelete,
     TxnGet,
+    TxnOp,
     TxnPut,
     decode,
     encode,
@@ -85,6 +87,7 @@ DEFAULT_MAX_SESSIONS: Final = 10_000
 DEFAULT_SESSION_WINDOW: Final = 256
 DEFAULT_MAX_LEASES: Final = 10_000
 DEFAULT_HISTORY_LIMIT: Final = 100_000
+DEFAULT_HISTORY_BYTES: Final = 64 << 20
 
 logger = logging.getLogger("raftly.kv.state_machine")
 
@@ -97,8 +100,9 @@ class KVStateMachine:
     ``max_sessions`` bounds the clients remembered for exactly-once (the least recently applied
     one is forgotten first); ``session_window`` bounds the results kept per client (the lowest
     seq is forgotten first); ``max_leases`` bounds the lease table. These must be equal on every
-    node. ``history_limit`` bounds the events kept for watchers (it may differ between nodes: it
-    only decides how far back a watch may start).
+    node. ``history_limit`` and ``history_bytes`` bound the events (and their keys' and values'
+    bytes) kept for watchers (they may differ between nodes: they only decide how far back a
+    watch may start).
     """
 
     def __init__(
@@ -109,14 +113,17 @@ class KVStateMachine:
         session_window: int = DEFAULT_SESSION_WINDOW,
         max_leases: int = DEFAULT_MAX_LEASES,
         history_limit: int = DEFAULT_HISTORY_LIMIT,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
     ) -> None:
-        if min(max_key_bytes, max_sessions, session_window, max_leases, history_limit) < 1:
+        if min(max_key_bytes, max_sessions, session_window, max_leases, history_limit,
+               history_bytes) < 1:
             raise ValueError("limits must be positive")
         self.max_key_bytes = max_key_bytes
         self.max_sessions = max_sessions
         self.session_window = session_window
         self.max_leases = max_leases
         self.history_limit = history_limit
+        self.history_bytes = history_bytes
         self._data: dict[str, KeyValue] = {}
         self._sorted: list[str] | None = []  # sorted keys for prefix scans; None when stale
         self._sorted_of: dict[str, KeyValue] = self._data
@@ -126,7 +133,7 @@ class KVStateMachine:
         self._sessions: OrderedDict[str, ClientState] = OrderedDict()
         self._captures = 0
         self._revision = 0
-        self._history = History(history_limit)
+        self._history = History(history_limit, max_bytes=history_bytes)
         self._events: list[Event] = []  # the events of the command being applied
         self.last_index = 0
         self.on_events: list[EventListener] = []
@@ -135,6 +142,10 @@ class KVStateMachine:
         here. A listener must not block; one that raises is logged and does not stop the
         others. A restore replaces the state without events: a subscriber that got events up
         to revision L has missed some when ``oldest_available_revision`` exceeds L + 1."""
+        self.on_restore: list[Callable[[], None]] = []
+        """Called right after a restore replaced the state (where its swap runs: the server
+        runs it on the event loop), so a subscriber learns of the skipped revisions at once
+        rather than by polling. Same rules as ``on_events``."""
 
     # -- apply ----------------------------------------------------------------------------------
 
@@ -231,16 +242,24 @@ class KVStateMachine:
         if isinstance(op, Txn):
             return self._txn(index, op)
         if isinstance(op, LeaseGrant):
-            lease_id = op.id or index
-            if lease_id in self._leases:
-                return self._result(index, False, LEASE_EXISTS, f"lease {lease_id} exists")
+            if op.id and op.id in self._leases:
+                return self._result(index, False, LEASE_EXISTS, f"lease {op.id} exists")
             if len(self._leases) >= self.max_leases:
                 return self._result(index, False, TOO_MANY_LEASES,
                                     f"{self.max_leases} leases exist, the most allowed")
-            self._leases.grant(lease_id, op.ttl)
+            # No id given: the entry's index, or the next free id above it (a client may
+            # have picked that id itself; an innocent grant must not fail for it).
+            lease_id = op.id or index
+            while lease_id in self._leases:
+                lease_id += 1
+            self._leases.grant(lease_id, op.ttl, index)
             return self._result(index, True, lease=lease_id, ttl=op.ttl)
         assert isinstance(op, LeaseRevoke)
-        if op.id not in self._leases:
+        granted = self._leases.granted(op.id) if op.id in self._leases else None
+        # A revoke meant for an earlier grant of this id (an expiry revoke that committed
+        # after the lease was revoked and granted again) does not touch the new lease. A grant
+        # index of 0 is unknown (restored from a version 2 snapshot): matched as before.
+        if granted is None or (op.grant and granted and op.grant != granted):
             return self._no_lease(index, op.id)
         keys = self._leases.revoke(op.id)
         for key in keys:
@@ -275,6 +294,11 @@ class KVStateMachine:
         for op in branch:
             if isinstance(op, TxnPut) and op.lease and op.lease not in self._leases:
                 return self._no_lease(index, op.lease)
+        get_bytes = self._get_bytes(branch)
+        if get_bytes > MAX_TXN_GET_BYTES:
+            return self._result(index, False, TXN_TOO_LARGE,
+                                f"the txn's gets would return {get_bytes} bytes of values, more "
+                                f"than {MAX_TXN_GET_BYTES}")
         responses: builtins.list[TxnResponse] = []
         for op in branch:
             if isinstance(op, TxnPut):
@@ -287,6 +311,23 @@ class KVStateMachine:
                 kv = self._data.get(op.key)
                 responses.append(TxnResponse(TXN_GET_KIND, kv is not None, kv))
         return self._result(index, succeeded, responses=tuple(responses))
+
+    def _get_bytes(self, branch: tuple[TxnOp, ...]) -> int:
+        """The bytes of the values ``branch``'s gets would return, counting the branch's own
+        earlier writes (a branch writes a key at most once)."""
+        total = 0
+        written: dict[str, int] = {}
+        for op in branch:
+            if isinstance(op, TxnPut):
+                written[op.key] = len(op.value)
+            elif isinstance(op, TxnDelete):
+                written[op.key] = 0
+            elif op.key in written:
+                total += written[op.key]
+            else:
+                kv = self._data.get(op.key)
+                total += 0 if kv is None else len(kv.value)
+        return total
 
     def _put(self, index: int, key: str, value: bytes, lease: int) -> None:
         old = self._data.get(key)
@@ -323,7 +364,8 @@ class KVStateMachine:
         later apply changes them (copy on write).
         """
         self._captures += 1
-        return KVCapture(self.last_index, self._revision, self._data.copy(), self._leases.ttls(),
+        return KVCapture(self.last_index, self._revision, self._data.copy(),
+                         self._leases.entries(),
                          [(client, state.floor, state.results)
                           for client, state in self._sessions.items()])
 
@@ -334,16 +376,35 @@ class KVStateMachine:
         machine's limits; the state is then left as it was (the new one is built aside). The
         watch history then starts at the snapshot's revision.
         """
+        self.prepare_restore(source)()
+
+    def prepare_restore(self, source: SupportsRead) -> Callable[[], None]:
+        """``restore`` in two steps: read and check the snapshot now (slow: any thread), and
+        return the swap that installs it (instant). The server runs the swap on the event
+        loop, where applies, reads and the watch hub run, so none of them sees the state
+        change in the middle of a step. Raises ValueError as ``restore`` does."""
         state = SnapshotReader(source, max_key_bytes=self.max_key_bytes,
                                max_sessions=self.max_sessions,
                                session_window=self.session_window,
                                max_leases=self.max_leases).read()
-        history = History(self.history_limit, floor=state.revision)
-        # One statement, with no call in it: the event loop, reading meanwhile, sees the old
-        # state or the new one (CPython switches threads only at calls and backward jumps).
-        (self._sorted, self._data, self._leases, self._sessions, self.last_index, self._revision,
-         self._history) = (None, state.data, state.leases, state.sessions, state.last_index,
-                           state.revision, history)
+
+        def swap() -> None:
+            history = History(self.history_limit, floor=state.revision,
+                              max_bytes=self.history_bytes)
+            # One statement, with no call in it: even a caller off the event loop leaves
+            # readers seeing the old state or the new one (CPython switches threads only at
+            # calls and backward jumps).
+            (self._sorted, self._data, self._leases, self._sessions, self.last_index,
+             self._revision, self._history) = (None, state.data, state.leases, state.sessions,
+                                               state.last_index, state.revision, history)
+            for listener in list(self.on_restore):
+                try:
+                    listener()
+                except Exception:
+                    logger.exception("a KV restore listener failed at revision %d",
+                                     state.revision)
+
+        return swap
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -397,9 +458,10 @@ class KVStateMachine:
         """Every lease, in grant order."""
         return self._leases.infos()
 
-    def lease_ttls(self) -> builtins.list[tuple[int, int]]:
-        """(id, granted TTL) of every lease, in grant order: ``leases`` without the keys."""
-        return self._leases.ttls()
+    def lease_entries(self) -> builtins.list[tuple[int, int, int]]:
+        """(id, granted TTL, grant index) of every lease, in grant order: ``leases`` without
+        the keys (a grant index of 0: unknown, restored from an older snapshot)."""
+        return self._leases.entries()
 
     def events_since(self, revision: int, prefix: str = "") -> builtins.list[Event]:
         """Every change from ``revision`` on to a key under ``prefix``, in revision order.
@@ -422,6 +484,7 @@ class KVStateMachine:
 
 
 __all__ = [
+    "DEFAULT_HISTORY_BYTES",
     "DEFAULT_HISTORY_LIMIT",
     "DEFAULT_MAX_KEY_BYTES",
     "DEFAULT_MAX_LEASES",

@@ -81,13 +81,12 @@ class WatchApi:
     async def _stream(self, response: web.StreamResponse, watcher: Watcher) -> None:
         limits = self.api.limits
         if watcher.idle:
-            await self._send(response, [self._progress()])
+            await self._send(response, [self._progress(watcher)])
         while True:
             item = await watcher.next(limits.watch_progress_interval)
             if item is None:
-                self.hub.check_restore()
                 if watcher.idle:
-                    await self._send(response, [self._progress()])
+                    await self._send(response, [self._progress(watcher)])
             elif isinstance(item, Cancelled):
                 await self._send(response, [{"type": "cancelled", "reason": item.reason,
                                              "next_revision": item.next_revision}])
@@ -95,8 +94,12 @@ class WatchApi:
             else:
                 await self._send(response, [event_object(e) for e in item])
 
-    def _progress(self) -> dict[str, object]:
-        return {"type": "progress", "revision": self.hub.kv.revision}
+    @staticmethod
+    def _progress(watcher: Watcher) -> dict[str, object]:
+        # What THIS watcher was sent up to, never the store's revision: after a restore the
+        # store may be ahead of what the watcher got, and a client moving its cursor there
+        # would skip the revisions between.
+        return {"type": "progress", "revision": watcher.next_revision - 1}
 
     async def _send(self, response: web.StreamResponse, lines: list[dict[str, object]]) -> None:
         data = "".join(json.dumps(line) + "\n" for line in lines).encode()

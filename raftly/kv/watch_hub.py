@@ -6,12 +6,14 @@ every applied revision from its ``from_revision`` on, each exactly once (a revis
 next one is skipped), in order. Its events wait in a queue until the stream sends them; a
 watcher whose queue passes ``max_events`` or ``max_bytes`` is cut off (a slow watcher: its
 queue is dropped and it ends with a ``Cancelled`` saying where to resume), never buffered
-without bound.
+without bound; so are the biggest backlogs when all the queues together pass
+``max_total_bytes``. A single revision is never a backlog: a watcher is cut off only for
+several revisions waiting.
 
-A snapshot restore replaces the state without events. The hub notices (the store's revision or
-history moved past the last revision it saw) and cancels every watcher that needed a revision
-the restore skipped: it ends, after the events it had, with the revision to resume from (which
-a reconnect will find compacted, or served by a node that has it).
+A snapshot restore replaces the state without events. The machine tells the hub right after
+its swap (``on_restore``, on the event loop), and the hub cancels every watcher that needed a
+revision the restore skipped: it ends, after the events it had, with the revision to resume
+from (which a reconnect will find compacted, or served by a node that has it).
 """
 
 from __future__ import annotations
@@ -75,17 +77,27 @@ class Watcher:
         if not mine:
             return
         self._queue.append(mine)
-        self._events += len(mine)
-        self._bytes += sum(len(e.key) + len(e.value) + EVENT_OVERHEAD for e in mine)
+        self._count(len(mine), _weight(mine))
         hub = self._hub
-        if self._events > hub.max_events or self._bytes > hub.max_bytes:
-            resume = self._queue[0][0].revision
-            self._queue.clear()
-            self._events = self._bytes = 0
-            self.cancel(f"slow watcher: more than {hub.max_events} events or {hub.max_bytes} "
-                        "bytes waited to be sent; reconnect with from_revision = next_revision",
-                        resume)
+        # One revision alone is never "slow" (the client cannot take less than a revision):
+        # only a backlog of several is.
+        if len(self._queue) > 1 and (self._events > hub.max_events
+                                     or self._bytes > hub.max_bytes):
+            self.cut_off(f"more than {hub.max_events} events or {hub.max_bytes} bytes waited "
+                         "to be sent")
         self._wake.set()
+
+    def cut_off(self, why: str) -> None:
+        """Drop the queue and end as a slow watcher, resuming at its first unsent revision."""
+        resume = self._queue[0][0].revision
+        self._queue.clear()
+        self._count(-self._events, -self._bytes)
+        self.cancel(f"slow watcher: {why}; reconnect with from_revision = next_revision", resume)
+
+    def _count(self, events: int, size: int) -> None:
+        self._events += events
+        self._bytes += size
+        self._hub.queued_bytes += size
 
     def cancel(self, reason: str, next_revision: int | None = None) -> None:
         """End the watch once its queued events are sent (``next_revision``: where the client
@@ -103,8 +115,7 @@ class Watcher:
                 return self._backlog.popleft()
             if self._queue:
                 batch = self._queue.popleft()
-                self._events -= len(batch)
-                self._bytes -= sum(len(e.key) + len(e.value) + EVENT_OVERHEAD for e in batch)
+                self._count(-len(batch), -_weight(batch))
                 return batch
             if self.cancelled is not None:
                 return self.cancelled
@@ -121,7 +132,9 @@ class Watcher:
         return not self._backlog and not self._queue and self.cancelled is None
 
     def close(self) -> None:
-        """Unregister (the stream ended)."""
+        """Unregister (the stream ended) and let go of the queue."""
+        self._queue.clear()
+        self._count(-self._events, -self._bytes)
         self._hub._watchers.discard(self)
 
 
@@ -129,15 +142,21 @@ class WatchHub:
     """Registers watchers and hands them each applied revision (``kv.on_events``)."""
 
     def __init__(self, kv: KVStateMachine, *, max_watches: int = 1000,
-                 max_events: int = 10_000, max_bytes: int = 16 << 20) -> None:
+                 max_events: int = 10_000, max_bytes: int = 16 << 20,
+                 max_total_bytes: int = 256 << 20) -> None:
         self.kv = kv
         self.max_watches = max_watches
         self.max_events = max_events
         self.max_bytes = max_bytes
+        self.max_total_bytes = max_total_bytes
+        """The budget of all the watchers' queues together: past it, the biggest backlogs
+        are cut off (``max_watches`` x ``max_bytes`` alone could be gigabytes)."""
+        self.queued_bytes = 0
         self._watchers: set[Watcher] = set()
         self._seen = kv.revision
         """The last revision the hub has handed out (or the store had when it started)."""
         kv.on_events.append(self._on_events)
+        kv.on_restore.append(self._on_restore)
 
     def __len__(self) -> int:
         return len(self._watchers)
@@ -151,41 +170,49 @@ class WatchHub:
         if len(self._watchers) >= self.max_watches:
             raise TooManyWatches(f"this node serves {self.max_watches} watches, the most "
                                  "allowed (--max-watches)")
-        self.check_restore()
         kv = self.kv
-        start = kv.revision + 1 if from_revision is None else from_revision
+        current = kv.revision  # read once: every step below agrees on it
+        start = current + 1 if from_revision is None else from_revision
         # Raises Compacted when the history starts after ``start``.
-        backlog = kv.events_since(start, prefix) if start <= kv.revision else []
+        backlog = kv.events_since(start, prefix) if start <= current else []
         watcher = Watcher(self, prefix, start, backlog)
         # Revisions up to the store's are in the backlog (or had nothing under the prefix).
-        watcher.next_revision = max(watcher.next_revision, kv.revision + 1)
+        watcher.next_revision = max(watcher.next_revision, current + 1)
         self._watchers.add(watcher)
         return watcher
 
     def _on_events(self, events: list[Event]) -> None:
         revision = events[0].revision
-        # A restore before this apply moved the history's floor past what was handed out.
-        self._skipped(self.kv.oldest_available_revision - 1, below=revision)
         self._seen = revision
         for watcher in list(self._watchers):
             watcher.offer(revision, events)
+        if self.queued_bytes > self.max_total_bytes:
+            self._over_budget()
 
-    def check_restore(self) -> None:
-        """Cancel the watchers a snapshot restore skipped revisions for, if one happened since
-        the last apply (the store's revision moved without events)."""
-        self._skipped(self.kv.revision, below=self.kv.revision + 1)
+    def _over_budget(self) -> None:
+        # The biggest backlogs of several revisions go first; one revision alone stays.
+        backlogged = sorted((w for w in self._watchers if len(w._queue) > 1),
+                            key=lambda w: w._bytes, reverse=True)
+        for watcher in backlogged:
+            if self.queued_bytes <= self.max_total_bytes:
+                return
+            watcher.cut_off(f"the watches of this node had more than {self.max_total_bytes} "
+                            "bytes waiting to be sent, this one's the most")
 
-    def _skipped(self, floor: int, *, below: int) -> None:
-        if self._seen < floor < below:
-            # Revisions self._seen+1 .. floor were applied by a restore, without events.
-            logger.info("a snapshot restore skipped revisions %d..%d; cancelling the watchers "
-                        "that needed them", self._seen + 1, floor)
-            for watcher in list(self._watchers):
-                if watcher.next_revision <= floor:
-                    watcher.cancel(f"a snapshot restore on this node skipped revisions "
-                                   f"{self._seen + 1} to {floor}; reconnect (to this or "
-                                   "another node) with from_revision = next_revision")
-            self._seen = floor
+    def _on_restore(self) -> None:
+        """Cancel the watchers that needed a revision the restore just skipped."""
+        floor = self.kv.revision
+        if floor <= self._seen:
+            return
+        # Revisions self._seen+1 .. floor were applied by the restore, without events.
+        logger.info("a snapshot restore skipped revisions %d..%d; cancelling the watchers "
+                    "that needed them", self._seen + 1, floor)
+        for watcher in list(self._watchers):
+            if watcher.next_revision <= floor:
+                watcher.cancel(f"a snapshot restore on this node skipped revisions "
+                               f"{self._seen + 1} to {floor}; reconnect (to this or "
+                               "another node) with from_revision = next_revision")
+        self._seen = floor
 
     def close(self) -> None:
         """End every watch (the node stops)."""
@@ -194,6 +221,12 @@ class WatchHub:
                            "from_revision = next_revision")
         if self._on_events in self.kv.on_events:
             self.kv.on_events.remove(self._on_events)
+        if self._on_restore in self.kv.on_restore:
+            self.kv.on_restore.remove(self._on_restore)
+
+
+def _weight(events: list[Event]) -> int:
+    return sum(len(e.key) + len(e.value) + EVENT_OVERHEAD for e in events)
 
 
 def _by_revision(events: list[Event]) -> list[list[Event]]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from raftly.core.messages import InstallSnapshot
 from raftly.core.node import RaftNode
-from raftly.core.state_machine import SnapshotCapture, SnapshottingStateMachine
+from raftly.core.state_machine import SnapshotCapture, SnapshottingStateMachine, SupportsRead
 from raftly.core.types import InitialState, NodeId, SnapshotMeta
 from raftly.storage.base import Storage, StorageError
 from raftly.storage.snapshots import IncomingSnapshot, SnapshotStore, verify
@@ -126,11 +126,22 @@ class SnapshotManager:
         return state, meta
 
     async def _restore(self, meta: SnapshotMeta) -> None:
-        def restore() -> None:
-            with self.store.open(meta) as source:
-                self._sm.restore(source)
+        # A machine that can restore in two steps (``prepare_restore``: read aside, then an
+        # instant swap) gets its swap run here on the event loop, where it applies and serves
+        # reads: nothing there sees the state change in the middle of a step.
+        prepare: Callable[[SupportsRead], Callable[[], None]] | None = getattr(
+            self._sm, "prepare_restore", None)
 
-        await asyncio.get_running_loop().run_in_executor(self._installer, restore)
+        def restore() -> Callable[[], None] | None:
+            with self.store.open(meta) as source:
+                if prepare is not None:
+                    return prepare(source)
+                self._sm.restore(source)
+                return None
+
+        swap = await asyncio.get_running_loop().run_in_executor(self._installer, restore)
+        if swap is not None:
+            swap()
 
     # -- taking -----------------------------------------------------------------------------------
 

@@ -53,6 +53,7 @@ ALL_OPS: list[Op] = [
     LeaseGrant(5, 42),
     LeaseRevoke(42),
     LeaseRevoke(42, expired=True),
+    LeaseRevoke(42, expired=True, grant=7),
 ]
 
 
@@ -67,6 +68,14 @@ def test_a_put_without_a_lease_keeps_the_v1_layout() -> None:
                                                    use_bin_type=True)
     old = msgpack.packb([OP_PUT, "c", 1, 0, False, "k", b"v"], use_bin_type=True)
     assert decode(old) == (Put("k", b"v"), Session("c", 1))
+
+
+def test_a_revoke_without_a_grant_keeps_the_first_layout() -> None:
+    assert encode(LeaseRevoke(42, expired=True)) == raw(OP_LEASE_REVOKE, 42, True)
+    assert encode(LeaseRevoke(42, True, 7)) == raw(OP_LEASE_REVOKE, 42, True, 7)
+    for bad in (raw(OP_LEASE_REVOKE, 42, True, 0), raw(OP_LEASE_REVOKE, 42, True, 7, 8)):
+        with pytest.raises(CommandError):
+            decode(bad)
 
 
 def raw(op: int, *body: object) -> bytes:

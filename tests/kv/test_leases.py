@@ -33,13 +33,30 @@ def test_grant_takes_the_proposed_id_or_the_entry_index() -> None:
     assert a.sm.lease(100) == LeaseInfo(100, 5, ()) and a.sm.lease(7) is None
 
 
-def test_a_duplicate_id_is_refused_even_when_chosen_by_index() -> None:
+def test_a_duplicate_id_is_refused_and_an_index_taken_by_a_client_moves_to_the_next_free(
+) -> None:
     a = Applier()
     a(LeaseGrant(10, 2))
-    dup = a(LeaseGrant(99))  # index 2: the id of the lease already granted
-    assert dup.error == LEASE_EXISTS and not dup.ok
+    a(LeaseGrant(10, 3))
+    # Index 2 is the id a client picked itself: a grant without an id must not fail for it.
+    assert a(LeaseGrant(99)) == Result(3, True, lease=4, ttl=99)
     assert a(LeaseGrant(99, 2)).error == LEASE_EXISTS
-    assert a.sm.leases() == [LeaseInfo(2, 10, ())]
+    assert a.sm.leases() == [LeaseInfo(2, 10, ()), LeaseInfo(3, 10, ()), LeaseInfo(4, 99, ())]
+
+
+def test_an_expiry_revoke_of_an_earlier_grant_leaves_the_id_granted_again_alone() -> None:
+    a = Applier()
+    a(LeaseGrant(10, 7))  # index 1
+    a(Put("old", b"", lease=7))
+    # The leader proposed LeaseRevoke(7, expired, grant=1); before it commits, the client
+    # revokes lease 7 and grants it again (index 4), with a new key.
+    a(LeaseRevoke(7))
+    a(LeaseGrant(10, 7))
+    a(Put("new", b"", lease=7))
+    stale = a(LeaseRevoke(7, expired=True, grant=1))
+    assert stale.error == LEASE_NOT_FOUND and not stale.ok
+    assert a.sm.lease(7) == LeaseInfo(7, 10, ("new",))
+    assert a(LeaseRevoke(7, expired=True, grant=4)).ok and a.sm.get("new") is None
 
 
 def test_the_lease_table_is_capped() -> None:

@@ -269,7 +269,7 @@ MALFORMED_SNAPSHOTS = {
     "garbage": (b"\xc1", "not valid msgpack"),
     "header not a map": (pack([1]), "does not start with a 'raftly-kv' header"),
     "other format": (pack(header(format="etcd")), "'raftly-kv' header"),
-    "newer version": (pack(header(version=3)), "version 3 is not supported"),
+    "newer version": (pack(header(version=4)), "version 4 is not supported"),
     "bool version": (pack(header(version=True)), "version True is not supported"),
     "extra header field": (pack(header(extra=1)), "the header has fields"),
     "bytes header field": (pack({**header(), b"keys": 1}), "the header has fields"),
@@ -546,7 +546,30 @@ def test_the_malformed_v2_cases_differ_from_a_valid_snapshot_only_in_the_flaw() 
     sm = restored(good, **LIMITS)
     assert sm.revision == 4 and sm.range()[0][1] == KeyValue("k", b"", 1, 4, 3, 9_000_000_000)
     assert sm.leases() == [LeaseInfo(1, 5, ()), LeaseInfo(9_000_000_000, 1, ("k",))]
-    assert snapshot_of(sm) == good
+    # It snapshots as version 3, its leases' grant indexes unknown (0), and restores alike.
+    again = snapshot_of(sm)
+    rest = list(msgpack.Unpacker(io.BytesIO(good), raw=False))[3:]  # keys and sessions
+    assert again == pack(header2(keys=2, leases=2, sessions=2, version=3), [1, 5, 0],
+                         [9_000_000_000, 1, 0], *rest)
+    assert snapshot_of(restored(again, **LIMITS)) == again
+
+
+def test_version_3_keeps_each_lease_grant_index_and_checks_it() -> None:
+    a = Applier()
+    a(Put("k", b""))
+    a(LeaseGrant(10, 7))  # index 2
+    b = Applier(restored(snapshot_of(a.sm), **LIMITS))
+    assert snapshot_of(b.sm) == snapshot_of(a.sm)
+    b.index = 2
+    # The index tells an expiry revoke of this grant from one of an earlier grant of id 7.
+    assert b(LeaseRevoke(7, expired=True, grant=1)).error == LEASE_NOT_FOUND
+    assert b(LeaseRevoke(7, expired=True, grant=2)).ok
+    for bad, message in (([7, 10, 3], "grant index 3"), ([7, 10], "[id, ttl, grant_index]"),
+                         ([7, 10, -1], "grant index -1")):
+        raw = pack(header2(last_index=2, revision=1, leases=1, version=3), bad)
+        with pytest.raises(ValueError, match=r"^malformed KV snapshot: ") as info:
+            restored(raw, **LIMITS)
+        assert message in str(info.value)
 
 
 def test_every_truncation_of_a_v2_snapshot_is_refused() -> None:

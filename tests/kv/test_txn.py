@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from kv_helpers import Applier
 
-from raftly.kv.records import KEY_TOO_LARGE, LEASE_NOT_FOUND
+from raftly.kv.commands import MAX_TXN_GET_BYTES
+from raftly.kv.records import KEY_TOO_LARGE, LEASE_NOT_FOUND, TXN_TOO_LARGE
 from raftly.kv.state_machine import (
     Compare,
     DeleteRange,
@@ -161,3 +162,22 @@ def test_a_retried_txn_or_prefix_delete_gets_its_first_result_and_applies_once()
     assert a(DeleteRange("p/"), Session("c", 2, retry=True)) is wipe and wipe.count == 1
     assert a.sm.get("n") == b"1" and a.sm.get("p/2") == b""
     assert a.sm.get_entry("n").version == 2  # type: ignore[union-attr]
+
+
+def test_gets_returning_more_than_the_cap_refuse_the_whole_txn() -> None:
+    """The answer, and the copy exactly-once keeps of it (session table, snapshots), stay
+    bounded: the values a branch's gets would return count, its own writes included."""
+    a = Applier()
+    half = MAX_TXN_GET_BYTES // 2
+    a(Put("a", b"x" * half))
+    a(Put("b", b"x" * half))
+    exactly = a(Txn(success=(TxnGet("a"), TxnGet("b"))))
+    assert exactly.ok and [r.kv.value for r in exactly.responses] == [b"x" * half] * 2  # type: ignore[union-attr]
+    before = a.sm.revision
+    for branch in ((TxnGet("a"), TxnGet("b"), TxnPut("c", b"y"), TxnGet("c")),
+                   (TxnPut("c", b"y" * (half + 1)), TxnGet("a"), TxnGet("c"))):
+        over = a(Txn(success=branch))
+        assert not over.ok and over.error == TXN_TOO_LARGE and over.responses == ()
+        assert a.sm.get("c") is None and a.sm.revision == before  # nothing applied
+    # A get after the branch deleted the key returns nothing, so counts nothing.
+    assert a(Txn(success=(TxnGet("a"), TxnDelete("b"), TxnGet("b")))).ok

@@ -66,14 +66,38 @@ def test_the_bound_drops_whole_old_revisions_and_older_requests_are_compacted() 
     assert [e.key for e in a.sm.events_since(4)] == ["a", "b", "c", "d"]
 
 
-def test_a_revision_larger_than_the_limit_leaves_whole() -> None:
+def test_a_revision_larger_than_the_limit_stays_whole_while_it_is_the_newest() -> None:
     h = History(limit=2)
     h.add([Event(1, "put", "a", b"", 1, 1, 1)])
     h.add([Event(2, "delete", k, b"", 0, 2, 0) for k in "abc"])
-    assert len(h) == 0 and h.oldest_available == 3
+    # Revision 1 leaves; revision 2, alone past the bound, stays: a watcher resuming at 2
+    # would otherwise be told "compacted" every time.
+    assert len(h) == 3 and h.oldest_available == 2
     with pytest.raises(Compacted):
-        h.since(2, "", 2)
-    assert h.since(3, "", 2) == []
+        h.since(1, "", 2)
+    assert [e.key for e in h.since(2, "", 2)] == ["a", "b", "c"]
+    h.add([Event(3, "put", "d", b"", 3, 3, 1)])  # no longer the newest: it leaves whole
+    assert len(h) == 1 and h.oldest_available == 3
+
+
+def test_the_byte_bound_drops_whole_old_revisions_too() -> None:
+    h = History(limit=1000, max_bytes=25)
+    for revision in range(1, 4):
+        h.add([Event(revision, "put", f"k{revision}", b"x" * 9, revision, revision, 1)])
+    # Each event weighs 11 bytes (key and value): the third passes 25, so revision 1 leaves.
+    assert len(h) == 2 and h.oldest_available == 2
+    h.add([Event(4, "put", "big", b"x" * 100, 4, 4, 1)])  # alone past the bound: kept
+    assert len(h) == 1 and h.oldest_available == 4
+    with pytest.raises(Compacted):
+        h.since(3, "", 4)
+
+
+def test_the_state_machine_bounds_its_history_by_bytes() -> None:
+    a = Applier(KVStateMachine(history_bytes=3000))
+    for i in range(10):
+        a(Put(f"k{i}", b"v" * 1000))
+    assert a.sm.oldest_available_revision == 9  # 2 of ~1002 bytes fit, not 3
+    assert [e.key for e in a.sm.events_since(9)] == ["k8", "k9"]
 
 
 def test_on_events_gets_the_events_of_each_apply_that_changed_keys() -> None:

@@ -5,9 +5,12 @@ another node and across the leader's death."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -16,6 +19,9 @@ from polling import eventually
 
 from raftly.kv.http import Limits
 from raftly.kv.service import LocalCluster, RunningNode
+from raftly.kv.state_machine import KVStateMachine, Put, encode
+from raftly.kv.watch_http import WatchApi
+from raftly.kv.watch_hub import WatchHub
 from raftly.server.snapshots import SnapshotSettings
 
 QUICK = Limits(watch_progress_interval=0.2)
@@ -299,9 +305,17 @@ def test_a_watch_on_a_node_that_installs_a_snapshot_is_cancelled_then_410(
                 await call(s, "PUT", leader.url + f"/v1/kv/w/{i}", data=b"v")
             await eventually(lambda: leader.server.status().first_index > put["index"] + 1,
                              what="the leader compacting its log")
+            restores: list[threading.Thread] = []
+            behind.kv.on_restore.append(lambda: restores.append(threading.current_thread()))
             cluster.network.heal()
-            line = await stream.event(timeout=20)
+            while (line := await stream.line(timeout=20)) is not None:
+                if line["type"] != "progress":
+                    break
+                # Progress says what this watcher was sent, never the restored revision.
+                assert line["revision"] == put["revision"], line
             assert line is not None and line["type"] == "cancelled", line
+            # The restore's swap ran on the event loop (this thread), not the installer's.
+            assert restores == [threading.current_thread()]
             assert "snapshot restore" in line["reason"]
             assert line["next_revision"] == put["revision"] + 1
             status, body, _ = await call(
@@ -309,3 +323,64 @@ def test_a_watch_on_a_node_that_installs_a_snapshot_is_cancelled_then_410(
             assert status == 410 and body["code"] == "compacted", body
 
     run(main(), timeout=60)
+
+
+class Lines:
+    """A stand-in stream response: the lines written to it."""
+
+    def __init__(self) -> None:
+        self.lines: list[dict[str, Any]] = []
+
+    async def write(self, data: bytes) -> None:
+        self.lines += [json.loads(x) for x in data.decode().splitlines()]
+
+
+def test_a_restore_before_the_first_line_cancels_the_watch_without_a_progress_past_it(
+) -> None:
+    """The interleaving of the review's bug 2, step by step: a watcher registered at R on a
+    lagging node, then a snapshot restore to S > R lands (its swap, on the event loop) before
+    the stream writes its first line. The stream must not send a progress line of S (a client
+    would move its cursor past R+1..S and lose them): it ends with "resume at R+1"."""
+    async def main() -> None:
+        kv = KVStateMachine()
+        kv.apply(1, encode(Put("w/a", b"1")))
+        hub = WatchHub(kv)
+        watcher = hub.watch("w/", None)  # registered at R = 1
+        ahead = KVStateMachine()
+        for index in range(1, 6):
+            ahead.apply(index, encode(Put(f"w/{index}", b"v")))
+        image = io.BytesIO()
+        ahead.capture().persist(image)
+        swap = kv.prepare_restore(io.BytesIO(image.getvalue()))
+        assert kv.revision == 1 and watcher.cancelled is None  # read aside: nothing swapped
+        swap()
+        assert kv.revision == 5
+        response = Lines()
+        api = WatchApi(SimpleNamespace(limits=Limits()), hub)  # type: ignore[arg-type]
+        await asyncio.wait_for(api._stream(response, watcher), 5)  # type: ignore[arg-type]
+        assert [line["type"] for line in response.lines] == ["cancelled"]
+        assert response.lines[0]["next_revision"] == 2
+
+    run(main())
+
+
+def test_progress_lines_carry_what_the_watcher_was_sent() -> None:
+    async def main() -> None:
+        kv = KVStateMachine()
+        for index in range(1, 4):
+            kv.apply(index, encode(Put(f"k{index}", b"v")))
+        hub = WatchHub(kv)
+        watcher = hub.watch("k", None)
+        # A swap that moved the store without telling the hub (as a restore off the event
+        # loop could, between two steps): progress still says what this watcher got.
+        kv._revision = 9
+        response = Lines()
+        limits = Limits(watch_progress_interval=0.01)
+        api = WatchApi(SimpleNamespace(limits=limits), hub)  # type: ignore[arg-type]
+        task = asyncio.create_task(api._stream(response, watcher))  # type: ignore[arg-type]
+        await eventually(lambda: len(response.lines) >= 2)
+        watcher.cancel("done")
+        await asyncio.wait_for(task, 5)
+        assert {line["revision"] for line in response.lines[:-1]} == {3}
+
+    run(main())

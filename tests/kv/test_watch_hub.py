@@ -118,8 +118,7 @@ def test_a_restore_that_skipped_revisions_cancels_the_watchers_that_needed_them(
         a(Put("k0", b"v"))
         behind = hub.watch("", 2)  # needs revisions 2.. which the restore skips
         ahead = hub.watch("", 9)  # starts after the snapshot's revision: unaffected
-        restore_to(a, 6)
-        hub.check_restore()
+        restore_to(a, 6)  # the swap tells the hub at once: nothing to poll
         end = await drain(behind)
         assert len(end) == 1 and isinstance(end[0], Cancelled)
         assert "snapshot restore" in end[0].reason and end[0].next_revision == 2
@@ -167,5 +166,45 @@ def test_next_returns_none_when_idle_for_the_timeout() -> None:
         start = loop.time()
         assert await watcher.next(0.05) is None
         assert loop.time() - start >= 0.04
+
+    run(main())
+
+
+def test_one_revision_past_the_bounds_is_not_a_slow_watcher() -> None:
+    async def main() -> None:
+        a = Applier()
+        hub = WatchHub(a.sm, max_events=3, max_bytes=10_000)
+        watcher = hub.watch("", None)
+        for i in range(10):
+            a(Put(f"big/{i}", b"x" * 2000))
+            assert [e.revision for e in await drain(watcher)] == [i + 1]  # type: ignore[union-attr]
+        a(DeleteRange("big/"))  # 10 events in one revision: more than either bound alone
+        assert watcher.cancelled is None
+        assert [e.key for e in await drain(watcher)] == [f"big/{i}" for i in range(10)]  # type: ignore[union-attr]
+        assert hub.queued_bytes == 0
+
+    run(main())
+
+
+def test_past_the_global_budget_the_biggest_backlog_is_cut_off() -> None:
+    async def main() -> None:
+        a = Applier()
+        # Each watcher may hold 100 kB, but all of them together only ~10 kB.
+        hub = WatchHub(a.sm, max_bytes=100_000, max_total_bytes=10_000)
+        small = hub.watch("s/", None)
+        big = hub.watch("", None)
+        a(Put("s/1", b"x" * 1000))
+        a(Put("b/1", b"x" * 3000))
+        a(Put("b/2", b"x" * 3000))
+        assert small.cancelled is None and big.cancelled is None
+        a(Put("b/3", b"x" * 3000))  # over the budget: the biggest backlog goes
+        assert big.cancelled is not None and "slow watcher" in big.cancelled.reason
+        assert big.cancelled.next_revision == 1
+        assert small.cancelled is None
+        assert hub.queued_bytes < 10_000
+        assert [e.key for e in await drain(small)] == ["s/1"]  # type: ignore[union-attr]
+        big.close()
+        small.close()
+        assert hub.queued_bytes == 0
 
     run(main())
