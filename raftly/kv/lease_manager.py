@@ -113,13 +113,15 @@ class LeaseManager:
         already passed or the lease's revoke is in flight: it is not renewed then."""
         if not self._sync() or lease_id not in self._deadlines:
             return None
-        now = asyncio.get_running_loop().time()
+        # Judged at arrival (``since``), not after the leadership check: a keepalive that came in
+        # time is not refused for the quorum round trip it then waited on; the revoke check
+        # alongside covers an expiry that was proposed meanwhile.
         if ((lease_id, self._grants[lease_id]) in self._revoking
-                or self._deadlines[lease_id] <= now):
+                or self._deadlines[lease_id] <= since):
             raise LeaseExpired(f"lease {lease_id} expired")
         deadline = max(self._deadlines[lease_id], since + ttl)
         self._deadlines[lease_id] = deadline
-        return max(0.0, deadline - now)
+        return max(0.0, deadline - asyncio.get_running_loop().time())
 
     def expired(self) -> list[int]:
         """The leases past their deadline, in grant order (none on a follower)."""

@@ -363,7 +363,9 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
         # With TLS a node's certificate is its read pass to the others' APIs; without, only a
         # token is: address look-ups and the removal check would be refused, silently.
         logger.warning("node %s: --auth-file without TLS and without --token: the other "
-                       "members' APIs will refuse this node's look-ups (give it a read token)",
+                       "members' APIs will refuse this node's look-ups, and a start on an empty "
+                       "data dir is refused while another member answers (give every node a "
+                       "read token in $RAFTLY_TOKEN)",
                        start.name)
     transport, names = peer_transport(start.cluster, spec.id, (spec.raft.host, spec.raft.port),
                                       tls)

@@ -94,13 +94,17 @@ __all__ = [
     "snapshot_chunk_prefix",
 ]
 
-PROTOCOL_VERSION: Final = 2
+PROTOCOL_VERSION: Final = 3
 """Bumped on any incompatible change of the layout; peers of another version are refused.
 
 2: an InstallSnapshot carries its configuration as ``ConfState.encode()`` bytes (learners and
 members' addresses travel with it), not as the array of voter ids of version 1. A version-1 node
 could not decode that, and a CONFIG entry of the new configuration format would stop it, so the
-two never talk: the handshake refuses, with a reason that names both versions."""
+two never talk: the handshake refuses, with a reason that names both versions.
+
+3: the coordination commands (a lease expiry revoke names its grant, a grant takes the next free
+id, a transaction's gets are capped) and snapshot format 3: a version-2 node would apply the same
+log differently, so nodes of the two versions must not form one cluster."""
 
 HANDSHAKE_MAGIC: Final = b"raftly"
 

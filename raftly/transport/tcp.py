@@ -113,6 +113,12 @@ _REFUSAL_LOG_INTERVAL = 10.0
 """Seconds between two WARNING lines about refused connections from one source address."""
 _REFUSAL_SOURCES = 1024
 """Source addresses remembered for that rate limit; beyond it the quiet ones are forgotten."""
+_REFUSAL_LINES_PER_INTERVAL = 100
+"""WARNING lines about refusals per ``_REFUSAL_LOG_INTERVAL`` from all sources together, so
+that connections from many addresses cannot flood the log either."""
+_PENDING_PER_SOURCE = 16
+"""Unfinished handshakes one source address may hold: a stranger holding idle sockets takes
+up its own share of ``max_pending``, not the slots of peers on other hosts."""
 _SNAPSHOT_WINDOW = 4
 """Chunks of a snapshot in flight before the sender waits for an ack: enough to keep loopback
 and LAN links busy, little enough that a slow receiver's disk throttles the sender."""
@@ -121,12 +127,15 @@ and LAN links busy, little enough that a slow receiver's disk throttles the send
 class _RefusalLog:
     """Rate limit of the WARNING lines about refused inbound connections, per source address:
     the first line of a source is logged, then at most one per ``_REFUSAL_LOG_INTERVAL``,
-    saying how many refusals of that source were not logged (those go to DEBUG)."""
+    saying how many refusals of that source were not logged (those go to DEBUG); and at most
+    ``_REFUSAL_LINES_PER_INTERVAL`` lines per interval from all sources together."""
 
-    __slots__ = ("_sources",)
+    __slots__ = ("_sources", "_window_end", "_window_lines")
 
     def __init__(self) -> None:
         self._sources: dict[str, tuple[float, int]] = {}  # source -> (next line due, not logged)
+        self._window_end = 0.0
+        self._window_lines = 0
 
     def log(self, source: str, text: str) -> None:
         now = asyncio.get_running_loop().time()
@@ -135,6 +144,12 @@ class _RefusalLog:
             self._sources[source] = (due, unlogged + 1)
             logger.debug("%s", text)
             return
+        if now >= self._window_end:
+            self._window_end, self._window_lines = now + _REFUSAL_LOG_INTERVAL, 0
+        if self._window_lines >= _REFUSAL_LINES_PER_INTERVAL:
+            logger.debug("%s", text)  # many sources at once: the budget of lines is spent
+            return
+        self._window_lines += 1
         if unlogged:
             text = f"{text} ({unlogged} more refusals of {source} not logged since the last)"
         logger.warning("%s", text)
@@ -273,6 +288,7 @@ class TcpTransport:
         self._idle_timeout = idle_timeout
         self._max_pending = max_pending
         self._pending = 0  # accepted connections that have not finished their handshake
+        self._pending_from: dict[str, int] = {}  # source host -> its share of _pending
         self._refusal_log = _RefusalLog()
         self._decode_kwargs: dict[str, int] = {}
         if max_entries is not None:
@@ -731,14 +747,17 @@ class TcpTransport:
         if self._closing:
             writer.close()
             return
-        if self._pending >= self._max_pending:
+        source = _host(writer)
+        held = self._pending_from.get(source, 0)
+        if self._pending >= self._max_pending or held >= _PENDING_PER_SOURCE:
             # Strangers (or a stuck peer) hold that many unfinished handshakes: refuse at once
             # rather than hold a socket and a task for each up to the handshake timeout.
-            self._refuse(_where(writer), None, f"{self._pending} connections are still "
-                         "shaking hands (max_pending)")
+            self._refuse(_where(writer), None, f"{self._pending} connections ({held} from "
+                         f"{source}) are still shaking hands (max_pending)")
             writer.close()
             return
         self._pending += 1
+        self._pending_from[source] = held + 1
         if self._server_ssl is not None:
             # Nothing may be read as plaintext before start_tls takes the socket over: the
             # peer's first TLS bytes would be lost to the stream reader.
@@ -757,7 +776,7 @@ class TcpTransport:
             if self._server_ssl is not None and not await self._start_tls(writer, where):
                 return
             hello = await self._handshake(reader, writer, where)
-            self._pending -= 1
+            self._done_pending(writer)
             pending = False
             if hello is not None and hello.channel == CHANNEL_SNAPSHOT:
                 await self._receive_snapshot(reader, writer, hello.node_id)
@@ -765,9 +784,18 @@ class TcpTransport:
                 await self._read_messages(reader, hello.node_id, where)
         finally:
             if pending:
-                self._pending -= 1
+                self._done_pending(writer)
             self._inbound.pop(writer, None)
             writer.close()
+
+    def _done_pending(self, writer: asyncio.StreamWriter) -> None:
+        self._pending -= 1
+        source = _host(writer)
+        left = self._pending_from.get(source, 1) - 1
+        if left > 0:
+            self._pending_from[source] = left
+        else:
+            self._pending_from.pop(source, None)
 
     async def _start_tls(self, writer: asyncio.StreamWriter, where: str) -> bool:
         """Upgrade an accepted connection to TLS; False (logged, counted) if it fails."""
@@ -947,6 +975,12 @@ class TcpTransport:
 _PLAINTEXT = frozenset({"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL",
                         "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"})
 """OpenSSL's reasons for a first record that is no TLS at all."""
+
+
+def _host(writer: asyncio.StreamWriter) -> str:
+    """The other end's host (its address without the port)."""
+    peername = writer.get_extra_info("peername")
+    return str(peername[0]) if isinstance(peername, tuple) else str(peername)
 
 
 def _where(writer: asyncio.StreamWriter) -> str:

@@ -82,6 +82,18 @@ def test_a_keepalive_after_the_deadline_is_refused_even_before_the_revoke() -> N
     asyncio.run(main())
 
 
+def test_a_keepalive_that_arrived_before_the_deadline_is_not_refused_for_its_quorum_wait() -> None:
+    async def main() -> None:
+        _, manager = manager_with_lease(1)  # not started: no revoke is proposed
+        loop = asyncio.get_running_loop()
+        arrived = loop.time()
+        await eventually(lambda: manager.expired() == [7], what="the deadline")
+        remaining = manager.renew(7, 1, arrived)  # its leadership check ended after the deadline
+        assert remaining is not None and remaining <= 1
+
+    asyncio.run(main())
+
+
 def test_a_keepalive_before_the_deadline_restarts_the_countdown() -> None:
     async def main() -> None:
         _, manager = manager_with_lease(5)

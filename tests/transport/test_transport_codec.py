@@ -308,7 +308,7 @@ def test_a_version_1_snapshot_with_a_voter_array_is_refused() -> None:
     # from a correct peer; it must not decode to some configuration either.
     with pytest.raises(CodecError, match="snapshot configuration: expected bytes"):
         decode_message(_snap([1, 2, 3]))
-    assert PROTOCOL_VERSION == 2
+    assert PROTOCOL_VERSION == 3
 
 
 @pytest.mark.parametrize(

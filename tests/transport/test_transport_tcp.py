@@ -431,6 +431,26 @@ def test_connections_beyond_max_pending_unfinished_handshakes_are_closed_at_acce
     run(body)
 
 
+def test_a_stranger_holding_unfinished_handshakes_takes_only_its_own_share_of_max_pending(
+) -> None:
+    import raftly.transport.tcp as tcp
+
+    async def body() -> None:
+        b = await Node(2, handshake_timeout=30.0, max_pending=64).start()
+        # From 127.0.0.2 (loopback too): more idle sockets than one source's share.
+        silent = [await asyncio.open_connection(*b.addr, local_addr=("127.0.0.2", 0))
+                  for _ in range(tcp._PENDING_PER_SOURCE + 8)]
+        await eventually(lambda: b.t.stats()["refused"] == 8, what="the extra ones refused")
+        assert b.t.stats()["pending_connections"] == tcp._PENDING_PER_SOURCE
+        _, w = await raw_client(b.addr)  # a peer from 127.0.0.1 still shakes hands
+        w.close()
+        for _, writer in silent:
+            writer.close()
+        await b.t.close()
+
+    run(body)
+
+
 def test_refusals_are_logged_once_per_source_then_with_the_count_not_logged(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
