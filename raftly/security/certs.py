@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from raftly.kv.cluster_file import usable_name
+from raftly.storage.disk.fsio import Syncer
 
 CA_NAME = "ca"
 CLIENT_NAME = "client"
@@ -125,7 +126,7 @@ def renew_certs(directory: str | Path, names: Sequence[str], hosts: Sequence[str
             # new key and fails to load, it never runs with a mismatched pair unnoticed.
             os.replace(new_key, folder / f"{name}.key")
             os.replace(new_cert, old)
-        _fsync_dir(folder)
+        Syncer("always").directory(str(folder))  # the renames survive a crash
         renewed.append(Issued(name, old, folder / f"{name}.key", cert.not_valid_after_utc))
     return renewed
 
@@ -260,14 +261,6 @@ def _extra_hosts(cert: x509.Certificate, name: str) -> list[str]:
     found = [*san.get_values_for_type(x509.DNSName),
              *(str(ip) for ip in san.get_values_for_type(x509.IPAddress))]
     return [h for h in found if h != name and h not in _LOOPBACK]
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _check_names(nodes: Sequence[str], *, allow_empty: bool = False) -> None:
