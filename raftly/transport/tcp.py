@@ -714,9 +714,7 @@ class TcpTransport:
             self._refused += 1
             return self._snapshot_failed(msg.dst, what, f"refused {peer.address[0]}:"
                                          f"{peer.address[1]}: {exc}")
-        except _Refused as exc:
-            return self._snapshot_failed(msg.dst, what, str(exc))
-        except TransferError as exc:
+        except (TransferError, _Refused) as exc:
             return self._snapshot_failed(msg.dst, what, str(exc))
         except ssl.SSLError as exc:
             return self._snapshot_failed(msg.dst, what, f"TLS failed: {_describe_tls(exc)}")
