@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import enum
-import ipaddress
 import json
 import logging
 import random
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
+from raftly.kv.exposure import is_loopback
 from raftly.kv.protocol import (
     ACK_HEADER,
     CLIENT_HEADER,
@@ -204,17 +204,6 @@ def redirect_url(current: str, location: str | None) -> str | None:
     return target
 
 
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a name or an address, IPv6 with or without brackets) is this machine."""
-    host = host.strip("[]")
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 _warned_plaintext: set[str] = set()
 """Hosts already warned about (a token sent to them over plain http)."""
 
@@ -222,7 +211,7 @@ _warned_plaintext: set[str] = set()
 def warn_plaintext_token(url: str) -> None:
     """Log once per host when a token would go to ``url`` over plain http off this machine."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
+    host = parts.hostname or ""  # urlsplit takes an IPv6 address out of its brackets
     if parts.scheme != "http" or is_loopback(host) or host in _warned_plaintext:
         return
     _warned_plaintext.add(host)
