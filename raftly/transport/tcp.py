@@ -24,9 +24,11 @@ TLS handshake when the next election needs it) is closed; a peer with something 
 
 Connections that have not shaken hands yet are what a stranger can open: each is bounded by the
 handshake timeout (once for TLS, once for the handshake frame), at most ``max_pending`` of them
-are open at once (more are closed at accept), and their refusals are logged at most once per
-``_REFUSAL_LOG_INTERVAL`` per source address, the next line saying how many were not logged, so
-that a port scanner cannot flood the log.
+are open at once and ``_PENDING_PER_SOURCE`` from one source address (more are closed at
+accept), and their refusals are logged at most once per ``_REFUSAL_LOG_INTERVAL`` per source
+address, the next line saying how many were not logged, and at most
+``_REFUSAL_LINES_PER_INTERVAL`` times per interval in all, so that a port scanner cannot flood
+the log.
 
 Snapshot files (``send_snapshot``) travel on a connection of their own per transfer, opened with
 the same handshake naming the snapshot channel, so a long transfer never delays heartbeats on the
