@@ -927,49 +927,66 @@ class TcpTransport:
 
     async def _read_messages(self, reader: asyncio.StreamReader, node: int, where: str) -> None:
         decoder = FrameDecoder(self._max_frame_size)
-        on_message = self._on_message
-        assert on_message is not None
-        me = self.node_id
-        kwargs = self._decode_kwargs
+        loop = asyncio.get_running_loop()
         idle = self._idle_timeout
+        last = loop.time()  # of the last read
         while True:
+            # One timer per idle period, not one per read (this is the hot path): it is due
+            # idle_timeout after the last read when set, and set again when reads came since.
+            deadline = last + idle
             try:
-                async with asyncio.timeout(idle):
-                    data = await reader.read(_READ_CHUNK)
+                async with asyncio.timeout_at(deadline):
+                    while True:
+                        data = await reader.read(_READ_CHUNK)
+                        last = loop.time()
+                        if not self._deliver(decoder, data, node, where):
+                            return
             except TimeoutError:
-                logger.info("node %d: closing the connection of node %d: idle for %gs", me, node,
-                            idle)
+                if last + idle > deadline:
+                    continue
+                logger.info("node %d: closing the connection of node %d: idle for %gs",
+                            self.node_id, node, idle)
                 return
             except OSError as exc:
-                logger.info("node %d: connection from node %d lost: %s", me, node, _describe(exc))
+                logger.info("node %d: connection from node %d lost: %s", self.node_id, node,
+                            _describe(exc))
                 return
-            if not data:
-                if decoder.buffered:
-                    self._decode_errors += 1
-                    logger.warning("node %d: node %d closed inside a frame", me, node)
-                else:
-                    logger.info("node %d: node %d closed its connection", me, node)
-                return
-            try:
-                for payload in decoder.feed(data):
-                    msg = decode_message(payload, **kwargs)
-                    if msg.src != node or msg.dst != me:
-                        raise CodecError(
-                            f"{type(msg).__name__} from {msg.src} to {msg.dst} on the "
-                            f"connection of node {node} to node {me}"
-                        )
-                    self._received += 1
-                    try:
-                        on_message(msg)
-                    except Exception:
-                        # The handler's bug, not the peer's: log it loudly, keep the connection.
-                        logger.exception("node %d: on_message failed for %s", me,
-                                         type(msg).__name__)
-            except CodecError as exc:
+
+    def _deliver(self, decoder: FrameDecoder, data: bytes, node: int, where: str) -> bool:
+        """Hand the messages in ``data`` (read from node ``node``) on; False (logged) when the
+        connection must close: the peer closed it, or sent what is not its messages to us."""
+        me = self.node_id
+        if not data:
+            if decoder.buffered:
                 self._decode_errors += 1
-                logger.warning("node %d: closing connection from node %d (%s): %s", me, node,
-                               where, exc)
-                return
+                logger.warning("node %d: node %d closed inside a frame", me, node)
+            else:
+                logger.info("node %d: node %d closed its connection", me, node)
+            return False
+        on_message = self._on_message
+        assert on_message is not None
+        kwargs = self._decode_kwargs
+        try:
+            for payload in decoder.feed(data):
+                msg = decode_message(payload, **kwargs)
+                if msg.src != node or msg.dst != me:
+                    raise CodecError(
+                        f"{type(msg).__name__} from {msg.src} to {msg.dst} on the "
+                        f"connection of node {node} to node {me}"
+                    )
+                self._received += 1
+                try:
+                    on_message(msg)
+                except Exception:
+                    # The handler's bug, not the peer's: log it loudly, keep the connection.
+                    logger.exception("node %d: on_message failed for %s", me,
+                                     type(msg).__name__)
+        except CodecError as exc:
+            self._decode_errors += 1
+            logger.warning("node %d: closing connection from node %d (%s): %s", me, node,
+                           where, exc)
+            return False
+        return True
 
 
 _PLAINTEXT = frozenset({"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL",

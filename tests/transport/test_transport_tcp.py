@@ -278,6 +278,24 @@ def test_a_peer_connection_that_sends_nothing_is_closed_after_the_idle_timeout()
     run(body)
 
 
+def test_a_peer_connection_that_keeps_talking_outlives_the_idle_timeout_then_idles_out() -> None:
+    async def body() -> None:
+        b = await Node(2, idle_timeout=0.3).start()
+        r, w = await raw_client(b.addr)
+        for commit in range(1, 11):  # 1s of traffic, a message every 0.1s: > 3 idle timeouts
+            w.write(frame_message(hb(7, 2, commit)))
+            await eventually(lambda n=commit: len(b.inbox) == n, what=f"message {commit}")
+            assert b.t.stats()["inbound_connections"] == 1
+            await asyncio.sleep(0.1)  # paces the traffic; nothing waits on it to happen
+        assert not r.at_eof()
+        assert await closed_by_peer(r)  # silent now: closed after the idle timeout
+        assert b.inbox == [hb(7, 2, c) for c in range(1, 11)]
+        w.close()
+        await b.t.close()
+
+    run(body)
+
+
 def test_the_queue_is_bounded_and_drops_instead_of_growing() -> None:
     async def body() -> None:
         a = await Node(1, queue_limit=10).start()
