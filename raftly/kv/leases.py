@@ -1,7 +1,8 @@
 """The KV state machine's lease table: each lease's granted TTL and the keys attached to it.
 
 Only data, replicated like the keys: nothing here reads a clock. Expiry is the leader's call
-(a later layer counts the TTL down and proposes ``LeaseRevoke(id, expired=True)``).
+(``raftly.kv.lease_manager`` counts the TTL down and proposes ``LeaseRevoke(id, expired=True,
+grant=...)``, naming the grant it expires).
 """
 
 from __future__ import annotations

@@ -93,6 +93,10 @@ logger = logging.getLogger("raftly.kv.state_machine")
 
 EventListener = Callable[[list[Event]], None]
 
+_ONE_KEY: Final = (Put, Delete, Cas)
+"""The ops of a single key. A tuple, not ``Put | Delete | Cas``: that union would be built
+again on every apply (a fifth of a microsecond)."""
+
 
 class KVStateMachine:
     """Keys are non-empty str (at most ``max_key_bytes`` in UTF-8), values bytes.
@@ -272,7 +276,7 @@ class KVStateMachine:
     def _key_too_large(self, op: Op) -> str | None:
         """The first key (or prefix) of ``op`` longer than ``max_key_bytes``, if any."""
         limit = self.max_key_bytes
-        if isinstance(op, Put | Delete | Cas):  # the common case, without building a list
+        if isinstance(op, _ONE_KEY):  # the common case, without building a list
             keys: tuple[str, ...] | builtins.list[str] = (op.key,)
         elif isinstance(op, DeleteRange):
             keys = (op.prefix,)

@@ -23,7 +23,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 
-from raftly.kv.history import Event
+from raftly.kv.history import Event, event_bytes
 from raftly.kv.state_machine import KVStateMachine
 
 logger = logging.getLogger("raftly.kv.watch_hub")
@@ -50,10 +50,11 @@ class Watcher:
     __slots__ = ("_backlog", "_bytes", "_events", "_hub", "_queue", "_wake", "cancelled",
                  "next_revision", "prefix")
 
-    def __init__(self, hub: WatchHub, prefix: str, start: int, backlog: list[Event]) -> None:
+    def __init__(self, hub: WatchHub, prefix: str, next_revision: int,
+                 backlog: list[Event]) -> None:
         self._hub = hub
         self.prefix = prefix
-        self.next_revision = start
+        self.next_revision = next_revision
         """The first revision not yet offered to this watcher."""
         self._queue: deque[list[Event]] = deque()
         """Unsent events, one list per revision (a revision is sent whole or not at all)."""
@@ -64,8 +65,6 @@ class Watcher:
         # The backlog comes from the history, which holds it anyway: it is not counted against
         # the queue's bounds (a watch starting far back is not a slow watcher).
         self._backlog: deque[list[Event]] = deque(_by_revision(backlog))
-        if backlog:
-            self.next_revision = max(start, backlog[-1].revision + 1)
 
     def offer(self, revision: int, events: list[Event]) -> None:
         """The events of applied revision ``revision`` (all keys; those under the prefix are
@@ -175,9 +174,8 @@ class WatchHub:
         start = current + 1 if from_revision is None else from_revision
         # Raises Compacted when the history starts after ``start``.
         backlog = kv.events_since(start, prefix) if start <= current else []
-        watcher = Watcher(self, prefix, start, backlog)
         # Revisions up to the store's are in the backlog (or had nothing under the prefix).
-        watcher.next_revision = max(watcher.next_revision, current + 1)
+        watcher = Watcher(self, prefix, max(start, current + 1), backlog)
         self._watchers.add(watcher)
         return watcher
 
@@ -226,7 +224,7 @@ class WatchHub:
 
 
 def _weight(events: list[Event]) -> int:
-    return sum(len(e.key) + len(e.value) + EVENT_OVERHEAD for e in events)
+    return sum(event_bytes(e) + EVENT_OVERHEAD for e in events)
 
 
 def _by_revision(events: list[Event]) -> list[list[Event]]:
