@@ -307,3 +307,63 @@ def _certificate_valid(tmp_path: Path, from_days: int, to_days: int) -> TlsFiles
         days=from_days), not_after=now + datetime.timedelta(days=to_days))
     write_pair(tmp_path, "n1", cert, key)
     return TlsFiles.from_dir(tmp_path, "n1")
+
+
+def test_intruders_on_the_peer_port_are_refused_and_the_kv_cluster_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    """Each intruder claims to be a follower and sends the leader a heartbeat of a far higher
+    term, which would depose it if accepted: certificates of another CA, of another node, and
+    none at all."""
+    from raftly.core.messages import Heartbeat
+    from raftly.security.certs import new_authority
+    from raftly.security.tls import peer_client_context, peer_server_context
+
+    certs = tmp_path / "tls"
+
+    def files_of(name: str, cert: object, key: object) -> TlsFiles:
+        folder = tmp_path / f"intruder-{name}"
+        folder.mkdir()
+        cert_path, key_path = write_pair(folder, name, cert, key)  # type: ignore[arg-type]
+        return TlsFiles(cert_path, key_path, certs / "ca.crt")
+
+    async def intrude(files: TlsFiles, src: int, leader: RunningNode) -> None:
+        t = TcpTransport(src, ("127.0.0.1", 0), {leader.spec.id: transport(leader).listen_address},
+                         cluster_id=transport(leader).cluster_id,
+                         server_ssl=peer_server_context(files),
+                         client_ssl=peer_client_context(files),
+                         peer_name=lambda _: leader.name)
+        await t.start(lambda _: None)
+        try:
+            t.send(Heartbeat(term=1_000_000, src=src, dst=leader.spec.id, commit=0, seq=1))
+            await eventually(lambda: t.stats()["connect_failures"] >= 1, what="a refused dial")
+        finally:
+            await t.close()
+
+    async def no_certificate(leader: RunningNode) -> None:
+        context = client_context(certs / "ca.crt")
+        context.check_hostname = False
+        host, port = transport(leader).listen_address
+        with contextlib.suppress(OSError, aiohttp.ClientError, asyncio.IncompleteReadError):
+            reader, writer = await asyncio.open_connection(host, port, ssl=context)
+            await reader.read()  # the listener refuses and closes
+            writer.close()
+
+    async def main() -> None:
+        async with LocalCluster(3, config=FAST, tls_dir=certs) as cluster, https(certs) as s:
+            leader = await cluster.wait_for_leader()
+            term = leader.server.node.term
+            victim = followers(cluster, leader)[0]
+            other_ca = files_of(victim.name, *issue(new_authority(), victim.name))
+            other_node = TlsFiles.from_dir(certs, next(
+                n.name for n in cluster.nodes if n.name not in (leader.name, victim.name)))
+            for files in (other_ca, other_node):
+                await intrude(files, victim.spec.id, leader)
+            await no_certificate(leader)
+            await eventually(lambda: transport(leader).stats()["refused"] >= 3,
+                             what="three refusals")
+            assert leader.server.node.term == term and leader.server.is_leader
+            assert (await call(s, "PUT", leader.url + "/v1/kv/after", data=b"ok"))[0] == 200
+            assert (await call(s, "GET", victim.url + "/v1/kv/after"))[:2] == (200, b"ok")
+
+    run(main())
