@@ -27,6 +27,7 @@ from raftly.core.messages import AppendEntries, Heartbeat, InstallSnapshot, Mess
 from raftly.core.node import RaftNode, Ready, Role
 from raftly.core.state_machine import StateMachine, supports_snapshots
 from raftly.core.types import ConfChange, ConfState, Entry, EntryType, Member, NodeId
+from raftly.server.observer import Observers, ProposalOutcome, ServerObserver
 from raftly.server.snapshots import DEFAULT_SNAPSHOT_ENTRIES, SnapshotManager, SnapshotSettings
 from raftly.storage.base import Storage, StorageError
 from raftly.storage.snapshots import SnapshotStore
@@ -132,6 +133,7 @@ class RaftServer:
         snapshots: SnapshotStore | None = None,
         snapshot_entries: int = DEFAULT_SNAPSHOT_ENTRIES,
         snapshot_retain: int | None = None,
+        observers: Sequence[ServerObserver] = (),
     ) -> None:
         self.id = node_id
         self.config = config or Config()
@@ -162,6 +164,7 @@ class RaftServer:
         self._closed = False
         self._role: Role | None = None
         self._leader: NodeId | None = None
+        self._term = 0
         self._conf = ConfState()
         # A node only counts as removed after it was a member: a joining node's log holds the
         # configurations from before it was added.
@@ -171,13 +174,15 @@ class RaftServer:
         self.on_conf_change: list[Callable[[ConfState], None]] = []
         # fsyncs counts the saves that must reach the disk (entries, or a new term or vote).
         self.stats = {"fsyncs": 0, "entries_persisted": 0, "readies": 0}
+        self._observers = Observers(observers)
         settings = SnapshotSettings(snapshot_entries, snapshot_retain)  # validated even if unused
         self._snapshots: SnapshotManager | None = None
         if snapshots is not None:
             if supports_snapshots(state_machine):
                 self._snapshots = SnapshotManager(
                     node_id, store=snapshots, state_machine=state_machine, storage=storage,
-                    disk=self._disk, transport=transport, settings=settings, wake=self._wake.set)
+                    disk=self._disk, transport=transport, settings=settings, wake=self._wake.set,
+                    observers=self._observers)
             else:
                 logger.warning("node %s: %s has no snapshot hooks (capture, restore): log "
                                "compaction is off", node_id, type(state_machine).__name__)
@@ -289,7 +294,20 @@ class RaftServer:
         if len(self._proposals) >= self._max_pending:
             raise Busy(f"{len(self._proposals)} proposals already pending")
         index = node.propose(command)
-        return await self._await_entry(node, index, timeout)
+        if not self._observers:
+            return await self._await_entry(node, index, timeout)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        outcome = ProposalOutcome.TIMED_OUT
+        try:
+            result = await self._await_entry(node, index, timeout)
+            outcome = ProposalOutcome.OK
+            return result
+        except ProposalDropped:
+            outcome = ProposalOutcome.DROPPED
+            raise
+        finally:
+            self._observers.proposal_finished(loop.time() - began, outcome)
 
     async def _await_entry(self, node: RaftNode, index: int, timeout: float | None) -> object:
         """Wait for this term's entry at ``index`` to be applied; see ``propose``."""
@@ -531,8 +549,11 @@ class RaftServer:
                     self._installed(rd.snapshot.index)
                     self._check_removed(node, rd.snapshot.conf)
                 if rd.must_sync:
+                    began = loop.time()
                     await loop.run_in_executor(self._disk, self._storage.save, rd.hard_state,
                                                rd.entries)
+                    if self._observers:
+                        self._observers.saved(loop.time() - began, len(rd.entries))
                     self.stats["fsyncs"] += 1
                     self.stats["entries_persisted"] += len(rd.entries)
                 elif rd.hard_state is not None:
@@ -639,10 +660,12 @@ class RaftServer:
         self._removed.set()
 
     def _note_role_change(self, node: RaftNode) -> None:
-        if node.role is not self._role or node.leader != self._leader:
+        if (node.role is not self._role or node.leader != self._leader
+                or node.term != self._term):
             logger.info("node %s is %s in term %d (leader: %s)", self.id, node.role.value,
                         node.term, node.leader)
-            self._role, self._leader = node.role, node.leader
+            self._role, self._leader, self._term = node.role, node.leader, node.term
+            self._observers.role_changed(node.role, node.term, node.leader)
 
     def _fail_waiters(self, exc: ServerError) -> None:
         for proposal in self._proposals.values():

@@ -23,6 +23,7 @@ from raftly.core.messages import InstallSnapshot
 from raftly.core.node import RaftNode
 from raftly.core.state_machine import SnapshotCapture, SnapshottingStateMachine, SupportsRead
 from raftly.core.types import InitialState, NodeId, SnapshotMeta
+from raftly.server.observer import Observers
 from raftly.storage.base import Storage, StorageError
 from raftly.storage.snapshots import IncomingSnapshot, SnapshotStore, verify
 from raftly.transport.base import Transport
@@ -58,8 +59,9 @@ class SnapshotManager:
     def __init__(self, node_id: NodeId, *, store: SnapshotStore,
                  state_machine: SnapshottingStateMachine, storage: Storage,
                  disk: ThreadPoolExecutor, transport: Transport, settings: SnapshotSettings,
-                 wake: Callable[[], None]) -> None:
+                 wake: Callable[[], None], observers: Observers | None = None) -> None:
         self.store = store
+        self._observers = observers or Observers()
         self._id = node_id
         self._sm = state_machine
         self._storage = storage
@@ -163,7 +165,7 @@ class SnapshotManager:
         loop = asyncio.get_running_loop()
         began = loop.time()
 
-        def write() -> None:
+        def write() -> int:
             writer = self.store.create(meta)
             try:
                 capture.persist(writer)
@@ -171,9 +173,10 @@ class SnapshotManager:
             except BaseException:
                 writer.abort()
                 raise
+            return writer.size
 
         try:
-            await loop.run_in_executor(self._worker, write)
+            size = await loop.run_in_executor(self._worker, write)
         except Exception as exc:
             # The log keeps everything: nothing is lost, the disk just keeps growing. Try again
             # after another round of entries rather than at once.
@@ -181,8 +184,10 @@ class SnapshotManager:
             self._next_try = meta.index + self._settings.entries
             self._taking = None
             return
+        took = loop.time() - began
         logger.info("node %s took snapshot %d/%d in %.3fs", self._id, meta.term, meta.index,
-                    loop.time() - began)
+                    took)
+        self._observers.snapshot_taken(took, size, meta.index)
         self._taken = meta
         self._wake()
 

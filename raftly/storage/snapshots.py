@@ -347,6 +347,11 @@ class SnapshotWriter:
         pwrite_all(self._fd, data, self._offset)
         self._offset += len(data)
 
+    @property
+    def size(self) -> int:
+        """The bytes written to the file so far (all of it after ``commit``)."""
+        return self._offset
+
     def commit(self) -> None:
         """Finish the file, flush it, rename it into place, flush the directory, then prune."""
         self._guarded(self._seal)
