@@ -199,13 +199,16 @@ def time_left(elapsed: float, done: float, total: float) -> float | None:
 
 def counting_line(label: str, done: int, total: int, unit: str, *, elapsed: float,
                   fields: Sequence[str] = ()) -> str:
-    """``label [####....] 12/20 unit | field | ... | 0:07 elapsed | ETA 0:05``."""
-    parts = [f"{label} {bar(done, total)} {done}/{total} {unit}", *fields,
-             f"{clock_time(elapsed)} elapsed"]
+    """``label [####....] 12/20 unit | field | ... | 0:07 elapsed, ETA 0:05``.
+
+    What changes on every line (the item under way) belongs after it: a narrow terminal cuts
+    the end of the line.
+    """
+    times = f"{clock_time(elapsed)} elapsed"
     left = time_left(elapsed, done, total)
     if left is not None and done < total:
-        parts.append(f"ETA {clock_time(left)}")
-    return " | ".join(parts)
+        times += f", ETA {clock_time(left)}"
+    return " | ".join([f"{label} {bar(done, total)} {done}/{total} {unit}", *fields, times])
 
 
 __all__ = ["DEFAULT_WIDTH", "HELP", "ProgressLine", "add_progress_option", "bar", "clock_time",

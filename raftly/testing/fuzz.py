@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from raftly.core.config import Config
 from raftly.core.errors import RaftError
+from raftly.progress import ProgressLine, add_progress_option, counting_line
 from raftly.testing.safety import SafetyViolation
 from raftly.testing.sim import SimCluster
 
@@ -281,8 +282,18 @@ def _check_recovered(c: SimCluster, hint: str) -> int:
     return last
 
 
+PROGRESS_HELP = """\
+progress:
+  On a terminal, a line on stderr counts the seeds done out of the total, the failures so far,
+  the time elapsed and an estimate of the time left, below the seed lines; it is erased at the
+  end. Nothing is drawn when stderr is not a terminal (--progress / --no-progress override).
+  The last line on stdout is the summary: "N passed, M failed (... virtual s in ... s real)".
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="raftly fuzz", description=__doc__,
+                                     epilog=PROGRESS_HELP,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--seed", type=int, help="run this one seed")
@@ -291,27 +302,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fixed-config", action="store_true",
                         help="run the default Config instead of one drawn from each seed "
                              "(replays seeds found before configurations were drawn)")
+    add_progress_option(parser)
     args = parser.parse_args(argv)
     if args.seed is not None:
         seeds = range(args.seed, args.seed + 1)
     else:
         start, _, stop = args.seeds.partition(":")
         seeds = range(int(start), int(stop))
+    with ProgressLine(enabled=args.progress) as progress:
+        return _sweep(seeds, args.duration, args.fixed_config, progress)
+
+
+def _sweep(seeds: range, duration: float, fixed_config: bool, progress: ProgressLine) -> int:
+    """Run ``seeds`` one after the other, a line per seed and a summary line; the exit status."""
     failures = 0
     began = time.perf_counter()
     virtual = 0.0
-    for seed in seeds:
+    for done, seed in enumerate(seeds):
+        # The pace is wall-clock time: this line reports to a person, never to the simulation.
+        progress.update(counting_line(
+            "fuzz", done, len(seeds), "seeds", elapsed=time.perf_counter() - began,
+            fields=[f"{failures} failed"]) + f" | seed {seed}")
         try:
-            r = run_seed(seed, args.duration, args.fixed_config)
+            r = run_seed(seed, duration, fixed_config)
         except AssertionError as e:
             failures += 1
-            print(f"seed {seed}: FAILED\n{e}", file=sys.stderr)
+            progress.echo(f"seed {seed}: FAILED\n{e}", file=sys.stderr)
             continue
         virtual += r.virtual_seconds
-        print(f"seed {seed}: ok  nodes={r.nodes} virtual={r.virtual_seconds:.1f}s steps={r.steps} "
-              f"messages={r.messages} proposals={r.proposals} committed={r.committed} "
-              f"faults={r.faults} changes={r.changes} {r.setup}")
+        progress.echo(f"seed {seed}: ok  nodes={r.nodes} virtual={r.virtual_seconds:.1f}s "
+                      f"steps={r.steps} messages={r.messages} proposals={r.proposals} "
+                      f"committed={r.committed} faults={r.faults} changes={r.changes} "
+                      f"{r.setup}")
     elapsed = time.perf_counter() - began
+    progress.close()
     print(f"{len(seeds) - failures} passed, {failures} failed "
           f"({virtual:.0f} virtual s in {elapsed:.1f} s real)")
     return 1 if failures else 0

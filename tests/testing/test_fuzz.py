@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from terminal import CONTROL, run_on_terminal
 
 from raftly.core.config import Config
+from raftly.testing import fuzz
 from raftly.testing.fuzz import (
     describe_setup,
     draw_config,
@@ -150,3 +154,41 @@ def test_a_ready_the_storage_refuses_is_reported_as_a_violation_with_its_seed() 
         c.one(b"y", 3, retry=True)
     text = str(info.value)
     assert "StorageError: entries from" in text and "seed=7" in text
+
+
+def test_a_sweep_ends_with_a_summary_line_and_draws_nothing_off_a_terminal(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--seeds", "0:20"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert [line.split(":")[0] for line in lines[:-1]] == [f"seed {s}" for s in range(20)]
+    assert re.fullmatch(r"20 passed, 0 failed \(\d+ virtual s in [\d.]+ s real\)", lines[-1])
+    assert captured.err == "", "no progress line when stderr is not a terminal"
+
+
+def test_on_a_terminal_a_sweep_counts_seeds_and_erases_its_line_before_the_summary() -> None:
+    term = run_on_terminal(["-m", "raftly.testing.fuzz", "--seeds", "0:20"])
+    assert term.code == 0, term.screen
+    drawn = [d for d in term.screen.split("\r") if d.startswith("fuzz [")]
+    assert drawn[0].startswith("fuzz [....................] 0/20 seeds | 0 failed | 0:00 elapsed")
+    assert any("19/20 seeds | 0 failed" in d and "ETA " in d for d in drawn)
+    assert term.screen.endswith("\r\x1b[K")
+    assert not any(c in term.stdout for c in CONTROL), "stdout holds only the seed lines"
+    assert term.stdout.splitlines()[-1].startswith("20 passed, 0 failed (")
+
+
+def test_the_progress_line_counts_failures_so_far(capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    real = fuzz.run_seed
+
+    def fails_seed_1(seed: int, duration: float, fixed_config: bool) -> fuzz.FuzzResult:
+        if seed == 1:
+            raise AssertionError("broken on purpose")
+        return real(seed, duration, fixed_config)
+
+    monkeypatch.setattr(fuzz, "run_seed", fails_seed_1)
+    assert main(["--seeds", "0:3", "--duration", "5", "--progress"]) == 1
+    captured = capsys.readouterr()
+    assert "2/3 seeds | 1 failed" in captured.err
+    assert "seed 1: FAILED\nbroken on purpose" in captured.err
+    assert captured.out.splitlines()[-1].startswith("2 passed, 1 failed (")
