@@ -41,11 +41,13 @@ from raftly.check.history import HistoryWriter, NemesisLog
 from raftly.check.leased import LeaseRounds, check_gone
 from raftly.check.membership import ClusterMembers
 from raftly.check.nemesis import Nemesis, parse_nemeses, schedule
+from raftly.check.progress import UNDER_FAULTS, RunProgress
 from raftly.check.proxy import Network
 from raftly.check.report import format_reasons, reason_counts, write_report
 from raftly.kv.cluster_file import ClusterSpec
 from raftly.kv.protocol import MEMBERS_PATH
 from raftly.localcluster import ProcessCluster, plan_loopback
+from raftly.progress import ProgressLine, add_progress_option, clock_time
 from raftly.testing.history import Event, pair_events
 
 logger = logging.getLogger("raftly.check")
@@ -61,7 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a real raftly KV cluster under network and process faults, record "
                     "every client operation, and check that the history is linearizable and "
                     "that no acknowledged write was lost. With --history, only check a "
-                    "history file (JSON lines, Jepsen model).")
+                    "history file (JSON lines, Jepsen model).",
+        epilog="On a terminal, a progress line on stderr shows the phase of the run, the time "
+               "done out of --time under faults, the ops done so far (ok, fail, info), the "
+               "faults injected so far and the time elapsed; it is erased before the results. "
+               "Nothing is drawn when stderr is not a terminal (--progress / --no-progress "
+               "override). The last line is the summary: PASS or FAIL, the run's time, ops, "
+               "faults, verdict, lost writes, problems and the report's path.")
     p.add_argument("--nodes", type=int, default=5, help="cluster size (default 5)")
     p.add_argument("--time", type=float, default=60.0, metavar="SECONDS",
                    help="how long clients and faults run (default 60)")
@@ -104,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     # build the harness must catch. Hidden from --help on purpose.
     p.add_argument("--unsafe-stale-reads", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true", help="log the runner's steps")
+    add_progress_option(p)
     return p
 
 
@@ -118,7 +127,8 @@ def main(argv: list[str]) -> int:
     on_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None
     try:
-        return _main(args)
+        with ProgressLine(enabled=args.progress) as progress:  # erased on the way out
+            return _main(args, progress)
     except KeyboardInterrupt:
         print("raftly check: interrupted; nodes and proxies stopped", file=sys.stderr)
         return 130
@@ -127,32 +137,37 @@ def main(argv: list[str]) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _main(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace, progress: ProgressLine) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        if args.history is not None:
-            return check_file(args.history, args.out, args.check_budget)
-        if (args.nodes < 1 or args.clients < 1 or args.keys < 1 or args.time <= 0
-                or (args.snapshot_entries is not None and args.snapshot_entries < 1)):
-            raise SetupError("--nodes, --clients, --keys, --time and --snapshot-entries must be "
-                             "positive")
-        try:
-            nemeses = parse_nemeses(args.nemesis)
-        except ValueError as exc:
-            raise SetupError(str(exc)) from None
-        seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
-        out = args.out or Path("raftly-check") / str(seed)
-        return asyncio.run(run(out, nodes=args.nodes, duration=args.time, clients=args.clients,
-                               keys=args.keys, nemeses=nemeses, seed=seed, rate=args.rate,
-                               op_timeout=args.op_timeout, fsync=args.fsync,
-                               budget=args.check_budget,
-                               unsafe_stale_reads=args.unsafe_stale_reads,
-                               snapshot_entries=args.snapshot_entries, tls=args.tls,
-                               txn=args.workload == "txn"))
+        with progress.around_logging():
+            return _run_or_check(args, progress)
     except SetupError as exc:
-        print(f"raftly check: {exc}", file=sys.stderr)
+        progress.echo(f"raftly check: {exc}", file=sys.stderr)
         return 2
+
+
+def _run_or_check(args: argparse.Namespace, progress: ProgressLine) -> int:
+    if args.history is not None:
+        return check_file(args.history, args.out, args.check_budget, progress=progress)
+    if (args.nodes < 1 or args.clients < 1 or args.keys < 1 or args.time <= 0
+            or (args.snapshot_entries is not None and args.snapshot_entries < 1)):
+        raise SetupError("--nodes, --clients, --keys, --time and --snapshot-entries must be "
+                         "positive")
+    try:
+        nemeses = parse_nemeses(args.nemesis)
+    except ValueError as exc:
+        raise SetupError(str(exc)) from None
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
+    out = args.out or Path("raftly-check") / str(seed)
+    return asyncio.run(run(out, nodes=args.nodes, duration=args.time, clients=args.clients,
+                           keys=args.keys, nemeses=nemeses, seed=seed, rate=args.rate,
+                           op_timeout=args.op_timeout, fsync=args.fsync,
+                           budget=args.check_budget,
+                           unsafe_stale_reads=args.unsafe_stale_reads,
+                           snapshot_entries=args.snapshot_entries, tls=args.tls,
+                           txn=args.workload == "txn", progress=progress))
 
 
 def _why(events: Sequence[Event]) -> str:
@@ -162,7 +177,8 @@ def _why(events: Sequence[Event]) -> str:
     return (f"why: fail: {fails or 'none'}; info (may have taken effect): {infos or 'none'}")
 
 
-def check_file(history: Path, out: Path | None, budget: float) -> int:
+def check_file(history: Path, out: Path | None, budget: float, *,
+               progress: ProgressLine | None = None) -> int:
     """Check a history from elsewhere; write a report into ``out`` when given."""
     from raftly.testing.linearizability import HistoryError, check, load_history
 
@@ -170,7 +186,11 @@ def check_file(history: Path, out: Path | None, budget: float) -> int:
         events = load_history(history)
     except (OSError, HistoryError) as exc:
         raise SetupError(f"cannot read {history}: {exc}") from None
+    if progress is not None:
+        progress.update(f"check: checking {len(events)} events (up to {budget:g} s)", force=True)
     result = check(events, time_budget=budget)
+    if progress is not None:
+        progress.close()
     print(result.summary())
     print(_why(events))
     if out is not None:
@@ -302,11 +322,12 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
               op_timeout: float = 1.5, fsync: str = "always", budget: float = 60.0,
               unsafe_stale_reads: bool = False, timing: Timing | None = None,
               recovery_timeout: float = 30.0, snapshot_entries: int | None = None,
-              tls: bool = False, txn: bool = False) -> int:
+              tls: bool = False, txn: bool = False, progress: ProgressLine | None = None) -> int:
     """One full run into ``out``; returns the exit status (see the module docstring).
 
     ``tls``: the nodes serve TLS on both ports with certificates in ``out/certs``. ``txn``:
-    the txn workload (``Workload.txn``).
+    the txn workload (``Workload.txn``). ``progress``: where to show how far the run is (see
+    ``raftly.check.progress``; default: nowhere).
     """
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("history.jsonl", "nemesis.jsonl", "report.html", "result.json"):
@@ -323,38 +344,46 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
           f"nemesis {','.join(nemeses) or 'none'}, seed {seed}, out {out}"
           + (", TLS" if tls else "") + (", txn workload" if txn else ""), flush=True)
     started = time.time()
+    shown = RunProgress(progress or ProgressLine(enabled=False), history, nlog, duration)
     try:
-        await network.start()
-        cluster = _start_cluster(out, spec, network, timing=timing, fsync=fsync,
-                                 unsafe_stale_reads=unsafe_stale_reads,
-                                 snapshot_entries=snapshot_entries,
-                                 tls_dir=out / "certs" if tls else None)
-        if await agreed_leader(cluster, 30.0) is None:
-            raise SetupError(f"no leader within 30 s (node logs in {out / 'logs'})")
-        pool = ClientPool({name: cluster.url(name) for name in cluster.names}, history,
-                          workload, random.Random(rng.getrandbits(64)),
-                          context=cluster.ssl_context())
-        if txn:
-            pool.lease = await _run_lease(cluster)
-        target = _Target(network, cluster, pool)
-        nemesis = Nemesis(faults, target, nlog, _leader_guess(cluster))
-        await _run_under_faults(pool, nemesis, nlog, duration)
-        final, problems = await _recover(pool, cluster, nlog, workload.key_names,
-                                         recovery_timeout)
-        if pool.leases is not None:
-            problems += await _settle_leases(pool, pool.leases, cluster, recovery_timeout)
-        problems += nemesis.problems
-        if "membership" in nemeses:
-            problems += await _membership_agrees(target)
-        problems += [f"node {n} exited on its own with status {c}"
-                     for n, c in cluster.exited().items()]
+        async with shown.ticking():
+            shown.enter("starting the nodes")
+            await network.start()
+            cluster = _start_cluster(out, spec, network, timing=timing, fsync=fsync,
+                                     unsafe_stale_reads=unsafe_stale_reads,
+                                     snapshot_entries=snapshot_entries,
+                                     tls_dir=out / "certs" if tls else None)
+            shown.enter("waiting for a leader")
+            if await agreed_leader(cluster, 30.0) is None:
+                raise SetupError(f"no leader within 30 s (node logs in {out / 'logs'})")
+            pool = ClientPool({name: cluster.url(name) for name in cluster.names}, history,
+                              workload, random.Random(rng.getrandbits(64)),
+                              context=cluster.ssl_context())
+            if txn:
+                pool.lease = await _run_lease(cluster)
+            target = _Target(network, cluster, pool)
+            nemesis = Nemesis(faults, target, nlog, _leader_guess(cluster))
+            shown.enter(UNDER_FAULTS)
+            await _run_under_faults(pool, nemesis, nlog, duration)
+            shown.enter("healed; waiting for the cluster to recover, then the final reads")
+            final, problems = await _recover(pool, cluster, nlog, workload.key_names,
+                                             recovery_timeout)
+            if pool.leases is not None:
+                shown.enter("waiting for the short leases to end")
+                problems += await _settle_leases(pool, pool.leases, cluster, recovery_timeout)
+            problems += nemesis.problems
+            if "membership" in nemeses:
+                problems += await _membership_agrees(target)
+            problems += [f"node {n} exited on its own with status {c}"
+                         for n, c in cluster.exited().items()]
+            shown.enter("stopping the nodes")
     finally:
         history.close()
         nlog.close()
         if cluster is not None:
             cluster.stop(grace=5.0)
         await network.close()
-    return _judge(out, history, nlog, final, problems, budget=budget,
+    return _judge(out, history, nlog, final, problems, budget=budget, shown=shown,
                   run_time=time.time() - started, unsafe_stale_reads=unsafe_stale_reads,
                   settings={"nodes": nodes, "time (s)": duration, "clients": clients,
                             "keys": keys, "nemesis": ",".join(nemeses) or "none",
@@ -467,11 +496,12 @@ async def _recover(pool: ClientPool, cluster: ProcessCluster, nlog: NemesisLog,
 
 
 def _judge(out: Path, history: HistoryWriter, nlog: NemesisLog, final: dict[str, str | None],
-           problems: list[str], *, budget: float, run_time: float, unsafe_stale_reads: bool,
-           settings: dict[str, Any]) -> int:
+           problems: list[str], *, budget: float, shown: RunProgress, run_time: float,
+           unsafe_stale_reads: bool, settings: dict[str, Any]) -> int:
     """Check the recorded history and the final state; write result.json and the report."""
     from raftly.testing.linearizability import check, load_history
 
+    shown.enter(f"checking the history (up to {budget:g} s)")
     # From the writer's own records: the same lines history.jsonl holds, parsed once here.
     events = load_history(history.ops)
     result = check(events, time_budget=budget)
@@ -493,13 +523,19 @@ def _judge(out: Path, history: HistoryWriter, nlog: NemesisLog, final: dict[str,
                        "unsafe stale reads (test build)": unsafe_stale_reads,
                        "problems": "; ".join(problems) or "none"},
                  lost={"final": final, "lost": lost, "problems": problems})
+    shown.line.close()
     print(result.summary())
     c = result.counts
     print(f"ops: {c.get('ok', 0)} ok, {c.get('fail', 0)} fail, {c.get('info', 0)} info; "
           f"faults: {summary['faults']}; lost writes: {len(lost)}; "
           f"problems: {'; '.join(problems) or 'none'}")
     print(_why(events))
-    print(f"{'PASS' if ok else 'FAIL'}: report {out / 'report.html'}", flush=True)
+    # The one line to read: everything above, in short.
+    print(f"{'PASS' if ok else 'FAIL'} in {clock_time(run_time + result.elapsed)}: "
+          f"{sum(c.values())} ops ({c.get('ok', 0)} ok) under {summary['faults']} faults, "
+          f"{'linearizable' if result.ok else result.verdict}, {len(lost)} lost writes, "
+          f"{len(problems)} problems; "
+          f"report {out / 'report.html'}", flush=True)
     return 0 if ok else 1
 
 
