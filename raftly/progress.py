@@ -16,20 +16,21 @@ Standard library only: the commands that use it import nothing else for it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from typing import TextIO
 
 _CLEAR = "\r\x1b[K"
 """Back to the start of the line and erase it (ANSI: every terminal raftly runs on has it)."""
 
 DEFAULT_WIDTH = 80
-"""The line's width when the stream cannot say (a stream forced on with --progress)."""
+"""The line's width when neither ``COLUMNS`` nor the stream can say (a stream forced on with
+--progress)."""
 
 HELP = ("a progress line on stderr while it runs (default: only when stderr is a terminal; "
         "--no-progress never draws it; the summary at the end is printed either way)")
@@ -54,6 +55,10 @@ def draws_on(stream: TextIO) -> bool:
 
 
 def _terminal_width(stream: TextIO) -> int:
+    """``COLUMNS`` if set (as ``shutil.get_terminal_size`` does), else the terminal's width."""
+    with contextlib.suppress(KeyError, ValueError):
+        if (columns := int(os.environ["COLUMNS"])) > 0:
+            return columns
     try:
         return os.get_terminal_size(stream.fileno()).columns or DEFAULT_WIDTH
     except (AttributeError, OSError, ValueError):  # not a terminal, no fileno (a StringIO)
@@ -134,7 +139,7 @@ class ProgressLine:
         except (OSError, ValueError):  # the terminal went away: progress is not worth a crash
             self.enabled = False
 
-    @contextmanager
+    @contextlib.contextmanager
     def around_logging(self) -> Iterator[None]:
         """While inside: every log record erases the line before its handler writes it.
 
@@ -175,8 +180,8 @@ class _ClearBeforeLogging(logging.Filter):
 
 # -- what a line is made of ----------------------------------------------------------------------
 
-def bar(done: float, total: float, width: int = 20) -> str:
-    """``[#######.............]``: the share of ``total`` that is ``done`` (clamped to 0..1)."""
+def bar(done: float, total: float, width: int = 16) -> str:
+    """``[######..........]``: the share of ``total`` that is ``done`` (clamped to 0..1)."""
     share = min(1.0, max(0.0, done / total)) if total > 0 else 0.0
     filled = int(share * width)
     return "[" + "#" * filled + "." * (width - filled) + "]"

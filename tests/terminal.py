@@ -59,7 +59,10 @@ def run_on_pipe(args: Sequence[str], *, timeout: float = 120.0,
 
 
 def _env(extra: dict[str, str] | None) -> dict[str, str]:
-    return {**os.environ, "TERM": "xterm", **(extra or {})}
+    """This environment, a capable terminal type, and no COLUMNS / LINES from the shell that
+    runs the tests: the pty's own size is the one to use (``extra`` may still set them)."""
+    inherited = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    return {**inherited, "TERM": "xterm", **(extra or {})}
 
 
 def _read_until_exit(master: int, proc: subprocess.Popen[bytes], timeout: float) -> bytes:

@@ -10,6 +10,7 @@ import pytest
 from terminal import CONTROL, run_on_pipe, run_on_terminal
 
 from raftly.progress import (
+    DEFAULT_WIDTH,
     ProgressLine,
     bar,
     clock_time,
@@ -135,6 +136,20 @@ def test_the_line_is_cut_to_the_width_and_kept_on_one_line() -> None:
     assert out.getvalue() == "\r012345678\x1b[K", "one column spare, never wraps"
 
 
+def test_the_width_comes_from_columns_then_the_terminal_then_a_default(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)
+    out = io.StringIO()
+    ProgressLine(out, enabled=True).update("x" * 200)
+    assert out.getvalue() == "\r" + "x" * (DEFAULT_WIDTH - 1) + "\x1b[K"
+    monkeypatch.setenv("COLUMNS", "30")
+    out = io.StringIO()
+    ProgressLine(out, enabled=True).update("x" * 200)
+    assert out.getvalue() == "\r" + "x" * 29 + "\x1b[K"
+    narrow = run_on_terminal(["-c", CHILD.replace('f"working {i}/3"', '"y" * 100')], columns=50)
+    assert "\r" + "y" * 49 + "\x1b[K" in narrow.screen
+
+
 def test_a_log_record_erases_the_line_before_it_is_written() -> None:
     out = io.StringIO()
     p, _ = line(stream=out)
@@ -161,6 +176,7 @@ def test_a_stream_that_fails_turns_the_line_off_instead_of_crashing() -> None:
 
 
 def test_bar_clock_time_and_time_left() -> None:
+    assert bar(0, 10) == "[" + "." * 16 + "]"
     assert bar(0, 10, width=10) == "[..........]"
     assert bar(5, 10, width=10) == "[#####.....]"
     assert bar(12, 10, width=10) == "[##########]"
@@ -173,6 +189,6 @@ def test_bar_clock_time_and_time_left() -> None:
 
 def test_counting_line_shows_count_fields_elapsed_and_eta() -> None:
     assert counting_line("fuzz", 5, 20, "seeds", elapsed=10.0, fields=["1 failed"]) == (
-        "fuzz [#####...............] 5/20 seeds | 1 failed | 0:10 elapsed, ETA 0:30")
+        "fuzz [####............] 5/20 seeds | 1 failed | 0:10 elapsed, ETA 0:30")
     assert counting_line("fuzz", 0, 20, "seeds", elapsed=1.0).endswith("| 0:01 elapsed")
     assert counting_line("fuzz", 20, 20, "seeds", elapsed=9.0).endswith("| 0:09 elapsed")

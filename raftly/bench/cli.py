@@ -15,7 +15,9 @@ from raftly.bench.http import bench_http
 from raftly.bench.library import bench_library
 from raftly.bench.load import VALUE, WARMUP
 from raftly.bench.places import filesystem_of
+from raftly.bench.progress import BenchProgress
 from raftly.bench.stats import Sample, format_ratios, format_table, summarize
+from raftly.progress import ProgressLine, add_progress_option
 
 DEFAULT_CLIENTS = (1, 16, 64, 256)
 TLS_CLIENTS = (1, 64)
@@ -52,7 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="raftly bench",
         description="``raftly bench``: throughput and latency of a local 3-node cluster, over "
                     "HTTP and the library.",
-        epilog="Quote medians of --runs 3 or more, measured side by side in one sitting.")
+        epilog="Quote medians of --runs 3 or more, measured side by side in one sitting. On a "
+               "terminal, a progress line on stderr counts the measurements done (one per "
+               "level, run and kind) out of the total, with the time elapsed and left and the "
+               "one under way; it is erased before each table. Nothing is drawn when stderr is "
+               "not a terminal (--progress / --no-progress override). The last line is the "
+               "summary: measurements made and the time taken.")
     parser.add_argument("--clients", type=_levels, default=None,
                         help="concurrency levels, comma-separated (default 1,16,64,256; "
                              "with --tls 1,64)")
@@ -70,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dir", default=None,
                         help="where the temporary data directories go (default: the system's "
                              "temporary directory; make sure it is a real disk, not tmpfs)")
+    add_progress_option(parser)
     return parser
 
 
@@ -77,14 +85,26 @@ def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through every finally: processes, temp dirs
 
 
-def _bench_tls(args: argparse.Namespace, base: Path) -> None:
+def _kinds(args: argparse.Namespace) -> list[str]:
+    """The kinds of run the arguments ask for, in the order they are measured."""
+    if args.tls:
+        return ["HTTP", "HTTP over TLS"]
+    return [kind for kind, modes in (("HTTP", ("both", "http")), ("library", ("both", "library")))
+            if args.mode in modes]
+
+
+def _bench_tls(args: argparse.Namespace, base: Path, shown: BenchProgress) -> None:
     """Plain and TLS HTTP runs, alternating so that drift on the machine hits both alike."""
     plain: list[Sample] = []
     tls: list[Sample] = []
-    for _ in range(args.runs):
-        plain += bench_http(args.clients, args.seconds, fsync=args.fsync, base_dir=base)
+    for run in range(1, args.runs + 1):
+        shown.begin("HTTP", run)
+        plain += bench_http(args.clients, args.seconds, fsync=args.fsync, base_dir=base,
+                            measured=shown.measured)
+        shown.begin("HTTP over TLS", run)
         tls += bench_http(args.clients, args.seconds, fsync=args.fsync, base_dir=base,
-                          tls=True)
+                          tls=True, measured=shown.measured)
+    shown.line.clear()
     plain_rows, tls_rows = summarize(plain), summarize(tls)
     print("\nHTTP, plain: aiohttp client, one session, PUT /v1/kv/KEY to the leader")
     print(format_table(plain_rows))
@@ -116,26 +136,10 @@ def main(argv: list[str]) -> int:
         if fs == "tmpfs" and args.fsync == "always":
             print("warning: tmpfs makes fsync free; use --dir on a real disk")
         sys.stdout.flush()
-        if args.tls:
-            _bench_tls(args, base)
-            return 0
-        if args.mode in ("both", "http"):
-            samples: list[Sample] = []
-            for _ in range(args.runs):
-                samples += bench_http(args.clients, args.seconds, fsync=args.fsync,
-                                      base_dir=base)
-            print("\nHTTP: aiohttp client, one session, PUT /v1/kv/KEY to the leader; "
-                  "3 node processes")
-            print(format_table(summarize(samples)))
-            sys.stdout.flush()
-        if args.mode in ("both", "library"):
-            samples = []
-            for _ in range(args.runs):
-                samples += asyncio.run(bench_library(args.clients, args.seconds,
-                                                     fsync=args.fsync, base_dir=base))
-            print("\nlibrary: await RaftServer.propose(), 3 nodes in this process over TCP "
-                  "loopback, DiskStorage")
-            print(format_table(summarize(samples), unit="commits/s"))
+        with ProgressLine(enabled=args.progress) as line, line.around_logging():
+            shown = BenchProgress(line, _kinds(args), args.runs, args.clients)
+            _bench(args, base, shown)
+        print(shown.summary())
     except KeyboardInterrupt:
         print("\nraftly bench: interrupted; nodes stopped and temporary data removed",
               file=sys.stderr)
@@ -144,6 +148,34 @@ def main(argv: list[str]) -> int:
         with contextlib.suppress(ValueError, TypeError):
             signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _bench(args: argparse.Namespace, base: Path, shown: BenchProgress) -> None:
+    """Every run the arguments ask for, and their tables (the progress line erased first)."""
+    if args.tls:
+        _bench_tls(args, base, shown)
+        return
+    if args.mode in ("both", "http"):
+        samples: list[Sample] = []
+        for run in range(1, args.runs + 1):
+            shown.begin("HTTP", run)
+            samples += bench_http(args.clients, args.seconds, fsync=args.fsync, base_dir=base,
+                                  measured=shown.measured)
+        shown.line.clear()
+        print("\nHTTP: aiohttp client, one session, PUT /v1/kv/KEY to the leader; "
+              "3 node processes")
+        print(format_table(summarize(samples)))
+        sys.stdout.flush()
+    if args.mode in ("both", "library"):
+        samples = []
+        for run in range(1, args.runs + 1):
+            shown.begin("library", run)
+            samples += asyncio.run(bench_library(args.clients, args.seconds, fsync=args.fsync,
+                                                 base_dir=base, measured=shown.measured))
+        shown.line.clear()
+        print("\nlibrary: await RaftServer.propose(), 3 nodes in this process over TCP "
+              "loopback, DiskStorage")
+        print(format_table(summarize(samples), unit="commits/s"))
 
 
 __all__ = ["build_parser", "chosen_levels", "main"]

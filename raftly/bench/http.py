@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from raftly.bench.load import LEADER_TIMEOUT, VALUE, WARMUP, Stats, closed_loop, split_stats
@@ -23,7 +23,8 @@ STOP_GRACE = 5.0
 
 
 async def _drive_http(nodes: ProcessCluster, clients: Sequence[int], seconds: float,
-                      warmup: float, timeout: float) -> list[Sample]:
+                      warmup: float, timeout: float,
+                      measured: Callable[[Sample], None] | None) -> list[Sample]:
     import aiohttp
 
     async def all_stats() -> Stats:
@@ -59,14 +60,18 @@ async def _drive_http(nodes: ProcessCluster, clients: Sequence[int], seconds: fl
 
             samples.append(await closed_loop(op, level, seconds, warmup=warmup, probe=probe))
         nodes.check_alive()
+        if measured is not None:
+            measured(samples[-1])
     return samples
 
 
 def bench_http(clients: Sequence[int], seconds: float, *, fsync: FsyncPolicy = "always",
                base_dir: str | Path | None = None, warmup: float = WARMUP,
-               timeout: float = 10.0, tls: bool = False) -> list[Sample]:
+               timeout: float = 10.0, tls: bool = False,
+               measured: Callable[[Sample], None] | None = None) -> list[Sample]:
     """One run of the HTTP benchmark: three fresh node processes, one Sample per level;
-    ``tls``: TLS on both ports of every node, https from the client."""
+    ``tls``: TLS on both ports of every node, https from the client. ``measured`` is called
+    with each level's Sample as soon as it is taken (progress)."""
     with temp_dir(base_dir, "raftly-bench-http-") as root:
         # The nodes die with the benchmark, even if it is killed with SIGKILL.
         nodes = ProcessCluster(root, plan_loopback(3, cluster_id="raftly-bench"), fsync=fsync,
@@ -74,7 +79,7 @@ def bench_http(clients: Sequence[int], seconds: float, *, fsync: FsyncPolicy = "
                                tls_dir=root / "certs" if tls else None)
         try:
             nodes.start()
-            return asyncio.run(_drive_http(nodes, clients, seconds, warmup, timeout))
+            return asyncio.run(_drive_http(nodes, clients, seconds, warmup, timeout, measured))
         finally:
             nodes.stop(grace=STOP_GRACE)
 

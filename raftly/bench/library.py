@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +28,10 @@ class _BenchMachine:
 
 async def bench_library(clients: Sequence[int], seconds: float, *, fsync: FsyncPolicy = "always",
                         base_dir: str | Path | None = None, warmup: float = WARMUP,
-                        timeout: float = 10.0) -> list[Sample]:
-    """One run of the library benchmark: a fresh 3-node cluster, one Sample per level."""
+                        timeout: float = 10.0,
+                        measured: Callable[[Sample], None] | None = None) -> list[Sample]:
+    """One run of the library benchmark: a fresh 3-node cluster, one Sample per level;
+    ``measured`` is called with each as soon as it is taken (progress)."""
     from raftly.core.errors import NotLeader, ProposalDropped
     from raftly.server.server import RaftServer, ServerError, wait_for_agreed_leader
     from raftly.storage import DiskStorage
@@ -74,6 +76,8 @@ async def bench_library(clients: Sequence[int], seconds: float, *, fsync: FsyncP
                 current["leader"] = await wait_for_agreed_leader(servers, LEADER_TIMEOUT)
                 samples.append(await closed_loop(op, level, seconds, warmup=warmup,
                                                  probe=probe))
+                if measured is not None:
+                    measured(samples[-1])
         finally:
             for server in started:
                 with contextlib.suppress(Exception):

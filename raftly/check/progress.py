@@ -68,8 +68,10 @@ class RunProgress:
             head = f"check: {self.phase}"
         o = self.outcomes()
         faults = sum(1 for e in self.nlog.events if e.get("phase") == "start")
-        return (f"{head} | {sum(o.values())} ops: {o['ok']} ok, {o['fail']} fail, "
-                f"{o['info']} info | {faults} faults | {clock_time(now - self.began)} elapsed")
+        # The detail last: a narrow terminal cuts the end of the line.
+        return (f"{head} | {sum(o.values())} ops, {faults} faults | "
+                f"{clock_time(now - self.began)} elapsed | {o['ok']} ok, {o['fail']} fail, "
+                f"{o['info']} info")
 
     @contextlib.asynccontextmanager
     async def ticking(self) -> AsyncIterator[None]:

@@ -365,7 +365,7 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
             nemesis = Nemesis(faults, target, nlog, _leader_guess(cluster))
             shown.enter(UNDER_FAULTS)
             await _run_under_faults(pool, nemesis, nlog, duration)
-            shown.enter("healed; waiting for the cluster to recover, then the final reads")
+            shown.enter("healed, recovering")
             final, problems = await _recover(pool, cluster, nlog, workload.key_names,
                                              recovery_timeout)
             if pool.leases is not None:

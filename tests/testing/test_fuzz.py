@@ -170,7 +170,7 @@ def test_on_a_terminal_a_sweep_counts_seeds_and_erases_its_line_before_the_summa
     term = run_on_terminal(["-m", "raftly.testing.fuzz", "--seeds", "0:20"])
     assert term.code == 0, term.screen
     drawn = [d for d in term.screen.split("\r") if d.startswith("fuzz [")]
-    assert drawn[0].startswith("fuzz [....................] 0/20 seeds | 0 failed | 0:00 elapsed")
+    assert drawn[0].startswith("fuzz [................] 0/20 seeds | 0 failed | 0:00 elapsed")
     assert any("19/20 seeds | 0 failed" in d and "ETA " in d for d in drawn)
     assert term.screen.endswith("\r\x1b[K")
     assert not any(c in term.stdout for c in CONTROL), "stdout holds only the seed lines"
@@ -187,6 +187,7 @@ def test_the_progress_line_counts_failures_so_far(capsys: pytest.CaptureFixture[
         return real(seed, duration, fixed_config)
 
     monkeypatch.setattr(fuzz, "run_seed", fails_seed_1)
+    monkeypatch.setenv("COLUMNS", "200")  # the forced line's width: no terminal to ask
     assert main(["--seeds", "0:3", "--duration", "5", "--progress"]) == 1
     captured = capsys.readouterr()
     assert "2/3 seeds | 1 failed" in captured.err
