@@ -29,8 +29,11 @@ processes also die with this process on Linux).
 on a plain cluster and on a TLS cluster (TLS between the nodes, https from the client) in the
 same run, then the TLS/plain ratios of throughput and p50.
 
+On a terminal, a progress line on stderr counts the measurements (``progress.py``); the output
+ends with a one-line summary.
+
 Usage: ``raftly bench [--clients 1,16,64,256] [--seconds 5] [--runs 1] [--fsync always|never]
-[--mode both|http|library] [--dir BASE] [--tls]``
+[--mode both|http|library] [--dir BASE] [--tls] [--progress|--no-progress]``
 """
 
 

@@ -7,6 +7,7 @@
 - ``clients``: the workload, one attempt per op, outcomes classified for the checker;
 - ``history``: the history and nemesis logs (JSON lines, one clock);
 - ``report``: the self-contained HTML report;
+- ``progress``: what the progress line shows while a run goes on (phase, time, ops, faults);
 - ``runner``: ``main(argv)``, the command itself.
 
 The checker is ``raftly.testing.linearizability``.

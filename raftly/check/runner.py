@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                "done out of --time under faults, the ops done so far (ok, fail, info), the "
                "faults injected so far and the time elapsed; it is erased before the results. "
                "Nothing is drawn when stderr is not a terminal (--progress / --no-progress "
-               "override). The last line is the summary: PASS or FAIL, the run's time, ops, "
+               "override). The last line of a run is its summary: PASS or FAIL, its time, ops, "
                "faults, verdict, lost writes, problems and the report's path.")
     p.add_argument("--nodes", type=int, default=5, help="cluster size (default 5)")
     p.add_argument("--time", type=float, default=60.0, metavar="SECONDS",
