@@ -193,3 +193,9 @@ def test_the_progress_line_counts_failures_so_far(capsys: pytest.CaptureFixture[
     assert "2/3 seeds | 1 failed" in captured.err
     assert "seed 1: FAILED\nbroken on purpose" in captured.err
     assert captured.out.splitlines()[-1].startswith("2 passed, 1 failed (")
+
+
+def test_no_progress_keeps_a_terminal_free_of_the_line() -> None:
+    term = run_on_terminal(["-m", "raftly.testing.fuzz", "--seeds", "0:3", "--no-progress"])
+    assert term.code == 0 and term.screen == ""
+    assert term.stdout.splitlines()[-1].startswith("3 passed, 0 failed (")
