@@ -22,7 +22,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 _CLEAR = "\r\x1b[K"
@@ -76,8 +76,8 @@ class ProgressLine:
     updates it.
     """
 
-    __slots__ = ("_clock", "_closed", "_drawn", "_last_draw", "_lock", "_width", "enabled",
-                 "interval", "stream")
+    __slots__ = ("_clock", "_closed", "_drawn", "_guarded", "_last_draw", "_lock", "_width",
+                 "enabled", "interval", "stream")
 
     def __init__(self, stream: TextIO | None = None, *, enabled: bool | None = None,
                  interval: float = 0.2, clock: Callable[[], float] = time.monotonic,
@@ -93,6 +93,7 @@ class ProgressLine:
         self._drawn = False
         self._last_draw: float | None = None
         self._closed = False
+        self._guarded: list[tuple[logging.Handler, logging.Filter]] = []
 
     def update(self, text: str, *, force: bool = False) -> None:
         """Show ``text`` (rate-limited, see the class); a no-op when disabled or closed.
@@ -127,10 +128,13 @@ class ProgressLine:
             print(text, file=file if file is not None else sys.stdout, flush=True)
 
     def close(self) -> None:
-        """Erase the line and draw no more."""
+        """Erase the line and draw no more (nor erase it before log records)."""
         with self._lock:
             self.clear()
             self._closed = True
+        guarded, self._guarded = self._guarded, []
+        for handler, guard in guarded:
+            handler.removeFilter(guard)
 
     def _write(self, text: str) -> None:
         try:
@@ -139,24 +143,21 @@ class ProgressLine:
         except (OSError, ValueError):  # the terminal went away: progress is not worth a crash
             self.enabled = False
 
-    @contextlib.contextmanager
-    def around_logging(self) -> Iterator[None]:
-        """While inside: every log record erases the line before its handler writes it.
+    def clear_before_logging(self) -> None:
+        """Until ``close``: every log record erases the line before its handler writes it.
 
-        Covers the root logger's handlers and ``logging.lastResort`` (what prints warnings
-        when logging was never configured), which is where every raftly log line ends up.
+        Covers the root logger's handlers now (configure logging first) and
+        ``logging.lastResort`` (what prints warnings when logging was never configured): where
+        every raftly log line ends up. A no-op when the line is off.
         """
-        guard = _ClearBeforeLogging(self)
-        handlers = [*logging.getLogger().handlers, logging.lastResort]
-        for handler in handlers:
-            if handler is not None:
+        if not self.enabled or self._closed:
+            return
+        guarded = {id(handler) for handler, _ in self._guarded}
+        for handler in [*logging.getLogger().handlers, logging.lastResort]:
+            if handler is not None and id(handler) not in guarded:
+                guard = _ClearBeforeLogging(self)
                 handler.addFilter(guard)
-        try:
-            yield
-        finally:
-            for handler in handlers:
-                if handler is not None:
-                    handler.removeFilter(guard)
+                self._guarded.append((handler, guard))
 
     def __enter__(self) -> ProgressLine:
         return self

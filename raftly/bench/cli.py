@@ -104,7 +104,7 @@ def _bench_tls(args: argparse.Namespace, base: Path, shown: BenchProgress) -> No
         shown.begin("HTTP over TLS", run)
         tls += bench_http(args.clients, args.seconds, fsync=args.fsync, base_dir=base,
                           tls=True, measured=shown.measured)
-    shown.line.clear()
+    shown.line.close()
     plain_rows, tls_rows = summarize(plain), summarize(tls)
     print("\nHTTP, plain: aiohttp client, one session, PUT /v1/kv/KEY to the leader")
     print(format_table(plain_rows))
@@ -129,6 +129,8 @@ def main(argv: list[str]) -> int:
     previous = signal.getsignal(signal.SIGTERM)
     with contextlib.suppress(ValueError):  # not the main thread: leave SIGTERM alone
         signal.signal(signal.SIGTERM, _terminate)
+    shown = BenchProgress(ProgressLine(enabled=args.progress), _kinds(args), args.runs,
+                          args.clients)
     try:
         print(f"raftly bench: 3 nodes on 127.0.0.1, fsync={args.fsync}, data under {base} "
               f"({fs}), {len(VALUE)}-byte values, {args.seconds:g} s per level after "
@@ -136,46 +138,45 @@ def main(argv: list[str]) -> int:
         if fs == "tmpfs" and args.fsync == "always":
             print("warning: tmpfs makes fsync free; use --dir on a real disk")
         sys.stdout.flush()
-        with ProgressLine(enabled=args.progress) as line, line.around_logging():
-            shown = BenchProgress(line, _kinds(args), args.runs, args.clients)
-            _bench(args, base, shown)
+        shown.line.clear_before_logging()
+        if args.tls:
+            _bench_tls(args, base, shown)
+            print(shown.summary())
+            return 0
+        if args.mode in ("both", "http"):
+            samples: list[Sample] = []
+            for run in range(1, args.runs + 1):
+                shown.begin("HTTP", run)
+                samples += bench_http(args.clients, args.seconds, fsync=args.fsync,
+                                      base_dir=base, measured=shown.measured)
+            shown.line.clear()
+            print("\nHTTP: aiohttp client, one session, PUT /v1/kv/KEY to the leader; "
+                  "3 node processes")
+            print(format_table(summarize(samples)))
+            sys.stdout.flush()
+        if args.mode in ("both", "library"):
+            samples = []
+            for run in range(1, args.runs + 1):
+                shown.begin("library", run)
+                samples += asyncio.run(bench_library(args.clients, args.seconds,
+                                                     fsync=args.fsync, base_dir=base,
+                                                     measured=shown.measured))
+            shown.line.clear()
+            print("\nlibrary: await RaftServer.propose(), 3 nodes in this process over TCP "
+                  "loopback, DiskStorage")
+            print(format_table(summarize(samples), unit="commits/s"))
+        shown.line.close()
         print(shown.summary())
     except KeyboardInterrupt:
+        shown.line.close()
         print("\nraftly bench: interrupted; nodes stopped and temporary data removed",
               file=sys.stderr)
         return 130
     finally:
+        shown.line.close()  # on SystemExit (SIGTERM) too
         with contextlib.suppress(ValueError, TypeError):
             signal.signal(signal.SIGTERM, previous)
     return 0
-
-
-def _bench(args: argparse.Namespace, base: Path, shown: BenchProgress) -> None:
-    """Every run the arguments ask for, and their tables (the progress line erased first)."""
-    if args.tls:
-        _bench_tls(args, base, shown)
-        return
-    if args.mode in ("both", "http"):
-        samples: list[Sample] = []
-        for run in range(1, args.runs + 1):
-            shown.begin("HTTP", run)
-            samples += bench_http(args.clients, args.seconds, fsync=args.fsync, base_dir=base,
-                                  measured=shown.measured)
-        shown.line.clear()
-        print("\nHTTP: aiohttp client, one session, PUT /v1/kv/KEY to the leader; "
-              "3 node processes")
-        print(format_table(summarize(samples)))
-        sys.stdout.flush()
-    if args.mode in ("both", "library"):
-        samples = []
-        for run in range(1, args.runs + 1):
-            shown.begin("library", run)
-            samples += asyncio.run(bench_library(args.clients, args.seconds, fsync=args.fsync,
-                                                 base_dir=base, measured=shown.measured))
-        shown.line.clear()
-        print("\nlibrary: await RaftServer.propose(), 3 nodes in this process over TCP "
-              "loopback, DiskStorage")
-        print(format_table(summarize(samples), unit="commits/s"))
 
 
 __all__ = ["build_parser", "chosen_levels", "main"]

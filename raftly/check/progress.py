@@ -9,9 +9,8 @@ the ops done so far by outcome (read from the history as it grows), the faults i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 from raftly.check.history import HistoryWriter, NemesisLog
 from raftly.progress import ProgressLine, bar, clock_time
@@ -23,11 +22,11 @@ UNDER_FAULTS = "under faults"
 
 
 class RunProgress:
-    """The progress line of one run: ``enter`` a phase as the run reaches it; ``ticking``
-    redraws meanwhile, so that the counts and the clock move while the run waits."""
+    """The progress line of one run: ``enter`` a phase as the run reaches it; a ticker redraws
+    meanwhile, so that the counts and the clock move while the run waits."""
 
-    __slots__ = ("_clock", "_counted", "_faults_began", "_outcomes", "began", "duration",
-                 "history", "line", "nlog", "phase")
+    __slots__ = ("_clock", "_counted", "_faults_began", "_outcomes", "_ticker", "began",
+                 "duration", "history", "line", "nlog", "phase")
 
     def __init__(self, line: ProgressLine, history: HistoryWriter, nlog: NemesisLog,
                  duration: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -41,6 +40,7 @@ class RunProgress:
         self._faults_began: float | None = None
         self._outcomes = {"ok": 0, "fail": 0, "info": 0}
         self._counted = 0
+        self._ticker: asyncio.Task[None] | None = None
 
     def enter(self, phase: str) -> None:
         """The run has reached ``phase``: say so now (never dropped by the rate limit)."""
@@ -73,25 +73,22 @@ class RunProgress:
                 f"{clock_time(now - self.began)} elapsed | {o['ok']} ok, {o['fail']} fail, "
                 f"{o['info']} info")
 
-    @contextlib.asynccontextmanager
-    async def ticking(self) -> AsyncIterator[None]:
-        """Redraw every ``TICK`` seconds while inside (nothing at all when the line is off)."""
-        if not self.line.enabled:
-            yield
-            return
+    def start_ticking(self) -> None:
+        """Draw the line now and every ``TICK`` seconds from now on, on the running event
+        loop, until ``stop_ticking`` (nothing at all when the line is off)."""
+        self.line.update(self.render(), force=True)
+        if self.line.enabled and self._ticker is None:
+            self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
-        async def tick() -> None:
-            while True:
-                self.line.update(self.render())
-                await asyncio.sleep(TICK)
+    def stop_ticking(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
 
-        task = asyncio.create_task(tick())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async def _tick(self) -> None:
+        while True:
+            self.line.update(self.render())
+            await asyncio.sleep(TICK)
 
 
 __all__ = ["TICK", "UNDER_FAULTS", "RunProgress"]

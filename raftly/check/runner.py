@@ -140,34 +140,30 @@ def main(argv: list[str]) -> int:
 def _main(args: argparse.Namespace, progress: ProgressLine) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    progress.clear_before_logging()
     try:
-        with progress.around_logging():
-            return _run_or_check(args, progress)
+        if args.history is not None:
+            return check_file(args.history, args.out, args.check_budget, progress=progress)
+        if (args.nodes < 1 or args.clients < 1 or args.keys < 1 or args.time <= 0
+                or (args.snapshot_entries is not None and args.snapshot_entries < 1)):
+            raise SetupError("--nodes, --clients, --keys, --time and --snapshot-entries must be "
+                             "positive")
+        try:
+            nemeses = parse_nemeses(args.nemesis)
+        except ValueError as exc:
+            raise SetupError(str(exc)) from None
+        seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
+        out = args.out or Path("raftly-check") / str(seed)
+        return asyncio.run(run(out, nodes=args.nodes, duration=args.time, clients=args.clients,
+                               keys=args.keys, nemeses=nemeses, seed=seed, rate=args.rate,
+                               op_timeout=args.op_timeout, fsync=args.fsync,
+                               budget=args.check_budget,
+                               unsafe_stale_reads=args.unsafe_stale_reads,
+                               snapshot_entries=args.snapshot_entries, tls=args.tls,
+                               txn=args.workload == "txn", progress=progress))
     except SetupError as exc:
         progress.echo(f"raftly check: {exc}", file=sys.stderr)
         return 2
-
-
-def _run_or_check(args: argparse.Namespace, progress: ProgressLine) -> int:
-    if args.history is not None:
-        return check_file(args.history, args.out, args.check_budget, progress=progress)
-    if (args.nodes < 1 or args.clients < 1 or args.keys < 1 or args.time <= 0
-            or (args.snapshot_entries is not None and args.snapshot_entries < 1)):
-        raise SetupError("--nodes, --clients, --keys, --time and --snapshot-entries must be "
-                         "positive")
-    try:
-        nemeses = parse_nemeses(args.nemesis)
-    except ValueError as exc:
-        raise SetupError(str(exc)) from None
-    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
-    out = args.out or Path("raftly-check") / str(seed)
-    return asyncio.run(run(out, nodes=args.nodes, duration=args.time, clients=args.clients,
-                           keys=args.keys, nemeses=nemeses, seed=seed, rate=args.rate,
-                           op_timeout=args.op_timeout, fsync=args.fsync,
-                           budget=args.check_budget,
-                           unsafe_stale_reads=args.unsafe_stale_reads,
-                           snapshot_entries=args.snapshot_entries, tls=args.tls,
-                           txn=args.workload == "txn", progress=progress))
 
 
 def _why(events: Sequence[Event]) -> str:
@@ -345,39 +341,39 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
           + (", TLS" if tls else "") + (", txn workload" if txn else ""), flush=True)
     started = time.time()
     shown = RunProgress(progress or ProgressLine(enabled=False), history, nlog, duration)
+    shown.start_ticking()
     try:
-        async with shown.ticking():
-            shown.enter("starting the nodes")
-            await network.start()
-            cluster = _start_cluster(out, spec, network, timing=timing, fsync=fsync,
-                                     unsafe_stale_reads=unsafe_stale_reads,
-                                     snapshot_entries=snapshot_entries,
-                                     tls_dir=out / "certs" if tls else None)
-            shown.enter("waiting for a leader")
-            if await agreed_leader(cluster, 30.0) is None:
-                raise SetupError(f"no leader within 30 s (node logs in {out / 'logs'})")
-            pool = ClientPool({name: cluster.url(name) for name in cluster.names}, history,
-                              workload, random.Random(rng.getrandbits(64)),
-                              context=cluster.ssl_context())
-            if txn:
-                pool.lease = await _run_lease(cluster)
-            target = _Target(network, cluster, pool)
-            nemesis = Nemesis(faults, target, nlog, _leader_guess(cluster))
-            shown.enter(UNDER_FAULTS)
-            await _run_under_faults(pool, nemesis, nlog, duration)
-            shown.enter("healed, recovering")
-            final, problems = await _recover(pool, cluster, nlog, workload.key_names,
-                                             recovery_timeout)
-            if pool.leases is not None:
-                shown.enter("waiting for the short leases to end")
-                problems += await _settle_leases(pool, pool.leases, cluster, recovery_timeout)
-            problems += nemesis.problems
-            if "membership" in nemeses:
-                problems += await _membership_agrees(target)
-            problems += [f"node {n} exited on its own with status {c}"
-                         for n, c in cluster.exited().items()]
-            shown.enter("stopping the nodes")
+        await network.start()
+        cluster = _start_cluster(out, spec, network, timing=timing, fsync=fsync,
+                                 unsafe_stale_reads=unsafe_stale_reads,
+                                 snapshot_entries=snapshot_entries,
+                                 tls_dir=out / "certs" if tls else None)
+        shown.enter("waiting for a leader")
+        if await agreed_leader(cluster, 30.0) is None:
+            raise SetupError(f"no leader within 30 s (node logs in {out / 'logs'})")
+        pool = ClientPool({name: cluster.url(name) for name in cluster.names}, history,
+                          workload, random.Random(rng.getrandbits(64)),
+                          context=cluster.ssl_context())
+        if txn:
+            pool.lease = await _run_lease(cluster)
+        target = _Target(network, cluster, pool)
+        nemesis = Nemesis(faults, target, nlog, _leader_guess(cluster))
+        shown.enter(UNDER_FAULTS)
+        await _run_under_faults(pool, nemesis, nlog, duration)
+        shown.enter("healed, recovering")
+        final, problems = await _recover(pool, cluster, nlog, workload.key_names,
+                                         recovery_timeout)
+        if pool.leases is not None:
+            shown.enter("waiting for the short leases to end")
+            problems += await _settle_leases(pool, pool.leases, cluster, recovery_timeout)
+        problems += nemesis.problems
+        if "membership" in nemeses:
+            problems += await _membership_agrees(target)
+        problems += [f"node {n} exited on its own with status {c}"
+                     for n, c in cluster.exited().items()]
     finally:
+        shown.stop_ticking()
+        shown.enter("stopping the nodes")
         history.close()
         nlog.close()
         if cluster is not None:
@@ -534,8 +530,7 @@ def _judge(out: Path, history: HistoryWriter, nlog: NemesisLog, final: dict[str,
     print(f"{'PASS' if ok else 'FAIL'} in {clock_time(run_time + result.elapsed)}: "
           f"{sum(c.values())} ops ({c.get('ok', 0)} ok) under {summary['faults']} faults, "
           f"{'linearizable' if result.ok else result.verdict}, {len(lost)} lost writes, "
-          f"{len(problems)} problems; "
-          f"report {out / 'report.html'}", flush=True)
+          f"{len(problems)} problems; report {out / 'report.html'}", flush=True)
     return 0 if ok else 1
 
 

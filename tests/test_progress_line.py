@@ -150,21 +150,26 @@ def test_the_width_comes_from_columns_then_the_terminal_then_a_default(
     assert "\r" + "y" * 49 + "\x1b[K" in narrow.screen
 
 
-def test_a_log_record_erases_the_line_before_it_is_written() -> None:
+def test_a_log_record_erases_the_line_before_it_is_written_until_close() -> None:
     out = io.StringIO()
     p, _ = line(stream=out)
     handler = logging.StreamHandler(out)
     root = logging.getLogger()
     root.addHandler(handler)
     try:
-        with p.around_logging():
-            p.update("busy")
-            logging.getLogger("raftly.test").warning("something happened")
-            p.update("busy again")
-        assert not handler.filters, "the guard is removed on the way out"
+        p.clear_before_logging()
+        p.clear_before_logging()  # twice: still one guard per handler
+        assert len(handler.filters) == 1
+        p.update("busy")
+        logging.getLogger("raftly.test").warning("something happened")
+        p.update("busy again")
+        p.close()
+        assert not handler.filters, "the guard is removed by close"
+        assert logging.lastResort is None or not logging.lastResort.filters
     finally:
         root.removeHandler(handler)
-    assert out.getvalue() == "\rbusy\x1b[K\r\x1b[Ksomething happened\n\rbusy again\x1b[K"
+    assert out.getvalue() == ("\rbusy\x1b[K\r\x1b[Ksomething happened\n\rbusy again\x1b[K"
+                              "\r\x1b[K")
 
 
 def test_a_stream_that_fails_turns_the_line_off_instead_of_crashing() -> None:
