@@ -6,6 +6,8 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,3 +52,23 @@ def test_the_json_format_writes_one_object_per_line_tagged_with_the_node(
     assert first["message"] == "node 2 is leader in term 7 (leader: 2)"
     assert (first["role"], first["term"], first["leader"]) == ("leader", 7, 2)
     assert second == {**second, "event": "log", "level": "WARNING", "message": "plain\nline"}
+
+
+def test_cluster_up_passes_the_log_format_to_its_nodes(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    import raftly.localcluster
+    from raftly.cli import main
+
+    seen: dict[str, Any] = {}
+
+    class Made(Exception):
+        pass
+
+    def fake_cluster(*args: Any, **kwargs: Any) -> None:
+        seen.update(kwargs)
+        raise Made
+
+    monkeypatch.setattr(raftly.localcluster, "ProcessCluster", fake_cluster)
+    with pytest.raises(Made):
+        main(["cluster", "up", "--dir", str(tmp_path), "--log-format", "json"])
+    assert seen["log_format"] == "json"
