@@ -135,7 +135,8 @@ class ProcessCluster:
     ``orphan_signal`` is what a node gets if this process dies without stopping it.
     ``serve_options`` are more ``raftly serve`` options for every node (``--snapshot-entries``).
     ``tls_dir``: TLS on every node, certificates there (made if absent; see the module
-    docstring); ``token``: for this object's own status polls.
+    docstring); ``token``: for this object's own status polls. ``log_format``: the nodes'
+    ``--log-format`` (text or json).
     """
 
     def __init__(self, directory: str | Path, spec: ClusterSpec, *,
@@ -145,7 +146,7 @@ class ProcessCluster:
                  log_to_files: bool = True, env: Mapping[str, str | None] | None = None,
                  orphan_signal: signal.Signals = signal.SIGTERM,
                  serve_options: Sequence[str] = (), tls_dir: str | Path | None = None,
-                 token: str | None = None) -> None:
+                 token: str | None = None, log_format: str = "text") -> None:
         self.directory = Path(directory)
         self.tls_dir = Path(tls_dir) if tls_dir is not None else None
         self.token = token
@@ -157,6 +158,7 @@ class ProcessCluster:
         self.election_timeout = election_timeout
         self.heartbeat = heartbeat
         self.log_level = log_level
+        self.log_format = log_format
         self.env = dict(env or {})
         self.orphan_signal = orphan_signal
         self.serve_options = list(serve_options)
@@ -280,6 +282,8 @@ class ProcessCluster:
             args += ["--heartbeat", str(self.heartbeat)]
         if self.tls_dir is not None:
             args += ["--tls-dir", str(self.tls_dir)]
+        if self.log_format != "text":  # the default: command lines stay as they were
+            args += ["--log-format", self.log_format]
         return args + self.serve_options
 
     def command(self, name: str) -> list[str]:

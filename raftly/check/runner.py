@@ -44,6 +44,7 @@ from raftly.check.nemesis import Nemesis, parse_nemeses, schedule
 from raftly.check.progress import UNDER_FAULTS, RunProgress
 from raftly.check.proxy import Network
 from raftly.check.report import format_reasons, reason_counts, write_report
+from raftly.cli.common import add_log_format_option
 from raftly.kv.cluster_file import ClusterSpec
 from raftly.kv.protocol import MEMBERS_PATH
 from raftly.localcluster import ProcessCluster, plan_loopback
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-budget", type=float, default=60.0, metavar="SECONDS",
                    help="time the linearizability search may take (default 60); keys left "
                         "undecided are reported unknown, which fails the run")
+    add_log_format_option(p, "the nodes' logs (in OUT/logs): ")
     p.add_argument("--tls", action="store_true",
                    help="run the nodes with TLS on both ports (certificates made in "
                         "OUT/certs); the clients speak https and the proxies pass TLS through")
@@ -160,7 +162,8 @@ def _main(args: argparse.Namespace, progress: ProgressLine) -> int:
                                budget=args.check_budget,
                                unsafe_stale_reads=args.unsafe_stale_reads,
                                snapshot_entries=args.snapshot_entries, tls=args.tls,
-                               txn=args.workload == "txn", progress=progress))
+                               txn=args.workload == "txn", progress=progress,
+                               log_format=args.log_format))
     except SetupError as exc:
         progress.echo(f"raftly check: {exc}", file=sys.stderr)
         return 2
@@ -318,7 +321,8 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
               op_timeout: float = 1.5, fsync: str = "always", budget: float = 60.0,
               unsafe_stale_reads: bool = False, timing: Timing | None = None,
               recovery_timeout: float = 30.0, snapshot_entries: int | None = None,
-              tls: bool = False, txn: bool = False, progress: ProgressLine | None = None) -> int:
+              tls: bool = False, txn: bool = False, progress: ProgressLine | None = None,
+              log_format: str = "text") -> int:
     """One full run into ``out``; returns the exit status (see the module docstring).
 
     ``tls``: the nodes serve TLS on both ports with certificates in ``out/certs``. ``txn``:
@@ -347,7 +351,7 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
         cluster = _start_cluster(out, spec, network, timing=timing, fsync=fsync,
                                  unsafe_stale_reads=unsafe_stale_reads,
                                  snapshot_entries=snapshot_entries,
-                                 tls_dir=out / "certs" if tls else None)
+                                 tls_dir=out / "certs" if tls else None, log_format=log_format)
         shown.enter("waiting for a leader")
         if await agreed_leader(cluster, 30.0) is None:
             raise SetupError(f"no leader within 30 s (node logs in {out / 'logs'})")
@@ -390,7 +394,8 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
 
 def _start_cluster(out: Path, spec: ClusterSpec, network: Network, *, timing: Timing | None,
                    fsync: str, unsafe_stale_reads: bool,
-                   snapshot_entries: int | None, tls_dir: Path | None) -> ProcessCluster:
+                   snapshot_entries: int | None, tls_dir: Path | None,
+                   log_format: str = "text") -> ProcessCluster:
     """Fresh node processes (no data from an earlier run), each talking through the proxies."""
     views = {n.name: node_view(spec, n.name, {link: network.address(*link)
                                               for link in network.links})
@@ -399,7 +404,8 @@ def _start_cluster(out: Path, spec: ClusterSpec, network: Network, *, timing: Ti
     cluster = check_cluster(spec, views, out, timing=timing, fsync=fsync,
                             unsafe_stale_reads=unsafe_stale_reads,
                             serve_options=(["--snapshot-entries", str(snapshot_entries)]
-                                           if snapshot_entries is not None else []),
+                                           if snapshot_entries is not None else [])
+                            + (["--log-format", log_format] if log_format != "text" else []),
                             tls_dir=tls_dir)
     cluster.start()
     return cluster

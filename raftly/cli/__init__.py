@@ -76,6 +76,7 @@ examples:
   raftly kv put greeting hello          then, in another terminal, use it
   raftly kv get greeting
   raftly status                         id, role, term, commit, applied, leader per node
+  raftly status --watch                 the same, redrawn every second (Ctrl-C ends it)
   raftly --endpoints 10.0.0.1:8001,8002 kv list
   raftly kv watch config/               every change under config/, as it happens
   raftly lock backup -- ./backup.sh     run a command while holding a distributed lock

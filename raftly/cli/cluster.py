@@ -33,6 +33,7 @@ from raftly.cli.common import (
     LOG_LEVELS,
     TOKEN_ENV,
     CliError,
+    add_log_format_option,
     positive_float,
 )
 
@@ -75,6 +76,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                          f"seconds of its restart (default {RESTART_WINDOW:g})")
     up.add_argument("--log-level", choices=LOG_LEVELS, default="INFO", type=str.upper,
                     help="the nodes' log level; their logs share this terminal (default INFO)")
+    add_log_format_option(up, "the nodes' logs (on this terminal): ")
     up.add_argument("--tls", action="store_true",
                     help=f"TLS between the nodes and https for clients, with certificates made "
                          f"in DIR/{CERTS_DIR} the first time (and reused after)")
@@ -122,7 +124,8 @@ def run_up(args: argparse.Namespace) -> int:
     token = _auth_token(args.auth_file)
     cluster = ProcessCluster(directory, spec, fsync=args.fsync,
                              election_timeout=args.election_timeout, heartbeat=args.heartbeat,
-                             log_level=args.log_level, log_to_files=False,
+                             log_level=args.log_level, log_format=args.log_format,
+                             log_to_files=False,
                              tls_dir=directory / CERTS_DIR if args.tls else None, token=token,
                              serve_options=(["--auth-file", str(Path(args.auth_file).resolve())]
                                             if args.auth_file else []))

@@ -234,15 +234,34 @@ def non_negative_int(text: str) -> int:
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
 
 
-def configure_logging(level: str, node: str | None = None) -> None:
+def configure_logging(level: str, node: str | None = None, log_format: str = "text") -> None:
     """Log to stderr, one line per event, tagged with the node name.
 
-    The tag matters when several nodes share a terminal (``raftly cluster up``).
+    The tag matters when several nodes share a terminal (``raftly cluster up``). ``json``: one
+    JSON object per line with the event's name and fields (raftly.logevents).
     """
+    if log_format == "json":
+        from raftly.logevents import JsonFormatter
+
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter(node))
+        logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler],
+                            force=True)
+        return
     tag = f"{node} " if node else ""
     logging.basicConfig(
         level=getattr(logging, level.upper()), stream=sys.stderr,
         format=f"%(asctime)s.%(msecs)03d {tag}%(levelname)-7s %(name)s: %(message)s",
         datefmt="%H:%M:%S", force=True)
+
+
+def add_log_format_option(parser: argparse.ArgumentParser, what: str = "") -> None:
+    """``--log-format text|json``: of ``serve``, or (``what``) passed on to the nodes a command
+    starts."""
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                        help=f"{what}text lines (default), or json: one JSON object per line "
+                             "with time, level, node, logger, event, message and the event's "
+                             "fields (docs/operations.md)")

@@ -1,4 +1,5 @@
-"""``raftly kv put|get|del|cas|list`` and ``raftly status``: the key-value service from a shell.
+"""``raftly kv put|get|del|cas|list``: the key-value service from a shell (``raftly status`` is
+registered here too, and lives in status.py).
 
 They use ``raftly.Client``: it finds the leader, follows redirects and retries safely, so any
 node's address will do; when no node accepts a connection at all they fail at once.
@@ -16,14 +17,13 @@ import json
 import sys
 from typing import Any
 
-from raftly.cli import coord
+from raftly.cli import coord, status
 from raftly.cli.common import (
     CliError,
     add_client_options,
     add_cluster_id_argument,
     check_cluster_id,
     client_options,
-    cluster_id_mismatch,
     positive_int,
     refusal,
 )
@@ -112,16 +112,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     for p in (put, get, delete, cas, lst, *coordination):
         add_cluster_id_argument(p)
 
-    status = commands.add_parser(
-        "status", help="a table of the nodes: id, role, term, commit, applied, leader",
-        description="Ask every endpoint for its status. Exit 0 when all answered as members "
-                    "of one cluster (the --cluster-id one, if given); 1 when any did not "
-                    "answer (its row says unreachable), belongs to another cluster or is not a "
-                    "member of the leader's cluster (one line on stderr for each).")
-    add_client_options(status)
-    add_cluster_id_argument(status)
-    status.add_argument("--json", action="store_true", help="print the raw status objects")
-    status.set_defaults(func=_status)
+    status.add_parser(commands)
 
 
 def run_client_command(args: argparse.Namespace) -> int:
@@ -235,88 +226,3 @@ def _json_item(key: str, value: bytes) -> dict[str, str]:
     if "value" in item:
         return {"key": key, "encoding": "utf-8", "value": item["value"]}
     return {"key": key, "encoding": "base64", "value": item["value_base64"]}
-
-
-def _status(args: argparse.Namespace) -> int:
-    from raftly.cli.status_table import format_table
-    from raftly.kv.client import ClientError, RequestError
-
-    options = client_options(args)
-    endpoints = options.endpoints
-    statuses: dict[str, dict[str, Any] | None] = {}
-    errors: dict[str, str] = {}
-    # One short-lived client per endpoint: status is about each node, not about the leader.
-    per_node = min(options.timeout, 2.0)
-    for endpoint in endpoints:
-        try:
-            with options.client([endpoint], timeout=per_node, request_timeout=per_node
-                                ) as client:
-                statuses[endpoint] = client.status(endpoint)
-        except RequestError as exc:
-            statuses[endpoint] = None
-            errors[endpoint] = refusal(exc.status, exc.message)
-        except (OSError, ClientError) as exc:
-            statuses[endpoint] = None
-            errors[endpoint] = str(exc)
-    names = _names(statuses)
-    problems = [f"{names[ep]}: unreachable at {ep} ({error})" for ep, error in errors.items()]
-    problems += _membership_problems(statuses, names, args.cluster_id)
-    if args.json:
-        print(json.dumps(statuses, indent=2))
-    else:
-        rows: dict[str, dict[str, Any] | None] = {}
-        for endpoint, status in statuses.items():
-            label = names[endpoint]
-            rows[label if label not in rows else f"{label} ({endpoint})"] = status
-        for line in format_table(rows):
-            print(line)
-    for problem in problems:
-        print(f"raftly: {problem}", file=sys.stderr)
-    return 1 if problems else 0
-
-
-def _names(statuses: dict[str, dict[str, Any] | None]) -> dict[str, str]:
-    """Each endpoint's node name: its own answer, else what the others' member lists call the
-    node at that address (a down node is shown by name), else the address itself."""
-    known: dict[str, str] = {}
-    for status in statuses.values():
-        for member in (status or {}).get("members", []):
-            if member.get("api"):
-                known.setdefault(_host_port(member["api"]), member["id"])
-    return {endpoint: status["id"] if status is not None
-            else known.get(_host_port(endpoint), endpoint)
-            for endpoint, status in statuses.items()}
-
-
-def _host_port(address: str) -> str:
-    """``host:port`` of an address or URL: http and https name the same node."""
-    return address.rpartition("://")[2].rstrip("/")
-
-
-def _membership_problems(statuses: dict[str, dict[str, Any] | None], names: dict[str, str],
-                         expected_cluster: str | None) -> list[str]:
-    """The answering nodes that are not what was meant: of another cluster than
-    ``expected_cluster`` (or, without it, than the others), or not members of their cluster."""
-    answering = {ep: s for ep, s in statuses.items() if s is not None}
-    problems = []
-    clusters = {s.get("cluster_id") for s in answering.values()}
-    if expected_cluster is None and len(clusters) > 1:
-        return [f"these endpoints belong to {len(clusters)} different clusters: " + ", ".join(
-            f"{names[ep]} at {ep} is in {s.get('cluster_id')!r}" for ep, s in answering.items())]
-    for endpoint, status in answering.items():
-        mismatch = cluster_id_mismatch(status, expected_cluster)
-        if mismatch is not None:
-            problems.append(f"{endpoint}: {mismatch}")
-    # The leader of the highest term knows the membership; a node outside it never catches up.
-    leaders = [s for s in answering.values() if s["role"] == "leader"]
-    if leaders:
-        leader = max(leaders, key=lambda s: s["term"])
-        everyone = leader["members"] + leader.get("learners", [])
-        members = {m["raft_id"] for m in everyone}
-        member_names = ", ".join(m["id"] for m in everyone)
-        for endpoint, status in answering.items():
-            if (status.get("cluster_id") == leader.get("cluster_id")
-                    and status["raft_id"] not in members):
-                problems.append(f"{names[endpoint]} at {endpoint} is not a member of the cluster "
-                                f"led by {leader['id']} (members {member_names})")
-    return problems

@@ -14,6 +14,9 @@ Security: ``--tls-dir DIR`` (or ``--tls-cert/--tls-key/--tls-ca``) puts both por
 bearer tokens with roles, ``--token`` (``$RAFTLY_TOKEN``) is what this node shows other members'
 APIs, ``--max-connections`` caps the API's open connections and ``--max-watches`` its watch
 streams.
+
+``--config FILE`` reads any of these options from a ``[serve]`` table (serve_config.py; the
+command line wins); ``--log-format json`` logs one JSON object per line (raftly.logevents).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from raftly.cli.common import (
     LOG_LEVELS,
     CliError,
     UsageError,
+    add_log_format_option,
     configure_logging,
     non_negative_int,
     positive_float,
@@ -36,11 +40,25 @@ from raftly.cli.common import (
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = commands.add_parser(
-        "serve", help="run one node of a replicated key-value cluster",
-        description="Run node ID of the cluster described in the cluster file (TOML: one "
-                    "[nodes.NAME] table per node with raft = \"host:port\" and "
-                    "api = \"host:port\"). Stops cleanly on Ctrl-C or SIGTERM.")
+    from raftly.cli.serve_config import ServeParser
+
+    # The one parser class that reads --config first: argparse offers no per-subcommand
+    # parser class, so it is swapped in for this subcommand only.
+    shared, commands._parser_class = commands._parser_class, ServeParser
+    try:
+        p = commands.add_parser(
+            "serve", help="run one node of a replicated key-value cluster",
+            description="Run node ID of the cluster described in the cluster file (TOML: one "
+                        "[nodes.NAME] table per node with raft = \"host:port\" and "
+                        "api = \"host:port\"). Stops cleanly on Ctrl-C or SIGTERM. Any "
+                        "option may also come from a [serve] table of --config FILE "
+                        "(docs/operations.md).")
+    finally:
+        commands._parser_class = shared
+    p.add_argument("--config", metavar="FILE",
+                   help="read options from the [serve] table of this TOML file (keys spelled "
+                        "like the options, with dashes: data-dir = \"...\"); options given on "
+                        "the command line win")
     p.add_argument("--cluster", metavar="FILE", help="the cluster file (TOML)")
     p.add_argument("--id", metavar="NAME", help="this node's name (in the file, or new)")
     p.add_argument("--data-dir", metavar="DIR",
@@ -59,6 +77,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="fsync the log before acknowledging (default always; 'never' is for "
                         "throwaway clusters: a power loss can then lose acknowledged writes)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="INFO", type=str.upper)
+    add_log_format_option(p)
     p.add_argument("--election-timeout", type=positive_float, default=1.0, metavar="SECONDS",
                    help="a follower campaigns after 1-2x this long without a leader "
                         "(default 1.0; every node of a cluster should use the same)")
@@ -132,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     join, raft, api = _start_mode(args)
     tls = _tls_files(args)
     auth = _authorizer(args.auth_file)
-    configure_logging(args.log_level, args.id or Path(args.data_dir).name)
+    configure_logging(args.log_level, args.id or Path(args.data_dir).name, args.log_format)
     data_dir = Path(args.data_dir) if args.data_dir else _default_data_dir(args.cluster, args.id)
     try:
         snapshot = SnapshotSettings(args.snapshot_entries, args.snapshot_retain)

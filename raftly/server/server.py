@@ -27,6 +27,7 @@ from raftly.core.messages import AppendEntries, Heartbeat, InstallSnapshot, Mess
 from raftly.core.node import RaftNode, Ready, Role
 from raftly.core.state_machine import StateMachine, supports_snapshots
 from raftly.core.types import ConfChange, ConfState, Entry, EntryType, Member, NodeId
+from raftly.logevents import event, role_event
 from raftly.server.observer import Observers, ProposalOutcome, ServerObserver
 from raftly.server.snapshots import DEFAULT_SNAPSHOT_ENTRIES, SnapshotManager, SnapshotSettings
 from raftly.storage.base import Storage, StorageError
@@ -435,7 +436,8 @@ class RaftServer:
         replicating to it. Its driver learns it from the cluster instead and reports it here.
         """
         if not self._removed.is_set():
-            logger.warning("node %s was removed from the cluster (%s)", self.id, why)
+            logger.warning("node %s was removed from the cluster (%s)", self.id, why,
+                           extra=event("node_removed", reason=why))
             self._removed.set()
 
     async def wait_removed(self) -> None:
@@ -641,7 +643,9 @@ class RaftServer:
                                     if m.raft})
             self._transport.set_peers(self._peer_book)
         logger.info("node %s: configuration voters %s, learners %s", self.id,
-                    sorted(conf.voters), sorted(conf.learners))
+                    sorted(conf.voters), sorted(conf.learners), extra=event(
+                        "membership_changed", voters=sorted(conf.voters),
+                        learners=sorted(conf.learners)))
         for callback in self.on_conf_change:
             callback(conf)
 
@@ -656,14 +660,17 @@ class RaftServer:
                 or self.id in self._conf.learners):
             return
         logger.warning("node %s was removed from the cluster (voters now %s)", self.id,
-                       sorted(committed.voters))
+                       sorted(committed.voters), extra=event(
+                           "node_removed", reason="committed configuration without it",
+                           voters=sorted(committed.voters)))
         self._removed.set()
 
     def _note_role_change(self, node: RaftNode) -> None:
         if (node.role is not self._role or node.leader != self._leader
                 or node.term != self._term):
             logger.info("node %s is %s in term %d (leader: %s)", self.id, node.role.value,
-                        node.term, node.leader)
+                        node.term, node.leader,
+                        extra=role_event(self._role, self._term, node.role, node.term, node.leader))
             self._role, self._leader, self._term = node.role, node.leader, node.term
             self._observers.role_changed(node.role, node.term, node.leader)
 

@@ -23,6 +23,7 @@ from raftly.core.messages import InstallSnapshot
 from raftly.core.node import RaftNode
 from raftly.core.state_machine import SnapshotCapture, SnapshottingStateMachine, SupportsRead
 from raftly.core.types import InitialState, NodeId, SnapshotMeta
+from raftly.logevents import event
 from raftly.server.observer import Observers
 from raftly.storage.base import Storage, StorageError
 from raftly.storage.snapshots import IncomingSnapshot, SnapshotStore, verify
@@ -124,7 +125,8 @@ class SnapshotManager:
         self.last_index = meta.index
         self._next_try = meta.index + self._settings.entries
         logger.info("node %s restored its state machine from snapshot %d/%d", self._id,
-                    meta.term, meta.index)
+                    meta.term, meta.index, extra=event("snapshot_restored", index=meta.index,
+                                                        snapshot_term=meta.term))
         return state, meta
 
     async def _restore(self, meta: SnapshotMeta) -> None:
@@ -180,13 +182,15 @@ class SnapshotManager:
         except Exception as exc:
             # The log keeps everything: nothing is lost, the disk just keeps growing. Try again
             # after another round of entries rather than at once.
-            logger.error("node %s could not write snapshot %d: %s", self._id, meta.index, exc)
+            logger.error("node %s could not write snapshot %d: %s", self._id, meta.index, exc,
+                         extra=event("snapshot_failed", index=meta.index, reason=str(exc)))
             self._next_try = meta.index + self._settings.entries
             self._taking = None
             return
         took = loop.time() - began
         logger.info("node %s took snapshot %d/%d in %.3fs", self._id, meta.term, meta.index,
-                    took)
+                    took, extra=event("snapshot_taken", index=meta.index, snapshot_term=meta.term,
+                                      seconds=round(took, 6), size=size))
         self._observers.snapshot_taken(took, size, meta.index)
         self._taken = meta
         self._wake()
@@ -276,7 +280,8 @@ class SnapshotManager:
         self._next_try = meta.index + self._settings.entries
         self.stats["installed"] += 1
         logger.info("node %s installed snapshot %d/%d from the leader", self._id, meta.term,
-                    meta.index)
+                    meta.index, extra=event("snapshot_installed", index=meta.index,
+                                            snapshot_term=meta.term))
 
     # -- sending ----------------------------------------------------------------------------------
 
@@ -308,7 +313,8 @@ class SnapshotManager:
                 raise
             except Exception as exc:  # a bug, or a transport without snapshots: never silent
                 logger.error("node %s could not send snapshot %d/%d to %s: %s", self._id,
-                             meta.term, meta.index, peer, exc)
+                             meta.term, meta.index, peer, exc, extra=event(
+                                 "snapshot_send_failed", peer=peer, reason=str(exc)))
             current = self._sending.get(peer)
             if current is not None and current[0] is msg:
                 del self._sending[peer]

@@ -67,6 +67,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from raftly.core.messages import InstallSnapshot, Message
+from raftly.logevents import event
 from raftly.security.tls import common_name
 from raftly.transport.base import MessageHandler, SnapshotSinkFactory
 from raftly.transport.codec import (
@@ -139,7 +140,7 @@ class _RefusalLog:
         self._window_end = 0.0
         self._window_lines = 0
 
-    def log(self, source: str, text: str) -> None:
+    def log(self, source: str, text: str, extra: dict[str, Any] | None = None) -> None:
         now = asyncio.get_running_loop().time()
         due, unlogged = self._sources.get(source, (now, 0))
         if now < due:
@@ -154,7 +155,7 @@ class _RefusalLog:
         self._window_lines += 1
         if unlogged:
             text = f"{text} ({unlogged} more refusals of {source} not logged since the last)"
-        logger.warning("%s", text)
+        logger.warning("%s", text, extra=extra)
         if len(self._sources) >= _REFUSAL_SOURCES and source not in self._sources:
             # Forget the sources whose window has passed: a scan of many addresses must not
             # grow this without bound (their unlogged counts are lost, which is fine).
@@ -731,12 +732,15 @@ class TcpTransport:
         elapsed = loop.time() - started
         self._snapshots_sent += 1
         logger.info("node %d -> %d: sent %s in %.2fs (%.0f MB/s)", self.node_id, msg.dst, what,
-                    elapsed, size / 1e6 / max(elapsed, 1e-6))
+                    elapsed, size / 1e6 / max(elapsed, 1e-6), extra=event(
+                        "snapshot_sent", peer=msg.dst, index=msg.snapshot.meta.index,
+                        size=size, seconds=round(elapsed, 6)))
         return True
 
     def _snapshot_failed(self, dst: int, what: str, why: str) -> bool:
         self._snapshots_send_failed += 1
-        logger.warning("node %d -> %d: %s failed: %s", self.node_id, dst, what, why)
+        logger.warning("node %d -> %d: %s failed: %s", self.node_id, dst, what, why,
+                       extra=event("snapshot_send_failed", peer=dst, reason=why))
         return False
 
     # -- inbound -------------------------------------------------------------------------------
@@ -834,11 +838,12 @@ class TcpTransport:
         """Count and log (one line) a refused inbound connection."""
         self._refused += 1
         who = where if node_id is None else f"node {node_id} from {where}"
-        self._warn(where, f"node {self.node_id}: refused {who}: {reason}")
+        self._warn(where, f"node {self.node_id}: refused {who}: {reason}",
+                   event("peer_refused", source=where, peer=node_id, reason=reason))
 
-    def _warn(self, where: str, text: str) -> None:
+    def _warn(self, where: str, text: str, extra: dict[str, Any] | None = None) -> None:
         """A WARNING about the inbound connection from ``where``, rate-limited per source."""
-        self._refusal_log.log(where.rpartition(":")[0] or where, text)
+        self._refusal_log.log(where.rpartition(":")[0] or where, text, extra)
 
     async def _handshake(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str

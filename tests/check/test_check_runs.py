@@ -48,9 +48,15 @@ def assert_passed(code: int, result: dict[str, object], out: Path) -> None:
 def test_partition_and_kill_three_nodes(tmp_path: Path) -> None:
     out = tmp_path / "pk"
     code, result = run_check(out, "--nodes", "3", "--time", "15", "--clients", "6",
-                             "--keys", "4", "--nemesis", "partition,kill", "--seed", "11")
+                             "--keys", "4", "--nemesis", "partition,kill", "--seed", "11",
+                             "--log-format", "json")
     assert_no_node_left(out)
     assert_passed(code, result, out)
+    # --log-format reached the nodes: their logs are JSON lines (less the start markers).
+    for name in ("n1", "n2", "n3"):
+        lines = (out / "logs" / f"{name}.log").read_text().splitlines()
+        events = [json.loads(line)["event"] for line in lines if not line.startswith("--- ")]
+        assert "membership_changed" in events
 
 
 def test_pause_and_kill_five_nodes(tmp_path: Path) -> None:

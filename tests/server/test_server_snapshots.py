@@ -20,6 +20,7 @@ import raftly.transport.memory as memory_transport
 from raftly.core.config import Config
 from raftly.core.messages import InstallSnapshot
 from raftly.core.state_machine import SupportsRead
+from raftly.logevents import event_of
 from raftly.server import RaftServer
 from raftly.storage import StorageError
 from raftly.storage.snapshots import SnapshotStore
@@ -71,7 +72,9 @@ def test_the_log_is_compacted_behind_each_snapshot_as_entries_are_applied(tmp_pa
 
 
 def test_a_follower_cut_off_while_the_log_was_compacted_catches_up_by_snapshot(
-        tmp_path: Path) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="raftly.server")
+
     async def body() -> None:
         nodes = Nodes(tmp_path, snapshot_entries=20, snapshot_retain=5)
         await nodes.start_all()
@@ -89,6 +92,12 @@ def test_a_follower_cut_off_while_the_log_was_compacted_catches_up_by_snapshot(
             await nodes.close()
 
     run(body)
+    # Each snapshot taken and installed is one log line with its fields.
+    events = [event_of(r) for r in caplog.records]
+    taken = [fields for name, fields in events if name == "snapshot_taken"]
+    installed = [fields for name, fields in events if name == "snapshot_installed"]
+    assert taken and all(f["size"] > 0 and f["index"] > 0 for f in taken)
+    assert installed and installed[0]["index"] >= 20
 
 
 def test_a_restarted_node_restores_its_snapshot_and_replays_only_the_tail(

@@ -20,6 +20,7 @@ from transport_helpers import LOCAL, Node, Sinks, closed_by_peer, hb, pair, raw_
 
 from raftly.core.messages import Heartbeat, InstallSnapshot, Message
 from raftly.core.types import ConfState, Snapshot, SnapshotMeta
+from raftly.logevents import event_of
 from raftly.storage.snapshots import IncomingSnapshot, SnapshotStore
 from raftly.transport.codec import (
     CHANNEL_SNAPSHOT,
@@ -93,8 +94,9 @@ class _Inbox(list[Message]):
 
 
 def test_a_multi_mib_file_arrives_byte_identical_and_is_delivered_once_after_finish(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="raftly.transport")
     path, data = snapshot_file(tmp_path, (5 << 20) + 12345)  # not a multiple of the chunk size
 
     async def body() -> None:
@@ -110,6 +112,8 @@ def test_a_multi_mib_file_arrives_byte_identical_and_is_delivered_once_after_fin
             assert a.t.stats()["snapshots_sent"] == 1 and b.t.stats()["snapshots_received"] == 1
 
     run(body)
+    [sent] = [event_of(r)[1] for r in caplog.records if event_of(r)[0] == "snapshot_sent"]
+    assert sent["peer"] == 2 and sent["size"] == len(data) and sent["seconds"] >= 0
 
 
 def test_a_stored_snapshot_with_learners_and_addresses_arrives_as_the_leader_holds_it(

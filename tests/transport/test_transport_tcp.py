@@ -18,6 +18,7 @@ from raftly.core.messages import (
     RequestVote,
 )
 from raftly.core.types import Entry
+from raftly.logevents import event_of
 from raftly.transport import TcpTransport, Transport
 from raftly.transport.codec import (
     CodecError,
@@ -155,6 +156,10 @@ def test_a_wrong_cluster_id_is_refused_and_logged(caplog: pytest.LogCaptureFixtu
     run(body)
     refused = [r for r in caplog.records if r.levelno == logging.WARNING and "refused" in r.message]
     assert any("other-cluster" in r.message for r in refused), caplog.text
+    # And as a structured event: who, from where, why.
+    fields = [event_of(r)[1] for r in refused if event_of(r)[0] == "peer_refused"]
+    assert fields and fields[0]["peer"] == 1 and "other-cluster" in fields[0]["reason"]
+    assert fields[0]["source"].startswith("127.0.0.1:")
 
 
 # Version 1 sent a snapshot's voters as an array where version 2 sends ConfState.encode() bytes.
