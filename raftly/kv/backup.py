@@ -281,6 +281,12 @@ def verify(path: str | os.PathLike[str]) -> BackupInfo:
 # -- writing ---------------------------------------------------------------------------------------
 
 
+def exists_error(path: str | os.PathLike[str]) -> BackupError:
+    """The refusal to replace an existing backup without --force."""
+    return BackupError(f"{os.path.abspath(path)} exists: give another file name, or --force to "
+                       "replace it")
+
+
 class BackupWriter:
     """Writes a backup to a temporary file beside ``path``: ``write`` the payload, then
     ``commit`` (checksum compared, header completed, flushed, verified, moved into place, the
@@ -294,8 +300,7 @@ class BackupWriter:
         self._force = force
         self._directory = os.path.dirname(self.path)
         if not force and os.path.lexists(self.path):
-            raise BackupError(f"{self.path} exists: give another file name, or --force to "
-                              "replace it")
+            raise exists_error(self.path)
         try:
             fd, self.temporary = tempfile.mkstemp(
                 dir=self._directory, prefix=f".{os.path.basename(self.path)}.", suffix=".tmp")
@@ -370,8 +375,7 @@ class BackupWriter:
             Syncer("always").directory(self._directory)
         except FileExistsError:
             self._remove_temporary()
-            raise BackupError(f"{self.path} exists: give another file name, or --force to "
-                              "replace it") from None
+            raise exists_error(self.path) from None
         except OSError as exc:
             self._remove_temporary()
             raise BackupError(f"cannot move the backup into place at {self.path}: "
@@ -428,5 +432,5 @@ def parse_stream_headers(headers: dict[str, str]) -> BackupHeader:
 __all__ = ["CLUSTER_ID_HEADER", "CREATED_HEADER", "FORMAT_VERSION", "INDEX_HEADER",
            "KEYS_HEADER", "MAGIC", "STREAM_CONTENT_TYPE", "STREAM_TRAILER", "TERM_HEADER",
            "BackupError", "BackupHeader", "BackupInfo", "BackupWriter", "PayloadReader",
-           "check_metadata", "check_stream_trailer", "open_backup", "parse_stream_headers",
-           "read_header", "stream_trailer", "verify"]
+           "check_metadata", "check_stream_trailer", "exists_error", "open_backup",
+           "parse_stream_headers", "read_header", "stream_trailer", "verify"]

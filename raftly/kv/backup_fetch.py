@@ -26,6 +26,7 @@ from raftly.kv.backup import (
     BackupInfo,
     BackupWriter,
     check_stream_trailer,
+    exists_error,
     parse_stream_headers,
 )
 from raftly.kv.client import tls_context
@@ -55,6 +56,8 @@ def save_snapshot(endpoints: str | Sequence[str], path: str | os.PathLike[str], 
     FetchError when no node serves it (see the module docstring); BackupError when the file
     cannot be written or what arrived does not check out.
     """
+    if not force and os.path.lexists(path):  # before the leader does any work for nothing
+        raise exists_error(path)
     context = tls_context(cacert, cert, key, ssl_context)
     core = ClientCore(endpoints, timeout, timeout, None, tls=context is not None, token=token,
                       client_cert=cert is not None)
