@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from kv_helpers import ADMIN, AUTH, FAST, READ, WRITE, SecureCluster, bearer, call, followers, run
 
+from raftly.cli import main as cli_main
 from raftly.kv.backup import STREAM_TRAILER, check_stream_trailer, parse_stream_headers, verify
 from raftly.kv.backup_fetch import FetchError, save_snapshot
 from raftly.kv.client import AsyncClient
@@ -60,7 +61,8 @@ def test_the_leader_streams_its_whole_state_with_index_term_and_checksum() -> No
     run(main())
 
 
-def test_only_an_admin_token_gets_the_snapshot(tmp_path: Path) -> None:
+def test_only_an_admin_token_gets_the_snapshot(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
     async def main() -> None:
         async with SecureCluster(3, config=FAST, auth=AUTH) as cluster, \
                 aiohttp.ClientSession() as s:
@@ -75,6 +77,10 @@ def test_only_an_admin_token_gets_the_snapshot(tmp_path: Path) -> None:
                 await asyncio.to_thread(save_snapshot, cluster.urls, tmp_path / "r.rbk",
                                         token=READ)
             assert refused.value.status == 403 and not (tmp_path / "r.rbk").exists()
+            code = await asyncio.to_thread(cli_main, [
+                "snapshot", "save", str(tmp_path / "r.rbk"), "--endpoints", leader.url,
+                "--token", READ])
+            assert code == 1 and "forbidden (403)" in capsys.readouterr().err
             info = await asyncio.to_thread(save_snapshot, cluster.urls, tmp_path / "a.rbk",
                                            token=ADMIN)
             assert verify(tmp_path / "a.rbk") == info
