@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import struct
 import zlib
 from pathlib import Path
@@ -34,17 +35,9 @@ def _payload(keys: int = 20, last: int = 40) -> bytes:
     for i in range(keys + 1):
         sm.apply(2 + i, encode(Put(f"k{i:02d}", b"v" * i, 7 if i == 0 else 0)))
     sm.apply(last, encode(Delete(f"k{keys:02d}")))
-
-    class Sink:
-        data = bytearray()
-
-        def write(self, chunk: bytes) -> int:
-            self.data += chunk
-            return len(chunk)
-
-    sink = Sink()
+    sink = io.BytesIO()
     sm.capture().persist(sink)
-    return bytes(sink.data)
+    return sink.getvalue()
 
 
 def _write(path: Path, payload: bytes, header: BackupHeader = HEADER) -> None:

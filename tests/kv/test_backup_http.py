@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import logging
 from pathlib import Path
 
@@ -19,16 +20,6 @@ from raftly.kv.backup_fetch import FetchError, save_snapshot
 from raftly.kv.client import AsyncClient
 from raftly.kv.service import LocalCluster
 from raftly.kv.state_machine import KVStateMachine
-
-
-class _Bytes:
-    def __init__(self, data: bytes) -> None:
-        self._data, self._at = data, 0
-
-    def read(self, n: int = -1) -> bytes:
-        end = len(self._data) if n < 0 else self._at + n
-        chunk, self._at = self._data[self._at:end], min(end, len(self._data))
-        return chunk
 
 
 def test_the_leader_streams_its_whole_state_with_index_term_and_checksum() -> None:
@@ -53,7 +44,7 @@ def test_the_leader_streams_its_whole_state_with_index_term_and_checksum() -> No
             payload, trailer = body[:-STREAM_TRAILER.size], body[-STREAM_TRAILER.size:]
             assert check_stream_trailer(trailer, len(payload)) == hashlib.sha256(payload).digest()
             machine = KVStateMachine()
-            machine.restore(_Bytes(payload))
+            machine.restore(io.BytesIO(payload))
             assert machine.range("", limit=100) == leader.kv.range("", limit=100)
             async with s.head(leader.url + "/v1/snapshot") as resp:
                 assert resp.status == 405 and "HEAD" not in resp.headers.get("Allow", "")

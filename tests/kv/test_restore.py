@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 from pathlib import Path
 
 import pytest
@@ -61,19 +62,9 @@ def test_a_restored_data_dir_holds_the_backup_at_its_index_with_the_new_clusters
         payload = source.read()
     assert hashlib.sha256(payload).hexdigest() == done.backup.sha256
     machine = KVStateMachine()
-    machine.restore(_Bytes(payload))
+    machine.restore(io.BytesIO(payload))
     assert len(machine.range("", limit=100)[0]) == HEADER.keys
     assert read_identity(data_dir) == NodeIdentity.of(spec, "n2")
-
-
-class _Bytes:
-    def __init__(self, data: bytes) -> None:
-        self._data, self._at = data, 0
-
-    def read(self, n: int = -1) -> bytes:
-        end = len(self._data) if n < 0 else self._at + n
-        chunk, self._at = self._data[self._at:end], min(end, len(self._data))
-        return chunk
 
 
 def test_a_data_dir_that_is_not_empty_is_refused_and_left_as_it_was(
