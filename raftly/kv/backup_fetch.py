@@ -91,8 +91,8 @@ def save_snapshot(endpoints: str | Sequence[str], path: str | os.PathLike[str], 
                     continue
                 if resp.status < 500 and resp.status != 307:
                     raise FetchError(f"{target}: {resp.error_message()}", resp.status)
-                if resp.status != 503:
-                    core.rotate()
+                if resp.status != 503 or _leader_named(resp) is None:
+                    core.rotate()  # this node cannot help: another may know the leader
                     target = core.target
         finally:
             conn.close()
@@ -102,6 +102,14 @@ def save_snapshot(endpoints: str | Sequence[str], path: str | os.PathLike[str], 
         redirects = 0
         time.sleep(min(core.backoff(attempt), max(0.0, deadline - time.monotonic())))
         attempt += 1
+
+
+def _leader_named(resp: Response) -> str | None:
+    try:
+        leader = resp.json().get("leader")
+    except (ValueError, AttributeError):
+        return None
+    return leader if isinstance(leader, str) else None
 
 
 def _connect(base: str, timeout: float, context: ssl.SSLContext | None

@@ -103,3 +103,20 @@ def test_a_client_that_goes_away_mid_stream_leaves_the_node_serving_snapshots(
 
     run(main(), timeout=60.0)
     assert "the client went away" in caplog.text
+
+
+def test_a_snapshot_is_saved_over_https_from_a_follower(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with LocalCluster(3, config=FAST, tls_dir=tmp_path / "tls") as cluster:
+            leader = await cluster.wait_for_leader()
+            async with AsyncClient(cluster.urls, cacert=tmp_path / "tls" / "ca.crt") as client:
+                await client.put("secret", b"over TLS")
+            follower = followers(cluster, leader)[0]
+            assert follower.url.startswith("https://")
+            info = await asyncio.to_thread(save_snapshot, [follower.url], tmp_path / "t.rbk",
+                                           cacert=str(tmp_path / "tls" / "ca.crt"))
+            assert info.header.keys == 1
+            with pytest.raises(FetchError, match="cannot verify"):
+                await asyncio.to_thread(save_snapshot, [follower.url], tmp_path / "u.rbk")
+
+    run(main())
