@@ -153,7 +153,6 @@ class SnapshotApi:
             CLUSTER_ID_HEADER: api.cluster.cluster_id, INDEX_HEADER: str(index),
             TERM_HEADER: str(term), KEYS_HEADER: str(keys), CREATED_HEADER: str(created_ms)})
         response.content_type = STREAM_CONTENT_TYPE
-        response.enable_chunked_encoding()
         loop = asyncio.get_running_loop()
         pipe = _Pipe(loop)
         began = loop.time()

@@ -46,6 +46,14 @@ def test_the_leader_streams_its_whole_state_with_index_term_and_checksum() -> No
             machine = KVStateMachine()
             machine.restore(io.BytesIO(payload))
             assert machine.range("", limit=100) == leader.kv.range("", limit=100)
+            # HTTP/1.0 has no chunks: the stream ends with the connection, trailer included.
+            reader, writer = await asyncio.open_connection(leader.api_address.host,
+                                                           leader.api_address.port)
+            writer.write(b"GET /v1/snapshot HTTP/1.0\r\n\r\n")
+            head, _, raw = (await reader.read()).partition(b"\r\n\r\n")
+            writer.close()
+            assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200"), head
+            assert raw == body
             async with s.head(leader.url + "/v1/snapshot") as resp:
                 assert resp.status == 405 and "HEAD" not in resp.headers.get("Allow", "")
 
