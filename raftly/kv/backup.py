@@ -44,6 +44,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Final
+from urllib.parse import quote, unquote
 
 from raftly.kv.kv_snapshot import SnapshotReader
 from raftly.kv.state_machine import (
@@ -73,6 +74,7 @@ STREAM_TRAILER: Final = struct.Struct("<8sQ32s")
 """What ends the body of ``GET /v1/snapshot``: magic, payload bytes, SHA-256 of the payload."""
 STREAM_CONTENT_TYPE: Final = "application/vnd.raftly.snapshot"
 CLUSTER_ID_HEADER: Final = "X-Raftly-Cluster-Id"
+"""Percent-encoded UTF-8 (``quote_cluster_id``): a header value is ASCII to be safe."""
 INDEX_HEADER: Final = "X-Raftly-Snapshot-Index"
 TERM_HEADER: Final = "X-Raftly-Snapshot-Term"
 KEYS_HEADER: Final = "X-Raftly-Snapshot-Keys"
@@ -118,8 +120,11 @@ def check_metadata(cluster_id: object, index: object, term: object, created_ms: 
                    keys: object) -> None:
     """BackupError unless every field is of its type and range (the header's and the stream's
     response headers' rules)."""
-    if not isinstance(cluster_id, str) or not cluster_id \
-            or len(cluster_id.encode("utf-8", "surrogatepass")) > MAX_CLUSTER_ID_BYTES:
+    try:
+        size = len(cluster_id.encode("utf-8")) if isinstance(cluster_id, str) else 0
+    except UnicodeEncodeError:  # a lone surrogate: no UTF-8 for it
+        size = 0
+    if not 1 <= size <= MAX_CLUSTER_ID_BYTES:
         raise BackupError(f"cluster id {cluster_id!r} is not a non-empty string of at most "
                           f"{MAX_CLUSTER_ID_BYTES} bytes")
     for name, value, low, high in (("index", index, 1, MAX_INDEX), ("term", term, 1, MAX_INDEX),
@@ -411,6 +416,11 @@ def check_stream_trailer(trailer: bytes, received: int) -> bytes:
     return digest
 
 
+def quote_cluster_id(cluster_id: str) -> str:
+    """The cluster id as ``CLUSTER_ID_HEADER`` carries it."""
+    return quote(cluster_id, safe="")
+
+
 _DIGITS = re.compile(r"[0-9]{1,19}")
 
 
@@ -423,7 +433,11 @@ def parse_stream_headers(headers: dict[str, str]) -> BackupHeader:
         return int(text)
 
     try:
-        return BackupHeader(headers.get(CLUSTER_ID_HEADER.lower(), ""), number(INDEX_HEADER),
+        cluster_id = unquote(headers.get(CLUSTER_ID_HEADER.lower(), ""), errors="strict")
+    except UnicodeDecodeError:
+        raise BackupError("the node's cluster id header is not percent-encoded UTF-8") from None
+    try:
+        return BackupHeader(cluster_id, number(INDEX_HEADER),
                             number(TERM_HEADER), number(CREATED_HEADER), number(KEYS_HEADER))
     except BackupError as exc:
         raise BackupError(f"the node's snapshot metadata is invalid: {exc}") from None
@@ -433,4 +447,4 @@ __all__ = ["CLUSTER_ID_HEADER", "CREATED_HEADER", "FORMAT_VERSION", "INDEX_HEADE
            "KEYS_HEADER", "MAGIC", "STREAM_CONTENT_TYPE", "STREAM_TRAILER", "TERM_HEADER",
            "BackupError", "BackupHeader", "BackupInfo", "BackupWriter", "PayloadReader",
            "check_metadata", "check_stream_trailer", "exists_error", "open_backup",
-           "parse_stream_headers", "read_header", "stream_trailer", "verify"]
+           "parse_stream_headers", "quote_cluster_id", "read_header", "stream_trailer", "verify"]

@@ -42,6 +42,7 @@ from raftly.kv.backup import (
     KEYS_HEADER,
     STREAM_CONTENT_TYPE,
     TERM_HEADER,
+    quote_cluster_id,
     stream_trailer,
 )
 from raftly.kv.protocol import SNAPSHOT_PATH
@@ -150,7 +151,7 @@ class SnapshotApi:
         keys = len(capture.data)
         created_ms = time.time_ns() // 1_000_000
         response = web.StreamResponse(headers={
-            CLUSTER_ID_HEADER: api.cluster.cluster_id, INDEX_HEADER: str(index),
+            CLUSTER_ID_HEADER: quote_cluster_id(api.cluster.cluster_id), INDEX_HEADER: str(index),
             TERM_HEADER: str(term), KEYS_HEADER: str(keys), CREATED_HEADER: str(created_ms)})
         response.content_type = STREAM_CONTENT_TYPE
         loop = asyncio.get_running_loop()

@@ -19,6 +19,7 @@ from raftly.kv.backup import (
     BackupWriter,
     check_stream_trailer,
     parse_stream_headers,
+    quote_cluster_id,
     stream_trailer,
     verify,
 )
@@ -208,6 +209,7 @@ def test_the_stream_trailer_must_be_whole_and_match_the_bytes_received() -> None
     ({"x-raftly-snapshot-term": "0"}, "term 0 is not an integer"),
     ({"x-raftly-cluster-id": ""}, "cluster id '' is not"),
     ({"x-raftly-cluster-id": "x" * 256}, "cluster id .* is not"),
+    ({"x-raftly-cluster-id": "%FF"}, "not percent-encoded UTF-8"),
 ])
 def test_stream_metadata_is_checked_field_by_field(headers: dict[str, str],
                                                   message: str) -> None:
@@ -215,6 +217,8 @@ def test_stream_metadata_is_checked_field_by_field(headers: dict[str, str],
             "x-raftly-snapshot-term": "2", "x-raftly-snapshot-keys": "0",
             "x-raftly-snapshot-created": "0"}
     assert parse_stream_headers(good) == BackupHeader("c", 5, 2, 0, 0)
+    assert parse_stream_headers({**good, "x-raftly-cluster-id": quote_cluster_id("é/ü x")}
+                                ).cluster_id == "é/ü x"
     broken = {**good, **headers} if headers else {}
     with pytest.raises(BackupError, match=message):
         parse_stream_headers(broken)
