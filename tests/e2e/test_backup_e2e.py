@@ -116,3 +116,26 @@ def _a_peer_is_refused_by_b(a: ProcessCluster, b: ProcessCluster, b_leader: str)
     assert repr(a.spec.cluster_id) in log
     after = b.status(b_leader)
     assert after is not None and after["role"] == "leader" and after["term"] == term
+
+
+def test_save_on_a_cluster_with_an_auth_file_needs_an_admin_token(tmp_path: Path) -> None:
+    read, admin = "read-token-0123456789", "admin-token-0123456789"
+    auth = tmp_path / "auth.toml"
+    auth.write_text(f'[[tokens]]\ntoken = "{read}"\nrole = "read"\nname = "reader"\n'
+                    f'[[tokens]]\ntoken = "{admin}"\nrole = "admin"\nname = "ops"\n')
+    cluster = new_cluster(tmp_path / "c", serve_options=["--auth-file", str(auth)])
+    cluster.token = read  # its own status polls
+    cluster.env["RAFTLY_TOKEN"] = read  # the nodes' look-ups of each other
+    try:
+        cluster.start()
+        cluster.wait_for_leader(timeout=30.0)
+        refused = cli("snapshot", "save", str(tmp_path / "r.rbk"), "--token", read,
+                      endpoints=cluster.endpoints)
+        assert refused.code == 1 and "forbidden (403)" in refused.err, refused.err
+        assert not (tmp_path / "r.rbk").exists()
+        saved = cli("snapshot", "save", str(tmp_path / "a.rbk"), endpoints=cluster.endpoints,
+                    env={"RAFTLY_TOKEN": admin})
+        assert saved.code == 0 and "0 keys" in saved.out, saved.err
+    finally:
+        cluster.stop(grace=5.0)
+        dump_logs(cluster)
