@@ -157,7 +157,11 @@ class SnapshotApi:
         loop = asyncio.get_running_loop()
         pipe = _Pipe(loop)
         began = loop.time()
-        await response.prepare(request)
+        try:
+            await response.prepare(request)
+        except ConnectionError:
+            logger.info("snapshot %d/%d: the client went away before it began", term, index)
+            return response
         worker = loop.run_in_executor(None, _persist, capture, pipe)
         try:
             while (chunk := await pipe.get()) is not None:
