@@ -9,6 +9,7 @@ Each subcommand lives in its own module and imports what it needs only when it r
 - ``kv watch|txn``, ``lease``, ``lock``, ``election`` (coord.py): coordination from a shell;
 - ``demo`` (demo.py, sim_demo.py): a failover with real processes, or on the simulator;
 - ``certs init|add`` (certs.py): a cluster's TLS certificates;
+- ``snapshot save|inspect|restore`` (snapshot.py): backups, and new clusters seeded from them;
 - ``fuzz``: the simulator's randomized fault schedules; ``check``: raftly.check's fault-injecting
   runs of a real cluster; ``bench``: raftly.bench, when installed.
 
@@ -24,7 +25,7 @@ import sys
 from collections.abc import Callable
 
 from raftly import __version__
-from raftly.cli import certs, cluster, coord, demo, kv, member, serve
+from raftly.cli import certs, cluster, coord, demo, kv, member, serve, snapshot
 from raftly.cli.common import (
     CLIENT_OPTIONS,
     EXIT_ERROR,
@@ -67,7 +68,8 @@ PASS_THROUGH: dict[str, Callable[[list[str]], int]] = {
 
 # The commands that talk to a cluster as a client, and so take the client options
 # (--endpoints, --timeout, --cacert, --cert, --key, --token).
-CLIENT_COMMANDS = ("kv", "status", "member", "leader", "lease", "lock", "election")
+CLIENT_COMMANDS = ("kv", "status", "member", "leader", "lease", "lock", "election",
+                   "snapshot")
 
 EPILOG = """\
 examples:
@@ -80,10 +82,11 @@ examples:
   raftly --endpoints 10.0.0.1:8001,8002 kv list
   raftly kv watch config/               every change under config/, as it happens
   raftly lock backup -- ./backup.sh     run a command while holding a distributed lock
+  raftly snapshot save backup.rbk       a consistent backup, from the leader
 
 Run `raftly COMMAND --help` for a command's options and examples. The client options
 --endpoints, --timeout, --cacert, --cert, --key and --token (of kv, status, member, leader,
-lease, lock and election) go before or after the command.
+lease, lock, election and snapshot) go before or after the command.
 Exit status: 0 success, 1 error, 2 usage.
 """
 
@@ -104,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     member.add_parsers(commands)
     demo.add_parser(commands)
     certs.add_parser(commands)
+    snapshot.add_parser(commands)
     commands.add_parser("fuzz", help="randomized fault schedules on the simulator "
                                      "(`raftly fuzz --help`)", add_help=False)
     commands.add_parser("check", help="a real cluster under faults, its history checked for "

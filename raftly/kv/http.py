@@ -52,6 +52,7 @@ from aiohttp import hdrs, web
 from raftly.core.errors import NotLeader, ProposalDropped
 from raftly.core.types import ConfState
 from raftly.kv import connections
+from raftly.kv.backup_http import SnapshotApi
 from raftly.kv.cluster_file import ClusterSpec, NodeSpec
 from raftly.kv.commands import MAX_INT
 from raftly.kv.connections import ConnectionCap, connection_cap
@@ -72,6 +73,7 @@ from raftly.kv.protocol import (
     LEASES_PATH,
     RETRY_HEADER,
     SEQ_HEADER,
+    SNAPSHOT_PATH,
     STALE_SEQ_CODE,
     STATUS_PATH,
     TXN_PATH,
@@ -133,6 +135,9 @@ WRITE_ROUTES = frozenset({
 })
 """The routes a write token may use beyond reads; every other change needs admin."""
 
+ADMIN_READ_ROUTES = frozenset({("GET", SNAPSHOT_PATH)})
+"""Reads that need admin: the whole data set at once (raftly.kv.backup_http says why)."""
+
 RESULT_ERRORS: dict[str, tuple[int, str | None]] = {
     MALFORMED: (400, None),
     KEY_TOO_LARGE: (413, None),
@@ -152,8 +157,11 @@ def required_role(method: str, route: str | None) -> Role:
 
     Reads (GET/HEAD) need read, key writes (PUT/DELETE incl. compare-and-set) write, and any
     other method on a route admin: membership changes and leadership transfer, and whatever
-    changing route is added later until it is listed here (the safe default).
+    changing route is added later until it is listed here (the safe default). The reads of
+    ``ADMIN_READ_ROUTES`` need admin too.
     """
+    if (method, route) in ADMIN_READ_ROUTES:
+        return Role.ADMIN
     if route is None or method in (hdrs.METH_GET, hdrs.METH_HEAD):
         return Role.READ
     if (method, route) in WRITE_ROUTES:
@@ -251,6 +259,7 @@ class KVApi:
         TxnApi(self).add_routes(app)
         LeasesApi(self, self.leases).add_routes(app)
         WatchApi(self, self.watches).add_routes(app)
+        SnapshotApi(self).add_routes(app)
         return app
 
     def start(self) -> None:

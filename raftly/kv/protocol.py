@@ -19,6 +19,8 @@ TXN_PATH: Final = "/v1/txn"
 LEASES_PATH: Final = "/v1/leases"
 """Grant (POST) and list; ``LEASES_PATH/{id}`` reads or revokes, ``.../{id}/keepalive`` renews."""
 WATCH_PATH: Final = "/v1/watch"
+SNAPSHOT_PATH: Final = "/v1/snapshot"
+"""A consistent image of the whole state, from the leader (admin; raftly.kv.backup_http)."""
 
 CLIENT_HEADER: Final = "X-Raftly-Client"
 """The client's id (1 to 128 characters); with SEQ_HEADER it makes a write exactly-once."""
@@ -52,5 +54,5 @@ def decode_list_item(item: dict[str, str]) -> tuple[str, bytes]:
 
 
 __all__ = ["ACK_HEADER", "CLIENT_HEADER", "KV_PATH", "LEASES_PATH", "MEMBERS_PATH",
-           "RETRY_HEADER", "SEQ_HEADER", "STALE_SEQ_CODE", "STATUS_PATH", "TRANSFER_PATH",
-           "TXN_PATH", "WATCH_PATH", "decode_list_item", "encode_list_item"]
+           "RETRY_HEADER", "SEQ_HEADER", "SNAPSHOT_PATH", "STALE_SEQ_CODE", "STATUS_PATH",
+           "TRANSFER_PATH", "TXN_PATH", "WATCH_PATH", "decode_list_item", "encode_list_item"]

@@ -386,3 +386,48 @@ def test_a_failed_fsync_poisons(node: Path, monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(StorageError, match="refuses"):
         s.save(HardState(1, 1, 0), [])
     s.close()
+
+
+def test_seed_starts_an_empty_storage_at_a_snapshot_with_its_hard_state(node: Path) -> None:
+    """A node restored from a backup: the log starts after the seed, and a restart reads
+    exactly that back; entries then follow it."""
+    meta = SnapshotMeta(40, 3, ConfState(frozenset({1, 2, 3})))
+    s = open_disk(node)
+    s.seed(meta, HardState(3, None, 40))
+    assert (s.first_index, s.last_index, s.term(40)) == (41, 40, 3)
+    s.close()
+    s = open_disk(node)
+    loaded = s.load()
+    assert (loaded.hard_state, loaded.snapshot, loaded.entries) == (HardState(3, None, 40),
+                                                                   meta, [])
+    s.save(HardState(4, 2, 40), ents(41, 42, 4))
+    assert s.last_index == 42
+    with pytest.raises(StorageError, match="already holds state"):
+        s.seed(meta, HardState(3, None, 40))
+    s.close()
+
+
+@pytest.mark.parametrize("hard_state", [HardState(2, None, 40), HardState(3, None, 39),
+                                        HardState(3, None, 41)])
+def test_seed_refuses_a_hard_state_below_the_snapshots_term_or_not_committed_there(
+    node: Path, hard_state: HardState,
+) -> None:
+    s = open_disk(node)
+    with pytest.raises(ValueError, match="seed at 40/3"):
+        s.seed(SnapshotMeta(40, 3, CONF), hard_state)
+    s.close()
+    assert not state.is_bootstrapped(str(node))
+
+
+def test_a_seed_cut_short_before_its_hard_state_refuses_to_open(node: Path) -> None:
+    """The snapshot metadata is written first: without the hard state after it the directory
+    neither opens as an empty node nor with a term below its log's."""
+    s = open_disk(node)
+    s.seed(SnapshotMeta(40, 3, CONF), HardState(3, None, 40))
+    s.close()
+    (node / state.HARD_STATE_NAME).unlink()
+    s = open_disk(node)
+    assert s.bootstrapped
+    with pytest.raises(StorageError, match="hardstate"):
+        s.load()
+    s.close()

@@ -134,6 +134,30 @@ class DiskStorage:
         self._snapshot = SnapshotMeta(conf=conf)
         self._log = SegmentedLog(self._wal_dir, self._syncer, self._segment_size, 0)
 
+    def seed(self, meta: SnapshotMeta, hard_state: HardState) -> None:
+        """Initialize an empty storage at ``meta`` rather than at the beginning: the log starts
+        after ``meta`` (empty), with ``hard_state``. For a node restored from a backup, whose
+        state-machine snapshot at ``meta`` the caller makes durable next.
+
+        The snapshot metadata goes first (it marks the directory as bootstrapped), then the hard
+        state: a crash in between leaves a directory that refuses to open (no hard state),
+        never one that opens as an empty node, nor one whose term is below its log's.
+        """
+        self._check()
+        if self._log is not None:
+            raise StorageError(f"{self.path} already holds state; refusing to seed it")
+        if meta.index < 1 or hard_state.commit != meta.index or hard_state.term < meta.term:
+            raise ValueError(f"seed at {meta.index}/{meta.term} needs a hard state committed "
+                             f"there and of a term at least {meta.term}, not {hard_state}")
+        try:
+            state.write_snapshot_meta(self.path, meta, self._syncer)
+            state.write_hard_state(self.path, hard_state, self._syncer)
+        except OSError as exc:
+            raise self._poison("seed", exc) from exc
+        self._hard_state = self._durable_hard_state = hard_state
+        self._snapshot = meta
+        self._log = SegmentedLog(self._wal_dir, self._syncer, self._segment_size, meta.index)
+
     def load(self) -> InitialState:
         log = self._ready()
         try:
