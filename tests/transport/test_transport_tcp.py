@@ -83,6 +83,33 @@ def test_two_transports_exchange_messages_both_ways_in_order() -> None:
     run(body)
 
 
+def test_per_peer_traffic_counts_each_message_and_frame_byte_on_both_ends() -> None:
+    async def body() -> None:
+        a, b = await pair()
+        sent = [hb(1, 2, i) for i in range(50)]
+        for m in sent:
+            a.t.send(m)
+        replies = [HeartbeatResponse(term=1, src=2, dst=1, seq=i) for i in range(7)]
+        for m in replies:
+            b.t.send(m)
+        await eventually(lambda: len(b.inbox) == len(sent) and len(a.inbox) == len(replies))
+        frames = sum(len(frame_message(m)) for m in sent)
+        reply_frames = sum(len(frame_message(m)) for m in replies)
+        ta, tb = a.t.traffic(), b.t.traffic()
+        assert set(ta) == {2} and set(tb) == {1}  # keyed by the peer's id, never our own
+        assert (ta[2].messages_sent, ta[2].bytes_sent) == (len(sent), frames)
+        assert (tb[1].messages_received, tb[1].bytes_received) == (len(sent), frames)
+        assert (tb[1].messages_sent, tb[1].bytes_sent) == (len(replies), reply_frames)
+        assert (ta[2].messages_received, ta[2].bytes_received) == (len(replies), reply_frames)
+        # A copy: what the caller holds does not move, and the counters outlive the peer.
+        a.t.set_peers({})
+        assert a.t.traffic()[2].messages_sent == len(sent)
+        await a.t.close()
+        await b.t.close()
+
+    run(body)
+
+
 def test_a_peer_that_is_down_is_reached_once_it_comes_up() -> None:
     async def body() -> None:
         b = await Node(2).start()
