@@ -101,7 +101,7 @@ def test_per_peer_traffic_counts_each_message_and_frame_byte_on_both_ends() -> N
         assert (tb[1].messages_received, tb[1].bytes_received) == (len(sent), frames)
         assert (tb[1].messages_sent, tb[1].bytes_sent) == (len(replies), reply_frames)
         assert (ta[2].messages_received, ta[2].bytes_received) == (len(replies), reply_frames)
-        # A copy: what the caller holds does not move, and the counters outlive the peer.
+        # The counters outlive the peer's removal: they never go back.
         a.t.set_peers({})
         assert a.t.traffic()[2].messages_sent == len(sent)
         await a.t.close()

@@ -1,0 +1,280 @@
+"""Prometheus metrics of one key-value node: what ``GET /metrics`` answers.
+
+``NodeMetrics`` owns a ``CollectorRegistry`` of its own (never prometheus-client's global one:
+tests and ``LocalCluster`` run several nodes in one process) and fills it two ways:
+
+- counters and histograms move as things happen: as the ``RaftServer``'s observer (proposal
+  outcomes and latency, fsynced saves, role/term/leader changes, snapshots taken) and as the
+  outermost HTTP middleware (requests by method, route pattern and status, and their duration);
+- gauges, and the counters the transport keeps anyway, are read at scrape time by a collector
+  (role, term, indexes, pending proposals, each follower's lag on the leader, the traffic with
+  each peer), so they cost nothing between scrapes.
+
+Label values are bounded, so a client cannot grow the registry: a request's route is the
+pattern it matched (``/v1/kv/{key}``, never the raw path; ``unmatched`` for a 404 or 405) and an
+unusual method counts as ``other``. docs/metrics.md lists every metric.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol, runtime_checkable
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from raftly.core.node import Role
+from raftly.core.types import NodeId
+from raftly.kv.cluster_file import ClusterSpec
+from raftly.kv.http_common import Reply
+from raftly.server.observer import ProposalOutcome
+from raftly.server.server import RaftServer, ServerStopped
+from raftly.transport.base import PeerTraffic
+
+METRICS_PATH = "/metrics"
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Seconds, for proposals, fsyncs and HTTP requests: an fsync or a commit on a fast disk takes
+a fraction of a millisecond, so the defaults (from 5 ms) would put them all in one bucket."""
+ENTRY_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+"""Entries carried by one fsynced save (group commit); 0 is a term or vote change alone."""
+SNAPSHOT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+UNMATCHED = "unmatched"
+"""The route label of a request that matched no route (404, 405)."""
+METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"})
+"""Methods counted under their own name; any other is ``other`` (a client may send anything)."""
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@runtime_checkable
+class TrafficCounting(Protocol):
+    """A transport that counts its traffic per peer (``TcpTransport``)."""
+
+    def traffic(self) -> dict[int, PeerTraffic]: ...
+
+
+class NodeMetrics:
+    """The metrics of one node: its registry, the server observer, the HTTP middleware, and the
+    ``/metrics`` handler.
+
+    Made before the ``RaftServer`` (which takes it in ``observers=[...]``); ``watch`` then hands
+    it the server, transport and cluster view its scrape-time gauges read.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        proposals = Counter("raftly_proposals", "Proposals this node made as leader, by outcome "
+                            "(ok, dropped: certainly not applied, timed_out: may be applied)",
+                            ["outcome"], registry=r)
+        # Children bound once: labels() takes a lock and builds a key on every call.
+        self._outcomes = {o: proposals.labels(o.value) for o in ProposalOutcome}
+        self._proposal_seconds = Histogram(
+            "raftly_proposal_duration_seconds", "Time from a proposal to its outcome (every "
+            "outcome: what the caller waited)", buckets=LATENCY_BUCKETS, registry=r)
+        self._fsync_seconds = Histogram(
+            "raftly_fsync_duration_seconds", "Duration of each save that had to reach the disk "
+            "(entries and hard state, one fsync)", buckets=LATENCY_BUCKETS, registry=r)
+        self._fsync_entries = Histogram(
+            "raftly_fsync_entries", "Log entries carried by each fsynced save (group commit)",
+            buckets=ENTRY_BUCKETS, registry=r)
+        self._leader_changes = Counter(
+            "raftly_leader_changes_seen", "Times this node learned of a new leadership (a "
+            "leader in a newer term)", registry=r)
+        self._elections = Counter(
+            "raftly_elections_started", "Elections this node started (a new term as "
+            "candidate, or as leader at once)", registry=r)
+        self._snapshots = Counter("raftly_snapshots_taken", "Snapshots this node wrote of its "
+                                  "own state", registry=r)
+        self._snapshot_seconds = Histogram(
+            "raftly_snapshot_duration_seconds", "Time to write a snapshot of this node's state",
+            buckets=SNAPSHOT_BUCKETS, registry=r)
+        self._snapshot_bytes = Gauge("raftly_snapshot_last_size_bytes",
+                                     "Size of the last snapshot this node wrote", registry=r)
+        self._http_requests = Counter(
+            "raftly_http_requests", "API requests answered, by method, route pattern and "
+            "status", ["method", "route", "status"], registry=r)
+        self._http_seconds = Histogram(
+            "raftly_http_request_duration_seconds", "Time to answer an API request (a watch: "
+            "the whole stream), by method and route pattern", ["method", "route"],
+            buckets=LATENCY_BUCKETS, registry=r)
+        self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._term = 0
+        self._leadership: tuple[int, NodeId] | None = None
+        self._collector: _NodeCollector | None = None
+
+    def watch(self, server: RaftServer, transport: object,
+              cluster: Callable[[], ClusterSpec]) -> None:
+        """Read the gauges from ``server``, the per-peer traffic from ``transport`` (if it counts
+        it) and the members' names from ``cluster()`` (the current view) at each scrape."""
+        if self._collector is not None:
+            raise RuntimeError("NodeMetrics.watch: already watching a node")
+        self._collector = _NodeCollector(server, transport, cluster)
+        self.registry.register(self._collector)
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+    # -- the server observer (on the event loop, on the commit path: keep it cheap) ----------
+
+    def proposal_finished(self, seconds: float, outcome: ProposalOutcome) -> None:
+        self._outcomes[outcome].inc()
+        self._proposal_seconds.observe(seconds)
+
+    def saved(self, seconds: float, entries: int) -> None:
+        self._fsync_seconds.observe(seconds)
+        self._fsync_entries.observe(entries)
+
+    def role_changed(self, role: Role, term: int, leader: NodeId | None) -> None:
+        # See the observer's docstring: an election started shows as a new term with the role
+        # CANDIDATE, or LEADER when it was won within one step (a single voter).
+        if term > self._term and role in (Role.CANDIDATE, Role.LEADER):
+            self._elections.inc()
+        # A term has at most one leader, so (term, leader) names a leadership: losing sight of
+        # the leader and finding it again in the same term is no change.
+        if leader is not None and (term, leader) != self._leadership:
+            self._leader_changes.inc()
+            self._leadership = (term, leader)
+        self._term = max(self._term, term)
+
+    def snapshot_taken(self, seconds: float, size: int, index: int) -> None:
+        self._snapshots.inc()
+        self._snapshot_seconds.observe(seconds)
+        self._snapshot_bytes.set(size)
+
+    # -- HTTP -----------------------------------------------------------------------------------
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Count and time every answer; the outermost middleware, so refusals (401, 400, a
+        JSON error) count too. A request whose client left before the answer is not counted."""
+        began = time.perf_counter()
+        response = await handler(request)
+        elapsed = time.perf_counter() - began
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else UNMATCHED
+        method = request.method if request.method in METHODS else "other"
+        key = (method, route, response.status)
+        children = self._http_children.get(key)
+        if children is None:
+            children = self._http_children[key] = (
+                self._http_requests.labels(method, route, str(response.status)),
+                self._http_seconds.labels(method, route))
+        children[0].inc()
+        children[1].observe(elapsed)
+        return response
+
+    async def scrape(self, request: web.Request) -> web.Response:
+        """``GET /metrics``: the Prometheus text format."""
+        return web.Response(body=self.exposition(),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def metrics_off(request: web.Request) -> web.Response:
+    """``GET /metrics`` on a node started without metrics (``serve --no-metrics``)."""
+    raise Reply(404, "metrics are off on this node (it was started with --no-metrics)")
+
+
+def add_metrics_route(app: web.Application, metrics: NodeMetrics | None) -> None:
+    """``GET /metrics``: the metrics, or a JSON 404 saying they are off."""
+    app.router.add_get(METRICS_PATH, metrics.scrape if metrics is not None else metrics_off)
+
+
+class _NodeCollector(Collector):
+    """The gauges and the transport's counters, read from the node at each scrape (on the
+    event loop, like every other reader of the node)."""
+
+    def __init__(self, server: RaftServer, transport: object,
+                 cluster: Callable[[], ClusterSpec]) -> None:
+        self._server = server
+        self._transport = transport if isinstance(transport, TrafficCounting) else None
+        self._cluster = cluster
+
+    def _name(self, node_id: int) -> str:
+        spec = self._cluster().by_id(node_id)
+        return spec.name if spec is not None else str(node_id)
+
+    def collect(self) -> Iterable[Metric]:
+        yield from self._raft()
+        if self._transport is not None:
+            yield from self._traffic(self._transport.traffic())
+
+    def _raft(self) -> Iterable[Metric]:
+        server = self._server
+        try:
+            node = server.node
+            st = server.status()
+        except ServerStopped:  # not started yet: nothing to read
+            return
+        role = GaugeMetricFamily("raftly_role", "1 for the role this node has now, else 0",
+                                 labels=["role"])
+        for each in Role:
+            role.add_metric([each.value], 1.0 if node.role is each else 0.0)
+        yield role
+        for name, text, value in (
+            ("raftly_term", "The current term", st.term),
+            ("raftly_leader_known", "1 if this node knows a leader", st.leader is not None),
+            ("raftly_commit_index", "The highest log index known committed", st.commit_index),
+            ("raftly_applied_index", "The highest log index applied to the state machine",
+             st.applied_index),
+            ("raftly_last_index", "The last index in this node's log", st.last_index),
+            ("raftly_first_index", "The first index this node's log holds (those before it "
+             "are only in the snapshot)", st.first_index),
+            ("raftly_snapshot_index", "The last index the newest snapshot covers (0: none)",
+             st.snapshot_index),
+            ("raftly_log_size_bytes", "What the log's segments occupy in storage",
+             st.log_bytes),
+            ("raftly_pending_proposals", "Proposals accepted and waiting for their outcome",
+             server.pending_proposals),
+        ):
+            yield GaugeMetricFamily(name, text, value=float(value))
+        if node.is_leader:
+            lag = GaugeMetricFamily("raftly_follower_lag_entries", "On the leader: entries the "
+                                    "follower does not hold yet (last index - its match)",
+                                    labels=["follower"])
+            for peer in (*st.voters, *st.learners):
+                progress = node.progress(peer) if peer != st.id else None
+                if progress is not None:
+                    lag.add_metric([self._name(peer)],
+                                   float(max(0, st.last_index - progress.match)))
+            yield lag
+
+    def _traffic(self, traffic: dict[int, PeerTraffic]) -> Iterable[Metric]:
+        families = [
+            (CounterMetricFamily(f"raftly_peer_{what}", f"Raft {text} (snapshot transfers not "
+                                 "included)", labels=["peer"]), field)
+            for what, text, field in (
+                ("sent_messages", "messages sent to the peer", "messages_sent"),
+                ("sent_bytes", "bytes of message frames sent to the peer", "bytes_sent"),
+                ("received_messages", "messages received from the peer", "messages_received"),
+                ("received_bytes", "bytes of message frames received from the peer",
+                 "bytes_received"),
+            )
+        ]
+        for peer, counts in sorted(traffic.items()):
+            name = self._name(peer)
+            for family, field in families:
+                family.add_metric([name], float(getattr(counts, field)))
+        for family, _ in families:
+            yield family
+
+
+__all__ = ["METRICS_PATH", "NodeMetrics", "add_metrics_route", "metrics_off"]
