@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the cost of TLS: the HTTP benchmark with and without TLS in the "
                              "same run (plain and TLS alternate per run), and the TLS/plain "
                              "ratios of throughput and p50")
+    parser.add_argument("--no-metrics", dest="metrics", action="store_false",
+                        help="the HTTP benchmark's nodes run `serve --no-metrics`: run with and "
+                             "without it to see what metrics cost")
     parser.add_argument("--dir", default=None,
                         help="where the temporary data directories go (default: the system's "
                              "temporary directory; make sure it is a real disk, not tmpfs)")
@@ -82,9 +85,10 @@ def _bench_tls(args: argparse.Namespace, base: Path) -> None:
     plain: list[Sample] = []
     tls: list[Sample] = []
     for _ in range(args.runs):
-        plain += bench_http(args.clients, args.seconds, fsync=args.fsync, base_dir=base)
+        plain += bench_http(args.clients, args.seconds, fsync=args.fsync, base_dir=base,
+                            metrics=args.metrics)
         tls += bench_http(args.clients, args.seconds, fsync=args.fsync, base_dir=base,
-                          tls=True)
+                          tls=True, metrics=args.metrics)
     plain_rows, tls_rows = summarize(plain), summarize(tls)
     print("\nHTTP, plain: aiohttp client, one session, PUT /v1/kv/KEY to the leader")
     print(format_table(plain_rows))
@@ -112,7 +116,8 @@ def main(argv: list[str]) -> int:
     try:
         print(f"raftly bench: 3 nodes on 127.0.0.1, fsync={args.fsync}, data under {base} "
               f"({fs}), {len(VALUE)}-byte values, {args.seconds:g} s per level after "
-              f"{WARMUP:g} s warm-up, median of {args.runs} run(s), {os.cpu_count()} CPUs")
+              f"{WARMUP:g} s warm-up, median of {args.runs} run(s), {os.cpu_count()} CPUs, "
+              f"metrics {'on' if args.metrics else 'off'}")
         if fs == "tmpfs" and args.fsync == "always":
             print("warning: tmpfs makes fsync free; use --dir on a real disk")
         sys.stdout.flush()
@@ -123,7 +128,7 @@ def main(argv: list[str]) -> int:
             samples: list[Sample] = []
             for _ in range(args.runs):
                 samples += bench_http(args.clients, args.seconds, fsync=args.fsync,
-                                      base_dir=base)
+                                      base_dir=base, metrics=args.metrics)
             print("\nHTTP: aiohttp client, one session, PUT /v1/kv/KEY to the leader; "
                   "3 node processes")
             print(format_table(summarize(samples)))

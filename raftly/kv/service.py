@@ -305,7 +305,7 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
                 segment_size: int = DEFAULT_SEGMENT_SIZE, tls: TlsFiles | None = None,
                 client_cert_auth: bool = False, auth: Authorizer | None = None,
                 token: str | None = None, max_connections: int = 1024,
-                max_watches: int = 1000) -> None:
+                max_watches: int = 1000, metrics: bool = True) -> None:
     """Run one node until SIGINT or SIGTERM, or until a configuration without it commits.
 
     The node is node ``node_name`` of ``cluster_file``; or, with ``join``, a new node that
@@ -320,7 +320,7 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
 
     ``tls``, ``client_cert_auth`` and ``auth`` are as for ``start_node``; ``max_connections``
     caps the API's open connections, ``max_watches`` its watch streams. ``token`` is this
-    node's bearer token for other members' APIs.
+    node's bearer token for other members' APIs. ``metrics=False``: no ``GET /metrics``.
     """
     raise_fd_limit()  # before make_runner reads it to clamp the connection cap
     limits = replace(limits or Limits(), max_connections=max_connections,
@@ -383,7 +383,7 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
                                 config=config, limits=limits, bootstrap=start.bootstrap,
                                 snapshots=SnapshotStore(data_dir, fsync=fsync), snapshot=snapshot,
                                 tls=tls, client_cert_auth=client_cert_auth, auth=auth,
-                                token=token, peer_names=names)
+                                token=token, peer_names=names, metrics=metrics)
     except BaseException:
         storage.close()
         raise
