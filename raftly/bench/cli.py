@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the cost of TLS: the HTTP benchmark with and without TLS in the "
                              "same run (plain and TLS alternate per run), and the TLS/plain "
                              "ratios of throughput and p50")
+    parser.add_argument("--no-metrics", dest="metrics", action="store_false",
+                        help="the HTTP benchmark's nodes run `serve --no-metrics`: run with and "
+                             "without it to see what metrics cost")
     parser.add_argument("--dir", default=None,
                         help="where the temporary data directories go (default: the system's "
                              "temporary directory; make sure it is a real disk, not tmpfs)")
@@ -100,10 +103,10 @@ def _bench_tls(args: argparse.Namespace, base: Path, shown: BenchProgress) -> No
     for run in range(1, args.runs + 1):
         shown.begin("HTTP", run)
         plain += bench_http(args.clients, args.seconds, fsync=args.fsync, base_dir=base,
-                            measured=shown.measured)
+                            measured=shown.measured, metrics=args.metrics)
         shown.begin("HTTP over TLS", run)
         tls += bench_http(args.clients, args.seconds, fsync=args.fsync, base_dir=base,
-                          tls=True, measured=shown.measured)
+                          tls=True, measured=shown.measured, metrics=args.metrics)
     shown.line.close()
     plain_rows, tls_rows = summarize(plain), summarize(tls)
     print("\nHTTP, plain: aiohttp client, one session, PUT /v1/kv/KEY to the leader")
@@ -134,7 +137,8 @@ def main(argv: list[str]) -> int:
     try:
         print(f"raftly bench: 3 nodes on 127.0.0.1, fsync={args.fsync}, data under {base} "
               f"({fs}), {len(VALUE)}-byte values, {args.seconds:g} s per level after "
-              f"{WARMUP:g} s warm-up, median of {args.runs} run(s), {os.cpu_count()} CPUs")
+              f"{WARMUP:g} s warm-up, median of {args.runs} run(s), {os.cpu_count()} CPUs, "
+              f"metrics {'on' if args.metrics else 'off'}")
         if fs == "tmpfs" and args.fsync == "always":
             print("warning: tmpfs makes fsync free; use --dir on a real disk")
         sys.stdout.flush()
@@ -148,7 +152,8 @@ def main(argv: list[str]) -> int:
             for run in range(1, args.runs + 1):
                 shown.begin("HTTP", run)
                 samples += bench_http(args.clients, args.seconds, fsync=args.fsync,
-                                      base_dir=base, measured=shown.measured)
+                                      base_dir=base, measured=shown.measured,
+                                      metrics=args.metrics)
             shown.line.clear()
             print("\nHTTP: aiohttp client, one session, PUT /v1/kv/KEY to the leader; "
                   "3 node processes")

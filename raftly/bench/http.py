@@ -68,15 +68,18 @@ async def _drive_http(nodes: ProcessCluster, clients: Sequence[int], seconds: fl
 def bench_http(clients: Sequence[int], seconds: float, *, fsync: FsyncPolicy = "always",
                base_dir: str | Path | None = None, warmup: float = WARMUP,
                timeout: float = 10.0, tls: bool = False,
-               measured: Callable[[Sample], None] | None = None) -> list[Sample]:
+               measured: Callable[[Sample], None] | None = None, metrics: bool = True
+               ) -> list[Sample]:
     """One run of the HTTP benchmark: three fresh node processes, one Sample per level;
     ``tls``: TLS on both ports of every node, https from the client. ``measured`` is called
-    with each level's Sample as soon as it is taken (progress)."""
+    with each level's Sample as soon as it is taken (progress); ``metrics=False``: the nodes
+    run ``serve --no-metrics``."""
     with temp_dir(base_dir, "raftly-bench-http-") as root:
         # The nodes die with the benchmark, even if it is killed with SIGKILL.
         nodes = ProcessCluster(root, plan_loopback(3, cluster_id="raftly-bench"), fsync=fsync,
                                log_level="WARNING", orphan_signal=signal.SIGKILL,
-                               tls_dir=root / "certs" if tls else None)
+                               tls_dir=root / "certs" if tls else None,
+                               serve_options=() if metrics else ("--no-metrics",))
         try:
             nodes.start()
             return asyncio.run(_drive_http(nodes, clients, seconds, warmup, timeout, measured))

@@ -17,6 +17,7 @@ streams.
 
 ``--config FILE`` reads any of these options from a ``[serve]`` table (serve_config.py; the
 command line wins); ``--log-format json`` logs one JSON object per line (raftly.logevents).
+``GET /metrics`` serves Prometheus metrics (read role) unless ``--no-metrics``.
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--snapshot-retain", type=non_negative_int, default=None, metavar="N",
                    help="log entries kept behind a snapshot, so that a slightly slow follower "
                         "catches up from the log (default: as many as --snapshot-entries)")
+    p.add_argument("--no-metrics", dest="metrics", action="store_false",
+                   help="do not serve Prometheus metrics: GET /metrics answers 404 and nothing "
+                        "is counted (see docs/metrics.md)")
     p.add_argument("--segment-size", type=positive_int, default=64 << 20, metavar="BYTES",
                    help="size at which a log segment file is closed and a new one begun; "
                         "compaction deletes whole segments (default 67108864)")
@@ -160,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
                           segment_size=args.segment_size, tls=tls,
                           client_cert_auth=args.client_cert_auth, auth=auth,
                           token=args.token or None, max_connections=args.max_connections,
-                          max_watches=args.max_watches))
+                          max_watches=args.max_watches, metrics=args.metrics))
     except (ClusterFileError, IdentityError, StorageError, ServerStopped, JoinError,
             TlsError) as exc:
         raise CliError(str(exc)) from None

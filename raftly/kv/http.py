@@ -48,6 +48,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
 
 from raftly.core.errors import NotLeader, ProposalDropped
 from raftly.core.types import ConfState
@@ -66,6 +67,7 @@ from raftly.kv.kv_json import kv_object
 from raftly.kv.lease_manager import LeaseManager
 from raftly.kv.leases_http import LeasesApi
 from raftly.kv.members_http import MembersApi, cluster_view
+from raftly.kv.metrics import NodeMetrics, add_metrics_route
 from raftly.kv.protocol import (
     ACK_HEADER,
     CLIENT_HEADER,
@@ -211,7 +213,7 @@ class KVApi:
 
     def __init__(self, server: RaftServer, cluster: ClusterSpec, node: NodeSpec,
                  limits: Limits | None = None, *, auth: Authorizer | None = None,
-                 tls: bool = False) -> None:
+                 tls: bool = False, metrics: NodeMetrics | None = None) -> None:
         self.server = server
         self.cluster = cluster
         self.node = node
@@ -219,6 +221,8 @@ class KVApi:
         self.auth = auth
         self.tls = tls
         """Whether this node serves HTTPS, and so every member does: URLs handed out are https."""
+        self.metrics = metrics
+        """What ``GET /metrics`` serves and the request middleware counts into (None: off)."""
         self.members = MembersApi(self)
         self.leases = LeaseManager(server)
         self.watches = WatchHub(self.kv, max_watches=self.limits.max_watches,
@@ -247,8 +251,12 @@ class KVApi:
     def app(self) -> web.Application:
         # The token and query checks run inside the error middleware, so their refusals leave
         # as JSON too; the token check comes first, so a stranger learns nothing from a 400.
-        app = web.Application(middlewares=[self._errors_middleware, self._auth_middleware,
-                                           self._query_middleware])
+        middlewares: list[Middleware] = [self._errors_middleware, self._auth_middleware,
+                                         self._query_middleware]
+        if self.metrics is not None:
+            # Outermost: it sees every answer as it leaves, refusals and errors included.
+            middlewares.insert(0, self.metrics.middleware)
+        app = web.Application(middlewares=middlewares)
         app.router.add_get(STATUS_PATH, self.status)
         app.router.add_get(KV_PATH, self.list)
         app.router.add_get(KV_PATH + "/{key:.+}", self.get)
@@ -260,6 +268,7 @@ class KVApi:
         LeasesApi(self, self.leases).add_routes(app)
         WatchApi(self, self.watches).add_routes(app)
         SnapshotApi(self).add_routes(app)
+        add_metrics_route(app, self.metrics)
         return app
 
     def start(self) -> None:

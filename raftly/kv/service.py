@@ -39,6 +39,7 @@ from raftly.kv.identity import (
 )
 from raftly.kv.join import Joined, request_join, stored_conf
 from raftly.kv.members_http import bootstrap_conf, cluster_view
+from raftly.kv.metrics import NodeMetrics
 from raftly.kv.node_calls import NodeCalls, PeerNames
 from raftly.kv.protocol import MEMBERS_PATH, STATUS_PATH
 from raftly.kv.state_machine import KVStateMachine
@@ -110,7 +111,8 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
                      bootstrap: bool = True, tls: TlsFiles | None = None,
                      client_cert_auth: bool = False,
                      auth: Authorizer | None = None, token: str | None = None,
-                     peer_names: PeerNames | None = None) -> RunningNode:
+                     peer_names: PeerNames | None = None, metrics: bool = True
+                     ) -> RunningNode:
     """Start the Raft server and the HTTP API of node ``name`` of ``cluster``.
 
     ``api_address`` overrides the cluster file's (tests bind port 0, then publish the real one).
@@ -121,12 +123,15 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
     wants bearer tokens. ``token`` is what the node shows other members' APIs (see
     ``NodeCalls``). ``peer_names``, the transport's ``peer_name`` (see ``peer_transport``), is
     kept up to date with the configurations the node uses and the members it looks up.
+    ``metrics=False``: no Prometheus metrics (no observer, no request middleware; ``GET
+    /metrics`` answers 404), see raftly.kv.metrics.
     """
     spec = cluster.node(name)
     ssl_context = (api_server_context(tls, require_client_cert=client_cert_auth)
                    if tls is not None else None)
     limits = limits or Limits()
     snapshot = snapshot or SnapshotSettings()
+    node_metrics = NodeMetrics() if metrics else None
     server = RaftServer(spec.id, storage=storage, transport=transport,
                         state_machine=KVStateMachine(max_key_bytes=limits.max_key_bytes,
                                                     history_limit=limits.watch_history,
@@ -134,12 +139,16 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
                         # A joining node starts empty: no member, so it never campaigns.
                         bootstrap=bootstrap_conf(cluster) if bootstrap else ConfState(),
                         config=config, snapshots=snapshots,
-                        snapshot_entries=snapshot.entries, snapshot_retain=snapshot.retain)
+                        snapshot_entries=snapshot.entries, snapshot_retain=snapshot.retain,
+                        observers=[node_metrics] if node_metrics is not None else ())
     if peer_names is not None:
         # Before the server starts: starting applies the stored configuration, whose members
         # (some perhaps added after the cluster file was written) must be named at once.
         server.on_conf_change.append(peer_names.learn_conf)
-    api = node_api_class()(server, cluster, spec, limits, auth=auth, tls=tls is not None)
+    api = node_api_class()(server, cluster, spec, limits, auth=auth, tls=tls is not None,
+                           metrics=node_metrics)
+    if node_metrics is not None:
+        node_metrics.watch(server, transport, lambda: api.cluster)
     runner = make_runner(api.app(), limits, ssl_context)
     await runner.setup()
     bind = api_address or spec.api
@@ -296,7 +305,7 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
                 segment_size: int = DEFAULT_SEGMENT_SIZE, tls: TlsFiles | None = None,
                 client_cert_auth: bool = False, auth: Authorizer | None = None,
                 token: str | None = None, max_connections: int = 1024,
-                max_watches: int = 1000) -> None:
+                max_watches: int = 1000, metrics: bool = True) -> None:
     """Run one node until SIGINT or SIGTERM, or until a configuration without it commits.
 
     The node is node ``node_name`` of ``cluster_file``; or, with ``join``, a new node that
@@ -311,7 +320,7 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
 
     ``tls``, ``client_cert_auth`` and ``auth`` are as for ``start_node``; ``max_connections``
     caps the API's open connections, ``max_watches`` its watch streams. ``token`` is this
-    node's bearer token for other members' APIs.
+    node's bearer token for other members' APIs. ``metrics=False``: no ``GET /metrics``.
     """
     raise_fd_limit()  # before make_runner reads it to clamp the connection cap
     limits = replace(limits or Limits(), max_connections=max_connections,
@@ -374,7 +383,7 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
                                 config=config, limits=limits, bootstrap=start.bootstrap,
                                 snapshots=SnapshotStore(data_dir, fsync=fsync), snapshot=snapshot,
                                 tls=tls, client_cert_auth=client_cert_auth, auth=auth,
-                                token=token, peer_names=names)
+                                token=token, peer_names=names, metrics=metrics)
     except BaseException:
         storage.close()
         raise

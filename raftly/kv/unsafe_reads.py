@@ -18,6 +18,7 @@ from aiohttp import web
 
 from raftly.kv.cluster_file import ClusterSpec, NodeSpec
 from raftly.kv.http import KVApi, Limits
+from raftly.kv.metrics import NodeMetrics
 from raftly.security.auth import Authorizer
 from raftly.server.server import RaftServer
 
@@ -34,8 +35,8 @@ class StaleReadsKVApi(KVApi):
 
     def __init__(self, server: RaftServer, cluster: ClusterSpec, node: NodeSpec,
                  limits: Limits | None = None, *, auth: Authorizer | None = None,
-                 tls: bool = False) -> None:
-        super().__init__(server, cluster, node, limits, auth=auth, tls=tls)
+                 tls: bool = False, metrics: NodeMetrics | None = None) -> None:
+        super().__init__(server, cluster, node, limits, auth=auth, tls=tls, metrics=metrics)
         logger.warning("%s=1: serving reads WITHOUT ReadIndex (test-only broken build)",
                        UNSAFE_STALE_READS_ENV)
 

@@ -465,6 +465,11 @@ class RaftServer:
         return self._node is not None and self._node.is_leader
 
     @property
+    def pending_proposals(self) -> int:
+        """Proposals accepted and still waiting for their outcome (at most ``max_pending``)."""
+        return len(self._proposals)
+
+    @property
     def leader(self) -> NodeId | None:
         return self._node.leader if self._node is not None else None
 

@@ -14,6 +14,7 @@
 from raftly.transport.base import (
     IncomingSnapshotSink,
     MessageHandler,
+    PeerTraffic,
     SnapshotSinkFactory,
     Transport,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "MemoryNetwork",
     "MemoryTransport",
     "MessageHandler",
+    "PeerTraffic",
     "SnapshotSinkFactory",
     "TcpTransport",
     "Transport",

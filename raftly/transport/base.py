@@ -10,15 +10,29 @@ beside the messages (``send_snapshot``), in chunks, without holding up heartbeat
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from raftly.core.messages import InstallSnapshot, Message
 from raftly.core.types import SnapshotMeta
 
-__all__ = ["IncomingSnapshotSink", "MessageHandler", "SnapshotSinkFactory", "Transport"]
+__all__ = ["IncomingSnapshotSink", "MessageHandler", "PeerTraffic", "SnapshotSinkFactory",
+           "Transport"]
 
 MessageHandler = Callable[[Message], None]
 """Called on the event loop with each message received for this node."""
+
+
+@dataclass(slots=True)
+class PeerTraffic:
+    """What went to and came from one peer on the message connections, since the transport
+    started: Raft messages, and the bytes of their frames (snapshot transfers not included).
+    Counters: they only grow, also across a peer's removal and return."""
+
+    messages_sent: int = 0
+    bytes_sent: int = 0
+    messages_received: int = 0
+    bytes_received: int = 0
 
 
 class IncomingSnapshotSink(Protocol):

@@ -69,7 +69,7 @@ from typing import Any, TypeVar
 from raftly.core.messages import InstallSnapshot, Message
 from raftly.logevents import event
 from raftly.security.tls import common_name
-from raftly.transport.base import MessageHandler, SnapshotSinkFactory
+from raftly.transport.base import MessageHandler, PeerTraffic, SnapshotSinkFactory
 from raftly.transport.codec import (
     CHANNEL_MESSAGES,
     CHANNEL_SNAPSHOT,
@@ -193,13 +193,16 @@ class _Peer:
         "queued_bytes",
         "reader",
         "task",
+        "traffic",
         "wakeup",
         "writer",
     )
 
-    def __init__(self, node_id: int, address: Address) -> None:
+    def __init__(self, node_id: int, address: Address, traffic: PeerTraffic) -> None:
         self.node_id = node_id
         self.address = address
+        self.traffic = traffic
+        """The transport's counters for this node id (they outlive this object)."""
         self.queue: deque[bytes] = deque()
         self.queued_bytes = 0
         self.wakeup = asyncio.Event()
@@ -328,6 +331,9 @@ class TcpTransport:
         self._snapshots_received = 0
         self._snapshots_receive_failed = 0
 
+        self._traffic: dict[int, PeerTraffic] = {}
+        """Per peer id, kept when a peer is removed: counters never go back."""
+
         self._peers: dict[int, _Peer] = {}
         self.set_peers(peers)
 
@@ -379,7 +385,7 @@ class TcpTransport:
         for nid, address in wanted.items():
             known = self._peers.get(nid)
             if known is None:
-                self._peers[nid] = _Peer(nid, address)
+                self._peers[nid] = _Peer(nid, address, self._traffic_of(nid))
                 self._unknown_logged.discard(nid)
             elif known.address != address:
                 logger.info("peer %d moved from %s:%d to %s:%d", nid, *known.address, *address)
@@ -534,6 +540,20 @@ class TcpTransport:
             "snapshots_receive_failed": self._snapshots_receive_failed,
         }
 
+    def traffic(self) -> dict[int, PeerTraffic]:
+        """Messages and bytes sent to and received from each peer id (a copy), for metrics.
+
+        Counted once per write of a batch and once per read of a chunk, never per message:
+        this is the hot path."""
+        return {nid: PeerTraffic(t.messages_sent, t.bytes_sent, t.messages_received,
+                                 t.bytes_received) for nid, t in self._traffic.items()}
+
+    def _traffic_of(self, node_id: int) -> PeerTraffic:
+        traffic = self._traffic.get(node_id)
+        if traffic is None:
+            traffic = self._traffic[node_id] = PeerTraffic()
+        return traffic
+
     # -- socket setup --------------------------------------------------------------------------
 
     async def _open_connection(
@@ -620,6 +640,8 @@ class TcpTransport:
                 peer.disconnect()
                 continue
             self._sent += len(batch)
+            peer.traffic.messages_sent += len(batch)
+            peer.traffic.bytes_sent += size
 
     async def _dial(
         self, node_id: int, address: Address, channel: str = CHANNEL_MESSAGES
@@ -971,6 +993,9 @@ class TcpTransport:
         on_message = self._on_message
         assert on_message is not None
         kwargs = self._decode_kwargs
+        traffic = self._traffic_of(node)
+        traffic.bytes_received += len(data)
+        before = self._received
         try:
             for payload in decoder.feed(data):
                 msg = decode_message(payload, **kwargs)
@@ -991,6 +1016,8 @@ class TcpTransport:
             logger.warning("node %d: closing connection from node %d (%s): %s", me, node,
                            where, exc)
             return False
+        finally:
+            traffic.messages_received += self._received - before
         return True
 
 

@@ -47,6 +47,7 @@ ROUTE_ROLES: dict[tuple[str, str], Role] = {
     ("POST", "/v1/leases"): Role.WRITE, ("POST", "/v1/leases/{id}/keepalive"): Role.WRITE,
     ("DELETE", "/v1/leases/{id}"): Role.WRITE,
     ("GET", "/v1/snapshot"): Role.ADMIN,
+    ("GET", "/metrics"): Role.READ, ("HEAD", "/metrics"): Role.READ,
 }
 """Every route a node serves and the role it must need. A route added to the API and not here
 fails the test below: whoever adds it decides its role here (a GET with side effects must not

@@ -59,7 +59,7 @@ def test_tcp_transport_satisfies_the_protocol() -> None:
     assert isinstance(t, Transport)
 
 
-def test_two_transports_exchange_messages_both_ways_in_order() -> None:
+def test_two_transports_exchange_messages_in_order_and_count_them_per_peer() -> None:
     async def body() -> None:
         a, b = await pair()
         entries = [Entry(i, 1, b"x" * 16) for i in range(1, 101)]
@@ -78,6 +78,17 @@ def test_two_transports_exchange_messages_both_ways_in_order() -> None:
         assert sb["sent"] == len(sent_ba) and sb["received"] == len(sent_ab)
         assert sa["dropped"] == sb["dropped"] == sa["decode_errors"] == 0
         assert sa["connections"] == 2  # one outbound to b, one inbound from b
+        # Per peer id (never our own), every message and every byte of its frame, both ends.
+        frames_ab = sum(len(frame_message(m)) for m in sent_ab)
+        frames_ba = sum(len(frame_message(m)) for m in sent_ba)
+        ta, tb = a.t.traffic(), b.t.traffic()
+        assert set(ta) == {2} and set(tb) == {1}
+        assert (ta[2].messages_sent, ta[2].bytes_sent) == (len(sent_ab), frames_ab)
+        assert (tb[1].messages_received, tb[1].bytes_received) == (len(sent_ab), frames_ab)
+        assert (tb[1].messages_sent, tb[1].bytes_sent) == (len(sent_ba), frames_ba)
+        assert (ta[2].messages_received, ta[2].bytes_received) == (len(sent_ba), frames_ba)
+        a.t.set_peers({})  # counters outlive the peer's removal: they never go back
+        assert a.t.traffic()[2].messages_sent == len(sent_ab)
         await a.t.close()
         await b.t.close()
 
