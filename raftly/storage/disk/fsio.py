@@ -54,11 +54,15 @@ class Syncer:
     def directory(self, path: str) -> None:
         """Make creations, renames and deletions of entries in ``path`` durable (whatever the
         policy: they are rare, and a lost one can leave a directory that does not open)."""
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _flush_directory(path)
+
+
+def _flush_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
@@ -114,4 +118,4 @@ def make_dirs(path: str) -> None:
         if not os.path.isdir(path):
             raise
         return
-    Syncer("always").directory(parent)
+    _flush_directory(parent)
