@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-import mfusepy
+import mfusepy  # type: ignore[import-untyped]
 
 from raftly.testing.lazyfs.control import ControlServer
 from raftly.testing.lazyfs.fs import LazyOperations

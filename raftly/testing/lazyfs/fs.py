@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import mfusepy
+import mfusepy  # type: ignore[import-untyped]
 
 from raftly.testing.lazyfs.cache import PendingFile
 from raftly.testing.lazyfs.mount import MODES, Mode
@@ -265,7 +265,10 @@ class LazyOperations(mfusepy.Operations):  # type: ignore[misc]
 
     @_locked
     def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
-        os.utime(self._full(path), ns=times)
+        if times is None:
+            os.utime(self._full(path))
+        else:
+            os.utime(self._full(path), ns=times)
         return 0
 
     @_locked
