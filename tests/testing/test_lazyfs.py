@@ -6,10 +6,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from polling import wait_until
 
+from raftly.testing.lazyfs import unavailable
 from raftly.testing.lazyfs.cache import PAGE, PendingFile
 
 
@@ -195,3 +199,19 @@ def test_the_page_cache_reads_backing_bytes_it_does_not_hold(tmp_path):
         assert path.read_bytes() == b"abX\0\0Z"
     finally:
         os.close(fd)
+
+
+def test_a_mount_whose_starter_died_unmounts_itself(tmp_path):
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    mountpoint = tmp_path / "mnt"
+    starter = ("import sys, os\nfrom raftly.testing.lazyfs import LazyMount\n"
+               "LazyMount(sys.argv[1], sys.argv[2]).start()\nos._exit(0)\n")
+    try:
+        subprocess.run([sys.executable, "-c", starter, str(tmp_path / "backing"),
+                        str(mountpoint)], check=True, timeout=60)
+        wait_until("the orphaned mount is gone", lambda: not os.path.ismount(mountpoint))
+    finally:
+        if os.path.ismount(mountpoint):
+            subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=False)
