@@ -29,3 +29,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "fuzz_seed" in metafunc.fixturenames:
         metafunc.parametrize("fuzz_seed", range(metafunc.config.getoption("--fuzz-seeds")))
+
+
+@pytest.fixture
+def lazyfs(tmp_path):  # type: ignore[no-untyped-def]
+    """A factory of lazy file systems (``raftly.testing.lazyfs``) under ``tmp_path``:
+    ``lazyfs("strict")`` mounts one and returns its ``LazyMount``. Every mount is unmounted at
+    teardown, failed test or not; skips where FUSE is not usable."""
+    from raftly.testing.lazyfs import LazyMount, unavailable
+
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    mounts: list[LazyMount] = []
+
+    def mount(mode: str = "lazy", name: str = "mnt") -> LazyMount:
+        lazy = LazyMount(tmp_path / f"{name}-backing", tmp_path / name, mode=mode)  # type: ignore[arg-type]
+        mounts.append(lazy)
+        lazy.start()
+        return lazy
+
+    yield mount
+    for lazy in mounts:
+        lazy.stop()

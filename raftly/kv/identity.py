@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raftly.kv.cluster_file import ClusterSpec
-from raftly.storage.disk.fsio import Syncer, replace_file
+from raftly.storage.disk.fsio import Syncer, make_dirs, replace_file
 
 IDENTITY_FILE = "identity.json"
 LEGACY_DATA_ROOT = "raftly-data"
@@ -150,7 +150,7 @@ def claim_data_dir(data_dir: str | Path, expected: NodeIdentity, source: str,
             f"data dir {data_dir} holds a cluster of raft ids {sorted(stored_voters)}, but "
             f"{source} says node {expected.name} (raft id {expected.raft_id}) of "
             f"{sorted(expected_ids)}: {_SERVE_REMEDY}")
-    os.makedirs(data_dir, exist_ok=True)
+    make_dirs(os.fspath(data_dir))
     replace_file(os.fspath(data_dir), IDENTITY_FILE, expected.to_json().encode(),
                  Syncer("always"))
 

@@ -19,7 +19,8 @@ The trailer proves the file complete: a file cut short has none at its end. File
 whether found on disk or received from a leader that wrote them.
 
 A snapshot is written to a temporary file (``*.tmp``), flushed, renamed into place and the
-directory flushed, all per the fsync policy; only then are the oldest beyond ``keep`` deleted. A
+directory flushed, whatever the fsync policy (snapshots are rare, and the log entries they
+replace are deleted once they are durable); only then are the oldest beyond ``keep`` deleted. A
 crash at any step leaves the previous snapshots intact and at most a temporary file, which never
 counts as a snapshot and is removed when the store is next opened. A file received from a
 leader goes the same way: written raw under a temporary name, verified whole, then renamed.
@@ -46,7 +47,7 @@ from typing import Self
 
 from raftly.core.types import SnapshotMeta
 from raftly.storage.disk import state
-from raftly.storage.disk.fsio import FsyncPolicy, Syncer, pwrite_all, read_all
+from raftly.storage.disk.fsio import FsyncPolicy, Syncer, make_dirs, pwrite_all, read_all
 from raftly.storage.disk.segment import RECORD_HEADER, record_crc
 from raftly.storage.errors import StorageError, corrupt
 
@@ -105,9 +106,7 @@ class SnapshotStore:
         self._held: collections.Counter[str] = collections.Counter()
         """Names of files in use (a transfer reading one): never pruned meanwhile."""
         try:
-            if not os.path.isdir(self.directory):
-                os.makedirs(self.directory, exist_ok=True)
-                self._syncer.directory(os.path.dirname(self.directory))
+            make_dirs(self.directory)
             self._remove_temporaries()
         except OSError as exc:
             raise StorageError(f"cannot open snapshot directory {self.directory}: {exc}") from exc
@@ -363,7 +362,7 @@ class SnapshotWriter:
             self._buf = bytearray()
         self._put(_trailer(self._payload, self._frames, self._header_crc))
         assert self._fd is not None
-        self._store._syncer.file(self._fd)
+        self._store._syncer.rare_file(self._fd)
         fd, self._fd = self._fd, None
         os.close(fd)
 
@@ -439,7 +438,7 @@ class IncomingSnapshot:
         if self._fd is None:
             raise StorageError(f"{self.path}: finish of a finished or aborted transfer")
         try:
-            self._store._syncer.file(self._fd)
+            self._store._syncer.rare_file(self._fd)
             fd, self._fd = self._fd, None
             os.close(fd)
             self.meta = verify(self.path)

@@ -1,6 +1,6 @@
 """Child process of the SIGKILL test: appends to a DiskStorage forever, reporting as it goes.
 
-Usage: ``python sigkill_child.py DATA_DIR SEED``. Lines on stdout, each flushed:
+Usage: ``python sigkill_child.py DATA_DIR SEED FSYNC``. Lines on stdout, each flushed:
 
 - ``begin FIRST`` just before a save whose entries start at FIRST (it may truncate from there);
 - ``ack FIRST LAST TERM`` once that save returned (so entries FIRST..LAST are acknowledged);
@@ -20,9 +20,9 @@ from raftly.core.types import Entry, HardState, SnapshotMeta
 from raftly.storage import DiskStorage
 
 
-def main(directory: str, seed: int) -> None:
+def main(directory: str, seed: int, fsync: str) -> None:
     rng = random.Random(seed)
-    storage = DiskStorage(directory, fsync="always", segment_size=4096)
+    storage = DiskStorage(directory, fsync=fsync, segment_size=4096)  # type: ignore[arg-type]
     state = storage.load()
     term = max([state.hard_state.term, 1] + [e.term for e in state.entries[-1:]])
     commit = state.hard_state.commit
@@ -54,4 +54,4 @@ def main(directory: str, seed: int) -> None:
 
 if __name__ == "__main__":
     # The parent bootstraps the directory; the child only ever opens it.
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3])

@@ -1,9 +1,15 @@
 """Low-level file operations the disk storage relies on for durability.
 
-This module owns the fsync policy's effect (a ``Syncer`` either flushes or does nothing), full
-writes that survive short ``pwrite`` returns, and the atomic replacement of a small file:
-temporary file, fsync, rename, fsync of the directory. Everything here raises ``OSError``; the
-callers turn it into ``StorageError`` and poison the storage.
+This module owns the fsync policy's effect, full writes that survive short ``pwrite`` returns,
+the atomic replacement of a small file (temporary file, fsync, rename, fsync of the directory)
+and the durable creation of directories. Everything here raises ``OSError``; the callers turn
+it into ``StorageError`` and poison the storage.
+
+The policy ``never`` skips the flush of bulk data only (``Syncer.file``: log appends). Rare
+writes without which a directory would not open again after a power loss are flushed whatever
+the policy (``Syncer.rare_file`` and ``Syncer.directory``): the state files, snapshot files,
+sealed segments, and every directory entry created, renamed or removed. They happen on a term
+or vote change, a snapshot, a segment roll or a compaction, so ``never`` stays nearly free.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ def _flush_file(fd: int) -> None:
 
 
 class Syncer:
-    """Makes writes durable, or pretends to when the policy is ``never``."""
+    """Makes writes durable; under the policy ``never``, only the rare ones (module docstring)."""
 
     def __init__(self, policy: FsyncPolicy) -> None:
         if policy not in FSYNC_POLICIES:
@@ -37,18 +43,26 @@ class Syncer:
         self.enabled = policy == "always"
 
     def file(self, fd: int) -> None:
+        """Flush bulk data (log appends), unless the policy is ``never``."""
         if self.enabled:
             _flush_file(fd)
 
+    def rare_file(self, fd: int) -> None:
+        """Flush a file whatever the policy: one a directory cannot open again without."""
+        _flush_file(fd)
+
     def directory(self, path: str) -> None:
-        """Make creations, renames and deletions of entries in ``path`` durable."""
-        if not self.enabled:
-            return
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        """Make creations, renames and deletions of entries in ``path`` durable (whatever the
+        policy: they are rare, and a lost one can leave a directory that does not open)."""
+        _flush_directory(path)
+
+
+def _flush_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
@@ -83,8 +97,25 @@ def replace_file(directory: str, name: str, data: bytes, syncer: Syncer) -> None
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         pwrite_all(fd, data, 0)
-        syncer.file(fd)
+        syncer.rare_file(fd)
     finally:
         os.close(fd)
     os.replace(tmp, final)
     syncer.directory(directory)
+
+
+def make_dirs(path: str) -> None:
+    """``os.makedirs(path, exist_ok=True)``, each directory created made durable in its parent
+    (else a power loss can take a directory away with everything durably written inside)."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    make_dirs(parent)
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+        return
+    _flush_directory(parent)

@@ -148,9 +148,10 @@ class SegmentedLog:
             )
             if seg is None or full:
                 if seg is not None and buf:
-                    # Seal: flush the old segment before the new one exists (see module doc).
+                    # Seal: flush the old segment before the new one exists (see module doc),
+                    # even under fsync never: only the last segment may ever be torn.
                     self._write(seg, buf, offsets, terms)
-                    self._syncer.file(seg.fd)
+                    self._syncer.rare_file(seg.fd)
                     buf, offsets, terms = bytearray(), [], []
                 seg = self._create(entry.index)
                 created = True
@@ -162,6 +163,12 @@ class SegmentedLog:
         self._syncer.file(seg.fd)
         if created:
             self._syncer.directory(self.directory)
+
+    def flush_tail(self) -> None:
+        """Make the last segment durable even under fsync never (where appends leave it
+        unflushed); with fsync always it already is."""
+        if self._segments and not self._syncer.enabled:
+            self._syncer.rare_file(self._segments[-1].fd)
 
     def _write(self, seg: _Segment, buf: bytearray, offsets: list[int], terms: list[int]) -> None:
         at = seg.size

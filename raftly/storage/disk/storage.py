@@ -26,7 +26,7 @@ from raftly.core.types import ConfState, Entry, HardState, InitialState, Snapsho
 from raftly.storage.base import StorageError
 from raftly.storage.checks import check_compact, check_save, commit_after_compact
 from raftly.storage.disk import state
-from raftly.storage.disk.fsio import FsyncPolicy, Syncer
+from raftly.storage.disk.fsio import FsyncPolicy, Syncer, make_dirs
 from raftly.storage.disk.lock import DirectoryLock
 from raftly.storage.disk.log import SegmentedLog
 
@@ -39,9 +39,12 @@ WAL_DIR = "wal"
 class DiskStorage:
     """A node's durable state in one data directory (see the module docstring for the layout).
 
-    ``fsync="never"`` skips every flush: for tests and benchmarks only, since a machine crash
-    then loses acknowledged writes. ``segment_size`` is where a segment is rolled (a record
-    larger than it gets a segment of its own).
+    ``fsync="never"`` skips the flush of appended entries: a power loss or OS crash then loses
+    recent (acknowledged) entries, never a process crash. The rare writes a directory needs to
+    open again (state files, directory entries, sealed segments) are still flushed, and the log
+    is flushed before a hard state is written, so the directory always opens again.
+    ``segment_size`` is where a segment is rolled (a record larger than it gets a segment of
+    its own).
 
     Opening takes the directory's lock (a second open raises ``StorageError`` at once) and
     checks everything on disk; corruption found then is raised by ``load``.
@@ -64,7 +67,7 @@ class DiskStorage:
         self._segment_size = segment_size
         self._wal_dir = os.path.join(self.path, WAL_DIR)
         try:
-            os.makedirs(self._wal_dir, exist_ok=True)
+            make_dirs(self._wal_dir)
         except OSError as exc:
             raise StorageError(f"cannot create data directory {self.path}: {exc}") from exc
         self._lock = DirectoryLock(self.path)
@@ -183,13 +186,19 @@ class DiskStorage:
             # of term or vote, or for close(): Raft's commit index is volatile anyway.
             if hard_state is not None:
                 if not hard_state.same_election(self._durable_hard_state):
-                    state.write_hard_state(self.path, hard_state, self._syncer)
+                    self._write_hard_state(log, hard_state)
                     self._durable_hard_state = hard_state
                 self._hard_state = hard_state
         except ValueError as exc:  # an entry too large to frame, found before any write
             raise StorageError(str(exc)) from exc
         except OSError as exc:
             raise self._poison("save", exc) from exc
+
+    def _write_hard_state(self, log: SegmentedLog, hard_state: HardState) -> None:
+        # The commit index written must not exceed the durable log (recovery refuses that), and
+        # under fsync never the log's tail may not be durable yet.
+        log.flush_tail()
+        state.write_hard_state(self.path, hard_state, self._syncer)
 
     def compact(self, meta: SnapshotMeta) -> None:
         log = self._ready()
@@ -226,7 +235,8 @@ class DiskStorage:
         self._closed = True
         if self._error is None and self._hard_state != self._durable_hard_state:
             try:
-                state.write_hard_state(self.path, self._hard_state, self._syncer)
+                assert self._log is not None  # a hard state changes only once bootstrapped
+                self._write_hard_state(self._log, self._hard_state)
             except OSError as exc:
                 logger.error("could not save the commit index at close: %s", exc)
         if self._log is not None:

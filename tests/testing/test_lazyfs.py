@@ -1,0 +1,217 @@
+"""The lazy file system forgets exactly what was not fsynced (and, strict, what no directory
+fsync covered), and otherwise behaves as a file system the storage can run on."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from polling import wait_until
+
+from raftly.testing.lazyfs import unavailable
+from raftly.testing.lazyfs.cache import PAGE, PendingFile
+
+
+def write(path: Path, data: bytes, *, sync: bool, append: bool = False) -> None:
+    flags = os.O_CREAT | os.O_WRONLY | (os.O_APPEND if append else 0)
+    fd = os.open(path, flags, 0o644)
+    try:
+        os.write(fd, data)
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def test_fsynced_data_survives_a_power_loss_and_unsynced_data_does_not(lazyfs):
+    lazy = lazyfs()
+    mnt = Path(lazy.mountpoint)
+    write(mnt / "f", b"durable", sync=True)
+    write(mnt / "f", b"+lost", sync=False, append=True)
+    assert (mnt / "f").read_bytes() == b"durable+lost"  # reads see the page cache
+    assert (mnt / "f").stat().st_size == 12
+    lazy.power_loss()
+    assert (mnt / "f").read_bytes() == b"durable"
+    assert (mnt / "f").stat().st_size == 7
+
+
+def test_an_fsync_flushes_only_its_own_file(lazyfs):
+    lazy = lazyfs()
+    mnt = Path(lazy.mountpoint)
+    write(mnt / "a", b"", sync=True)
+    write(mnt / "b", b"", sync=True)
+    write(mnt / "a", b"synced", sync=True)
+    write(mnt / "b", b"not synced", sync=False)
+    lazy.power_loss()
+    assert (mnt / "a").read_bytes() == b"synced"
+    assert (mnt / "b").read_bytes() == b""
+
+
+def test_pwrite_truncate_and_ftruncate_are_cached_until_fsync(lazyfs):
+    lazy = lazyfs()
+    mnt = Path(lazy.mountpoint)
+    write(mnt / "f", b"x" * (3 * PAGE), sync=True)
+    fd = os.open(mnt / "f", os.O_RDWR)
+    try:
+        os.pwrite(fd, b"yy", PAGE - 1)  # across a page boundary
+        os.ftruncate(fd, PAGE + 5)
+        os.ftruncate(fd, PAGE + 10)  # grown again: the cut bytes read as zeros
+        expected = b"x" * (PAGE - 1) + b"yy" + b"x" * 4 + bytes(5)
+        assert os.pread(fd, 2 * PAGE, 0) == expected
+        assert os.fstat(fd).st_size == PAGE + 10
+    finally:
+        os.close(fd)
+    os.truncate(mnt / "f", 1)
+    assert (mnt / "f").read_bytes() == b"x"
+    lazy.power_loss()
+    assert (mnt / "f").read_bytes() == b"x" * (3 * PAGE)
+    fd = os.open(mnt / "f", os.O_RDWR)
+    try:
+        os.ftruncate(fd, PAGE + 1)
+        os.pwrite(fd, b"z", 2 * PAGE)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    lazy.power_loss()
+    assert (mnt / "f").read_bytes() == b"x" * (PAGE + 1) + bytes(PAGE - 1) + b"z"
+
+
+@pytest.mark.parametrize("mode", ["lazy", "strict"])
+def test_a_rename_without_a_directory_fsync(lazyfs, mode):
+    """Lazy mode keeps namespace changes as they happen; strict mode undoes the rename."""
+    lazy = lazyfs(mode)
+    mnt = Path(lazy.mountpoint)
+    write(mnt / "old", b"data", sync=True)
+    sync_dir(mnt)
+    os.rename(mnt / "old", mnt / "new")
+    lazy.power_loss()
+    if mode == "lazy":
+        assert sorted(os.listdir(mnt)) == ["new"]
+        assert (mnt / "new").read_bytes() == b"data"
+    else:
+        assert sorted(os.listdir(mnt)) == ["old"]
+        assert (mnt / "old").read_bytes() == b"data"
+
+
+def test_strict_mode_keeps_a_rename_followed_by_a_directory_fsync(lazyfs):
+    lazy = lazyfs("strict")
+    mnt = Path(lazy.mountpoint)
+    write(mnt / "target", b"old version", sync=True)
+    write(mnt / "target.tmp", b"new version", sync=True)
+    sync_dir(mnt)
+    write(mnt / "target.tmp", b"NEW", sync=True)
+    os.replace(mnt / "target.tmp", mnt / "target")
+    sync_dir(mnt)
+    lazy.power_loss()
+    assert sorted(os.listdir(mnt)) == ["target"]
+    assert (mnt / "target").read_bytes() == b"NEW version"
+
+
+def test_strict_mode_forgets_files_and_directories_no_directory_fsync_made_durable(lazyfs):
+    lazy = lazyfs("strict")
+    mnt = Path(lazy.mountpoint)
+    write(mnt / "kept", b"k", sync=True)
+    os.mkdir(mnt / "sub")
+    sync_dir(mnt)
+    write(mnt / "sub" / "inner", b"i", sync=True)  # sub's own entries were never synced
+    write(mnt / "created", b"c", sync=True)
+    os.mkdir(mnt / "newdir")
+    os.unlink(mnt / "kept")  # an unlink not made durable comes back
+    lazy.power_loss()
+    assert sorted(os.listdir(mnt)) == ["kept", "sub"]
+    assert os.listdir(mnt / "sub") == []
+    assert (mnt / "kept").read_bytes() == b"k"
+
+
+def test_strict_mode_keeps_a_durable_unlink(lazyfs):
+    lazy = lazyfs("strict")
+    mnt = Path(lazy.mountpoint)
+    write(mnt / "gone", b"g", sync=True)
+    sync_dir(mnt)
+    os.unlink(mnt / "gone")
+    sync_dir(mnt)
+    lazy.power_loss()
+    assert os.listdir(mnt) == []
+
+
+def test_lazy_mode_keeps_creations_with_their_synced_data(lazyfs):
+    lazy = lazyfs("lazy")
+    mnt = Path(lazy.mountpoint)
+    os.mkdir(mnt / "d")
+    write(mnt / "d" / "f", b"synced", sync=True)
+    write(mnt / "d" / "g", b"not synced", sync=False)
+    lazy.power_loss()
+    assert sorted(os.listdir(mnt / "d")) == ["f", "g"]
+    assert (mnt / "d" / "f").read_bytes() == b"synced"
+    assert (mnt / "d" / "g").read_bytes() == b""
+
+
+def test_flock_is_exclusive_on_the_mount(lazyfs):
+    mnt = Path(lazyfs().mountpoint)
+    first = os.open(mnt / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+    second = os.open(mnt / "LOCK", os.O_RDWR)
+    try:
+        fcntl.flock(first, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(second, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(first)
+        os.close(second)
+
+
+def test_stop_unmounts_even_while_a_file_is_open(lazyfs):
+    lazy = lazyfs()
+    fd = os.open(Path(lazy.mountpoint) / "busy", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        lazy.stop()
+        assert not os.path.ismount(lazy.mountpoint)
+    finally:
+        with contextlib.suppress(OSError):  # the file system behind it is gone
+            os.close(fd)
+
+
+def test_the_page_cache_reads_backing_bytes_it_does_not_hold(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"abcdef")
+    fd = os.open(path, os.O_RDWR)
+    try:
+        cache = PendingFile(6)
+        cache.write(fd, 2, b"XY")
+        assert cache.read(fd, 0, 100) == b"abXYef"
+        cache.truncate(fd, 3)
+        cache.write(fd, 5, b"Z")
+        assert cache.read(fd, 0, 100) == b"abX\0\0Z"
+        assert path.read_bytes() == b"abcdef"  # nothing reached the file before flush
+        cache.flush(fd)
+        assert path.read_bytes() == b"abX\0\0Z"
+    finally:
+        os.close(fd)
+
+
+def test_a_mount_whose_starter_died_unmounts_itself(tmp_path):
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    mountpoint = tmp_path / "mnt"
+    starter = ("import sys, os\nfrom raftly.testing.lazyfs import LazyMount\n"
+               "LazyMount(sys.argv[1], sys.argv[2]).start()\nos._exit(0)\n")
+    try:
+        subprocess.run([sys.executable, "-c", starter, str(tmp_path / "backing"),
+                        str(mountpoint)], check=True, timeout=60)
+        wait_until("the orphaned mount is gone", lambda: not os.path.ismount(mountpoint))
+    finally:
+        if os.path.ismount(mountpoint):
+            subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=False)
