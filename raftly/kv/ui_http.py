@@ -23,6 +23,7 @@ import asyncio
 import base64
 import hashlib
 import importlib.resources
+import os
 import re
 import time
 from collections.abc import Mapping
@@ -161,7 +162,8 @@ async def _get(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
     except TimeoutError:
         raise _Unreachable("no answer within the timeout") from None
     except aiohttp.ClientConnectorError as exc:
-        reason = exc.os_error.strerror or str(exc.os_error)
+        error = exc.os_error
+        reason = os.strerror(error.errno) if error.errno else str(error)
         raise _Unreachable(f"cannot connect: {reason.lower()}") from None
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
         raise _Unreachable(f"connection lost: {exc}") from None
