@@ -41,7 +41,7 @@ DEFAULT_SECONDS = 180
 
 LATENCY_BOUNDS: tuple[float, ...] = tuple(
     25e-6 * 2 ** (i / 8) for i in range(int(8 * math.log2(120 / 25e-6)) + 1))
-"""Upper bounds (seconds) of the latency buckets: 25 us to 120 s, 8 per doubling. A latency
+"""Upper bounds (seconds) of the latency buckets: 25 us to ~114 s, 8 per doubling. A latency
 above the last bound (far past any proposal timeout) counts in one more bucket, reported as the
 last bound."""
 

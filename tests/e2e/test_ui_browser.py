@@ -10,6 +10,7 @@ screenshot of the page after the failover (docs/images/cluster-page.png is one).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -17,10 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_helpers import FAILOVER_BOUND
+from e2e_helpers import ELECTION_TIMEOUT, FAILOVER_BOUND, HEARTBEAT, started
 
 from raftly.kv.client import Client
-from raftly.localcluster import ProcessCluster
+from raftly.localcluster import ProcessCluster, plan_loopback
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -33,8 +34,8 @@ PAGE_DEADLINE = 30.0
 
 
 @pytest.fixture
-def browser(tmp_path: Path) -> Iterator[object]:
-    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager, were it ever run, must not download
+def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager, were it ever run: no download
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -138,6 +139,43 @@ def test_the_page_says_when_the_node_serving_it_is_unreachable(
                   lambda s: s["serving"] == "unreachable")
     banner = browser.find_element("id", "banner-down")  # type: ignore[attr-defined]
     assert banner.is_displayed() and f"Cannot reach {name}" in banner.text
+
+
+READ_TOKEN = "ui-read-token-0123456789"
+
+
+def test_with_an_auth_file_the_page_asks_for_a_token_and_then_shows_the_cluster(
+        tmp_path: Path, browser: object) -> None:
+    auth = tmp_path / "auth.toml"
+    auth.write_text(f'[[tokens]]\ntoken = "{READ_TOKEN}"\nrole = "read"\nname = "viewer"\n')
+    # The nodes call each other's APIs with a read token of their own (no TLS here).
+    cluster = ProcessCluster(tmp_path / "cluster", plan_loopback(3),
+                             election_timeout=ELECTION_TIMEOUT, heartbeat=HEARTBEAT,
+                             token=READ_TOKEN, env={"RAFTLY_TOKEN": READ_TOKEN},
+                             serve_options=["--auth-file", str(auth)])
+    with contextlib.contextmanager(started)(cluster):
+        browser.get(cluster.url(cluster.names[0]) + "/ui")  # type: ignore[attr-defined]
+
+        def prompted() -> bool:
+            shown: bool = browser.find_element("id", "auth").is_displayed()  # type: ignore[attr-defined]
+            return shown
+
+        def stored_token() -> str | None:
+            token: str | None = browser.execute_script(  # type: ignore[attr-defined]
+                "return sessionStorage.getItem('raftly-token')")
+            return token
+
+        wait_for_page(browser, "the token prompt", lambda s: prompted())
+        assert page_state(browser)["members"] == {}
+        browser.find_element("id", "token").send_keys("not-a-token")  # type: ignore[attr-defined]
+        browser.find_element("id", "token-go").click()  # type: ignore[attr-defined]
+        wait_for_page(browser, "the prompt again after a wrong token",
+                      lambda s: prompted() and stored_token() is None)
+        browser.find_element("id", "token").send_keys(READ_TOKEN)  # type: ignore[attr-defined]
+        browser.find_element("id", "token-go").click()  # type: ignore[attr-defined]
+        wait_for_page(browser, "three members up", lambda s: len(s["members"]) == 3 and all(
+            m["health"] == "up" for m in s["members"].values()))  # type: ignore[attr-defined]
+        assert not prompted() and stored_token() == READ_TOKEN
 
 
 def _write_until(cluster: ProcessCluster, stop: threading.Event) -> None:
