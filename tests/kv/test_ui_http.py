@@ -8,12 +8,15 @@ import base64
 import hashlib
 import importlib.resources
 import re
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 from kv_helpers import AUTH, FAST, READ, SecureCluster, bearer, call, run
 from polling import eventually
 
+from raftly.kv.cluster_file import Address, NodeSpec
 from raftly.kv.service import LocalCluster
 from raftly.kv.ui_http import LAG_ENTRIES, cluster_answer, content_security_policy, merge_timelines
 
@@ -152,3 +155,51 @@ def test_with_an_auth_file_the_page_needs_no_token_but_its_data_needs_the_read_r
                 assert status == 401
 
     run(main())
+
+
+def test_a_member_answering_garbage_or_refusing_is_unknown_never_trusted() -> None:
+    answers: dict[str, tuple[int, str]] = {
+        "n7": (200, '{"role": "follower", "term": "3"}'),  # a term that is no integer
+        "n8": (401, '{"error": "no token"}'),
+        "n9": (200, "<html>a proxy page</html>"),
+    }
+
+    async def main() -> None:
+        async with LocalCluster(1, config=FAST) as cluster:
+            node = await cluster.wait_for_leader()
+            impostors = []
+            for name, answer in answers.items():
+                app = web.Application()
+                app.router.add_get("/{path:.*}", _answering(*answer))
+                runner = web.AppRunner(app)
+                await runner.setup()
+                site = web.TCPSite(runner, "127.0.0.1", 0)
+                await site.start()
+                impostors.append(runner)
+                port = runner.addresses[0][1]
+                node.api.cluster = replace(node.api.cluster, nodes=(
+                    *node.api.cluster.nodes,
+                    NodeSpec(name, int(name[1:]), Address("127.0.0.1", 1),
+                             Address("127.0.0.1", port))))
+            try:
+                async with aiohttp.ClientSession() as session:
+                    status, body, _ = await call(session, "GET", node.url + "/v1/cluster")
+            finally:
+                for runner in impostors:
+                    await runner.cleanup()
+        assert status == 200
+        members = {m["name"]: m for m in body["members"]}
+        assert members["n1"]["health"] == "up"
+        for name in answers:
+            assert members[name]["health"] == "unknown" and members[name]["status"] is None
+        assert "term is not a non-negative integer" in members["n7"]["error"]
+        assert "401" in members["n8"]["error"]
+        assert body["leader"] == "n1"
+
+    run(main())
+
+
+def _answering(status: int, text: str) -> Any:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=status, text=text)
+    return handler
