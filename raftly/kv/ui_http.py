@@ -188,9 +188,23 @@ def _status_problem(status: Mapping[str, Any]) -> str | None:
     return None
 
 
+_SAMPLE_COLUMNS = ("time", "commit_index", "applied_index", "ok", "failed", "p50_ms", "p99_ms")
+
+
 def _activity_ok(activity: Mapping[str, Any]) -> bool:
+    """Whether a member's activity has the shape the merge and the page rely on."""
     timeline, samples = activity.get("timeline"), activity.get("samples")
     if not isinstance(timeline, list) or not isinstance(samples, dict):
+        return False
+    columns: list[list[Any]] = []
+    for name in _SAMPLE_COLUMNS:
+        column = samples.get(name)
+        if not isinstance(column, list) or (columns and len(column) != len(columns[0])):
+            return False
+        columns.append(column)
+    # Latencies may be null (a second without proposals); every other value is a number.
+    if not all(isinstance(v, int | float) or (v is None and i >= 5)
+               for i, column in enumerate(columns) for v in column):
         return False
     return all(isinstance(c, dict) and type(c.get("term")) is int
                and isinstance(c.get("time"), int | float) for c in timeline)

@@ -16,9 +16,16 @@ from aiohttp import web
 from kv_helpers import AUTH, FAST, READ, SecureCluster, bearer, call, run
 from polling import eventually
 
+from raftly.kv.activity import ActivityLog
 from raftly.kv.cluster_file import Address, NodeSpec
 from raftly.kv.service import LocalCluster
-from raftly.kv.ui_http import LAG_ENTRIES, cluster_answer, content_security_policy, merge_timelines
+from raftly.kv.ui_http import (
+    LAG_ENTRIES,
+    _activity_ok,
+    cluster_answer,
+    content_security_policy,
+    merge_timelines,
+)
 
 PAGE = importlib.resources.files("raftly.kv").joinpath("ui/index.html").read_text("utf-8")
 
@@ -203,3 +210,15 @@ def _answering(status: int, text: str) -> Any:
     async def handler(request: web.Request) -> web.Response:
         return web.Response(status=status, text=text)
     return handler
+
+
+def test_a_members_activity_of_the_wrong_shape_is_dropped_before_it_reaches_the_page() -> None:
+    log = ActivityLog()
+    log.sample(1, 1)
+    good = log.to_json(str)
+    assert _activity_ok(good)
+    samples: dict[str, Any] = good["samples"]  # type: ignore[assignment]
+    for bad in ({**samples, "ok": "3"}, {**samples, "ok": []}, {**samples, "time": [None]},
+                {k: v for k, v in samples.items() if k != "p99_ms"}):
+        assert not _activity_ok({**good, "samples": bad}), bad
+    assert not _activity_ok({**good, "timeline": [{"time": 1.0, "term": "2"}]})
