@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from kv_helpers import AUTH, FAST, READ, SecureCluster, bearer, call, run
+from kv_helpers import AUTH, FAST, READ, SecureCluster, bearer, call, fake_nodes, run
 from polling import eventually
 
 from raftly.kv.activity import ActivityLog
@@ -174,26 +174,15 @@ def test_a_member_answering_garbage_or_refusing_is_unknown_never_trusted() -> No
     async def main() -> None:
         async with LocalCluster(1, config=FAST) as cluster:
             node = await cluster.wait_for_leader()
-            impostors = []
-            for name, answer in answers.items():
-                app = web.Application()
-                app.router.add_get("/{path:.*}", _answering(*answer))
-                runner = web.AppRunner(app)
-                await runner.setup()
-                site = web.TCPSite(runner, "127.0.0.1", 0)
-                await site.start()
-                impostors.append(runner)
-                port = runner.addresses[0][1]
-                node.api.cluster = replace(node.api.cluster, nodes=(
-                    *node.api.cluster.nodes,
-                    NodeSpec(name, int(name[1:]), Address("127.0.0.1", 1),
-                             Address("127.0.0.1", port))))
-            try:
+            async for urls in fake_nodes([_answering(*a) for a in answers.values()]):
+                for name, url in zip(answers, urls, strict=True):
+                    host, port = url.split(":")
+                    node.api.cluster = replace(node.api.cluster, nodes=(
+                        *node.api.cluster.nodes,
+                        NodeSpec(name, int(name[1:]), Address(host, 1),
+                                 Address(host, int(port)))))
                 async with aiohttp.ClientSession() as session:
                     status, body, _ = await call(session, "GET", node.url + "/v1/cluster")
-            finally:
-                for runner in impostors:
-                    await runner.cleanup()
         assert status == 200
         members = {m["name"]: m for m in body["members"]}
         assert members["n1"]["health"] == "up"
