@@ -79,6 +79,7 @@ from raftly.kv.protocol import (
     STALE_SEQ_CODE,
     STATUS_PATH,
     TXN_PATH,
+    UI_PATH,
     WATCH_PATH,
     encode_list_item,
 )
@@ -139,6 +140,10 @@ WRITE_ROUTES = frozenset({
 
 ADMIN_READ_ROUTES = frozenset({("GET", SNAPSHOT_PATH)})
 """Reads that need admin: the whole data set at once (raftly.kv.backup_http says why)."""
+TOKENLESS_ROUTES = frozenset({("GET", UI_PATH), ("HEAD", UI_PATH)})
+"""Read routes served without a token even with an auth file: the cluster page's HTML, the same
+static file on every node, holding no data; it asks for a token before it fetches any (see
+docs/cluster-page.md)."""
 
 RESULT_ERRORS: dict[str, tuple[int, str | None]] = {
     MALFORMED: (400, None),
@@ -586,6 +591,10 @@ class KVApi:
         return self._json(200, [encode_list_item(kv.key, kv.value) for kv in kvs])
 
     async def status(self, request: web.Request) -> web.Response:
+        return self._json(200, self.status_json())
+
+    def status_json(self) -> dict[str, object]:
+        """The ``GET /v1/status`` answer (the cluster page shows it too, raftly.kv.ui_http)."""
         st = self.server.status()
         leader = self.cluster.by_id(st.leader) if st.leader is not None else None
         members: list[dict[str, object]] = []
@@ -595,7 +604,7 @@ class KVApi:
                 spec = self.cluster.by_id(node_id)
                 into.append({"id": self._name(node_id), "raft_id": node_id,
                              "api": self.url_of(spec) if spec is not None else None})
-        return self._json(200, {
+        return {
             # Tools compare it with the cluster they mean before reporting on this node.
             "cluster_id": self.cluster.cluster_id,
             "id": self.node.name,
@@ -617,7 +626,7 @@ class KVApi:
             # The driver's counters (fsyncs, entries_persisted, readies): `raftly bench` reads
             # them to show how many entries one fsync carries.
             "stats": dict(self.server.stats),
-        })
+        }
 
     # -- middlewares ----------------------------------------------------------------------------
 
@@ -638,7 +647,9 @@ class KVApi:
             resource = match.route.resource if match.http_exception is None else None
             needed = required_role(request.method,
                                    resource.canonical if resource is not None else None)
-            if needed is Role.READ and self._from_a_node(request):
+            if needed is Role.READ and (
+                    (request.method, resource.canonical if resource is not None else None)
+                    in TOKENLESS_ROUTES or self._from_a_node(request)):
                 return await handler(request)
             try:
                 self.auth.check(request.headers.get(hdrs.AUTHORIZATION), needed)

@@ -21,6 +21,12 @@ LEASES_PATH: Final = "/v1/leases"
 WATCH_PATH: Final = "/v1/watch"
 SNAPSHOT_PATH: Final = "/v1/snapshot"
 """A consistent image of the whole state, from the leader (admin; raftly.kv.backup_http)."""
+UI_PATH: Final = "/ui"
+"""The cluster page (raftly.kv.ui_http), which polls the two routes below."""
+ACTIVITY_PATH: Final = "/v1/activity"
+"""This node's recent role changes and per-second samples (raftly.kv.activity)."""
+CLUSTER_PATH: Final = "/v1/cluster"
+"""Every member's status and activity, as this node fetched them."""
 
 CLIENT_HEADER: Final = "X-Raftly-Client"
 """The client's id (1 to 128 characters); with SEQ_HEADER it makes a write exactly-once."""
@@ -53,6 +59,7 @@ def decode_list_item(item: dict[str, str]) -> tuple[str, bytes]:
     return item["key"], base64.b64decode(item["value_base64"])
 
 
-__all__ = ["ACK_HEADER", "CLIENT_HEADER", "KV_PATH", "LEASES_PATH", "MEMBERS_PATH",
-           "RETRY_HEADER", "SEQ_HEADER", "SNAPSHOT_PATH", "STALE_SEQ_CODE", "STATUS_PATH",
-           "TRANSFER_PATH", "TXN_PATH", "WATCH_PATH", "decode_list_item", "encode_list_item"]
+__all__ = ["ACK_HEADER", "ACTIVITY_PATH", "CLIENT_HEADER", "CLUSTER_PATH", "KV_PATH",
+           "LEASES_PATH", "MEMBERS_PATH", "RETRY_HEADER", "SEQ_HEADER", "SNAPSHOT_PATH",
+           "STALE_SEQ_CODE", "STATUS_PATH", "TRANSFER_PATH", "TXN_PATH", "UI_PATH", "WATCH_PATH",
+           "decode_list_item", "encode_list_item"]

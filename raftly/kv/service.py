@@ -26,6 +26,7 @@ from aiohttp import web
 
 from raftly.core.config import Config
 from raftly.core.types import ConfState, Member
+from raftly.kv.activity import ActivityLog, indexes_of
 from raftly.kv.cluster_file import Address, ClusterSpec, NodeSpec, load_cluster, parse_address
 from raftly.kv.connections import raise_fd_limit
 from raftly.kv.exposure import exposure_warning
@@ -43,6 +44,7 @@ from raftly.kv.metrics import NodeMetrics
 from raftly.kv.node_calls import NodeCalls, PeerNames
 from raftly.kv.protocol import MEMBERS_PATH, STATUS_PATH
 from raftly.kv.state_machine import KVStateMachine
+from raftly.kv.ui_http import ClusterPage
 from raftly.kv.unsafe_reads import node_api_class
 from raftly.localproc import free_ports
 from raftly.security.auth import Authorizer
@@ -80,6 +82,8 @@ class RunningNode:
     watcher: asyncio.Task[None] | None = None
     lookup: asyncio.Task[None] | None = None
     """An address look-up under way, which a close cancels."""
+    sampler: asyncio.Task[None] | None = None
+    """The cluster page's once-a-second sampler (raftly.kv.activity)."""
 
     @property
     def name(self) -> str:
@@ -95,7 +99,7 @@ class RunningNode:
 
     async def close(self) -> None:
         self.closed = True
-        tasks = [t for t in (self.watcher, self.lookup) if t is not None]
+        tasks = [t for t in (self.watcher, self.lookup, self.sampler) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -132,6 +136,7 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
     limits = limits or Limits()
     snapshot = snapshot or SnapshotSettings()
     node_metrics = NodeMetrics() if metrics else None
+    activity = ActivityLog()
     server = RaftServer(spec.id, storage=storage, transport=transport,
                         state_machine=KVStateMachine(max_key_bytes=limits.max_key_bytes,
                                                     history_limit=limits.watch_history,
@@ -140,7 +145,7 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
                         bootstrap=bootstrap_conf(cluster) if bootstrap else ConfState(),
                         config=config, snapshots=snapshots,
                         snapshot_entries=snapshot.entries, snapshot_retain=snapshot.retain,
-                        observers=[node_metrics] if node_metrics is not None else ())
+                        observers=[activity] + ([node_metrics] if node_metrics is not None else []))
     if peer_names is not None:
         # Before the server starts: starting applies the stored configuration, whose members
         # (some perhaps added after the cluster file was written) must be named at once.
@@ -149,7 +154,10 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
                            metrics=node_metrics)
     if node_metrics is not None:
         node_metrics.watch(server, transport, lambda: api.cluster)
-    runner = make_runner(api.app(), limits, ssl_context)
+    calls = NodeCalls.routine(tls, token)
+    app = api.app()
+    ClusterPage(api, activity, calls).add_routes(app)
+    runner = make_runner(app, limits, ssl_context)
     await runner.setup()
     bind = api_address or spec.api
     try:
@@ -166,7 +174,9 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
     actual = Address(bind.host if bind.port else str(host), int(port))
     logger.info("node %s (raft id %d) serving the KV API on %s", name, spec.id,
                 actual.base_url(tls is not None))
-    node = RunningNode(spec, server, api, runner, actual, NodeCalls.routine(tls, token))
+    node = RunningNode(spec, server, api, runner, actual, calls)
+    node.sampler = asyncio.create_task(activity.run_sampler(indexes_of(server)),
+                                       name=f"raftly {name}: activity")
     node.watcher = asyncio.create_task(_watch_removal(node), name=f"raftly {name}: removal")
     if isinstance(transport, TcpTransport):
         transport.on_unknown_peer = _AddressFinder(node, peer_names).wanted

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+from aiohttp import web
 from yarl import URL
 
 from raftly.core.config import Config
@@ -93,3 +94,26 @@ class Applier:
         self.index += 1
         raw = command if isinstance(command, bytes) else encode(command, session)
         return self.sm.apply(self.index, raw)
+
+
+async def fake_nodes(handlers: list[Callable[[web.Request], Any]], path: str = "/{path:.*}"
+                     ) -> AsyncIterator[list[str]]:
+    """One HTTP server on 127.0.0.1 per handler (answering GET ``path``), for ``async for urls
+    in fake_nodes(...)``: yields their ``host:port`` once, then stops them."""
+    runners = []
+    urls = []
+    for handler in handlers:
+        app = web.Application()
+        app.router.add_get(path, handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = runner.addresses[0][1]
+        urls.append(f"127.0.0.1:{port}")
+    try:
+        yield urls
+    finally:
+        for runner in runners:
+            await runner.cleanup()

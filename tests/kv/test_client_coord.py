@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
+from kv_helpers import fake_nodes
 
 from raftly.kv.client import AsyncClient, Client, CompactedError, RequestError
 from raftly.kv.client_coord import (
@@ -124,26 +125,6 @@ def test_the_answers_of_lease_and_txn_calls_are_decoded() -> None:
 Handler = Callable[[web.Request], Any]
 
 
-async def _serve(handlers: list[Handler]) -> AsyncIterator[list[str]]:
-    runners = []
-    urls = []
-    for handler in handlers:
-        app = web.Application()
-        app.router.add_get("/v1/watch", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        port = runner.addresses[0][1]
-        urls.append(f"127.0.0.1:{port}")
-    try:
-        yield urls
-    finally:
-        for runner in runners:
-            await runner.cleanup()
-
-
 def _nodes(asked: list[str | None]) -> list[Handler]:
     """Node 1 sends revision 5 and half of revision 6, then breaks the stream; node 2 serves
     from whatever it is asked for: the rest of 6 (repeating p/b), then 7."""
@@ -177,7 +158,7 @@ EXPECTED = [(5, "put", "p/a"), (6, "put", "p/b"), (6, "put", "p/c"), (7, "delete
 def _follow_blocking(handlers: list[Handler]) -> list[tuple[int, str, str]]:
     """The first four changes ``Client.watch`` yields from revision 5 against ``handlers``."""
     async def main() -> list[tuple[int, str, str]]:
-        async for urls in _serve(handlers):
+        async for urls in fake_nodes(handlers, "/v1/watch"):
             def follow(urls: list[str] = urls) -> list[tuple[int, str, str]]:
                 with Client(urls, timeout=10) as kv:
                     watch = kv.watch("p/", from_revision=5)
@@ -194,7 +175,7 @@ def _follow_blocking(handlers: list[Handler]) -> list[tuple[int, str, str]]:
 def _follow_async(handlers: list[Handler]) -> list[tuple[int, str, str]]:
     """As ``_follow_blocking``, with ``AsyncClient.watch``."""
     async def main() -> list[tuple[int, str, str]]:
-        async for urls in _serve(handlers):
+        async for urls in fake_nodes(handlers, "/v1/watch"):
             async with AsyncClient(urls, timeout=10) as kv:
                 seen = []
                 watch = kv.watch("p/", from_revision=5)
@@ -247,7 +228,7 @@ def test_a_watch_continues_on_another_node_after_a_410_from_one(
 @pytest.mark.parametrize("nodes", [1, 2])
 def test_both_watches_raise_compacted_when_every_node_answers_410(nodes: int) -> None:
     async def main() -> None:
-        async for urls in _serve([_compacted] * nodes):
+        async for urls in fake_nodes([_compacted] * nodes, "/v1/watch"):
             def blocking(urls: list[str] = urls) -> None:
                 with Client(urls) as kv, pytest.raises(CompactedError, match="40"):
                     next(kv.watch(from_revision=2))

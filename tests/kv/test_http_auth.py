@@ -48,6 +48,9 @@ ROUTE_ROLES: dict[tuple[str, str], Role] = {
     ("DELETE", "/v1/leases/{id}"): Role.WRITE,
     ("GET", "/v1/snapshot"): Role.ADMIN,
     ("GET", "/metrics"): Role.READ, ("HEAD", "/metrics"): Role.READ,
+    ("GET", "/ui"): Role.READ, ("HEAD", "/ui"): Role.READ,
+    ("GET", "/v1/activity"): Role.READ, ("HEAD", "/v1/activity"): Role.READ,
+    ("GET", "/v1/cluster"): Role.READ, ("HEAD", "/v1/cluster"): Role.READ,
 }
 """Every route a node serves and the role it must need. A route added to the API and not here
 fails the test below: whoever adds it decides its role here (a GET with side effects must not
