@@ -30,9 +30,10 @@ def conf_states(draw: st.DrawFn) -> ConfState:
         return ConfState(frozenset(draw(st.sampled_from([ids, ids[:n_voters], []]))))
     if kind == "learners":
         return ConfState(voters, learners)
-    # API addresses unique too, as names and Raft addresses are, or absent.
+    # API addresses unique too, as names and Raft addresses are, or absent. The "/" (never in
+    # _text) ends the id: "n2" + "6" would otherwise be "n26" + "".
     members = tuple(
-        Member(i, f"n{i}{draw(_text)}", f"h{i}:{draw(_text)}",
+        Member(i, f"n{i}/{draw(_text)}", f"h{i}:{draw(_text)}",
                draw(st.one_of(st.just(""), _text.map(lambda t, i=i: f"a{i}:{t}"))),
                draw(st.booleans()))
         for i in ids
