@@ -26,7 +26,7 @@ from raftly.testing.history import Pair, load_history, pair_events
 
 _COLORS = {"ok": "#2e7d32", "fail": "#c62828", "info": "#ef6c00"}
 _FAULT_COLORS = {"partition": "#1565c0", "kill": "#6a1b9a", "pause": "#00838f",
-                 "membership": "#ef6c00"}
+                 "membership": "#ef6c00", "powerloss": "#b71c1c"}
 _W, _H = 960, 220
 _ML, _MR, _MT, _MB = 56, 12, 10, 28
 _MAX_DOTS = 6000
