@@ -81,7 +81,7 @@ def describe_fault(f: str, value: object) -> str:
         parts += [f"({k} {value[k]})" for k in ("transfer", "skipped", "problem") if k in value]
         return " ".join([f"membership {value['op']}", *parts])
     if "nodes" in value:
-        aim = " (leader)" if value.get("mode") == "leader" else ""
+        aim = {"leader": " (leader)", "all": " (all)"}.get(str(value.get("mode")), "")
         return f"{f} {' '.join(value['nodes'])}{aim}"
     return f"{f} {json.dumps(value)}"
 
