@@ -343,7 +343,10 @@ class Nemesis:
             if fault.kind == "powerloss":
                 # Every writer is dead (kill waits for the exit): the disks may forget now.
                 killed = time.monotonic()
-                self.target.power_loss(targets)
+                try:
+                    self.target.power_loss(targets)
+                except OSError as exc:  # a lazy file system died under its node
+                    self.problems.append(f"power loss of {', '.join(targets)} failed: {exc}")
                 logger.info("power loss of %s: killed in %.2fs, disks dropped in %.2fs",
                             ",".join(targets), killed - began, time.monotonic() - killed)
             await asyncio.sleep(fault.duration)
