@@ -33,7 +33,7 @@ class DiskError(Exception):
 class LazyDisks:
     """Lazy mounts for the nodes ``names``, with their files under ``out``."""
 
-    def __init__(self, out: Path, names: Iterable[str], mode: Mode = "lazy") -> None:
+    def __init__(self, out: Path, names: Iterable[str], mode: Mode = "strict") -> None:
         self.out = out
         self.mode = mode
         self.mounts: dict[str, LazyMount] = {}

@@ -11,8 +11,12 @@ One run, in order:
 4. check the history per key (``raftly.testing.linearizability``), check that no acknowledged
    write is missing from the final state, and write ``report.html`` (``report``).
 
+With ``--nemesis powerloss`` every node's data dir is a lazy file system (``disks``), mounted
+before the nodes start and unmounted after they stop, on every way out of the run.
+
 The exit status is 0 only when every key is linearizable, no write was lost, every final read
-succeeded and no node crashed on its own; 1 otherwise; 2 when the run itself could not be made
+succeeded, no node crashed on its own and every node started again after each power loss; 1
+otherwise; 2 when the run itself could not be made
 (bad arguments, a cluster that never elected a leader).
 
 ``raftly check --history FILE`` skips the run and checks a history recorded elsewhere.
@@ -91,10 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "/dev/fuse, fuse3 and raftly[check]), membership (add a node, remove "
                         "one, replace the leader); 'none' for none (default: "
                         "partition,kill,pause)")
-    p.add_argument("--lazyfs-mode", choices=("lazy", "strict"), default="lazy",
-                   help="with powerloss: lazy (a power loss forgets unsynced file data) or "
-                        "strict (also creates, renames and unlinks whose directory was not "
-                        "fsynced); see docs/lazyfs.md (default lazy)")
+    p.add_argument("--lazyfs-mode", choices=("lazy", "strict"), default="strict",
+                   help="with powerloss: strict (a power loss forgets unsynced file data, and "
+                        "the creates, renames and unlinks whose directory was not fsynced) or "
+                        "lazy (only the file data, as LazyFS); see docs/lazyfs.md (default "
+                        "strict: the storage keeps its directories synced, and checking that "
+                        "costs nothing)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the fault schedule and the workload (default: random, printed)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
@@ -363,7 +369,7 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
               unsafe_stale_reads: bool = False, timing: Timing | None = None,
               recovery_timeout: float = 30.0, snapshot_entries: int | None = None,
               tls: bool = False, txn: bool = False, progress: ProgressLine | None = None,
-              log_format: str = "text", lazyfs_mode: Mode = "lazy") -> int:
+              log_format: str = "text", lazyfs_mode: Mode = "strict") -> int:
     """One full run into ``out``; returns the exit status (see the module docstring).
 
     ``tls``: the nodes serve TLS on both ports with certificates in ``out/certs``. ``txn``:
