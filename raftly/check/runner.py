@@ -99,8 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with powerloss: strict (a power loss forgets unsynced file data, and "
                         "the creates, renames and unlinks whose directory was not fsynced) or "
                         "lazy (only the file data, as LazyFS); see docs/lazyfs.md (default "
-                        "strict: the storage keeps its directories synced, and checking that "
-                        "costs nothing)")
+                        "strict: it models more, and raftly's storage keeps to it)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the fault schedule and the workload (default: random, printed)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
