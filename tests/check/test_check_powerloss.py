@@ -9,10 +9,12 @@ no mount outlives a run, whether it passed, failed or was interrupted.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from check_helpers import assert_no_node_left, mounts_under, run_check
+from test_check_nemesis import FakeMembers, play
 
 from raftly.check import disks, runner
 from raftly.check.nemesis import POWER_MODES, Fault, process_targets, schedule
@@ -57,6 +59,40 @@ def test_adding_powerloss_leaves_the_other_timelines_as_they_were() -> None:
     partitions = [f for f in schedule(7, NAMES, 60.0, ("partition", "powerloss"))
                   if f.kind == "partition"]
     assert partitions == schedule(7, NAMES, 60.0, ("partition",))
+
+
+class FakePower(FakeMembers):
+    """Records kills, power losses and restarts; ``broken`` nodes never answer again."""
+
+    def __init__(self, names: list[str], broken: set[str]) -> None:
+        super().__init__(names)
+        self.broken = broken
+
+    def kill(self, name: str) -> None:
+        self.calls.append(f"kill {name}")
+
+    def power_loss(self, names: Sequence[str]) -> None:
+        self.calls.append(f"power loss {' '.join(names)}")
+
+    def restart(self, name: str) -> None:
+        self.calls.append(f"restart {name}")
+
+    async def restarted(self, name: str) -> str | None:
+        return f"node {name} did not start again\nlast log line" if name in self.broken else None
+
+
+def test_a_power_loss_kills_then_drops_then_restarts_and_a_node_that_stays_down_fails_the_run(
+        tmp_path: Path) -> None:
+    target = FakePower(["n1", "n2", "n3"], broken={"n2"})
+    fault = Fault(0.0, 0.01, "powerloss", "all", ("n3", "n1", "n2"), 3)
+    nemesis, events = play(target, [fault], "n1", tmp_path)
+    assert target.calls == ["kill n3", "kill n1", "kill n2", "power loss n3 n1 n2",
+                            "restart n3", "restart n1", "restart n2"]
+    assert nemesis.problems == ["node n2 did not start again\nlast log line"]
+    assert nemesis.failed_restarts == {"n2"} and not nemesis.killed | nemesis.restarting
+    start, end = events
+    assert start["value"] == {"nodes": ["n3", "n1", "n2"], "mode": "all", "leader": "n1"}
+    assert end["value"] == {"restarted": ["n3", "n1"], "failed": ["n2"]}
 
 
 def test_powerloss_is_refused_with_the_reason_when_fuse_is_unusable(
