@@ -402,7 +402,9 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
         if disks is not None:
             shown.enter("mounting the lazy disks")
             try:
-                await asyncio.to_thread(disks.start)
+                # On the loop, not in a thread: a Ctrl-C meanwhile must find every mount made
+                # (disks.close below), not one a thread makes after the run is torn down.
+                disks.start()
             except DiskError as exc:
                 raise SetupError(str(exc)) from None
         cluster = _start_cluster(out, spec, network, timing=timing, fsync=fsync,
