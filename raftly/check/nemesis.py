@@ -5,8 +5,14 @@ Two independent timelines run side by side, so faults overlap the way real ones 
 - the network timeline (``partition``): random halves, a majority ring (every node sees a
   majority, no two nodes see the same one) and an isolated leader; each cut is either silent
   (a black hole: dialers time out) or loud (connections reset and refused);
-- the process timeline (``kill``, ``pause``): SIGKILL then restart, or SIGSTOP then SIGCONT, of a
-  minority of nodes, aimed at the leader half of the time (leaders are where the bugs live);
+- the process timeline (``kill``, ``pause``, ``powerloss``): SIGKILL then restart, or SIGSTOP
+  then SIGCONT, of a minority of nodes, aimed at the leader half of the time (leaders are where
+  the bugs live); or a power loss: SIGKILL, then the nodes' disks forget what was not fsynced
+  (a lazy file system, ``raftly.check.disks``), then a restart, of one node, the leader or
+  every node at once. With ``powerloss``, the timeline's last fault is a power loss of every
+  node held to the end of the run, so that the final reads check what the disks kept of the
+  writes acknowledged just before it. A node that does not start again after a power loss
+  fails the run;
 - the membership timeline (``membership``): add a node, remove one, or replace the leader (add
   a node, transfer the lead to it once promoted, remove the old leader), keeping the cluster
   between 3 voters and its start size + 2. The schedule plans within those bounds; the run
@@ -24,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -31,7 +38,9 @@ from raftly.check.history import NemesisLog
 
 logger = logging.getLogger("raftly.check.nemesis")
 
-NEMESES = ("partition", "kill", "pause", "membership")
+NEMESES = ("partition", "kill", "pause", "powerloss", "membership")
+POWER_MODES = ("random", "leader", "all")
+"""Whom a power loss hits: one node drawn by the seed, the leader, or every node."""
 PARTITIONS = ("halves", "ring", "isolate-leader")
 MEMBERSHIP_OPS = ("add", "remove", "replace-leader")
 MIN_VOTERS = 3
@@ -48,10 +57,10 @@ class Fault:
     """Seconds after the start of the run."""
     duration: float
     kind: str
-    """``partition``, ``kill``, ``pause`` or ``membership``."""
+    """``partition``, ``kill``, ``pause``, ``powerloss`` or ``membership``."""
     mode: str
-    """For a partition one of PARTITIONS; for a process fault ``leader`` or ``random``; for a
-    membership change one of MEMBERSHIP_OPS."""
+    """For a partition one of PARTITIONS; for a process fault ``leader`` or ``random`` (a power
+    loss also ``all``); for a membership change one of MEMBERSHIP_OPS."""
     order: tuple[str, ...]
     count: int = 1
     """How many nodes a process fault hits (always a minority)."""
@@ -85,10 +94,11 @@ def schedule(seed: int, nodes: Sequence[str], duration: float, nemeses: Sequence
     timelines = []
     if "partition" in nemeses:
         timelines.append(["partition"])
-    process = [k for k in ("kill", "pause") if k in nemeses]
+    process = [k for k in ("kill", "pause", "powerloss") if k in nemeses]
     if process:
         timelines.append(process)
     for kinds in timelines:
+        first = len(faults)
         t = rng.uniform(*gap)
         while t < duration - 1.0:
             d = min(rng.uniform(*hold), duration - t)
@@ -99,11 +109,20 @@ def schedule(seed: int, nodes: Sequence[str], duration: float, nemeses: Sequence
                 mode = rng.choice(PARTITIONS)
                 count = 0
                 cut = rng.choice(("drop", "reset"))
+            elif kind == "powerloss":
+                mode = rng.choice(POWER_MODES)
+                count = len(names) if mode == "all" else 1
             else:
                 mode = "leader" if rng.random() < 0.5 else "random"
                 count = rng.randint(1, minority)
             faults.append(Fault(round(t, 3), round(d, 3), kind, mode, order, count, cut))
             t += d + rng.uniform(*gap)
+        if "powerloss" in kinds and len(faults) > first:
+            # The run ends with every node losing power, writes in flight: the final reads
+            # then check what the disks kept of every write acknowledged since the last flush.
+            last = faults.pop()
+            faults.append(Fault(last.at, round(duration - last.at, 3), "powerloss", "all",
+                                last.order, len(names)))
     if "membership" in nemeses:
         # Drawn last, so that adding it leaves the other timelines' faults as they were.
         faults += _membership_schedule(rng, len(names), duration, hold, gap)
@@ -181,12 +200,14 @@ def process_targets(fault: Fault, leader: str | None, eligible: Sequence[str] | 
                     ) -> list[str]:
     """The nodes a process fault hits: the seeded order (leader first in ``leader`` mode), among
     ``eligible`` when given (members not being changed; nodes added during the run come after
-    the seeded ones), at most a minority of them."""
+    the seeded ones), at most a minority of them; every one of them in ``all`` mode."""
     order = list(fault.order)
     count = fault.count
     if eligible is not None:
         order = [n for n in order if n in eligible] + sorted(set(eligible) - set(order))
         count = min(count, max(1, (len(eligible) - 1) // 2))
+    if fault.mode == "all":
+        return order
     if fault.mode == "leader" and leader in order:
         assert leader is not None
         order.remove(leader)
@@ -203,6 +224,14 @@ class Target:
     def restart(self, name: str) -> None: ...
     def pause(self, name: str) -> None: ...
     def resume(self, name: str) -> None: ...
+
+    def power_loss(self, names: Sequence[str]) -> None:
+        """Drop what the (killed) nodes ``names`` had not fsynced."""
+
+    async def restarted(self, name: str) -> str | None:
+        """Once ``name`` was started again: None when it answers, else why not (with its last
+        log lines)."""
+        return None
 
     # The membership nemesis: each raises MembershipProblem when a node misbehaves.
     def members(self) -> list[str]:
@@ -242,6 +271,10 @@ class Nemesis:
         """Nodes a membership change is adding or removing: process faults leave them alone."""
         self.start_size = len(target.members())
         self.problems: list[str] = []
+        self.failed_restarts: set[str] = set()
+        """Nodes that did not start again after a power loss (already in ``problems``)."""
+        self.restarting: set[str] = set()
+        """Nodes started again after a power loss, not yet seen answering."""
 
     async def run(self) -> None:
         """Play every fault (each timeline in its own task); returns when all have ended."""
@@ -297,24 +330,63 @@ class Nemesis:
         targets = process_targets(fault, leader, eligible)
         fid = self.log.start(fault.kind, {"nodes": targets, "mode": fault.mode,
                                           "leader": leader})
+        held = False
+        began = time.monotonic()
         try:
             for name in targets:
-                if fault.kind == "kill":
-                    self.killed.add(name)
-                    self.target.kill(name)
-                else:
+                if fault.kind == "pause":
                     self.paused.add(name)
                     self.target.pause(name)
+                else:
+                    self.killed.add(name)
+                    self.target.kill(name)
+            if fault.kind == "powerloss":
+                # Every writer is dead (kill waits for the exit): the disks may forget now.
+                killed = time.monotonic()
+                try:
+                    self.target.power_loss(targets)
+                except OSError as exc:  # a lazy file system died under its node
+                    self.problems.append(f"power loss of {', '.join(targets)} failed: {exc}")
+                logger.info("power loss of %s: killed in %.2fs, disks dropped in %.2fs",
+                            ",".join(targets), killed - began, time.monotonic() - killed)
             await asyncio.sleep(fault.duration)
+            held = True
         finally:
             for name in targets:
-                if fault.kind == "kill":
-                    self.target.restart(name)
-                    self.killed.discard(name)
-                else:
+                if fault.kind == "pause":
                     self.target.resume(name)
                     self.paused.discard(name)
-            self.log.end(fid, fault.kind)
+                else:
+                    self.target.restart(name)
+                    self.killed.discard(name)
+            if fault.kind == "powerloss":
+                self.restarting.update(targets)
+            if fault.kind != "powerloss" or not held:
+                # A power loss cut short by the end of the run: ``check_restarts`` after it.
+                self.log.end(fid, fault.kind)
+        if fault.kind == "powerloss":
+            restarted = None
+            try:
+                restarted = await self._restarted(targets)
+            finally:
+                self.log.end(fid, fault.kind, restarted)
+
+    async def check_restarts(self) -> None:
+        """After the run: wait for the nodes whose restart after a power loss was not checked
+        yet (the run ended first)."""
+        if self.restarting:
+            self.log.note("powerloss", await self._restarted(sorted(self.restarting)))
+
+    async def _restarted(self, names: Sequence[str]) -> dict[str, object]:
+        """Wait for nodes started again after a power loss; one that does not answer is a
+        problem of the run (with its last log lines)."""
+        why = await asyncio.gather(*(self.target.restarted(n) for n in names))
+        failed = {n: w for n, w in zip(names, why, strict=True) if w is not None}
+        self.restarting.difference_update(names)
+        self.failed_restarts.update(failed)
+        self.problems += failed.values()
+        return {"restarted": [n for n in names if n not in failed],
+                **({"failed": sorted(failed)} if failed else {})}
 
     async def _change(self, fault: Fault, leader: str | None) -> None:
         members = self.target.members()
@@ -373,6 +445,7 @@ class Nemesis:
         self.killed.clear()
 
 
-__all__ = ["MAX_GROWTH", "MEMBERSHIP_OPS", "MIN_VOTERS", "NEMESES", "PARTITIONS", "Fault",
+__all__ = ["MAX_GROWTH", "MEMBERSHIP_OPS", "MIN_VOTERS", "NEMESES", "PARTITIONS", "POWER_MODES",
+           "Fault",
            "MembershipProblem", "Nemesis", "Target", "allowed_changes", "parse_nemeses",
            "partition_groups", "process_targets", "schedule"]

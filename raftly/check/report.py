@@ -26,7 +26,7 @@ from raftly.testing.history import Pair, load_history, pair_events
 
 _COLORS = {"ok": "#2e7d32", "fail": "#c62828", "info": "#ef6c00"}
 _FAULT_COLORS = {"partition": "#1565c0", "kill": "#6a1b9a", "pause": "#00838f",
-                 "membership": "#ef6c00"}
+                 "membership": "#ef6c00", "powerloss": "#b71c1c"}
 _W, _H = 960, 220
 _ML, _MR, _MT, _MB = 56, 12, 10, 28
 _MAX_DOTS = 6000
@@ -81,7 +81,7 @@ def describe_fault(f: str, value: object) -> str:
         parts += [f"({k} {value[k]})" for k in ("transfer", "skipped", "problem") if k in value]
         return " ".join([f"membership {value['op']}", *parts])
     if "nodes" in value:
-        aim = " (leader)" if value.get("mode") == "leader" else ""
+        aim = {"leader": " (leader)", "all": " (all)"}.get(str(value.get("mode")), "")
         return f"{f} {' '.join(value['nodes'])}{aim}"
     return f"{f} {json.dumps(value)}"
 

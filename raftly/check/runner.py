@@ -11,8 +11,12 @@ One run, in order:
 4. check the history per key (``raftly.testing.linearizability``), check that no acknowledged
    write is missing from the final state, and write ``report.html`` (``report``).
 
+With ``--nemesis powerloss`` every node's data dir is a lazy file system (``disks``), mounted
+before the nodes start and unmounted after they stop, on every way out of the run.
+
 The exit status is 0 only when every key is linearizable, no write was lost, every final read
-succeeded and no node crashed on its own; 1 otherwise; 2 when the run itself could not be made
+succeeded, no node crashed on its own and every node started again after each power loss; 1
+otherwise; 2 when the run itself could not be made
 (bad arguments, a cluster that never elected a leader).
 
 ``raftly check --history FILE`` skips the run and checks a history recorded elsewhere.
@@ -37,6 +41,7 @@ from typing import Any
 
 from raftly.check.clients import ClientPool, Workload
 from raftly.check.cluster import Timing, check_cluster, node_view
+from raftly.check.disks import DiskError, LazyDisks
 from raftly.check.history import HistoryWriter, NemesisLog
 from raftly.check.leased import LeaseRounds, check_gone
 from raftly.check.membership import ClusterMembers
@@ -50,6 +55,7 @@ from raftly.kv.protocol import MEMBERS_PATH
 from raftly.localcluster import ProcessCluster, plan_loopback
 from raftly.progress import ProgressLine, add_progress_option, clock_time
 from raftly.testing.history import Event, pair_events
+from raftly.testing.lazyfs.mount import Mode
 
 logger = logging.getLogger("raftly.check")
 
@@ -83,9 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "expiry is checked as a delete at an unknown time between grant + TTL "
                         "and the moment the lease is seen gone")
     p.add_argument("--nemesis", default="partition,kill,pause",
-                   help="comma-separated faults: partition, kill, pause, membership (add a "
-                        "node, remove one, replace the leader); 'none' for none (default: "
+                   help="comma-separated faults: partition, kill, pause, powerloss (SIGKILL "
+                        "one node, the leader or all, drop what their disks had not fsynced, "
+                        "restart them; each data dir is on a lazy FUSE file system, which needs "
+                        "/dev/fuse, fuse3 and raftly[check]), membership (add a node, remove "
+                        "one, replace the leader); 'none' for none (default: "
                         "partition,kill,pause)")
+    p.add_argument("--lazyfs-mode", choices=("lazy", "strict"), default="strict",
+                   help="with powerloss: strict (a power loss forgets unsynced file data, and "
+                        "the creates, renames and unlinks whose directory was not fsynced) or "
+                        "lazy (only the file data, as LazyFS); see docs/lazyfs.md (default "
+                        "strict: it models more, and raftly's storage keeps to it)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the fault schedule and the workload (default: random, printed)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
@@ -154,6 +168,9 @@ def _main(args: argparse.Namespace, progress: ProgressLine) -> int:
             nemeses = parse_nemeses(args.nemesis)
         except ValueError as exc:
             raise SetupError(str(exc)) from None
+        if "powerloss" in nemeses and "membership" in nemeses:
+            raise SetupError("powerloss and membership cannot be combined (a node added during "
+                             "the run would have no lazy disk)")
         seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
         out = args.out or Path("raftly-check") / str(seed)
         return asyncio.run(run(out, nodes=args.nodes, duration=args.time, clients=args.clients,
@@ -163,7 +180,7 @@ def _main(args: argparse.Namespace, progress: ProgressLine) -> int:
                                unsafe_stale_reads=args.unsafe_stale_reads,
                                snapshot_entries=args.snapshot_entries, tls=args.tls,
                                txn=args.workload == "txn", progress=progress,
-                               log_format=args.log_format))
+                               log_format=args.log_format, lazyfs_mode=args.lazyfs_mode))
     except SetupError as exc:
         progress.echo(f"raftly check: {exc}", file=sys.stderr)
         return 2
@@ -204,13 +221,21 @@ def check_file(history: Path, out: Path | None, budget: float, *,
 
 # -- the run --------------------------------------------------------------------------------------
 
+RESTART_TIMEOUT = 30.0
+"""How long a node started again after a power loss may take to answer (it replays its log)."""
+LOG_LINES = 12
+"""Lines of a node's log quoted in a problem about it."""
+
+
 class _Target(ClusterMembers):
     """The nemesis acts through the proxies (network), the processes (kill, pause) and the
     membership API (``ClusterMembers``)."""
 
-    def __init__(self, network: Network, cluster: ProcessCluster, pool: ClientPool) -> None:
+    def __init__(self, network: Network, cluster: ProcessCluster, pool: ClientPool,
+                 disks: LazyDisks | None = None) -> None:
         super().__init__(cluster, pool)
         self.network = network
+        self.disks = disks
 
     def apply_view(self, sees: dict[str, set[str]], cut: str) -> None:
         self.network.apply_view(sees, "reset" if cut == "reset" else "drop")
@@ -229,6 +254,27 @@ class _Target(ClusterMembers):
 
     def resume(self, name: str) -> None:
         self.cluster.resume(name)
+
+    def power_loss(self, names: Sequence[str]) -> None:
+        assert self.disks is not None, "a power loss needs --nemesis powerloss's disks"
+        self.disks.power_loss(names)
+
+    async def restarted(self, name: str, timeout: float = RESTART_TIMEOUT) -> str | None:
+        return await asyncio.to_thread(self._answers, name, timeout)
+
+    def _answers(self, name: str, timeout: float) -> str | None:
+        node = self.cluster.nodes[name]
+        deadline = time.monotonic() + timeout
+        while node.running:
+            if self.cluster.status(name) is not None:
+                return None
+            if time.monotonic() > deadline:
+                return (f"node {name} did not answer within {timeout:g}s of its restart after "
+                        f"a power loss; last lines of its log:\n{node.log_tail(LOG_LINES)}")
+            time.sleep(0.1)
+        code = node.proc.returncode if node.proc is not None else None
+        return (f"node {name} did not start again after a power loss (exit status {code}); "
+                f"last lines of its log:\n{node.log_tail(LOG_LINES)}")
 
 
 async def agreed_leader(cluster: ProcessCluster, timeout: float) -> str | None:
@@ -322,12 +368,14 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
               unsafe_stale_reads: bool = False, timing: Timing | None = None,
               recovery_timeout: float = 30.0, snapshot_entries: int | None = None,
               tls: bool = False, txn: bool = False, progress: ProgressLine | None = None,
-              log_format: str = "text") -> int:
+              log_format: str = "text", lazyfs_mode: Mode = "strict") -> int:
     """One full run into ``out``; returns the exit status (see the module docstring).
 
     ``tls``: the nodes serve TLS on both ports with certificates in ``out/certs``. ``txn``:
     the txn workload (``Workload.txn``). ``progress``: where to show how far the run is (see
-    ``raftly.check.progress``; default: nowhere).
+    ``raftly.check.progress``; default: nowhere). With ``powerloss`` among ``nemeses``, every
+    data dir is on a lazy file system in ``lazyfs_mode`` (``raftly.check.disks``), unmounted
+    on every way out.
     """
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("history.jsonl", "nemesis.jsonl", "report.html", "result.json"):
@@ -338,20 +386,32 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
     history = HistoryWriter(out / "history.jsonl")
     nlog = NemesisLog(out / "nemesis.jsonl")
     cluster: ProcessCluster | None = None
+    disks = (LazyDisks(out, [n.name for n in spec.nodes], lazyfs_mode)
+             if "powerloss" in nemeses else None)
     faults = schedule(seed, [n.name for n in spec.nodes], duration, nemeses)
     workload = Workload(clients=clients, keys=keys, rate=rate, op_timeout=op_timeout, txn=txn)
     print(f"raftly check: {nodes} nodes, {duration:g}s, {clients} clients, {keys} keys, "
           f"nemesis {','.join(nemeses) or 'none'}, seed {seed}, out {out}"
-          + (", TLS" if tls else "") + (", txn workload" if txn else ""), flush=True)
+          + (", TLS" if tls else "") + (", txn workload" if txn else "")
+          + (f", lazyfs {lazyfs_mode}" if disks is not None else ""), flush=True)
     started = time.time()
     shown = RunProgress(progress or ProgressLine(enabled=False), history, nlog, duration)
     shown.start_ticking()
     try:
         await network.start()
+        if disks is not None:
+            shown.enter("mounting the lazy disks")
+            try:
+                # On the loop, not in a thread: a Ctrl-C meanwhile must find every mount made
+                # (disks.close below), not one a thread makes after the run is torn down.
+                disks.start()
+            except DiskError as exc:
+                raise SetupError(str(exc)) from None
         cluster = _start_cluster(out, spec, network, timing=timing, fsync=fsync,
                                  unsafe_stale_reads=unsafe_stale_reads,
                                  snapshot_entries=snapshot_entries,
-                                 tls_dir=out / "certs" if tls else None, log_format=log_format)
+                                 tls_dir=out / "certs" if tls else None, log_format=log_format,
+                                 keep_data=disks is not None)
         shown.enter("waiting for a leader")
         if await agreed_leader(cluster, 30.0) is None:
             raise SetupError(f"no leader within 30 s (node logs in {out / 'logs'})")
@@ -360,7 +420,7 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
                           context=cluster.ssl_context())
         if txn:
             pool.lease = await _run_lease(cluster)
-        target = _Target(network, cluster, pool)
+        target = _Target(network, cluster, pool, disks)
         nemesis = Nemesis(faults, target, nlog, _leader_guess(cluster))
         shown.enter(UNDER_FAULTS)
         await _run_under_faults(pool, nemesis, nlog, duration)
@@ -373,8 +433,9 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
         problems += nemesis.problems
         if "membership" in nemeses:
             problems += await _membership_agrees(target)
-        problems += [f"node {n} exited on its own with status {c}"
-                     for n, c in cluster.exited().items()]
+        problems += [f"node {n} exited on its own with status {c}; last lines of its log:\n"
+                     + cluster.nodes[n].log_tail(LOG_LINES)
+                     for n, c in cluster.exited().items() if n not in nemesis.failed_restarts]
     finally:
         shown.stop_ticking()
         shown.enter("stopping the nodes")
@@ -382,6 +443,8 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
         nlog.close()
         if cluster is not None:
             cluster.stop(grace=5.0)
+        if disks is not None:
+            disks.close()  # after the nodes: nothing holds the mounts any more
         await network.close()
     return _judge(out, history, nlog, final, problems, budget=budget, shown=shown,
                   run_time=time.time() - started, unsafe_stale_reads=unsafe_stale_reads,
@@ -389,18 +452,21 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
                             "keys": keys, "nemesis": ",".join(nemeses) or "none",
                             "seed": seed, "fsync": fsync, "tls": tls,
                             "snapshot entries": snapshot_entries or "default",
+                            **({"lazyfs": lazyfs_mode} if disks is not None else {}),
                             "workload": "txn" if txn else "kv"})
 
 
 def _start_cluster(out: Path, spec: ClusterSpec, network: Network, *, timing: Timing | None,
                    fsync: str, unsafe_stale_reads: bool,
                    snapshot_entries: int | None, tls_dir: Path | None,
-                   log_format: str = "text") -> ProcessCluster:
-    """Fresh node processes (no data from an earlier run), each talking through the proxies."""
+                   log_format: str = "text", keep_data: bool = False) -> ProcessCluster:
+    """Fresh node processes (no data from an earlier run, unless ``keep_data``: the data dirs
+    are fresh mounts), each talking through the proxies."""
     views = {n.name: node_view(spec, n.name, {link: network.address(*link)
                                               for link in network.links})
              for n in spec.nodes}
-    shutil.rmtree(out / "data", ignore_errors=True)
+    if not keep_data:
+        shutil.rmtree(out / "data", ignore_errors=True)
     cluster = check_cluster(spec, views, out, timing=timing, fsync=fsync,
                             unsafe_stale_reads=unsafe_stale_reads,
                             serve_options=(["--snapshot-entries", str(snapshot_entries)]
@@ -466,6 +532,7 @@ async def _run_under_faults(pool: ClientPool, nemesis: Nemesis, nlog: NemesisLog
             await nem_task
         nemesis.heal_all()
         nlog.note("heal", "network healed, nodes resumed and restarted")
+    await nemesis.check_restarts()
 
 
 async def _membership_agrees(target: ClusterMembers) -> list[str]:

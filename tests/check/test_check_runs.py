@@ -7,34 +7,10 @@ The two short runs must come out linearizable; the run against the deliberately 
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
-
-from raftly.check.runner import main
-
-
-def run_check(out: Path, *args: str) -> tuple[int, dict[str, object]]:
-    code = main([*args, "--out", str(out)])
-    result = json.loads((out / "result.json").read_text())
-    assert (out / "report.html").stat().st_size > 1000
-    assert (out / "history.jsonl").exists() and (out / "nemesis.jsonl").exists()
-    return code, result
-
-
-def assert_no_node_left(out: Path) -> None:
-    """Every node process was stopped: none of them still runs with this run's data dir."""
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        # The launcher before its exec, or the node (raftly serve) after it.
-        if ("raftly.localcluster" in cmd or "raftly.cli" in cmd) and str(out) in cmd:
-            os.kill(int(pid), signal.SIGKILL)
-            pytest.fail(f"node process {pid} outlived the run: {cmd!r}")
+from check_helpers import assert_no_node_left, run_check
 
 
 def assert_passed(code: int, result: dict[str, object], out: Path) -> None:

@@ -63,7 +63,10 @@ class LazyMount:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "raftly.testing.lazyfs", self.backing, self.mountpoint,
                  "--mode", self.mode, "--control", self.control],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                # Out of the terminal's process group: a Ctrl-C meant for the parent must not
+                # unmount the file system under processes the parent still has to stop.
+                start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if self._process.poll() is not None:
