@@ -4,14 +4,14 @@ Every long option of ``serve`` is a key, spelled exactly like the option without
 (``data-dir``, ``election-timeout``), except a switch that turns something off (``--no-metrics``):
 its key is the thing it turns off, ``metrics = false`` (the natural TOML spelling; ``true`` is the
 default), and ``no-metrics`` is refused with that hint. A key with underscores is refused with the
-dashed spelling as a hint, an unknown key with the closest valid one. Values are TOML values of the option's
-kind (a string, a number, ``true`` for a switch) and go through the option's own validator, so a
-file accepts exactly what the command line accepts. Relative paths (the options whose value is a
-FILE or DIR) are relative to the config file's directory, so that a node started from any
-working directory (a service manager's) finds its files. Options given on the command line win
-over the file, and the file over the defaults: ``ServeParser`` reads the file first and hands
-argparse a namespace already holding its values, which argparse then only overwrites with what
-the command line says.
+dashed spelling as a hint, an unknown key with the closest valid one. Values are TOML values of the
+option's kind (a string, a number, ``true`` for a switch) and go through the option's own
+validator, so a file accepts exactly what the command line accepts. Relative paths (the options
+whose value is a FILE or DIR) are relative to the config file's directory, so that a node started
+from any working directory (a service manager's) finds its files. Options given on the command line
+win over the file, and the file over the defaults: ``ServeParser`` reads the file first and hands
+argparse a namespace already holding its values, which argparse then only overwrites with what the
+command line says.
 
 A file that is missing, unreadable, not TOML, or wrong in any key is one line of error
 (``CliError``, exit status 1) naming the file and the key.
