@@ -23,8 +23,10 @@ from raftly.kv.backup import (
     stream_trailer,
     verify,
 )
+from raftly.kv.cluster_file import parse_cluster_text, render_cluster
 from raftly.kv.commands import LeaseGrant
 from raftly.kv.state_machine import Delete, KVStateMachine, Put, encode
+from raftly.localcluster import plan_loopback
 
 HEADER = BackupHeader("cluster-a", index=50, term=3, created_ms=1_700_000_000_000, keys=20)
 
@@ -222,3 +224,22 @@ def test_stream_metadata_is_checked_field_by_field(headers: dict[str, str],
     broken = {**good, **headers} if headers else {}
     with pytest.raises(BackupError, match=message):
         parse_stream_headers(broken)
+
+
+def test_any_cluster_id_a_cluster_file_allows_can_be_backed_up(tmp_path: Path) -> None:
+    """255 characters (what a cluster file allows) of 2 and 4 UTF-8 bytes each: in the stream's
+    headers and in a file, written and read back."""
+    for cluster_id in ("é" * 255, "😀" * 255):
+        spec = parse_cluster_text(render_cluster(plan_loopback(3, cluster_id=cluster_id)))
+        assert spec.cluster_id == cluster_id  # the cluster file allows it
+        header = BackupHeader(cluster_id, index=50, term=3, created_ms=0, keys=20)
+        good = {"x-raftly-cluster-id": quote_cluster_id(cluster_id),
+                "x-raftly-snapshot-index": "50", "x-raftly-snapshot-term": "3",
+                "x-raftly-snapshot-keys": "20", "x-raftly-snapshot-created": "0"}
+        assert parse_stream_headers(good) == header
+        path = tmp_path / "id.rbk"
+        _write(path, _payload(), header)
+        assert verify(path).header.cluster_id == cluster_id
+        path.unlink()
+    with pytest.raises(BackupError, match="at most 255 characters"):
+        BackupHeader("é" * 256, index=50, term=3, created_ms=0, keys=20)
