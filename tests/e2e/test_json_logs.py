@@ -9,7 +9,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from e2e_helpers import ELECTION_TIMEOUT, HEARTBEAT, started
+import pytest
+from e2e_helpers import ELECTION_TIMEOUT, HEARTBEAT, cli, started
 from polling import wait_until
 
 from raftly.localcluster import ProcessCluster, plan_loopback
@@ -66,3 +67,18 @@ def test_json_logs_parse_line_by_line_and_hold_the_election_after_a_leader_kill(
             assert changes and changes[0]["voters"] == [1, 2, 3] and changes[0]["learners"] == []
         # Every line of the killed node up to its end parses too (it was killed between lines).
         assert _events(cluster, old, "election_won")
+
+
+@pytest.mark.parametrize("extra", [(), ("--tls-cert", "node.crt")])
+def test_a_node_that_will_not_start_says_why_in_a_json_line(tmp_path: Path,
+                                                             extra: tuple[str, ...]) -> None:
+    """The fatal error (a missing cluster file; a usage mistake found before any start) is a
+    ``node_failed`` event with its reason, and no line of stderr is anything but JSON."""
+    run = cli("serve", "--log-format", "json", "--cluster", str(tmp_path / "missing.toml"),
+              "--id", "n1", "--data-dir", str(tmp_path / "n1"), *extra)
+    assert run.code == (2 if extra else 1)
+    lines = [json.loads(text) for text in run.err.splitlines()]
+    failed = [line for line in lines if line["event"] == "node_failed"]
+    assert len(failed) == 1 and failed[0]["level"] == "ERROR" and failed[0]["node"] == "n1"
+    assert ("go together" if extra else "missing.toml") in failed[0]["reason"]
+    assert failed[0]["message"] == failed[0]["reason"]
