@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import io
 import logging
+import socket
 from pathlib import Path
 
 import aiohttp
@@ -17,7 +18,9 @@ from kv_helpers import ADMIN, AUTH, FAST, READ, WRITE, SecureCluster, bearer, ca
 from raftly.cli import main as cli_main
 from raftly.kv.backup import STREAM_TRAILER, check_stream_trailer, parse_stream_headers, verify
 from raftly.kv.backup_fetch import FetchError, save_snapshot
+from raftly.kv.backup_http import MAX_STREAMS
 from raftly.kv.client import AsyncClient
+from raftly.kv.http import Limits
 from raftly.kv.service import LocalCluster
 from raftly.kv.state_machine import KVStateMachine
 
@@ -111,6 +114,39 @@ def test_a_client_that_goes_away_mid_stream_leaves_the_node_serving_snapshots(
 
     run(main(), timeout=60.0)
     assert "the client went away" in caplog.text
+
+
+def test_clients_that_stop_reading_are_dropped_and_free_their_slots_for_a_save(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """MAX_STREAMS clients read the headers and then nothing, with small receive buffers: each
+    stream is dropped once a chunk waited idle_timeout, and a save then succeeds."""
+    caplog.set_level(logging.INFO, "raftly.kv.backup")
+
+    async def main() -> None:
+        async with LocalCluster(1, config=FAST, limits=Limits(idle_timeout=1.0)) as cluster:
+            leader = await cluster.wait_for_leader()
+            async with AsyncClient(cluster.urls) as client:
+                await asyncio.gather(*(client.put(f"big/{i}", bytes([i % 256]) * (256 << 10))
+                                       for i in range(64)))
+            stalled = []
+            for _ in range(MAX_STREAMS):
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.connect((leader.api_address.host, leader.api_address.port))
+                sock.setblocking(False)
+                reader, writer = await asyncio.open_connection(sock=sock)
+                writer.write(b"GET /v1/snapshot HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+                stalled.append(writer)  # and read nothing more
+            info = await asyncio.to_thread(save_snapshot, cluster.urls, tmp_path / "b.rbk",
+                                           timeout=30.0)
+            assert info.header.keys == 64
+            for writer in stalled:
+                writer.close()
+
+    run(main(), timeout=90.0)
+    assert caplog.text.count("read nothing for 1s") == MAX_STREAMS
 
 
 def test_a_snapshot_is_saved_over_https_from_a_follower(tmp_path: Path) -> None:
