@@ -35,6 +35,7 @@ machine's own checks (raftly.kv.kv_snapshot.SnapshotReader) and compares it with
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -61,6 +62,8 @@ MAX_CLUSTER_ID_CHARS: Final = 255
 """A cluster file's cluster_id is at most 255 characters (raftly.kv.cluster_file), ..."""
 MAX_CLUSTER_ID_BYTES: Final = 4 * MAX_CLUSTER_ID_CHARS
 """... so up to this many bytes in UTF-8, which the header's u16 length holds."""
+_NO_LINKS: Final = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
+"""``os.link`` errors of a file system without hard links."""
 MAX_U64: Final = (1 << 64) - 1
 MAX_INDEX: Final = (1 << 63) - 1
 SHA256_SIZE: Final = 32
@@ -376,9 +379,7 @@ class BackupWriter:
             if self._force:
                 os.replace(self.temporary, self.path)
             else:
-                # A hard link fails if the name exists: nothing that appeared meanwhile is lost.
-                os.link(self.temporary, self.path)
-                os.unlink(self.temporary)
+                self._publish_new()
             Syncer("always").directory(self._directory)
         except FileExistsError:
             self._remove_temporary()
@@ -387,6 +388,21 @@ class BackupWriter:
             self._remove_temporary()
             raise BackupError(f"cannot move the backup into place at {self.path}: "
                               f"{exc.strerror or exc}") from None
+
+    def _publish_new(self) -> None:
+        try:
+            # A hard link fails if the name exists: nothing that appeared meanwhile is lost.
+            os.link(self.temporary, self.path)
+        except OSError as exc:
+            if exc.errno not in _NO_LINKS:
+                raise
+            # vfat, some SMB/CIFS and FUSE mounts (common backup targets) have no hard links:
+            # a check and a rename, which only a file appearing in between could lose.
+            if os.path.lexists(self.path):
+                raise FileExistsError(errno.EEXIST, "exists", self.path) from None
+            os.rename(self.temporary, self.path)
+        else:
+            os.unlink(self.temporary)
 
     def abort(self) -> None:
         """Give up: the temporary file goes. Harmless after a commit or another abort."""

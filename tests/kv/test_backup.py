@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -182,6 +184,30 @@ def test_a_file_that_appears_while_saving_is_not_replaced_without_force(tmp_path
         writer.commit()
     assert path.read_bytes() == b"someone else's"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.rbk"]
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.ENOTSUP])
+def test_a_file_system_without_hard_links_still_gets_the_backup_but_never_over_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int,
+) -> None:
+    """vfat, some SMB and FUSE mounts refuse os.link: the file is renamed into place instead,
+    still never over a file that appeared meanwhile."""
+    def no_links(src: str, dst: str) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / "b.rbk"
+    _write(path, _payload())
+    assert verify(path).header.payload_size == len(_payload())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.rbk"]
+    other = tmp_path / "c.rbk"
+    writer = BackupWriter(other, HEADER)
+    writer.write(_payload())
+    other.write_bytes(b"someone else's")
+    with pytest.raises(BackupError, match="exists"):
+        writer.commit()
+    assert other.read_bytes() == b"someone else's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.rbk", "c.rbk"]
 
 
 def test_a_payload_that_is_not_a_valid_snapshot_is_never_published(tmp_path: Path) -> None:

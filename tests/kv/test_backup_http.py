@@ -16,7 +16,13 @@ import pytest
 from kv_helpers import ADMIN, AUTH, FAST, READ, WRITE, SecureCluster, bearer, call, followers, run
 
 from raftly.cli import main as cli_main
-from raftly.kv.backup import STREAM_TRAILER, check_stream_trailer, parse_stream_headers, verify
+from raftly.kv.backup import (
+    STREAM_TRAILER,
+    BackupError,
+    check_stream_trailer,
+    parse_stream_headers,
+    verify,
+)
 from raftly.kv.backup_fetch import FetchError, save_snapshot
 from raftly.kv.backup_http import MAX_STREAMS
 from raftly.kv.client import AsyncClient
@@ -147,6 +153,16 @@ def test_clients_that_stop_reading_are_dropped_and_free_their_slots_for_a_save(
 
     run(main(), timeout=90.0)
     assert caplog.text.count("read nothing for 1s") == MAX_STREAMS
+
+
+def test_a_save_into_a_directory_it_cannot_write_fails_before_asking_any_node(
+    tmp_path: Path,
+) -> None:
+    """No node listens at the endpoint: the error is the directory's, at once, not a fetch
+    timeout (the leader would have captured and streamed for nothing)."""
+    with pytest.raises(BackupError, match=r"cannot write in .*missing") as refused:
+        save_snapshot("http://127.0.0.1:9", tmp_path / "missing" / "b.rbk", timeout=5.0)
+    assert not isinstance(refused.value, FetchError)
 
 
 def test_a_snapshot_is_saved_over_https_from_a_follower(tmp_path: Path) -> None:
