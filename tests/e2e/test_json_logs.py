@@ -53,15 +53,18 @@ def test_json_logs_parse_line_by_line_and_hold_the_election_after_a_leader_kill(
             e for e in _events(cluster, new, "election_won") if e["term"] == status["term"]])
         assert won[0]["role"] == "leader" and won[0]["leader"] == raft_id
         assert won[0]["message"] == (f"node {raft_id} is leader in term {status['term']} "
-                                     f"(leader: {raft_id})")  # the text format's message
-        assert won[0]["previous_role"] == "candidate"
+                                     f"(leader: {raft_id}): won the election")  # the text's
+        assert won[0]["previous_role"] == "candidate" and won[0]["reason"] == "won the election"
         started_ = _events(cluster, new, "election_started")
-        assert any(e["term"] == status["term"] and e["role"] == "candidate" for e in started_)
+        assert any(e["term"] == status["term"] and e["role"] == "candidate"
+                   and e["reason"] in ("won the pre-vote",
+                                       "election timeout: no message from a leader")
+                   for e in started_)
         other = next(n for n in survivors if n != new)
         followed = wait_until("the other survivor following the new leader", lambda: [
             e for e in _lines(cluster, other) if e["event"] in ("role_changed", "election_lost")
             and e.get("leader") == raft_id and e["term"] == status["term"]])
-        assert followed[0]["role"] == "follower"
+        assert followed[0]["role"] == "follower" and followed[0]["reason"]
         for name in survivors:
             changes = _events(cluster, name, "membership_changed")
             assert changes and changes[0]["voters"] == [1, 2, 3] and changes[0]["learners"] == []
