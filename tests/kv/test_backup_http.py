@@ -69,6 +69,45 @@ def test_the_leader_streams_its_whole_state_with_index_term_and_checksum() -> No
     run(main())
 
 
+def test_the_snapshot_under_concurrent_writes_holds_every_write_acknowledged_before_it() -> None:
+    """Writers keep going during the request: every write acknowledged before the request was
+    sent is in the payload with its revision, and nothing in it is newer than its index (the
+    index and the capture are taken together; four puts are in flight all along)."""
+    async def main() -> None:
+        async with LocalCluster(3, config=FAST) as cluster, aiohttp.ClientSession() as s, \
+                AsyncClient(cluster.urls) as client:
+            leader = await cluster.wait_for_leader()
+            acked: dict[str, int] = {}
+            stop = asyncio.Event()
+
+            async def writer(w: int) -> None:
+                n = 0
+                while not stop.is_set():
+                    key = f"w{w}/{n % 25}"  # overwritten: each key's newest revision counts
+                    acked[key] = await client.put(key, f"{w}-{n}".encode())
+                    n += 1
+
+            writers = [asyncio.create_task(writer(w)) for w in range(4)]
+            await asyncio.sleep(0)
+            while len(acked) < 40:
+                await asyncio.sleep(0.01)
+            before = dict(acked)
+            status, body, headers = await call(s, "GET", leader.url + "/v1/snapshot")
+            stop.set()
+            await asyncio.gather(*writers)
+            assert status == 200
+            meta = parse_stream_headers({k.lower(): v for k, v in headers.items()})
+            machine = KVStateMachine()
+            machine.restore(io.BytesIO(body[:-STREAM_TRAILER.size]))
+            data = machine.capture().data
+            for key, revision in before.items():
+                assert data[key].mod_revision >= revision, key
+            assert max(kv.mod_revision for kv in data.values()) <= meta.index
+            assert max(before.values()) <= meta.index
+
+    run(main(), timeout=60.0)
+
+
 def test_only_an_admin_token_gets_the_snapshot(tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     async def main() -> None:
