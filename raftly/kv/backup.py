@@ -274,7 +274,7 @@ def verify(path: str | os.PathLike[str]) -> BackupInfo:
             state = SnapshotReader(payload, max_key_bytes=DEFAULT_MAX_KEY_BYTES,
                                    max_sessions=DEFAULT_MAX_SESSIONS,
                                    session_window=DEFAULT_SESSION_WINDOW,
-                                   max_leases=DEFAULT_MAX_LEASES).read()
+                                   max_leases=DEFAULT_MAX_LEASES).read(keep_values=False)
         except ValueError as exc:
             raise BackupError(f"{name}: {exc}") from None
         payload.check()
