@@ -175,14 +175,18 @@ def test_an_existing_file_is_kept_unless_force_and_a_failed_commit_leaves_nothin
     assert verify(path).header.payload_size == len(payload)
 
 
-def test_a_file_that_appears_while_saving_is_not_replaced_without_force(tmp_path: Path) -> None:
-    path = tmp_path / "b.rbk"
+def _commit_after_someone_else_wrote(path: Path) -> None:
+    """A save whose file name is taken by another while it writes: refused, theirs kept."""
     writer = BackupWriter(path, HEADER)
     writer.write(_payload())
     path.write_bytes(b"someone else's")
     with pytest.raises(BackupError, match="exists"):
         writer.commit()
     assert path.read_bytes() == b"someone else's"
+
+
+def test_a_file_that_appears_while_saving_is_not_replaced_without_force(tmp_path: Path) -> None:
+    _commit_after_someone_else_wrote(tmp_path / "b.rbk")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.rbk"]
 
 
@@ -200,13 +204,7 @@ def test_a_file_system_without_hard_links_still_gets_the_backup_but_never_over_a
     _write(path, _payload())
     assert verify(path).header.payload_size == len(_payload())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.rbk"]
-    other = tmp_path / "c.rbk"
-    writer = BackupWriter(other, HEADER)
-    writer.write(_payload())
-    other.write_bytes(b"someone else's")
-    with pytest.raises(BackupError, match="exists"):
-        writer.commit()
-    assert other.read_bytes() == b"someone else's"
+    _commit_after_someone_else_wrote(tmp_path / "c.rbk")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.rbk", "c.rbk"]
 
 
