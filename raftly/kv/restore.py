@@ -9,7 +9,10 @@ into its own empty data directory, which then holds exactly what ``raftly serve 
   there, an empty log after it, and a hard state of the backup's term, committed up to it;
 - the state machine's snapshot file (raftly.storage.snapshots) at that index, its payload the
   backup's, copied and checked against the backup's SHA-256 on the way;
-- the node's identity (raftly.kv.identity) in the new cluster: its own cluster id.
+- the node's identity (raftly.kv.identity) in the new cluster: its own cluster id;
+- ``RESTORED_FROM`` (JSON): the backup's SHA-256, file name, index and term, so that nodes of one
+  new cluster restored from different backups at the same index (which nothing else tells
+  apart) can be caught by comparing it across the nodes before they start.
 
 Atomicity: everything is built in a temporary sibling directory (``.DIR.restore-XXXXXX``, next to
 ``DIR``), each file durably (temporary name, flush, rename, flush of its directory), and only then
@@ -24,6 +27,7 @@ cannot replace (a mount point: restore into a new directory inside it).
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import shutil
@@ -37,12 +41,14 @@ from raftly.kv.identity import IdentityError, NodeIdentity, claim_data_dir
 from raftly.kv.members_http import bootstrap_conf
 from raftly.storage import DiskStorage
 from raftly.storage.base import StorageError
-from raftly.storage.disk.fsio import Syncer, make_dirs
+from raftly.storage.disk.fsio import Syncer, make_dirs, replace_file
 from raftly.storage.snapshots import SnapshotStore
 
 logger = logging.getLogger("raftly.kv.restore")
 
 _CHUNK = 1 << 20
+RESTORED_FROM = "RESTORED_FROM"
+"""The file naming the backup a data dir was restored from (see the module docstring)."""
 
 
 class RestoreError(Exception):
@@ -113,6 +119,11 @@ def _seed(info: BackupInfo, cluster: ClusterSpec, name: str, directory: str, sou
         # With the storage's lock still held, as claim_data_dir wants.
         claim_data_dir(directory, NodeIdentity.of(cluster, name), source,
                        stored_voters=conf.voters)
+        origin = {"sha256": info.sha256, "file": os.path.abspath(info.path),
+                  "index": header.index, "term": header.term,
+                  "cluster_id": header.cluster_id}
+        replace_file(directory, RESTORED_FROM, json.dumps(origin, indent=1).encode(),
+                     Syncer("always"))
     except (StorageError, IdentityError, BackupError, OSError) as exc:
         raise RestoreError(f"restoring into {directory} failed: {exc}") from None
     finally:
@@ -183,4 +194,4 @@ def _copy_snapshot(info: BackupInfo, store: SnapshotStore, meta: SnapshotMeta) -
         raise
 
 
-__all__ = ["RestoreError", "Restored", "restore_node"]
+__all__ = ["RESTORED_FROM", "RestoreError", "Restored", "restore_node"]

@@ -8,6 +8,7 @@ import asyncio
 import errno
 import hashlib
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from raftly.kv import restore
 from raftly.kv.cluster_file import ClusterSpec, render_cluster
 from raftly.kv.identity import NodeIdentity, read_identity
 from raftly.kv.members_http import bootstrap_conf
-from raftly.kv.restore import RestoreError, restore_node
+from raftly.kv.restore import RESTORED_FROM, RestoreError, restore_node
 from raftly.kv.state_machine import KVStateMachine
 from raftly.localcluster import plan_loopback
 from raftly.server.server import RaftServer
@@ -68,6 +69,11 @@ def test_a_restored_data_dir_holds_the_backup_at_its_index_with_the_new_clusters
     machine.restore(io.BytesIO(payload))
     assert len(machine.range("", limit=100)[0]) == HEADER.keys
     assert read_identity(data_dir) == NodeIdentity.of(spec, "n2")
+    # Which backup: comparable across the nodes (mixing two backups is otherwise silent).
+    origin = json.loads((data_dir / RESTORED_FROM).read_text())
+    assert origin == {"sha256": done.backup.sha256, "file": str(backup),
+                      "index": HEADER.index, "term": HEADER.term,
+                      "cluster_id": HEADER.cluster_id}
 
 
 def test_a_data_dir_that_is_not_empty_is_refused_and_left_as_it_was(
