@@ -62,16 +62,16 @@ def role_transition(old_role: str, new_role: str, old_term: int, new_term: int) 
     return "role_changed"
 
 
-def role_event(old_role: Any, old_term: int, role: Any, term: int, leader: Any
-               ) -> dict[str, Any]:
+def role_event(old_role: Any, old_term: int, role: Any, term: int, leader: Any,
+               reason: str | None = None) -> dict[str, Any]:
     """The ``extra`` of a role/term/leader change line (roles as ``Role`` or its value; a
-    ``None`` old role: the node's first state)."""
+    ``None`` old role: the node's first state); ``reason``: why (the core's ``role_reason``)."""
     before = getattr(old_role, "value", old_role)
     after = getattr(role, "value", role)
     name = ("role_changed" if before is None
             else role_transition(str(before), str(after), old_term, term))
     return event(name, role=after, term=term, leader=leader, previous_role=before,
-                 previous_term=old_term)
+                 previous_term=old_term, reason=reason)
 
 
 class JsonFormatter(logging.Formatter):

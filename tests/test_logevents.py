@@ -81,12 +81,12 @@ def test_role_transitions_are_named_by_what_happened(old: str, new: str, old_ter
 
 
 def test_a_role_event_carries_the_state_before_and_after() -> None:
-    extra = role_event("candidate", 5, "leader", 5, 2)
+    extra = role_event("candidate", 5, "leader", 5, 2, "won the election")
     assert extra == event("election_won", role="leader", term=5, leader=2,
-                          previous_role="candidate", previous_term=5)
+                          previous_role="candidate", previous_term=5, reason="won the election")
     assert role_event(None, 0, "follower", 0, None) == event(
         "role_changed", role="follower", term=0, leader=None, previous_role=None,
-        previous_term=0)
+        previous_term=0, reason=None)
 
 
 def test_a_role_event_takes_the_core_roles_as_they_are() -> None:

@@ -31,6 +31,7 @@ from raftly.cli.common import (
     EXIT_ERROR,
     EXIT_USAGE,
     CliError,
+    LoggedError,
     UsageError,
     add_client_options,
 )
@@ -144,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                                      f"{names[-1]}, not of `raftly {args.command}`")
         code: int = args.func(args)
         return code
+    except LoggedError as exc:
+        return exc.code
     except CliError as exc:
         print(f"raftly: {exc}", file=sys.stderr)
         if exc.code == EXIT_USAGE:

@@ -43,6 +43,11 @@ class CliError(Exception):
         self.code = code
 
 
+class LoggedError(CliError):
+    """A CliError already written to the log (a JSON ``node_failed`` event): only its exit
+    status is left to give."""
+
+
 class UsageError(CliError):
     """Arguments that parse but make no sense together (exit status 2)."""
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from typing import Any
 from raftly.cli.common import (
     LOG_LEVELS,
     CliError,
+    LoggedError,
     UsageError,
     add_log_format_option,
     configure_logging,
@@ -38,6 +40,9 @@ from raftly.cli.common import (
     positive_float,
     positive_int,
 )
+from raftly.logevents import event
+
+logger = logging.getLogger("raftly.cli.serve")
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -140,6 +145,19 @@ def make_config(election_timeout: float, heartbeat: float) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level, args.id or Path(args.data_dir).name, args.log_format)
+    try:
+        return _run(args)
+    except CliError as exc:
+        if args.log_format != "json":
+            raise
+        # The one line saying why the node will not start (or stopped) must be JSON too, or a
+        # collector parsing line by line loses exactly that line.
+        logger.error("%s", exc, extra=event("node_failed", reason=str(exc)))
+        raise LoggedError(str(exc), exc.code) from None
+
+
+def _run(args: argparse.Namespace) -> int:
     from raftly.core.config import Config
     from raftly.kv.cluster_file import ClusterFileError
     from raftly.kv.identity import IdentityError
@@ -155,7 +173,6 @@ def run(args: argparse.Namespace) -> int:
     join, raft, api = _start_mode(args)
     tls = _tls_files(args)
     auth = _authorizer(args.auth_file)
-    configure_logging(args.log_level, args.id or Path(args.data_dir).name, args.log_format)
     data_dir = Path(args.data_dir) if args.data_dir else _default_data_dir(args.cluster, args.id)
     try:
         snapshot = SnapshotSettings(args.snapshot_entries, args.snapshot_retain)

@@ -1,15 +1,17 @@
 """``raftly serve --config FILE``: the options of ``serve`` from a ``[serve]`` table in TOML.
 
 Every long option of ``serve`` is a key, spelled exactly like the option without its dashes
-(``data-dir``, ``election-timeout``); a key with underscores is refused with the dashed spelling
-as a hint, an unknown key with the closest valid one. Values are TOML values of the option's
-kind (a string, a number, ``true`` for a switch) and go through the option's own validator, so a
-file accepts exactly what the command line accepts. Relative paths (the options whose value is a
-FILE or DIR) are relative to the config file's directory, so that a node started from any
-working directory (a service manager's) finds its files. Options given on the command line win
-over the file, and the file over the defaults: ``ServeParser`` reads the file first and hands
-argparse a namespace already holding its values, which argparse then only overwrites with what
-the command line says.
+(``data-dir``, ``election-timeout``), except a switch that turns something off (``--no-metrics``):
+its key is the thing it turns off, ``metrics = false`` (the natural TOML spelling; ``true`` is the
+default), and ``no-metrics`` is refused with that hint. A key with underscores is refused with the
+dashed spelling as a hint, an unknown key with the closest valid one. Values are TOML values of the
+option's kind (a string, a number, ``true`` for a switch) and go through the option's own
+validator, so a file accepts exactly what the command line accepts. Relative paths (the options
+whose value is a FILE or DIR) are relative to the config file's directory, so that a node started
+from any working directory (a service manager's) finds its files. Options given on the command line
+win over the file, and the file over the defaults: ``ServeParser`` reads the file first and hands
+argparse a namespace already holding its values, which argparse then only overwrites with what the
+command line says.
 
 A file that is missing, unreadable, not TOML, or wrong in any key is one line of error
 (``CliError``, exit status 1) naming the file and the key.
@@ -50,12 +52,16 @@ class ServeParser(argparse.ArgumentParser):
 
 
 def options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    """The keys a ``[serve]`` table may hold: each long option's name without its dashes."""
+    """The keys a ``[serve]`` table may hold: each long option's name without its dashes, and
+    for a ``--no-X`` switch, ``X`` (its value stored as is: ``X = false`` is ``--no-X``)."""
     keys = {}
     for action in parser._actions:
         for option in action.option_strings:
             if option.startswith("--") and option not in ("--help", "--config"):
-                keys[option[2:]] = action
+                key = option[2:]
+                if isinstance(action, argparse._StoreFalseAction) and key.startswith("no-"):
+                    key = key[3:]
+                keys[key] = action
     return keys
 
 
@@ -96,6 +102,9 @@ def _hint(key: str, known: dict[str, argparse.Action]) -> str:
     if key == "config":
         return ": a config file cannot name another one"
     dashed = key.replace("_", "-")
+    if dashed.startswith("no-") and isinstance(known.get(dashed[3:]), argparse._StoreFalseAction):
+        return (f": a switch that turns something off is a key without no-: "
+                f"write {dashed[3:]} = false")
     if dashed in known:
         return f": keys are spelled like the options, with dashes: write {dashed}"
     close = difflib.get_close_matches(dashed, known, n=1)
@@ -104,7 +113,7 @@ def _hint(key: str, known: dict[str, argparse.Action]) -> str:
 
 def _check(action: argparse.Action, value: Any, base: Path, where: str) -> Any:
     """``value`` as the option ``action`` would have stored it from the command line."""
-    if isinstance(action, argparse._StoreTrueAction):
+    if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
         if not isinstance(value, bool):
             raise CliError(f"{where}: must be true or false, not {value!r}")
         return value

@@ -135,7 +135,8 @@ def _restore(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     header = done.backup.header
     print(f"restored node {done.name} of cluster {done.cluster_id!r} in {done.data_dir}: "
-          f"index {header.index}, term {header.term}, {header.keys} keys")
+          f"index {header.index}, term {header.term}, {header.keys} keys, backup sha256 "
+          f"{done.backup.sha256}")
     print("start it with: " + shlex.join(["raftly", "serve", "--cluster", args.cluster,
                                           "--id", args.id, "--data-dir", args.data_dir]))
     return 0

@@ -165,6 +165,10 @@ class RaftNode:
         self._step_role: Callable[[Message], None] = self._step_follower
         self._tick_role: Callable[[], None] = self._tick_election
         self.leader: NodeId | None = None
+        self.role_reason = "started"
+        """Why the last change of role, term or known leader happened, in words for a log line
+        (a higher term and who sent it, an election timeout, a check-quorum step-down, ...).
+        Read-only for drivers; it changes nothing in the protocol."""
         self._votes: dict[NodeId, bool] = {}
         self._progress: dict[NodeId, Progress] = {}
         self._snapshot_conf = state.snapshot.conf
@@ -490,7 +494,8 @@ class RaftNode:
         self._pending_reads.clear()
         self._reads_awaiting_commit.clear()
 
-    def _become_follower(self, term: int, leader: NodeId | None) -> None:
+    def _become_follower(self, term: int, leader: NodeId | None, reason: str) -> None:
+        self.role_reason = reason
         self._reset(term)
         self._reset_election_timer()
         self.role = Role.FOLLOWER
@@ -546,9 +551,11 @@ class RaftNode:
 
     def _tick_election(self) -> None:
         if self._election_elapsed >= self._randomized_timeout and self._promotable():
-            self._campaign(pre_vote=self.config.pre_vote, transfer=False)
+            self._campaign(pre_vote=self.config.pre_vote, transfer=False,
+                           reason="election timeout: no message from a leader")
 
-    def _campaign(self, *, pre_vote: bool, transfer: bool) -> None:
+    def _campaign(self, *, pre_vote: bool, transfer: bool, reason: str) -> None:
+        self.role_reason = reason
         if pre_vote:
             self._become_pre_candidate()
             term = self.term + 1
@@ -568,12 +575,14 @@ class RaftNode:
         result = self._quorum.vote_result(self._votes)
         if result is VoteResult.WON:
             if self.role is Role.PRE_CANDIDATE:
-                self._campaign(pre_vote=False, transfer=False)
+                self._campaign(pre_vote=False, transfer=False, reason="won the pre-vote")
             else:
+                self.role_reason = "won the election"
                 self._become_leader()
             return True
         if result is VoteResult.LOST:
-            self._become_follower(self.term, None)
+            self._become_follower(self.term, None, "a majority refused its " + (
+                "pre-vote" if self.role is Role.PRE_CANDIDATE else "vote"))
             return True
         return False
 
@@ -590,7 +599,8 @@ class RaftNode:
         if isinstance(msg, RequestVoteResponse) and msg.pre_vote and msg.granted:
             return True  # granted pre-votes carry the term the candidate is about to take
         leader = msg.src if isinstance(msg, (AppendEntries, Heartbeat, InstallSnapshot)) else None
-        self._become_follower(msg.term, leader)
+        self._become_follower(msg.term, leader,
+                              f"higher term {msg.term} from node {msg.src} ({type(msg).__name__})")
         return True
 
     def _answer_stale(self, msg: Message) -> None:
@@ -625,7 +635,7 @@ class RaftNode:
 
     def _step_candidate(self, msg: Message) -> None:
         if isinstance(msg, (AppendEntries, Heartbeat, InstallSnapshot)):
-            self._become_follower(msg.term, msg.src)
+            self._become_follower(msg.term, msg.src, f"node {msg.src} leads term {msg.term}")
             self._step_follower(msg)
         elif isinstance(msg, RequestVoteResponse):
             if msg.pre_vote != (self.role is Role.PRE_CANDIDATE) or msg.src not in self.voters:
@@ -633,11 +643,12 @@ class RaftNode:
             self._votes.setdefault(msg.src, msg.granted)
             self._won_election()
         elif isinstance(msg, TimeoutNow):
-            self._handle_timeout_now()
+            self._handle_timeout_now(msg.src)
 
-    def _handle_timeout_now(self) -> None:
+    def _handle_timeout_now(self, leader: NodeId) -> None:
         if self._promotable():
-            self._campaign(pre_vote=False, transfer=True)
+            self._campaign(pre_vote=False, transfer=True,
+                           reason=f"leadership transfer from node {leader}")
 
     # -- leader ---------------------------------------------------------------------------------
 
@@ -674,7 +685,8 @@ class RaftNode:
             if self.config.check_quorum:
                 self._release_silent_snapshot_holds()
                 if not self._quorum_active():
-                    self._become_follower(self.term, None)
+                    self._become_follower(self.term, None, "check-quorum: no majority heard "
+                                                           "within an election timeout")
                     return
         self._promote_caught_up_learner()
 
@@ -911,12 +923,14 @@ class RaftNode:
             if msg.src == self.leader:
                 self._read_states.append(ReadState(msg.index, msg.context))
         elif isinstance(msg, TimeoutNow):
-            self._handle_timeout_now()
+            self._handle_timeout_now(msg.src)
         elif isinstance(msg, InstallSnapshot):
             self._heard_from_leader(msg.src)
             self._handle_install_snapshot(msg)
 
     def _heard_from_leader(self, leader: NodeId) -> None:
+        if leader != self.leader:
+            self.role_reason = f"heard from leader {leader}"
         self.leader = leader
         self._election_elapsed = 0
 
@@ -1055,7 +1069,7 @@ class RaftNode:
         best = max(sorted(self.voters), key=self._match_of)
         if self._match_of(best) == self.log.last_index:
             self._send(TimeoutNow(term=self.term, src=self.id, dst=best))
-        self._become_follower(self.term, None)
+        self._become_follower(self.term, None, "removed from the configuration")
 
     # -- plumbing -------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ index of one cluster, behind a small header and followed by a checksum::
     created       u64      when it was captured: milliseconds since the Unix epoch
     payload size  u64      bytes of the payload
     keys          u64      number of keys in the payload
-    id length     u16      1..255
+    id length     u16      1..1020 (255 characters of at most 4 UTF-8 bytes each)
     cluster id    bytes    the cluster's id, UTF-8
     header crc    u32      CRC-32 of every header byte before it
     payload       the state machine's snapshot stream
@@ -35,6 +35,7 @@ machine's own checks (raftly.kv.kv_snapshot.SnapshotReader) and compares it with
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -57,9 +58,12 @@ from raftly.storage.disk.fsio import Syncer
 
 MAGIC: Final = b"RAFTLYBK"
 FORMAT_VERSION: Final = 1
-MAX_CLUSTER_ID_BYTES: Final = 255
-"""A cluster file's cluster_id is at most 255 characters; in UTF-8 it may be more, so the
-header keeps whatever its u16 length says up to this many bytes."""
+MAX_CLUSTER_ID_CHARS: Final = 255
+"""A cluster file's cluster_id is at most 255 characters (raftly.kv.cluster_file), ..."""
+MAX_CLUSTER_ID_BYTES: Final = 4 * MAX_CLUSTER_ID_CHARS
+"""... so up to this many bytes in UTF-8, which the header's u16 length holds."""
+_NO_LINKS: Final = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
+"""``os.link`` errors of a file system without hard links."""
 MAX_U64: Final = (1 << 64) - 1
 MAX_INDEX: Final = (1 << 63) - 1
 SHA256_SIZE: Final = 32
@@ -124,9 +128,10 @@ def check_metadata(cluster_id: object, index: object, term: object, created_ms: 
         size = len(cluster_id.encode("utf-8")) if isinstance(cluster_id, str) else 0
     except UnicodeEncodeError:  # a lone surrogate: no UTF-8 for it
         size = 0
-    if not 1 <= size <= MAX_CLUSTER_ID_BYTES:
+    if not isinstance(cluster_id, str) or not size or len(cluster_id) > MAX_CLUSTER_ID_CHARS:
+        # Characters, as the cluster file counts them (its limit; UTF-8 bytes follow from it).
         raise BackupError(f"cluster id {cluster_id!r} is not a non-empty string of at most "
-                          f"{MAX_CLUSTER_ID_BYTES} bytes")
+                          f"{MAX_CLUSTER_ID_CHARS} characters")
     for name, value, low, high in (("index", index, 1, MAX_INDEX), ("term", term, 1, MAX_INDEX),
                                    ("created time", created_ms, 0, MAX_INDEX),
                                    ("key count", keys, 0, MAX_INDEX)):
@@ -269,7 +274,7 @@ def verify(path: str | os.PathLike[str]) -> BackupInfo:
             state = SnapshotReader(payload, max_key_bytes=DEFAULT_MAX_KEY_BYTES,
                                    max_sessions=DEFAULT_MAX_SESSIONS,
                                    session_window=DEFAULT_SESSION_WINDOW,
-                                   max_leases=DEFAULT_MAX_LEASES).read()
+                                   max_leases=DEFAULT_MAX_LEASES).read(keep_values=False)
         except ValueError as exc:
             raise BackupError(f"{name}: {exc}") from None
         payload.check()
@@ -374,9 +379,7 @@ class BackupWriter:
             if self._force:
                 os.replace(self.temporary, self.path)
             else:
-                # A hard link fails if the name exists: nothing that appeared meanwhile is lost.
-                os.link(self.temporary, self.path)
-                os.unlink(self.temporary)
+                self._publish_new()
             Syncer("always").directory(self._directory)
         except FileExistsError:
             self._remove_temporary()
@@ -385,6 +388,21 @@ class BackupWriter:
             self._remove_temporary()
             raise BackupError(f"cannot move the backup into place at {self.path}: "
                               f"{exc.strerror or exc}") from None
+
+    def _publish_new(self) -> None:
+        try:
+            # A hard link fails if the name exists: nothing that appeared meanwhile is lost.
+            os.link(self.temporary, self.path)
+        except OSError as exc:
+            if exc.errno not in _NO_LINKS:
+                raise
+            # vfat, some SMB/CIFS and FUSE mounts (common backup targets) have no hard links:
+            # a check and a rename, which only a file appearing in between could lose.
+            if os.path.lexists(self.path):
+                raise FileExistsError(errno.EEXIST, "exists", self.path) from None
+            os.rename(self.temporary, self.path)
+        else:
+            os.unlink(self.temporary)
 
     def abort(self) -> None:
         """Give up: the temporary file goes. Harmless after a commit or another abort."""

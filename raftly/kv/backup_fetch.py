@@ -16,6 +16,7 @@ from __future__ import annotations
 import http.client
 import os
 import ssl
+import tempfile
 import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
@@ -56,8 +57,10 @@ def save_snapshot(endpoints: str | Sequence[str], path: str | os.PathLike[str], 
     FetchError when no node serves it (see the module docstring); BackupError when the file
     cannot be written or what arrived does not check out.
     """
-    if not force and os.path.lexists(path):  # before the leader does any work for nothing
+    # Before the leader does any work for nothing: the name is free, the directory writable.
+    if not force and os.path.lexists(path):
         raise exists_error(path)
+    _check_writable(os.path.dirname(os.path.abspath(os.fspath(path))))
     context = tls_context(cacert, cert, key, ssl_context)
     core = ClientCore(endpoints, timeout, timeout, None, tls=context is not None, token=token,
                       client_cert=cert is not None)
@@ -102,6 +105,16 @@ def save_snapshot(endpoints: str | Sequence[str], path: str | os.PathLike[str], 
         redirects = 0
         time.sleep(min(core.backoff(attempt), max(0.0, deadline - time.monotonic())))
         attempt += 1
+
+
+def _check_writable(directory: str) -> None:
+    """BackupError unless a file can be created in ``directory`` (tried, then removed)."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".raftly-probe.")
+    except OSError as exc:
+        raise BackupError(f"cannot write in {directory}: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _leader_named(resp: Response) -> str | None:

@@ -19,7 +19,10 @@ copy of the state in memory. The metadata leaves in response headers (raftly.kv.
 ``INDEX_HEADER`` ...) and the body ends with ``STREAM_TRAILER`` (payload size and SHA-256): a
 stream cut short or damaged on its way is refused by the client. A failure while streaming
 drops the connection, so the body never ends with a trailer. At most ``MAX_STREAMS`` snapshots
-stream at once (more get ``503``, retried by the client).
+stream at once (more get ``503``, retried by the client), so a client that stops reading (a
+suspended ``snapshot save``, a peer gone without a reset) is dropped once a chunk has waited
+``Limits.idle_timeout`` to be taken: it would otherwise hold a slot, a worker thread and the
+capture until TCP gave up on it.
 """
 
 from __future__ import annotations
@@ -60,6 +63,10 @@ _DEPTH: Final = 4
 
 class _Abandoned(Exception):
     """The connection is gone: the worker stops persisting."""
+
+
+class _Stalled(Exception):
+    """The client took nothing for ``idle_timeout``: the stream is dropped."""
 
 
 class _Pipe:
@@ -165,13 +172,18 @@ class SnapshotApi:
         worker = loop.run_in_executor(None, _persist, capture, pipe)
         try:
             while (chunk := await pipe.get()) is not None:
-                await response.write(chunk)
+                await self._write(response, chunk)
             await worker  # raises what persist raised
-            await response.write(stream_trailer(pipe.size, pipe.sha256.digest()))
+            await self._write(response, stream_trailer(pipe.size, pipe.sha256.digest()))
             await response.write_eof()
         except ConnectionError:
             logger.info("snapshot %d/%d: the client went away after %d bytes", term, index,
                         pipe.size)
+        except _Stalled:
+            logger.warning("snapshot %d/%d: the client read nothing for %gs after %d bytes; "
+                           "dropped", term, index, api.limits.idle_timeout, pipe.size)
+            if request.transport is not None:
+                request.transport.abort()
         except Exception:
             # The status line is out: all that is left is to drop the connection, so that the
             # client never sees a trailer, and say why here.
@@ -184,6 +196,13 @@ class SnapshotApi:
         finally:
             pipe.close()  # a worker still writing stops at its next chunk
         return response
+
+    async def _write(self, response: web.StreamResponse, data: bytes) -> None:
+        try:
+            async with asyncio.timeout(self.api.limits.idle_timeout):
+                await response.write(data)
+        except TimeoutError:
+            raise _Stalled from None
 
 
 __all__ = ["MAX_STREAMS", "SnapshotApi"]

@@ -146,6 +146,10 @@ class RestoredState:
     revision: int
 
 
+CHECKED: Final = KeyValue("", b"", 1, 1, 1)
+"""The value of every key read with ``keep_values=False``."""
+
+
 class SnapshotReader:
     """Decodes and validates one snapshot stream into a new state, against a machine's limits
     (which must be equal on every node)."""
@@ -159,8 +163,14 @@ class SnapshotReader:
         self._max_sessions = max_sessions
         self._session_window = session_window
         self._max_leases = max_leases
+        self._keep = True
 
-    def read(self) -> RestoredState:
+    def read(self, *, keep_values: bool = True) -> RestoredState:
+        """The decoded state. ``keep_values=False`` (checking a backup) runs every check but
+        keeps only the key names (to find duplicates) and the counts: each key's value in
+        ``data`` is then the shared placeholder ``CHECKED``, so a check needs memory for the
+        names, not the values."""
+        self._keep = keep_values
         header = self._next("the header")
         if not isinstance(header, dict) or header.get("format") != SNAPSHOT_FORMAT:
             raise _malformed(f"it does not start with a {SNAPSHOT_FORMAT!r} header")
@@ -259,7 +269,8 @@ class SnapshotReader:
                 raise _malformed(f"keys from #{len(data)}: a value is not bytes")
             for key, value in chunk.items():
                 assert isinstance(value, bytes)
-                data[key] = KeyValue(key, value, last_index, last_index, 1)
+                data[key] = KeyValue(key, value, last_index, last_index, 1) if self._keep \
+                    else CHECKED
         return _no_duplicates(data, n_keys)
 
     def _read_data_v2(self, n_keys: int, revision: int, leases: LeaseTable
@@ -283,7 +294,7 @@ class SnapshotReader:
                         raise _malformed(f"key {key[:40]!r} names lease {kv.lease}, which is "
                                          f"not in the snapshot")
                     leases.attach(kv.lease, key)
-                data[key] = kv
+                data[key] = kv if self._keep else CHECKED
         return _no_duplicates(data, n_keys)
 
     def _read_session(self, last_index: int, version: int) -> tuple[str, ClientState]:

@@ -9,35 +9,46 @@ into its own empty data directory, which then holds exactly what ``raftly serve 
   there, an empty log after it, and a hard state of the backup's term, committed up to it;
 - the state machine's snapshot file (raftly.storage.snapshots) at that index, its payload the
   backup's, copied and checked against the backup's SHA-256 on the way;
-- the node's identity (raftly.kv.identity) in the new cluster: its own cluster id.
+- the node's identity (raftly.kv.identity) in the new cluster: its own cluster id;
+- ``RESTORED_FROM`` (JSON): the backup's SHA-256, file name, index and term, so that nodes of one
+  new cluster restored from different backups at the same index (which nothing else tells
+  apart) can be caught by comparing it across the nodes before they start.
 
-Durability and order: every file is written to a temporary name, flushed, renamed and its
-directory flushed. The storage's metadata comes first and the snapshot file after it, so that a
-restore interrupted at any point leaves a directory that ``serve`` refuses (no hard state, or
-no snapshot covering the log's start) rather than one that starts as an empty node or with a
-term below its log's; the identity comes last (without it, ``serve`` records it at its first
-start). A directory that is not empty is refused before anything is written.
+Atomicity: everything is built in a temporary sibling directory (``.DIR.restore-XXXXXX``, next to
+``DIR``), each file durably (temporary name, flush, rename, flush of its directory), and only then
+renamed to ``DIR`` (over it when it exists and is empty) and the parent flushed. So ``serve``
+never sees a half-made directory: a restore that fails or is interrupted leaves ``DIR`` as it
+was (absent or empty), never one that starts as an empty node, and a failed restore removes its
+temporary directory itself (one left by a crash is a hidden sibling that nothing starts from).
+A directory that is not empty is refused before anything is written, and so is one the rename
+cannot replace (a mount point: restore into a new directory inside it).
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 
 from raftly.core.types import HardState, SnapshotMeta
 from raftly.kv.backup import BackupError, BackupInfo, open_backup, verify
-from raftly.kv.cluster_file import ClusterFileError, load_cluster
+from raftly.kv.cluster_file import ClusterFileError, ClusterSpec, load_cluster
 from raftly.kv.identity import IdentityError, NodeIdentity, claim_data_dir
 from raftly.kv.members_http import bootstrap_conf
 from raftly.storage import DiskStorage
 from raftly.storage.base import StorageError
-from raftly.storage.disk.fsio import Syncer
+from raftly.storage.disk.fsio import Syncer, make_dirs, replace_file
 from raftly.storage.snapshots import SnapshotStore
 
 logger = logging.getLogger("raftly.kv.restore")
 
 _CHUNK = 1 << 20
+RESTORED_FROM = "RESTORED_FROM"
+"""The file naming the backup a data dir was restored from (see the module docstring)."""
 
 
 class RestoreError(Exception):
@@ -79,7 +90,22 @@ def restore_node(backup: str | os.PathLike[str], cluster_file: str | os.PathLike
             "the file), so that a node of the old cluster can never mix with it; if every old "
             "node is gone for good, --same-cluster-id allows it")
     directory = os.path.abspath(os.fspath(data_dir))
-    _prepare_empty(directory)
+    _check_empty(directory)
+    building = _make_sibling(directory)
+    try:
+        _seed(info, cluster, name, building, f"cluster file {cluster_file}")
+        _move_into_place(building, directory)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    header = info.header
+    logger.info("restored node %s of cluster %s in %s from %s (index %d, term %d)", name,
+                cluster.cluster_id, directory, info.path, header.index, header.term)
+    return Restored(info, cluster.cluster_id, name, spec.id, directory)
+
+
+def _seed(info: BackupInfo, cluster: ClusterSpec, name: str, directory: str, source: str) -> None:
+    """Write the node's storage, snapshot file and identity in the new, empty ``directory``."""
     header = info.header
     conf = bootstrap_conf(cluster)
     meta = SnapshotMeta(header.index, header.term, conf)
@@ -91,38 +117,63 @@ def restore_node(backup: str | os.PathLike[str], cluster_file: str | os.PathLike
         storage.seed(meta, HardState(header.term, None, header.index))
         _copy_snapshot(info, SnapshotStore(directory, fsync=True), meta)
         # With the storage's lock still held, as claim_data_dir wants.
-        claim_data_dir(directory, NodeIdentity.of(cluster, name), f"cluster file {cluster_file}",
+        claim_data_dir(directory, NodeIdentity.of(cluster, name), source,
                        stored_voters=conf.voters)
-    except (StorageError, IdentityError, BackupError) as exc:
-        raise RestoreError(f"restoring into {directory} failed: {exc} (remove what it wrote "
-                           "there before trying again)") from None
+        origin = {"sha256": info.sha256, "file": os.path.abspath(info.path),
+                  "index": header.index, "term": header.term,
+                  "cluster_id": header.cluster_id}
+        replace_file(directory, RESTORED_FROM, json.dumps(origin, indent=1).encode(),
+                     Syncer("always"))
+    except (StorageError, IdentityError, BackupError, OSError) as exc:
+        raise RestoreError(f"restoring into {directory} failed: {exc}") from None
     finally:
         storage.close()
-    logger.info("restored node %s of cluster %s in %s from %s (index %d, term %d)", name,
-                cluster.cluster_id, directory, info.path, header.index, header.term)
-    return Restored(info, cluster.cluster_id, name, spec.id, directory)
 
 
-def _prepare_empty(directory: str) -> None:
-    """Make sure ``directory`` exists (durably) and holds nothing; RestoreError otherwise."""
-    if os.path.lexists(directory):
-        if not os.path.isdir(directory):
-            raise RestoreError(f"{directory} exists and is not a directory")
-        try:
-            entries = os.listdir(directory)
-        except OSError as exc:
-            raise RestoreError(f"cannot read {directory}: {exc.strerror or exc}") from None
-        if entries:
-            raise RestoreError(f"data dir {directory} is not empty ({len(entries)} entries, "
-                               f"e.g. {sorted(entries)[0]!r}): a restore only seeds an empty "
-                               "directory (a new node); give another --data-dir")
+def _check_empty(directory: str) -> None:
+    """RestoreError unless ``directory`` is absent or an empty directory."""
+    if not os.path.lexists(directory):
         return
-    parent = os.path.dirname(directory)
+    if not os.path.isdir(directory) or os.path.islink(directory):
+        raise RestoreError(f"{directory} exists and is not a directory")
     try:
-        os.makedirs(directory)
-        Syncer("always").directory(parent)
+        entries = os.listdir(directory)
     except OSError as exc:
-        raise RestoreError(f"cannot create {directory}: {exc.strerror or exc}") from None
+        raise RestoreError(f"cannot read {directory}: {exc.strerror or exc}") from None
+    if entries:
+        raise RestoreError(f"data dir {directory} is not empty ({len(entries)} entries, "
+                           f"e.g. {sorted(entries)[0]!r}): a restore only seeds an empty "
+                           "directory (a new node); give another --data-dir")
+
+
+def _make_sibling(directory: str) -> str:
+    """A new, empty temporary directory next to ``directory`` (its parents made durably)."""
+    parent, base = os.path.split(directory)
+    try:
+        make_dirs(parent)
+        return tempfile.mkdtemp(prefix=f".{base}.restore-", dir=parent)
+    except OSError as exc:
+        raise RestoreError(f"cannot create a directory in {parent} to restore into: "
+                           f"{exc.strerror or exc}") from None
+
+
+def _move_into_place(building: str, directory: str) -> None:
+    """Rename the finished ``building`` to ``directory`` (replacing it if it is an empty
+    directory) and make that durable; the one step that makes the node startable."""
+    syncer = Syncer("always")
+    try:
+        syncer.directory(building)
+        os.rename(building, directory)
+        syncer.directory(os.path.dirname(directory))
+    except OSError as exc:
+        if exc.errno in (errno.EXDEV, errno.EBUSY):
+            raise RestoreError(f"cannot replace {directory} (a mount point?): restore into a "
+                               "new directory inside it instead") from None
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise RestoreError(f"data dir {directory} is no longer empty: something wrote "
+                               "there during the restore") from None
+        raise RestoreError(f"cannot move the restored node into {directory}: "
+                           f"{exc.strerror or exc}") from None
 
 
 def _copy_snapshot(info: BackupInfo, store: SnapshotStore, meta: SnapshotMeta) -> None:
@@ -143,4 +194,4 @@ def _copy_snapshot(info: BackupInfo, store: SnapshotStore, meta: SnapshotMeta) -
         raise
 
 
-__all__ = ["RestoreError", "Restored", "restore_node"]
+__all__ = ["RESTORED_FROM", "RestoreError", "Restored", "restore_node"]

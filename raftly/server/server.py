@@ -487,7 +487,9 @@ class RaftServer:
         if isinstance(msg, InstallSnapshot) and (self._snapshots is None
                                                  or not self._snapshots.arrived(msg)):
             logger.warning("node %s: dropped an InstallSnapshot from %s without its file",
-                           self.id, msg.src)
+                           self.id, msg.src, extra=event(
+                               "snapshot_dropped", peer=msg.src, index=msg.snapshot.meta.index,
+                               reason="its file did not arrive"))
             return
         try:
             self._node.step(msg)
@@ -673,9 +675,10 @@ class RaftServer:
     def _note_role_change(self, node: RaftNode) -> None:
         if (node.role is not self._role or node.leader != self._leader
                 or node.term != self._term):
-            logger.info("node %s is %s in term %d (leader: %s)", self.id, node.role.value,
-                        node.term, node.leader,
-                        extra=role_event(self._role, self._term, node.role, node.term, node.leader))
+            logger.info("node %s is %s in term %d (leader: %s): %s", self.id, node.role.value,
+                        node.term, node.leader, node.role_reason,
+                        extra=role_event(self._role, self._term, node.role, node.term, node.leader,
+                                         node.role_reason))
             self._role, self._leader, self._term = node.role, node.leader, node.term
             self._observers.role_changed(node.role, node.term, node.leader)
 

@@ -118,7 +118,9 @@ class SnapshotManager:
             # A leader's snapshot became durable, then the node stopped before the log was cut
             # to it: finish that now (the log does not hold the snapshot's last entry).
             logger.info("node %s: cutting the log to snapshot %d/%d received before a restart",
-                        self._id, meta.term, meta.index)
+                        self._id, meta.term, meta.index,
+                        extra=event("log_cut_to_snapshot", index=meta.index,
+                                    snapshot_term=meta.term))
             await loop.run_in_executor(self._disk, self._storage.compact, meta)
             state = await loop.run_in_executor(self._disk, self._storage.load)
         await self._restore(meta)
@@ -339,7 +341,8 @@ class SnapshotManager:
                                                              self.store.path(meta))
         except (StorageError, OSError) as exc:
             logger.error("node %s: its snapshot %d is damaged or gone (%s); taking a new one",
-                         self._id, meta.index, exc)
+                         self._id, meta.index, exc,
+                         extra=event("snapshot_damaged", index=meta.index, reason=str(exc)))
             self._next_try = 0
 
     # -- stop -------------------------------------------------------------------------------------

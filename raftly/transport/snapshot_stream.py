@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, TypeVar
 
 from raftly.core.messages import InstallSnapshot
+from raftly.logevents import event
 from raftly.transport.base import IncomingSnapshotSink, MessageHandler, SnapshotSinkFactory
 from raftly.transport.codec import (
     CodecError,
@@ -165,12 +166,14 @@ async def receive_snapshot(
     sink = None
     delivered = False
     what = "snapshot"
+    index: int | None = None  # for the events: known once the header is read
     try:
         msg, size = decode_snapshot_header(
             await _read(reader, max_frame_size, timeout, "sender"), **decode_kwargs
         )
         meta = msg.snapshot.meta
         what = f"snapshot {meta.term}/{meta.index} ({size} bytes)"
+        index = meta.index
         if msg.src != node or msg.dst != me:
             raise CodecError(f"InstallSnapshot from {msg.src} to {msg.dst} on a stream of "
                              f"node {node} to node {me}")
@@ -203,11 +206,14 @@ async def receive_snapshot(
             delivered = False
             raise TransferError("this node failed to take it") from None
         await _write(writer, timeout, encode_frame(encode_snapshot_done()))
-        logger.info("node %d: received %s from node %d", me, what, node)
+        logger.info("node %d: received %s from node %d", me, what, node,
+                    extra=event("snapshot_received", peer=node, index=index, size=size))
         return True
     except (TransferError, CodecError, OSError) as exc:
-        logger.warning("node %d: %s from node %d failed: %s", me, what, node,
-                       exc if isinstance(exc, TransferError) else describe(exc))
+        why = str(exc) if isinstance(exc, TransferError) else describe(exc)
+        logger.warning("node %d: %s from node %d failed: %s", me, what, node, why,
+                       extra=event("snapshot_receive_failed", peer=node, index=index,
+                                   reason=why))
         if not delivered:
             _abort(executor, sink, me, node)
             sink = None

@@ -60,12 +60,19 @@ def test_every_option_of_serve_can_be_a_key(tmp_path: Path) -> None:
     parser = _serve_parser()
     keys = options(parser)
     assert {"data-dir", "election-timeout", "log-format", "tls-dir", "client-cert-auth",
-            "max-watches", "token"} <= set(keys)
+            "max-watches", "token", "metrics"} <= set(keys)
+    # Every action of serve (but --help and --config) is reachable by a key, switches included.
+    actions = {action.dest for action in parser._actions if action.option_strings
+               and action.dest not in ("help", "config")}
+    assert {action.dest for action in keys.values()} == actions
     lines, expected = [], {}
     for key, action in keys.items():
         if isinstance(action, argparse._StoreTrueAction):
             lines.append(f"{key} = true")
             expected[action.dest] = True
+        elif isinstance(action, argparse._StoreFalseAction):
+            lines.append(f"{key} = false")  # the switch given: metrics = false is --no-metrics
+            expected[action.dest] = False
         elif action.choices is not None:
             choice = list(action.choices)[-1]
             lines.append(f'{key} = "{choice}"')
@@ -80,6 +87,15 @@ def test_every_option_of_serve_can_be_a_key(tmp_path: Path) -> None:
     config = _write(tmp_path, "[serve]\n" + "\n".join(lines) + "\n")
     args = vars(_parse("--config", str(config)))
     assert {dest: args[dest] for dest in expected} == expected
+    assert len(expected) == len(actions)
+
+
+def test_a_switch_that_turns_something_off_is_a_positive_key(tmp_path: Path) -> None:
+    off = _write(tmp_path, "[serve]\nmetrics = false\n")
+    on = _write(tmp_path, "[serve]\nmetrics = true\n", "on.toml")
+    assert _parse("--config", str(off)).metrics is False
+    assert _parse("--config", str(on)).metrics is True
+    assert _parse("--config", str(on), "--no-metrics").metrics is False  # the command line wins
 
 
 def test_relative_paths_in_the_file_are_relative_to_the_file(tmp_path: Path) -> None:
@@ -121,6 +137,9 @@ def test_the_values_from_the_file_reach_the_node(monkeypatch: pytest.MonkeyPatch
     ("[serve]\nsnapshot-entries = 1.5\n", "[serve] snapshot-entries: not a whole number: '1.5'"),
     ("[serve]\nmax-watches = true\n", "[serve] max-watches: must be a whole number, not True"),
     ("[serve]\nlearner = 1\n", "[serve] learner: must be true or false, not 1"),
+    ('[serve]\nmetrics = "no"\n', "[serve] metrics: must be true or false, not 'no'"),
+    ("[serve]\nno-metrics = true\n", "unknown key 'no-metrics' in [serve]: a switch that turns "
+                                      "something off is a key without no-: write metrics = false"),
     ("[serve]\nid = 3\n", "[serve] id: must be a string, not 3"),
     ('[serve]\nfsync = "sometimes"\n',
      "[serve] fsync: must be one of always, never, not 'sometimes'"),

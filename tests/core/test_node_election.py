@@ -421,3 +421,37 @@ def test_impossible_role_transitions_raise() -> None:
         leader._become_candidate()
     with pytest.raises(InvariantError, match="leader -> pre-candidate"):
         leader._become_pre_candidate()
+
+
+# -- reasons ------------------------------------------------------------------------------------
+
+
+def test_each_change_of_role_or_term_says_why_in_role_reason() -> None:
+    node = new_node(terms=(1,), term=1)
+    assert node.role_reason == "started"
+    _, out = tick_until(node, lambda o: bool(o.of(RequestVote)))
+    assert node.role_reason == "election timeout: no message from a leader"
+    node.step(grant(out.of(RequestVote, dst=2)[0]))
+    assert node.role is Role.CANDIDATE and node.role_reason == "won the pre-vote"
+    refused = new_node(terms=(1,), term=1)
+    tick_until(refused, lambda o: bool(o.of(RequestVote)))
+    for peer in (2, 3):
+        refused.step(RequestVoteResponse(term=1, src=peer, dst=1, granted=False, pre_vote=True))
+    assert refused.role_reason == "a majority refused its pre-vote"
+    leader = leader_with()
+    assert leader.role_reason == "won the election"
+    tick(leader, 2 * ELECTION)
+    assert leader.role is Role.FOLLOWER
+    assert leader.role_reason == "check-quorum: no majority heard within an election timeout"
+    deposed = leader_with()
+    deposed.step(AppendEntriesResponse(term=deposed.term + 1, src=2, dst=1, success=False,
+                                       index=0))
+    assert deposed.role_reason == (f"higher term {deposed.term} from node 2 "
+                                   "(AppendEntriesResponse)")
+    candidate = new_node(terms=(1,), term=1, cfg=config(pre_vote=False))
+    tick_until(candidate, lambda o: bool(o.of(RequestVote)))
+    candidate.step(append(candidate, src=3, prev_index=1, prev_term=1, commit=1))
+    assert candidate.role_reason == "node 3 leads term 2"
+    follower = new_node(terms=(1,), term=1)
+    follower.step(heartbeat(follower, src=2, term=1, commit=0))
+    assert follower.role_reason == "heard from leader 2"

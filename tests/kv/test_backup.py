@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -23,8 +25,10 @@ from raftly.kv.backup import (
     stream_trailer,
     verify,
 )
+from raftly.kv.cluster_file import parse_cluster_text, render_cluster
 from raftly.kv.commands import LeaseGrant
 from raftly.kv.state_machine import Delete, KVStateMachine, Put, encode
+from raftly.localcluster import plan_loopback
 
 HEADER = BackupHeader("cluster-a", index=50, term=3, created_ms=1_700_000_000_000, keys=20)
 
@@ -171,15 +175,37 @@ def test_an_existing_file_is_kept_unless_force_and_a_failed_commit_leaves_nothin
     assert verify(path).header.payload_size == len(payload)
 
 
-def test_a_file_that_appears_while_saving_is_not_replaced_without_force(tmp_path: Path) -> None:
-    path = tmp_path / "b.rbk"
+def _commit_after_someone_else_wrote(path: Path) -> None:
+    """A save whose file name is taken by another while it writes: refused, theirs kept."""
     writer = BackupWriter(path, HEADER)
     writer.write(_payload())
     path.write_bytes(b"someone else's")
     with pytest.raises(BackupError, match="exists"):
         writer.commit()
     assert path.read_bytes() == b"someone else's"
+
+
+def test_a_file_that_appears_while_saving_is_not_replaced_without_force(tmp_path: Path) -> None:
+    _commit_after_someone_else_wrote(tmp_path / "b.rbk")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.rbk"]
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.ENOTSUP])
+def test_a_file_system_without_hard_links_still_gets_the_backup_but_never_over_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int,
+) -> None:
+    """vfat, some SMB and FUSE mounts refuse os.link: the file is renamed into place instead,
+    still never over a file that appeared meanwhile."""
+    def no_links(src: str, dst: str) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / "b.rbk"
+    _write(path, _payload())
+    assert verify(path).header.payload_size == len(_payload())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.rbk"]
+    _commit_after_someone_else_wrote(tmp_path / "c.rbk")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.rbk", "c.rbk"]
 
 
 def test_a_payload_that_is_not_a_valid_snapshot_is_never_published(tmp_path: Path) -> None:
@@ -222,3 +248,22 @@ def test_stream_metadata_is_checked_field_by_field(headers: dict[str, str],
     broken = {**good, **headers} if headers else {}
     with pytest.raises(BackupError, match=message):
         parse_stream_headers(broken)
+
+
+def test_any_cluster_id_a_cluster_file_allows_can_be_backed_up(tmp_path: Path) -> None:
+    """255 characters (what a cluster file allows) of 2 and 4 UTF-8 bytes each: in the stream's
+    headers and in a file, written and read back."""
+    for cluster_id in ("é" * 255, "😀" * 255):
+        spec = parse_cluster_text(render_cluster(plan_loopback(3, cluster_id=cluster_id)))
+        assert spec.cluster_id == cluster_id  # the cluster file allows it
+        header = BackupHeader(cluster_id, index=50, term=3, created_ms=0, keys=20)
+        good = {"x-raftly-cluster-id": quote_cluster_id(cluster_id),
+                "x-raftly-snapshot-index": "50", "x-raftly-snapshot-term": "3",
+                "x-raftly-snapshot-keys": "20", "x-raftly-snapshot-created": "0"}
+        assert parse_stream_headers(good) == header
+        path = tmp_path / "id.rbk"
+        _write(path, _payload(), header)
+        assert verify(path).header.cluster_id == cluster_id
+        path.unlink()
+    with pytest.raises(BackupError, match="at most 255 characters"):
+        BackupHeader("é" * 256, index=50, term=3, created_ms=0, keys=20)

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import io
 import logging
+import socket
 from pathlib import Path
 
 import aiohttp
@@ -15,9 +16,17 @@ import pytest
 from kv_helpers import ADMIN, AUTH, FAST, READ, WRITE, SecureCluster, bearer, call, followers, run
 
 from raftly.cli import main as cli_main
-from raftly.kv.backup import STREAM_TRAILER, check_stream_trailer, parse_stream_headers, verify
+from raftly.kv.backup import (
+    STREAM_TRAILER,
+    BackupError,
+    check_stream_trailer,
+    parse_stream_headers,
+    verify,
+)
 from raftly.kv.backup_fetch import FetchError, save_snapshot
+from raftly.kv.backup_http import MAX_STREAMS
 from raftly.kv.client import AsyncClient
+from raftly.kv.http import Limits
 from raftly.kv.service import LocalCluster
 from raftly.kv.state_machine import KVStateMachine
 
@@ -58,6 +67,45 @@ def test_the_leader_streams_its_whole_state_with_index_term_and_checksum() -> No
                 assert resp.status == 405 and "HEAD" not in resp.headers.get("Allow", "")
 
     run(main())
+
+
+def test_the_snapshot_under_concurrent_writes_holds_every_write_acknowledged_before_it() -> None:
+    """Writers keep going during the request: every write acknowledged before the request was
+    sent is in the payload with its revision, and nothing in it is newer than its index (the
+    index and the capture are taken together; four puts are in flight all along)."""
+    async def main() -> None:
+        async with LocalCluster(3, config=FAST) as cluster, aiohttp.ClientSession() as s, \
+                AsyncClient(cluster.urls) as client:
+            leader = await cluster.wait_for_leader()
+            acked: dict[str, int] = {}
+            stop = asyncio.Event()
+
+            async def writer(w: int) -> None:
+                n = 0
+                while not stop.is_set():
+                    key = f"w{w}/{n % 25}"  # overwritten: each key's newest revision counts
+                    acked[key] = await client.put(key, f"{w}-{n}".encode())
+                    n += 1
+
+            writers = [asyncio.create_task(writer(w)) for w in range(4)]
+            await asyncio.sleep(0)
+            while len(acked) < 40:
+                await asyncio.sleep(0.01)
+            before = dict(acked)
+            status, body, headers = await call(s, "GET", leader.url + "/v1/snapshot")
+            stop.set()
+            await asyncio.gather(*writers)
+            assert status == 200
+            meta = parse_stream_headers({k.lower(): v for k, v in headers.items()})
+            machine = KVStateMachine()
+            machine.restore(io.BytesIO(body[:-STREAM_TRAILER.size]))
+            data = machine.capture().data
+            for key, revision in before.items():
+                assert data[key].mod_revision >= revision, key
+            assert max(kv.mod_revision for kv in data.values()) <= meta.index
+            assert max(before.values()) <= meta.index
+
+    run(main(), timeout=60.0)
 
 
 def test_only_an_admin_token_gets_the_snapshot(tmp_path: Path,
@@ -111,6 +159,49 @@ def test_a_client_that_goes_away_mid_stream_leaves_the_node_serving_snapshots(
 
     run(main(), timeout=60.0)
     assert "the client went away" in caplog.text
+
+
+def test_clients_that_stop_reading_are_dropped_and_free_their_slots_for_a_save(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """MAX_STREAMS clients read the headers and then nothing, with small receive buffers: each
+    stream is dropped once a chunk waited idle_timeout, and a save then succeeds."""
+    caplog.set_level(logging.INFO, "raftly.kv.backup")
+
+    async def main() -> None:
+        async with LocalCluster(1, config=FAST, limits=Limits(idle_timeout=1.0)) as cluster:
+            leader = await cluster.wait_for_leader()
+            async with AsyncClient(cluster.urls) as client:
+                await asyncio.gather(*(client.put(f"big/{i}", bytes([i % 256]) * (256 << 10))
+                                       for i in range(64)))
+            stalled = []
+            for _ in range(MAX_STREAMS):
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.connect((leader.api_address.host, leader.api_address.port))
+                sock.setblocking(False)
+                reader, writer = await asyncio.open_connection(sock=sock)
+                writer.write(b"GET /v1/snapshot HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+                stalled.append(writer)  # and read nothing more
+            info = await asyncio.to_thread(save_snapshot, cluster.urls, tmp_path / "b.rbk",
+                                           timeout=30.0)
+            assert info.header.keys == 64
+            for writer in stalled:
+                writer.close()
+
+    run(main(), timeout=90.0)
+    assert caplog.text.count("read nothing for 1s") == MAX_STREAMS
+
+
+def test_a_save_into_a_directory_it_cannot_write_fails_before_asking_any_node(
+    tmp_path: Path,
+) -> None:
+    """No node listens at the endpoint: the error is the directory's, at once, not a fetch
+    timeout (the leader would have captured and streamed for nothing)."""
+    with pytest.raises(BackupError, match=r"cannot write in .*missing") as refused:
+        save_snapshot("http://127.0.0.1:9", tmp_path / "missing" / "b.rbk", timeout=5.0)
+    assert not isinstance(refused.value, FetchError)
 
 
 def test_a_snapshot_is_saved_over_https_from_a_follower(tmp_path: Path) -> None:

@@ -5,22 +5,26 @@ a directory the server refuses to start from."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import io
+import json
 from pathlib import Path
 
 import pytest
 from test_backup import HEADER, _payload, _write
 
 from raftly.core.types import HardState, SnapshotMeta
+from raftly.kv import restore
 from raftly.kv.cluster_file import ClusterSpec, render_cluster
 from raftly.kv.identity import NodeIdentity, read_identity
 from raftly.kv.members_http import bootstrap_conf
-from raftly.kv.restore import RestoreError, restore_node
+from raftly.kv.restore import RESTORED_FROM, RestoreError, restore_node
 from raftly.kv.state_machine import KVStateMachine
 from raftly.localcluster import plan_loopback
 from raftly.server.server import RaftServer
 from raftly.storage import DiskStorage, StorageError
+from raftly.storage.disk import state
 from raftly.storage.snapshots import SnapshotStore
 from raftly.transport import MemoryNetwork
 
@@ -65,6 +69,11 @@ def test_a_restored_data_dir_holds_the_backup_at_its_index_with_the_new_clusters
     machine.restore(io.BytesIO(payload))
     assert len(machine.range("", limit=100)[0]) == HEADER.keys
     assert read_identity(data_dir) == NodeIdentity.of(spec, "n2")
+    # Which backup: comparable across the nodes (mixing two backups is otherwise silent).
+    origin = json.loads((data_dir / RESTORED_FROM).read_text())
+    assert origin == {"sha256": done.backup.sha256, "file": str(backup),
+                      "index": HEADER.index, "term": HEADER.term,
+                      "cluster_id": HEADER.cluster_id}
 
 
 def test_a_data_dir_that_is_not_empty_is_refused_and_left_as_it_was(
@@ -133,3 +142,50 @@ def test_a_restore_interrupted_before_its_snapshot_file_leaves_a_dir_the_server_
 
     with pytest.raises(StorageError, match="no snapshot"):
         asyncio.run(start())
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_restore_that_fails_before_its_state_is_written_leaves_nothing_a_node_starts_from(
+    tmp_path: Path, cluster: tuple[ClusterSpec, Path], backup: Path,
+    monkeypatch: pytest.MonkeyPatch, existing: bool,
+) -> None:
+    """A full disk at the storage's first state file: the data dir stays as it was (absent, or
+    empty), with no LOCK or wal/ a server would start an empty node from, and nothing left
+    beside it."""
+    data_dir = tmp_path / "nodes" / "n1"
+    if existing:
+        data_dir.mkdir(parents=True)
+
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(state, "write_snapshot_meta", full)
+    with pytest.raises(RestoreError, match="No space left on device"):
+        restore_node(backup, cluster[1], data_dir, "n1")
+    if existing:
+        assert list(data_dir.iterdir()) == []
+    else:
+        assert not data_dir.exists()
+    assert [p.name for p in data_dir.parent.iterdir()] == (["n1"] if existing else [])
+    monkeypatch.undo()
+    restore_node(backup, cluster[1], data_dir, "n1")  # and a retry needs no clean-up
+    assert read_identity(data_dir) is not None
+
+
+def test_a_restore_replaces_nothing_written_into_the_dir_meanwhile(
+    tmp_path: Path, cluster: tuple[ClusterSpec, Path], backup: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data_dir = tmp_path / "n1"
+    data_dir.mkdir()
+    real = restore._seed
+
+    def seed_then_meddle(*args: object) -> None:
+        real(*args)  # type: ignore[arg-type]
+        (data_dir / "theirs").write_text("x")
+
+    monkeypatch.setattr(restore, "_seed", seed_then_meddle)
+    with pytest.raises(RestoreError, match="no longer empty"):
+        restore_node(backup, cluster[1], data_dir, "n1")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in data_dir.iterdir()] == ["theirs"]

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from kv_helpers import Applier
 
 from raftly.core.state_machine import supports_snapshots
+from raftly.kv.kv_snapshot import CHECKED, SnapshotReader
 from raftly.kv.leases import LeaseInfo
 from raftly.kv.state_machine import (
     KEY_TOO_LARGE,
@@ -686,3 +687,25 @@ def test_every_op_gives_the_same_state_results_and_events_on_a_restored_machine(
     assert fresh.events_since(start) == live.events_since(start) == events[id(fresh)]
     assert snapshot_of(fresh) == snapshot_of(live) == snapshot_of(other)
     assert fresh.range() == live.range() and fresh.leases() == live.leases()
+
+
+@pytest.mark.parametrize("name", [*(f"v1 {n}" for n in MALFORMED_SNAPSHOTS),
+                                  *(f"v2 {n}" for n in MALFORMED_V2)])
+def test_a_check_that_keeps_no_values_refuses_every_malformed_snapshot_too(name: str) -> None:
+    """``read(keep_values=False)`` (what checking a backup uses) runs the same checks."""
+    cases = MALFORMED_SNAPSHOTS if name.startswith("v1") else MALFORMED_V2
+    raw, message = cases[name[3:]]
+    with pytest.raises(ValueError, match=r"^malformed KV snapshot: ") as info:
+        SnapshotReader(io.BytesIO(raw), **LIMITS).read(keep_values=False)
+    assert message in str(info.value)
+
+
+def test_a_check_that_keeps_no_values_counts_what_a_full_read_holds() -> None:
+    a = with_leases_and_txns()
+    raw = snapshot_of(a.sm)
+    full = SnapshotReader(io.BytesIO(raw), **LIMITS).read()
+    checked = SnapshotReader(io.BytesIO(raw), **LIMITS).read(keep_values=False)
+    assert list(checked.data) == list(full.data) and len(full.data) > 0
+    assert all(kv is CHECKED for kv in checked.data.values())  # no value is kept
+    assert (checked.revision, checked.last_index, len(checked.leases), len(checked.sessions)) \
+        == (full.revision, full.last_index, len(full.leases), len(full.sessions))

@@ -114,6 +114,8 @@ def test_a_multi_mib_file_arrives_byte_identical_and_is_delivered_once_after_fin
     run(body)
     [sent] = [event_of(r)[1] for r in caplog.records if event_of(r)[0] == "snapshot_sent"]
     assert sent["peer"] == 2 and sent["size"] == len(data) and sent["seconds"] >= 0
+    [received] = [event_of(r)[1] for r in caplog.records if event_of(r)[0] == "snapshot_received"]
+    assert received == {"peer": 1, "index": install().snapshot.meta.index, "size": len(data)}
 
 
 def test_a_stored_snapshot_with_learners_and_addresses_arrives_as_the_leader_holds_it(
@@ -260,6 +262,11 @@ def test_a_broken_connection_aborts_the_sink_and_fails_then_a_retry_succeeds(
     failed = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
     assert any(m.startswith("node 1 -> 2: snapshot 3/120") for m in failed), failed
     assert any(m.startswith("node 2: snapshot 3/120") and "node 1" in m for m in failed), failed
+    [broke] = [event_of(r)[1] for r in caplog.records
+               if event_of(r)[0] == "snapshot_receive_failed"]
+    assert broke["peer"] == 1 and broke["index"] == 120 and broke["reason"]
+    [received] = [event_of(r)[1] for r in caplog.records if event_of(r)[0] == "snapshot_received"]
+    assert received == {"peer": 1, "index": 120, "size": len(data)}
 
 
 def test_finish_raising_fails_the_transfer_aborts_the_sink_and_delivers_nothing(
