@@ -8,8 +8,9 @@ it into ``StorageError`` and poison the storage.
 The policy ``never`` skips the flush of bulk data only (``Syncer.file``: log appends). Rare
 writes without which a directory would not open again after a power loss are flushed whatever
 the policy (``Syncer.rare_file`` and ``Syncer.directory``): the state files, snapshot files,
-sealed segments, and every directory entry created, renamed or removed. They happen on a term
-or vote change, a snapshot, a segment roll or a compaction, so ``never`` stays nearly free.
+sealed segments, a log truncation, and every directory entry created, renamed or removed. They
+happen on a term or vote change, a snapshot, a segment roll, a log conflict or a compaction, so
+``never`` stays nearly free.
 """
 
 from __future__ import annotations

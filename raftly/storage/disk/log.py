@@ -212,7 +212,9 @@ class SegmentedLog:
         seg = self._segments[-1]
         keep = index - seg.first
         os.ftruncate(seg.fd, seg.offsets[keep])
-        self._syncer.file(seg.fd)
+        # Whatever the policy: new entries are written over the cut, and a crash that kept
+        # those but not the truncation would leave old records after new ones (corruption).
+        self._syncer.rare_file(seg.fd)
         del seg.offsets[keep + 1 :]
         del seg.terms[keep:]
 
@@ -293,7 +295,7 @@ class SegmentedLog:
                 cut.reason,
             )
             os.ftruncate(cut.segment.fd, cut.offset)
-            self._syncer.file(cut.segment.fd)
+            self._syncer.rare_file(cut.segment.fd)  # new appends follow the cut: as above
         self._discard(keep_suffix=not drop_all)
 
     def _load_segments(self) -> tuple[_TornTail | None, _Segment | None]:
