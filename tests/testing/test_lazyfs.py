@@ -6,15 +6,18 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from polling import wait_until
 
-from raftly.testing.lazyfs import unavailable
+from raftly.testing.lazyfs import LazyMount, unavailable
 from raftly.testing.lazyfs.cache import PAGE, PendingFile
+from raftly.testing.lazyfs.mount import STOP_TIMEOUT, mounted
 
 
 def write(path: Path, data: bytes, *, sync: bool, append: bool = False) -> None:
@@ -176,8 +179,10 @@ def test_stop_unmounts_even_while_a_file_is_open(lazyfs):
     lazy = lazyfs()
     fd = os.open(Path(lazy.mountpoint) / "busy", os.O_RDWR | os.O_CREAT, 0o644)
     try:
+        began = time.monotonic()
         lazy.stop()
-        assert not os.path.ismount(lazy.mountpoint)
+        assert not mounted(lazy.mountpoint)
+        assert time.monotonic() - began < STOP_TIMEOUT / 2  # the child is ended, not awaited
     finally:
         with contextlib.suppress(OSError):  # the file system behind it is gone
             os.close(fd)
@@ -215,3 +220,34 @@ def test_a_mount_whose_starter_died_unmounts_itself(tmp_path):
     finally:
         if os.path.ismount(mountpoint):
             subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=False)
+
+
+def test_stop_unmounts_a_mount_whose_child_died(lazyfs):
+    lazy = lazyfs()
+    process = lazy._process
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(30)
+    assert mounted(lazy.mountpoint)  # dead but still mounted ("transport endpoint ...")
+    lazy.stop()
+    assert not mounted(lazy.mountpoint)
+
+
+def test_a_failed_start_reports_the_exit_status_and_the_log(tmp_path):
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    lazy = LazyMount(tmp_path / "backing", tmp_path / "mnt", mode="bogus")  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match=r"(?s)lazyfs exited with 2:.*invalid choice"):
+        lazy.start()
+    assert not mounted(lazy.mountpoint)
+
+
+def test_a_mount_works_in_a_directory_too_deep_for_a_unix_socket_path(lazyfs, tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    with LazyMount(deep / "backing", deep / "mnt", mode="strict") as lazy:
+        assert len(os.fsencode(str(deep / "mnt.lazyfs.sock"))) > 107
+        write(deep / "mnt" / "f", b"x", sync=True)
+        lazy.power_loss()
+        assert not (deep / "mnt" / "f").exists()  # its directory entry was never synced
+    assert not mounted(str(deep / "mnt"))

@@ -29,6 +29,8 @@ class ControlServer:
     """Serves the commands above on ``path`` in a daemon thread."""
 
     def __init__(self, path: str, commands: dict[str, Callable[[], None]]) -> None:
+        if len(os.fsencode(path)) > 107:
+            raise ValueError(f"control socket path longer than 107 bytes (AF_UNIX): {path}")
         self.path = path
         self._commands = commands
         with contextlib.suppress(FileNotFoundError):
