@@ -190,6 +190,27 @@ def test_a_new_segment_with_a_torn_header_is_dropped(node: Path, rolled: list[En
     assert open_disk(node).load().entries[-1].index == 31
 
 
+@pytest.mark.parametrize("written", [0, 5, 8])
+def test_a_new_segment_whose_size_outran_its_header_is_dropped(
+    node: Path, rolled: list[Entry], written: int
+) -> None:
+    """A power loss can keep a new file's size but not all of its data: a zero-filled tail."""
+    header = segment.encode_header(31)[:written]
+    record = segment.encode_record(ents(31, 31, 1)[0])
+    (node / "wal" / segment.segment_name(31)).write_bytes(header.ljust(300, b"\0"))
+    s = open_disk(node)
+    assert s.load().entries == rolled
+    s.save(None, ents(31, 31, 1))
+    s.close()
+    s = open_disk(node)
+    assert s.load().entries[-1].index == 31
+    s.close()
+    # The same zeros before an intact record: written whole, damaged since.
+    (node / "wal" / segment.segment_name(31)).write_bytes(header.ljust(16, b"\0") + record)
+    with pytest.raises(StorageError, match="corrupt at byte offset 0"):
+        open_disk(node).load()
+
+
 # -- corruption ----------------------------------------------------------------------------
 
 

@@ -147,12 +147,15 @@ class SegmentedLog:
                 seg.size + pending + len(record) > self._segment_size and (terms or seg.terms)
             )
             if seg is None or full:
-                if seg is not None and buf:
+                if seg is not None:
                     # Seal: flush the old segment before the new one exists (see module doc),
-                    # even under fsync never: only the last segment may ever be torn.
-                    self._write(seg, buf, offsets, terms)
+                    # even under fsync never: only the last segment may ever be torn. Under
+                    # never it may hold unflushed appends of earlier batches even if this
+                    # batch wrote nothing to it.
+                    if buf:
+                        self._write(seg, buf, offsets, terms)
+                        buf, offsets, terms = bytearray(), [], []
                     self._syncer.rare_file(seg.fd)
-                    buf, offsets, terms = bytearray(), [], []
                 seg = self._create(entry.index)
                 created = True
             offsets.append(seg.size + len(buf))

@@ -40,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="lazyfs: %(message)s", stream=sys.stderr)
     ops = LazyOperations(args.backing, args.mode)
-    server = ControlServer(args.control, {"ping": lambda: None, "powerloss": ops.power_loss})
+    server = ControlServer(args.control, {
+        "ping": lambda: None,
+        "powerloss": lambda seed=None: ops.power_loss(None if seed is None else int(seed)),
+    })
     threading.Thread(target=_unmount_when_orphaned, args=(args.mountpoint,), daemon=True,
                      name="lazyfs-orphan").start()
     try:

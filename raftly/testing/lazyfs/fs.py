@@ -2,7 +2,8 @@
 
 ``LazyOperations`` serves a backing directory at a mount point. File data written through it
 stays in a ``PendingFile`` per inode (the page cache) until an fsync of that file writes it to
-the backing file; ``power_loss`` throws every ``PendingFile`` away. In mode ``strict`` it also
+the backing file; ``power_loss`` throws every ``PendingFile`` away (given a seed, after writing
+back a random part of each, as a kernel may have before the power went). In mode ``strict`` it also
 keeps, per directory, the listing as of that directory's last fsync (the state at mount counts
 as durable), and ``power_loss`` rebuilds the tree from those listings: namespace changes no
 directory fsync covered are undone. Files unlinked or replaced while a durable listing still
@@ -22,6 +23,7 @@ import errno
 import functools
 import logging
 import os
+import random
 import shutil
 import stat
 import threading
@@ -155,16 +157,41 @@ class LazyOperations(mfusepy.Operations):  # type: ignore[misc]
 
     # -- power loss ------------------------------------------------------------------------
 
-    def power_loss(self) -> None:
-        """Forget every unsynced write (and in strict mode every unsynced namespace change)."""
+    def power_loss(self, seed: int | None = None) -> None:
+        """Forget every unsynced write (and in strict mode every unsynced namespace change).
+
+        With a ``seed``, first write back a random part of each file's unsynced writes
+        (``PendingFile.write_back_some``), chosen by ``Random(f"{seed}:{path}")`` so a failure
+        replays with the same seed and the same operations.
+        """
         with self.mutex:
             dropped = sum(1 for p in self._pending.values() if p.dirty)
+            if seed is not None:
+                self._write_back_some(seed)
             self._pending.clear()
             if self.mode == "strict":
                 self._restore_namespace()
             else:
                 self._collect()
             logger.info("power loss: unsynced data of %d files dropped", dropped)
+
+    def _write_back_some(self, seed: int) -> None:
+        logger.info("power loss with partial write-back, seed %d", seed)
+        paths: dict[int, str] = {}
+        for directory, _, names in sorted(os.walk(self.root)):
+            for name in sorted(names):
+                path = os.path.join(directory, name)
+                ino = os.lstat(path).st_ino
+                if ino in self._pending and self._pending[ino].dirty:
+                    paths.setdefault(ino, path)
+        for ino, path in paths.items():
+            relative = os.path.relpath(path, self.root)
+            fd = os.open(path, os.O_RDWR)
+            try:
+                done = self._pending[ino].write_back_some(fd, random.Random(f"{seed}:{relative}"))
+            finally:
+                os.close(fd)
+            logger.info("power loss: %s: wrote back %s", relative, done)
 
     def _restore_namespace(self) -> None:
         aside = os.path.join(self._attic, "before-power-loss")

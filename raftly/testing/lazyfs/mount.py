@@ -106,9 +106,15 @@ class LazyMount:
                                    f"{START_TIMEOUT} s:\n{self.log_tail()}")
             time.sleep(0.02)
 
-    def power_loss(self) -> None:
-        """Forget everything not fsynced (stop every writer on the mount first)."""
-        control.send(self.control, "powerloss")
+    def power_loss(self, seed: int | None = None) -> None:
+        """Forget everything not fsynced (stop every writer on the mount first).
+
+        With a ``seed``, a random part of the unsynced writes (chosen by the seed, and logged
+        with it) is written back first, as a kernel may have done before the power went: a
+        prefix of each file's dirty pages, perhaps torn at a random byte, with or without its
+        size change. Without one, every unsynced write is dropped.
+        """
+        control.send(self.control, "powerloss" if seed is None else f"powerloss {int(seed)}")
 
     def stop(self) -> None:
         """Unmount (lazily if busy) and end the child; safe to call more than once."""
