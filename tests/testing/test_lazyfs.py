@@ -299,3 +299,43 @@ def test_a_seeded_power_loss_writes_back_part_of_the_unsynced_data(lazyfs):
         kept.add(written)
     assert len(kept) > 1  # the seeds chose differently
     assert "power loss with partial write-back, seed 7" in lazy.log_tail(50)
+
+
+def test_a_strict_power_loss_that_fails_half_way_puts_the_tree_back(tmp_path, monkeypatch):
+    pytest.importorskip("mfusepy")
+    from raftly.testing.lazyfs.fs import LazyOperations
+
+    backing = tmp_path / "backing"
+    (backing / "d").mkdir(parents=True)
+    (backing / "d" / "f").write_bytes(b"data")
+    (backing / "g").write_bytes(b"more")
+    ops = LazyOperations(str(backing), "strict")
+    real_link = os.link
+    links = iter(range(2))
+
+    def failing_link(source, target):  # the second link fails: a half-built tree
+        if next(links):
+            raise OSError(28, "No space left on device")
+        real_link(source, target)
+
+    monkeypatch.setattr(os, "link", failing_link)
+    with pytest.raises(OSError, match="No space"):
+        ops.power_loss()
+    monkeypatch.setattr(os, "link", real_link)
+    assert (backing / "d" / "f").read_bytes() == b"data"
+    assert (backing / "g").read_bytes() == b"more"
+    assert sorted(os.listdir(backing)) == [".lazyfs", "d", "g"]
+    LazyOperations(str(backing), "strict").power_loss()  # mounts again, and works
+    assert (backing / "d" / "f").read_bytes() == b"data"
+
+
+def test_a_mount_refuses_a_backing_directory_left_by_an_unfinished_power_loss(tmp_path):
+    pytest.importorskip("mfusepy")
+    from raftly.testing.lazyfs.fs import ASIDE, HIDDEN, LazyOperations
+
+    aside = tmp_path / HIDDEN / ASIDE
+    aside.mkdir(parents=True)
+    (aside / "data").write_bytes(b"the only copy")
+    with pytest.raises(RuntimeError, match="unfinished power loss"):
+        LazyOperations(str(tmp_path), "strict")
+    assert (aside / "data").read_bytes() == b"the only copy"

@@ -40,6 +40,8 @@ logger = logging.getLogger("raftly.testing.lazyfs")
 
 HIDDEN = ".lazyfs"
 """The backing directory's entry the file system keeps its attic in; never shown."""
+ASIDE = "before-power-loss"
+"""Where a strict power loss moves the tree while it rebuilds it (in the attic)."""
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _STAT_FIELDS = ("st_mode", "st_ino", "st_nlink", "st_uid", "st_gid", "st_size", "st_atime_ns",
@@ -79,6 +81,12 @@ class LazyOperations(mfusepy.Operations):  # type: ignore[misc]
         self.mode = mode
         self.mutex = threading.RLock()
         self._attic = os.path.join(self.root, HIDDEN)
+        if os.path.lexists(os.path.join(self._attic, ASIDE)):
+            # A power loss died half-way (killed, or the rebuild and its undo both failed):
+            # the only copy of some of the data may be there.
+            raise RuntimeError(
+                f"{os.path.join(self._attic, ASIDE)} holds the tree of an unfinished power "
+                f"loss: move its entries back into {self.root} and remove {self._attic}")
         shutil.rmtree(self._attic, ignore_errors=True)
         os.mkdir(self._attic)
         self._pending: dict[int, PendingFile] = {}
@@ -194,11 +202,27 @@ class LazyOperations(mfusepy.Operations):  # type: ignore[misc]
             logger.info("power loss: %s: wrote back %s", relative, done)
 
     def _restore_namespace(self) -> None:
-        aside = os.path.join(self._attic, "before-power-loss")
+        aside = os.path.join(self._attic, ASIDE)
         os.mkdir(aside)
-        for name in os.listdir(self.root):
-            if name != HIDDEN:
-                os.rename(os.path.join(self.root, name), os.path.join(aside, name))
+        moved: list[str] = []
+        rebuilding = False
+        try:
+            for name in os.listdir(self.root):
+                if name != HIDDEN:
+                    os.rename(os.path.join(self.root, name), os.path.join(aside, name))
+                    moved.append(name)
+            rebuilding = True
+            self._rebuild()
+        except BaseException:
+            self._undo_rebuild(aside, moved, rebuilding)
+            raise
+        shutil.rmtree(self._attic)
+        os.mkdir(self._attic)
+        self._retired.clear()
+        self._record_tree()
+
+    def _rebuild(self) -> None:
+        """Rebuild the durable tree from hard links to the files in the attic."""
         files: dict[int, str] = {}
         for directory, _, names in os.walk(self._attic):
             for name in names:
@@ -217,10 +241,20 @@ class LazyOperations(mfusepy.Operations):  # type: ignore[misc]
                     logger.error("power loss: inode %d of %s is gone", entry.ino, path)
 
         build(self._root_ino, self.root)
-        shutil.rmtree(self._attic)
-        os.mkdir(self._attic)
-        self._retired.clear()
-        self._record_tree()
+
+    def _undo_rebuild(self, aside: str, moved: list[str], rebuilding: bool) -> None:
+        """Put the entries ``moved`` into ``aside`` back, first removing what was rebuilt (only
+        new directories and links to files in the attic), so a failed power loss loses
+        nothing."""
+        logger.error("power loss failed: putting the tree back as it was")
+        if rebuilding:  # everything had been moved aside: the root holds only rebuilt entries
+            for name in os.listdir(self.root):
+                path = os.path.join(self.root, name)
+                if name != HIDDEN:
+                    shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+        for name in moved:
+            os.rename(os.path.join(aside, name), os.path.join(self.root, name))
+        os.rmdir(aside)
 
     # -- attributes and directories --------------------------------------------------------
 
