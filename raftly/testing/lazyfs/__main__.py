@@ -31,8 +31,19 @@ def _unmount_when_orphaned(mountpoint: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m raftly.testing.lazyfs",
-                                     description="a FUSE passthrough that forgets unsynced data")
+    parser = argparse.ArgumentParser(
+        prog="python -m raftly.testing.lazyfs",
+        description="a FUSE passthrough that forgets unsynced data",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="modes:\n"
+               "  lazy    namespace changes (create, rename, unlink, mkdir) survive a power loss\n"
+               "  strict  they survive only if their directory was fsynced after them\n"
+               "control commands (one line per connection, e.g. "
+               "echo powerloss | nc -U SOCKET):\n"
+               "  ping            -> ok\n"
+               "  powerloss       forget everything not fsynced\n"
+               "  powerloss SEED  the same, after writing back a random part of it\n"
+               "unmount with: fusermount3 -u MOUNTPOINT (see docs/lazyfs.md)")
     parser.add_argument("backing", help="the directory whose files are served")
     parser.add_argument("mountpoint")
     parser.add_argument("--mode", choices=MODES, default="lazy")
@@ -48,9 +59,11 @@ def main(argv: list[str] | None = None) -> int:
                      name="lazyfs-orphan").start()
     try:
         # direct_io and zero timeouts: the kernel keeps no data or attributes of its own, so
-        # after a power loss every read comes back to the page cache kept here.
+        # after a power loss every read comes back to the page cache kept here. A real
+        # max_threads: mfusepy's default (-1) makes libfuse log a warning at every mount.
         mfusepy.FUSE(ops, args.mountpoint, foreground=True, direct_io=True, hard_remove=True,
-                     attr_timeout=0, entry_timeout=0, negative_timeout=0, fsname="lazyfs")
+                     attr_timeout=0, entry_timeout=0, negative_timeout=0, fsname="lazyfs",
+                     max_threads=16)
     finally:
         server.close()
     return 0
