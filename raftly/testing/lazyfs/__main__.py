@@ -59,11 +59,9 @@ def main(argv: list[str] | None = None) -> int:
                      name="lazyfs-orphan").start()
     try:
         # direct_io and zero timeouts: the kernel keeps no data or attributes of its own, so
-        # after a power loss every read comes back to the page cache kept here. A real
-        # max_threads: mfusepy's default (-1) makes libfuse log a warning at every mount.
+        # after a power loss every read comes back to the page cache kept here.
         mfusepy.FUSE(ops, args.mountpoint, foreground=True, direct_io=True, hard_remove=True,
-                     attr_timeout=0, entry_timeout=0, negative_timeout=0, fsname="lazyfs",
-                     max_threads=16)
+                     attr_timeout=0, entry_timeout=0, negative_timeout=0, fsname="lazyfs")
     finally:
         server.close()
     return 0
