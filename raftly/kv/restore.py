@@ -32,7 +32,7 @@ from raftly.kv.identity import IdentityError, NodeIdentity, claim_data_dir
 from raftly.kv.members_http import bootstrap_conf
 from raftly.storage import DiskStorage
 from raftly.storage.base import StorageError
-from raftly.storage.disk.fsio import Syncer
+from raftly.storage.disk.fsio import make_dirs
 from raftly.storage.snapshots import SnapshotStore
 
 logger = logging.getLogger("raftly.kv.restore")
@@ -117,10 +117,8 @@ def _prepare_empty(directory: str) -> None:
                                f"e.g. {sorted(entries)[0]!r}): a restore only seeds an empty "
                                "directory (a new node); give another --data-dir")
         return
-    parent = os.path.dirname(directory)
     try:
-        os.makedirs(directory)
-        Syncer("always").directory(parent)
+        make_dirs(directory)
     except OSError as exc:
         raise RestoreError(f"cannot create {directory}: {exc.strerror or exc}") from None
 

@@ -177,3 +177,18 @@ def test_fsync_always_reopens_after_a_power_loss_in_the_middle_of_a_conflicting_
         assert entries[19:] in (ents(20, len(entries), 1, size=100),
                                 ents(20, len(entries), 2, size=100)), seed
         reopened.close()
+
+
+def test_a_data_dir_made_by_someone_else_is_made_durable_when_opened(lazyfs):
+    """``mkdir -p`` (or a crash before the parent's flush) left the directory unrecorded."""
+    lazy = lazyfs("strict")
+    data = Path(lazy.mountpoint) / "node"
+    data.mkdir()  # its parent never fsynced
+    storage = DiskStorage(data)
+    storage.bootstrap(CONF)
+    storage.save(HardState(1, 1, 0), ents(1, 3, 1))
+    storage.abandon()
+    lazy.power_loss()
+    reopened = DiskStorage(data)
+    assert reopened.load().entries == ents(1, 3, 1)
+    reopened.close()

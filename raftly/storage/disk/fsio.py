@@ -107,16 +107,18 @@ def replace_file(directory: str, name: str, data: bytes, syncer: Syncer) -> None
 
 def make_dirs(path: str) -> None:
     """``os.makedirs(path, exist_ok=True)``, each directory created made durable in its parent
-    (else a power loss can take a directory away with everything durably written inside)."""
+    (else a power loss can take a directory away with everything durably written inside).
+
+    The parent of ``path`` is flushed even if ``path`` exists: it may have been made by a run
+    that crashed before flushing it, or by someone else (``mkdir -p``)."""
     path = os.path.abspath(path)
-    if os.path.isdir(path):
-        return
     parent = os.path.dirname(path)
-    make_dirs(parent)
-    try:
-        os.mkdir(path)
-    except FileExistsError:
-        if not os.path.isdir(path):
-            raise
-        return
+    if not os.path.isdir(path):
+        if parent != path:
+            make_dirs(parent)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise
     _flush_directory(parent)
