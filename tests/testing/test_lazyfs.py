@@ -206,17 +206,29 @@ def test_the_page_cache_reads_backing_bytes_it_does_not_hold(tmp_path):
         os.close(fd)
 
 
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie nobody reaped (a container's init may not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 def test_a_mount_whose_starter_died_unmounts_itself(tmp_path):
     reason = unavailable()
     if reason is not None:
         pytest.skip(reason)
     mountpoint = tmp_path / "mnt"
     starter = ("import sys, os\nfrom raftly.testing.lazyfs import LazyMount\n"
-               "LazyMount(sys.argv[1], sys.argv[2]).start()\nos._exit(0)\n")
+               "m = LazyMount(sys.argv[1], sys.argv[2])\nm.start()\nprint(m._process.pid)\n"
+               "sys.stdout.flush()\nos._exit(0)\n")
     try:
-        subprocess.run([sys.executable, "-c", starter, str(tmp_path / "backing"),
-                        str(mountpoint)], check=True, timeout=60)
+        done = subprocess.run([sys.executable, "-c", starter, str(tmp_path / "backing"),
+                               str(mountpoint)], check=True, timeout=60, capture_output=True)
+        child = int(done.stdout)
         wait_until("the orphaned mount is gone", lambda: not os.path.ismount(mountpoint))
+        wait_until("the orphaned child exited", lambda: _exited(child))
     finally:
         if os.path.ismount(mountpoint):
             subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=False)
