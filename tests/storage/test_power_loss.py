@@ -86,8 +86,10 @@ def power_loss_cycles(lazy, fsync: str, *, partial: bool, cycles: int = 12) -> i
         for _ in range(rng.randint(1, 4)):
             if rng.random() < 0.4:
                 term, vote = term + 1, rng.choice([1, 2, 3])
-            # Now and then a conflicting suffix is replaced, never a committed entry.
-            first = max(storage.hard_state.commit + 1, storage.last_index + 1 - rng.randint(0, 2))
+            # Now and then a conflicting suffix is replaced, never a committed (or snapshotted)
+            # entry.
+            first = max(storage.hard_state.commit + 1, storage.snapshot.index + 1,
+                        storage.last_index + 1 - rng.randint(0, 2))
             batch = ents(first, first + rng.randint(0, 6), term)
             storage.save(HardState(term, vote, storage.hard_state.commit), batch)
             for e in batch:
