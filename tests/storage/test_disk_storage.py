@@ -190,6 +190,27 @@ def test_a_new_segment_with_a_torn_header_is_dropped(node: Path, rolled: list[En
     assert open_disk(node).load().entries[-1].index == 31
 
 
+@pytest.mark.parametrize("written", [0, 5, 8])
+def test_a_new_segment_whose_size_outran_its_header_is_dropped(
+    node: Path, rolled: list[Entry], written: int
+) -> None:
+    """A power loss can keep a new file's size but not all of its data: a zero-filled tail."""
+    header = segment.encode_header(31)[:written]
+    record = segment.encode_record(ents(31, 31, 1)[0])
+    (node / "wal" / segment.segment_name(31)).write_bytes(header.ljust(300, b"\0"))
+    s = open_disk(node)
+    assert s.load().entries == rolled
+    s.save(None, ents(31, 31, 1))
+    s.close()
+    s = open_disk(node)
+    assert s.load().entries[-1].index == 31
+    s.close()
+    # The same zeros before an intact record: written whole, damaged since.
+    (node / "wal" / segment.segment_name(31)).write_bytes(header.ljust(16, b"\0") + record)
+    with pytest.raises(StorageError, match="corrupt at byte offset 0"):
+        open_disk(node).load()
+
+
 # -- corruption ----------------------------------------------------------------------------
 
 
@@ -431,3 +452,29 @@ def test_a_seed_cut_short_before_its_hard_state_refuses_to_open(node: Path) -> N
     with pytest.raises(StorageError, match="hardstate"):
         s.load()
     s.close()
+
+
+@pytest.mark.parametrize("fsync", ["always", "never"])
+def test_a_log_truncation_is_flushed_before_entries_are_written_over_it(
+    node: Path, fsync: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Else a crash may keep the new records but not the cut: old records after new ones."""
+    from raftly.storage.disk import fsio, log
+
+    storage = open_disk(node, fsync=fsync, segment_size=1 << 20)
+    storage.bootstrap(ConfState(frozenset({1, 2, 3})))
+    storage.save(HardState(1, 1, 0), ents(1, 30, 1, size=100))
+    events: list[tuple[str, int]] = []
+    real_truncate, real_flush, real_write = os.ftruncate, fsio._flush_file, log.pwrite_all
+    monkeypatch.setattr(os, "ftruncate",
+                        lambda fd, n: (events.append(("cut", fd)), real_truncate(fd, n))[1])
+    monkeypatch.setattr(fsio, "_flush_file",
+                        lambda fd: (events.append(("flush", fd)), real_flush(fd))[1])
+    monkeypatch.setattr(log, "pwrite_all",
+                        lambda fd, *a: (events.append(("write", fd)), real_write(fd, *a))[1])
+    storage.save(HardState(2, 2, 0), ents(20, 40, 2, size=100))  # conflict from 20
+    storage.close()
+    cut = events.index(next(e for e in events if e[0] == "cut"))
+    fd = events[cut][1]
+    after = [kind for kind, f in events[cut + 1 :] if f == fd]
+    assert after[:2] == ["flush", "write"], events

@@ -8,8 +8,9 @@ it into ``StorageError`` and poison the storage.
 The policy ``never`` skips the flush of bulk data only (``Syncer.file``: log appends). Rare
 writes without which a directory would not open again after a power loss are flushed whatever
 the policy (``Syncer.rare_file`` and ``Syncer.directory``): the state files, snapshot files,
-sealed segments, and every directory entry created, renamed or removed. They happen on a term
-or vote change, a snapshot, a segment roll or a compaction, so ``never`` stays nearly free.
+sealed segments, a log truncation, and every directory entry created, renamed or removed. They
+happen on a term or vote change, a snapshot, a segment roll, a log conflict or a compaction, so
+``never`` stays nearly free.
 """
 
 from __future__ import annotations
@@ -106,16 +107,18 @@ def replace_file(directory: str, name: str, data: bytes, syncer: Syncer) -> None
 
 def make_dirs(path: str) -> None:
     """``os.makedirs(path, exist_ok=True)``, each directory created made durable in its parent
-    (else a power loss can take a directory away with everything durably written inside)."""
+    (else a power loss can take a directory away with everything durably written inside).
+
+    The parent of ``path`` is flushed even if ``path`` exists: it may have been made by a run
+    that crashed before flushing it, or by someone else (``mkdir -p``)."""
     path = os.path.abspath(path)
-    if os.path.isdir(path):
-        return
     parent = os.path.dirname(path)
-    make_dirs(parent)
-    try:
-        os.mkdir(path)
-    except FileExistsError:
-        if not os.path.isdir(path):
-            raise
-        return
+    if not os.path.isdir(path):
+        if parent != path:
+            make_dirs(parent)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise
     _flush_directory(parent)

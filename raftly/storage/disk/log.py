@@ -147,12 +147,15 @@ class SegmentedLog:
                 seg.size + pending + len(record) > self._segment_size and (terms or seg.terms)
             )
             if seg is None or full:
-                if seg is not None and buf:
+                if seg is not None:
                     # Seal: flush the old segment before the new one exists (see module doc),
-                    # even under fsync never: only the last segment may ever be torn.
-                    self._write(seg, buf, offsets, terms)
+                    # even under fsync never: only the last segment may ever be torn. Under
+                    # never it may hold unflushed appends of earlier batches even if this
+                    # batch wrote nothing to it.
+                    if buf:
+                        self._write(seg, buf, offsets, terms)
+                        buf, offsets, terms = bytearray(), [], []
                     self._syncer.rare_file(seg.fd)
-                    buf, offsets, terms = bytearray(), [], []
                 seg = self._create(entry.index)
                 created = True
             offsets.append(seg.size + len(buf))
@@ -212,7 +215,9 @@ class SegmentedLog:
         seg = self._segments[-1]
         keep = index - seg.first
         os.ftruncate(seg.fd, seg.offsets[keep])
-        self._syncer.file(seg.fd)
+        # Whatever the policy: new entries are written over the cut, and a crash that kept
+        # those but not the truncation would leave old records after new ones (corruption).
+        self._syncer.rare_file(seg.fd)
         del seg.offsets[keep + 1 :]
         del seg.terms[keep:]
 
@@ -293,7 +298,7 @@ class SegmentedLog:
                 cut.reason,
             )
             os.ftruncate(cut.segment.fd, cut.offset)
-            self._syncer.file(cut.segment.fd)
+            self._syncer.rare_file(cut.segment.fd)  # new appends follow the cut: as above
         self._discard(keep_suffix=not drop_all)
 
     def _load_segments(self) -> tuple[_TornTail | None, _Segment | None]:

@@ -106,6 +106,9 @@ def scan(buf: bytes | memoryview, first_index: int) -> ScanResult:
     size = len(buf)
     if size < HEADER_SIZE:
         return ScanResult(offsets, terms, f"segment header cut short ({size} bytes)", torn=True)
+    if _torn_header(buf, first_index):
+        return ScanResult(offsets, terms, "segment header torn (zeros after its start)",
+                          torn=True)
     magic, header_index = HEADER.unpack_from(buf, 0)
     if magic != MAGIC:
         return ScanResult(offsets, terms, "not a raftly log segment (bad magic)")
@@ -151,6 +154,17 @@ def _has_zero_sector(buf: bytes | memoryview, lo: int, hi: int) -> bool:
     end = min(hi, len(buf))
     return any(buf[s : s + _SECTOR] == _ZERO_SECTOR
                for s in range(first, end - _SECTOR + 1, _SECTOR))
+
+
+def _torn_header(buf: bytes | memoryview, first_index: int) -> bool:
+    """Whether the header is what a crash leaves of a new segment's: the start of the right
+    header, then zeros (the file's size reached the disk, its data not all of it), and no
+    intact record after it (else it was written whole and damaged afterwards)."""
+    head = bytes(buf[:HEADER_SIZE])
+    whole = encode_header(first_index)
+    written = len(head.rstrip(b"\0"))
+    return (head != whole and head[:written] == whole[:written]
+            and _next_intact_record(buf, HEADER_SIZE, first_index) is None)
 
 
 def _bad_record(buf: bytes | memoryview, off: int, expected: int, offsets: array[int],

@@ -41,8 +41,9 @@ class DiskStorage:
 
     ``fsync="never"`` skips the flush of appended entries: a power loss or OS crash then loses
     recent (acknowledged) entries, never a process crash. The rare writes a directory needs to
-    open again (state files, directory entries, sealed segments) are still flushed, and the log
-    is flushed before a hard state is written, so the directory always opens again.
+    open again (state files, directory entries, sealed segments, a log truncation) are still
+    flushed, and the log is flushed before a hard state is written, so the directory always
+    opens again.
     ``segment_size`` is where a segment is rolled (a record larger than it gets a segment of
     its own).
 

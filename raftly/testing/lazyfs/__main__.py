@@ -31,8 +31,19 @@ def _unmount_when_orphaned(mountpoint: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m raftly.testing.lazyfs",
-                                     description="a FUSE passthrough that forgets unsynced data")
+    parser = argparse.ArgumentParser(
+        prog="python -m raftly.testing.lazyfs",
+        description="a FUSE passthrough that forgets unsynced data",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="modes:\n"
+               "  lazy    namespace changes (create, rename, unlink, mkdir) survive a power loss\n"
+               "  strict  they survive only if their directory was fsynced after them\n"
+               "control commands (one line per connection, e.g. "
+               "echo powerloss | nc -U SOCKET):\n"
+               "  ping            -> ok\n"
+               "  powerloss       forget everything not fsynced\n"
+               "  powerloss SEED  the same, after writing back a random part of it\n"
+               "unmount with: fusermount3 -u MOUNTPOINT (see docs/lazyfs.md)")
     parser.add_argument("backing", help="the directory whose files are served")
     parser.add_argument("mountpoint")
     parser.add_argument("--mode", choices=MODES, default="lazy")
@@ -40,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="lazyfs: %(message)s", stream=sys.stderr)
     ops = LazyOperations(args.backing, args.mode)
-    server = ControlServer(args.control, {"ping": lambda: None, "powerloss": ops.power_loss})
+    server = ControlServer(args.control, {
+        "ping": lambda: None,
+        "powerloss": lambda seed=None: ops.power_loss(None if seed is None else int(seed)),
+    })
     threading.Thread(target=_unmount_when_orphaned, args=(args.mountpoint,), daemon=True,
                      name="lazyfs-orphan").start()
     try:

@@ -3,13 +3,15 @@
 A ``PendingFile`` overlays the backing file (which holds exactly what was fsynced) with the pages
 written since, the file's current size, and how far the backing file's bytes still count after a
 truncation. Reads combine the two like the kernel's page cache would; ``flush`` writes the
-overlay into the backing file (the fsync); dropping the object is a power loss for this file.
-Pure data structure over a file descriptor: no FUSE, no locking (the caller serialises).
+overlay into the backing file (the fsync); dropping the object is a power loss for this file,
+and ``write_back_some`` first writes part of it back, as a kernel may have before the power
+went. Pure data structure over a file descriptor: no FUSE, no locking (the caller serialises).
 """
 
 from __future__ import annotations
 
 import os
+import random
 
 PAGE = 4096
 
@@ -91,3 +93,33 @@ class PendingFile:
         os.fsync(fd)
         self._pages.clear()
         self._floor = self.size
+
+    def write_back_some(self, fd: int, rng: random.Random) -> str:
+        """Write back part of the overlay, as the kernel may have before a power loss; returns
+        what it did, for the log.
+
+        The dirty pages are written in file order and the writing stops at a random point,
+        possibly in the middle of a page at a random byte (LazyFS's ``torn-seq``); the file's
+        size change (a truncation, an extension) reaches the disk or not, at random. So the
+        file may end up with new bytes over old ones not yet cut off, or with its new size but
+        a zero-filled or torn tail. Out-of-order write-back (a later page without an earlier
+        one) is not modelled.
+        """
+        pages = sorted(self._pages)
+        chosen = pages[: rng.randint(0, len(pages))]
+        tear = rng.randint(1, PAGE - 1) if chosen and rng.random() < 0.5 else PAGE
+        resize = rng.random() < 0.5
+        length = self.size if resize else os.fstat(fd).st_size
+        if resize:
+            os.ftruncate(fd, min(self._floor, self.size))
+        for number in chosen:
+            start = number * PAGE
+            take = min(tear if number == chosen[-1] else PAGE, length - start)
+            if take > 0:
+                os.pwrite(fd, self._pages[number][:take], start)
+        if resize:
+            os.ftruncate(fd, self.size)
+        os.fsync(fd)
+        torn = f", the last torn after {tear} bytes" if tear < PAGE else ""
+        return (f"{len(chosen)} of {len(pages)} dirty pages{torn}, size "
+                f"{'changed to ' + str(self.size) if resize else 'kept at ' + str(length)}")

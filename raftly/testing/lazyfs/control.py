@@ -2,11 +2,14 @@
 
 A client connects, sends one command line and reads one reply line, then the connection ends:
 
-    ping        -> ok
-    powerloss   -> ok        (every unsynced write, in strict mode every unsynced namespace
+    ping             -> ok
+    powerloss        -> ok   (every unsynced write, in strict mode every unsynced namespace
                               change too, is forgotten; see ``fs.LazyOperations.power_loss``)
+    powerloss SEED   -> ok   (the same, after writing back a random part of the unsynced
+                              writes, chosen by the integer SEED)
 
-Anything else gets ``error <reason>``. A command line is at most ``MAX_LINE`` bytes; the server
+A command's words after the first are passed to it as strings. Anything else gets
+``error <reason>``. A command line is at most ``MAX_LINE`` bytes; the server
 answers one connection at a time, each with a deadline, so a stuck client cannot hold it.
 """
 
@@ -28,7 +31,9 @@ TIMEOUT = 10.0
 class ControlServer:
     """Serves the commands above on ``path`` in a daemon thread."""
 
-    def __init__(self, path: str, commands: dict[str, Callable[[], None]]) -> None:
+    def __init__(self, path: str, commands: dict[str, Callable[..., None]]) -> None:
+        if len(os.fsencode(path)) > 107:
+            raise ValueError(f"control socket path longer than 107 bytes (AF_UNIX): {path}")
         self.path = path
         self._commands = commands
         with contextlib.suppress(FileNotFoundError):
@@ -53,11 +58,12 @@ class ControlServer:
                     logger.warning("control connection failed: %s", exc)
 
     def _answer(self, line: str) -> str:
-        command = self._commands.get(line)
+        name, *args = line.split() or [""]
+        command = self._commands.get(name)
         if command is None:
             return f"error unknown command {line[:MAX_LINE]!r}"
         try:
-            command()
+            command(*args)
         except Exception as exc:  # reported to the client, which fails its test with it
             logger.exception("command %s failed", line)
             return f"error {exc}"

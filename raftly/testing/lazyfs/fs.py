@@ -2,7 +2,8 @@
 
 ``LazyOperations`` serves a backing directory at a mount point. File data written through it
 stays in a ``PendingFile`` per inode (the page cache) until an fsync of that file writes it to
-the backing file; ``power_loss`` throws every ``PendingFile`` away. In mode ``strict`` it also
+the backing file; ``power_loss`` throws every ``PendingFile`` away (given a seed, after writing
+back a random part of each, as a kernel may have before the power went). In mode ``strict`` it also
 keeps, per directory, the listing as of that directory's last fsync (the state at mount counts
 as durable), and ``power_loss`` rebuilds the tree from those listings: namespace changes no
 directory fsync covered are undone. Files unlinked or replaced while a durable listing still
@@ -22,6 +23,7 @@ import errno
 import functools
 import logging
 import os
+import random
 import shutil
 import stat
 import threading
@@ -38,6 +40,8 @@ logger = logging.getLogger("raftly.testing.lazyfs")
 
 HIDDEN = ".lazyfs"
 """The backing directory's entry the file system keeps its attic in; never shown."""
+ASIDE = "before-power-loss"
+"""Where a strict power loss moves the tree while it rebuilds it (in the attic)."""
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _STAT_FIELDS = ("st_mode", "st_ino", "st_nlink", "st_uid", "st_gid", "st_size", "st_atime_ns",
@@ -77,6 +81,12 @@ class LazyOperations(mfusepy.Operations):  # type: ignore[misc]
         self.mode = mode
         self.mutex = threading.RLock()
         self._attic = os.path.join(self.root, HIDDEN)
+        if os.path.lexists(os.path.join(self._attic, ASIDE)):
+            # A power loss died half-way (killed, or the rebuild and its undo both failed):
+            # the only copy of some of the data may be there.
+            raise RuntimeError(
+                f"{os.path.join(self._attic, ASIDE)} holds the tree of an unfinished power "
+                f"loss: move its entries back into {self.root} and remove {self._attic}")
         shutil.rmtree(self._attic, ignore_errors=True)
         os.mkdir(self._attic)
         self._pending: dict[int, PendingFile] = {}
@@ -155,10 +165,17 @@ class LazyOperations(mfusepy.Operations):  # type: ignore[misc]
 
     # -- power loss ------------------------------------------------------------------------
 
-    def power_loss(self) -> None:
-        """Forget every unsynced write (and in strict mode every unsynced namespace change)."""
+    def power_loss(self, seed: int | None = None) -> None:
+        """Forget every unsynced write (and in strict mode every unsynced namespace change).
+
+        With a ``seed``, first write back a random part of each file's unsynced writes
+        (``PendingFile.write_back_some``), chosen by ``Random(f"{seed}:{path}")`` so a failure
+        replays with the same seed and the same operations.
+        """
         with self.mutex:
             dropped = sum(1 for p in self._pending.values() if p.dirty)
+            if seed is not None:
+                self._write_back_some(seed)
             self._pending.clear()
             if self.mode == "strict":
                 self._restore_namespace()
@@ -166,12 +183,46 @@ class LazyOperations(mfusepy.Operations):  # type: ignore[misc]
                 self._collect()
             logger.info("power loss: unsynced data of %d files dropped", dropped)
 
+    def _write_back_some(self, seed: int) -> None:
+        logger.info("power loss with partial write-back, seed %d", seed)
+        paths: dict[int, str] = {}
+        for directory, _, names in sorted(os.walk(self.root)):
+            for name in sorted(names):
+                path = os.path.join(directory, name)
+                ino = os.lstat(path).st_ino
+                if ino in self._pending and self._pending[ino].dirty:
+                    paths.setdefault(ino, path)
+        for ino, path in paths.items():
+            relative = os.path.relpath(path, self.root)
+            fd = os.open(path, os.O_RDWR)
+            try:
+                done = self._pending[ino].write_back_some(fd, random.Random(f"{seed}:{relative}"))
+            finally:
+                os.close(fd)
+            logger.info("power loss: %s: wrote back %s", relative, done)
+
     def _restore_namespace(self) -> None:
-        aside = os.path.join(self._attic, "before-power-loss")
+        aside = os.path.join(self._attic, ASIDE)
         os.mkdir(aside)
-        for name in os.listdir(self.root):
-            if name != HIDDEN:
-                os.rename(os.path.join(self.root, name), os.path.join(aside, name))
+        moved: list[str] = []
+        rebuilding = False
+        try:
+            for name in os.listdir(self.root):
+                if name != HIDDEN:
+                    os.rename(os.path.join(self.root, name), os.path.join(aside, name))
+                    moved.append(name)
+            rebuilding = True
+            self._rebuild()
+        except BaseException:
+            self._undo_rebuild(aside, moved, rebuilding)
+            raise
+        shutil.rmtree(self._attic)
+        os.mkdir(self._attic)
+        self._retired.clear()
+        self._record_tree()
+
+    def _rebuild(self) -> None:
+        """Rebuild the durable tree from hard links to the files in the attic."""
         files: dict[int, str] = {}
         for directory, _, names in os.walk(self._attic):
             for name in names:
@@ -190,10 +241,20 @@ class LazyOperations(mfusepy.Operations):  # type: ignore[misc]
                     logger.error("power loss: inode %d of %s is gone", entry.ino, path)
 
         build(self._root_ino, self.root)
-        shutil.rmtree(self._attic)
-        os.mkdir(self._attic)
-        self._retired.clear()
-        self._record_tree()
+
+    def _undo_rebuild(self, aside: str, moved: list[str], rebuilding: bool) -> None:
+        """Put the entries ``moved`` into ``aside`` back, first removing what was rebuilt (only
+        new directories and links to files in the attic), so a failed power loss loses
+        nothing."""
+        logger.error("power loss failed: putting the tree back as it was")
+        if rebuilding:  # everything had been moved aside: the root holds only rebuilt entries
+            for name in os.listdir(self.root):
+                path = os.path.join(self.root, name)
+                if name != HIDDEN:
+                    shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+        for name in moved:
+            os.rename(os.path.join(aside, name), os.path.join(self.root, name))
+        os.rmdir(aside)
 
     # -- attributes and directories --------------------------------------------------------
 
