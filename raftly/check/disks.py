@@ -3,14 +3,17 @@
 Each node's data dir (``OUT/data/NAME``, where ``cluster.LAYOUT`` puts it) is the mount point of
 its own ``raftly.testing.lazyfs`` mount, backed by ``OUT/disks/NAME``; the mounts' control
 sockets and logs go to ``OUT/lazyfs``. A power loss of a node drops what its disk holds that
-was not fsynced (kill the node first). ``close`` unmounts every disk, whatever happened before:
-the runner calls it on every way out of a run.
+was not fsynced (kill the node first), after writing back a seeded random part of it, torn
+writes included, as a kernel may have done before the power went: the seeds come from the run's
+seed, so a run replays with the same write-backs. ``close`` unmounts every disk, whatever
+happened before: the runner calls it on every way out of a run.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import subprocess
 import tempfile
@@ -33,9 +36,11 @@ class DiskError(Exception):
 class LazyDisks:
     """Lazy mounts for the nodes ``names``, with their files under ``out``."""
 
-    def __init__(self, out: Path, names: Iterable[str], mode: Mode = "strict") -> None:
+    def __init__(self, out: Path, names: Iterable[str], mode: Mode = "strict",
+                 seed: int = 0) -> None:
         self.out = out
         self.mode = mode
+        self._rng = random.Random(f"raftly-check-powerloss:{seed}")
         self.mounts: dict[str, LazyMount] = {}
         self._names = list(names)
         self._sockets: str | None = None
@@ -69,7 +74,9 @@ class LazyDisks:
 
     def power_loss(self, names: Iterable[str]) -> None:
         for name in names:
-            self.mounts[name].power_loss()
+            seed = self._rng.getrandbits(32)
+            logger.info("power loss of %s (write-back seed %d)", name, seed)
+            self.mounts[name].power_loss(seed)
 
     def close(self) -> None:
         """Unmount every disk (safe to call more than once)."""

@@ -386,7 +386,7 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
     history = HistoryWriter(out / "history.jsonl")
     nlog = NemesisLog(out / "nemesis.jsonl")
     cluster: ProcessCluster | None = None
-    disks = (LazyDisks(out, [n.name for n in spec.nodes], lazyfs_mode)
+    disks = (LazyDisks(out, [n.name for n in spec.nodes], lazyfs_mode, seed)
              if "powerloss" in nemeses else None)
     faults = schedule(seed, [n.name for n in spec.nodes], duration, nemeses)
     workload = Workload(clients=clients, keys=keys, rate=rate, op_timeout=op_timeout, txn=txn)
