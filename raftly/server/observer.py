@@ -65,7 +65,7 @@ class Observers:
         for o in self._all:
             try:
                 call(o)
-            except Exception:  # noqa: BLE001 - a foreign bug must not reach the commit path
+            except Exception:  # a foreign bug must not reach the commit path
                 logger.exception("observer %s raised; it is dropped and hears nothing more",
                                  type(o).__qualname__)
                 self._all = tuple(x for x in self._all if x is not o)
