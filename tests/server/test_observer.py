@@ -111,3 +111,23 @@ def test_an_observer_that_raises_is_logged_once_and_dropped_never_losing_a_write
         assert len(logged) == 1 and logged[0].exc_info is not None
 
     asyncio.run(body())
+
+
+class NoSaves(Recorder):
+    wants_saves = False
+
+
+def test_observers_that_do_not_want_saves_are_not_told_and_the_rest_still_are() -> None:
+    async def body() -> None:
+        quiet, seen = NoSaves(), Recorder()
+        async with single_node(observers=[quiet]) as server:
+            for _ in range(3):
+                await server.propose(b"1")
+        async with single_node(observers=[quiet, seen]) as server:
+            await server.propose(b"1")
+        # Proposals are still reported to it; only the (untimed) saves are not.
+        assert [o for _, o in quiet.proposals] == [ProposalOutcome.OK] * 4
+        assert quiet.saves == []
+        assert sum(n for _, n in seen.saves) >= 2
+
+    asyncio.run(body())
