@@ -90,6 +90,10 @@ class ActivityLog:
         # Allocated lazily: a follower, which never finishes a proposal, never holds one.
         self._counts: list[int] | None = None
 
+    wants_saves = False
+    """The page shows proposals, not fsyncs (those are in the metrics): the server need not time
+    its saves for this log, so with metrics off it does not."""
+
     # -- ServerObserver -------------------------------------------------------------------------
 
     def proposal_finished(self, seconds: float, outcome: ProposalOutcome) -> None:
@@ -103,7 +107,7 @@ class ActivityLog:
         counts[bisect.bisect_left(LATENCY_BOUNDS, seconds)] += 1
 
     def saved(self, seconds: float, entries: int) -> None:
-        pass  # the page shows proposals, not fsyncs (those are in the metrics)
+        pass  # never called: see wants_saves
 
     def role_changed(self, role: Role, term: int, leader: NodeId | None) -> None:
         self.timeline.append(RoleChange(self._wall(), role.value, term, leader))
@@ -145,6 +149,14 @@ class ActivityLog:
                 continue
             self.sample(commit, applied)
 
+    def start_sampler(self, indexes: Callable[[], tuple[int, int]], *, name: str,
+                      interval: float = 1.0) -> asyncio.Task[None]:
+        """``run_sampler`` as a task whose failure is logged (with its traceback) when it ends:
+        the page then shows no new seconds, and the log says why. The node runs on regardless."""
+        task = asyncio.create_task(self.run_sampler(indexes, interval), name=name)
+        task.add_done_callback(_log_failure)
+        return task
+
     # -- JSON -----------------------------------------------------------------------------------
 
     def to_json(self, name_of: Callable[[NodeId], str | None]) -> dict[str, object]:
@@ -174,6 +186,12 @@ def indexes_of(server: RaftServer) -> Callable[[], tuple[int, int]]:
         status = server.status()
         return status.commit_index, status.applied_index
     return indexes
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logger.error("%s failed; the cluster page gets no new samples", task.get_name(),
+                     exc_info=exc)
 
 
 def _percentile(counts: list[int], total: int, q: float) -> float:

@@ -14,8 +14,9 @@ builds every metric family at scrape time from:
   lag on the leader, the traffic with each peer (which the transport counts anyway).
 
 Label values are bounded, so a client cannot grow the registry: a request's route is the
-pattern it matched (``/v1/kv/{key}``, never the raw path; ``unmatched`` for a 404 or 405) and an
-unusual method counts as ``other``. docs/metrics.md lists every metric.
+pattern it matched (``/v1/kv/{key}``, never the raw path; ``unmatched`` for a 404 or 405), an
+unusual method counts as ``other``, and a peer is a member the transport was configured with
+(what an id claimed by a stranger sends is not counted). docs/metrics.md lists every metric.
 """
 
 from __future__ import annotations

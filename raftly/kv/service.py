@@ -175,8 +175,7 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
     logger.info("node %s (raft id %d) serving the KV API on %s", name, spec.id,
                 actual.base_url(tls is not None))
     node = RunningNode(spec, server, api, runner, actual, calls)
-    node.sampler = asyncio.create_task(activity.run_sampler(indexes_of(server)),
-                                       name=f"raftly {name}: activity")
+    node.sampler = activity.start_sampler(indexes_of(server), name=f"raftly {name}: activity")
     node.watcher = asyncio.create_task(_watch_removal(node), name=f"raftly {name}: removal")
     if isinstance(transport, TcpTransport):
         transport.on_unknown_peer = _AddressFinder(node, peer_names).wanted

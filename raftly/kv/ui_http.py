@@ -10,9 +10,12 @@
   configuration its ``/v1/status`` and ``/v1/activity``, fetched concurrently under a short
   timeout through ``NodeCalls`` (TLS and the node's token as for its other calls; its own
   straight from memory), its health, who leads, and the members' timelines merged by term.
+  The cost to the members does not grow with the viewers: one keep-alive session per node, and
+  concurrent requests share one fan-out, whose answer is reused for ``REUSE_SECONDS``.
 
 Health of a member: ``down`` when it cannot be reached (the reason is given), ``unknown`` when
-it answers but not with a usable status (refused this node's call, malformed), ``lagging`` when
+it answers but not with a usable status (refused this node's call, malformed, failed TLS, or
+answers as another node or for another cluster), ``lagging`` when
 its applied index is more than ``LAG_ENTRIES`` behind the highest commit index any member
 reported, or it knows no leader while another member leads, ``up`` otherwise.
 """
@@ -48,6 +51,9 @@ FETCH_TIMEOUT = 1.0
 """Seconds this node waits for a member's status and activity (the page polls once a second)."""
 TIMELINE_TERMS = 100
 """Terms in the merged timeline, the newest."""
+REUSE_SECONDS = 0.5
+"""An answer younger than this is served again instead of asking the members anew: half the
+page's polling period, so every viewer still sees each second."""
 
 _STATUS_INTS = ("term", "commit_index", "applied_index", "last_index", "snapshot_index")
 
@@ -89,11 +95,26 @@ class ClusterPage:
         self.calls = calls
         self.timeout = timeout
         self.page = Page.load()
+        self._session: aiohttp.ClientSession | None = None
+        """Kept open (its connections kept alive) from the first request until the app's
+        cleanup: a poll costs the members no new connection or TLS handshake."""
+        self._fan_out: asyncio.Task[dict[str, object]] | None = None
+        """The fan-out under way, which concurrent requests share."""
+        self._answer: tuple[float, dict[str, object]] = (-REUSE_SECONDS, {})
+        """The last answer and the loop time its fan-out started."""
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get(UI_PATH, self.ui)
         app.router.add_get(ACTIVITY_PATH, self.activity_route)
         app.router.add_get(CLUSTER_PATH, self.cluster)
+        app.on_cleanup.append(self._close)
+
+    async def _close(self, app: web.Application) -> None:
+        if self._fan_out is not None:
+            self._fan_out.cancel()
+            await asyncio.gather(self._fan_out, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
 
     async def ui(self, request: web.Request) -> web.Response:
         return web.Response(body=self.page.html, content_type="text/html", charset="utf-8",
@@ -109,13 +130,29 @@ class ClusterPage:
         return self.api._json(200, self.activity_json())
 
     async def cluster(self, request: web.Request) -> web.Response:
+        began, answer = self._answer
+        loop = asyncio.get_running_loop()
+        if loop.time() - began >= REUSE_SECONDS:
+            if self._fan_out is None:
+                self._fan_out = loop.create_task(self._ask_members(loop.time()))
+                self._fan_out.add_done_callback(self._fanned_out)
+            # Shielded: a viewer that goes away does not cancel the others' answer.
+            answer = await asyncio.shield(self._fan_out)
+        return self.api._json(200, answer)
+
+    def _fanned_out(self, task: asyncio.Task[dict[str, object]]) -> None:
+        self._fan_out = None
+
+    async def _ask_members(self, began: float) -> dict[str, object]:
+        if self._session is None or self._session.closed:
+            self._session = self.calls.session(self.timeout)
         own = self.api.node.name
-        nodes = self.api.cluster.nodes
-        async with self.calls.session(self.timeout) as session:
-            members = await asyncio.gather(*(
-                self._own() if spec.name == own else self._fetch(session, spec)
-                for spec in nodes))
-        return self.api._json(200, cluster_answer(self.api.cluster.cluster_id, own, members))
+        members = await asyncio.gather(*(
+            self._own() if spec.name == own else self._fetch(self._session, spec)
+            for spec in self.api.cluster.nodes))
+        answer = cluster_answer(self.api.cluster.cluster_id, own, members)
+        self._answer = (began, answer)
+        return answer
 
     async def _own(self) -> dict[str, Any]:
         return {"name": self.api.node.name, "api": self.api.url_of(self.api.node), "self": True,
@@ -139,6 +176,14 @@ class ClusterPage:
         if problem is not None:
             entry["error"], entry["health"] = f"malformed status: {problem}", "unknown"
             return entry
+        cluster_id = self.api.cluster.cluster_id
+        if status.get("cluster_id") != cluster_id or status["id"] != spec.name:
+            # Not this member (a reused address, a node of another cluster): the Raft
+            # transport refuses it, so the page must not show it as up, let alone as leader.
+            entry["error"], entry["health"] = (
+                f"answers as {status['id']} of cluster {status.get('cluster_id')!r}, "
+                f"not as {spec.name} of {cluster_id!r}"), "unknown"
+            return entry
         entry["status"] = status
         # The activity only feeds the charts and timeline: a bad one is dropped, not fatal.
         entry["activity"] = activity if _activity_ok(activity) else None
@@ -161,6 +206,10 @@ async def _get(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
             body = await resp.json(content_type=None)
     except TimeoutError:
         raise _Unreachable("no answer within the timeout") from None
+    except aiohttp.ClientSSLError as exc:
+        # Reachable, but its answer cannot be trusted: a wrong certificate or CA, or plain
+        # HTTP. Its errno is OpenSSL's, which os.strerror would misread ("not permitted").
+        raise _BadAnswer(f"TLS failed: {exc.__cause__ or exc}") from None
     except aiohttp.ClientConnectorError as exc:
         error = exc.os_error
         reason = os.strerror(error.errno) if error.errno else str(error)

@@ -561,7 +561,7 @@ class RaftServer:
                     began = loop.time()
                     await loop.run_in_executor(self._disk, self._storage.save, rd.hard_state,
                                                rd.entries)
-                    if self._observers:
+                    if self._observers.wants_saves:
                         self._observers.saved(loop.time() - began, len(rd.entries))
                     self.stats["fsyncs"] += 1
                     self.stats["entries_persisted"] += len(rd.entries)

@@ -544,7 +544,8 @@ class TcpTransport:
         """Messages and bytes sent to and received from each peer id (a copy), for metrics.
 
         Counted once per write of a batch and once per read of a chunk, never per message:
-        this is the hot path."""
+        this is the hot path. Only ids that were in the address book appear: what an unknown
+        id sends is delivered (Raft judges it) but not counted, so the ids are bounded."""
         return {nid: PeerTraffic(t.messages_sent, t.bytes_sent, t.messages_received,
                                  t.bytes_received) for nid, t in self._traffic.items()}
 
@@ -993,8 +994,6 @@ class TcpTransport:
         on_message = self._on_message
         assert on_message is not None
         kwargs = self._decode_kwargs
-        traffic = self._traffic_of(node)
-        traffic.bytes_received += len(data)
         before = self._received
         try:
             for payload in decoder.feed(data):
@@ -1015,10 +1014,19 @@ class TcpTransport:
             self._decode_errors += 1
             logger.warning("node %d: closing connection from node %d (%s): %s", me, node,
                            where, exc)
+            self._count_received(node, self._received - before, 0)
             return False
-        finally:
-            traffic.messages_received += self._received - before
+        self._count_received(node, self._received - before, len(data))
         return True
+
+    def _count_received(self, node: int, messages: int, nbytes: int) -> None:
+        """Count what node ``node`` sent us: only for a member in the address book (anyone can
+        claim an id in a plain handshake, and a stranger must not add peers to the metrics), and
+        bytes only for a chunk whose frames all decoded and passed the src/dst check."""
+        peer = self._peers.get(node)
+        if peer is not None:
+            peer.traffic.messages_received += messages
+            peer.traffic.bytes_received += nbytes
 
 
 _PLAINTEXT = frozenset({"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL",

@@ -46,6 +46,8 @@ def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]
                  "--disable-sync", "--no-first-run", "--window-size=1280,1100",
                  "--hide-scrollbars", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
         options.add_argument(flag)
+    # The console, to see Content-Security-Policy violations (a blocked inline style or script).
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     try:
         yield driver
@@ -67,6 +69,13 @@ def page_state(driver: object) -> dict[str, object]:
                 busy: Number(document.getElementById('chart-writes').dataset.busySeconds || 0)};
         """)
     return state
+
+
+def csp_violations(driver: object) -> list[str]:
+    """The browser console's messages about the Content-Security-Policy (none expected: the
+    page's inline code is allowed by hash, and it fetches only from its own node)."""
+    entries: list[dict[str, str]] = driver.get_log("browser")  # type: ignore[attr-defined]
+    return [e["message"] for e in entries if "Content Security Policy" in e["message"]]
 
 
 def wait_for_page(driver: object, what: str, check: object) -> dict[str, object]:
@@ -124,6 +133,10 @@ def test_a_followers_page_shows_the_members_and_a_new_leader_after_the_leader_is
                 "return document.documentElement.scrollHeight")
             browser.set_window_size(1280, height + 140)  # type: ignore[attr-defined]
             browser.save_screenshot(screenshot)  # type: ignore[attr-defined]
+        # Only the members that answer count as up; the summary agrees with the cards.
+        up = browser.find_element("id", "members-up").text  # type: ignore[attr-defined]
+        assert up == "2 / 3", up
+        assert csp_violations(browser) == []
     finally:
         stop.set()
         writer.join(timeout=30)

@@ -5,9 +5,11 @@ sampler that keeps ticking; on a real in-process cluster, ``GET /v1/activity``."
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 
 import aiohttp
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from kv_helpers import FAST, call, run
@@ -110,6 +112,25 @@ def test_the_sampler_ticks_and_survives_a_failing_read_of_the_indexes() -> None:
         assert [s.commit_index for s in log.samples][:3] == [1, 3, 4]
 
     run(main())
+
+
+def test_a_sampler_that_dies_is_logged_with_its_error(caplog: pytest.LogCaptureFixture) -> None:
+    def broken_clock() -> float:
+        raise RuntimeError("clock bug")
+
+    def failures() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "raftly n1: activity failed" in r.getMessage()]
+
+    async def main() -> None:
+        log = ActivityLog(wall=broken_clock)
+        task = log.start_sampler(lambda: (1, 1), name="raftly n1: activity", interval=0.01)
+        await eventually(lambda: failures() or None, what="the sampler's death logged")
+        assert task.done()
+
+    caplog.set_level(logging.ERROR, logger="raftly.kv.activity")
+    run(main())
+    failed = failures()
+    assert len(failed) == 1 and "clock bug" in str(failed[0].exc_info[1])  # type: ignore[index]
 
 
 def test_the_activity_route_shows_the_leaders_writes_and_its_election() -> None:

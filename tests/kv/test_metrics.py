@@ -179,7 +179,9 @@ def test_a_snapshot_taken_by_a_node_shows_in_its_metrics(tmp_path: Path) -> None
 
             seen = await eventually(snapshotted, what="a snapshot")
             assert seen.value("raftly_snapshots_taken_total") >= 1
-            assert seen.value("raftly_snapshot_last_size_bytes") > 12 * 100 / 2
+            # The first snapshot (at index ~5) may be the one scraped: it covers the leader's
+            # entry and at least 4 of the keys, not all 12.
+            assert seen.value("raftly_snapshot_last_size_bytes") > 4 * 100
             assert seen.value("raftly_snapshot_duration_seconds_count") >= 1
             assert seen.value("raftly_first_index") > 1  # the log was compacted behind it
             # A single voter starts its own elections and leads at once.

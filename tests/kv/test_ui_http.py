@@ -4,14 +4,18 @@ the HTML without one (it asks), the data only with the read role."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import importlib.resources
+import json
 import re
+import ssl
 from dataclasses import replace
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 from kv_helpers import AUTH, FAST, READ, SecureCluster, bearer, call, fake_nodes, run
 from polling import eventually
@@ -22,6 +26,8 @@ from raftly.kv.service import LocalCluster
 from raftly.kv.ui_http import (
     LAG_ENTRIES,
     _activity_ok,
+    _BadAnswer,
+    _get,
     cluster_answer,
     content_security_policy,
     merge_timelines,
@@ -169,12 +175,18 @@ def test_a_member_answering_garbage_or_refusing_is_unknown_never_trusted() -> No
         "n7": (200, '{"role": "follower", "term": "3"}'),  # a term that is no integer
         "n8": (401, '{"error": "no token"}'),
         "n9": (200, "<html>a proxy page</html>"),
+        # Well-formed, but another cluster's node or another member: an impostor, not up, and
+        # never the leader however high its term.
+        "n5": (200, _status_of("zz", "another-cluster")),
+        "n6": (200, _status_of("n2", OURS)),
     }
 
     async def main() -> None:
         async with LocalCluster(1, config=FAST) as cluster:
             node = await cluster.wait_for_leader()
-            async for urls in fake_nodes([_answering(*a) for a in answers.values()]):
+            ours = node.api.cluster.cluster_id
+            async for urls in fake_nodes([_answering(code, text.replace(OURS, ours))
+                                          for code, text in answers.values()]):
                 for name, url in zip(answers, urls, strict=True):
                     host, port = url.split(":")
                     node.api.cluster = replace(node.api.cluster, nodes=(
@@ -190,7 +202,75 @@ def test_a_member_answering_garbage_or_refusing_is_unknown_never_trusted() -> No
             assert members[name]["health"] == "unknown" and members[name]["status"] is None
         assert "term is not a non-negative integer" in members["n7"]["error"]
         assert "401" in members["n8"]["error"]
-        assert body["leader"] == "n1"
+        assert "answers as zz of cluster 'another-cluster'" in members["n5"]["error"]
+        assert "answers as n2 of cluster 'raftly-local-" in members["n6"]["error"]
+        assert members["n6"]["error"].endswith("not as n6 of " + repr(ours))
+        assert body["leader"] == "n1" and body["term"] < 99
+
+    run(main())
+
+
+OURS = "<this cluster's id>"
+"""In a fake member's answer: replaced by the id of the cluster that asks it."""
+
+
+def _status_of(name: str, cluster_id: str) -> str:
+    return json.dumps({"cluster_id": cluster_id, "id": name, "role": "leader", "term": 99,
+                       "leader": name, "commit_index": 9, "applied_index": 9, "last_index": 9,
+                       "snapshot_index": 0})
+
+
+def test_concurrent_cluster_requests_share_one_fan_out_over_kept_alive_connections() -> None:
+    # The client port of each call for the member's activity: only the page asks for it (the
+    # node's own look-ups call /v1/status too).
+    calls: list[int] = []
+    ours = ""
+
+    async def member(request: web.Request) -> web.Response:
+        if request.path == "/v1/status":
+            return web.Response(text=_status_of("n7", ours))
+        calls.append(request.transport.get_extra_info("peername")[1])
+        return web.json_response({"id": "n7", **ActivityLog().to_json(str)})
+
+    async def main() -> None:
+        async with LocalCluster(1, config=FAST) as cluster:
+            nonlocal ours
+            node = await cluster.wait_for_leader()
+            ours = node.api.cluster.cluster_id
+            async for urls in fake_nodes([member]):
+                host, port = urls[0].split(":")
+                node.api.cluster = replace(node.api.cluster, nodes=(
+                    *node.api.cluster.nodes, NodeSpec("n7", 7, Address(host, 1),
+                                                      Address(host, int(port)))))
+                async with aiohttp.ClientSession() as session:
+                    answers = await asyncio.gather(*(
+                        call(session, "GET", node.url + "/v1/cluster") for _ in range(20)))
+                    assert all(a[0] == 200 for a in answers)
+                    # Twenty viewers at once: the member was asked once.
+                    assert len(calls) == 1
+
+                    async def asked_again() -> bool:
+                        await call(session, "GET", node.url + "/v1/cluster")
+                        return len(calls) >= 5
+
+                    await eventually(asked_again, what="four more fan-outs", interval=0.1)
+        # Later fan-outs reuse the first one's two connections (status and activity go at once,
+        # each on either): no new connection per poll.
+        assert len(set(calls)) <= 2, calls
+
+    run(main())
+
+
+def test_a_member_failing_tls_is_a_bad_answer_naming_tls_not_a_permission() -> None:
+    async def main() -> None:
+        async for urls in fake_nodes([_answering(200, "{}")]):
+            context = ssl.create_default_context()
+            async with aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(ssl=context)) as session:
+                with pytest.raises(_BadAnswer, match=r"TLS failed: .*wrong version number"):
+                    await _get(session, f"https://{urls[0]}/v1/status")
+
+    run(main())
 
     run(main())
 

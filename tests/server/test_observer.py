@@ -83,3 +83,51 @@ def test_a_snapshot_taken_is_reported_with_its_size_and_index(tmp_path: Path) ->
         assert size in {f.stat().st_size for f in files}, files
 
     asyncio.run(body())
+
+
+class Boom(Recorder):
+    """An observer with a bug: every call raises after being recorded."""
+
+    def proposal_finished(self, seconds: float, outcome: ProposalOutcome) -> None:
+        raise RuntimeError("observer bug")
+
+    def saved(self, seconds: float, entries: int) -> None:
+        raise RuntimeError("observer bug")
+
+
+def test_an_observer_that_raises_is_logged_once_and_dropped_never_losing_a_write(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def body() -> None:
+        seen = Recorder()
+        async with single_node(observers=[Boom(), seen]) as server:
+            for i in range(3):
+                # Each write is acknowledged: the observer's bug is not the caller's error.
+                assert await server.propose(b"1") == i + 1
+            # The node still saves and applies (the ready loop did not die after an fsync).
+            await eventually(lambda: server.status().applied_index >= 4, what="applied")
+        # The healthy observer heard everything; the broken one was reported once only.
+        assert [o for _, o in seen.proposals] == [ProposalOutcome.OK] * 3
+        logged = [r for r in caplog.records if "observer Boom raised" in r.getMessage()]
+        assert len(logged) == 1 and logged[0].exc_info is not None
+
+    asyncio.run(body())
+
+
+class NoSaves(Recorder):
+    wants_saves = False
+
+
+def test_observers_that_do_not_want_saves_are_not_told_and_the_rest_still_are() -> None:
+    async def body() -> None:
+        quiet, seen = NoSaves(), Recorder()
+        async with single_node(observers=[quiet]) as server:
+            for _ in range(3):
+                await server.propose(b"1")
+        async with single_node(observers=[quiet, seen]) as server:
+            await server.propose(b"1")
+        # Proposals are still reported to it; only the (untimed) saves are not.
+        assert [o for _, o in quiet.proposals] == [ProposalOutcome.OK] * 4
+        assert quiet.saves == []
+        assert sum(n for _, n in seen.saves) >= 2
+
+    asyncio.run(body())

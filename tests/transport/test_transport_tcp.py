@@ -230,6 +230,33 @@ def test_garbage_on_the_port_closes_that_connection_and_others_keep_working(
     assert all(r.levelno == logging.WARNING for r in warnings)  # no tracebacks, no errors
 
 
+def test_strangers_claiming_ids_add_no_traffic_counters_and_junk_counts_for_no_peer() -> None:
+    async def body() -> None:
+        a, b = await pair()
+        a.t.send(hb(1, 2, 1))
+        await eventually(lambda: len(b.inbox) == 1)
+        counted = b.t.traffic()
+        assert set(counted) == {1}
+        # Ids nobody configured, each with junk or with a valid message: no new entries.
+        for i in range(20):
+            r, w = await raw_client(b.addr, node_id=1000 + i)
+            w.write(frame_message(hb(1000 + i, 2)) if i % 2 else b"\x00\x00\x00\x05hello")
+            if i % 2 == 0:
+                assert await closed_by_peer(r)
+            w.close()
+        await eventually(lambda: len(b.inbox) == 11, what="the valid messages delivered")
+        # A stranger claiming the member's id and sending junk adds nothing to its counters.
+        r, w = await raw_client(b.addr, node_id=1)
+        w.write(b"\x00\x00\x00\x05hello")
+        assert await closed_by_peer(r)
+        w.close()
+        assert b.t.traffic() == counted
+        await a.t.close()
+        await b.t.close()
+
+    run(body)
+
+
 def test_valid_frames_before_a_bad_one_are_delivered() -> None:
     async def body() -> None:
         b = await Node(2).start()
