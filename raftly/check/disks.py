@@ -16,7 +16,6 @@ import os
 import random
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,10 +23,6 @@ from raftly.testing.lazyfs import LazyMount, unavailable
 from raftly.testing.lazyfs.mount import Mode
 
 logger = logging.getLogger("raftly.check.disks")
-
-MAX_SOCKET_PATH = 100
-"""A Unix socket path must fit in 108 bytes; a longer output dir puts the sockets elsewhere."""
-
 
 class DiskError(Exception):
     """The lazy disks cannot be used (the message says why)."""
@@ -43,7 +38,6 @@ class LazyDisks:
         self._rng = random.Random(f"raftly-check-powerloss:{seed}")
         self.mounts: dict[str, LazyMount] = {}
         self._names = list(names)
-        self._sockets: str | None = None
 
     def data_dir(self, name: str) -> Path:
         return self.out / "data" / name
@@ -60,12 +54,10 @@ class LazyDisks:
             shutil.rmtree(self.out / stale, ignore_errors=True)
         work = self.out / "lazyfs"
         work.mkdir(parents=True)
-        if len(str(work.resolve() / "n.lazyfs.sock")) + 8 > MAX_SOCKET_PATH:
-            self._sockets = tempfile.mkdtemp(prefix="raftly-lazyfs-")
         try:
             for name in self._names:
                 mount = LazyMount(self.out / "disks" / name, self.data_dir(name), mode=self.mode,
-                                  workdir=self._sockets or work)
+                                  workdir=work)
                 self.mounts[name] = mount
                 mount.start()
         except RuntimeError as exc:
@@ -85,9 +77,6 @@ class LazyDisks:
                 mount.stop()
             except (OSError, subprocess.SubprocessError) as exc:
                 logger.warning("unmounting %s: %s", mount.mountpoint, exc)
-        if self._sockets is not None:
-            shutil.rmtree(self._sockets, ignore_errors=True)
-            self._sockets = None
 
 
 def _unmount_stale(path: Path) -> None:

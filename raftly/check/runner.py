@@ -441,11 +441,13 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
         shown.enter("stopping the nodes")
         history.close()
         nlog.close()
-        if cluster is not None:
-            cluster.stop(grace=5.0)
-        if disks is not None:
-            disks.close()  # after the nodes: nothing holds the mounts any more
-        await network.close()
+        try:
+            if cluster is not None:
+                cluster.stop(grace=5.0)
+        finally:
+            if disks is not None:
+                disks.close()  # after the nodes: nothing holds the mounts any more
+            await network.close()
     return _judge(out, history, nlog, final, problems, budget=budget, shown=shown,
                   run_time=time.time() - started, unsafe_stale_reads=unsafe_stale_reads,
                   settings={"nodes": nodes, "time (s)": duration, "clients": clients,

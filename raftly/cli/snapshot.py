@@ -109,7 +109,7 @@ def _save(args: argparse.Namespace) -> int:
         print(json.dumps(meta, indent=2))
     else:
         print(f"saved {info.path}: index {meta['index']}, term {meta['term']}, "
-              f"{meta['keys']} keys, {meta['file_bytes']} bytes")
+              f"{meta['keys']} keys, {meta['file_bytes']} bytes, sha256 {info.sha256}")
     return 0
 
 

@@ -282,7 +282,8 @@ class LazyOperations(mfusepy.Operations):  # type: ignore[misc]
     def mkdir(self, path: str, mode: int) -> int:
         full = self._full(path)
         os.mkdir(full, mode)
-        self._durable[os.lstat(full).st_ino] = {}  # a new directory: nothing in it is durable
+        if self.mode == "strict":
+            self._durable[os.lstat(full).st_ino] = {}  # a new directory: nothing in it is durable
         return 0
 
     @_locked
