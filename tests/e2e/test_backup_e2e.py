@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from e2e_helpers import cli, dump_logs, new_cluster
-from polling import wait_until
+from polling import eventually, wait_until
 
 from raftly.core.messages import Heartbeat
 from raftly.kv.client import Client
@@ -101,11 +101,8 @@ def _a_peer_is_refused_by_b(a: ProcessCluster, b: ProcessCluster, b_leader: str)
         await t.start(lambda _: None)
         try:
             t.send(Heartbeat(term=1_000_000, src=victim.id, dst=target.id, commit=0, seq=1))
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 20.0
-            while t.stats()["connect_failures"] < 1:
-                assert loop.time() < deadline, "the dial was never refused"
-                await asyncio.sleep(0.05)
+            await eventually(lambda: t.stats()["connect_failures"] >= 1, timeout=20.0,
+                             what="the dial refused")
         finally:
             await t.close()
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from kv_helpers import ADMIN, AUTH, FAST, READ, WRITE, SecureCluster, bearer, call, followers, run
+from polling import eventually
 
 from raftly.cli import main as cli_main
 from raftly.kv.backup import (
@@ -88,9 +89,7 @@ def test_the_snapshot_under_concurrent_writes_holds_every_write_acknowledged_bef
                     n += 1
 
             writers = [asyncio.create_task(writer(w)) for w in range(4)]
-            await asyncio.sleep(0)
-            while len(acked) < 40:
-                await asyncio.sleep(0.01)
+            await eventually(lambda: len(acked) >= 40, what="40 acknowledged writes")
             before = dict(acked)
             status, body, headers = await call(s, "GET", leader.url + "/v1/snapshot")
             stop.set()
