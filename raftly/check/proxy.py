@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Set
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -69,10 +69,24 @@ class LinkProxy:
         self._conns: set[_Conn] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self, port: int = 0) -> int:
-        self._server = await asyncio.start_server(self._accept, self.host, port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self.port
+    async def start(self, port: int = 0, avoid: Set[int] = frozenset()) -> int:
+        """Listen on ``port`` (0: one the OS picks, never one in ``avoid``)."""
+        # The nodes' ports were free when chosen, but nothing holds them until the nodes start,
+        # so the OS may offer one of them here: such a port is kept bound (so it is not offered
+        # again) until this proxy has a port of its own.
+        squatted: list[asyncio.Server] = []
+        try:
+            for _ in range(100):
+                server = await asyncio.start_server(self._accept, self.host, port)
+                bound = server.sockets[0].getsockname()[1]
+                if port or bound not in avoid:
+                    self._server, self.port = server, bound
+                    return bound
+                squatted.append(server)
+            raise OSError(f"proxy {self.link}: the OS offered only ports reserved for the nodes")
+        finally:
+            for server in squatted:
+                server.close()
 
     def set_state(self, state: LinkState) -> None:
         previous, self.state = self.state, state
@@ -163,12 +177,15 @@ class LinkProxy:
 class Network:
     """Every directed link between ``nodes``; ``partition`` and ``heal`` set them together.
 
-    ``targets`` maps each node name to its real Raft address.
+    ``targets`` maps each node name to its real Raft address. ``reserved``: ports chosen for the
+    nodes but not yet bound by them (the targets' ports are always reserved); no proxy takes one.
     """
 
-    def __init__(self, targets: dict[str, tuple[str, int]], host: str = "127.0.0.1") -> None:
+    def __init__(self, targets: dict[str, tuple[str, int]], host: str = "127.0.0.1",
+                 reserved: Iterable[int] = ()) -> None:
         self.targets = dict(targets)
         self.host = host
+        self.reserved = set(reserved) | {port for _, port in targets.values()}
         self.links: dict[Link, LinkProxy] = {
             (a, b): LinkProxy((a, b), targets[b], host)
             for a in targets for b in targets if a != b}
@@ -176,7 +193,7 @@ class Network:
     async def start(self) -> None:
         try:
             for proxy in self.links.values():
-                await proxy.start()
+                await proxy.start(avoid=self.reserved)
         except BaseException:
             await self.close()
             raise

@@ -382,7 +382,8 @@ async def run(out: Path, *, nodes: int, duration: float, clients: int, keys: int
         (out / stale).unlink(missing_ok=True)
     rng = random.Random(f"raftly-check:{seed}")
     spec = plan_loopback(nodes, cluster_id="raftly-check")
-    network = Network({n.name: (n.raft.host, n.raft.port) for n in spec.nodes})
+    network = Network({n.name: (n.raft.host, n.raft.port) for n in spec.nodes},
+                      reserved=[n.api.port for n in spec.nodes])
     history = HistoryWriter(out / "history.jsonl")
     nlog = NemesisLog(out / "nemesis.jsonl")
     cluster: ProcessCluster | None = None

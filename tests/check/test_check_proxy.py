@@ -151,3 +151,36 @@ def test_network_views_are_symmetric(groups: list[list[str]], blocked: set[tuple
         finally:
             await net.close()
     run(body())
+
+
+def test_a_proxy_never_listens_on_a_port_reserved_for_a_node(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The nodes' ports are chosen free but left unbound until the nodes start; the OS offering one
+    to a proxy had a node fail to start ("raft address ... is also n1 raft")."""
+    from raftly.localproc import free_ports
+
+    reserved = free_ports(1)[0]
+    real_start_server = asyncio.start_server
+    calls: list[int] = []
+
+    async def offers_the_reserved_port_first(*args: Any) -> asyncio.Server:
+        calls.append(args[2])
+        if len(calls) == 1:  # as the OS may: the first port it offers is the node's
+            return await real_start_server(args[0], args[1], reserved)
+        return await real_start_server(*args)
+
+    monkeypatch.setattr(asyncio, "start_server", offers_the_reserved_port_first)
+
+    async def body() -> None:
+        network = Network({"a": ("127.0.0.1", reserved), "b": ("127.0.0.1", reserved)})
+        await network.start()
+        try:
+            ports = {proxy.port for proxy in network.links.values()}
+            assert reserved not in ports and 0 not in ports
+            assert len(calls) == 3
+            # the squatted port was let go: the node can bind it
+            server = await real_start_server(lambda r, w: None, "127.0.0.1", reserved)
+            server.close()
+        finally:
+            await network.close()
+    run(body())
