@@ -3,27 +3,71 @@
 With ``tls`` the nodes serve TLS on both ports (certificates made in the run's temporary
 directory) and the client speaks https with their CA, over kept-alive connections: what a
 long-lived client pays for TLS, handshakes amortized.
+
+``http_put_op`` is the client's one write, shared with the etcd benchmark (``etcd.py``) so that
+both systems are driven by the same code path: one request per write to the leader, the body
+read in full and its JSON answer checked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from raftly.bench.load import LEADER_TIMEOUT, VALUE, WARMUP, Stats, closed_loop, split_stats
+from raftly.bench.load import LEADER_TIMEOUT, VALUE, WARMUP, Op, Stats, closed_loop, split_stats
 from raftly.bench.places import temp_dir
 from raftly.bench.stats import Sample
 from raftly.localcluster import ProcessCluster, plan_loopback
 from raftly.storage.disk.fsio import FsyncPolicy
 
+if TYPE_CHECKING:
+    import aiohttp
+
 STOP_GRACE = 5.0
 """Seconds a node process gets to stop on SIGTERM before it is killed."""
 
+Request = Callable[[int], tuple[str, bytes]]
+"""``request(client)``: the URL and body of that client's write."""
+Accept = Callable[[Any], bool]
+"""Whether a decoded JSON answer (of a 200) shows the write done."""
+
+
+def http_put_op(session: aiohttp.ClientSession, method: str, request: Request,
+                accept: Accept) -> Op:
+    """One write as a closed-loop op: ``method`` the URL and body ``request`` gives, True when
+    the answer is a 200 whose JSON ``accept`` takes. Requests are built once per client."""
+    import aiohttp
+
+    built: dict[int, tuple[str, bytes]] = {}
+
+    async def op(client: int, seq: int) -> bool:
+        url, body = built.get(client) or built.setdefault(client, request(client))
+        try:
+            async with session.request(method, url, data=body, allow_redirects=False) as resp:
+                raw = await resp.read()
+                if resp.status != 200:
+                    return False
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+        try:
+            return accept(json.loads(raw))
+        except ValueError:
+            return False
+
+    return op
+
+
+def raftly_accepts(answer: Any) -> bool:
+    """A raftly PUT answer: ``{"index": N, "revision": R}``."""
+    return isinstance(answer, dict) and isinstance(answer.get("revision"), int)
+
 
 async def _drive_http(nodes: ProcessCluster, clients: Sequence[int], seconds: float,
-                      warmup: float, timeout: float,
+                      warmup: float, timeout: float, value: bytes,
                       measured: Callable[[Sample], None] | None) -> list[Sample]:
     import aiohttp
 
@@ -44,16 +88,9 @@ async def _drive_http(nodes: ProcessCluster, clients: Sequence[int], seconds: fl
         connector = aiohttp.TCPConnector(limit=0, ssl=context if context is not None else True)
         client_timeout = aiohttp.ClientTimeout(total=timeout)
         async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:
-
-            async def op(client: int, seq: int, session: aiohttp.ClientSession = session,
-                         target: str = target) -> bool:
-                try:
-                    async with session.put(f"{target}/v1/kv/bench-{client}", data=VALUE,
-                                           allow_redirects=False) as resp:
-                        await resp.read()
-                        return resp.status == 200
-                except (aiohttp.ClientError, TimeoutError):
-                    return False
+            op = http_put_op(session, "PUT",
+                             lambda client, t=target: (f"{t}/v1/kv/bench-{client}", value),
+                             raftly_accepts)
 
             async def probe(leader: str = leader) -> tuple[int, int, int, int]:
                 return split_stats(await all_stats(), leader)
@@ -68,23 +105,28 @@ async def _drive_http(nodes: ProcessCluster, clients: Sequence[int], seconds: fl
 def bench_http(clients: Sequence[int], seconds: float, *, fsync: FsyncPolicy = "always",
                base_dir: str | Path | None = None, warmup: float = WARMUP,
                timeout: float = 10.0, tls: bool = False,
-               measured: Callable[[Sample], None] | None = None, metrics: bool = True
-               ) -> list[Sample]:
+               measured: Callable[[Sample], None] | None = None, metrics: bool = True,
+               value: bytes = VALUE, event_loop: str = "auto",
+               serve_options: Sequence[str] = ()) -> list[Sample]:
     """One run of the HTTP benchmark: three fresh node processes, one Sample per level;
     ``tls``: TLS on both ports of every node, https from the client. ``measured`` is called
     with each level's Sample as soon as it is taken (progress); ``metrics=False``: the nodes
-    run ``serve --no-metrics``."""
+    run ``serve --no-metrics``. ``value`` is what every write puts; ``event_loop`` is the
+    client's loop (``raftly.eventloop``); ``serve_options`` go to every node's ``serve``."""
+    from raftly.eventloop import run
+
+    options = [*serve_options, *(() if metrics else ("--no-metrics",))]
     with temp_dir(base_dir, "raftly-bench-http-") as root:
         # The nodes die with the benchmark, even if it is killed with SIGKILL.
         nodes = ProcessCluster(root, plan_loopback(3, cluster_id="raftly-bench"), fsync=fsync,
                                log_level="WARNING", orphan_signal=signal.SIGKILL,
-                               tls_dir=root / "certs" if tls else None,
-                               serve_options=() if metrics else ("--no-metrics",))
+                               tls_dir=root / "certs" if tls else None, serve_options=options)
         try:
             nodes.start()
-            return asyncio.run(_drive_http(nodes, clients, seconds, warmup, timeout, measured))
+            return run(_drive_http(nodes, clients, seconds, warmup, timeout, value, measured),
+                       loop=event_loop)
         finally:
             nodes.stop(grace=STOP_GRACE)
 
 
-__all__ = ["bench_http"]
+__all__ = ["Accept", "Request", "bench_http", "http_put_op", "raftly_accepts"]

@@ -6,15 +6,19 @@ import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from raftly.bench.load import LEADER_TIMEOUT, VALUE, WARMUP, closed_loop, split_stats
+from raftly.bench.load import LEADER_TIMEOUT, VALUE, WARMUP, Op, closed_loop, split_stats
 from raftly.bench.places import temp_dir
 from raftly.bench.stats import Sample
 from raftly.storage.disk.fsio import FsyncPolicy
 
+if TYPE_CHECKING:
+    from raftly.server.server import RaftServer
+
 
 @dataclass(slots=True)
-class _BenchMachine:
+class BenchMachine:
     """A trivial state machine: counts commands and keeps the last one."""
 
     count: int = 0
@@ -26,14 +30,35 @@ class _BenchMachine:
         return index
 
 
+def propose_op(servers: Sequence[RaftServer], current: dict[str, RaftServer], value: bytes,
+               timeout: float) -> Op:
+    """One write as a closed-loop op: ``current["leader"].propose(value)``; on a refusal, the
+    op fails and ``current`` moves to whichever of ``servers`` now leads."""
+    from raftly.core.errors import NotLeader, ProposalDropped
+    from raftly.server.server import ServerError
+
+    async def op(client: int, seq: int) -> bool:
+        try:
+            await current["leader"].propose(value, timeout=timeout)
+            return True
+        except (NotLeader, ProposalDropped, ServerError):
+            for s in servers:
+                if s.is_leader:
+                    current["leader"] = s
+            return False
+
+    return op
+
+
 async def bench_library(clients: Sequence[int], seconds: float, *, fsync: FsyncPolicy = "always",
                         base_dir: str | Path | None = None, warmup: float = WARMUP,
                         timeout: float = 10.0,
-                        measured: Callable[[Sample], None] | None = None) -> list[Sample]:
+                        measured: Callable[[Sample], None] | None = None,
+                        value: bytes = VALUE) -> list[Sample]:
     """One run of the library benchmark: a fresh 3-node cluster, one Sample per level;
-    ``measured`` is called with each as soon as it is taken (progress)."""
-    from raftly.core.errors import NotLeader, ProposalDropped
-    from raftly.server.server import RaftServer, ServerError, wait_for_agreed_leader
+    ``measured`` is called with each as soon as it is taken (progress); every command is
+    ``value``."""
+    from raftly.server.server import RaftServer, wait_for_agreed_leader
     from raftly.storage import DiskStorage
     from raftly.transport import TcpTransport
 
@@ -43,7 +68,7 @@ async def bench_library(clients: Sequence[int], seconds: float, *, fsync: FsyncP
         storages = [DiskStorage(root / f"n{i}", fsync=fsync) for i in ids]
         transports = [TcpTransport(i, listen=("127.0.0.1", 0), peers={},
                                    cluster_id="raftly-bench") for i in ids]
-        servers = [RaftServer(i, storage=s, transport=t, state_machine=_BenchMachine(),
+        servers = [RaftServer(i, storage=s, transport=t, state_machine=BenchMachine(),
                               bootstrap=frozenset(ids))
                    for i, s, t in zip(ids, storages, transports, strict=True)]
         started: list[RaftServer] = []
@@ -56,16 +81,7 @@ async def bench_library(clients: Sequence[int], seconds: float, *, fsync: FsyncP
                 t.set_peers(book)
 
             current = {"leader": servers[0]}
-
-            async def op(client: int, seq: int) -> bool:
-                try:
-                    await current["leader"].propose(VALUE, timeout=timeout)
-                    return True
-                except (NotLeader, ProposalDropped, ServerError):
-                    for s in servers:
-                        if s.is_leader:
-                            current["leader"] = s
-                    return False
+            op = propose_op(servers, current, value, timeout)
 
             async def probe() -> tuple[int, int, int, int]:
                 stats = {str(s.id): (s.stats["fsyncs"], s.stats["entries_persisted"])
@@ -89,4 +105,4 @@ async def bench_library(clients: Sequence[int], seconds: float, *, fsync: FsyncP
     return samples
 
 
-__all__ = ["bench_library"]
+__all__ = ["BenchMachine", "bench_library", "propose_op"]

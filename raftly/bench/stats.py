@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -52,6 +53,29 @@ class Sample:
         if not self.follower_fsyncs:
             return float("nan")
         return self.follower_entries / self.follower_fsyncs
+
+
+def sample_to_json(sample: Sample) -> dict[str, Any]:
+    return asdict(sample)
+
+
+def sample_from_json(data: Any) -> Sample:
+    """A Sample from ``sample_to_json``'s dict (written by a benchmark child process);
+    ValueError when it is not one."""
+    if not isinstance(data, dict) or set(data) != {f.name for f in fields(Sample)}:
+        raise ValueError(f"not a benchmark sample: {str(data)[:200]}")
+    latencies = data["latencies"]
+    if (not isinstance(latencies, list)
+            or not all(isinstance(x, (int, float)) and x >= 0 for x in latencies)):
+        raise ValueError("a sample's latencies must be a list of non-negative numbers")
+    counts = {k: v for k, v in data.items() if k not in ("latencies", "seconds")}
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+               for v in counts.values()):
+        raise ValueError(f"a sample's counts must be non-negative integers: {counts}")
+    if not isinstance(data["seconds"], (int, float)) or not data["seconds"] > 0:
+        raise ValueError("a sample's seconds must be positive")
+    return Sample(**{**counts, "seconds": float(data["seconds"]),
+                     "latencies": [float(x) for x in latencies]})
 
 
 @dataclass(slots=True)
@@ -112,4 +136,5 @@ def format_ratios(plain: Sequence[Row], tls: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Row", "Sample", "format_ratios", "format_table", "summarize"]
+__all__ = ["Row", "Sample", "format_ratios", "format_table", "sample_from_json",
+           "sample_to_json", "summarize"]
