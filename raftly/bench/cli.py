@@ -11,12 +11,21 @@ import sys
 import tempfile
 from pathlib import Path
 
+from raftly.bench.compare import (
+    HTTP_VALUE_SIZE,
+    LIBRARY_VALUE_SIZE,
+    SYSTEMS,
+    CompareOptions,
+    main_compare,
+    missing,
+)
 from raftly.bench.http import bench_http
 from raftly.bench.library import bench_library
 from raftly.bench.load import VALUE, WARMUP
 from raftly.bench.places import filesystem_of
 from raftly.bench.progress import BenchProgress
 from raftly.bench.stats import Sample, format_ratios, format_table, summarize
+from raftly.eventloop import CHOICES, loop_factory
 from raftly.progress import ProgressLine, add_progress_option
 
 DEFAULT_CLIENTS = (1, 16, 64, 256)
@@ -80,8 +89,86 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dir", default=None,
                         help="where the temporary data directories go (default: the system's "
                              "temporary directory; make sure it is a real disk, not tmpfs)")
+    compare = parser.add_argument_group(
+        "--compare", "raftly, etcd and PySyncObj side by side in one sitting: rounds that "
+        "alternate the systems, medians, ratios, the issue's targets; tables on stdout, "
+        "OUT/compare.json, OUT/compare.md, OUT/throughput.svg, OUT/latency.svg")
+    compare.add_argument("--compare", action="store_true", help="run the comparison")
+    compare.add_argument("--rounds", type=int, default=1,
+                         help="rounds: each runs every system once, the order rotated "
+                              "(default 1)")
+    compare.add_argument("--systems", type=_systems, default=list(SYSTEMS),
+                         help=f"comma-separated, of {','.join(SYSTEMS)} (default all)")
+    compare.add_argument("--out", default="raftly-compare",
+                         help="where the JSON, Markdown and SVG files go (default "
+                              "./raftly-compare)")
+    compare.add_argument("--event-loop", choices=CHOICES, default="auto",
+                         help="the client's (and this process's nodes') event loop; "
+                              "raftly serve gets it too unless auto")
+    compare.add_argument("--value-size", type=int, default=None,
+                         help=f"bytes per written value (default {HTTP_VALUE_SIZE} over HTTP, "
+                              f"{LIBRARY_VALUE_SIZE} in the library)")
+    compare.add_argument("--no-extras", dest="extras", action="store_false",
+                         help="leave out reads, overload and the simulator")
     add_progress_option(parser)
     return parser
+
+
+def _systems(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in SYSTEMS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown system(s) {', '.join(unknown) or '(none given)'}: choose from "
+            f"{', '.join(SYSTEMS)}")
+    return list(dict.fromkeys(names))
+
+
+def _compare_conflicts(args: argparse.Namespace) -> str | None:
+    """What in ``args`` does not go with --compare (it has its own fsync and rounds)."""
+    if args.tls:
+        return "--tls"
+    if args.mode != "both":
+        return "--mode"
+    if args.runs != 1:
+        return "--runs (use --rounds)"
+    if args.fsync != "always":
+        return "--fsync never (the comparison runs with fsync on)"
+    return None
+
+
+def _compare(args: argparse.Namespace, base: Path) -> int:
+    if args.rounds < 1:
+        print("raftly bench: --rounds must be at least 1", file=sys.stderr)
+        return 2
+    if args.value_size is not None and args.value_size < 1:
+        print("raftly bench: --value-size must be at least 1", file=sys.stderr)
+        return 2
+    conflict = _compare_conflicts(args)
+    if conflict is not None:
+        print(f"raftly bench: {conflict} does not go with --compare", file=sys.stderr)
+        return 2
+    try:
+        loop_factory(args.event_loop)
+    except ValueError as exc:
+        print(f"raftly bench: {exc}", file=sys.stderr)
+        return 2
+    options = CompareOptions(args.clients, args.seconds, args.rounds, args.systems,
+                             Path(args.out), base, args.value_size, args.event_loop,
+                             args.extras)
+    runnable = [s for s in args.systems if missing(s) is None]
+    shown = BenchProgress(ProgressLine(enabled=args.progress), runnable, args.rounds,
+                          args.clients)
+    print(f"raftly bench --compare: {', '.join(args.systems)}; 3 nodes each on 127.0.0.1, "
+          f"data under {base} ({filesystem_of(base)}), {args.seconds:g} s per level after "
+          f"{WARMUP:g} s warm-up, {args.rounds} round(s), {os.cpu_count()} CPUs", flush=True)
+    shown.line.clear_before_logging()
+    try:
+        return main_compare(options, begin=shown.begin, measured=shown.measured,
+                            echo=shown.line.echo, before_output=shown.line.close)
+    finally:
+        shown.line.close()
+        print(shown.summary())
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -132,6 +219,16 @@ def main(argv: list[str]) -> int:
     previous = signal.getsignal(signal.SIGTERM)
     with contextlib.suppress(ValueError):  # not the main thread: leave SIGTERM alone
         signal.signal(signal.SIGTERM, _terminate)
+    if args.compare:
+        try:
+            return _compare(args, base)
+        except KeyboardInterrupt:
+            print("\nraftly bench: interrupted; every process stopped and temporary data "
+                  "removed", file=sys.stderr)
+            return 130
+        finally:
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(signal.SIGTERM, previous)
     shown = BenchProgress(ProgressLine(enabled=args.progress), _kinds(args), args.runs,
                           args.clients)
     try:
