@@ -84,7 +84,7 @@ class Children:
             if while_alive:
                 self.check_alive(what)
             if time.monotonic() > deadline:
-                raise ChildFailed(f"{what}: not done within {timeout:.0f} s\n{self.tails()}")
+                raise ChildFailed(f"{what}: not done within {timeout:g} s\n{self.tails()}")
             time.sleep(interval)
 
     def stop(self, grace: float = STOP_GRACE) -> None:

@@ -1,0 +1,153 @@
+"""``raftly bench --compare``: the rounds alternate the systems (the order recorded in the
+JSON), a missing or failing system leaves the others measured, and a tiny real run produces the
+tables, the JSON, the Markdown and the SVG plots, leaving no process or temporary file behind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from raftly.bench import compare as cmp
+from raftly.bench.children import ChildFailed
+from raftly.bench.compare import CompareOptions, Outcome, rotated
+from raftly.bench.stats import Sample
+
+
+def live_children() -> list[int]:
+    """The pids of this process's children still alive (or not reaped), from /proc."""
+    import os
+
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid():
+            found.append(int(stat.parent.name))
+    return found
+
+
+def options(tmp_path: Path, systems: list[str], rounds: int) -> CompareOptions:
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    return CompareOptions([1, 4], 0.3, rounds, systems, tmp_path / "out", data, extras=False)
+
+
+def test_rotated_starts_each_round_one_system_later() -> None:
+    assert [rotated("abc", r) for r in range(4)] == [list("abc"), list("bca"), list("cab"),
+                                                      list("abc")]
+    assert rotated([], 3) == []
+
+
+def test_rounds_run_every_system_once_in_rotated_order_and_the_json_records_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[tuple[str, int]] = []
+    rates = {"raftly-http": [10, 30, 20], "raftly-lib": [5, 6, 7], "pysyncobj": [1, 2, 3]}
+
+    def fake(system: str, o: CompareOptions, root: Path, measured: object) -> list[Sample]:
+        assert root.parent == o.base_dir, "every system's data in the run's temporary dir"
+        n = sum(1 for s, _ in ran if s == system)
+        ran.append((system, len(ran)))
+        return [Sample(c, int(rates[system][n] * c), 1.0, [0.001] * 3) for c in o.clients]
+
+    monkeypatch.setattr(cmp, "run_system", fake)
+    monkeypatch.setattr(cmp, "missing", lambda system: None)
+    o = options(tmp_path, ["raftly-http", "raftly-lib", "pysyncobj"], rounds=3)
+    outcome = cmp.compare(o, say=lambda line: None)
+    expected = [["raftly-http", "raftly-lib", "pysyncobj"],
+                ["raftly-lib", "pysyncobj", "raftly-http"],
+                ["pysyncobj", "raftly-http", "raftly-lib"]]
+    assert [s for s, _ in ran] == [s for order in expected for s in order]
+    assert outcome.rows()["raftly-http"][1].rate == 20, "the median over the rounds"
+    assert outcome.rows()["raftly-http"][4].runs == 3
+    cmp.write_outputs(outcome, say=lambda line: None)
+    data = json.loads((o.out / "compare.json").read_text())
+    assert data["order"] == expected
+    assert [s["round"] for s in data["samples"]["pysyncobj"]] == [1, 1, 2, 2, 3, 3]
+    assert {r["pair"] for r in data["ratios"]} == {"raftly-lib / pysyncobj"}
+    assert not list(o.base_dir.iterdir()), "the run's temporary directory is removed"
+
+
+def test_a_missing_system_is_skipped_with_one_line_and_a_failing_one_does_not_stop_the_others(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    def fake(system: str, o: CompareOptions, root: Path, measured: object) -> list[Sample]:
+        if system == "raftly-lib-3proc":
+            raise ChildFailed("raftly library, 3 processes: not done within 1 s")
+        return [Sample(c, 100, 1.0, [0.002] * 100) for c in o.clients]
+
+    monkeypatch.setattr(cmp, "run_system", fake)
+    monkeypatch.setattr(cmp.etcd, "etcd_binary", lambda: None)
+    o = options(tmp_path, ["raftly-http", "etcd-http", "raftly-lib-3proc", "raftly-lib"], 2)
+    assert cmp.main_compare(o) == 1, "a failed system makes the exit status 1"
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "etcd not installed: apt-get install etcd-server; skipped"
+    assert "raftly-lib-3proc, round 1: failed: ChildFailed: raftly library, 3 processes" in out
+    data = json.loads((o.out / "compare.json").read_text())
+    assert data["skipped"] == {"etcd-http": cmp.etcd.MISSING}
+    assert data["order"][0] == ["raftly-http", "raftly-lib-3proc", "raftly-lib"]
+    assert [f["round"] for f in data["failures"]] == [1, 2]
+    assert set(data["medians"]) == {"raftly-http", "raftly-lib"}
+    assert "| 1 client: raftly-http p50 <= etcd-http p50 | - | not measured |" in (
+        (o.out / "compare.md").read_text())
+
+
+def test_options_that_do_not_go_with_compare_are_refused(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from raftly.bench import main
+
+    assert main(["--compare", "--tls"]) == 2
+    assert "--tls does not go with --compare" in capsys.readouterr().err
+    assert main(["--compare", "--rounds", "0"]) == 2
+    with pytest.raises(SystemExit):
+        main(["--compare", "--systems", "raftly-http,zookeeper"])
+
+
+def test_compare_on_a_tiny_run_writes_tables_json_markdown_and_plots(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from raftly.bench import main
+    from raftly.bench.plots import available
+
+    systems = ["raftly-http", "raftly-lib"] + (["etcd-http"] if shutil.which("etcd") else [])
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    code = main(["--compare", "--clients", "1,2", "--seconds", "0.3", "--rounds", "1",
+                 "--systems", ",".join(systems), "--out", str(out), "--dir", str(data),
+                 "--no-extras", "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    for heading in ("absolute figures, medians over 1 round(s)", "ratios", "targets of issue 16"):
+        assert heading in printed
+    result = json.loads((out / "compare.json").read_text())
+    assert result["order"] == [systems]
+    assert result["fsync"]["median_ms"] > 0
+    for system in systems:
+        levels = [m["clients"] for m in result["medians"][system]]
+        assert levels == [1, 2], system
+        assert all(m["rate"] > 0 for m in result["medians"][system]), result["medians"]
+    assert result["options"]["value_sizes"]["raftly-http"] == 256
+    assert result["options"]["value_sizes"]["raftly-lib"] == 16
+    markdown = (out / "compare.md").read_text()
+    assert "| raftly-lib | 1 |" in markdown and "Raw fsync" in markdown
+    if "etcd-http" in systems:
+        assert any(r["pair"] == "raftly-http / etcd-http" for r in result["ratios"])
+    if available():
+        for name in ("throughput.svg", "latency.svg"):
+            svg = (out / name).read_text()
+            assert "<svg" in svg and "raftly-lib" in svg, name
+    else:
+        assert "matplotlib not installed" in printed
+    assert not list(data.iterdir()), "every temporary directory is removed"
+    assert live_children() == [], "every node process is stopped and reaped"
+
+
+def test_outcome_json_has_no_nan(tmp_path: Path) -> None:
+    o = options(tmp_path, ["raftly-lib"], 1)
+    outcome = Outcome(o, {"cpu": "x"}, "2026-12-01T00:00:00+00:00")
+    outcome.samples["raftly-lib"] = [(1, Sample(1, 0, 1.0, []))]  # no latencies: nan p50
+    text = json.dumps(outcome.to_json(), allow_nan=False)
+    assert '"p50_ms": null' in text
