@@ -24,6 +24,7 @@ and temporary directory is gone when this returns or raises.
 from __future__ import annotations
 
 import datetime
+import functools
 import importlib.util
 import json
 import math
@@ -263,15 +264,20 @@ def _measure_extras(outcome: Outcome, root: Path, say: Callable[[str], None]) ->
             say(f"{name}: failed: {type(exc).__name__}: {str(exc)[:2000]}")
 
     def reads() -> None:
-        from raftly.bench.reads import bench_reads
+        from raftly.bench import reads as module
 
-        for consistency in ("linearizable", "stale"):
-            (sample,) = bench_reads([READS_LEVEL], o.seconds, consistency=consistency,
-                                    base_dir=root, warmup=o.warmup, event_loop=o.event_loop)
-            found[f"{consistency}_reads"] = sample.rate
-            details[f"{consistency}_reads"] = {"clients": READS_LEVEL, "rate": sample.rate,
-                                               "p50_ms": sample.p50, "p99_ms": sample.p99,
-                                               "errors": sample.errors}
+        runs: dict[str, Callable[..., list[Sample]]] = {
+            "linearizable_reads": functools.partial(module.bench_reads,
+                                                    consistency="linearizable"),
+            "stale_reads": functools.partial(module.bench_reads, consistency="stale")}
+        if hasattr(module, "bench_ceiling"):
+            runs["http_ceiling"] = module.bench_ceiling
+        for name, run in runs.items():
+            (sample,) = run([READS_LEVEL], o.seconds, base_dir=root, warmup=o.warmup,
+                            event_loop=o.event_loop)
+            found[name] = sample.rate
+            details[name] = {"clients": READS_LEVEL, "rate": sample.rate, "p50_ms": sample.p50,
+                             "p99_ms": sample.p99, "errors": sample.errors}
 
     def overload() -> None:
         from raftly.bench.overload import bench_overload
@@ -282,9 +288,9 @@ def _measure_extras(outcome: Outcome, root: Path, say: Callable[[str], None]) ->
                                 event_loop=o.event_loop)
         data = asdict(result)
         details["overload"] = {"peak_clients": peak, **data}
-        found["overload_goodput_ratio"] = float(data["ratio"])
-        found["overload_leader_changes"] = int(data["leader_changes"])
-        found["overload_p99_ms"] = float(data["p99_ms"])
+        found["overload_goodput_ratio"] = float(_field(data, "ratio", "goodput_ratio"))
+        found["overload_leader_changes"] = int(_field(data, "leader_changes"))
+        found["overload_p99_ms"] = float(_field(data, "p99_ms", "p99"))
 
     def simulator() -> None:
         from raftly.bench.sim import sim_speed
@@ -296,6 +302,14 @@ def _measure_extras(outcome: Outcome, root: Path, say: Callable[[str], None]) ->
     attempt("overload", "raftly.bench.overload", overload)
     attempt("simulator", "raftly.bench.sim", simulator)
     outcome.extras = Extras(**found)
+
+
+def _field(data: dict[str, Any], *names: str) -> Any:
+    """The first of ``names`` in an OverloadResult's fields; a clear error if none is."""
+    for name in names:
+        if name in data:
+            return data[name]
+    raise KeyError(f"OverloadResult has none of {', '.join(names)} (it has {', '.join(data)})")
 
 
 def report(outcome: Outcome) -> str:

@@ -27,6 +27,8 @@ HTTP_LEVELS = (16, 64, 256)
 LIBRARY_FACTORS = ((16, 2.0), (256, 5.0))
 READS_FACTOR = 3.0
 READS_LEVEL = 64
+STALE_FRACTION = 0.8
+"""Stale reads "near the HTTP server's ceiling": at least this fraction of it."""
 GOODPUT_FRACTION = 0.9
 SIM_FACTOR = 100.0
 
@@ -60,6 +62,8 @@ class Extras:
     linearizable_reads: float | None = None
     """Reads/s at READS_LEVEL clients."""
     stale_reads: float | None = None
+    http_ceiling: float | None = None
+    """``GET /v1/status``/s at READS_LEVEL clients: the HTTP server's own ceiling."""
     overload_goodput_ratio: float | None = None
     """Goodput at 4x the peak clients / peak puts/s."""
     overload_leader_changes: int | None = None
@@ -118,6 +122,15 @@ def targets(rows: Rows, fsync_median_ms: float | None, extras: Extras = Extras()
         ratio = _div(extras.linearizable_reads, writes.rate)
         out.append(Target(name, f"{extras.linearizable_reads:.0f} vs {writes.rate:.0f}/s = "
                                 f"{ratio:.2f}x", ratio >= READS_FACTOR))
+    name = (f"{READS_LEVEL} clients: stale reads/s >= {STALE_FRACTION:.0%} of the HTTP "
+            "ceiling (GET /v1/status/s)")
+    stale, ceiling = extras.stale_reads, extras.http_ceiling
+    if stale is None or ceiling is None:
+        out.append(Target(name, "-", None))
+    else:
+        ratio = _div(stale, ceiling)
+        out.append(Target(name, f"{stale:.0f} vs {ceiling:.0f}/s = {ratio:.0%}",
+                          ratio >= STALE_FRACTION))
     name = f"overload (4x peak clients): goodput >= {GOODPUT_FRACTION:.0%} of peak"
     g = extras.overload_goodput_ratio
     out.append(Target(name, "-", None) if g is None else

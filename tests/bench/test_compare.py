@@ -151,3 +151,86 @@ def test_outcome_json_has_no_nan(tmp_path: Path) -> None:
     outcome.samples["raftly-lib"] = [(1, Sample(1, 0, 1.0, []))]  # no latencies: nan p50
     text = json.dumps(outcome.to_json(), allow_nan=False)
     assert '"p50_ms": null' in text
+
+
+def test_extras_measure_reads_ceiling_overload_at_4x_peak_and_the_simulator_into_targets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.machinery
+    import sys
+    import types
+    from dataclasses import dataclass
+
+    import raftly.bench
+    import raftly.bench.sim
+
+    rates = {"linearizable": 9000.0, "stale": 20000.0, "ceiling": 21000.0}
+    calls: list[tuple[str, int]] = []
+
+    def fake_module(name: str, **functions: object) -> None:
+        module = types.ModuleType(f"raftly.bench.{name}")
+        module.__spec__ = importlib.machinery.ModuleSpec(module.__name__, None)
+        module.__dict__.update(functions)
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+        monkeypatch.setattr(raftly.bench, name, module, raising=False)
+
+    def bench_reads(clients: list[int], seconds: float, *, consistency: str,
+                    **_: object) -> list[Sample]:
+        calls.append((consistency, clients[0]))
+        return [Sample(clients[0], int(rates[consistency] * seconds), seconds, [0.001])]
+
+    def bench_ceiling(clients: list[int], seconds: float, **_: object) -> list[Sample]:
+        return bench_reads(clients, seconds, consistency="ceiling")
+
+    @dataclass(slots=True)
+    class OverloadResult:
+        peak: float
+        ratio: float
+        p99_ms: float
+        leader_changes: int
+
+    def bench_overload(peak_clients: int, seconds: float, *, factor: int,
+                       **_: object) -> OverloadResult:
+        calls.append(("overload", peak_clients * factor))
+        return OverloadResult(3000.0, 0.95, 40.0, 0)
+
+    fake_module("reads", bench_reads=bench_reads, bench_ceiling=bench_ceiling)
+    fake_module("overload", bench_overload=bench_overload)
+    monkeypatch.setattr(raftly.bench.sim, "sim_speed", lambda: 120.0)
+    http_rates = {1: 500, 16: 3000, 64: 2900}
+    monkeypatch.setattr(cmp, "run_system", lambda system, o, root, measured: [
+        Sample(c, http_rates[c], 1.0, [0.002]) for c in o.clients])
+    o = options(tmp_path, ["raftly-http"], 1)
+    o.clients, o.extras = [1, 16, 64], True
+    outcome = cmp.compare(o, say=lambda line: None)
+    assert calls == [("linearizable", 64), ("stale", 64), ("ceiling", 64), ("overload", 64)], (
+        "reads at 64 clients; overload at 4x the peak (16 clients)")
+    verdict = {t.target: t.met for t in outcome.targets()}
+    assert verdict["64 clients: linearizable reads/s >= 3x raftly-http puts/s"] is True
+    assert verdict["64 clients: stale reads/s >= 80% of the HTTP ceiling "
+                   "(GET /v1/status/s)"] is True
+    assert verdict["overload (4x peak clients): goodput >= 90% of peak"] is True
+    assert verdict["overload: no leader change"] is True
+    assert verdict["simulator: 5 nodes, 500 cmd/virtual s >= 100x real time"] is True
+    assert outcome.to_json()["extras"]["details"]["overload"]["peak_clients"] == 16
+
+
+def test_an_extra_that_fails_is_said_and_the_others_still_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import raftly.bench.sim
+
+    def broken() -> float:
+        raise RuntimeError("the simulator broke")
+
+    monkeypatch.setattr(raftly.bench.sim, "sim_speed", broken)
+    monkeypatch.setattr(cmp.importlib.util, "find_spec",
+                        lambda name: None if name != "raftly.bench.sim" else object())
+    monkeypatch.setattr(cmp, "run_system", lambda system, o, root, measured: [
+        Sample(c, 10, 1.0, [0.002]) for c in o.clients])
+    said: list[str] = []
+    o = options(tmp_path, ["raftly-lib"], 1)
+    o.extras = True
+    outcome = cmp.compare(o, say=said.append)
+    assert "reads: not measured, no raftly.bench.reads in this build" in said
+    assert "simulator: failed: RuntimeError: the simulator broke" in said
+    assert outcome.rows()["raftly-lib"][4].rate == 10
+    assert outcome.extras.sim_x_real_time is None
