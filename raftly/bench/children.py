@@ -129,6 +129,33 @@ def measure_in_children(argvs: Sequence[Sequence[str]], root: Path, out: Path, b
             raise ChildFailed(f"{what}: bad result in {out}: {exc}") from None
 
 
+class LeadWatch:
+    """In a node child, polled every POLL s: has this node led long enough to measure (the
+    others then know it too), has another node measured already, or is time up?"""
+
+    __slots__ = ("_deadline", "_out", "_since", "_stable")
+
+    POLL = 0.05
+
+    def __init__(self, out: str | Path, budget: float, stable: float) -> None:
+        self._out = Path(out)
+        self._deadline = time.monotonic() + budget
+        self._stable = stable
+        self._since: float | None = None
+
+    def poll(self, leads: bool) -> str | None:
+        """"measure", "other" (another node wrote the result), "timeout", or None (poll
+        again)."""
+        now = time.monotonic()
+        if now > self._deadline:
+            return "timeout"
+        if not leads:
+            self._since = None
+            return "other" if self._out.exists() else None
+        self._since = self._since or now
+        return "measure" if now - self._since >= self._stable else None
+
+
 def write_samples(samples: Sequence[Sample], out: str | Path) -> None:
     """In the measuring child: the Samples as JSON, atomically (the parent polls for ``out``)."""
     from raftly.bench.stats import sample_to_json
@@ -154,7 +181,8 @@ def _launch(argv: list[str]) -> int:
     os.execvp(argv[3], argv[3:])
 
 
-__all__ = ["STOP_GRACE", "ChildFailed", "Children", "measure_in_children", "write_samples"]
+__all__ = ["STOP_GRACE", "ChildFailed", "Children", "LeadWatch", "measure_in_children",
+           "write_samples"]
 
 if __name__ == "__main__":
     sys.exit(_launch(sys.argv[1:]))

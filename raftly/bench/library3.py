@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from raftly.bench.children import measure_in_children, write_samples
+from raftly.bench.children import LeadWatch, measure_in_children, write_samples
 from raftly.bench.library import BenchMachine, propose_op
 from raftly.bench.load import VALUE, WARMUP, closed_loop
 from raftly.bench.places import temp_dir
@@ -45,20 +44,13 @@ async def node(args: argparse.Namespace) -> int:
                         bootstrap=frozenset(IDS))
     await server.start()
     try:
-        deadline = time.monotonic() + ELECTION_BUDGET
-        stable_since: float | None = None
-        while True:
-            if time.monotonic() > deadline:
+        watch = LeadWatch(args.out, ELECTION_BUDGET, LEAD_STABLE)
+        while (state := watch.poll(server.is_leader)) != "measure":
+            if state == "timeout":
                 return 3
-            if server.is_leader:
-                stable_since = stable_since or time.monotonic()
-                if time.monotonic() - stable_since >= LEAD_STABLE:
-                    break
-            else:
-                stable_since = None
-                if Path(args.out).exists():
-                    await asyncio.Event().wait()  # another node measured: serve until stopped
-            await asyncio.sleep(0.05)
+            if state == "other":
+                await asyncio.Event().wait()  # another node measured: serve until stopped
+            await asyncio.sleep(watch.POLL)
         current = {"leader": server}
         op = propose_op([server], current, b"v" * args.value_size, args.timeout)
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from raftly.bench.children import measure_in_children, write_samples
+from raftly.bench.children import LeadWatch, measure_in_children, write_samples
 from raftly.bench.load import VALUE, WARMUP
 from raftly.bench.places import temp_dir
 from raftly.bench.stats import Sample
@@ -72,21 +72,16 @@ def node_main(args: argparse.Namespace) -> int:
     addrs = [f"127.0.0.1:{p}" for p in args.ports]
     me = addrs[args.node]
     store = Store(me, [a for a in addrs if a != me], SyncObjConf(**CONFIGS[args.config]))
-    deadline = time.monotonic() + ELECTION_BUDGET
-    stable_since: float | None = None
-    while True:  # leader known, this node leads, and it has stayed so for a second
-        if time.monotonic() > deadline:
-            return 3
+    watch = LeadWatch(args.out, ELECTION_BUDGET, LEAD_STABLE)
+    while True:  # leader known, this node leads, and it has stayed so for a while
         leader = store._getLeader()
-        if store._isLeader() and store.isReady() and leader is not None and str(leader) == me:
-            stable_since = stable_since or time.monotonic()
-            if time.monotonic() - stable_since >= LEAD_STABLE:
-                break
-        else:
-            stable_since = None
-            if Path(args.out).exists():
-                return 0  # another node measured; the parent stops us
-        time.sleep(0.05)
+        state = watch.poll(store._isLeader() and store.isReady() and leader is not None
+                           and str(leader) == me)
+        if state == "measure":
+            break
+        if state is not None:
+            return 3 if state == "timeout" else 0  # "other": the parent stops us
+        time.sleep(watch.POLL)
     value = b"v" * args.value_size
     write_samples([_closed_loop(store, level, args.seconds, args.warmup, value,
                                 FAIL_REASON.SUCCESS) for level in args.clients], args.out)

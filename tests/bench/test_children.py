@@ -71,3 +71,17 @@ def test_samples_survive_the_json_round_trip() -> None:
     assert sample_from_json(json.loads(json.dumps(sample_to_json(sample)))) == sample
     with pytest.raises(ValueError):
         sample_from_json({**sample_to_json(sample), "seconds": 0})
+
+
+def test_lead_watch_measures_after_a_stable_lead_and_yields_to_a_result_already_written(
+        tmp_path: Path) -> None:
+    from raftly.bench.children import LeadWatch
+
+    out = tmp_path / "result.json"
+    assert LeadWatch(out, 60.0, stable=0.0).poll(True) == "measure"
+    patient = LeadWatch(out, 60.0, stable=60.0)
+    assert patient.poll(True) is None, "not led long enough yet"
+    assert patient.poll(False) is None, "a follower waits while nobody has measured"
+    out.write_text("[]")
+    assert patient.poll(False) == "other"
+    assert LeadWatch(out, -1.0, stable=0.0).poll(True) == "timeout"
