@@ -19,7 +19,13 @@ measured window: group commit at work (at 64 clients one fsync should carry many
 fsync is on by default (``--fsync never`` to measure without it). Every level of every run is
 measured on a fresh cluster per run; with ``--runs N`` the table shows the median of each column
 over the N runs. The machines are noisy: quote figures from ``--runs 3`` or more, and compare
-systems side by side in one sitting (``bench/pysyncobj_compare.py``).
+systems side by side in one sitting.
+
+``--compare`` (``compare.py``) is that sitting: raftly over HTTP and as a library (one process
+and three), etcd over HTTP with the same client, and PySyncObj, in rounds that alternate the
+systems; the raw fsync floor, reads, overload and the simulator beside them; absolute figures,
+ratios and the targets of issue 16, on stdout and in OUT/compare.json, OUT/compare.md and two
+SVG plots.
 
 The benchmark always ends by itself: every wait has a deadline, and the node processes and
 temporary directories are removed on the way out, on error and on Ctrl-C too (the node
@@ -33,7 +39,9 @@ On a terminal, a progress line on stderr counts the measurements (``progress.py`
 ends with a one-line summary.
 
 Usage: ``raftly bench [--clients 1,16,64,256] [--seconds 5] [--runs 1] [--fsync always|never]
-[--mode both|http|library] [--dir BASE] [--tls] [--progress|--no-progress]``
+[--mode both|http|library] [--dir BASE] [--tls] [--progress|--no-progress]``;
+``raftly bench --compare [--clients 1,16,64,256] [--seconds S] [--rounds N] [--systems LIST]
+[--out DIR] [--event-loop auto|asyncio|uvloop] [--value-size B] [--no-extras]``
 """
 
 

@@ -234,3 +234,55 @@ def test_an_extra_that_fails_is_said_and_the_others_still_run(
     assert "simulator: failed: RuntimeError: the simulator broke" in said
     assert outcome.rows()["raftly-lib"][4].rate == 10
     assert outcome.extras.sim_x_real_time is None
+
+
+def processes_mentioning(text: str, also: str = "") -> list[int]:
+    """Live processes (not zombies, not this one) whose command line contains ``text`` (and
+    ``also``, not as a launcher's argument)."""
+    import os
+
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if also and (also not in cmdline or "raftly.bench.children" in cmdline):
+            continue
+        if text in cmdline and state != "Z" and int(proc.name) != os.getpid():
+            found.append(int(proc.name))
+    return found
+
+
+def test_sigterm_mid_run_stops_every_node_process_and_removes_the_data(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from polling import wait_until
+
+    data = tmp_path / "data"
+    data.mkdir()
+    systems = "raftly-lib-3proc,raftly-http" + (",etcd-http" if shutil.which("etcd") else "")
+    bench = subprocess.Popen([sys.executable, "-m", "raftly.bench", "--compare", "--clients",
+                              "1", "--seconds", "30", "--systems", systems, "--no-extras",
+                              "--dir", str(data), "--out", str(tmp_path / "out")],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        def nodes() -> list[int]:  # exec'd past the launcher, running the node itself
+            return [pid for pid in processes_mentioning(str(data), "raftly.bench.library3")
+                    if pid != bench.pid]
+
+        wait_until("the first system's three node processes, their storage open",
+                   lambda: len(nodes()) >= 3 and len(list(data.glob("*/*lib3*/n[123]"))) == 3,
+                   timeout=60)
+        bench.send_signal(signal.SIGTERM)
+        output, _ = bench.communicate(timeout=60)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+    assert bench.returncode == 128 + signal.SIGTERM, output.decode()
+    assert processes_mentioning(str(data)) == [], "no node process outlives the benchmark"
+    assert not list(data.iterdir()), "the temporary data is removed"
