@@ -41,18 +41,23 @@ def write_plots(rows: Mapping[str, Mapping[int, Row]], out: Path, title: str) ->
             ax.plot(xs, [levels[c].p99 for c in xs], marker="x", linestyle="--",
                     color=f"C{i}", label=f"{system} p99")
 
+    levels = sorted({c for per_level in rows.values() for c in per_level})
     return [_figure(out / "throughput.svg", throughput, "writes per second",
-                    f"throughput: {title}"),
-            _figure(out / "latency.svg", latency, "latency, ms", f"latency: {title}")]
+                    f"throughput: {title}", levels),
+            _figure(out / "latency.svg", latency, "latency, ms", f"latency: {title}", levels)]
 
 
-def _figure(path: Path, draw: Callable[[Any], None], ylabel: str, title: str) -> Path:
+def _figure(path: Path, draw: Callable[[Any], None], ylabel: str, title: str,
+            levels: list[int]) -> Path:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     try:
         ax.set_xscale("log")
         draw(ax)
+        ax.set_xticks(levels, [str(c) for c in levels])  # the measured levels, not powers of 10
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize="medium")
