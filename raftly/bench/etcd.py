@@ -108,31 +108,22 @@ def put_request(url: str, client: int, value: bytes) -> tuple[str, bytes]:
     return f"{url}/v3/kv/put", json.dumps(body).encode()
 
 
-async def _drive(urls: Sequence[str], children: Children, clients: Sequence[int],
-                 seconds: float, warmup: float, timeout: float, value: bytes,
-                 measured: Callable[[Sample], None] | None) -> list[Sample]:
+async def _drive(urls: Sequence[str], leader: str, clients: Sequence[int], seconds: float,
+                 warmup: float, timeout: float, value: bytes,
+                 measured: Callable[[Sample], None] | None, children: Children) -> list[Sample]:
     import asyncio
 
     import aiohttp
 
     samples: list[Sample] = []
     for level in clients:
-        found: list[str] = []
-
-        def leader_known(found: list[str] = found) -> bool:
-            url = agreed_leader(urls)
-            if url is not None:
-                found.append(url)
-            return url is not None
-
-        await asyncio.to_thread(children.wait_for, leader_known, LEADER_TIMEOUT,
-                                "etcd electing a leader", 0.1)
-        target = found[-1]
+        # The leader may have moved since: ask once (a few seconds at most), else keep it.
+        leader = await asyncio.to_thread(agreed_leader, urls) or leader
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector,
                                          timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-            op = http_put_op(session, "POST", lambda c, t=target: put_request(t, c, value),
-                             etcd_accepts)
+            op = http_put_op(session, "POST",
+                             lambda c, t=leader: put_request(t, c, value), etcd_accepts)
             samples.append(await closed_loop(op, level, seconds, warmup=warmup))
         children.check_alive("etcd benchmark")
         if measured is not None:
@@ -157,8 +148,18 @@ def bench_etcd(clients: Sequence[int], seconds: float, *, base_dir: str | Path |
         for i, argv in enumerate(etcd_commands(binary, root, client_ports, peer_ports)):
             children.start(argv, root / f"etcd{i}.log")
         urls = [f"http://127.0.0.1:{p}" for p in client_ports]
-        return run(_drive(urls, children, clients, seconds, warmup, timeout, value, measured),
-                   loop=event_loop)
+        found: list[str] = []
+
+        def leader_known() -> bool:
+            url = agreed_leader(urls)
+            if url is not None:
+                found.append(url)
+            return url is not None
+
+        # Waited for here, not in the event loop's threads: Ctrl-C or SIGTERM stop it at once.
+        children.wait_for(leader_known, LEADER_TIMEOUT, "etcd electing a leader", 0.1)
+        return run(_drive(urls, found[-1], clients, seconds, warmup, timeout, value, measured,
+                          children), loop=event_loop)
 
 
 __all__ = ["MISSING", "agreed_leader", "bench_etcd", "etcd_accepts", "etcd_binary",
