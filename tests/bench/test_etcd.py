@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 from raftly.bench.etcd import etcd_accepts, etcd_commands, put_request
 
@@ -24,10 +25,8 @@ def test_only_an_answer_with_a_revision_in_its_header_counts() -> None:
 
 
 def test_the_cluster_is_three_members_on_loopback_with_data_in_the_run_directory(
-        tmp_path: object) -> None:
-    from pathlib import Path
-
-    root = Path(str(tmp_path))
+        tmp_path: Path) -> None:
+    root = tmp_path
     commands = etcd_commands("etcd", root, [2379, 2389, 2399], [2380, 2390, 2400])
     assert len(commands) == 3
     for i, argv in enumerate(commands):
