@@ -32,6 +32,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from raftly import eventloop
 from raftly.cli.common import (
     LOG_LEVELS,
     CliError,
@@ -43,7 +44,6 @@ from raftly.cli.common import (
     positive_float,
     positive_int,
 )
-from raftly import eventloop
 from raftly.eventloop import CHOICES
 from raftly.logevents import event
 

@@ -25,8 +25,8 @@ import aiohttp
 from aiohttp import web
 
 from raftly.core.config import Config
-from raftly.eventloop import running_loop_name
 from raftly.core.types import ConfState, Member
+from raftly.eventloop import running_loop_name
 from raftly.kv.activity import ActivityLog, indexes_of
 from raftly.kv.cluster_file import Address, ClusterSpec, NodeSpec, load_cluster, parse_address
 from raftly.kv.connections import raise_fd_limit
