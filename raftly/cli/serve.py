@@ -16,8 +16,8 @@ APIs, ``--max-connections`` caps the API's open connections and ``--max-watches`
 streams.
 
 ``--event-loop auto|asyncio|uvloop`` picks the event loop (raftly.eventloop): ``auto``, the default,
-takes uvloop when it is installed (``pip install 'raftly[fast]'``), which the HTTP benchmark
-measured faster (docs/performance.md); the loop in use is logged at start.
+takes uvloop when it is installed (``pip install 'raftly[fast]'``) and the node serves no TLS
+(``_event_loop`` says why); the loop in use is logged at start.
 
 ``--config FILE`` reads any of these options from a ``[serve]`` table (serve_config.py; the
 command line wins); ``--log-format json`` logs one JSON object per line (raftly.logevents).
@@ -104,8 +104,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="do not serve Prometheus metrics: GET /metrics answers 404 and nothing "
                         "is counted (see docs/metrics.md)")
     p.add_argument("--event-loop", choices=CHOICES, default="auto",
-                   help="the event loop: uvloop (pip install 'raftly[fast]'), asyncio's own, or "
-                        "auto, uvloop when installed (default auto)")
+                   help="the event loop: uvloop (pip install 'raftly[fast]'; not with TLS), "
+                        "asyncio's own, or auto: uvloop when installed and no TLS (default "
+                        "auto)")
     p.add_argument("--segment-size", type=positive_int, default=64 << 20, metavar="BYTES",
                    help="size at which a log segment file is closed and a new one begun; "
                         "compaction deletes whole segments (default 67108864)")
@@ -178,12 +179,9 @@ def _run(args: argparse.Namespace) -> int:
 
     config = make_config(args.election_timeout, args.heartbeat)
     assert isinstance(config, Config)
-    try:
-        eventloop.loop_factory(args.event_loop)  # refused before anything starts
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
     join, raft, api = _start_mode(args)
     tls = _tls_files(args)
+    loop = _event_loop(args.event_loop, tls is not None)
     auth = _authorizer(args.auth_file)
     data_dir = Path(args.data_dir) if args.data_dir else _default_data_dir(args.cluster, args.id)
     try:
@@ -194,7 +192,7 @@ def _run(args: argparse.Namespace) -> int:
                           client_cert_auth=args.client_cert_auth, auth=auth,
                           token=args.token or None, max_connections=args.max_connections,
                           max_watches=args.max_watches, metrics=args.metrics),
-                      loop=args.event_loop)
+                      loop=loop)
     except (ClusterFileError, IdentityError, StorageError, ServerStopped, JoinError,
             TlsError) as exc:
         raise CliError(str(exc)) from None
@@ -202,6 +200,26 @@ def _run(args: argparse.Namespace) -> int:
         # Typically a port already in use: name it rather than print a traceback.
         raise CliError(f"node {args.id}: {exc.strerror or exc}") from None
     return 0
+
+
+def _event_loop(choice: str, tls: bool) -> str:
+    """The event loop to run on (``choice`` checked: UsageError if it cannot be had).
+
+    Never uvloop with TLS: uvloop starts reading a connection right after ``connection_made``
+    even when the protocol paused it there, so the client's first TLS bytes can reach the
+    plaintext reader before ``start_tls`` takes the socket over, and the handshake then hangs
+    until its timeout (on the API's port and the Raft port alike). ``auto`` then means asyncio.
+    """
+    if tls and choice == "uvloop":
+        raise UsageError("--event-loop uvloop cannot serve TLS (uvloop reads a connection "
+                         "before its TLS handshake can take it over): use asyncio or auto")
+    if tls:
+        return "asyncio"
+    try:
+        eventloop.loop_factory(choice)  # refused before anything starts
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return choice
 
 
 def _tls_files(args: argparse.Namespace) -> Any:

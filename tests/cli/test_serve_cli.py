@@ -173,3 +173,13 @@ def test_event_loop_uvloop_without_uvloop_is_a_usage_error_and_auto_falls_back(
     assert loop_seen == [], "nothing started"
     assert raftly(*base(tmp_path), "--event-loop", "auto")[0] == 0
     assert loop_seen == ["asyncio"]
+
+
+def test_a_tls_node_never_runs_on_uvloop(loop_seen: list[str], tmp_path: Path) -> None:
+    # uvloop reads a connection before start_tls can take it over (the handshake then hangs).
+    tls = ("--tls-dir", str(tmp_path / "tls"))
+    code, err = raftly(*base(tmp_path), *tls, "--event-loop", "uvloop")
+    assert code == 2 and "--event-loop uvloop cannot serve TLS" in err, err
+    assert loop_seen == [], "nothing started"
+    assert raftly(*base(tmp_path), *tls)[0] == 0  # auto, the default
+    assert loop_seen == ["asyncio"]
