@@ -15,9 +15,11 @@ bearer tokens with roles, ``--token`` (``$RAFTLY_TOKEN``) is what this node show
 APIs, ``--max-connections`` caps the API's open connections and ``--max-watches`` its watch
 streams.
 
-``--event-loop auto|asyncio|uvloop`` picks the event loop (raftly.eventloop): ``auto``, the default,
-takes uvloop when it is installed (``pip install 'raftly[fast]'``) and the node serves no TLS
-(``_event_loop`` says why); the loop in use is logged at start.
+``--event-loop auto|asyncio|uvloop`` picks the event loop (raftly.eventloop). The default is
+asyncio's own: uvloop (``pip install 'raftly[fast]'``; ``auto`` takes it when installed) did not
+make the HTTP benchmark faster, paired round by round with asyncio (15 rounds: puts/s x1.05 at
+1 client, x0.99 at 16, x0.96 at 64, x0.83 at 256; docs/performance.md), and is never used
+with TLS (``_event_loop`` says why). The loop in use is logged at start.
 
 ``--config FILE`` reads any of these options from a ``[serve]`` table (serve_config.py; the
 command line wins); ``--log-format json`` logs one JSON object per line (raftly.logevents).
@@ -103,10 +105,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--no-metrics", dest="metrics", action="store_false",
                    help="do not serve Prometheus metrics: GET /metrics answers 404 and nothing "
                         "is counted (see docs/metrics.md)")
-    p.add_argument("--event-loop", choices=CHOICES, default="auto",
-                   help="the event loop: uvloop (pip install 'raftly[fast]'; not with TLS), "
-                        "asyncio's own, or auto: uvloop when installed and no TLS (default "
-                        "auto)")
+    p.add_argument("--event-loop", choices=CHOICES, default="asyncio",
+                   help="the event loop: asyncio's own (default), uvloop (pip install "
+                        "'raftly[fast]'; not with TLS), or auto: uvloop when installed and no "
+                        "TLS")
     p.add_argument("--segment-size", type=positive_int, default=64 << 20, metavar="BYTES",
                    help="size at which a log segment file is closed and a new one begun; "
                         "compaction deletes whole segments (default 67108864)")
