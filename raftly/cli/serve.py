@@ -15,6 +15,12 @@ bearer tokens with roles, ``--token`` (``$RAFTLY_TOKEN``) is what this node show
 APIs, ``--max-connections`` caps the API's open connections and ``--max-watches`` its watch
 streams.
 
+``--event-loop auto|asyncio|uvloop`` picks the event loop (raftly.eventloop). The default is
+asyncio's own: uvloop (``pip install 'raftly[fast]'``; ``auto`` takes it when installed) did not
+make the HTTP benchmark faster, paired round by round with asyncio (15 rounds: puts/s x1.05 at
+1 client, x0.99 at 16, x0.96 at 64, x0.83 at 256; docs/performance.md), and is never used
+with TLS (``_event_loop`` says why). The loop in use is logged at start.
+
 ``--config FILE`` reads any of these options from a ``[serve]`` table (serve_config.py; the
 command line wins); ``--log-format json`` logs one JSON object per line (raftly.logevents).
 ``GET /metrics`` serves Prometheus metrics (read role) unless ``--no-metrics``.
@@ -23,12 +29,12 @@ command line wins); ``--log-format json`` logs one JSON object per line (raftly.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
+from raftly import eventloop
 from raftly.cli.common import (
     LOG_LEVELS,
     CliError,
@@ -40,6 +46,7 @@ from raftly.cli.common import (
     positive_float,
     positive_int,
 )
+from raftly.eventloop import CHOICES
 from raftly.logevents import event
 
 logger = logging.getLogger("raftly.cli.serve")
@@ -98,6 +105,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--no-metrics", dest="metrics", action="store_false",
                    help="do not serve Prometheus metrics: GET /metrics answers 404 and nothing "
                         "is counted (see docs/metrics.md)")
+    p.add_argument("--event-loop", choices=CHOICES, default="asyncio",
+                   help="the event loop: asyncio's own (default), uvloop (pip install "
+                        "'raftly[fast]'; not with TLS), or auto: uvloop when installed and no "
+                        "TLS")
     p.add_argument("--segment-size", type=positive_int, default=64 << 20, metavar="BYTES",
                    help="size at which a log segment file is closed and a new one begun; "
                         "compaction deletes whole segments (default 67108864)")
@@ -172,16 +183,18 @@ def _run(args: argparse.Namespace) -> int:
     assert isinstance(config, Config)
     join, raft, api = _start_mode(args)
     tls = _tls_files(args)
+    loop = _event_loop(args.event_loop, tls is not None)
     auth = _authorizer(args.auth_file)
     data_dir = Path(args.data_dir) if args.data_dir else _default_data_dir(args.cluster, args.id)
     try:
         snapshot = SnapshotSettings(args.snapshot_entries, args.snapshot_retain)
-        asyncio.run(serve(args.cluster, args.id, data_dir, join=join, raft=raft, api=api,
+        eventloop.run(serve(args.cluster, args.id, data_dir, join=join, raft=raft, api=api,
                           fsync=args.fsync, config=config, snapshot=snapshot,
                           segment_size=args.segment_size, tls=tls,
                           client_cert_auth=args.client_cert_auth, auth=auth,
                           token=args.token or None, max_connections=args.max_connections,
-                          max_watches=args.max_watches, metrics=args.metrics))
+                          max_watches=args.max_watches, metrics=args.metrics),
+                      loop=loop)
     except (ClusterFileError, IdentityError, StorageError, ServerStopped, JoinError,
             TlsError) as exc:
         raise CliError(str(exc)) from None
@@ -189,6 +202,26 @@ def _run(args: argparse.Namespace) -> int:
         # Typically a port already in use: name it rather than print a traceback.
         raise CliError(f"node {args.id}: {exc.strerror or exc}") from None
     return 0
+
+
+def _event_loop(choice: str, tls: bool) -> str:
+    """The event loop to run on (``choice`` checked: UsageError if it cannot be had).
+
+    Never uvloop with TLS: uvloop starts reading a connection right after ``connection_made``
+    even when the protocol paused it there, so the client's first TLS bytes can reach the
+    plaintext reader before ``start_tls`` takes the socket over, and the handshake then hangs
+    until its timeout (on the API's port and the Raft port alike). ``auto`` then means asyncio.
+    """
+    if tls and choice == "uvloop":
+        raise UsageError("--event-loop uvloop cannot serve TLS (uvloop reads a connection "
+                         "before its TLS handshake can take it over): use asyncio or auto")
+    if tls:
+        return "asyncio"
+    try:
+        eventloop.loop_factory(choice)  # refused before anything starts
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return choice
 
 
 def _tls_files(args: argparse.Namespace) -> Any:

@@ -41,9 +41,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -254,13 +256,9 @@ class KVApi:
         return sm
 
     def app(self) -> web.Application:
-        # The token and query checks run inside the error middleware, so their refusals leave
-        # as JSON too; the token check comes first, so a stranger learns nothing from a 400.
-        middlewares: list[Middleware] = [self._errors_middleware, self._auth_middleware,
-                                         self._query_middleware]
-        if self.metrics is not None:
-            # Outermost: it sees every answer as it leaves, refusals and errors included.
-            middlewares.insert(0, self.metrics.middleware)
+        # One middleware does the request checks and the bookkeeping (``_middleware``): each
+        # middleware costs every request two more coroutine frames.
+        middlewares: list[Middleware] = [self._middleware]
         app = web.Application(middlewares=middlewares)
         app.router.add_get(STATUS_PATH, self.status)
         app.router.add_get(KV_PATH, self.list)
@@ -366,8 +364,11 @@ class KVApi:
         chunks: list[bytes] = []
         size = 0
         timeout = self.limits.body_timeout
+        # A body already here whole (a small PUT comes in the packet of its headers) cannot be
+        # slow: it is read without arming a timer, which costs every request otherwise.
+        complete = request.content.is_eof()
         try:
-            async with asyncio.timeout(timeout):
+            async with contextlib.nullcontext() if complete else asyncio.timeout(timeout):
                 while True:
                     try:
                         chunk = await request.content.readany()
@@ -631,51 +632,22 @@ class KVApi:
     # -- middlewares ----------------------------------------------------------------------------
 
     @web.middleware
-    async def _query_middleware(self, request: web.Request, handler: Handler
-                                ) -> web.StreamResponse:
-        """Refuse a query string the route does not take, before the handler does anything."""
-        if request.match_info.http_exception is None:  # 404 and 405 say so themselves
-            request[_PARAMS] = _parse_params(request)
-        return await handler(request)
-
-    @web.middleware
-    async def _auth_middleware(self, request: web.Request, handler: Handler
-                               ) -> web.StreamResponse:
-        """Refuse a request whose token does not cover its route (see ``required_role``)."""
-        if self.auth is not None:
-            match = request.match_info
-            resource = match.route.resource if match.http_exception is None else None
-            needed = required_role(request.method,
-                                   resource.canonical if resource is not None else None)
-            if needed is Role.READ and (
-                    (request.method, resource.canonical if resource is not None else None)
-                    in TOKENLESS_ROUTES or self._from_a_node(request)):
-                return await handler(request)
-            try:
-                self.auth.check(request.headers.get(hdrs.AUTHORIZATION), needed)
-            except Unauthorized as exc:
-                # No leader name: a stranger is told nothing about the cluster.
-                return self._json(401, {"error": str(exc), "code": "unauthorized"},
-                                  {hdrs.WWW_AUTHENTICATE: "Bearer"})
-            except Forbidden as exc:
-                return self._error(403, str(exc), code="forbidden")
-        return await handler(request)
-
-    def _from_a_node(self, request: web.Request) -> bool:
-        """Whether the request came with a verified certificate naming a member (no token)."""
-        if not self.tls or hdrs.AUTHORIZATION in request.headers:
-            return False  # a token, when sent, is what is checked
-        transport = request.transport
-        # Only the TLS layer verified it against the cluster CA (peercert is empty otherwise).
-        name = common_name(transport.get_extra_info("peercert")) if transport else None
-        return name is not None and name in self._node_names
-
-    @web.middleware
-    async def _errors_middleware(self, request: web.Request, handler: Handler
-                                 ) -> web.StreamResponse:
-        """Every error leaves as JSON; an unexpected exception is a logged 500, never a crash."""
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """What every request goes through, outermost first: the metrics count and time the
+        answer as it leaves (refusals and errors included), every error leaves as JSON (an
+        unexpected exception is a logged 500, never a crash), the token is checked against the
+        route (``_auth_refusal``), and the query string against what the route takes, before
+        the handler does anything. The token check comes before the query check, so a stranger
+        learns nothing from a 400."""
+        began = time.perf_counter()
         try:
-            return await handler(request)
+            refusal = self._auth_refusal(request) if self.auth is not None else None
+            if refusal is not None:
+                response: web.StreamResponse = refusal
+            else:
+                if request.match_info.http_exception is None:  # 404 and 405 say so themselves
+                    request[_PARAMS] = _parse_params(request)
+                response = await handler(request)
         except _Reply as reply:
             response = self._error(reply.status, str(reply), reply.headers, **reply.extra)
             if reply.close:
@@ -686,15 +658,47 @@ class KVApi:
                 await response.write_eof()
                 if request.protocol is not None:
                     request.protocol.force_close()
-            return response
         except web.HTTPException as exc:
             headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow",)}
-            return self._error(exc.status, exc.reason, headers)
+            response = self._error(exc.status, exc.reason, headers)
         except ServerStopped as exc:
-            return self._error(503, str(exc), {"Retry-After": RETRY_AFTER})
+            response = self._error(503, str(exc), {"Retry-After": RETRY_AFTER})
         except Exception:
             logger.exception("error handling %s %s", request.method, request.path)
-            return self._error(500, "internal error (logged on the server)")
+            response = self._error(500, "internal error (logged on the server)")
+        if self.metrics is not None:
+            self.metrics.count_request(request, response.status, time.perf_counter() - began)
+        return response
+
+    def _auth_refusal(self, request: web.Request) -> web.Response | None:
+        """The 401 or 403 for a request whose token does not cover its route (see
+        ``required_role``), or None to go on."""
+        assert self.auth is not None
+        match = request.match_info
+        resource = match.route.resource if match.http_exception is None else None
+        route = resource.canonical if resource is not None else None
+        needed = required_role(request.method, route)
+        if needed is Role.READ and ((request.method, route) in TOKENLESS_ROUTES
+                                    or self._from_a_node(request)):
+            return None
+        try:
+            self.auth.check(request.headers.get(hdrs.AUTHORIZATION), needed)
+        except Unauthorized as exc:
+            # No leader name: a stranger is told nothing about the cluster.
+            return self._json(401, {"error": str(exc), "code": "unauthorized"},
+                              {hdrs.WWW_AUTHENTICATE: "Bearer"})
+        except Forbidden as exc:
+            return self._error(403, str(exc), code="forbidden")
+        return None
+
+    def _from_a_node(self, request: web.Request) -> bool:
+        """Whether the request came with a verified certificate naming a member (no token)."""
+        if not self.tls or hdrs.AUTHORIZATION in request.headers:
+            return False  # a token, when sent, is what is checked
+        transport = request.transport
+        # Only the TLS layer verified it against the cluster CA (peercert is empty otherwise).
+        name = common_name(transport.get_extra_info("peercert")) if transport else None
+        return name is not None and name in self._node_names
 
 
 def _parse_params(request: web.Request) -> dict[str, str]:

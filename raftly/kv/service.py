@@ -26,6 +26,7 @@ from aiohttp import web
 
 from raftly.core.config import Config
 from raftly.core.types import ConfState, Member
+from raftly.eventloop import running_loop_name
 from raftly.kv.activity import ActivityLog, indexes_of
 from raftly.kv.cluster_file import Address, ClusterSpec, NodeSpec, load_cluster, parse_address
 from raftly.kv.connections import raise_fd_limit
@@ -172,8 +173,8 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
         raise
     host, port = runner.addresses[0][:2]
     actual = Address(bind.host if bind.port else str(host), int(port))
-    logger.info("node %s (raft id %d) serving the KV API on %s", name, spec.id,
-                actual.base_url(tls is not None))
+    logger.info("node %s (raft id %d) serving the KV API on %s (event loop: %s)", name, spec.id,
+                actual.base_url(tls is not None), running_loop_name())
     node = RunningNode(spec, server, api, runner, actual, calls)
     node.sampler = activity.start_sampler(indexes_of(server), name=f"raftly {name}: activity")
     node.watcher = asyncio.create_task(_watch_removal(node), name=f"raftly {name}: removal")

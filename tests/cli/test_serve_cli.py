@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from raftly import eventloop
 from raftly.cli import main
 from raftly.kv import service
 from raftly.security.auth import Authorizer, Role
@@ -134,3 +136,51 @@ def test_missing_tls_files_are_one_clear_error(tmp_path: Path) -> None:
     last = err.splitlines()[-1]
     assert code == 1 and last.startswith("raftly: ") and "no such CA certificate file" in last
     assert "Traceback" not in err
+
+
+@pytest.fixture
+def loop_seen(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The event loop ``serve()`` ran on, for each start (instead of starting a node)."""
+    seen: list[str] = []
+
+    async def fake_serve(*args: Any, **kwargs: Any) -> None:
+        seen.append(eventloop.running_loop_name())
+
+    monkeypatch.setattr(service, "serve", fake_serve)
+    return seen
+
+
+def test_event_loop_asyncio_runs_the_node_on_asyncios_own_loop(loop_seen: list[str],
+                                                                tmp_path: Path) -> None:
+    assert raftly(*base(tmp_path), "--event-loop", "asyncio")[0] == 0
+    assert loop_seen == ["asyncio"]
+
+
+@pytest.mark.skipif(not eventloop.uvloop_available(), reason="uvloop is not installed")
+def test_event_loop_uvloop_and_auto_run_the_node_on_uvloop_when_installed(
+        loop_seen: list[str], tmp_path: Path) -> None:
+    assert raftly(*base(tmp_path), "--event-loop", "uvloop")[0] == 0
+    assert raftly(*base(tmp_path), "--event-loop", "auto")[0] == 0
+    assert raftly(*base(tmp_path))[0] == 0  # the default: asyncio (measured no slower)
+    assert loop_seen == ["uvloop", "uvloop", "asyncio"]
+
+
+def test_event_loop_uvloop_without_uvloop_is_a_usage_error_and_auto_falls_back(
+        loop_seen: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
+    monkeypatch.setattr(eventloop, "uvloop_available", lambda: False)
+    code, err = raftly(*base(tmp_path), "--event-loop", "uvloop")
+    assert code == 2 and "uvloop is not installed" in err, err
+    assert loop_seen == [], "nothing started"
+    assert raftly(*base(tmp_path), "--event-loop", "auto")[0] == 0
+    assert loop_seen == ["asyncio"]
+
+
+def test_a_tls_node_never_runs_on_uvloop(loop_seen: list[str], tmp_path: Path) -> None:
+    # uvloop reads a connection before start_tls can take it over (the handshake then hangs).
+    tls = ("--tls-dir", str(tmp_path / "tls"))
+    code, err = raftly(*base(tmp_path), *tls, "--event-loop", "uvloop")
+    assert code == 2 and "--event-loop uvloop cannot serve TLS" in err, err
+    assert loop_seen == [], "nothing started"
+    assert raftly(*base(tmp_path), *tls, "--event-loop", "auto")[0] == 0
+    assert loop_seen == ["asyncio"]
