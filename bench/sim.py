@@ -2,7 +2,7 @@
 
 Prints virtual seconds simulated per real second for several offered loads (commands per virtual
 second, proposed on the leader in bursts every 10 ms), on a reliable and an unreliable network.
-The measurement itself is ``raftly.bench.sim``.
+The measurement is ``raftly.bench.sim`` (``raftly bench --compare`` runs it too).
 Usage: python bench/sim.py [--seconds 30] [--runs 3]
 """
 
@@ -24,9 +24,10 @@ def main() -> None:
         for load in (10, 100, 500, 2000):
             results = [sim_run(5, load, args.seconds, seed, unreliable=unreliable)
                        for seed in range(args.runs)]
-            ratio = statistics.median(r.x_real_time for r in results)
+            ratio = statistics.median(r for r, _ in results)
+            applied = results[0][1]
             net = "unreliable" if unreliable else "reliable"
-            print(f"{net:<11}{load:>11}{ratio:>22.0f}{results[0].applied:>9}")
+            print(f"{net:<11}{load:>11}{ratio:>22.0f}{applied:>9}")
 
 
 if __name__ == "__main__":
