@@ -127,6 +127,7 @@ class RaftLog:
         "_unstable",
         "applied",
         "commit",
+        "last_index",
         "snapshot_index",
         "snapshot_term",
         "unstable_from",
@@ -153,6 +154,9 @@ class RaftLog:
         self._offset = last + 1
         """The index of ``_unstable[0]``: every entry before it is durable."""
         self._unstable: list[Entry] = []
+        self.last_index = last
+        """The index of the last entry (``_offset + len(_unstable) - 1``): an attribute kept
+        up to date by every change, as it is read many times per message."""
         if commit > last:
             raise InvariantError(f"commit index {commit} beyond the last log entry {last}")
         self.commit = max(commit, snapshot.index)
@@ -164,10 +168,6 @@ class RaftLog:
     @property
     def first_index(self) -> int:
         return self.snapshot_index + 1
-
-    @property
-    def last_index(self) -> int:
-        return self._offset + len(self._unstable) - 1
 
     @property
     def stable_index(self) -> int:
@@ -258,6 +258,7 @@ class RaftLog:
         if entries and entries[0].index != self.last_index + 1:
             raise InvariantError(f"append at {entries[0].index} after last index {self.last_index}")
         self._unstable.extend(entries)
+        self.last_index += len(entries)
 
     def merge(self, prev_index: int, entries: list[Entry]) -> int:
         """Merge entries from a leader that follow a matching ``prev_index``; return the last index.
@@ -277,6 +278,7 @@ class RaftLog:
                     )
                 self.truncate_from(entry.index)
             self._unstable.extend(entries[n:])
+            self.last_index = self._offset + len(self._unstable) - 1
             break
         return prev_index + len(entries)
 
@@ -295,6 +297,7 @@ class RaftLog:
         else:
             self._unstable.clear()
             self._offset = index
+        self.last_index = self._offset + len(self._unstable) - 1
         self.unstable_from = min(self.unstable_from, index)
 
     def commit_to(self, index: int) -> bool:
@@ -342,6 +345,7 @@ class RaftLog:
         self.snapshot_index, self.snapshot_term = meta.index, meta.term
         self._unstable.clear()
         self._offset = meta.index + 1
+        self.last_index = meta.index
         self.unstable_from = meta.index + 1
         self.commit = self.applied = meta.index
 
