@@ -124,6 +124,7 @@ class RaftLog:
         "_offset",
         "_own",
         "_stable",
+        "_stable_term",
         "_unstable",
         "applied",
         "commit",
@@ -153,6 +154,10 @@ class RaftLog:
         last = storage.last_index
         self._offset = last + 1
         """The index of ``_unstable[0]``: every entry before it is durable."""
+        self._stable_term = snapshot.term if last == snapshot.index else storage.term(last)
+        """The term of the entry at ``_offset - 1``, the newest durable one (the snapshot's term
+        when that is the snapshot's index): most lookups are of it (a leader's ``prev_term``),
+        and it is kept here rather than read through the storage each time."""
         self._unstable: list[Entry] = []
         self.last_index = last
         """The index of the last entry (``_offset + len(_unstable) - 1``): an attribute kept
@@ -187,6 +192,8 @@ class RaftLog:
         offset = index - self._offset
         if offset >= 0:
             return self._unstable[offset].term if offset < len(self._unstable) else None
+        if offset == -1:
+            return self._stable_term
         if index > self.snapshot_index:
             return self._stable.term(index)
         return self.snapshot_term if index == self.snapshot_index else None
@@ -297,6 +304,9 @@ class RaftLog:
         else:
             self._unstable.clear()
             self._offset = index
+            # index > commit >= snapshot_index: the entry before it is durable or the snapshot.
+            self._stable_term = (self._stable.term(index - 1) if index - 1 > self.snapshot_index
+                                 else self.snapshot_term)
         self.last_index = self._offset + len(self._unstable) - 1
         self.unstable_from = min(self.unstable_from, index)
 
@@ -345,6 +355,7 @@ class RaftLog:
         self.snapshot_index, self.snapshot_term = meta.index, meta.term
         self._unstable.clear()
         self._offset = meta.index + 1
+        self._stable_term = meta.term
         self.last_index = meta.index
         self.unstable_from = meta.index + 1
         self.commit = self.applied = meta.index
@@ -385,6 +396,7 @@ class RaftLog:
             self._own.save(self._unstable[:count])
         del self._unstable[:count]
         self._offset = index + 1
+        self._stable_term = term
 
     def take_committed(self) -> list[Entry]:
         """Committed entries not yet handed out to be applied, in order; each is handed out once."""

@@ -343,8 +343,8 @@ class SimCluster:
 
     # -- the network ----------------------------------------------------------------------------
 
-    def _link_up(self, a: int, b: int) -> bool:
-        ma, mb = self._members[a], self._members[b]
+    def _link_up(self, a: int, b: int, ma: _Member, mb: _Member) -> bool:
+        """Whether nodes a and b (slots ``ma`` and ``mb``) can talk."""
         return ma.connected and mb.connected and self._groups[a] == self._groups[b]
 
     def _send(self, msg: Message) -> None:
@@ -359,7 +359,7 @@ class SimCluster:
                 return
             msg = InstallSnapshot(term=msg.term, src=src, dst=dst,
                                   snapshot=Snapshot(held[0], held[1]))
-        if not 0 <= dst < self.n or not self._link_up(src, dst):
+        if not 0 <= dst < self.n or not self._link_up(src, dst, members[src], members[dst]):
             self._snapshot_failed(msg)
             return
         rng = self._rng
@@ -383,10 +383,11 @@ class SimCluster:
                                       (msg, members[dst].incarnation, members[src].incarnation)))
 
     def _deliver(self, msg: Message, incarnation: int, src_incarnation: int) -> None:
-        dst = msg.dst
+        src, dst = msg.src, msg.dst
         member = self._members[dst]
         node = member.node
-        if node is None or member.incarnation != incarnation or not self._link_up(msg.src, dst):
+        if (node is None or member.incarnation != incarnation
+                or not self._link_up(src, dst, self._members[src], member)):
             # The connection broke: the node restarted, crashed or was cut off.
             self._snapshot_failed(msg, src_incarnation)
             return
@@ -398,7 +399,7 @@ class SimCluster:
         node.step(msg)
         self._drain(dst)
         if snapshot:
-            self._report_snapshot(msg.src, src_incarnation, dst, ok=True)
+            self._report_snapshot(src, src_incarnation, dst, ok=True)
 
     def _snapshot_failed(self, msg: Message, src_incarnation: int | None = None) -> None:
         """A snapshot transfer broke: its sender notices after a while (if still running)."""
@@ -709,9 +710,9 @@ class SimCluster:
         return [i for i, m in enumerate(self._members)
                 if m.node is not None and m.connected and self.is_member(i)]
 
-    def _leaders_by_term(self) -> dict[int, list[int]]:
+    def _leaders_by_term(self, reachable: list[int] | None = None) -> dict[int, list[int]]:
         leaders: dict[int, list[int]] = {}
-        for i in self._reachable():
+        for i in self._reachable() if reachable is None else reachable:
             if self.is_leader(i):
                 leaders.setdefault(self.term(i), []).append(i)
         for term, ids in leaders.items():
@@ -725,7 +726,7 @@ class SimCluster:
         if not reachable:
             return None
         newest = max(self.term(i) for i in reachable)
-        ids = self._leaders_by_term().get(newest)
+        ids = self._leaders_by_term(reachable).get(newest)
         return ids[0] if ids else None
 
     def run_until(self, predicate: Callable[[], bool], timeout: float,
