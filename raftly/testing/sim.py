@@ -70,6 +70,10 @@ _SAVED = 2
 _SNAPSHOT_SAVED = 3
 _SNAPSHOT_FAILED = 4
 
+_LINK_LO, _LINK_HI = 0.0005, 0.002
+"""A reliable link delivers in a uniform random time in this range (seconds), in order."""
+_LINK_SPAN = _LINK_HI - _LINK_LO
+
 _REPORT_DELAY = (0.01, 0.1)
 """How long a sender takes to notice that a snapshot transfer failed (a transport timeout)."""
 
@@ -370,8 +374,9 @@ class SimCluster:
                 return
             delay = rng.uniform(0.0, 0.027)
         else:
-            # Per-link FIFO, like a TCP connection.
-            delay = rng.uniform(0.0005, 0.002)
+            # Per-link FIFO, like a TCP connection. rng.uniform(lo, hi) inlined, the same
+            # arithmetic (so the same draws): one Python call less per message.
+            delay = _LINK_LO + _LINK_SPAN * rng.random()
             link = (src, dst)
             delay = max(delay, self._link_clock.get(link, 0.0) - now)
             self._link_clock[link] = now + delay
