@@ -124,9 +124,11 @@ class RaftLog:
         "_offset",
         "_own",
         "_stable",
+        "_stable_term",
         "_unstable",
         "applied",
         "commit",
+        "last_index",
         "snapshot_index",
         "snapshot_term",
         "unstable_from",
@@ -152,7 +154,14 @@ class RaftLog:
         last = storage.last_index
         self._offset = last + 1
         """The index of ``_unstable[0]``: every entry before it is durable."""
+        self._stable_term = snapshot.term if last == snapshot.index else storage.term(last)
+        """The term of the entry at ``_offset - 1``, the newest durable one (the snapshot's term
+        when that is the snapshot's index): most lookups are of it (a leader's ``prev_term``),
+        and it is kept here rather than read through the storage each time."""
         self._unstable: list[Entry] = []
+        self.last_index = last
+        """The index of the last entry (``_offset + len(_unstable) - 1``): an attribute kept
+        up to date by every change, as it is read many times per message."""
         if commit > last:
             raise InvariantError(f"commit index {commit} beyond the last log entry {last}")
         self.commit = max(commit, snapshot.index)
@@ -164,10 +173,6 @@ class RaftLog:
     @property
     def first_index(self) -> int:
         return self.snapshot_index + 1
-
-    @property
-    def last_index(self) -> int:
-        return self._offset + len(self._unstable) - 1
 
     @property
     def stable_index(self) -> int:
@@ -187,6 +192,8 @@ class RaftLog:
         offset = index - self._offset
         if offset >= 0:
             return self._unstable[offset].term if offset < len(self._unstable) else None
+        if offset == -1:
+            return self._stable_term
         if index > self.snapshot_index:
             return self._stable.term(index)
         return self.snapshot_term if index == self.snapshot_index else None
@@ -258,6 +265,7 @@ class RaftLog:
         if entries and entries[0].index != self.last_index + 1:
             raise InvariantError(f"append at {entries[0].index} after last index {self.last_index}")
         self._unstable.extend(entries)
+        self.last_index += len(entries)
 
     def merge(self, prev_index: int, entries: list[Entry]) -> int:
         """Merge entries from a leader that follow a matching ``prev_index``; return the last index.
@@ -277,6 +285,7 @@ class RaftLog:
                     )
                 self.truncate_from(entry.index)
             self._unstable.extend(entries[n:])
+            self.last_index = self._offset + len(self._unstable) - 1
             break
         return prev_index + len(entries)
 
@@ -295,6 +304,10 @@ class RaftLog:
         else:
             self._unstable.clear()
             self._offset = index
+            # index > commit >= snapshot_index: the entry before it is durable or the snapshot.
+            self._stable_term = (self._stable.term(index - 1) if index - 1 > self.snapshot_index
+                                 else self.snapshot_term)
+        self.last_index = self._offset + len(self._unstable) - 1
         self.unstable_from = min(self.unstable_from, index)
 
     def commit_to(self, index: int) -> bool:
@@ -342,6 +355,8 @@ class RaftLog:
         self.snapshot_index, self.snapshot_term = meta.index, meta.term
         self._unstable.clear()
         self._offset = meta.index + 1
+        self._stable_term = meta.term
+        self.last_index = meta.index
         self.unstable_from = meta.index + 1
         self.commit = self.applied = meta.index
 
@@ -381,6 +396,7 @@ class RaftLog:
             self._own.save(self._unstable[:count])
         del self._unstable[:count]
         self._offset = index + 1
+        self._stable_term = term
 
     def take_committed(self) -> list[Entry]:
         """Committed entries not yet handed out to be applied, in order; each is handed out once."""

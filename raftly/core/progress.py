@@ -20,6 +20,13 @@ class ProgressState(Enum):
     SNAPSHOT = "snapshot"
 
 
+# Read for every message, as module constants: on Python 3.11 each ``ProgressState.PROBE`` goes
+# through the enum metaclass's __getattr__ hook (about 70 ns; gone in Python 3.12).
+_PROBE = ProgressState.PROBE
+_REPLICATE = ProgressState.REPLICATE
+_SNAPSHOT = ProgressState.SNAPSHOT
+
+
 class Progress:
     """Replication state of one follower, kept by the leader."""
 
@@ -67,15 +74,16 @@ class Progress:
                 f"{pending} inflight={len(self.inflight)}{flags})")
 
     def can_send(self, max_inflight: int) -> bool:
-        if self.state is ProgressState.PROBE:
+        state = self.state
+        if state is _PROBE:
             return not self.probe_sent
-        if self.state is ProgressState.SNAPSHOT:
+        if state is _SNAPSHOT:
             return False
         return len(self.inflight) < max_inflight
 
     def sent(self, last_index: int, had_entries: bool) -> None:
         """Record an AppendEntries that carried entries up to ``last_index``."""
-        if self.state is ProgressState.PROBE:
+        if self.state is _PROBE:
             self.probe_sent = True
         elif had_entries:
             self.next = last_index + 1
@@ -89,7 +97,7 @@ class Progress:
             return False
         self.match = index
         self.next = max(self.next, index + 1)
-        if self.state is ProgressState.PROBE:
+        if self.state is _PROBE:
             self.become_replicate()
         return True
 

@@ -41,7 +41,7 @@ class MajorityConfig:
         """
         if not self.voters:
             return 0
-        indexes = sorted((acked(v) for v in self.voters), reverse=True)
+        indexes = sorted(map(acked, self.voters), reverse=True)
         return indexes[self._quorum - 1]
 
     def vote_result(self, votes: Mapping[NodeId, bool]) -> VoteResult:

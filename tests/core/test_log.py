@@ -346,3 +346,21 @@ def test_entries_and_storage_together_are_refused() -> None:
     storage = MemoryLog(SnapshotMeta(), entries_of(1))
     with pytest.raises(ValueError, match="either"):
         RaftLog(SnapshotMeta(), entries_of(1), 0, storage)
+
+
+def test_last_index_and_newest_durable_term_follow_saves_truncations_and_restores() -> None:
+    # Both are kept up to date by each change rather than recomputed on every read.
+    storage = MemoryLog(SnapshotMeta(), entries_of(1, 1, 2))
+    log = log_over(storage)
+    assert (log.last_index, log.term_at(3)) == (3, 2)
+    log.append(entries_of(3, start=4))
+    storage.save(log.take_unstable())
+    log.stable_to(4, 3)
+    assert (log.last_index, log.stable_index, log.term_at(4), log.term_at(3)) == (4, 4, 3, 2)
+    log.merge(2, entries_of(4, start=3))  # a conflict below the durable tail
+    assert (log.last_index, log.stable_index) == (3, 2)
+    assert (log.term_at(2), log.term_at(3), log.term_at(4)) == (1, 4, None)
+    log.restore(SnapshotMeta(10, 5))
+    assert (log.last_index, log.stable_index, log.term_at(10), log.term_at(11)) == (10, 10, 5, None)
+    log.append(entries_of(5, start=11))
+    assert (log.last_index, log.last_term) == (11, 5)
