@@ -17,7 +17,6 @@ import logging
 import os
 import random
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -28,6 +27,7 @@ from raftly.core.node import RaftNode, Ready, Role
 from raftly.core.state_machine import StateMachine, supports_snapshots
 from raftly.core.types import ConfChange, ConfState, Entry, EntryType, Member, NodeId
 from raftly.logevents import event, role_event
+from raftly.server.disk import DiskThread
 from raftly.server.observer import Observers, ProposalOutcome, ServerObserver
 from raftly.server.snapshots import DEFAULT_SNAPSHOT_ENTRIES, SnapshotManager, SnapshotSettings
 from raftly.storage.base import Storage, StorageError
@@ -145,7 +145,7 @@ class RaftServer:
         self._max_pending = max_pending
         self._rng = rng
         self._node: RaftNode | None = None
-        self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raftly-disk-{node_id}")
+        self._disk = DiskThread(f"raftly-disk-{node_id}")
         self._last_leader_contact = 0.0
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -559,8 +559,7 @@ class RaftServer:
                     self._check_removed(node, rd.snapshot.conf)
                 if rd.must_sync:
                     began = loop.time()
-                    await loop.run_in_executor(self._disk, self._storage.save, rd.hard_state,
-                                               rd.entries)
+                    await self._disk.run(self._storage.save, rd.hard_state, rd.entries)
                     if self._observers.wants_saves:
                         self._observers.saved(loop.time() - began, len(rd.entries))
                     self.stats["fsyncs"] += 1
