@@ -86,7 +86,10 @@ class DiskThread(Executor):
             job = jobs.get()
             if job is None:
                 return
-            job[0]()
+            try:
+                job[0]()
+            except BaseException:  # jobs hand their errors on; this is a bug: say so, keep going
+                logger.critical("disk thread job failed", exc_info=True)
 
 
 def _answer(loop: asyncio.AbstractEventLoop, settle: Callable[[asyncio.Future[Any], Any], None],
