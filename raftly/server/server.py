@@ -17,7 +17,6 @@ import logging
 import os
 import random
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -28,6 +27,7 @@ from raftly.core.node import RaftNode, Ready, Role
 from raftly.core.state_machine import StateMachine, supports_snapshots
 from raftly.core.types import ConfChange, ConfState, Entry, EntryType, Member, NodeId
 from raftly.logevents import event, role_event
+from raftly.server.disk import DiskThread
 from raftly.server.observer import Observers, ProposalOutcome, ServerObserver
 from raftly.server.snapshots import DEFAULT_SNAPSHOT_ENTRIES, SnapshotManager, SnapshotSettings
 from raftly.storage.base import Storage, StorageError
@@ -35,6 +35,11 @@ from raftly.storage.snapshots import SnapshotStore
 from raftly.transport.base import Transport
 
 logger = logging.getLogger("raftly.server")
+
+COMMIT_NOTICE_DELAY = 0.001
+"""Seconds a leader holds an AppendEntries without entries (it only tells a follower the new
+commit index, or asks how far it holds) before sending it, unless an append with entries to the
+same follower supersedes it meanwhile: see ``RaftServer._send``."""
 
 
 class ServerError(Exception):
@@ -145,7 +150,7 @@ class RaftServer:
         self._max_pending = max_pending
         self._rng = rng
         self._node: RaftNode | None = None
-        self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raftly-disk-{node_id}")
+        self._disk = DiskThread(f"raftly-disk-{node_id}")
         self._last_leader_contact = 0.0
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -161,6 +166,8 @@ class RaftServer:
         self._apply_waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._fatal: BaseException | None = None
         self._early_scheduled = False
+        self._held_appends: dict[NodeId, AppendEntries] = {}
+        self._held_timer: asyncio.TimerHandle | None = None
         self._failed = asyncio.Event()
         self._closed = False
         self._role: Role | None = None
@@ -225,6 +232,8 @@ class RaftServer:
         if self._closed:
             return
         self._closed = True
+        if self._held_timer is not None:
+            self._held_timer.cancel()
         for task in self._tasks:
             task.cancel()
         # A task that died has been reported by _stop_on_fatal already.
@@ -514,12 +523,38 @@ class RaftServer:
 
     def _send(self, messages: list[Message]) -> None:
         for msg in messages:
+            if type(msg) is AppendEntries:
+                # A commit advanced by an answer makes the core tell every follower at once, in
+                # an append without entries; a caller woken by that commit usually proposes
+                # again a few loop iterations later, and that append carries the commit index
+                # too. Holding the empty one briefly and dropping it when superseded saves two
+                # messages and two answers per commit at low concurrency (dropping a message is
+                # always safe in Raft; a later heartbeat carries the commit index as well).
+                if not msg.entries:
+                    self._hold_append(msg)
+                    continue
+                if self._held_appends:
+                    self._held_appends.pop(msg.dst, None)
             if isinstance(msg, InstallSnapshot):
                 # The core names the snapshot; its data travels on the side, in chunks.
                 assert self._snapshots is not None and self._node is not None
                 self._snapshots.send(msg, self._node)
             else:
                 self._transport.send(msg)
+
+    def _hold_append(self, msg: AppendEntries) -> None:
+        self._held_appends[msg.dst] = msg  # a newer one says at least as much
+        if self._held_timer is None:
+            self._held_timer = asyncio.get_running_loop().call_later(
+                COMMIT_NOTICE_DELAY, self._send_held_appends)
+
+    def _send_held_appends(self) -> None:
+        self._held_timer = None
+        held, self._held_appends = self._held_appends, {}
+        if self._closed or self._fatal is not None:
+            return
+        for msg in held.values():
+            self._transport.send(msg)
 
     def _schedule_early(self) -> None:
         """Send early messages once this loop iteration's other callers have had their turn,
@@ -559,8 +594,7 @@ class RaftServer:
                     self._check_removed(node, rd.snapshot.conf)
                 if rd.must_sync:
                     began = loop.time()
-                    await loop.run_in_executor(self._disk, self._storage.save, rd.hard_state,
-                                               rd.entries)
+                    await self._disk.run(self._storage.save, rd.hard_state, rd.entries)
                     if self._observers.wants_saves:
                         self._observers.saved(loop.time() - began, len(rd.entries))
                     self.stats["fsyncs"] += 1

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from raftly.core.messages import InstallSnapshot
@@ -59,7 +59,7 @@ class SnapshotManager:
 
     def __init__(self, node_id: NodeId, *, store: SnapshotStore,
                  state_machine: SnapshottingStateMachine, storage: Storage,
-                 disk: ThreadPoolExecutor, transport: Transport, settings: SnapshotSettings,
+                 disk: Executor, transport: Transport, settings: SnapshotSettings,
                  wake: Callable[[], None], observers: Observers | None = None) -> None:
         self.store = store
         self._observers = observers or Observers()

@@ -5,8 +5,10 @@ only writes on it; what a peer sends us arrives on the peer's own outbound conne
 server accepted. So each ordered pair of nodes has one connection, and replies never wait behind
 requests on a shared socket.
 
-Outbound, per peer: a bounded queue of encoded frames and one writer task. ``send`` encodes and
-appends (or drops and counts, when the queue is full) and wakes the writer; the writer connects
+Outbound, per peer: a bounded queue of encoded frames and one writer task. ``send`` encodes;
+when the peer is connected, nothing is queued and the socket has taken everything written so far,
+it writes the frame at once (no task wake-up on the hot path); otherwise it appends (or drops and
+counts, when the queue is full) and wakes the writer; the writer connects
 lazily, sends the handshake, then repeatedly takes everything queued and writes it with a single
 ``write()`` of the concatenated frames followed by ``drain()``. Batching like this is several
 times faster than one write per message, and it never waits to fill a batch. A peer that cannot be
@@ -222,6 +224,13 @@ class _Peer:
             and not self.reader.at_eof()  # the peer closed its end; fed even when not reading
         )
 
+    def writable(self) -> bool:
+        """Connected, and the transport's buffer is empty (the kernel took all written so far):
+        a frame written now leaves at once and nothing of this peer's is waiting for drain."""
+        writer = self.writer
+        return (writer is not None and writer.transport.get_write_buffer_size() == 0
+                and self.connected())
+
     def disconnect(self) -> None:
         if self.writer is not None:
             self.writer.close()
@@ -430,6 +439,18 @@ class TcpTransport:
                     type(msg).__name__, len(frame), msg.dst, self._max_frame_size,
                 )
             self._dropped += 1
+            return
+        if not peer.queue and peer.writable():
+            # Nothing waits before it and the socket took everything so far: write now rather
+            # than wake the writer task (a loop iteration, a coroutine step and a drain timer
+            # per message, on the critical path of every commit). The writer task still owns
+            # connecting, back-pressure and the write timeout: anything left unsent in the
+            # transport's buffer makes the next message take the queue.
+            assert peer.writer is not None  # writable() checked it
+            peer.writer.write(frame)
+            self._sent += 1
+            peer.traffic.messages_sent += 1
+            peer.traffic.bytes_sent += len(frame)
             return
         peer.queue.append(frame)
         peer.queued_bytes += len(frame)

@@ -18,6 +18,7 @@ from polling import eventually
 from snapshot_helpers import FAST, Counter
 
 from raftly.core.errors import NotLeader
+from raftly.core.messages import AppendEntries, Message
 from raftly.server import Busy, OutcomeUnknown, RaftServer, ServerStopped
 from raftly.storage import DiskStorage, MemoryStorage, Storage
 from raftly.transport import MemoryNetwork
@@ -296,5 +297,36 @@ def test_slow_follower_disks_do_not_make_the_leader_step_down() -> None:
             for _ in range(3):
                 await leader.propose(b"1", timeout=10)
             assert leader.is_leader and all(s.status().term == term for s in c.servers.values())
+
+    run(body)
+
+
+def test_a_commit_notice_is_dropped_when_the_next_append_carries_it_and_sent_when_none_does(
+) -> None:
+    async def body() -> None:
+        async with cluster() as c:
+            leader = await c.leader()
+            await leader.propose(b"1")
+            sent: list[AppendEntries] = []
+            transport = leader._transport
+            send = transport.send
+
+            def record(msg: Message) -> None:
+                if isinstance(msg, AppendEntries):
+                    sent.append(msg)
+                send(msg)
+
+            transport.send = record  # type: ignore[method-assign]
+            for _ in range(50):  # one client: each commit is followed by the next proposal
+                await leader.propose(b"1")
+            empty = [m for m in sent if not m.entries]
+            # Without holding them, every commit sends each follower an empty append (100).
+            assert len(empty) < 50, len(empty)
+            last = leader.node.log.commit
+            # Nothing supersedes the last commit's notice: it still goes out, to each follower.
+            await eventually(lambda: {m.dst for m in sent if not m.entries and m.commit == last}
+                             == set(c.ids) - {leader.id})
+            await eventually(lambda: all(s.state_machine.value == 51
+                                         for s in c.servers.values()))
 
     run(body)

@@ -562,3 +562,50 @@ def test_the_default_idle_timeout_of_authenticated_peers_outlasts_long_quiet_ter
 
     default = inspect.signature(TcpTransport).parameters["idle_timeout"].default
     assert default >= 600.0
+
+
+def test_a_connected_idle_peer_gets_a_message_written_at_once_without_the_writer_task() -> None:
+    async def body() -> None:
+        a, b = await pair()
+        a.t.send(hb(1, 2, 0))  # the first one dials, through the queue and the writer task
+        await eventually(lambda: len(b.inbox) == 1)
+        await eventually(lambda: a.t._peers[2].writable())  # the socket took all written
+        sent = a.t.stats()["sent"]
+        a.t.send(hb(1, 2, 1))
+        # Counted within send itself: written to the socket, not left for the writer task.
+        assert a.t.stats()["sent"] == sent + 1
+        assert a.t.stats()["queued"] == 0
+        await eventually(lambda: len(b.inbox) == 2)
+        assert b.inbox == [hb(1, 2, 0), hb(1, 2, 1)]
+        await a.t.close()
+        await b.t.close()
+
+    run(body)
+
+
+def test_messages_keep_their_order_when_writes_move_between_the_socket_and_the_queue() -> None:
+    async def body() -> None:
+        a, b = await pair()
+        a.t.send(hb(1, 2, 0))
+        await eventually(lambda: len(b.inbox) == 1)
+        # Large appends fill the socket buffer, so later sends take the queue until the writer
+        # task has drained it, then go straight to the socket again.
+        sent: list[Message] = [hb(1, 2, 0)]
+        big = [Entry(1, 1, b"y" * 250_000)]
+        queued = 0
+        for i in range(300):
+            msg: Message = (AppendEntries(term=1, src=1, dst=2, prev_index=0, prev_term=0,
+                                          entries=big, commit=i) if i % 3 else hb(1, 2, i))
+            a.t.send(msg)
+            sent.append(msg)
+            queued = max(queued, a.t.stats()["queued"])
+            if i % 100 == 0:
+                await asyncio.sleep(0.01)  # let the socket drain between bursts
+        await eventually(lambda: len(b.inbox) == len(sent))
+        assert queued > 0  # the queue was really used between direct writes
+        assert b.inbox == sent
+        assert a.t.stats()["dropped"] == 0
+        await a.t.close()
+        await b.t.close()
+
+    run(body)
