@@ -163,7 +163,9 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
     bind = api_address or spec.api
     try:
         # Without its own ssl_context: the runner does TLS per connection (make_runner).
-        site = web.TCPSite(runner, bind.host, bind.port)
+        # A backlog for as many connections as the cap admits: aiohttp's 128 drops the SYNs of
+        # a burst of new clients, each then retried by the kernel a whole second later.
+        site = web.TCPSite(runner, bind.host, bind.port, backlog=limits.max_connections)
         await site.start()
         await server.start()
         api.start()
