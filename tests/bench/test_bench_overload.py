@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from raftly.bench.overload import retry_after_seconds, bench_overload
+from raftly.bench.overload import bench_overload, retry_after_seconds
 
 
 def test_a_flooded_cluster_answers_503_with_retry_after_and_keeps_its_leader(
