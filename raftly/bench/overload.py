@@ -20,21 +20,20 @@ election raises the term). ``event_loop`` is the client's loop and, unless "auto
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import random
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raftly import eventloop
 from raftly.bench.load import LEADER_TIMEOUT, WARMUP
-from raftly.bench.places import temp_dir
-from raftly.bench.reads import STOP_GRACE, serve_options
+from raftly.bench.reads import on_fresh_cluster
 from raftly.bench.stats import Sample
 from raftly.kv.connections import raise_fd_limit
-from raftly.localcluster import ProcessCluster, plan_loopback
+from raftly.localcluster import ProcessCluster
 from raftly.storage.disk.fsio import FsyncPolicy
 
 RETRY_CAP = 1.0
@@ -116,19 +115,24 @@ def retry_after_seconds(value: str | None) -> float | None:
 async def _polite_load(url: str, clients: int, seconds: float, warmup: float, value: bytes,
                        timeout: float) -> _Tally:
     """``clients`` closed-loop writers that honour Retry-After; counts the writes that start
-    and end in the ``seconds`` after ``warmup``. Writes still open at the end are awaited (with
+    and end in the ``seconds`` after the warm-up: ``warmup``, and at least until every client
+    has had an answer (at most ``timeout`` more). Writes still open at the end are awaited (with
     their timeout), not counted."""
     import aiohttp
 
-    begin = time.perf_counter()
-    t0, t1 = begin + warmup, begin + warmup + seconds
     tally = _Tally()
+    window = [math.inf, math.inf]
+    """[t0, t1]: set once every client has had its first answer and ``warmup`` has passed."""
+    first_answers = 0
+    everyone_answered = asyncio.Event()
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector,
                                      timeout=aiohttp.ClientTimeout(total=timeout)) as session:
 
         async def client(n: int) -> None:
-            while (start := time.perf_counter()) < t1:
+            nonlocal first_answers
+            first = True
+            while (start := time.perf_counter()) < window[1]:
                 status, retry_after = 0, None
                 try:
                     async with session.put(f"{url}/v1/kv/bench-{n}", data=value,
@@ -139,9 +143,14 @@ async def _polite_load(url: str, clients: int, seconds: float, warmup: float, va
                 except (aiohttp.ClientError, TimeoutError):
                     pass
                 end = time.perf_counter()
+                if first:
+                    first = False
+                    first_answers += 1
+                    if first_answers == clients:
+                        everyone_answered.set()
                 # Started and ended in the window: the steady state, not the storm of
                 # connections every client opens at once during the warm-up.
-                counted = t0 <= start and end <= t1
+                counted = window[0] <= start and end <= window[1]
                 if status == 200:
                     if counted:
                         tally.ok += 1
@@ -159,7 +168,14 @@ async def _polite_load(url: str, clients: int, seconds: float, warmup: float, va
 
         tasks = [asyncio.create_task(client(n)) for n in range(clients)]
         try:
-            done, pending = await asyncio.wait(tasks, timeout=t1 - begin + timeout + 5.0)
+            # The warm-up lasts until every client is connected and answered (on a starved
+            # machine a thousand connections take longer than ``warmup``), within a bound.
+            await asyncio.sleep(warmup)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(everyone_answered.wait(), timeout)
+            window[0] = time.perf_counter()
+            window[1] = window[0] + seconds
+            done, pending = await asyncio.wait(tasks, timeout=seconds + timeout + 5.0)
             if pending:
                 raise TimeoutError(f"{len(pending)} clients did not finish after the window")
             for task in done:
@@ -223,17 +239,11 @@ def bench_overload(peak_clients: int, seconds: float, *, factor: int = 4,
     if peak_clients < 1 or factor < 1:
         raise ValueError("peak_clients and factor must be at least 1")
     raise_fd_limit()  # one socket per client
-    options = serve_options(event_loop, extra_serve_options)
-    with temp_dir(base_dir, "raftly-bench-overload-") as root:
-        nodes = ProcessCluster(root, plan_loopback(3, cluster_id="raftly-bench-overload"),
-                               fsync=fsync, log_level="WARNING", orphan_signal=signal.SIGKILL,
-                               serve_options=options)
-        try:
-            nodes.start()
-            return eventloop.run(_drive(nodes, peak_clients, seconds, factor, warmup,
-                                        b"o" * value_size, timeout), loop=event_loop)
-        finally:
-            nodes.stop(grace=STOP_GRACE)
+    return on_fresh_cluster(
+        "overload", lambda nodes: _drive(nodes, peak_clients, seconds, factor, warmup,
+                                         b"o" * value_size, timeout),
+        fsync=fsync, base_dir=base_dir, event_loop=event_loop,
+        extra_serve_options=extra_serve_options)
 
 
 __all__ = ["RETRY_CAP", "RETRY_JITTER", "OverloadResult", "bench_overload", "retry_after_seconds"]

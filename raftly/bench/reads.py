@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from raftly import eventloop
 from raftly.bench.load import LEADER_TIMEOUT, WARMUP, closed_loop
@@ -40,6 +41,8 @@ KEYS = 64
 """Keys preloaded and read round-robin: enough that no single key is hot."""
 STOP_GRACE = 5.0
 """Seconds a node process gets to stop on SIGTERM before it is killed."""
+
+T = TypeVar("T")
 
 
 def serve_options(event_loop: str, extra: Sequence[str] = ()) -> tuple[str, ...]:
@@ -139,18 +142,30 @@ def _run(clients: Sequence[int], seconds: float, consistency: str, fsync: FsyncP
          base_dir: str | Path | None, warmup: float,
          measured: Callable[[Sample], None] | None, event_loop: str, value_size: int,
          timeout: float, extra_serve_options: Sequence[str]) -> list[Sample]:
+    return on_fresh_cluster(
+        "reads", lambda nodes: _drive_reads(nodes, clients, seconds, warmup, timeout, consistency,
+                                            value_size, measured),
+        fsync=fsync, base_dir=base_dir, event_loop=event_loop,
+        extra_serve_options=extra_serve_options)
+
+
+def on_fresh_cluster(name: str, drive: Callable[[ProcessCluster], Coroutine[Any, Any, T]], *,
+                     fsync: FsyncPolicy, base_dir: str | Path | None, event_loop: str,
+                     extra_serve_options: Sequence[str]) -> T:
+    """``drive`` run on ``event_loop`` against three fresh ``raftly serve`` processes in a
+    temporary directory; the processes are stopped and the directory removed on the way out
+    (they die with this process even if it is killed)."""
     options = serve_options(event_loop, extra_serve_options)
-    with temp_dir(base_dir, "raftly-bench-reads-") as root:
-        nodes = ProcessCluster(root, plan_loopback(3, cluster_id="raftly-bench-reads"),
+    with temp_dir(base_dir, f"raftly-bench-{name}-") as root:
+        nodes = ProcessCluster(root, plan_loopback(3, cluster_id=f"raftly-bench-{name}"),
                                fsync=fsync, log_level="WARNING", orphan_signal=signal.SIGKILL,
                                serve_options=options)
         try:
             nodes.start()
-            return eventloop.run(_drive_reads(nodes, clients, seconds, warmup, timeout,
-                                              consistency, value_size, measured),
-                                 loop=event_loop)
+            return eventloop.run(drive(nodes), loop=event_loop)
         finally:
             nodes.stop(grace=STOP_GRACE)
 
 
-__all__ = ["CONSISTENCIES", "KEYS", "STATUS", "bench_ceiling", "bench_reads", "serve_options"]
+__all__ = ["CONSISTENCIES", "KEYS", "STATUS", "bench_ceiling", "bench_reads", "on_fresh_cluster",
+           "serve_options"]
