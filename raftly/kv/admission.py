@@ -2,14 +2,16 @@
 
 Past its peak a leader gains nothing from more concurrent writes: they only queue, each waiting
 longer, until clients time out and retry into a queue that is longer still. So at most
-``limit`` writes (proposals made through the HTTP API, of any route: PUT, DELETE, txn, leases)
+``limit`` writes (proposals made through the HTTP API, of any route: PUT, DELETE, txn, lease
+grants and revokes; reads and lease keepalives propose nothing and are never refused here)
 are in flight on a node at once; one more is answered ``503`` with ``Retry-After`` at once,
 before its body is read or anything is proposed, so it was certainly not applied and is safe
 to retry. A polite client waits the Retry-After and tries again; the writes admitted keep their
 latency, which the limit bounds (about ``limit`` divided by the peak rate).
 
-The default was measured (docs/performance.md): enough in flight for the leader's group commit
-to reach its peak rate, few enough that the latency of an admitted write stays bounded.
+The default was chosen by measurement (the performance notes of issue 16): it never refuses at
+256 clients, where the HTTP benchmark peaks, so the peak is not cut (64 already refused there),
+and it keeps the latency of an admitted write bounded at four times as many clients.
 ``raftly serve --max-inflight-writes N`` sets it.
 """
 
