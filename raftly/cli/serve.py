@@ -47,6 +47,7 @@ from raftly.cli.common import (
     positive_int,
 )
 from raftly.eventloop import CHOICES
+from raftly.kv.admission import DEFAULT_MAX_INFLIGHT_WRITES
 from raftly.logevents import event
 
 logger = logging.getLogger("raftly.cli.serve")
@@ -139,6 +140,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     security.add_argument("--max-watches", type=positive_int, default=1000, metavar="N",
                           help="watch streams open at once; more are answered 503 "
                                "(default 1000)")
+    security.add_argument("--max-inflight-writes", type=positive_int,
+                          default=DEFAULT_MAX_INFLIGHT_WRITES, metavar="N",
+                          help="writes in flight on this node at once; more are answered 503 "
+                               "with Retry-After, not queued (default "
+                               f"{DEFAULT_MAX_INFLIGHT_WRITES})")
     p.set_defaults(func=run)
 
 
@@ -193,7 +199,8 @@ def _run(args: argparse.Namespace) -> int:
                           segment_size=args.segment_size, tls=tls,
                           client_cert_auth=args.client_cert_auth, auth=auth,
                           token=args.token or None, max_connections=args.max_connections,
-                          max_watches=args.max_watches, metrics=args.metrics),
+                          max_watches=args.max_watches, metrics=args.metrics,
+                          max_inflight_writes=args.max_inflight_writes),
                       loop=loop)
     except (ClusterFileError, IdentityError, StorageError, ServerStopped, JoinError,
             TlsError) as exc:

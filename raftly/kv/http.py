@@ -55,6 +55,7 @@ from aiohttp.typedefs import Middleware
 from raftly.core.errors import NotLeader, ProposalDropped
 from raftly.core.types import ConfState
 from raftly.kv import connections
+from raftly.kv.admission import DEFAULT_MAX_INFLIGHT_WRITES, WriteAdmission
 from raftly.kv.backup_http import SnapshotApi
 from raftly.kv.cluster_file import ClusterSpec, NodeSpec
 from raftly.kv.commands import MAX_INT
@@ -120,6 +121,8 @@ from raftly.server.server import Busy, OutcomeUnknown, RaftServer, ServerStopped
 logger = logging.getLogger("raftly.kv.http")
 
 RETRY_AFTER = "1"
+TOO_MANY_WRITES = "too_many_writes"
+"""The ``code`` of a write refused by admission (raftly.kv.admission)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -213,6 +216,8 @@ class Limits:
     may start."""
     watch_history_bytes: int = DEFAULT_HISTORY_BYTES
     """Bytes of keys and values kept for watchers (the state machine's ``history_bytes``)."""
+    max_inflight_writes: int = DEFAULT_MAX_INFLIGHT_WRITES
+    """Writes in flight on this node at once; more are answered 503 (raftly.kv.admission)."""
 
 
 class KVApi:
@@ -230,6 +235,7 @@ class KVApi:
         """Whether this node serves HTTPS, and so every member does: URLs handed out are https."""
         self.metrics = metrics
         """What ``GET /metrics`` serves and the request middleware counts into (None: off)."""
+        self.admission = WriteAdmission(self.limits.max_inflight_writes)
         self.members = MembersApi(self)
         self.leases = LeaseManager(server)
         self.watches = WatchHub(self.kv, max_watches=self.limits.max_watches,
@@ -311,6 +317,10 @@ class KVApi:
         body: dict[str, object] = {"error": message, "leader": self._name(self.server.leader)}
         body.update(extra)
         return self._json(status, body, headers)
+
+    def _too_many_writes(self) -> web.Response:
+        return self._error(503, "too many writes in flight on this node; not applied, safe to "
+                                "retry", {"Retry-After": RETRY_AFTER}, code=TOO_MANY_WRITES)
 
     def _not_leader(self, request: web.Request, leader: int | None) -> web.Response:
         spec = self._leader_spec(leader)
@@ -418,6 +428,8 @@ class KVApi:
 
     async def _propose(self, request: web.Request, op: Op, session: Session | None
                        ) -> Result | web.Response:
+        if not self.admission.enter():
+            return self._too_many_writes()
         try:
             result = await self.server.propose(encode(op, session),
                                                timeout=self.limits.write_timeout)
@@ -433,6 +445,8 @@ class KVApi:
             return self._error(504, f"outcome unknown: {exc}")
         except CommandError as exc:
             return self._refused(exc.code, str(exc))
+        finally:
+            self.admission.leave()
         assert isinstance(result, Result)
         if result.error is not None:
             return self._refused(result.error, result.message)
@@ -504,6 +518,10 @@ class KVApi:
         if not self.server.is_leader:
             # Answer before reading the body: the client sends it again to the leader anyway.
             return self._not_leader(request, self.server.leader)
+        if self.admission.full:
+            # Refused before its body is read: admission exists to spare the leader that work.
+            self.admission.refuse()
+            return self._too_many_writes()
         value = await self.read_body(request, self.limits.max_value_bytes)
         op: Op = Put(key, value, lease) if expect is None else Cas(key, expect, value)
         result = await self._propose(request, op, session)
@@ -627,6 +645,8 @@ class KVApi:
             # The driver's counters (fsyncs, entries_persisted, readies): `raftly bench` reads
             # them to show how many entries one fsync carries.
             "stats": dict(self.server.stats),
+            # Writes in flight, the limit, and writes refused past it (raftly.kv.admission).
+            "admission": self.admission.as_json(),
         }
 
     # -- middlewares ----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from raftly.core.config import Config
 from raftly.core.types import ConfState, Member
 from raftly.eventloop import running_loop_name
 from raftly.kv.activity import ActivityLog, indexes_of
+from raftly.kv.admission import DEFAULT_MAX_INFLIGHT_WRITES
 from raftly.kv.cluster_file import Address, ClusterSpec, NodeSpec, load_cluster, parse_address
 from raftly.kv.connections import raise_fd_limit
 from raftly.kv.exposure import exposure_warning
@@ -163,7 +164,9 @@ async def start_node(cluster: ClusterSpec, name: str, *, storage: Storage, trans
     bind = api_address or spec.api
     try:
         # Without its own ssl_context: the runner does TLS per connection (make_runner).
-        site = web.TCPSite(runner, bind.host, bind.port)
+        # A backlog for as many connections as the cap admits: aiohttp's 128 drops the SYNs of
+        # a burst of new clients, each then retried by the kernel a whole second later.
+        site = web.TCPSite(runner, bind.host, bind.port, backlog=limits.max_connections)
         await site.start()
         await server.start()
         api.start()
@@ -315,7 +318,8 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
                 segment_size: int = DEFAULT_SEGMENT_SIZE, tls: TlsFiles | None = None,
                 client_cert_auth: bool = False, auth: Authorizer | None = None,
                 token: str | None = None, max_connections: int = 1024,
-                max_watches: int = 1000, metrics: bool = True) -> None:
+                max_watches: int = 1000, metrics: bool = True,
+                max_inflight_writes: int = DEFAULT_MAX_INFLIGHT_WRITES) -> None:
     """Run one node until SIGINT or SIGTERM, or until a configuration without it commits.
 
     The node is node ``node_name`` of ``cluster_file``; or, with ``join``, a new node that
@@ -329,12 +333,13 @@ async def serve(cluster_file: str | Path | None, node_name: str | None, data_dir
     contradicts it (nothing is changed); ``JoinError`` when the cluster cannot be joined.
 
     ``tls``, ``client_cert_auth`` and ``auth`` are as for ``start_node``; ``max_connections``
-    caps the API's open connections, ``max_watches`` its watch streams. ``token`` is this
+    caps the API's open connections, ``max_watches`` its watch streams,
+    ``max_inflight_writes`` its writes in flight (raftly.kv.admission). ``token`` is this
     node's bearer token for other members' APIs. ``metrics=False``: no ``GET /metrics``.
     """
     raise_fd_limit()  # before make_runner reads it to clamp the connection cap
     limits = replace(limits or Limits(), max_connections=max_connections,
-                     max_watches=max_watches)
+                     max_watches=max_watches, max_inflight_writes=max_inflight_writes)
     own_name = join.name if join is not None else node_name
     if tls is not None and own_name is not None:
         check_own_certificate(tls, own_name)
