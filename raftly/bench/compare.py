@@ -286,11 +286,12 @@ def _measure_extras(outcome: Outcome, root: Path, say: Callable[[str], None]) ->
         peak = max(http.values(), key=lambda r: r.rate).clients if http else max(o.clients)
         result = bench_overload(peak, o.seconds, factor=OVERLOAD_FACTOR, base_dir=root,
                                 event_loop=o.event_loop)
-        data = asdict(result)
-        details["overload"] = {"peak_clients": peak, **data}
-        found["overload_goodput_ratio"] = float(_field(data, "ratio", "goodput_ratio"))
-        found["overload_leader_changes"] = int(_field(data, "leader_changes"))
-        found["overload_p99_ms"] = float(_field(data, "p99_ms", "p99"))
+        details["overload"] = result.as_json()
+        found["overload_goodput_ratio"] = result.ratio
+        found["overload_leader_changes"] = result.leader_changes
+        found["overload_p99_ms"] = result.p99
+        found["overload_peak_p99_ms"] = result.peak_p99
+        found["overload_unruly"] = result.errors + result.rejected_503 - result.retry_after_503
 
     def simulator() -> None:
         from raftly.bench.sim import sim_speed
@@ -302,14 +303,6 @@ def _measure_extras(outcome: Outcome, root: Path, say: Callable[[str], None]) ->
     attempt("overload", "raftly.bench.overload", overload)
     attempt("simulator", "raftly.bench.sim", simulator)
     outcome.extras = Extras(**found)
-
-
-def _field(data: dict[str, Any], *names: str) -> Any:
-    """The first of ``names`` in an OverloadResult's fields; a clear error if none is."""
-    for name in names:
-        if name in data:
-            return data[name]
-    raise KeyError(f"OverloadResult has none of {', '.join(names)} (it has {', '.join(data)})")
 
 
 def report(outcome: Outcome) -> str:

@@ -30,6 +30,9 @@ READS_LEVEL = 64
 STALE_FRACTION = 0.8
 """Stale reads "near the HTTP server's ceiling": at least this fraction of it."""
 GOODPUT_FRACTION = 0.9
+OVERLOAD_P99_FACTOR = 2.0
+"""Admission keeps about the peak's writes in flight, so an admitted write should wait about as
+long as at the peak: "p99 bounded" means within this factor of the peak's p99."""
 SIM_FACTOR = 100.0
 
 
@@ -68,6 +71,10 @@ class Extras:
     """Goodput at 4x the peak clients / peak puts/s."""
     overload_leader_changes: int | None = None
     overload_p99_ms: float | None = None
+    overload_peak_p99_ms: float | None = None
+    """p99 of writes at the peak: the yardstick of "p99 bounded" under overload."""
+    overload_unruly: int | None = None
+    """Overload answers that were neither a success nor a 503 with Retry-After."""
     sim_x_real_time: float | None = None
 
 
@@ -136,6 +143,13 @@ def targets(rows: Rows, fsync_median_ms: float | None, extras: Extras = Extras()
     out.append(Target(name, "-", None) if g is None else
                Target(name, f"{g:.0%} (p99 {_ms(extras.overload_p99_ms)})",
                       g >= GOODPUT_FRACTION))
+    name = (f"overload: p99 <= {OVERLOAD_P99_FACTOR:g}x the peak's, every refusal a 503 with "
+            "Retry-After")
+    p99, peak_p99, unruly = (extras.overload_p99_ms, extras.overload_peak_p99_ms,
+                             extras.overload_unruly)
+    out.append(Target(name, "-", None) if p99 is None or peak_p99 is None or unruly is None else
+               Target(name, f"p99 {_ms(p99)} vs {_ms(peak_p99)}, {unruly} other answer(s)",
+                      p99 <= OVERLOAD_P99_FACTOR * peak_p99 and unruly == 0))
     name = "overload: no leader change"
     changes = extras.overload_leader_changes
     out.append(Target(name, "-", None) if changes is None else

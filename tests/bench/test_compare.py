@@ -182,16 +182,22 @@ def test_extras_measure_reads_ceiling_overload_at_4x_peak_and_the_simulator_into
         return bench_reads(clients, seconds, consistency="ceiling")
 
     @dataclass(slots=True)
-    class OverloadResult:
-        peak: float
+    class OverloadResult:  # the fields compare reads of raftly.bench.overload's
         ratio: float
-        p99_ms: float
+        p99: float
+        peak_p99: float
+        errors: int
+        rejected_503: int
+        retry_after_503: int
         leader_changes: int
+
+        def as_json(self) -> dict[str, object]:
+            return {"ratio": self.ratio, "leader_changes": self.leader_changes}
 
     def bench_overload(peak_clients: int, seconds: float, *, factor: int,
                        **_: object) -> OverloadResult:
         calls.append(("overload", peak_clients * factor))
-        return OverloadResult(3000.0, 0.95, 40.0, 0)
+        return OverloadResult(0.95, 40.0, 30.0, 0, 12, 12, 0)
 
     fake_module("reads", bench_reads=bench_reads, bench_ceiling=bench_ceiling)
     fake_module("overload", bench_overload=bench_overload)
@@ -210,8 +216,9 @@ def test_extras_measure_reads_ceiling_overload_at_4x_peak_and_the_simulator_into
                    "(GET /v1/status/s)"] is True
     assert verdict["overload (4x peak clients): goodput >= 90% of peak"] is True
     assert verdict["overload: no leader change"] is True
+    assert verdict["overload: p99 <= 2x the peak's, every refusal a 503 with Retry-After"] is True
     assert verdict["simulator: 5 nodes, 500 cmd/virtual s >= 100x real time"] is True
-    assert outcome.to_json()["extras"]["details"]["overload"]["peak_clients"] == 16
+    assert outcome.to_json()["extras"]["details"]["overload"]["ratio"] == 0.95
 
 
 def test_an_extra_that_fails_is_said_and_the_others_still_run(

@@ -65,18 +65,26 @@ def test_reads_overload_and_simulator_targets() -> None:
     rows = {"raftly-http": {64: row(64, 1000)}}
     met = verdicts(targets(rows, 0.2, Extras(linearizable_reads=3000, stale_reads=8000,
                                              http_ceiling=10000, overload_goodput_ratio=0.9,
-                                             overload_leader_changes=0, sim_x_real_time=100)))
+                                             overload_leader_changes=0, overload_p99_ms=200,
+                                             overload_peak_p99_ms=100, overload_unruly=0,
+                                             sim_x_real_time=100)))
     missed = verdicts(targets(rows, 0.2, Extras(linearizable_reads=2999, stale_reads=7999,
                                                 http_ceiling=10000,
                                                 overload_goodput_ratio=0.89,
                                                 overload_leader_changes=1,
+                                                overload_p99_ms=200.1,
+                                                overload_peak_p99_ms=100, overload_unruly=0,
                                                 sim_x_real_time=99.9)))
     names = ["64 clients: linearizable reads/s >= 3x raftly-http puts/s",
              "64 clients: stale reads/s >= 80% of the HTTP ceiling (GET /v1/status/s)",
              "overload (4x peak clients): goodput >= 90% of peak", "overload: no leader change",
+             "overload: p99 <= 2x the peak's, every refusal a 503 with Retry-After",
              "simulator: 5 nodes, 500 cmd/virtual s >= 100x real time"]
     for name in names:
         assert met[name] is True and missed[name] is False, name
+    unruly = verdicts(targets(rows, 0.2, Extras(overload_p99_ms=100, overload_peak_p99_ms=100,
+                                                overload_unruly=1)))
+    assert unruly["overload: p99 <= 2x the peak's, every refusal a 503 with Retry-After"] is False
     nothing = verdicts(targets(rows, 0.2))
     assert all(nothing[name] is None for name in names)
     assert Target("x", "-", None).verdict == "not measured"
