@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +74,34 @@ def test_a_cancelled_caller_does_not_stop_the_call_and_shutdown_waits_for_it() -
             disk.submit(done.append, "too late")
 
     asyncio.run(main())
+
+
+def test_no_thread_runs_until_the_first_call() -> None:
+    # A server whose construction is refused (or that is never started) must not leak a thread.
+    before = set(threading.enumerate())
+    disk = DiskThread("test-disk-unused")
+    assert set(threading.enumerate()) == before
+    disk.shutdown()
+    with pytest.raises(RuntimeError, match="shut down"):
+        disk.submit(print)
+    assert set(threading.enumerate()) == before
+
+
+def test_interpreter_exit_finishes_the_calls_handed_over(tmp_path: Path) -> None:
+    # Without shutdown() (an embedding app dying of an unhandled exception), a save under way
+    # finishes instead of being cut off, as concurrent.futures' workers do.
+    out = tmp_path / "saved"
+    code = textwrap.dedent(f"""
+        import time
+        from raftly.server.disk import DiskThread
+
+        def save():
+            time.sleep(0.3)
+            open({str(out)!r}, "w").write("done")
+
+        disk = DiskThread("exit-disk")
+        disk.submit(save)
+        raise SystemExit(0)
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+    assert out.read_text() == "done"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -330,3 +331,15 @@ def test_a_commit_notice_is_dropped_when_the_next_append_carries_it_and_sent_whe
                                          for s in c.servers.values()))
 
     run(body)
+
+
+def test_a_refused_construction_leaves_no_thread_behind() -> None:
+    before = set(threading.enumerate())
+    net = MemoryNetwork()
+    for _ in range(3):
+        with pytest.raises(ValueError):
+            RaftServer(1, storage=MemoryStorage(), transport=net.transport(1),
+                       state_machine=Counter(), bootstrap=frozenset({1}), config=FAST,
+                       snapshot_entries=0)
+    assert set(threading.enumerate()) == before
+
