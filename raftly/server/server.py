@@ -553,8 +553,11 @@ class RaftServer:
         held, self._held_appends = self._held_appends, {}
         if self._closed or self._fatal is not None:
             return
-        for msg in held.values():
-            self._transport.send(msg)
+        try:
+            for msg in held.values():
+                self._transport.send(msg)
+        except Exception as exc:  # a bug (a timer callback has no supervisor): stop, as _send would
+            self._stop_on_fatal(exc)
 
     def _schedule_early(self) -> None:
         """Send early messages once this loop iteration's other callers have had their turn,

@@ -343,3 +343,21 @@ def test_a_refused_construction_leaves_no_thread_behind() -> None:
                        snapshot_entries=0)
     assert set(threading.enumerate()) == before
 
+
+def test_an_error_sending_held_commit_notices_stops_the_node() -> None:
+    async def body() -> None:
+        async with cluster() as c:
+            leader = await c.leader()
+            send = leader._transport.send
+
+            def broken(msg: Message) -> None:
+                if isinstance(msg, AppendEntries) and not msg.entries:
+                    raise RuntimeError("bug in transport")
+                send(msg)
+
+            leader._transport.send = broken  # type: ignore[method-assign]
+            await leader.propose(b"1")  # its commit notices are held, then sent: they raise
+            failure = await eventually(lambda: leader.failure, what="the node stopping")
+            assert "bug in transport" in str(failure)
+
+    run(body)
