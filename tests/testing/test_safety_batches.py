@@ -42,3 +42,12 @@ def test_log_matching_compares_copies_by_content_and_by_the_term_before_them() -
         checker.on_persist(3, [Entry(2, 1, b"b", EntryType.NOOP)], 1)
     with pytest.raises(SafetyViolation, match="log matching"):
         checker.on_persist(3, [Entry(2, 1, b"b")], 7)
+
+
+def test_the_same_entry_object_persisted_after_different_previous_terms_is_caught() -> None:
+    # The same-object fast path skips only comparing the data; the previous term is still checked.
+    checker = SafetyChecker()
+    e = Entry(2, 1, b"b")
+    checker.on_persist(0, [e], 1)
+    with pytest.raises(SafetyViolation, match="log matching"):
+        checker.on_persist(1, [e], 7)
