@@ -160,8 +160,10 @@ class RaftLog:
         and it is kept here rather than read through the storage each time."""
         self._unstable: list[Entry] = []
         self.last_index = last
-        """The index of the last entry (``_offset + len(_unstable) - 1``): an attribute kept
-        up to date by every change, as it is read many times per message."""
+        """The index of the last entry (``_offset + len(_unstable) - 1``). Read-only for
+        everyone else: kept by RaftLog, updated by every change of the log (``term_at``,
+        ``slice`` and ``take_unstable`` trust it); a plain attribute only because it is read
+        many times per message."""
         if commit > last:
             raise InvariantError(f"commit index {commit} beyond the last log entry {last}")
         self.commit = max(commit, snapshot.index)

@@ -526,10 +526,12 @@ class RaftServer:
             if type(msg) is AppendEntries:
                 # A commit advanced by an answer makes the core tell every follower at once, in
                 # an append without entries; a caller woken by that commit usually proposes
-                # again a few loop iterations later, and that append carries the commit index
-                # too. Holding the empty one briefly and dropping it when superseded saves two
-                # messages and two answers per commit at low concurrency (dropping a message is
-                # always safe in Raft; a later heartbeat carries the commit index as well).
+                # again a few loop iterations later. Holding the empty one briefly and dropping
+                # it when an append with entries supersedes it saves two messages and two answers
+                # per commit at low concurrency. That append carries min(commit, its last index),
+                # usually the whole commit; if not (a probe capped by the message limits), the
+                # follower learns the rest from its successors or the next heartbeat (dropping a
+                # message is always safe in Raft).
                 if not msg.entries:
                     self._hold_append(msg)
                     continue
@@ -543,7 +545,9 @@ class RaftServer:
                 self._transport.send(msg)
 
     def _hold_append(self, msg: AppendEntries) -> None:
-        self._held_appends[msg.dst] = msg  # a newer one says at least as much
+        # A newer one replaces it: the follower learns any commit the newer one does not carry
+        # from later appends or the next heartbeat.
+        self._held_appends[msg.dst] = msg
         if self._held_timer is None:
             self._held_timer = asyncio.get_running_loop().call_later(
                 COMMIT_NOTICE_DELAY, self._send_held_appends)

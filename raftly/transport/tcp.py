@@ -6,7 +6,8 @@ server accepted. So each ordered pair of nodes has one connection, and replies n
 requests on a shared socket.
 
 Outbound, per peer: a bounded queue of encoded frames and one writer task. ``send`` encodes;
-when the peer is connected, nothing is queued and the socket has taken everything written so far,
+when the peer is connected, nothing is queued and the transport holds nothing unsent at this layer
+(with TLS, the raw TCP transport beneath may still hold up to its high-water mark, about 64 KiB),
 it writes the frame at once (no task wake-up on the hot path); otherwise it appends (or drops and
 counts, when the queue is full) and wakes the writer; the writer connects
 lazily, sends the handshake, then repeatedly takes everything queued and writes it with a single
@@ -225,8 +226,10 @@ class _Peer:
         )
 
     def writable(self) -> bool:
-        """Connected, and the transport's buffer is empty (the kernel took all written so far):
-        a frame written now leaves at once and nothing of this peer's is waiting for drain."""
+        """Connected, and the transport holds nothing unsent at this layer: nothing of this
+        peer's is waiting for drain. (Under TLS, ``get_write_buffer_size`` counts only the SSL
+        layer's buffers; the raw TCP transport beneath may still hold up to its high-water mark,
+        about 64 KiB, before the SSL buffer fills and sends take the queue. Order is kept.)"""
         writer = self.writer
         return (writer is not None and writer.transport.get_write_buffer_size() == 0
                 and self.connected())
