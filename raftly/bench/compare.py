@@ -213,7 +213,9 @@ def compare(o: CompareOptions, *, say: Callable[[str], None] = print,
     from raftly.eventloop import loop_factory
 
     loop = "asyncio" if loop_factory(o.event_loop) is None else "uvloop"
-    outcome = Outcome(o, machine(loop), datetime.datetime.now(datetime.UTC).isoformat(
+    # `auto` leaves the nodes on serve's own default (asyncio: see raftly.cli.serve).
+    serve_loop = "uvloop" if o.event_loop == "uvloop" else "asyncio"
+    outcome = Outcome(o, machine(loop, serve_loop), datetime.datetime.now(datetime.UTC).isoformat(
         timespec="seconds"), _versions(o.systems))
     for system in o.systems:
         reason = missing(system)

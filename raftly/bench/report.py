@@ -68,14 +68,16 @@ def cpu_model() -> str:
     return platform.processor() or "?"
 
 
-def machine(loop: str) -> dict[str, str | int]:
+def machine(loop: str, serve_loop: str) -> dict[str, str | int]:
+    """``loop``: the clients' and the library's event loop; ``serve_loop``: the nodes'."""
     return {"cpu": cpu_model(), "cores": os.cpu_count() or 0, "kernel": platform.release(),
-            "python": platform.python_version(), "loop": loop}
+            "python": platform.python_version(), "loop": loop, "serve_loop": serve_loop}
 
 
 def machine_line(m: Mapping[str, str | int]) -> str:
     return (f"{m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, Python {m['python']}, "
-            f"event loop {m['loop']}")
+            f"event loop {m['loop']} (clients and library; `raftly serve` nodes: "
+            f"{m.get('serve_loop', m['loop'])})")
 
 
 __all__ = ["Table", "cpu_model", "figures_table", "machine", "machine_line", "markdown",
