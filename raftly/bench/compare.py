@@ -12,8 +12,8 @@ Systems (``SYSTEMS``), each a fresh 3-node cluster on 127.0.0.1 per round:
 Round r runs every system once, all levels each, the order rotated by r so that drift on the
 machine hits all alike; the tables show medians over rounds, and the JSON records each round's
 order. Beside the rounds, once: the raw fsync floor of the file system the nodes write to, and
-(when those modules are present) linearizable and stale reads at 64 clients, overload at 4x the
-peak clients, and the simulator's speed. Then the ratios and the issue's targets
+linearizable and stale reads at 64 clients, overload at 4x the peak clients, and the
+simulator's speed. Then the ratios and the issue's targets
 (``verdicts.py``), printed and written to OUT/compare.json, OUT/compare.md and two SVG plots.
 
 A system that is not installed is skipped with one line saying how to install it; a system
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import importlib.util
 import json
 import math
 import sys
@@ -102,14 +101,17 @@ class Outcome:
         return {system: {r.clients: r for r in summarize([s for _, s in samples])}
                 for system, samples in self.samples.items() if samples}
 
-    def ratios(self) -> list[Ratio]:
-        return ratios(self.rows())
+    def ratios(self, rows: dict[str, dict[int, Row]] | None = None) -> list[Ratio]:
+        """``rows``: ``self.rows()`` when the caller has it already."""
+        return ratios(self.rows() if rows is None else rows)
 
-    def targets(self) -> list[Target]:
-        return targets(self.rows(), self.fsync.median_ms if self.fsync else None, self.extras)
+    def targets(self, rows: dict[str, dict[int, Row]] | None = None) -> list[Target]:
+        return targets(self.rows() if rows is None else rows,
+                       self.fsync.median_ms if self.fsync else None, self.extras)
 
     def to_json(self) -> dict[str, Any]:
         o = self.options
+        rows = self.rows()
         return _finite({
             "date": self.date, "machine": self.machine, "versions": self.versions,
             "options": {"clients": o.clients, "seconds": o.seconds, "rounds": o.rounds,
@@ -125,9 +127,9 @@ class Outcome:
                                  for r, s in samples]
                         for system, samples in self.samples.items()},
             "medians": {system: [asdict(r) for r in levels.values()]
-                        for system, levels in self.rows().items()},
-            "ratios": [asdict(r) for r in self.ratios()],
-            "targets": [{**asdict(t), "verdict": t.verdict} for t in self.targets()],
+                        for system, levels in rows.items()},
+            "ratios": [asdict(r) for r in self.ratios(rows)],
+            "targets": [{**asdict(t), "verdict": t.verdict} for t in self.targets(rows)],
             "extras": {**asdict(self.extras), "details": self.extra_details},
         })
 
@@ -197,9 +199,10 @@ def _versions(systems: Sequence[str]) -> dict[str, str]:
     from importlib.metadata import version
 
     out = {"raftly": version("raftly")}
-    binary = etcd.etcd_binary()
-    if "etcd-http" in systems and binary is not None:
-        out["etcd"] = etcd.etcd_version(binary)
+    if "etcd-http" in systems:
+        binary = etcd.etcd_binary()
+        if binary is not None:
+            out["etcd"] = etcd.etcd_version(binary)
     if "pysyncobj" in systems and pysyncobj.available():
         out["pysyncobj"] = pysyncobj.version()
     return out
@@ -248,17 +251,13 @@ def compare(o: CompareOptions, *, say: Callable[[str], None] = print,
 
 
 def _measure_extras(outcome: Outcome, root: Path, say: Callable[[str], None]) -> None:
-    """Reads, overload and the simulator, once each; a part that is missing or fails is said
-    and left out."""
+    """Reads, overload and the simulator, once each; a part that fails is said and left
+    out."""
     o = outcome.options
     found: dict[str, Any] = {}
     details = outcome.extra_details
 
-    def attempt(name: str, module: str, work: Callable[[], None]) -> None:
-        if importlib.util.find_spec(module) is None:
-            details[name] = f"not available: no {module} in this build"
-            say(f"{name}: not measured, no {module} in this build")
-            return
+    def attempt(name: str, work: Callable[[], None]) -> None:
         try:
             work()
         except Exception as exc:  # said and recorded; the other parts still run
@@ -271,9 +270,8 @@ def _measure_extras(outcome: Outcome, root: Path, say: Callable[[str], None]) ->
         runs: dict[str, Callable[..., list[Sample]]] = {
             "linearizable_reads": functools.partial(module.bench_reads,
                                                     consistency="linearizable"),
-            "stale_reads": functools.partial(module.bench_reads, consistency="stale")}
-        if hasattr(module, "bench_ceiling"):
-            runs["http_ceiling"] = module.bench_ceiling
+            "stale_reads": functools.partial(module.bench_reads, consistency="stale"),
+            "http_ceiling": module.bench_ceiling}
         for name, run in runs.items():
             (sample,) = run([READS_LEVEL], o.seconds, base_dir=root, warmup=o.warmup,
                             event_loop=o.event_loop)
@@ -301,20 +299,22 @@ def _measure_extras(outcome: Outcome, root: Path, say: Callable[[str], None]) ->
         found["sim_x_real_time"] = sim_speed()
         details["sim"] = {"nodes": 5, "load": 500, "x_real_time": found["sim_x_real_time"]}
 
-    attempt("reads", "raftly.bench.reads", reads)
-    attempt("overload", "raftly.bench.overload", overload)
-    attempt("simulator", "raftly.bench.sim", simulator)
+    attempt("reads", reads)
+    attempt("overload", overload)
+    attempt("simulator", simulator)
     outcome.extras = Extras(**found)
 
 
 def report(outcome: Outcome) -> str:
     """The tables, as printed (plain text)."""
     o = outcome.options
+    rows = outcome.rows()
+    pairs = outcome.ratios(rows)
     parts = [f"\nabsolute figures, medians over {o.rounds} round(s)",
-             text(figures_table(outcome.rows())),
+             text(figures_table(rows)),
              "\nratios (throughput > 1x and p50 < 1x: the first system is ahead)",
-             text(ratios_table(outcome.ratios())) if outcome.ratios() else "(no pair measured)",
-             "\ntargets of issue 16", text(targets_table(outcome.targets()), left=3)]
+             text(ratios_table(pairs)) if pairs else "(no pair measured)",
+             "\ntargets of issue 16", text(targets_table(outcome.targets(rows)), left=3)]
     return "\n".join(parts)
 
 
@@ -338,10 +338,12 @@ def markdown_report(outcome: Outcome) -> str:
     lines += [f"Versions: {versions}.", ""]
     if outcome.skipped:
         lines += [f"Skipped: {'; '.join(outcome.skipped.values())}.", ""]
-    lines += [markdown(figures_table(outcome.rows())), ""]
-    if outcome.ratios():
-        lines += [markdown(ratios_table(outcome.ratios())), ""]
-    lines += [markdown(targets_table(outcome.targets()), left=3), ""]
+    rows = outcome.rows()
+    lines += [markdown(figures_table(rows)), ""]
+    pairs = outcome.ratios(rows)
+    if pairs:
+        lines += [markdown(ratios_table(pairs)), ""]
+    lines += [markdown(targets_table(outcome.targets(rows)), left=3), ""]
     return "\n".join(lines)
 
 

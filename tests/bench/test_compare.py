@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -223,21 +225,26 @@ def test_extras_measure_reads_ceiling_overload_at_4x_peak_and_the_simulator_into
 
 def test_an_extra_that_fails_is_said_and_the_others_still_run(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import raftly.bench.overload
+    import raftly.bench.reads
     import raftly.bench.sim
 
-    def broken() -> float:
-        raise RuntimeError("the simulator broke")
+    def broken(what: str) -> Callable[..., Any]:
+        def fail(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError(f"{what} broke")
+        return fail
 
-    monkeypatch.setattr(raftly.bench.sim, "sim_speed", broken)
-    monkeypatch.setattr(cmp.importlib.util, "find_spec",
-                        lambda name: None if name != "raftly.bench.sim" else object())
+    monkeypatch.setattr(raftly.bench.reads, "bench_reads", broken("the reads"))
+    monkeypatch.setattr(raftly.bench.overload, "bench_overload", broken("the overload"))
+    monkeypatch.setattr(raftly.bench.sim, "sim_speed", broken("the simulator"))
     monkeypatch.setattr(cmp, "run_system", lambda system, o, root, measured: [
         Sample(c, 10, 1.0, [0.002]) for c in o.clients])
     said: list[str] = []
     o = options(tmp_path, ["raftly-lib"], 1)
     o.extras = True
     outcome = cmp.compare(o, say=said.append)
-    assert "reads: not measured, no raftly.bench.reads in this build" in said
+    assert "reads: failed: RuntimeError: the reads broke" in said
+    assert "overload: failed: RuntimeError: the overload broke" in said
     assert "simulator: failed: RuntimeError: the simulator broke" in said
     assert outcome.rows()["raftly-lib"][4].rate == 10
     assert outcome.extras.sim_x_real_time is None
