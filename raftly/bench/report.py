@@ -77,7 +77,7 @@ def machine(loop: str, serve_loop: str) -> dict[str, str | int]:
 def machine_line(m: Mapping[str, str | int]) -> str:
     return (f"{m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, Python {m['python']}, "
             f"event loop {m['loop']} (clients and library; `raftly serve` nodes: "
-            f"{m.get('serve_loop', m['loop'])})")
+            f"{m.get('serve_loop', 'unknown')})")
 
 
 __all__ = ["Table", "cpu_model", "figures_table", "machine", "machine_line", "markdown",
