@@ -61,14 +61,15 @@ def _positive(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raftly bench",
-        description="``raftly bench``: throughput and latency of a local 3-node cluster, over "
-                    "HTTP and the library.",
-        epilog="Quote medians of --runs 3 or more, measured side by side in one sitting. On a "
-               "terminal, a progress line on stderr counts the measurements done (one per "
-               "level, run and kind) out of the total, with the time elapsed and left and the "
-               "one under way; it is erased before each table. Nothing is drawn when stderr is "
-               "not a terminal (--progress / --no-progress override). The last line is the "
-               "summary: measurements made and the time taken.")
+        description="Throughput and latency of a local 3-node cluster, over HTTP and the "
+                    "library; with --compare, raftly beside etcd and PySyncObj.",
+        epilog="Quote medians of --runs 3 (with --compare: --rounds 3) or more, measured side "
+               "by side in one sitting. On a terminal, a progress line on stderr counts the "
+               "measurements done (one per level, run or round, and kind or system) out of the "
+               "total, with the time elapsed and left and the one under way; it is erased "
+               "before each table. Nothing is drawn when stderr is not a terminal (--progress "
+               "/ --no-progress override). The last line is the summary: measurements made and "
+               "the time taken.")
     parser.add_argument("--clients", type=_levels, default=None,
                         help="concurrency levels, comma-separated (default 1,16,64,256; "
                              "with --tls 1,64)")
@@ -78,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fresh clusters to measure; the table shows medians (default 1)")
     parser.add_argument("--fsync", choices=("always", "never"), default="always",
                         help="node storage fsync policy (default always)")
-    parser.add_argument("--mode", choices=("both", "http", "library"), default="both")
+    parser.add_argument("--mode", choices=("both", "http", "library"), default="both",
+                        help="which benchmark: both (default), http or library")
     parser.add_argument("--tls", action="store_true",
                         help="the cost of TLS: the HTTP benchmark with and without TLS in the "
                              "same run (plain and TLS alternate per run), and the TLS/plain "
@@ -103,8 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="where the JSON, Markdown and SVG files go (default "
                               "./raftly-compare)")
     compare.add_argument("--event-loop", choices=CHOICES, default="auto",
-                         help="the client's (and this process's nodes') event loop; "
-                              "raftly serve gets it too unless auto")
+                         help="event loop of the clients and of raftly's in-process and "
+                              "raftly-lib-3proc nodes (default auto: uvloop when installed); "
+                              "the `raftly serve` nodes get it too, except with auto (then "
+                              "asyncio, serve's default)")
     compare.add_argument("--value-size", type=int, default=None,
                          help=f"bytes per written value (default {HTTP_VALUE_SIZE} over HTTP, "
                               f"{LIBRARY_VALUE_SIZE} in the library)")
