@@ -4,14 +4,15 @@ Past its peak a leader gains nothing from more concurrent writes: they only queu
 longer, until clients time out and retry into a queue that is longer still. So at most
 ``limit`` writes (proposals made through the HTTP API, of any route: PUT, DELETE, txn, lease
 grants and revokes; reads and lease keepalives propose nothing and are never refused here)
-are in flight on a node at once; one more is answered ``503`` with ``Retry-After`` at once,
-before its body is read or anything is proposed, so it was certainly not applied and is safe
-to retry. A polite client waits the Retry-After and tries again; the writes admitted keep their
-latency, which the limit bounds (about ``limit`` divided by the peak rate).
+are in flight on a node at once; one more is answered ``503`` with ``Retry-After`` before
+anything is proposed (a PUT even before its body is read), so it was certainly not applied and
+is safe to retry. A polite client waits the Retry-After and tries again; the writes admitted
+keep their latency, which the limit bounds (about ``limit`` divided by the peak rate).
 
-The default was chosen by measurement (the performance notes of issue 16): it never refuses at
-256 clients, where the HTTP benchmark peaks, so the peak is not cut (64 already refused there),
-and it keeps the latency of an admitted write bounded at four times as many clients.
+The default was chosen by measurement (docs/performance.md): it never refuses at 256 clients,
+where the HTTP benchmark peaks, so the peak is not cut (64 already refused there); at four times
+as many clients the leader stays up and every refusal is a 503 with Retry-After (p99 was still
+2.7x the peak's in the 2026-12-02 run: docs/performance.md).
 ``raftly serve --max-inflight-writes N`` sets it.
 """
 
