@@ -1,12 +1,12 @@
 """raftly's library API next to PySyncObj's, on this machine, at the same closed-loop concurrency.
 
-A thin wrapper kept for stream B's A/B runs: the measuring is ``raftly.bench.library``
-(raftly, 3 nodes in one process, fsync on unless ``--fsync never``) and
-``raftly.bench.pysyncobj`` (3 PySyncObj processes, the clients in the leader's; it never
-fsyncs), alternating run by run; printed are commits/s and p50/p99 per level, medians of
-``--runs``, for each PySyncObj setting in ``--configs`` (default: both ``default``, batching
-on, and ``nobatch``, its best). ``raftly bench --compare`` runs the whole comparison (etcd and
-raftly over 3 processes too).
+PySyncObj's two settings (``default``, ``nobatch``) against raftly-lib, alternating run by run:
+for A/B work on the library path; ``raftly bench --compare`` is the full comparison (etcd and
+raftly over 3 processes too). The measuring is ``raftly.bench.library`` (raftly, 3 nodes in one
+process, fsync on unless ``--fsync never``) and ``raftly.bench.pysyncobj`` (3 PySyncObj
+processes, the clients in the leader's; it never fsyncs); printed are commits/s and p50/p99 per
+level, medians of ``--runs``, for each PySyncObj setting in ``--configs`` (default: both
+``default``, batching on, and ``nobatch``, its best).
 
 PySyncObj is not a dependency of raftly: ``pip install 'raftly[bench]'``.
 

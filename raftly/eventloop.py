@@ -1,9 +1,9 @@
-"""Which asyncio event loop raftly's own processes run on: uvloop when asked or installed, else
-asyncio's.
+"""Which asyncio event loop a raftly process runs on (``serve --event-loop``,
+``bench --event-loop``).
 
-uvloop is an optional speed-up (``pip install 'raftly[fast]'``): the same asyncio API on libuv,
-with a loopback round trip about 4x shorter. raftly never needs it; ``"auto"`` takes it when it
-can be imported, ``"uvloop"`` insists on it, ``"asyncio"`` never uses it.
+``"asyncio"`` (serve's default), ``"uvloop"`` (optional, ``pip install 'raftly[fast]'``), or
+``"auto"`` (uvloop when it can be imported: the benchmark's default). uvloop did not make the
+HTTP benchmark faster (docs/performance.md); raftly never needs it.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ peak, the p50/p99 latency of the successful writes (one attempt, request to answ
 the clients got (with Retry-After or without) and the node's own count of refused writes, other
 errors, and whether the leader held: the leader and term of every node before and after (any
 election raises the term). ``event_loop`` is the client's loop and, unless "auto", the nodes'
-``--event-loop`` too; ``serve_options`` reach every node (``--max-inflight-writes N``).
+``--event-loop`` too; ``extra_serve_options`` reach every node (``--max-inflight-writes N``).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ while there is no leader, a 404, a connection error) is an error.
 
 ``bench_ceiling`` measures what stale reads are compared with: the HTTP server's own ceiling,
 ``GET /v1/status`` spread over the nodes as stale reads are (no key, nothing asked of Raft; the
-same client and middlewares). ``serve_options`` reach every
+same client and middlewares). ``extra_serve_options`` reach every
 node (``--max-inflight-writes``...); ``event_loop`` is the client's loop and, unless "auto",
 the nodes' ``--event-loop`` too.
 """

@@ -8,7 +8,7 @@ figures.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from raftly.bench.stats import Row
@@ -51,7 +51,7 @@ class Target:
     target: str
     measured: str
     met: bool | None
-    """None: not measured in this run (a system or level skipped, a stream not landed)."""
+    """None: not measured in this run (a system or level skipped, an extra that failed)."""
 
     @property
     def verdict(self) -> str:
@@ -174,8 +174,4 @@ def _faster(rows: Rows, ours: str, theirs: str, clients: int, factor: float) -> 
     return Target(name, f"{a.rate:.0f} vs {b.rate:.0f}/s = {ratio:.2f}x", ratio >= factor)
 
 
-def by_level(rows: Sequence[Row]) -> dict[int, Row]:
-    return {r.clients: r for r in rows}
-
-
-__all__ = ["RATIO_PAIRS", "Extras", "Ratio", "Rows", "Target", "by_level", "ratios", "targets"]
+__all__ = ["RATIO_PAIRS", "Extras", "Ratio", "Rows", "Target", "ratios", "targets"]
