@@ -289,8 +289,8 @@ def _measure_extras(outcome: Outcome, root: Path, say: Callable[[str], None]) ->
         details["overload"] = result.as_json()
         found["overload_goodput_ratio"] = result.ratio
         found["overload_leader_changes"] = result.leader_changes
-        found["overload_p99_ms"] = result.p99
-        found["overload_peak_p99_ms"] = result.peak_p99
+        found["overload_p99_ms"] = result.p99_ms
+        found["overload_peak_p99_ms"] = result.peak_p99_ms
         found["overload_unruly"] = result.errors + result.rejected_503 - result.retry_after_503
 
     def simulator() -> None:

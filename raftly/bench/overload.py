@@ -54,9 +54,9 @@ class OverloadResult:
     """Successful puts/s at ``peak_clients``."""
     goodput: float
     """Successful puts/s at ``overload_clients``."""
-    p50: float
-    """Milliseconds, successful writes under overload (one attempt)."""
-    p99: float
+    p50_ms: float
+    """Successful writes under overload (one attempt)."""
+    p99_ms: float
     rejected_503: int
     """503 answers the clients got under overload."""
     retry_after_503: int
@@ -65,14 +65,14 @@ class OverloadResult:
     """Other failures under overload: timeouts, lost connections, other statuses."""
     node_rejected: int
     """Writes the leader's admission refused over both phases (its /v1/status)."""
-    admission_limit: int | None
-    """The leader's ``--max-inflight-writes`` (None: a node without admission)."""
+    admission_limit: int
+    """The leader's ``--max-inflight-writes``."""
     leader_before: str | None
     leader_after: str | None
     term_before: int
     term_after: int
-    peak_p99: float = float("nan")
-    """Milliseconds, successful writes at the peak."""
+    peak_p99_ms: float = float("nan")
+    """Successful writes at the peak."""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -196,11 +196,9 @@ def _cluster_view(nodes: ProcessCluster) -> tuple[str | None, int, dict[str, Any
     return leader, term, statuses.get(leader or "", {})
 
 
-def _refused(status: dict[str, Any]) -> tuple[int, int | None]:
-    admission = status.get("admission")
-    if not isinstance(admission, dict):
-        return 0, None
-    return int(admission.get("rejected", 0)), int(admission.get("limit", 0)) or None
+def _refused(status: dict[str, Any]) -> int:
+    """The leader's count of refused writes (0 when no node could name a leader)."""
+    return int(status["admission"]["rejected"]) if status else 0
 
 
 async def _drive(nodes: ProcessCluster, peak_clients: int, seconds: float, factor: int,
@@ -208,12 +206,12 @@ async def _drive(nodes: ProcessCluster, peak_clients: int, seconds: float, facto
     leader, _ = await asyncio.to_thread(nodes.wait_for_leader, LEADER_TIMEOUT, nodes.names)
     url = nodes.url(leader)
     leader_before, term_before, status = await asyncio.to_thread(_cluster_view, nodes)
-    refused_before, limit = _refused(status)
+    refused_before, limit = _refused(status), int(status["admission"]["limit"])
     peak = await _polite_load(url, peak_clients, seconds, warmup, value, timeout)
     over = await _polite_load(url, peak_clients * factor, seconds, warmup, value, timeout)
     nodes.check_alive()
     leader_after, term_after, status = await asyncio.to_thread(_cluster_view, nodes)
-    refused_after, _ = _refused(status)
+    refused_after = _refused(status)
     peak_sample = Sample(peak_clients, peak.ok, seconds, peak.latencies, peak.errors)
     over_sample = Sample(peak_clients * factor, over.ok, seconds, over.latencies, over.errors)
     notes = []
@@ -221,12 +219,12 @@ async def _drive(nodes: ProcessCluster, peak_clients: int, seconds: float, facto
         notes.append(f"{peak.rejected} writes refused (503) at the peak already")
     return OverloadResult(
         peak_clients=peak_clients, overload_clients=peak_clients * factor,
-        peak_rate=peak_sample.rate, goodput=over_sample.rate, p50=over_sample.p50,
-        p99=over_sample.p99, rejected_503=over.rejected, retry_after_503=over.retry_after,
+        peak_rate=peak_sample.rate, goodput=over_sample.rate, p50_ms=over_sample.p50,
+        p99_ms=over_sample.p99, rejected_503=over.rejected, retry_after_503=over.retry_after,
         errors=over.errors,
         node_rejected=refused_after - refused_before if leader_after == leader_before else 0,
         admission_limit=limit, leader_before=leader_before, leader_after=leader_after,
-        term_before=term_before, term_after=term_after, peak_p99=peak_sample.p99, notes=notes)
+        term_before=term_before, term_after=term_after, peak_p99_ms=peak_sample.p99, notes=notes)
 
 
 def bench_overload(peak_clients: int, seconds: float, *, factor: int = 4,

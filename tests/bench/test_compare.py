@@ -186,8 +186,8 @@ def test_extras_measure_reads_ceiling_overload_at_4x_peak_and_the_simulator_into
     @dataclass(slots=True)
     class OverloadResult:  # the fields compare reads of raftly.bench.overload's
         ratio: float
-        p99: float
-        peak_p99: float
+        p99_ms: float
+        peak_p99_ms: float
         errors: int
         rejected_503: int
         retry_after_503: int
