@@ -172,9 +172,8 @@ def run_system(system: str, o: CompareOptions, root: Path, measured: Measured | 
 
     value = o.value(system)
     if system == "raftly-http":
-        loop_option = () if o.event_loop == "auto" else ("--event-loop", o.event_loop)
         return bench_http(o.clients, o.seconds, base_dir=root, warmup=o.warmup, value=value,
-                          measured=measured, event_loop=o.event_loop, serve_options=loop_option)
+                          measured=measured, event_loop=o.event_loop)
     if system == "etcd-http":
         return etcd.bench_etcd(o.clients, o.seconds, base_dir=root, warmup=o.warmup,
                                value=value, event_loop=o.event_loop, measured=measured)

@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from raftly import eventloop
+from raftly.bench.children import STOP_GRACE
 from raftly.bench.load import LEADER_TIMEOUT, VALUE, WARMUP, Op, Stats, closed_loop, split_stats
 from raftly.bench.places import temp_dir
 from raftly.bench.stats import Sample
@@ -27,8 +29,7 @@ from raftly.storage.disk.fsio import FsyncPolicy
 if TYPE_CHECKING:
     import aiohttp
 
-STOP_GRACE = 5.0
-"""Seconds a node process gets to stop on SIGTERM before it is killed."""
+T = TypeVar("T")
 
 Request = Callable[[int], tuple[str, bytes]]
 """``request(client)``: the URL and body of that client's write."""
@@ -102,31 +103,55 @@ async def _drive_http(nodes: ProcessCluster, clients: Sequence[int], seconds: fl
     return samples
 
 
+def serve_options(event_loop: str, extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """The ``raftly serve`` options of a benchmark node: ``--event-loop`` unless "auto" (the
+    nodes' own default), then ``extra``."""
+    if event_loop not in eventloop.CHOICES:
+        raise ValueError(f"unknown event loop {event_loop!r}")
+    loop = () if event_loop == "auto" else ("--event-loop", event_loop)
+    return (*loop, *extra)
+
+
+def on_fresh_cluster(name: str, drive: Callable[[ProcessCluster], Coroutine[Any, Any, T]], *,
+                     fsync: FsyncPolicy, base_dir: str | Path | None, event_loop: str,
+                     extra_serve_options: Sequence[str] = (), tls: bool = False,
+                     metrics: bool = True) -> T:
+    """``drive`` run on ``event_loop`` against three fresh ``raftly serve`` processes in a
+    temporary directory (their ``--event-loop`` too, unless "auto"; ``tls``: TLS on both ports,
+    certificates made there; ``metrics=False``: ``serve --no-metrics``); the processes are
+    stopped and the directory removed on the way out (they die with this process even if it is
+    killed)."""
+    options = [*serve_options(event_loop, extra_serve_options),
+               *(() if metrics else ("--no-metrics",))]
+    with temp_dir(base_dir, f"raftly-bench-{name}-") as root:
+        nodes = ProcessCluster(root, plan_loopback(3, cluster_id=f"raftly-bench-{name}"),
+                               fsync=fsync, log_level="WARNING", orphan_signal=signal.SIGKILL,
+                               tls_dir=root / "certs" if tls else None, serve_options=options)
+        try:
+            nodes.start()
+            return eventloop.run(drive(nodes), loop=event_loop)
+        finally:
+            nodes.stop(grace=STOP_GRACE)
+
+
 def bench_http(clients: Sequence[int], seconds: float, *, fsync: FsyncPolicy = "always",
                base_dir: str | Path | None = None, warmup: float = WARMUP,
                timeout: float = 10.0, tls: bool = False,
                measured: Callable[[Sample], None] | None = None, metrics: bool = True,
                value: bytes = VALUE, event_loop: str = "auto",
-               serve_options: Sequence[str] = ()) -> list[Sample]:
+               extra_serve_options: Sequence[str] = ()) -> list[Sample]:
     """One run of the HTTP benchmark: three fresh node processes, one Sample per level;
     ``tls``: TLS on both ports of every node, https from the client. ``measured`` is called
     with each level's Sample as soon as it is taken (progress); ``metrics=False``: the nodes
     run ``serve --no-metrics``. ``value`` is what every write puts; ``event_loop`` is the
-    client's loop (``raftly.eventloop``); ``serve_options`` go to every node's ``serve``."""
-    from raftly.eventloop import run
-
-    options = [*serve_options, *(() if metrics else ("--no-metrics",))]
-    with temp_dir(base_dir, "raftly-bench-http-") as root:
-        # The nodes die with the benchmark, even if it is killed with SIGKILL.
-        nodes = ProcessCluster(root, plan_loopback(3, cluster_id="raftly-bench"), fsync=fsync,
-                               log_level="WARNING", orphan_signal=signal.SIGKILL,
-                               tls_dir=root / "certs" if tls else None, serve_options=options)
-        try:
-            nodes.start()
-            return run(_drive_http(nodes, clients, seconds, warmup, timeout, value, measured),
-                       loop=event_loop)
-        finally:
-            nodes.stop(grace=STOP_GRACE)
+    client's loop (``raftly.eventloop``) and, unless "auto", the nodes' ``--event-loop`` too;
+    ``extra_serve_options`` go to every node's ``serve``."""
+    return on_fresh_cluster(
+        "http", lambda nodes: _drive_http(nodes, clients, seconds, warmup, timeout, value,
+                                          measured),
+        fsync=fsync, base_dir=base_dir, event_loop=event_loop,
+        extra_serve_options=extra_serve_options, tls=tls, metrics=metrics)
 
 
-__all__ = ["Accept", "Request", "bench_http", "http_put_op", "raftly_accepts"]
+__all__ = ["Accept", "Request", "bench_http", "http_put_op", "on_fresh_cluster",
+           "raftly_accepts", "serve_options"]

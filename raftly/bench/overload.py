@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from raftly.bench.http import on_fresh_cluster
 from raftly.bench.load import LEADER_TIMEOUT, WARMUP
-from raftly.bench.reads import on_fresh_cluster
 from raftly.bench.stats import Sample
 from raftly.kv.connections import raise_fd_limit
 from raftly.localcluster import ProcessCluster

@@ -22,16 +22,13 @@ the nodes' ``--event-loop`` too.
 from __future__ import annotations
 
 import asyncio
-import signal
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
 
-from raftly import eventloop
+from raftly.bench.http import on_fresh_cluster
 from raftly.bench.load import LEADER_TIMEOUT, WARMUP, closed_loop
-from raftly.bench.places import temp_dir
 from raftly.bench.stats import Sample
-from raftly.localcluster import ProcessCluster, plan_loopback
+from raftly.localcluster import ProcessCluster
 from raftly.storage.disk.fsio import FsyncPolicy
 
 CONSISTENCIES = ("linearizable", "stale")
@@ -39,19 +36,6 @@ STATUS = "status"
 """The pseudo-consistency of ``bench_ceiling``: ``GET /v1/status`` on every node."""
 KEYS = 64
 """Keys preloaded and read round-robin: enough that no single key is hot."""
-STOP_GRACE = 5.0
-"""Seconds a node process gets to stop on SIGTERM before it is killed."""
-
-T = TypeVar("T")
-
-
-def serve_options(event_loop: str, extra: Sequence[str] = ()) -> tuple[str, ...]:
-    """The ``raftly serve`` options of a benchmark node: ``--event-loop`` unless "auto" (the
-    nodes' own default), then ``extra``."""
-    if event_loop not in eventloop.CHOICES:
-        raise ValueError(f"unknown event loop {event_loop!r}")
-    loop = () if event_loop == "auto" else ("--event-loop", event_loop)
-    return (*loop, *extra)
 
 
 async def _preload(nodes: ProcessCluster, leader: str, value: bytes, timeout: float) -> None:
@@ -149,23 +133,4 @@ def _run(clients: Sequence[int], seconds: float, consistency: str, fsync: FsyncP
         extra_serve_options=extra_serve_options)
 
 
-def on_fresh_cluster(name: str, drive: Callable[[ProcessCluster], Coroutine[Any, Any, T]], *,
-                     fsync: FsyncPolicy, base_dir: str | Path | None, event_loop: str,
-                     extra_serve_options: Sequence[str]) -> T:
-    """``drive`` run on ``event_loop`` against three fresh ``raftly serve`` processes in a
-    temporary directory; the processes are stopped and the directory removed on the way out
-    (they die with this process even if it is killed)."""
-    options = serve_options(event_loop, extra_serve_options)
-    with temp_dir(base_dir, f"raftly-bench-{name}-") as root:
-        nodes = ProcessCluster(root, plan_loopback(3, cluster_id=f"raftly-bench-{name}"),
-                               fsync=fsync, log_level="WARNING", orphan_signal=signal.SIGKILL,
-                               serve_options=options)
-        try:
-            nodes.start()
-            return eventloop.run(drive(nodes), loop=event_loop)
-        finally:
-            nodes.stop(grace=STOP_GRACE)
-
-
-__all__ = ["CONSISTENCIES", "KEYS", "STATUS", "bench_ceiling", "bench_reads", "on_fresh_cluster",
-           "serve_options"]
+__all__ = ["CONSISTENCIES", "KEYS", "STATUS", "bench_ceiling", "bench_reads"]

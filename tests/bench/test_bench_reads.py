@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from raftly.bench.reads import bench_ceiling, bench_reads, serve_options
+from raftly.bench.http import serve_options
+from raftly.bench.reads import bench_ceiling, bench_reads
 
 
 @pytest.mark.parametrize("consistency", ["linearizable", "stale"])
