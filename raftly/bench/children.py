@@ -129,6 +129,17 @@ def measure_in_children(argvs: Sequence[Sequence[str]], root: Path, out: Path, b
             raise ChildFailed(f"{what}: bad result in {out}: {exc}") from None
 
 
+LEAD_STABLE = 1.0
+"""Seconds a node child must have led before it measures (the others then know it too)."""
+ELECTION_BUDGET = 30.0
+"""Seconds a node child waits for a leader to settle before it gives up."""
+
+
+def int_list(text: str) -> list[int]:
+    """``"1,2,3"`` as ``[1, 2, 3]``: the node children's ``--ports`` and ``--clients``."""
+    return [int(x) for x in text.split(",") if x]
+
+
 class LeadWatch:
     """In a node child, polled every POLL s: has this node led long enough to measure (the
     others then know it too), has another node measured already, or is time up?"""
@@ -181,8 +192,8 @@ def _launch(argv: list[str]) -> int:
     os.execvp(argv[3], argv[3:])
 
 
-__all__ = ["STOP_GRACE", "ChildFailed", "Children", "LeadWatch", "measure_in_children",
-           "write_samples"]
+__all__ = ["ELECTION_BUDGET", "LEAD_STABLE", "STOP_GRACE", "ChildFailed", "Children", "LeadWatch",
+           "int_list", "measure_in_children", "write_samples"]
 
 if __name__ == "__main__":
     sys.exit(_launch(sys.argv[1:]))

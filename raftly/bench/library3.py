@@ -16,7 +16,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from raftly.bench.children import LeadWatch, measure_in_children, write_samples
+from raftly.bench.children import (
+    ELECTION_BUDGET,
+    LEAD_STABLE,
+    LeadWatch,
+    int_list,
+    measure_in_children,
+    write_samples,
+)
 from raftly.bench.library import BenchMachine, propose_op
 from raftly.bench.load import VALUE, WARMUP, closed_loop
 from raftly.bench.places import temp_dir
@@ -24,9 +31,6 @@ from raftly.bench.stats import Sample
 from raftly.localproc import free_ports
 from raftly.storage.disk.fsio import FsyncPolicy
 
-LEAD_STABLE = 1.0
-"""Seconds a node must have led before it measures."""
-ELECTION_BUDGET = 30.0
 IDS = (1, 2, 3)
 
 
@@ -85,20 +89,16 @@ def bench_library3(clients: Sequence[int], seconds: float, *, fsync: FsyncPolicy
         return measure_in_children(argvs, root, out, budget, "raftly library, 3 processes")
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
-
-
 def main(argv: list[str]) -> int:
     from raftly.eventloop import CHOICES, run
 
     parser = argparse.ArgumentParser(description="One raftly-lib-3proc benchmark node "
                                                  "(internal).")
     parser.add_argument("--node", type=int, choices=IDS, required=True)
-    parser.add_argument("--ports", type=_ints, required=True)
+    parser.add_argument("--ports", type=int_list, required=True)
     parser.add_argument("--dir", required=True)
     parser.add_argument("--fsync", choices=("always", "never"), default="always")
-    parser.add_argument("--clients", type=_ints, required=True)
+    parser.add_argument("--clients", type=int_list, required=True)
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--warmup", type=float, default=WARMUP)
     parser.add_argument("--timeout", type=float, default=10.0)

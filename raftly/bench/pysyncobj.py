@@ -23,7 +23,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from raftly.bench.children import LeadWatch, measure_in_children, write_samples
+from raftly.bench.children import (
+    ELECTION_BUDGET,
+    LEAD_STABLE,
+    LeadWatch,
+    int_list,
+    measure_in_children,
+    write_samples,
+)
 from raftly.bench.load import VALUE, WARMUP
 from raftly.bench.places import temp_dir
 from raftly.bench.stats import Sample
@@ -33,9 +40,6 @@ CONFIGS: dict[str, dict[str, Any]] = {"default": {}, "nobatch": {"appendEntriesU
 BEST = "nobatch"
 """The setting the comparison runs: PySyncObj's best (see the module docstring)."""
 MISSING = "pysyncobj not installed: pip install 'raftly[bench]'; skipped"
-LEAD_STABLE = 1.0
-"""Seconds a node must have led before it measures (the others then know it too)."""
-ELECTION_BUDGET = 30.0
 
 
 def available() -> bool:
@@ -145,16 +149,12 @@ def bench_pysyncobj(clients: Sequence[int], seconds: float, *, config: str = BES
         return measure_in_children(argvs, root, out, budget, f"PySyncObj ({config})")
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="One PySyncObj benchmark node (internal).")
     parser.add_argument("--node", type=int, required=True)
-    parser.add_argument("--ports", type=_ints, required=True)
+    parser.add_argument("--ports", type=int_list, required=True)
     parser.add_argument("--config", choices=sorted(CONFIGS), default=BEST)
-    parser.add_argument("--clients", type=_ints, required=True)
+    parser.add_argument("--clients", type=int_list, required=True)
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--warmup", type=float, default=WARMUP)
     parser.add_argument("--value-size", type=int, default=len(VALUE))
