@@ -50,17 +50,9 @@ def _check(argv: list[str]) -> int:
 
 
 def _bench(argv: list[str]) -> int:
-    import importlib
+    from raftly.bench import main as bench_main
 
-    try:
-        bench = importlib.import_module("raftly.bench")
-    except ModuleNotFoundError as exc:
-        if exc.name != "raftly.bench":
-            raise
-        raise CliError("`raftly bench` is not available in this build (no raftly.bench module)"
-                       ) from None
-    code: int = bench.main(argv)
-    return code
+    return bench_main(argv)
 
 
 # Subcommands with their own argument parsers: everything after the name goes to them.
