@@ -112,7 +112,7 @@ class Outcome:
     def to_json(self) -> dict[str, Any]:
         o = self.options
         rows = self.rows()
-        return _finite({
+        out: dict[str, Any] = _finite({
             "date": self.date, "machine": self.machine, "versions": self.versions,
             "options": {"clients": o.clients, "seconds": o.seconds, "rounds": o.rounds,
                         "systems": o.systems, "event_loop": o.event_loop,
@@ -132,6 +132,7 @@ class Outcome:
             "targets": [{**asdict(t), "verdict": t.verdict} for t in self.targets(rows)],
             "extras": {**asdict(self.extras), "details": self.extra_details},
         })
+        return out
 
 
 def _finite(value: Any) -> Any:

@@ -118,12 +118,15 @@ async def _drive(urls: Sequence[str], leader: str, clients: Sequence[int], secon
     samples: list[Sample] = []
     for level in clients:
         # The leader may have moved since: ask once (a few seconds at most), else keep it.
-        leader = await asyncio.to_thread(agreed_leader, urls) or leader
+        agreed = await asyncio.to_thread(agreed_leader, urls)
+        leader = agreed or leader
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector,
                                          timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-            op = http_put_op(session, "POST",
-                             lambda c, t=leader: put_request(t, c, value), etcd_accepts)
+            def request(client: int, t: str = leader) -> tuple[str, bytes]:
+                return put_request(t, client, value)
+
+            op = http_put_op(session, "POST", request, etcd_accepts)
             samples.append(await closed_loop(op, level, seconds, warmup=warmup))
         children.check_alive("etcd benchmark")
         if measured is not None:

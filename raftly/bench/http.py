@@ -89,9 +89,10 @@ async def _drive_http(nodes: ProcessCluster, clients: Sequence[int], seconds: fl
         connector = aiohttp.TCPConnector(limit=0, ssl=context if context is not None else True)
         client_timeout = aiohttp.ClientTimeout(total=timeout)
         async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:
-            op = http_put_op(session, "PUT",
-                             lambda client, t=target: (f"{t}/v1/kv/bench-{client}", value),
-                             raftly_accepts)
+            def request(client: int, t: str = target) -> tuple[str, bytes]:
+                return f"{t}/v1/kv/bench-{client}", value
+
+            op = http_put_op(session, "PUT", request, raftly_accepts)
 
             async def probe(leader: str = leader) -> tuple[int, int, int, int]:
                 return split_stats(await all_stats(), leader)
