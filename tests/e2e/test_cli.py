@@ -160,10 +160,3 @@ def test_demo_runs_to_completion() -> None:
 def test_simulated_demo_still_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--simulated", "--nodes", "3"]) == 0
     assert "every node applied the same history" in capsys.readouterr().out
-
-
-def test_bench_without_its_module_says_so(monkeypatch: pytest.MonkeyPatch,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setitem(sys.modules, "raftly.bench", None)  # as if not installed
-    assert main(["bench", "--clients", "1"]) == 1
-    assert "raftly bench` is not available" in capsys.readouterr().err
