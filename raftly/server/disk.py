@@ -29,7 +29,7 @@ logger = logging.getLogger("raftly.server")
 
 T = TypeVar("T")
 
-_Job = tuple[Callable[[], None]] | None
+_Job = Callable[[], None] | None
 """A job for the thread, or None: stop."""
 
 
@@ -67,7 +67,7 @@ class DiskThread(Executor):
                     thread.start()
                     self._thread = thread
                     _live.add(self)
-        self._jobs.put((job,))
+        self._jobs.put(job)
 
     def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Run ``fn(*args)`` on the thread; the returned future (of the running loop) gets its
@@ -122,7 +122,7 @@ class DiskThread(Executor):
             if job is None:
                 return
             try:
-                job[0]()
+                job()
             except BaseException:  # jobs hand their errors on; this is a bug: say so, keep going
                 logger.critical("disk thread job failed", exc_info=True)
 

@@ -524,14 +524,9 @@ class RaftServer:
     def _send(self, messages: list[Message]) -> None:
         for msg in messages:
             if type(msg) is AppendEntries:
-                # A commit advanced by an answer makes the core tell every follower at once, in
-                # an append without entries; a caller woken by that commit usually proposes
-                # again a few loop iterations later. Holding the empty one briefly and dropping
-                # it when an append with entries supersedes it saves two messages and two answers
-                # per commit at low concurrency. That append carries min(commit, its last index),
-                # usually the whole commit; if not (a probe capped by the message limits), the
-                # follower learns the rest from its successors or the next heartbeat (dropping a
-                # message is always safe in Raft).
+                # An append without entries only tells a follower the new commit; the caller
+                # woken by that commit usually proposes again a few loop iterations later, and
+                # that append carries the commit too: see _hold_append.
                 if not msg.entries:
                     self._hold_append(msg)
                     continue
@@ -545,8 +540,14 @@ class RaftServer:
                 self._transport.send(msg)
 
     def _hold_append(self, msg: AppendEntries) -> None:
-        # A newer one replaces it: the follower learns any commit the newer one does not carry
-        # from later appends or the next heartbeat.
+        """Send ``msg`` (an append without entries) after COMMIT_NOTICE_DELAY, unless an append
+        with entries to the same follower, or a newer empty one, supersedes it meanwhile.
+
+        This saves two messages and two answers per commit at low concurrency. The superseding
+        append carries min(commit, its last index), usually the whole commit; if not (a probe
+        capped by the message limits), the follower learns the rest from its successors or the
+        next heartbeat: dropping a message is always safe in Raft.
+        """
         self._held_appends[msg.dst] = msg
         if self._held_timer is None:
             self._held_timer = asyncio.get_running_loop().call_later(

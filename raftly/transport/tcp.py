@@ -451,9 +451,7 @@ class TcpTransport:
             # transport's buffer makes the next message take the queue.
             assert peer.writer is not None  # writable() checked it
             peer.writer.write(frame)
-            self._sent += 1
-            peer.traffic.messages_sent += 1
-            peer.traffic.bytes_sent += len(frame)
+            self._count_sent(peer, 1, len(frame))
             return
         peer.queue.append(frame)
         peer.queued_bytes += len(frame)
@@ -664,9 +662,12 @@ class TcpTransport:
                 self._problem(peer, f"connection lost: {_describe(exc)}")
                 peer.disconnect()
                 continue
-            self._sent += len(batch)
-            peer.traffic.messages_sent += len(batch)
-            peer.traffic.bytes_sent += size
+            self._count_sent(peer, len(batch), size)
+
+    def _count_sent(self, peer: _Peer, messages: int, size: int) -> None:
+        self._sent += messages
+        peer.traffic.messages_sent += messages
+        peer.traffic.bytes_sent += size
 
     async def _dial(
         self, node_id: int, address: Address, channel: str = CHANNEL_MESSAGES
